@@ -1,0 +1,719 @@
+package reslimit
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// AccountLimits bounds what one tenant may consume over many runs. A field
+// of 0 means no limit; a negative field is invalid. All are cumulative over
+// the account's life (or since Reset), except MaxMemory and MaxConcurrent,
+// which bound what the tenant's runs hold at once.
+type AccountLimits struct {
+	// MaxMemory bounds the bytes held at once by all the tenant's runs.
+	MaxMemory int64
+	// MaxTotalMemory bounds the bytes charged with TrackMemory, cumulatively.
+	MaxTotalMemory int64
+	// MaxTotalOperations bounds the operations counted, cumulatively.
+	MaxTotalOperations int64
+	// MaxFunctionCalls bounds the calls counted with TrackCall, cumulatively.
+	MaxFunctionCalls int64
+	// MaxCPUTime bounds the CPU time used, cumulatively.
+	MaxCPUTime time.Duration
+	// MaxEvaluations bounds the runs started.
+	MaxEvaluations int64
+	// MaxConcurrent bounds the runs in progress at once.
+	MaxConcurrent int64
+}
+
+// Validate returns nil for valid limits, or an error wrapping
+// ErrInvalidLimits that names every negative field.
+func (l AccountLimits) Validate() error {
+	var errs []error
+	for _, r := range accountResources {
+		if v := l.get(r); v < 0 {
+			errs = append(errs, fmt.Errorf("%w: account limit %s is negative (%d)", ErrInvalidLimits, r, v))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// accountResources are the resources an Account can limit, in a stable order.
+var accountResources = [...]Resource{Memory, TotalMemory, Operations, Calls, CPUTime, Evaluations, Concurrency}
+
+// cumulative reports whether an account limit on r accumulates (and can be
+// exhausted) rather than bounding what is held at once.
+func cumulative(r Resource) bool { return r != Memory && r != Concurrency }
+
+func (l AccountLimits) get(r Resource) int64 {
+	switch r {
+	case Memory:
+		return l.MaxMemory
+	case TotalMemory:
+		return l.MaxTotalMemory
+	case Operations:
+		return l.MaxTotalOperations
+	case Calls:
+		return l.MaxFunctionCalls
+	case CPUTime:
+		return int64(l.MaxCPUTime)
+	case Evaluations:
+		return l.MaxEvaluations
+	case Concurrency:
+		return l.MaxConcurrent
+	}
+	return 0
+}
+
+func isAccountResource(r Resource) bool {
+	for _, a := range accountResources {
+		if a == r {
+			return true
+		}
+	}
+	return false
+}
+
+// AccountOption configures NewAccount.
+type AccountOption func(*accountConfig)
+
+type accountConfig struct {
+	history int
+	err     error
+}
+
+// DefaultHistorySize is the number of runs an Account remembers by default.
+const DefaultHistorySize = 100
+
+// WithHistorySize sets how many of the latest runs History keeps (default
+// 100; 0 keeps none; negative is invalid).
+func WithHistorySize(n int) AccountOption {
+	return func(c *accountConfig) {
+		if n < 0 {
+			c.err = fmt.Errorf("%w: WithHistorySize(%d): negative size", ErrInvalidArgument, n)
+		}
+		c.history = n
+	}
+}
+
+// Account layers one tenant's cumulative totals, history and limit status
+// over many runs, and enforces the tenant's AccountLimits across all of its
+// runs, also concurrent ones. Every method is safe for concurrent use.
+//
+// A run's charges are checked against the run's own Limits and the
+// account's, all or nothing. To keep a busy tenant's hot path on its run's
+// own counters, a run reserves allowance from its account in chunks that
+// shrink as the limit nears (so the limit holds exactly) and gives back
+// what it did not use at End.
+type Account struct {
+	name   string
+	limits [numResources]atomic.Int64
+	held   atomic.Int64 // memory held now by live runs
+	peak   atomic.Int64
+	// refused counts tenant-level refusals per resource; Reset keeps them.
+	refused [numResources]atomic.Int64
+
+	mu        sync.Mutex
+	live      map[*Tracker]struct{}
+	reserved  [numMeters]int64 // committed plus room handed to live runs, while limited
+	committed [numMeters]int64
+	cpu       time.Duration // CPU of ended runs
+	evals     int64
+	largest   Largest
+	hist      []HistoryEntry
+	histNext  int
+	histLen   int
+}
+
+// HistoryEntry records one finished run of an Account.
+type HistoryEntry struct {
+	// Time is when the run ended.
+	Time time.Time
+	// Evaluation is the run's 1-based number since the account's last Reset.
+	Evaluation int64
+	// MemoryBytes is the most memory the run held at once, in bytes.
+	MemoryBytes   int64
+	Operations    int64
+	FunctionCalls int64
+	CPUTime       time.Duration
+	WallTime      time.Duration
+	// Err is why the run failed (a *LimitError, fn's error), or nil.
+	Err error
+}
+
+// Largest describes the heaviest single run: its peak memory in bytes and
+// its operations (each the maximum over runs, not necessarily of one run).
+type Largest struct {
+	MemoryBytes int64
+	Operations  int64
+}
+
+// LimitStatus is one limited resource of an account: Used and Limit in the
+// resource's unit, and Remaining = max(0, Limit-Used).
+type LimitStatus struct {
+	Used      int64
+	Limit     int64
+	Remaining int64
+}
+
+// AccountStats is a snapshot of an account. Memory in bytes.
+type AccountStats struct {
+	// MemoryBytes is held now by the account's live runs.
+	MemoryBytes int64
+	// TotalMemoryBytes is every byte charged, cumulatively.
+	TotalMemoryBytes int64
+	// PeakMemoryBytes is the most held at once across runs.
+	PeakMemoryBytes int64
+	Operations      int64
+	FunctionCalls   int64
+	CPUTime         time.Duration
+	// Evaluations counts the runs started (since Reset).
+	Evaluations int64
+	// Running is the number of runs in progress now.
+	Running int64
+	// Largest is the heaviest single finished run.
+	Largest Largest
+	// Exhausted is true when some cumulative limit has no room left.
+	Exhausted bool
+	// LimitStatus has an entry for every resource with a limit.
+	LimitStatus map[Resource]LimitStatus
+	// Refusals counts the requests refused by the account's limits, per
+	// resource (only resources with refusals). Reset does not clear it.
+	Refusals map[Resource]int64
+}
+
+// NewAccount returns an account named name (the tenant, non-empty) with
+// limits l. It returns an error wrapping ErrInvalidLimits for negative
+// limits and ErrInvalidArgument for an empty name or a bad option.
+func NewAccount(name string, l AccountLimits, opts ...AccountOption) (*Account, error) {
+	if name == "" {
+		return nil, fmt.Errorf("%w: empty account name", ErrInvalidArgument)
+	}
+	if err := l.Validate(); err != nil {
+		return nil, err
+	}
+	cfg := accountConfig{history: DefaultHistorySize}
+	for _, o := range opts {
+		if o != nil {
+			o(&cfg)
+		}
+	}
+	if cfg.err != nil {
+		return nil, cfg.err
+	}
+	a := &Account{name: name, live: make(map[*Tracker]struct{})}
+	for _, r := range accountResources {
+		a.limits[r].Store(l.get(r))
+	}
+	if cfg.history > 0 {
+		a.hist = make([]HistoryEntry, cfg.history)
+	}
+	return a, nil
+}
+
+// Name returns the account's (tenant's) name.
+func (a *Account) Name() string {
+	if a == nil {
+		return ""
+	}
+	return a.name
+}
+
+var errNilAccount = fmt.Errorf("%w: nil *Account", ErrInvalidArgument)
+
+// Begin starts a run bounded by l and charged to the account; finish it
+// with End (or Finish). It is refused, before anything runs and without
+// counting an evaluation, with an Evaluations *LimitError when
+// MaxEvaluations runs have started, with Concurrency when MaxConcurrent
+// runs are in progress, and with the exhausted resource when some other
+// cumulative limit has no room left.
+func (a *Account) Begin(l Limits) (*Tracker, error) {
+	if a == nil {
+		return nil, errNilAccount
+	}
+	if err := l.Validate(); err != nil {
+		return nil, err
+	}
+	return a.begin(l, "", nil)
+}
+
+func (a *Account) begin(l Limits, name string, cancel func(error)) (*Tracker, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if lim := a.limits[Evaluations].Load(); lim > 0 && a.evals >= lim {
+		a.refused[Evaluations].Add(1)
+		return nil, &LimitError{Resource: Evaluations, Limit: lim, Used: a.evals, Requested: 1, Tenant: a.name}
+	}
+	if lim := a.limits[Concurrency].Load(); lim > 0 && int64(len(a.live)) >= lim {
+		a.refused[Concurrency].Add(1)
+		return nil, &LimitError{Resource: Concurrency, Limit: lim, Used: int64(len(a.live)), Requested: 1, Tenant: a.name}
+	}
+	if r, used, lim, ok := a.exhaustedLocked(); ok {
+		a.refused[r].Add(1)
+		return nil, &LimitError{Resource: r, Limit: lim, Used: used, Tenant: a.name}
+	}
+	a.evals++
+	t := newTracker(l, a, name, cancel)
+	t.evaluation = a.evals
+	a.live[t] = struct{}{}
+	return t, nil
+}
+
+// grant adds room for meter i to t (whose refill needs want more to take
+// n), checking the account's limit. It is called with t.mu held.
+func (a *Account) grant(t *Tracker, i int, n, want, room int64) (bool, error) {
+	res := meterResource[i]
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	lim := a.limits[res].Load()
+	if lim == 0 {
+		// Unlimited here: fill under a.mu, so that a SetLimit that races
+		// with this refill revokes the room it adds.
+		t.addRoom(i, max(room, want))
+		return true, nil
+	}
+	free := lim - a.reserved[i]
+	if free < want {
+		a.reclaimLocked(i, t)
+		free = lim - a.reserved[i]
+	}
+	if free < want {
+		a.refused[res].Add(1)
+		return false, &LimitError{Resource: res, Limit: lim, Used: a.usedLocked(i), Requested: n, Tenant: a.name}
+	}
+	extra := (free - want) / int64(4*len(a.live)+4)
+	extra = min(extra, chunkCap[i], room-want)
+	if u := t.filled[i]; extra > 2*u+64 { // grow with the run's own rate
+		extra = 2*u + 64
+	}
+	g := want + max(extra, 0)
+	a.reserved[i] += g
+	t.addRoom(i, g)
+	return true, nil
+}
+
+// chunkCap bounds the allowance a run reserves beyond what it asked for.
+var chunkCap = [numMeters]int64{mOps: 4096, mCalls: 256, mTotal: 4 << 20}
+
+// reclaimLocked takes back the unused room of meter i from every live run
+// but except.
+func (a *Account) reclaimLocked(i int, except *Tracker) {
+	for r := range a.live {
+		if r != except {
+			a.reserved[i] -= r.revoke(i)
+		}
+	}
+}
+
+// usedLocked returns the account's usage of meter i since Reset.
+func (a *Account) usedLocked(i int) int64 {
+	u := a.committed[i]
+	for r := range a.live {
+		u += r.used(i) - r.base[i]
+	}
+	return u
+}
+
+func (a *Account) cpuLocked() time.Duration {
+	d := a.cpu
+	for r := range a.live {
+		d += time.Duration(r.cpuLast.Load() - r.cpuBase)
+	}
+	return d
+}
+
+// usageLocked returns the account's usage of any resource.
+func (a *Account) usageLocked(r Resource) int64 {
+	switch r {
+	case Memory:
+		return a.held.Load()
+	case TotalMemory:
+		return a.usedLocked(mTotal)
+	case Operations:
+		return a.usedLocked(mOps)
+	case Calls:
+		return a.usedLocked(mCalls)
+	case CPUTime:
+		return int64(a.cpuLocked())
+	case Evaluations:
+		return a.evals
+	case Concurrency:
+		return int64(len(a.live))
+	}
+	return 0
+}
+
+func (a *Account) exhaustedLocked() (Resource, int64, int64, bool) {
+	for _, r := range accountResources {
+		if !cumulative(r) {
+			continue
+		}
+		if lim := a.limits[r].Load(); lim > 0 {
+			if u := a.usageLocked(r); u >= lim {
+				return r, u, lim, true
+			}
+		}
+	}
+	return 0, 0, 0, false
+}
+
+// holdMemory charges n bytes held at once against MaxMemory.
+func (a *Account) holdMemory(n int64) error {
+	lim := a.limits[Memory].Load()
+	var nh int64
+	for {
+		h := a.held.Load()
+		nh = h + n
+		if lim > 0 && nh > lim {
+			a.refused[Memory].Add(1)
+			return &LimitError{Resource: Memory, Limit: lim, Used: h, Requested: n, Tenant: a.name}
+		}
+		if a.held.CompareAndSwap(h, nh) {
+			break
+		}
+	}
+	for {
+		p := a.peak.Load()
+		if nh <= p || a.peak.CompareAndSwap(p, nh) {
+			return nil
+		}
+	}
+}
+
+func (a *Account) releaseMemory(n int64) { a.held.Add(-n) }
+
+// checkCPU returns the account's CPUTime *LimitError when its live and
+// finished runs have used more than MaxCPUTime.
+func (a *Account) checkCPU() error {
+	lim := a.limits[CPUTime].Load()
+	if lim == 0 {
+		return nil
+	}
+	a.mu.Lock()
+	used := a.cpuLocked()
+	a.mu.Unlock()
+	if int64(used) > lim {
+		a.refused[CPUTime].Add(1)
+		return &LimitError{Resource: CPUTime, Limit: lim, Used: int64(used), Tenant: a.name}
+	}
+	return nil
+}
+
+// end finishes t's run: gives back its unused room and the memory it still
+// holds, commits its usage and records it. Called with t.mu held.
+func (a *Account) end(t *Tracker, cpu time.Duration, runErr error) Usage {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for i := range t.meters {
+		r := t.revoke(i)
+		if a.limits[meterResource[i]].Load() > 0 {
+			a.reserved[i] -= r
+		}
+	}
+	u := t.snapshot(cpu, time.Since(t.start))
+	if h := t.held.Swap(0); h > 0 {
+		a.held.Add(-h)
+	}
+	delete(a.live, t)
+	for i := range t.meters {
+		a.committed[i] += t.filled[i] - t.base[i]
+	}
+	a.cpu += cpu - time.Duration(t.cpuBase)
+	a.largest.MemoryBytes = max(a.largest.MemoryBytes, u.PeakMemoryBytes)
+	a.largest.Operations = max(a.largest.Operations, u.Operations)
+	if len(a.hist) > 0 {
+		a.hist[a.histNext] = HistoryEntry{
+			Time: time.Now(), Evaluation: t.evaluation, MemoryBytes: u.PeakMemoryBytes,
+			Operations: u.Operations, FunctionCalls: u.Calls, CPUTime: u.CPUTime,
+			WallTime: u.WallTime, Err: runErr,
+		}
+		a.histNext = (a.histNext + 1) % len(a.hist)
+		a.histLen = min(a.histLen+1, len(a.hist))
+	}
+	return u
+}
+
+// Stats returns a snapshot of the account: totals of its finished and live
+// runs, what is held now, and the status of every limit.
+func (a *Account) Stats() AccountStats {
+	if a == nil {
+		return AccountStats{}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := AccountStats{
+		MemoryBytes:      a.held.Load(),
+		TotalMemoryBytes: a.usedLocked(mTotal),
+		PeakMemoryBytes:  a.peak.Load(),
+		Operations:       a.usedLocked(mOps),
+		FunctionCalls:    a.usedLocked(mCalls),
+		CPUTime:          a.cpuLocked(),
+		Evaluations:      a.evals,
+		Running:          int64(len(a.live)),
+		Largest:          a.largest,
+	}
+	for _, r := range accountResources {
+		lim := a.limits[r].Load()
+		if lim == 0 {
+			continue
+		}
+		if s.LimitStatus == nil {
+			s.LimitStatus = make(map[Resource]LimitStatus)
+		}
+		u := a.usageLocked(r)
+		s.LimitStatus[r] = LimitStatus{Used: u, Limit: lim, Remaining: max(0, lim-u)}
+		if cumulative(r) && u >= lim {
+			s.Exhausted = true
+		}
+	}
+	for r := range a.refused {
+		if n := a.refused[r].Load(); n > 0 {
+			if s.Refusals == nil {
+				s.Refusals = make(map[Resource]int64)
+			}
+			s.Refusals[Resource(r)] = n
+		}
+	}
+	return s
+}
+
+// Exhausted reports whether some cumulative limit (TotalMemory, Operations,
+// Calls, CPUTime, Evaluations) has no room left: used >= limit. It follows
+// the current limits, so SetLimit changes it at once.
+func (a *Account) Exhausted() bool {
+	_, ok := a.ExhaustedLimit()
+	return ok
+}
+
+// ExhaustedLimit returns the first exhausted cumulative resource, if any.
+func (a *Account) ExhaustedLimit() (Resource, bool) {
+	if a == nil {
+		return 0, false
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r, _, _, ok := a.exhaustedLocked()
+	return r, ok
+}
+
+// History returns a copy of the latest finished runs, oldest first.
+func (a *Account) History() []HistoryEntry {
+	if a == nil {
+		return nil
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]HistoryEntry, 0, a.histLen)
+	start := (a.histNext - a.histLen + len(a.hist)) % max(len(a.hist), 1)
+	for k := 0; k < a.histLen; k++ {
+		out = append(out, a.hist[(start+k)%len(a.hist)])
+	}
+	return out
+}
+
+// Limit returns the account's limit on r (bytes, counts, or nanoseconds for
+// CPUTime) and whether one is set.
+func (a *Account) Limit(r Resource) (int64, bool) {
+	if a == nil || !isAccountResource(r) {
+		return 0, false
+	}
+	v := a.limits[r].Load()
+	return v, v > 0
+}
+
+// SetLimit changes the account's limit on r (0 removes it). It takes
+// effect at once, for the next request of any run: raising a limit clears
+// exhaustion, lowering it below usage exhausts the account. Allowance that
+// live runs reserved but have not used is taken back.
+func (a *Account) SetLimit(r Resource, v int64) error {
+	if a == nil {
+		return errNilAccount
+	}
+	if !isAccountResource(r) {
+		return fmt.Errorf("%w: an account cannot limit %s", ErrInvalidArgument, r)
+	}
+	if v < 0 {
+		return fmt.Errorf("%w: account limit %s is negative (%d)", ErrInvalidLimits, r, v)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.limits[r].Store(v)
+	for i, mr := range meterResource {
+		if mr == r && v > 0 {
+			a.resyncLocked(i)
+		}
+	}
+	return nil
+}
+
+// resyncLocked takes back every live run's unused room of meter i and
+// recomputes what is reserved.
+func (a *Account) resyncLocked(i int) {
+	sum := a.committed[i]
+	for t := range a.live {
+		t.revoke(i)
+		sum += t.used(i) - t.base[i]
+	}
+	a.reserved[i] = sum
+}
+
+// Reset starts a new period: it zeroes the cumulative totals, the peak, the
+// largest run, the history and the evaluation count, and keeps the limits
+// and what live runs hold at once (their later usage counts in the new
+// period). Refusal counts are kept.
+func (a *Account) Reset() {
+	if a == nil {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for i := range a.committed {
+		a.committed[i] = 0
+		for t := range a.live {
+			t.revoke(i)
+			t.base[i] = t.used(i)
+		}
+		a.reserved[i] = 0
+	}
+	for t := range a.live {
+		t.cpuBase = t.cpuLast.Load()
+	}
+	a.cpu = 0
+	a.evals = 0
+	a.largest = Largest{}
+	a.peak.Store(a.held.Load())
+	clear(a.hist)
+	a.histNext, a.histLen = 0, 0
+}
+
+// AppendReadings implements Source with the account's usage, limits and
+// tenant-level refusals for every resource an account can limit.
+func (a *Account) AppendReadings(dst []Reading) []Reading {
+	if a == nil {
+		return dst
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, r := range accountResources {
+		dst = append(dst, Reading{Resource: r, Used: a.usageLocked(r), Limit: a.limits[r].Load(), Refusals: a.refused[r].Load()})
+	}
+	return dst
+}
+
+// LedgerOption configures NewLedger.
+type LedgerOption func(*Ledger)
+
+// WithAccountOptions applies opts to every account the ledger creates.
+func WithAccountOptions(opts ...AccountOption) LedgerOption {
+	return func(l *Ledger) { l.acctOpts = append(l.acctOpts, opts...) }
+}
+
+// Ledger keeps one Account per tenant, created on first use with the
+// ledger's default limits. It is safe for concurrent use.
+type Ledger struct {
+	defaults AccountLimits
+	acctOpts []AccountOption
+	err      error
+
+	mu    sync.RWMutex
+	accts map[string]*Account
+}
+
+// NewLedger returns a ledger whose accounts start with the limits
+// defaults. Invalid defaults make Open return the error and Account nil.
+func NewLedger(defaults AccountLimits, opts ...LedgerOption) *Ledger {
+	l := &Ledger{defaults: defaults, accts: make(map[string]*Account)}
+	for _, o := range opts {
+		if o != nil {
+			o(l)
+		}
+	}
+	if err := defaults.Validate(); err != nil {
+		l.err = err
+	}
+	return l
+}
+
+// Open returns the tenant's account, creating it if needed. It fails for an
+// empty tenant name or invalid ledger defaults.
+func (l *Ledger) Open(tenant string) (*Account, error) {
+	if tenant == "" {
+		return nil, fmt.Errorf("%w: empty tenant name", ErrInvalidArgument)
+	}
+	if l.err != nil {
+		return nil, l.err
+	}
+	l.mu.RLock()
+	a := l.accts[tenant]
+	l.mu.RUnlock()
+	if a != nil {
+		return a, nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if a = l.accts[tenant]; a != nil {
+		return a, nil
+	}
+	a, err := NewAccount(tenant, l.defaults, l.acctOpts...)
+	if err != nil {
+		return nil, err
+	}
+	l.accts[tenant] = a
+	return a, nil
+}
+
+// Account returns the tenant's account, creating it with the default
+// limits if needed. It returns nil for an empty tenant name (use Open to
+// get the error); a nil *Account refuses Begin and reads as empty.
+func (l *Ledger) Account(tenant string) *Account {
+	a, _ := l.Open(tenant)
+	return a
+}
+
+// Lookup returns the tenant's account if it exists, without creating it.
+func (l *Ledger) Lookup(tenant string) (*Account, bool) {
+	l.mu.RLock()
+	a, ok := l.accts[tenant]
+	l.mu.RUnlock()
+	return a, ok
+}
+
+// Remove forgets the tenant's account. Runs already begun on it finish on
+// the removed account; the next Account call creates a fresh one.
+func (l *Ledger) Remove(tenant string) {
+	l.mu.Lock()
+	delete(l.accts, tenant)
+	l.mu.Unlock()
+}
+
+// Tenants returns the tenants with an account, sorted.
+func (l *Ledger) Tenants() []string {
+	l.mu.RLock()
+	out := make([]string, 0, len(l.accts))
+	for t := range l.accts {
+		out = append(out, t)
+	}
+	l.mu.RUnlock()
+	sort.Strings(out)
+	return out
+}
+
+// Snapshot returns the stats of every account, by tenant. It holds the
+// ledger's lock only to list the accounts.
+func (l *Ledger) Snapshot() map[string]AccountStats {
+	l.mu.RLock()
+	accts := make([]*Account, 0, len(l.accts))
+	for _, a := range l.accts {
+		accts = append(accts, a)
+	}
+	l.mu.RUnlock()
+	out := make(map[string]AccountStats, len(accts))
+	for _, a := range accts {
+		out[a.name] = a.Stats()
+	}
+	return out
+}

@@ -1,0 +1,231 @@
+package reslimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Option configures Run and Limit.
+type Option func(*runConfig)
+
+type runConfig struct {
+	acct     *Account
+	name     string
+	queue    time.Duration
+	queueSet bool
+	err      error
+}
+
+// WithAccount charges every run to acct: its usage counts towards the
+// account's cumulative limits, and the account can refuse the run before it
+// starts. It takes precedence over an account in the context.
+func WithAccount(acct *Account) Option {
+	return func(c *runConfig) {
+		if acct == nil {
+			c.err = fmt.Errorf("%w: WithAccount(nil)", ErrInvalidArgument)
+		}
+		c.acct = acct
+	}
+}
+
+// WithName names the runs (Tracker.Name), for monitoring and logs.
+func WithName(name string) Option { return func(c *runConfig) { c.name = name } }
+
+// WithQueue lets a call of a function wrapped by Limit that finds every
+// MaxConcurrent slot busy wait, first come first served, for at most
+// maxWait (0: until its context ends) before it fails with a Concurrency
+// *LimitError. Without it such a call fails at once. A negative maxWait
+// is invalid.
+func WithQueue(maxWait time.Duration) Option {
+	return func(c *runConfig) {
+		if maxWait < 0 {
+			c.err = fmt.Errorf("%w: WithQueue(%v): negative wait", ErrInvalidArgument, maxWait)
+		}
+		c.queue, c.queueSet = maxWait, true
+	}
+}
+
+func newRunConfig(opts []Option) runConfig {
+	var c runConfig
+	for _, o := range opts {
+		if o != nil {
+			o(&c)
+		}
+	}
+	return c
+}
+
+type trackerKey struct{}
+type accountKey struct{}
+
+// NewContext returns a copy of ctx that carries t, for FromContext.
+func NewContext(ctx context.Context, t *Tracker) context.Context {
+	return context.WithValue(ctx, trackerKey{}, t)
+}
+
+// FromContext returns the Tracker of the limited run that ctx belongs to,
+// or nil (whose methods are no-ops) when there is none.
+func FromContext(ctx context.Context) *Tracker {
+	t, _ := ctx.Value(trackerKey{}).(*Tracker)
+	return t
+}
+
+// ContextWithAccount returns a copy of ctx that charges the runs started
+// with it by Run or a function wrapped by Limit to acct, so the tenant can
+// be chosen per request. WithAccount takes precedence.
+func ContextWithAccount(ctx context.Context, acct *Account) context.Context {
+	return context.WithValue(ctx, accountKey{}, acct)
+}
+
+// AccountFromContext returns the account set by ContextWithAccount, or nil.
+func AccountFromContext(ctx context.Context) *Account {
+	a, _ := ctx.Value(accountKey{}).(*Account)
+	return a
+}
+
+// Run runs fn as one limited run with its own Tracker (reachable with
+// FromContext(ctx) inside fn) and returns what it consumed.
+//
+// fn runs on the calling goroutine, locked to its OS thread so that its CPU
+// time can be read from the thread's CPU clock. When the run's Timeout
+// passes or its CPU time (or its account's) is used up, its context is
+// cancelled with the *LimitError as context.Cause and Step starts returning
+// it; Run then returns that *LimitError, whatever fn returned. Cancellation
+// is cooperative: Run returns when fn and every goroutine it started with
+// Tracker.Go have returned. A panic in fn ends the run, releasing what it
+// held, and is re-raised.
+//
+// Run is refused before fn starts (with the account's *LimitError) when the
+// account allows no more evaluations, no more concurrent runs, or is
+// exhausted. Invalid limits or a nil fn return an error and run nothing.
+func Run(ctx context.Context, l Limits, fn func(ctx context.Context) error, opts ...Option) (Usage, error) {
+	if fn == nil {
+		return Usage{}, fmt.Errorf("%w: Run with a nil function", ErrInvalidArgument)
+	}
+	if err := l.Validate(); err != nil {
+		return Usage{}, err
+	}
+	c := newRunConfig(opts)
+	if c.err != nil {
+		return Usage{}, c.err
+	}
+	return run(ctx, l, &c, fn)
+}
+
+func run(ctx context.Context, l Limits, c *runConfig, fn func(ctx context.Context) error) (Usage, error) {
+	acct := c.acct
+	if acct == nil {
+		acct = AccountFromContext(ctx)
+	}
+	rctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var t *Tracker
+	if acct != nil {
+		var err error
+		if t, err = acct.begin(l, c.name, cancel); err != nil {
+			return Usage{}, err
+		}
+	} else {
+		t = newTracker(l, nil, c.name, cancel)
+	}
+	if ctx.Done() != nil {
+		stop := context.AfterFunc(ctx, func() { t.halt(context.Cause(ctx)) })
+		defer stop()
+	}
+	return runTracked(NewContext(rctx, t), t, fn)
+}
+
+// errPanicked is recorded in the history of a run whose function panicked.
+var errPanicked = errors.New("reslimit: run panicked")
+
+func runTracked(ctx context.Context, t *Tracker, fn func(ctx context.Context) error) (Usage, error) {
+	id := t.attach()
+	finished := false
+	defer func() {
+		if !finished { // fn panicked: clean up and let the panic go on
+			t.detach(id)
+			t.goWG.Wait()
+			t.finish(errPanicked)
+		}
+	}()
+	err := fn(ctx)
+	t.detach(id)
+	t.goWG.Wait()
+	finished = true
+	if p := t.goPanic.Load(); p != nil {
+		t.finish(errPanicked)
+		panic(p.v)
+	}
+	if s := t.cause.Load(); s != nil {
+		var le *LimitError
+		if errors.As(s.err, &le) {
+			err = le
+		}
+	}
+	return t.finish(err), err
+}
+
+// Limit wraps fn so that every call runs limited by l, as by Run: each call
+// gets its own Tracker (memory, CPU time, operations, file size and timeout
+// apply per call), while MaxConcurrent bounds the calls in progress at once
+// across all callers of the returned function. A call that finds every
+// slot busy fails at once with a Concurrency *LimitError, unless WithQueue
+// lets it wait. The returned function is safe for concurrent use.
+//
+// Invalid limits, options or a nil fn make every call return that error.
+func Limit[In, Out any](fn func(context.Context, In) (Out, error), l Limits, opts ...Option) func(context.Context, In) (Out, error) {
+	c := newRunConfig(opts)
+	err := c.err
+	if err == nil {
+		err = l.Validate()
+	}
+	if err == nil && fn == nil {
+		err = fmt.Errorf("%w: Limit of a nil function", ErrInvalidArgument)
+	}
+	if err != nil {
+		return func(context.Context, In) (Out, error) {
+			var zero Out
+			return zero, err
+		}
+	}
+	sem := &slots{limit: l.MaxConcurrent}
+	return func(ctx context.Context, in In) (Out, error) {
+		var out Out
+		if sem.limit > 0 {
+			if err := acquireCall(ctx, sem, &c); err != nil {
+				return out, err
+			}
+			defer sem.release()
+		}
+		_, err := run(ctx, l, &c, func(ctx context.Context) error {
+			var err error
+			out, err = fn(ctx, in)
+			return err
+		})
+		return out, err
+	}
+}
+
+func acquireCall(ctx context.Context, sem *slots, c *runConfig) error {
+	if !c.queueSet {
+		if sem.tryAcquire() {
+			return nil
+		}
+		return sem.limitError("")
+	}
+	wctx := ctx
+	if c.queue > 0 {
+		var cancel context.CancelFunc
+		wctx, cancel = context.WithTimeout(ctx, c.queue)
+		defer cancel()
+	}
+	if err := sem.acquire(wctx); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return sem.limitError("")
+	}
+	return nil
+}

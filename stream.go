@@ -1,0 +1,98 @@
+package reslimit
+
+import "io"
+
+// LimitReader returns a reader that reads from r and fails with a
+// *LimitError{Resource: FileSize} once the stream passes MaxFileSize: it
+// returns the bytes up to the limit, then the error instead of the bytes
+// beyond. A stream of exactly MaxFileSize bytes reads to io.EOF as usual.
+// With no MaxFileSize (or a nil tracker) it returns r itself, counting
+// nothing. The reader is not safe for concurrent use (like most readers).
+func (t *Tracker) LimitReader(r io.Reader) io.Reader {
+	if t == nil || t.limits.MaxFileSize == 0 {
+		return r
+	}
+	return &limitedReader{t: t, r: r}
+}
+
+// LimitWriter returns a writer that writes to w and fails with a
+// *LimitError{Resource: FileSize} once the stream would pass MaxFileSize:
+// a write that crosses the limit writes only the bytes up to it and
+// returns the error, and nothing past the limit is ever written. With no
+// MaxFileSize (or a nil tracker) it returns w itself.
+func (t *Tracker) LimitWriter(w io.Writer) io.Writer {
+	if t == nil || t.limits.MaxFileSize == 0 {
+		return w
+	}
+	return &limitedWriter{t: t, w: w}
+}
+
+type limitedReader struct {
+	t   *Tracker
+	r   io.Reader
+	n   int64 // bytes returned so far
+	err error // sticky limit error
+}
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	if l.err != nil {
+		return 0, l.err
+	}
+	lim := l.t.limits.MaxFileSize
+	left := lim - l.n
+	// Read one byte more than fits, to tell "exactly at the limit" from
+	// "past it".
+	if int64(len(p)) > left+1 {
+		p = p[:left+1]
+	}
+	var probe [1]byte
+	buf := p
+	if left == 0 && len(p) > 0 {
+		buf = probe[:]
+	}
+	n, err := l.r.Read(buf)
+	if int64(n) > left {
+		l.err = &LimitError{Resource: FileSize, Limit: lim, Used: lim, Requested: int64(n) - left}
+		l.t.refused[FileSize].Add(1)
+		l.t.noteFile(lim)
+		if left == 0 {
+			return 0, l.err
+		}
+		l.n = lim
+		return int(left), l.err
+	}
+	l.n += int64(n)
+	l.t.noteFile(l.n)
+	return n, err
+}
+
+type limitedWriter struct {
+	t   *Tracker
+	w   io.Writer
+	n   int64
+	err error
+}
+
+func (l *limitedWriter) Write(p []byte) (int, error) {
+	if l.err != nil {
+		return 0, l.err
+	}
+	lim := l.t.limits.MaxFileSize
+	left := lim - l.n
+	if int64(len(p)) <= left {
+		n, err := l.w.Write(p)
+		l.n += int64(n)
+		l.t.noteFile(l.n)
+		return n, err
+	}
+	le := &LimitError{Resource: FileSize, Limit: lim, Used: l.n, Requested: int64(len(p))}
+	l.t.refused[FileSize].Add(1)
+	n, err := l.w.Write(p[:left])
+	l.n += int64(n)
+	l.t.noteFile(l.n)
+	if err != nil {
+		return n, err
+	}
+	l.err = le
+	return n, le
+}
