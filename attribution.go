@@ -550,6 +550,39 @@ func (a *Account) SetLimit(r Resource, v int64) error {
 	return nil
 }
 
+// Limits returns all of the account's current limits.
+func (a *Account) Limits() AccountLimits {
+	if a == nil {
+		return AccountLimits{}
+	}
+	return AccountLimits{
+		MaxMemory:          a.limits[Memory].Load(),
+		MaxTotalMemory:     a.limits[TotalMemory].Load(),
+		MaxTotalOperations: a.limits[Operations].Load(),
+		MaxFunctionCalls:   a.limits[Calls].Load(),
+		MaxCPUTime:         time.Duration(a.limits[CPUTime].Load()),
+		MaxEvaluations:     a.limits[Evaluations].Load(),
+		MaxConcurrent:      a.limits[Concurrency].Load(),
+	}
+}
+
+// SetLimits replaces all of the account's limits at once, as SetLimit does
+// for one. Invalid limits change nothing.
+func (a *Account) SetLimits(l AccountLimits) error {
+	if a == nil {
+		return errNilAccount
+	}
+	if err := l.Validate(); err != nil {
+		return err
+	}
+	for _, r := range accountResources {
+		if err := a.SetLimit(r, l.get(r)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // resyncLocked takes back every live run's unused room of meter i and
 // recomputes what is reserved.
 func (a *Account) resyncLocked(i int) {

@@ -435,3 +435,13 @@ func TestAccountReadings(t *testing.T) {
 	assert.Len(t, rs, len(accountResources))
 	tr.End()
 }
+
+func TestSetLimits(t *testing.T) {
+	a := newAcct(t, AccountLimits{MaxEvaluations: 1})
+	want := AccountLimits{MaxMemory: 1, MaxTotalMemory: 2, MaxTotalOperations: 3, MaxFunctionCalls: 4, MaxCPUTime: 5, MaxEvaluations: 6, MaxConcurrent: 7}
+	require.NoError(t, a.SetLimits(want))
+	assert.Equal(t, want, a.Limits())
+	err := a.SetLimits(AccountLimits{MaxTotalOperations: -1, MaxEvaluations: 9})
+	assert.ErrorIs(t, err, ErrInvalidLimits)
+	assert.Equal(t, want, a.Limits(), "invalid limits change nothing")
+}

@@ -26,7 +26,9 @@ type Guard struct {
 
 // Release gives back what the guard holds. Calling it again, or on the zero
 // Guard, does nothing. Memory released after its tracker has ended is
-// ignored (End already gave it back).
+// ignored (End already gave it back). Release panics with a "reslimit:"
+// message when the tracker holds less memory than the guard (its bytes
+// were already given back with ReleaseMemory): a programming error.
 func (g *Guard) Release() {
 	if g == nil {
 		return
@@ -38,8 +40,10 @@ func (g *Guard) Release() {
 		s.release()
 	case t != nil:
 		if !t.closed.Load() {
-			// The guard holds exactly n, so this cannot over-release.
-			_ = t.release(n)
+			// Only mixing ReleaseMemory with guards can make this fail.
+			if err := t.release(n); err != nil {
+				panic("reslimit: Guard.Release: " + err.Error())
+			}
 		}
 	}
 }

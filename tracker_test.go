@@ -211,8 +211,7 @@ func TestEndClosesTracker(t *testing.T) {
 func TestHammerOperationsExact(t *testing.T) {
 	const limit = 10_000
 	tr := newT(t, Limits{MaxOperations: limit})
-	var granted, refused sync.WaitGroup
-	_ = refused
+	var granted sync.WaitGroup
 	var mu sync.Mutex
 	total := 0
 	for g := 0; g < 16; g++ {

@@ -1,0 +1,54 @@
+// Package reslimit bounds what a piece of work may consume — memory, CPU
+// time, file sizes, operation counts, concurrency, wall time — and
+// attributes what it did consume to a tenant, cumulatively, for quotas and
+// billing.
+//
+// # Runs and trackers
+//
+// A [Tracker] is one run's budget: lock-free atomic counters checked
+// against [Limits]. Wrap untrusted work with [Run] or [Limit]; inside it,
+// [FromContext] returns the run's tracker:
+//
+//	tool := reslimit.Limit(search, reslimit.Strict())
+//	out, err := tool(ctx, query)
+//
+//	func search(ctx context.Context, q string) ([]Hit, error) {
+//		tr := reslimit.FromContext(ctx)
+//		for ... {
+//			if err := tr.Step(); err != nil { // counts an operation, sees timeout and CPU stops
+//				return nil, err
+//			}
+//		}
+//	}
+//
+// Memory and concurrency slots are held with a [Guard] and given back with
+// Release, typically deferred.
+//
+// # Semantics
+//
+// A limit of 0 means no limit; a negative limit is invalid
+// ([ErrInvalidLimits]). Usage equal to a limit is allowed; a request that
+// would take usage above it is refused with a [*LimitError] that matches
+// [ErrLimitExceeded], and changes no counter. Usage is counted whether or
+// not a limit is set. Counters never go negative: releasing more than is
+// held is an error.
+//
+// CPU time is real CPU time: on Linux, Run runs the work on a goroutine
+// locked to its OS thread and reads that thread's CPU clock, so a run that
+// sleeps uses almost none. A watchdog samples the clock of each running
+// call and cancels its context with a CPUTime *LimitError as the cause when
+// MaxCPUTime is used up. Elsewhere [CPUClock] reports "wall" and wall time
+// stands in for CPU time.
+//
+// # Tenants
+//
+// An [Account] holds one tenant's cumulative totals, history and limit
+// status over many runs and enforces [AccountLimits] across all of them;
+// a [Ledger] keeps an account per tenant. Charge a run to a tenant with
+// [WithAccount], [ContextWithAccount] or [Account.Begin].
+//
+// # Monitoring
+//
+// A [Monitor] polls registered trackers and accounts and sends threshold
+// events on a channel.
+package reslimit
