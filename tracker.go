@@ -774,6 +774,10 @@ func (t *Tracker) AppendReadings(dst []Reading) []Reading {
 	t.meterMu.Unlock()
 	l := &t.limits
 	r := &t.refused
+	var elapsed int64
+	if l.Timeout > 0 { // read the clock only where a timeout can be near
+		elapsed = int64(time.Since(t.start))
+	}
 	return append(dst,
 		Reading{Resource: Memory, Used: t.held.Load(), Limit: l.MaxMemoryBytes, Refusals: r[Memory].Load()},
 		Reading{Resource: TotalMemory, Used: total, Refusals: r[TotalMemory].Load()},
@@ -782,6 +786,7 @@ func (t *Tracker) AppendReadings(dst []Reading) []Reading {
 		Reading{Resource: CPUTime, Used: t.cpuLast.Load(), Limit: int64(l.MaxCPUTime), Refusals: r[CPUTime].Load()},
 		Reading{Resource: Concurrency, Used: t.slots.count.Load(), Limit: l.MaxConcurrent, Refusals: r[Concurrency].Load()},
 		Reading{Resource: FileSize, Used: t.maxFile.Load(), Limit: l.MaxFileSize, Refusals: r[FileSize].Load()},
+		Reading{Resource: Timeout, Used: elapsed, Limit: int64(l.Timeout), Refusals: r[Timeout].Load()},
 	)
 }
 

@@ -1,0 +1,781 @@
+package reslimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"runtime/metrics"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Monitor defaults: a zero field of MonitorConfig takes these.
+const (
+	// DefaultWarningThreshold is the fraction of a limit at which a
+	// Monitor sends HighUsage.
+	DefaultWarningThreshold = 0.8
+	// DefaultCheckInterval is how often a started Monitor polls.
+	DefaultCheckInterval = time.Second
+	// DefaultMonitorHistory is how many events a Monitor's History keeps.
+	DefaultMonitorHistory = 1000
+	// DefaultEventBuffer is the capacity of a Monitor's Events channel.
+	DefaultEventBuffer = 256
+)
+
+// MonitorHysteresis is the margin, as a fraction of the limit, that keeps a
+// usage hovering at a threshold from sending an event on every poll.
+//
+// After HighUsage, Recovered is sent only once the usage falls below
+// WarningThreshold − h of the limit, where h is MonitorHysteresis or half
+// the WarningThreshold, whichever is smaller. After a usage LimitExceeded,
+// the next one is sent only once the usage has fallen below
+// 1 − MonitorHysteresis of the limit and then reached the limit again.
+const MonitorHysteresis = 0.05
+
+// ProcessComponent is the name under which a Monitor with
+// MonitorConfig.WatchProcess registers its process memory backstop.
+const ProcessComponent = "process"
+
+// ErrMonitorStarted is returned by Monitor.Start when the monitor was
+// already started.
+var ErrMonitorStarted = errors.New("reslimit: monitor already started")
+
+// MonitorConfig configures NewMonitor. A zero field takes the default
+// named in its doc. MonitorConfig is a plain value.
+type MonitorConfig struct {
+	// WarningThreshold is the fraction of a limit, in (0, 1], at which
+	// usage counts as high and HighUsage is sent. Default 0.8.
+	WarningThreshold float64
+	// CheckInterval is the time between two polls of a started Monitor.
+	// Default 1s; negative is invalid.
+	CheckInterval time.Duration
+	// HistorySize is how many of the latest events History keeps.
+	// Default 1000; a negative size keeps none.
+	HistorySize int
+	// EventBuffer is the capacity of the Events channel. When it is full,
+	// events are dropped and counted (Statistics.DroppedEvents). Default
+	// 256; negative is invalid.
+	EventBuffer int
+	// Logger, if not nil, logs every event as it is sent: HighUsage at
+	// Warn level, LimitExceeded at Error, Recovered at Info.
+	Logger *slog.Logger
+	// WatchProcess registers a built-in component named "process"
+	// (ProcessComponent) that reads the Go runtime's memory from
+	// runtime/metrics — the memory the runtime's memory limit governs: all
+	// memory mapped by the Go runtime (heap included) minus heap memory
+	// returned to the OS — against ProcessMemoryLimit, or, when that is 0,
+	// against the limit set with debug.SetMemoryLimit or GOMEMLIMIT. With
+	// neither it reports usage without a limit, and so sends no events.
+	// It never stops the world (no runtime.ReadMemStats).
+	WatchProcess bool
+	// ProcessMemoryLimit is the process memory limit in bytes for
+	// WatchProcess (0: use the runtime's memory limit). Negative is
+	// invalid.
+	ProcessMemoryLimit int64
+}
+
+// EventKind says what a Monitor event reports. The zero value is invalid.
+type EventKind uint8
+
+// The kinds of Monitor events.
+const (
+	// HighUsage: a resource's usage crossed WarningThreshold of its limit
+	// upward.
+	HighUsage EventKind = iota + 1
+	// LimitExceeded: a resource's usage reached its limit, or requests for
+	// it were refused since the previous poll.
+	LimitExceeded
+	// Recovered: after HighUsage, the usage fell back below the threshold
+	// (less MonitorHysteresis).
+	Recovered
+)
+
+var eventKindNames = [...]string{
+	HighUsage:     "high_usage",
+	LimitExceeded: "limit_exceeded",
+	Recovered:     "recovered",
+}
+
+// Valid reports whether k is one of the defined kinds.
+func (k EventKind) Valid() bool { return k >= HighUsage && k <= Recovered }
+
+// String returns the kind's stable snake_case name ("high_usage",
+// "limit_exceeded", "recovered"), or "event_kind(N)" for an invalid value.
+func (k EventKind) String() string {
+	if k.Valid() {
+		return eventKindNames[k]
+	}
+	return "event_kind(" + strconv.Itoa(int(k)) + ")"
+}
+
+// MarshalText implements encoding.TextMarshaler with the String name. It
+// fails for an invalid kind.
+func (k EventKind) MarshalText() ([]byte, error) {
+	if !k.Valid() {
+		return nil, errors.New("reslimit: cannot marshal invalid " + k.String())
+	}
+	return []byte(eventKindNames[k]), nil
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler, accepting the names
+// that String returns.
+func (k *EventKind) UnmarshalText(b []byte) error {
+	for v := HighUsage; v <= Recovered; v++ {
+		if eventKindNames[v] == string(b) {
+			*k = v
+			return nil
+		}
+	}
+	return errors.New("reslimit: unknown event kind " + strconv.Quote(string(b)))
+}
+
+// Event is one threshold crossing or refusal seen by a Monitor. Used and
+// Limit are in the resource's unit (bytes, counts, or nanoseconds for
+// CPUTime and Timeout); Limit is 0 when the resource has no limit. Event
+// is a plain value; it implements slog.LogValuer.
+type Event struct {
+	// Time is when the poll that saw the event started.
+	Time time.Time
+	// Component is the name the source was registered under.
+	Component string
+	// Resource is the resource concerned.
+	Resource Resource
+	// Kind is what happened.
+	Kind EventKind
+	// Used is the usage read by the poll.
+	Used int64
+	// Limit is the limit read by the poll (0: none).
+	Limit int64
+	// Ratio is Used/Limit, or 0 when there is no limit.
+	Ratio float64
+	// Refusals is the number of requests for the resource refused since
+	// the previous poll (only for LimitExceeded; 0 when the event is a
+	// usage crossing alone).
+	Refusals int64
+}
+
+// LogValue implements slog.LogValuer: the event as a group of its fields,
+// with CPUTime and Timeout values as durations.
+func (e Event) LogValue() slog.Value {
+	attrs := make([]slog.Attr, 0, 8)
+	attrs = append(attrs,
+		slog.Time("time", e.Time),
+		slog.String("component", e.Component),
+		slog.String("resource", e.Resource.String()),
+		slog.String("kind", e.Kind.String()),
+	)
+	attrs = e.appendValueAttrs(attrs)
+	return slog.GroupValue(attrs...)
+}
+
+func (e *Event) appendValueAttrs(attrs []slog.Attr) []slog.Attr {
+	if e.Resource.isTime() {
+		attrs = append(attrs, slog.Duration("used", time.Duration(e.Used)), slog.Duration("limit", time.Duration(e.Limit)))
+	} else {
+		attrs = append(attrs, slog.Int64("used", e.Used), slog.Int64("limit", e.Limit))
+	}
+	attrs = append(attrs, slog.Float64("ratio", e.Ratio))
+	if e.Refusals > 0 {
+		attrs = append(attrs, slog.Int64("refusals", e.Refusals))
+	}
+	return attrs
+}
+
+// Statistics is a snapshot of a Monitor. Memory in bytes. The event
+// counters count every event the monitor produced since NewMonitor,
+// delivered or dropped; they are not derived from, nor capped by, History.
+type Statistics struct {
+	// Components is the number of registered components, including the
+	// process backstop if any.
+	Components int
+	// TotalMemoryBytes is the sum over the components (except the process
+	// backstop) of the memory held now (their Memory readings). A run
+	// registered alongside its account is counted in both.
+	TotalMemoryBytes int64
+	// TotalOperations is the sum of the components' Operations readings
+	// (except the process backstop).
+	TotalOperations int64
+	// ConcurrentOperations is the sum of the components' Concurrency
+	// readings: slots or runs in progress now.
+	ConcurrentOperations int64
+	// Warnings counts HighUsage events.
+	Warnings int64
+	// LimitsExceeded counts LimitExceeded events.
+	LimitsExceeded int64
+	// Recoveries counts Recovered events.
+	Recoveries int64
+	// DroppedEvents counts the events not delivered because the Events
+	// channel was full.
+	DroppedEvents int64
+	// Polls counts completed polls.
+	Polls int64
+	// PerComponent has one entry per registered component, by name.
+	PerComponent map[string]ComponentStats
+}
+
+// ComponentStats is one component's part of Statistics. Memory in bytes.
+type ComponentStats struct {
+	// MemoryBytes is the memory held now (its Memory reading).
+	MemoryBytes int64
+	// Operations is its Operations reading.
+	Operations int64
+	// Concurrent is its Concurrency reading.
+	Concurrent int64
+	// Readings is everything the source reported, read by Statistics.
+	Readings []Reading
+	// Warnings and LimitsExceeded count the HighUsage and LimitExceeded
+	// events of the component since it was (last) registered.
+	Warnings       int64
+	LimitsExceeded int64
+}
+
+// Edge-trigger levels of one resource of one component.
+const (
+	levelNormal uint8 = iota
+	levelHigh         // at or above the warning threshold
+	levelOver         // at or above the limit
+)
+
+// resState is the edge state of one resource of one component. It is
+// accessed only by the poll in progress (under Monitor.pollMu).
+type resState struct {
+	level    uint8
+	refusals int64
+}
+
+// component is one registered source and its edge state. It is allocated
+// at Register and dropped at Unregister (or when replaced).
+type component struct {
+	name    string
+	src     Source
+	builtin bool
+	removed atomic.Bool
+	state   [numResources]resState
+
+	warnings atomic.Int64
+	exceeded atomic.Int64
+}
+
+// registry is an immutable snapshot of the registered components, in
+// registration order. Writers (under Monitor.regMu) publish a new one;
+// polls iterate the snapshot they loaded without any lock.
+type registry struct {
+	comps []*component
+}
+
+// Monitor polls registered Sources (trackers of long-lived components,
+// tenants' accounts) and reports what it sees as Events: on the Events
+// channel, in History, in the Statistics counters and, if configured,
+// through a slog.Logger. Nothing is pushed from the tracked code's hot
+// path: each poll reads the sources' counters.
+//
+// For each reading (one resource of one component) a poll sends:
+//
+//   - HighUsage when Used/Limit reaches WarningThreshold from below;
+//   - LimitExceeded when Used reaches Limit (usage equal to the limit
+//     counts: nothing more fits);
+//   - Recovered when, after HighUsage, Used/Limit falls below
+//     WarningThreshold less MonitorHysteresis;
+//   - LimitExceeded, with Event.Refusals set, when the source refused
+//     requests for the resource since the previous poll. This one fires on
+//     every poll that finds new refusals (at most one event per resource
+//     and poll, carrying their count), since each refusal is news.
+//
+// Usage events are edge-triggered: each fires once per crossing, not on
+// every poll, and MonitorHysteresis keeps a usage hovering at a threshold
+// from flapping. A usage that jumps past the limit in one poll sends
+// HighUsage then LimitExceeded; a usage crossing and a refusal in the same
+// poll send one LimitExceeded. A resource whose Limit is 0 never sends
+// usage events (refusals still send LimitExceeded); a limit that is
+// removed forgets the resource's level without an event.
+//
+// A Monitor is safe for concurrent use. Register and Unregister may run
+// while a poll is in progress: the registry is copy-on-write, so they
+// never wait for the poll, nor the poll for them. Polls are serialised.
+type Monitor struct {
+	threshold    float64
+	recoverBelow float64
+	rearmBelow   float64
+	interval     time.Duration
+	logger       *slog.Logger
+
+	events chan Event
+
+	regMu sync.Mutex // serialises registry writers
+	reg   atomic.Pointer[registry]
+
+	pollMu sync.Mutex // serialises polls; guards buf and closing events
+	buf    []Reading
+	closed bool // events is closed; guarded by pollMu
+	done   atomic.Bool
+
+	histMu   sync.Mutex
+	hist     []Event
+	histCap  int
+	histNext int
+
+	lifeMu   sync.Mutex
+	started  bool
+	stopping bool
+	quit     chan struct{}
+	exited   chan struct{} // closed when the polling goroutine has exited
+
+	warnings  atomic.Int64
+	exceeded  atomic.Int64
+	recovered atomic.Int64
+	dropped   atomic.Int64
+	polls     atomic.Int64
+}
+
+// NewMonitor returns a monitor configured by cfg, with no component
+// registered (except the process backstop when cfg.WatchProcess is set).
+// It does not poll until Start is called; Poll checks now. It returns an error wrapping
+// ErrInvalidArgument for a WarningThreshold outside (0, 1], a negative
+// CheckInterval or EventBuffer, and one wrapping ErrInvalidLimits for a
+// negative ProcessMemoryLimit.
+func NewMonitor(cfg MonitorConfig) (*Monitor, error) {
+	th := cfg.WarningThreshold
+	if th == 0 {
+		th = DefaultWarningThreshold
+	}
+	if math.IsNaN(th) || th <= 0 || th > 1 {
+		return nil, fmt.Errorf("%w: WarningThreshold %v is not in (0, 1]", ErrInvalidArgument, cfg.WarningThreshold)
+	}
+	if cfg.CheckInterval < 0 {
+		return nil, fmt.Errorf("%w: negative CheckInterval %v", ErrInvalidArgument, cfg.CheckInterval)
+	}
+	if cfg.EventBuffer < 0 {
+		return nil, fmt.Errorf("%w: negative EventBuffer %d", ErrInvalidArgument, cfg.EventBuffer)
+	}
+	if cfg.ProcessMemoryLimit < 0 {
+		return nil, fmt.Errorf("%w: negative ProcessMemoryLimit %d", ErrInvalidLimits, cfg.ProcessMemoryLimit)
+	}
+	interval := cfg.CheckInterval
+	if interval == 0 {
+		interval = DefaultCheckInterval
+	}
+	buffer := cfg.EventBuffer
+	if buffer == 0 {
+		buffer = DefaultEventBuffer
+	}
+	hist := cfg.HistorySize
+	if hist == 0 {
+		hist = DefaultMonitorHistory
+	}
+	hist = max(hist, 0)
+	m := &Monitor{
+		threshold:    th,
+		recoverBelow: th - min(MonitorHysteresis, th/2),
+		rearmBelow:   1 - MonitorHysteresis,
+		interval:     interval,
+		logger:       cfg.Logger,
+		events:       make(chan Event, buffer),
+		histCap:      hist,
+		quit:         make(chan struct{}),
+	}
+	m.reg.Store(&registry{})
+	if cfg.WatchProcess {
+		c := &component{name: ProcessComponent, src: newProcessSource(cfg.ProcessMemoryLimit), builtin: true}
+		m.reg.Store(&registry{comps: []*component{c}})
+	}
+	return m, nil
+}
+
+// Register adds s to the monitored components under name, or replaces the
+// source registered under that name (keeping its place in the polling
+// order) and forgets the old one's edge state. Refusals that s counted
+// before Register do not fire events; usage already above a threshold
+// fires on the next poll. It returns an error wrapping ErrInvalidArgument
+// for an empty name or a nil s (including a nil *Tracker or *Account), and
+// ErrClosed after Stop. Safe for concurrent use, also during a poll.
+func (m *Monitor) Register(name string, s Source) error {
+	if name == "" {
+		return fmt.Errorf("%w: Monitor.Register with an empty name", ErrInvalidArgument)
+	}
+	if isNilSource(s) {
+		return fmt.Errorf("%w: Monitor.Register(%q) with a nil source", ErrInvalidArgument, name)
+	}
+	if m.done.Load() {
+		return ErrClosed
+	}
+	c := &component{name: name, src: s}
+	for _, r := range s.AppendReadings(nil) {
+		if r.Resource.Valid() {
+			c.state[r.Resource].refusals = r.Refusals
+		}
+	}
+	m.regMu.Lock()
+	defer m.regMu.Unlock()
+	old := m.reg.Load().comps
+	for i, o := range old {
+		if o.name == name {
+			comps := make([]*component, len(old))
+			copy(comps, old)
+			comps[i] = c
+			o.removed.Store(true)
+			m.reg.Store(&registry{comps: comps})
+			return nil
+		}
+	}
+	// Appending in place is safe: snapshots already published never read
+	// past their own length, and a removal always copies.
+	m.reg.Store(&registry{comps: append(old, c)})
+	return nil
+}
+
+func isNilSource(s Source) bool {
+	switch v := s.(type) {
+	case nil:
+		return true
+	case *Tracker:
+		return v == nil
+	case *Account:
+		return v == nil
+	}
+	return false
+}
+
+// Unregister removes the component registered under name, if any, and
+// forgets its edge state; a poll in progress skips it from now on. Safe
+// for concurrent use, also during a poll.
+func (m *Monitor) Unregister(name string) {
+	m.regMu.Lock()
+	defer m.regMu.Unlock()
+	old := m.reg.Load().comps
+	for i, o := range old {
+		if o.name == name {
+			comps := make([]*component, 0, len(old)-1)
+			comps = append(comps, old[:i]...)
+			comps = append(comps, old[i+1:]...)
+			o.removed.Store(true)
+			m.reg.Store(&registry{comps: comps})
+			return
+		}
+	}
+}
+
+// Start starts the goroutine that polls every CheckInterval (the first
+// poll happens at once) until Stop is called or ctx ends; either way the
+// goroutine then closes the Events channel. It returns ErrMonitorStarted
+// when called a second time, ErrClosed after Stop, and an error wrapping
+// ErrInvalidArgument for a nil ctx. Safe for concurrent use.
+func (m *Monitor) Start(ctx context.Context) error {
+	if ctx == nil {
+		return fmt.Errorf("%w: Monitor.Start with a nil context", ErrInvalidArgument)
+	}
+	m.lifeMu.Lock()
+	defer m.lifeMu.Unlock()
+	if m.stopping || m.done.Load() {
+		return ErrClosed
+	}
+	if m.started {
+		return ErrMonitorStarted
+	}
+	m.started = true
+	m.exited = make(chan struct{})
+	go m.loop(ctx, m.exited)
+	return nil
+}
+
+func (m *Monitor) loop(ctx context.Context, exited chan struct{}) {
+	defer close(exited)
+	defer m.shutdown()
+	t := time.NewTicker(m.interval)
+	defer t.Stop()
+	for {
+		m.Poll()
+		select {
+		case <-ctx.Done():
+			return
+		case <-m.quit:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Stop stops the monitor: it ends the polling goroutine (if Start was
+// called), waits for it to exit, then closes the Events channel. Later
+// polls do nothing and later Register and Start calls return ErrClosed.
+// Stop is idempotent and safe for concurrent use; it also works on a
+// monitor that was never started.
+func (m *Monitor) Stop() {
+	m.lifeMu.Lock()
+	if !m.stopping {
+		m.stopping = true
+		close(m.quit)
+	}
+	exited := m.exited
+	m.lifeMu.Unlock()
+	if exited != nil {
+		<-exited
+	}
+	m.shutdown()
+}
+
+// shutdown closes the events channel once, after any poll in progress.
+func (m *Monitor) shutdown() {
+	m.pollMu.Lock()
+	if !m.closed {
+		m.closed = true
+		m.done.Store(true)
+		close(m.events)
+	}
+	m.pollMu.Unlock()
+}
+
+// Events returns the channel on which events are sent, in the order they
+// were seen. It is closed when the monitor stops (Stop, or the end of
+// Start's context). Sends never block the monitor: an event that finds
+// the channel full is dropped and counted in Statistics.DroppedEvents.
+func (m *Monitor) Events() <-chan Event { return m.events }
+
+// Poll reads every registered source once, now, and sends the events due,
+// before it returns. Polls are serialised. In steady state (no event due)
+// it allocates nothing. After the monitor stopped it does nothing. Safe
+// for concurrent use.
+func (m *Monitor) Poll() {
+	m.pollMu.Lock()
+	defer m.pollMu.Unlock()
+	if m.closed {
+		return
+	}
+	comps := m.reg.Load().comps
+	now := time.Now()
+	for _, c := range comps {
+		if c.removed.Load() {
+			continue
+		}
+		m.buf = c.src.AppendReadings(m.buf[:0])
+		for i := range m.buf {
+			m.check(c, &m.buf[i], now)
+		}
+	}
+	m.polls.Add(1)
+}
+
+// check updates the edge state of one reading and emits the events due.
+// Called with pollMu held.
+func (m *Monitor) check(c *component, r *Reading, now time.Time) {
+	if !r.Resource.Valid() {
+		return
+	}
+	st := &c.state[r.Resource]
+	var refused int64
+	if r.Refusals > st.refusals {
+		refused = r.Refusals - st.refusals
+	}
+	st.refusals = r.Refusals // a source that reset its count starts a new baseline
+
+	var ratio float64
+	high, over, recovered := false, false, false
+	if r.Limit > 0 {
+		ratio = float64(r.Used) / float64(r.Limit)
+		switch st.level {
+		case levelNormal:
+			if r.Used >= r.Limit {
+				high, over = true, true
+				st.level = levelOver
+			} else if ratio >= m.threshold {
+				high = true
+				st.level = levelHigh
+			}
+		case levelHigh:
+			if r.Used >= r.Limit {
+				over = true
+				st.level = levelOver
+			}
+		case levelOver:
+			if ratio < m.rearmBelow {
+				st.level = levelHigh
+			}
+		}
+		if st.level != levelNormal && ratio < m.recoverBelow {
+			st.level = levelNormal
+			recovered = true
+		}
+	} else {
+		st.level = levelNormal // no limit (any more): no usage events
+	}
+	if recovered {
+		m.emit(c, r, Recovered, ratio, 0, now)
+	}
+	if high {
+		m.emit(c, r, HighUsage, ratio, 0, now)
+	}
+	if over || refused > 0 {
+		m.emit(c, r, LimitExceeded, ratio, refused, now)
+	}
+}
+
+// emit records and sends one event. Called with pollMu held.
+func (m *Monitor) emit(c *component, r *Reading, kind EventKind, ratio float64, refused int64, now time.Time) {
+	ev := Event{Time: now, Component: c.name, Resource: r.Resource, Kind: kind, Used: r.Used, Limit: r.Limit, Ratio: ratio, Refusals: refused}
+	switch kind {
+	case HighUsage:
+		m.warnings.Add(1)
+		c.warnings.Add(1)
+	case LimitExceeded:
+		m.exceeded.Add(1)
+		c.exceeded.Add(1)
+	case Recovered:
+		m.recovered.Add(1)
+	}
+	if m.histCap > 0 {
+		m.histMu.Lock()
+		if len(m.hist) < m.histCap {
+			m.hist = append(m.hist, ev)
+		} else {
+			m.hist[m.histNext] = ev
+			m.histNext = (m.histNext + 1) % m.histCap
+		}
+		m.histMu.Unlock()
+	}
+	if m.logger != nil {
+		m.log(&ev)
+	}
+	select {
+	case m.events <- ev:
+	default:
+		m.dropped.Add(1)
+	}
+}
+
+func (m *Monitor) log(ev *Event) {
+	level := slog.LevelInfo
+	switch ev.Kind {
+	case HighUsage:
+		level = slog.LevelWarn
+	case LimitExceeded:
+		level = slog.LevelError
+	}
+	ctx := context.Background()
+	if !m.logger.Enabled(ctx, level) {
+		return
+	}
+	attrs := make([]slog.Attr, 0, 8)
+	attrs = append(attrs,
+		slog.String("component", ev.Component),
+		slog.String("resource", ev.Resource.String()),
+	)
+	attrs = ev.appendValueAttrs(attrs)
+	m.logger.LogAttrs(ctx, level, "reslimit monitor: "+ev.Kind.String(), attrs...)
+}
+
+// Statistics reads every registered source now and returns the sums of
+// their current usage, the monitor's event counters and per-component
+// usage. It does not wait for a poll in progress. Safe for concurrent use.
+func (m *Monitor) Statistics() Statistics {
+	comps := m.reg.Load().comps
+	s := Statistics{
+		Warnings:       m.warnings.Load(),
+		LimitsExceeded: m.exceeded.Load(),
+		Recoveries:     m.recovered.Load(),
+		DroppedEvents:  m.dropped.Load(),
+		Polls:          m.polls.Load(),
+		PerComponent:   make(map[string]ComponentStats, len(comps)),
+	}
+	for _, c := range comps {
+		if c.removed.Load() {
+			continue
+		}
+		cs := ComponentStats{
+			Readings:       c.src.AppendReadings(nil),
+			Warnings:       c.warnings.Load(),
+			LimitsExceeded: c.exceeded.Load(),
+		}
+		for _, r := range cs.Readings {
+			switch r.Resource {
+			case Memory:
+				cs.MemoryBytes += r.Used
+			case Operations:
+				cs.Operations += r.Used
+			case Concurrency:
+				cs.Concurrent += r.Used
+			}
+		}
+		s.Components++
+		s.PerComponent[c.name] = cs
+		if !c.builtin {
+			s.TotalMemoryBytes += cs.MemoryBytes
+			s.TotalOperations += cs.Operations
+			s.ConcurrentOperations += cs.Concurrent
+		}
+	}
+	return s
+}
+
+// History returns a copy of the latest events (at most HistorySize),
+// oldest first. Safe for concurrent use.
+func (m *Monitor) History() []Event {
+	m.histMu.Lock()
+	defer m.histMu.Unlock()
+	out := make([]Event, 0, len(m.hist))
+	out = append(out, m.hist[m.histNext:]...)
+	out = append(out, m.hist[:m.histNext]...)
+	return out
+}
+
+// ClearHistory forgets the events kept for History. The counters of
+// Statistics are not affected. Safe for concurrent use.
+func (m *Monitor) ClearHistory() {
+	m.histMu.Lock()
+	clear(m.hist)
+	m.hist = m.hist[:0]
+	m.histNext = 0
+	m.histMu.Unlock()
+}
+
+// processSource is the process memory backstop: a Source with one Memory
+// reading of the Go runtime's memory, read from runtime/metrics.
+type processSource struct {
+	limit int64 // configured limit, 0: the runtime's
+
+	mu      sync.Mutex
+	samples [3]metrics.Sample
+}
+
+const (
+	metricTotal    = "/memory/classes/total:bytes"
+	metricReleased = "/memory/classes/heap/released:bytes"
+	metricLimit    = "/gc/gomemlimit:bytes"
+)
+
+func newProcessSource(limit int64) *processSource {
+	p := &processSource{limit: limit}
+	p.samples[0].Name = metricTotal
+	p.samples[1].Name = metricReleased
+	p.samples[2].Name = metricLimit
+	return p
+}
+
+// AppendReadings implements Source. The limit is 0 (none) when neither a
+// limit was configured nor a runtime memory limit is set.
+func (p *processSource) AppendReadings(dst []Reading) []Reading {
+	p.mu.Lock()
+	metrics.Read(p.samples[:])
+	total := sampleInt(&p.samples[0])
+	released := sampleInt(&p.samples[1])
+	rtLimit := sampleInt(&p.samples[2])
+	p.mu.Unlock()
+	lim := p.limit
+	if lim == 0 && rtLimit > 0 && rtLimit < math.MaxInt64 {
+		lim = rtLimit
+	}
+	return append(dst, Reading{Resource: Memory, Used: max(total-released, 0), Limit: lim})
+}
+
+func sampleInt(s *metrics.Sample) int64 {
+	if s.Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	v := s.Value.Uint64()
+	if v > math.MaxInt64 {
+		return math.MaxInt64
+	}
+	return int64(v)
+}
