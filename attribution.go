@@ -124,9 +124,14 @@ type Account struct {
 	cpu       time.Duration // CPU of ended runs
 	evals     int64
 	largest   Largest
-	hist      []HistoryEntry
-	histNext  int
-	histLen   int
+	// Life totals of this process, never Reset: what a fleet store is told.
+	lifeMeters [numMeters]int64 // usage of ended runs
+	lifeCPU    time.Duration
+	lifeEvals  int64
+	fleet      *fleetState // nil without a Store
+	hist       []HistoryEntry
+	histNext   int
+	histLen    int
 }
 
 // HistoryEntry records one finished run of an Account.
@@ -184,6 +189,11 @@ type AccountStats struct {
 	// Refusals counts the requests refused by the account's limits, per
 	// resource (only resources with refusals). Reset does not clear it.
 	Refusals map[Resource]int64
+	// Fleet describes the account's store-backed state, or is nil when
+	// the ledger has no Store. With a Store, the cumulative totals above
+	// (and LimitStatus, Exhausted) are fleet-wide: what the store has
+	// committed plus what this replica has not reported yet.
+	Fleet *FleetStats
 }
 
 // NewAccount returns an account named name (the tenant, non-empty) with
@@ -244,9 +254,20 @@ func (a *Account) Begin(l Limits) (*Tracker, error) {
 func (a *Account) begin(l Limits, name string, cancel func(error)) (*Tracker, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if lim := a.limits[Evaluations].Load(); lim > 0 && a.evals >= lim {
-		a.refused[Evaluations].Add(1)
-		return nil, &LimitError{Resource: Evaluations, Limit: lim, Used: a.evals, Requested: 1, Tenant: a.name}
+	if a.fleet != nil && a.fleet.ledger.closed.Load() {
+		return nil, ErrClosed
+	}
+	if lim := a.limits[Evaluations].Load(); lim > 0 {
+		used := a.usageLocked(Evaluations)
+		if used >= lim {
+			a.refused[Evaluations].Add(1)
+			return nil, &LimitError{Resource: Evaluations, Limit: lim, Used: used, Requested: 1, Tenant: a.name}
+		}
+		if a.fleet != nil {
+			if err := a.fleetReserveLocked(Evaluations, 1, 1, -1, nil, func() int64 { return a.lifeEvals }); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if lim := a.limits[Concurrency].Load(); lim > 0 && int64(len(a.live)) >= lim {
 		a.refused[Concurrency].Add(1)
@@ -257,6 +278,7 @@ func (a *Account) begin(l Limits, name string, cancel func(error)) (*Tracker, er
 		return nil, &LimitError{Resource: r, Limit: lim, Used: used, Tenant: a.name}
 	}
 	a.evals++
+	a.lifeEvals++
 	t := newTracker(l, a, name, cancel)
 	t.evaluation = a.evals
 	a.live[t] = struct{}{}
@@ -276,6 +298,24 @@ func (a *Account) grant(t *Tracker, i int, n, want, room int64) (bool, error) {
 		t.addRoom(i, max(room, want))
 		return true, nil
 	}
+	if a.fleet != nil {
+		issued := func() int64 { return a.issuedLocked(i) }
+		if err := a.fleetReserveLocked(res, n, want, i, t, issued); err != nil {
+			return false, err
+		}
+		if a.limits[res].Load() == 0 { // removed while we waited for a lease
+			t.addRoom(i, max(room, want))
+			return true, nil
+		}
+		free := a.fleet.capLocked(res) - issued()
+		extra := min((free-want)/int64(4*len(a.live)+4), chunkCap[i], room-want)
+		if u := t.filled[i]; extra > 2*u+64 {
+			extra = 2*u + 64
+		}
+		t.addRoom(i, want+max(extra, 0))
+		a.fleet.noteLeft(res, free-want-max(extra, 0))
+		return true, nil
+	}
 	free := lim - a.reserved[i]
 	if free < want {
 		a.reclaimLocked(i, t)
@@ -283,7 +323,7 @@ func (a *Account) grant(t *Tracker, i int, n, want, room int64) (bool, error) {
 	}
 	if free < want {
 		a.refused[res].Add(1)
-		return false, &LimitError{Resource: res, Limit: lim, Used: a.usedLocked(i), Requested: n, Tenant: a.name}
+		return false, &LimitError{Resource: res, Limit: lim, Used: a.usageLocked(res), Requested: n, Tenant: a.name}
 	}
 	extra := (free - want) / int64(4*len(a.live)+4)
 	extra = min(extra, chunkCap[i], room-want)
@@ -326,8 +366,42 @@ func (a *Account) cpuLocked() time.Duration {
 	return d
 }
 
-// usageLocked returns the account's usage of any resource.
+// issuedLocked returns the allowance of meter i this process has handed
+// to runs in all: what ended runs used plus what live runs were given.
+func (a *Account) issuedLocked(i int) int64 {
+	v := a.lifeMeters[i]
+	for t := range a.live {
+		t.meterMu.Lock()
+		v += t.filled[i]
+		t.meterMu.Unlock()
+	}
+	return v
+}
+
+// lifeLocked returns this process's usage of the fleet quantities, never Reset.
+func (a *Account) lifeLocked() Totals {
+	var l Totals
+	l.Evaluations = a.lifeEvals
+	l.CPUTime = a.lifeCPU
+	for t := range a.live {
+		l.CPUTime += time.Duration(t.cpuLast.Load())
+	}
+	for i, r := range meterResource {
+		v := a.lifeMeters[i]
+		for t := range a.live {
+			v += t.used(i)
+		}
+		l.Set(r, v)
+	}
+	return l
+}
+
+// usageLocked returns the account's usage of any resource; with a Store,
+// fleet-wide for the cumulative ones.
 func (a *Account) usageLocked(r Resource) int64 {
+	if a.fleet != nil && cumulative(r) {
+		return a.fleet.committed.Get(r) + a.lifeLocked().Get(r) - a.fleet.reported.Get(r)
+	}
 	switch r {
 	case Memory:
 		return a.held.Load()
@@ -394,7 +468,7 @@ func (a *Account) checkCPU() error {
 		return nil
 	}
 	a.mu.Lock()
-	used := a.cpuLocked()
+	used := time.Duration(a.usageLocked(CPUTime))
 	a.mu.Unlock()
 	if int64(used) > lim {
 		a.refused[CPUTime].Add(1)
@@ -421,8 +495,10 @@ func (a *Account) end(t *Tracker, cpu time.Duration, runErr error) Usage {
 	delete(a.live, t)
 	for i := range t.meters {
 		a.committed[i] += t.filled[i] - t.base[i]
+		a.lifeMeters[i] += t.filled[i]
 	}
 	a.cpu += cpu - time.Duration(t.cpuBase)
+	a.lifeCPU += cpu
 	a.largest.MemoryBytes = max(a.largest.MemoryBytes, u.PeakMemoryBytes)
 	a.largest.Operations = max(a.largest.Operations, u.Operations)
 	if len(a.hist) > 0 {
@@ -447,12 +523,12 @@ func (a *Account) Stats() AccountStats {
 	defer a.mu.Unlock()
 	s := AccountStats{
 		MemoryBytes:      a.held.Load(),
-		TotalMemoryBytes: a.usedLocked(mTotal),
+		TotalMemoryBytes: a.usageLocked(TotalMemory),
 		PeakMemoryBytes:  a.peak.Load(),
-		Operations:       a.usedLocked(mOps),
-		FunctionCalls:    a.usedLocked(mCalls),
-		CPUTime:          a.cpuLocked(),
-		Evaluations:      a.evals,
+		Operations:       a.usageLocked(Operations),
+		FunctionCalls:    a.usageLocked(Calls),
+		CPUTime:          time.Duration(a.usageLocked(CPUTime)),
+		Evaluations:      a.usageLocked(Evaluations),
 		Running:          int64(len(a.live)),
 		Largest:          a.largest,
 	}
@@ -469,6 +545,10 @@ func (a *Account) Stats() AccountStats {
 		if cumulative(r) && u >= lim {
 			s.Exhausted = true
 		}
+	}
+	if a.fleet != nil {
+		fs := a.fleet.statsLocked(a)
+		s.Fleet = &fs
 	}
 	for r := range a.refused {
 		if n := a.refused[r].Load(); n > 0 {
@@ -651,6 +731,7 @@ type Ledger struct {
 	defaults AccountLimits
 	acctOpts []AccountOption
 	err      error
+	fleet    // the store-backed part; zero without WithStore
 
 	mu    sync.RWMutex
 	accts map[string]*Account
@@ -667,6 +748,9 @@ func NewLedger(defaults AccountLimits, opts ...LedgerOption) *Ledger {
 	}
 	if err := defaults.Validate(); err != nil {
 		l.err = err
+	}
+	if l.store != nil && l.err == nil {
+		l.startFleet()
 	}
 	return l
 }
@@ -695,6 +779,9 @@ func (l *Ledger) Open(tenant string) (*Account, error) {
 	if err != nil {
 		return nil, err
 	}
+	if l.store != nil {
+		a.fleet = newFleetState(l)
+	}
 	l.accts[tenant] = a
 	return a, nil
 }
@@ -716,9 +803,17 @@ func (l *Ledger) Lookup(tenant string) (*Account, bool) {
 }
 
 // Remove forgets the tenant's account. Runs already begun on it finish on
-// the removed account; the next Account call creates a fresh one.
+// the removed account; the next Account call creates a fresh one. With a
+// Store, the removed account is still synced until everything it used has
+// been reported, so removing a tenant loses no billing.
 func (l *Ledger) Remove(tenant string) {
 	l.mu.Lock()
+	if a := l.accts[tenant]; a != nil && a.fleet != nil {
+		a.mu.Lock()
+		a.fleet.retired = true
+		a.mu.Unlock()
+		l.retired = append(l.retired, a)
+	}
 	delete(l.accts, tenant)
 	l.mu.Unlock()
 }

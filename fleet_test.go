@@ -1,0 +1,282 @@
+package reslimit
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// flakyStore wraps a Store and fails every call while down is set.
+type flakyStore struct {
+	Store
+	down  atomic.Bool
+	calls atomic.Int64
+}
+
+var errStoreDown = errors.New("store down")
+
+func (s *flakyStore) Sync(ctx context.Context, req SyncRequest) (SyncResponse, error) {
+	s.calls.Add(1)
+	if s.down.Load() {
+		return SyncResponse{}, errStoreDown
+	}
+	return s.Store.Sync(ctx, req)
+}
+
+func newFleetLedger(t *testing.T, s Store, replica string, defaults AccountLimits, opts ...LedgerOption) *Ledger {
+	t.Helper()
+	opts = append([]LedgerOption{WithStore(s), WithReplica(replica), WithSyncInterval(20 * time.Millisecond)}, opts...)
+	l := NewLedger(defaults, opts...)
+	require.NoError(t, l.err)
+	t.Cleanup(func() { _ = l.Close(context.Background()) })
+	return l
+}
+
+// hammer charges operations on tenant "t" from several goroutines until the
+// fleet refuses (a fresh run gets nothing), and returns how many were granted.
+func hammer(t *testing.T, l *Ledger, workers int) int64 {
+	var granted atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				tr, err := l.Account("t").Begin(Limits{MaxOperations: 700})
+				if err != nil {
+					return // the tenant is exhausted fleet-wide
+				}
+				n := 0
+				for tr.TrackOperation() == nil {
+					n++
+				}
+				granted.Add(int64(n))
+				tr.End()
+				if n == 0 {
+					return // a fresh run got nothing: the fleet has none to give now
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return granted.Load()
+}
+
+func TestFleetOfReplicasNeverPassesTheLimit(t *testing.T) {
+	const limit = 30_000
+	store := NewMemoryStore()
+	var ledgers []*Ledger
+	for _, id := range []string{"r1", "r2", "r3"} {
+		ledgers = append(ledgers, newFleetLedger(t, store, id, AccountLimits{MaxTotalOperations: limit}))
+	}
+	var total atomic.Int64
+	var wg sync.WaitGroup
+	for _, l := range ledgers {
+		wg.Add(1)
+		go func(l *Ledger) {
+			defer wg.Done()
+			total.Add(hammer(t, l, 4))
+		}(l)
+	}
+	wg.Wait()
+	assert.LessOrEqual(t, total.Load(), int64(limit), "the fleet grants at most the limit")
+	assert.GreaterOrEqual(t, total.Load(), int64(limit*95/100), "and at least 95%% of it before refusing")
+	for _, l := range ledgers {
+		require.NoError(t, l.Close(context.Background()))
+	}
+	committed, err := store.Load(context.Background(), "t")
+	require.NoError(t, err)
+	assert.Equal(t, total.Load(), committed.Operations, "committed equals what the replicas granted")
+}
+
+func TestFleetStatsAreFleetWide(t *testing.T) {
+	store := NewMemoryStore()
+	l1 := newFleetLedger(t, store, "r1", AccountLimits{MaxTotalOperations: 1000})
+	l2 := newFleetLedger(t, store, "r2", AccountLimits{MaxTotalOperations: 1000})
+	for _, l := range []*Ledger{l1, l2} {
+		tr, err := l.Account("acme").Begin(Unlimited())
+		require.NoError(t, err)
+		require.NoError(t, tr.TrackOperations(100))
+		tr.End()
+	}
+	require.NoError(t, l1.Sync(context.Background()))
+	require.NoError(t, l2.Sync(context.Background()))
+	require.NoError(t, l1.Sync(context.Background()))
+	s := l1.Account("acme").Stats()
+	assert.Equal(t, int64(200), s.Operations)
+	assert.Equal(t, int64(2), s.Evaluations)
+	assert.Equal(t, LimitStatus{Used: 200, Limit: 1000, Remaining: 800}, s.LimitStatus[Operations])
+	require.NotNil(t, s.Fleet)
+	assert.Equal(t, "r1", s.Fleet.Replica)
+	assert.Equal(t, Totals{}, Totals{Operations: s.Fleet.Unreported.Operations})
+	assert.Positive(t, s.Fleet.Syncs)
+
+	// Unreported local usage shows at once on its own replica.
+	tr, _ := l2.Account("acme").Begin(Unlimited())
+	require.NoError(t, tr.TrackOperations(5))
+	assert.Equal(t, int64(205), l2.Account("acme").Stats().Operations)
+	tr.End()
+}
+
+func TestFleetEvaluationsLimitAcrossReplicas(t *testing.T) {
+	store := NewMemoryStore()
+	l1 := newFleetLedger(t, store, "r1", AccountLimits{MaxEvaluations: 5})
+	l2 := newFleetLedger(t, store, "r2", AccountLimits{MaxEvaluations: 5})
+	started := 0
+	for i := 0; i < 10; i++ {
+		l := []*Ledger{l1, l2}[i%2]
+		if tr, err := l.Account("t").Begin(Unlimited()); err == nil {
+			started++
+			tr.End()
+		} else {
+			assert.ErrorIs(t, err, ErrLimitExceeded)
+		}
+	}
+	assert.LessOrEqual(t, started, 5)
+	require.NoError(t, l1.Close(context.Background()))
+	require.NoError(t, l2.Close(context.Background()))
+	c, _ := store.Load(context.Background(), "t")
+	assert.Equal(t, int64(started), c.Evaluations)
+}
+
+func TestFleetReclaimsLeaseOfStoppedReplica(t *testing.T) {
+	store := NewMemoryStore()
+	var now atomic.Int64
+	now.Store(time.Now().UnixNano())
+	store.now = func() time.Time { return time.Unix(0, now.Load()) }
+	const limit = 10_000
+	dead := newFleetLedger(t, store, "dead", AccountLimits{MaxTotalOperations: limit}, WithLeaseTTL(time.Minute))
+	tr, err := dead.Account("t").Begin(Unlimited())
+	require.NoError(t, err)
+	require.NoError(t, tr.TrackOperations(100))
+	tr.End()
+	require.NoError(t, dead.Sync(context.Background()))
+	// "dead" now holds a lease; it stops without Close (its syncer is
+	// stopped by hand so it cannot renew).
+	dead.closed.Store(true)
+	dead.stopLoop()
+	<-dead.done
+	dead.mu.RLock()
+	lease := dead.accts["t"].Stats().Fleet.Lease.Operations
+	dead.mu.RUnlock()
+	require.Positive(t, lease)
+
+	live := newFleetLedger(t, store, "live", AccountLimits{MaxTotalOperations: limit})
+	require.NoError(t, live.Sync(context.Background()))
+	grantedBefore := hammer(t, live, 2)
+	assert.LessOrEqual(t, grantedBefore, int64(limit-100)-lease, "the dead replica's lease is still reserved")
+
+	now.Add(int64(2 * time.Minute)) // the store's clock passes the lease
+	require.NoError(t, live.Sync(context.Background()))
+	more := hammer(t, live, 2)
+	assert.Positive(t, more, "the reclaimed lease is granted again")
+	assert.LessOrEqual(t, 100+grantedBefore+more, int64(limit))
+	assert.GreaterOrEqual(t, 100+grantedBefore+more, int64(limit*95/100))
+}
+
+func TestFleetFailLocalKeepsServingAndBillsLater(t *testing.T) {
+	store := &flakyStore{Store: NewMemoryStore()}
+	const limit = 100_000
+	l := newFleetLedger(t, store, "r1", AccountLimits{MaxTotalOperations: limit})
+	acct := l.Account("t")
+	tr, err := acct.Begin(Unlimited())
+	require.NoError(t, err)
+	require.NoError(t, tr.TrackOperations(1000))
+	require.NoError(t, l.Sync(context.Background()))
+
+	store.down.Store(true)
+	require.ErrorIs(t, l.Sync(context.Background()), errStoreDown)
+	var granted int64 = 1000
+	for i := 0; i < 20_000; i++ {
+		if tr.TrackOperation() != nil {
+			break
+		}
+		granted++
+	}
+	s := acct.Stats()
+	assert.True(t, s.Fleet.Fallback)
+	assert.Positive(t, s.Fleet.SyncErrors)
+	assert.Equal(t, errStoreDown.Error(), s.Fleet.LastError)
+	assert.Greater(t, granted, int64(1000), "keeps serving from its lease and the fallback share")
+	assert.LessOrEqual(t, granted, int64(limit), "within bounds")
+	tr.End()
+
+	store.down.Store(false)
+	require.NoError(t, l.Sync(context.Background()))
+	require.NoError(t, l.Close(context.Background()))
+	c, _ := store.Load(context.Background(), "t")
+	assert.Equal(t, granted, c.Operations, "nothing lost, nothing double-counted")
+	assert.Equal(t, int64(1), c.Evaluations)
+}
+
+func TestFleetFailClosedAndFailOpen(t *testing.T) {
+	for _, tc := range []struct {
+		policy FailurePolicy
+		wantOK bool
+	}{{FailClosed, false}, {FailOpen, true}} {
+		t.Run(tc.policy.String(), func(t *testing.T) {
+			store := &flakyStore{Store: NewMemoryStore()}
+			store.down.Store(true)
+			l := newFleetLedger(t, store, "r1", AccountLimits{MaxTotalOperations: 10}, WithFailurePolicy(tc.policy), WithLeaseWait(time.Millisecond))
+			_ = l.Sync(context.Background())
+			tr, err := l.Account("t").Begin(Unlimited())
+			require.NoError(t, err)
+			err = tr.TrackOperations(5)
+			if tc.wantOK {
+				assert.NoError(t, err)
+			} else {
+				assert.ErrorIs(t, err, ErrLimitExceeded)
+			}
+			tr.End()
+		})
+	}
+}
+
+func TestFleetRemoveStillReports(t *testing.T) {
+	store := NewMemoryStore()
+	l := newFleetLedger(t, store, "r1", AccountLimits{})
+	tr, _ := l.Account("gone").Begin(Unlimited())
+	require.NoError(t, tr.TrackOperations(42))
+	tr.End()
+	l.Remove("gone")
+	require.NoError(t, l.Sync(context.Background()))
+	c, _ := store.Load(context.Background(), "gone")
+	assert.Equal(t, int64(42), c.Operations)
+	l.mu.RLock()
+	assert.Empty(t, l.retired, "forgotten once reported")
+	l.mu.RUnlock()
+}
+
+func TestFleetCloseIsFinal(t *testing.T) {
+	store := NewMemoryStore()
+	l := newFleetLedger(t, store, "r1", AccountLimits{MaxTotalOperations: 1000})
+	tr, _ := l.Account("t").Begin(Unlimited())
+	require.NoError(t, tr.TrackOperations(10))
+	tr.End()
+	require.NoError(t, l.Close(context.Background()))
+	require.NoError(t, l.Close(context.Background()), "idempotent")
+	_, err := l.Account("t").Begin(Unlimited())
+	assert.ErrorIs(t, err, ErrClosed)
+	assert.ErrorIs(t, l.Sync(context.Background()), ErrClosed)
+	// The final report gave the lease back: another replica gets it all.
+	l2 := newFleetLedger(t, store, "r2", AccountLimits{MaxTotalOperations: 1000})
+	assert.Equal(t, int64(990), hammer(t, l2, 2))
+}
+
+func TestLedgerOptionErrors(t *testing.T) {
+	for _, o := range []LedgerOption{WithStore(nil), WithReplica(""), WithSyncInterval(0), WithLeaseTTL(-1),
+		WithFailurePolicy(9), WithSyncTimeout(0), WithLeaseWait(-1)} {
+		l := NewLedger(AccountLimits{}, o)
+		_, err := l.Open("x")
+		assert.ErrorIs(t, err, ErrInvalidArgument)
+		assert.NoError(t, l.Close(context.Background()))
+	}
+	var in Ledger
+	assert.NoError(t, in.Sync(context.Background()), "no store: nothing to do")
+}
