@@ -1,0 +1,366 @@
+// Package prometheus exports the accounts of a reslimit.Ledger, and the
+// counters of a reslimit.Monitor, as Prometheus metrics.
+//
+//	reg.MustRegister(reslimitprom.NewCollector(ledger, reslimitprom.WithMonitor(monitor)))
+//
+// (imported as reslimitprom "github.com/reslimit/reslimit/contrib/prometheus").
+//
+// # Metrics
+//
+// Per tenant (label tenant) and resource (label resource, the
+// reslimit.Resource name: memory, total_memory, cpu_time, operations,
+// function_calls, evaluations, concurrent_operations):
+//
+//	reslimit_tenant_usage{tenant,resource}           gauge   what the tenant used (since its last Reset)
+//	reslimit_tenant_limit{tenant,resource}           gauge   the account's limit, only for limited resources
+//	reslimit_tenant_remaining{tenant,resource}       gauge   max(0, limit-usage), only for limited resources
+//	reslimit_tenant_refusals_total{tenant,resource}  counter requests refused by the tenant's limits
+//	reslimit_tenant_evaluations_total{tenant}        counter runs started (since the tenant's last Reset)
+//	reslimit_tenant_running{tenant}                  gauge   runs in progress now
+//	reslimit_tenant_exhausted{tenant}                gauge   1 when a cumulative limit has no room left
+//
+// Values are in base units: bytes for memory and total_memory, seconds for
+// cpu_time, plain counts otherwise. Usage of memory and
+// concurrent_operations is what is held now; the others are cumulative and
+// fall back to 0 when the account is Reset (which Prometheus reads as a
+// counter reset).
+//
+// Ledger-wide:
+//
+//	reslimit_tenants                 gauge  accounts in the ledger
+//	reslimit_tenants_overflow        gauge  accounts not exported on their own in this scrape (see WithMaxTenants)
+//
+// With WithMonitor:
+//
+//	reslimit_monitor_components              gauge
+//	reslimit_monitor_warnings_total          counter  HighUsage events
+//	reslimit_monitor_limits_exceeded_total   counter  LimitExceeded events
+//	reslimit_monitor_recoveries_total        counter  Recovered events
+//	reslimit_monitor_dropped_events_total    counter  events dropped because the channel was full
+//	reslimit_monitor_polls_total             counter
+//
+// # Cardinality
+//
+// At most WithMaxTenants tenants (default 1000) get series of their own; with
+// WithAllowList or WithTenantFilter only the tenants allowed do. The others
+// are summed into one tenant named "_other" (WithOtherTenant changes the
+// name, or drops them) and counted in reslimit_tenants_overflow. The tenants
+// exported on their own are the first ones the collector saw, and stay so
+// while they exist, so series do not jump between tenants from one scrape to
+// the next.
+//
+// # Locks
+//
+// Collect reads the ledger with Ledger.Snapshot, which holds the ledger's
+// lock only to list the accounts, then reads each account's stats in turn,
+// holding that one account's mutex briefly. A run's per-operation hot path
+// (Step, TrackOperation, TrackMemory within its allowance) is lock-free
+// atomics and never waits for a scrape; only its slow path (Begin, End,
+// refilling its allowance from the account) takes the account's mutex. The
+// collector's own lock is taken only by Collect.
+package prometheus
+
+import (
+	"sort"
+	"sync"
+
+	prom "github.com/prometheus/client_golang/prometheus"
+
+	"github.com/reslimit/reslimit"
+)
+
+// DefaultMaxTenants is how many tenants get series of their own by default.
+const DefaultMaxTenants = 1000
+
+// DefaultOtherTenant is the tenant label of the sum of the tenants that do
+// not get series of their own.
+const DefaultOtherTenant = "_other"
+
+// Option configures NewCollector.
+type Option func(*collector)
+
+// WithMonitor also exports the counters of m (reslimit.Monitor.Statistics).
+func WithMonitor(m *reslimit.Monitor) Option {
+	return func(c *collector) { c.monitor = m }
+}
+
+// WithMaxTenants sets how many tenants get series of their own (default
+// DefaultMaxTenants). 0 removes the cap: only do that when the tenants are
+// few and known. A negative n keeps the default.
+func WithMaxTenants(n int) Option {
+	return func(c *collector) {
+		if n >= 0 {
+			c.max = n
+		}
+	}
+}
+
+// WithAllowList lets only the named tenants get series of their own (still
+// within WithMaxTenants); the others count as overflow. It replaces any
+// WithTenantFilter.
+func WithAllowList(tenants ...string) Option {
+	allowed := make(map[string]struct{}, len(tenants))
+	for _, t := range tenants {
+		allowed[t] = struct{}{}
+	}
+	return func(c *collector) {
+		c.allow = func(t string) bool {
+			_, ok := allowed[t]
+			return ok
+		}
+	}
+}
+
+// WithTenantFilter lets only the tenants for which allow returns true get
+// series of their own (still within WithMaxTenants); the others count as
+// overflow. allow must be fast and safe for concurrent use. It replaces
+// any WithAllowList; nil allows every tenant.
+func WithTenantFilter(allow func(tenant string) bool) Option {
+	return func(c *collector) { c.allow = allow }
+}
+
+// WithOtherTenant sets the tenant label under which the tenants that do not
+// get series of their own are summed (default DefaultOtherTenant). "" drops
+// them; reslimit_tenants_overflow still counts them. A real tenant with that
+// name counts as overflow.
+func WithOtherTenant(name string) Option {
+	return func(c *collector) { c.other = name }
+}
+
+// NewCollector returns a Prometheus collector of ledger's accounts (see the
+// package doc for the metrics). It is safe for concurrent use. A nil ledger
+// exports no tenant.
+func NewCollector(ledger *reslimit.Ledger, opts ...Option) prom.Collector {
+	c := &collector{ledger: ledger, max: DefaultMaxTenants, other: DefaultOtherTenant, known: map[string]struct{}{}}
+	for _, o := range opts {
+		if o != nil {
+			o(c)
+		}
+	}
+	return c
+}
+
+type collector struct {
+	ledger  *reslimit.Ledger
+	monitor *reslimit.Monitor
+	max     int
+	allow   func(string) bool
+	other   string
+
+	mu    sync.Mutex          // taken only by Collect
+	known map[string]struct{} // tenants with series of their own
+}
+
+var (
+	tenantRes = []string{"tenant", "resource"}
+	tenantOne = []string{"tenant"}
+
+	descUsage = prom.NewDesc("reslimit_tenant_usage",
+		"What the tenant used, by resource, in base units (bytes, seconds for cpu_time, counts); memory and concurrent_operations are held now, the rest cumulative since the account's last reset.",
+		tenantRes, nil)
+	descLimit = prom.NewDesc("reslimit_tenant_limit",
+		"The tenant's account limit, by limited resource, in base units (bytes, seconds for cpu_time, counts).",
+		tenantRes, nil)
+	descRemaining = prom.NewDesc("reslimit_tenant_remaining",
+		"What the tenant may still use before its limit, by limited resource, in base units (bytes, seconds for cpu_time, counts).",
+		tenantRes, nil)
+	descRefusals = prom.NewDesc("reslimit_tenant_refusals_total",
+		"Requests refused by the tenant's account limits, by resource.",
+		tenantRes, nil)
+	descEvaluations = prom.NewDesc("reslimit_tenant_evaluations_total",
+		"Runs started on the tenant's account since its last reset.",
+		tenantOne, nil)
+	descRunning = prom.NewDesc("reslimit_tenant_running",
+		"Runs of the tenant in progress now.",
+		tenantOne, nil)
+	descExhausted = prom.NewDesc("reslimit_tenant_exhausted",
+		"1 when some cumulative limit of the tenant has no room left, else 0.",
+		tenantOne, nil)
+	descTenants = prom.NewDesc("reslimit_tenants",
+		"Tenant accounts in the ledger.", nil, nil)
+	descOverflow = prom.NewDesc("reslimit_tenants_overflow",
+		"Tenant accounts not exported with series of their own in this scrape (over the cap or not allowed).", nil, nil)
+
+	descComponents = prom.NewDesc("reslimit_monitor_components",
+		"Components registered with the monitor.", nil, nil)
+	descWarnings = prom.NewDesc("reslimit_monitor_warnings_total",
+		"High-usage events the monitor produced.", nil, nil)
+	descExceeded = prom.NewDesc("reslimit_monitor_limits_exceeded_total",
+		"Limit-exceeded events the monitor produced.", nil, nil)
+	descRecoveries = prom.NewDesc("reslimit_monitor_recoveries_total",
+		"Recovered events the monitor produced.", nil, nil)
+	descDropped = prom.NewDesc("reslimit_monitor_dropped_events_total",
+		"Monitor events dropped because the events channel was full.", nil, nil)
+	descPolls = prom.NewDesc("reslimit_monitor_polls_total",
+		"Polls the monitor completed.", nil, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (c *collector) Describe(ch chan<- *prom.Desc) {
+	for _, d := range []*prom.Desc{descUsage, descLimit, descRemaining, descRefusals, descEvaluations, descRunning, descExhausted, descTenants, descOverflow} {
+		ch <- d
+	}
+	if c.monitor != nil {
+		for _, d := range []*prom.Desc{descComponents, descWarnings, descExceeded, descRecoveries, descDropped, descPolls} {
+			ch <- d
+		}
+	}
+}
+
+// accountResources are the resources an account reports, in a stable order.
+var accountResources = []reslimit.Resource{
+	reslimit.Memory, reslimit.TotalMemory, reslimit.CPUTime, reslimit.Operations,
+	reslimit.Calls, reslimit.Evaluations, reslimit.Concurrency,
+}
+
+// base converts v, in the resource's reslimit unit, to its base unit.
+func base(r reslimit.Resource, v int64) float64 {
+	if r == reslimit.CPUTime || r == reslimit.Timeout {
+		return float64(v) / 1e9
+	}
+	return float64(v)
+}
+
+// usage returns what the account used of r, in r's reslimit unit.
+func usage(st *reslimit.AccountStats, r reslimit.Resource) int64 {
+	switch r {
+	case reslimit.Memory:
+		return st.MemoryBytes
+	case reslimit.TotalMemory:
+		return st.TotalMemoryBytes
+	case reslimit.CPUTime:
+		return int64(st.CPUTime)
+	case reslimit.Operations:
+		return st.Operations
+	case reslimit.Calls:
+		return st.FunctionCalls
+	case reslimit.Evaluations:
+		return st.Evaluations
+	case reslimit.Concurrency:
+		return st.Running
+	}
+	return 0
+}
+
+// aggregate sums the stats of the tenants that are not exported on their
+// own.
+type aggregate struct {
+	n           int
+	usage       map[reslimit.Resource]int64
+	refusals    map[reslimit.Resource]int64
+	evaluations int64
+	running     int64
+}
+
+// Collect implements prometheus.Collector.
+func (c *collector) Collect(ch chan<- prom.Metric) {
+	c.collectMonitor(ch)
+	if c.ledger == nil {
+		ch <- prom.MustNewConstMetric(descTenants, prom.GaugeValue, 0)
+		ch <- prom.MustNewConstMetric(descOverflow, prom.GaugeValue, 0)
+		return
+	}
+	snap := c.ledger.Snapshot()
+	names := make([]string, 0, len(snap))
+	for name := range snap {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	own := c.choose(names)
+
+	other := aggregate{usage: map[reslimit.Resource]int64{}, refusals: map[reslimit.Resource]int64{}}
+	for _, name := range names {
+		st := snap[name]
+		if _, ok := own[name]; ok {
+			emitTenant(ch, name, &st)
+			continue
+		}
+		other.n++
+		for _, r := range accountResources {
+			other.usage[r] += usage(&st, r)
+			other.refusals[r] += st.Refusals[r]
+		}
+		other.evaluations += st.Evaluations
+		other.running += st.Running
+	}
+	ch <- prom.MustNewConstMetric(descTenants, prom.GaugeValue, float64(len(names)))
+	ch <- prom.MustNewConstMetric(descOverflow, prom.GaugeValue, float64(other.n))
+	if other.n > 0 && c.other != "" {
+		for _, r := range accountResources {
+			res := r.String()
+			ch <- prom.MustNewConstMetric(descUsage, prom.GaugeValue, base(r, other.usage[r]), c.other, res)
+			ch <- prom.MustNewConstMetric(descRefusals, prom.CounterValue, float64(other.refusals[r]), c.other, res)
+		}
+		ch <- prom.MustNewConstMetric(descEvaluations, prom.CounterValue, float64(other.evaluations), c.other)
+		ch <- prom.MustNewConstMetric(descRunning, prom.GaugeValue, float64(other.running), c.other)
+	}
+}
+
+// choose returns the tenants (of the sorted names) that get series of their
+// own: the ones already known that still exist and are allowed, then new
+// allowed ones in name order, up to the cap.
+func (c *collector) choose(names []string) map[string]struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	present := make(map[string]struct{}, len(names))
+	for _, n := range names {
+		present[n] = struct{}{}
+	}
+	for k := range c.known {
+		if _, ok := present[k]; !ok || !c.allowed(k) {
+			delete(c.known, k)
+		}
+	}
+	for _, n := range names {
+		if c.max > 0 && len(c.known) >= c.max {
+			break
+		}
+		if c.allowed(n) {
+			c.known[n] = struct{}{}
+		}
+	}
+	own := make(map[string]struct{}, len(c.known))
+	for k := range c.known {
+		own[k] = struct{}{}
+	}
+	return own
+}
+
+func (c *collector) allowed(tenant string) bool {
+	if c.other != "" && tenant == c.other {
+		return false
+	}
+	return c.allow == nil || c.allow(tenant)
+}
+
+func emitTenant(ch chan<- prom.Metric, name string, st *reslimit.AccountStats) {
+	for _, r := range accountResources {
+		res := r.String()
+		ch <- prom.MustNewConstMetric(descUsage, prom.GaugeValue, base(r, usage(st, r)), name, res)
+		if ls, ok := st.LimitStatus[r]; ok {
+			ch <- prom.MustNewConstMetric(descLimit, prom.GaugeValue, base(r, ls.Limit), name, res)
+			ch <- prom.MustNewConstMetric(descRemaining, prom.GaugeValue, base(r, ls.Remaining), name, res)
+		}
+		ch <- prom.MustNewConstMetric(descRefusals, prom.CounterValue, float64(st.Refusals[r]), name, res)
+	}
+	ch <- prom.MustNewConstMetric(descEvaluations, prom.CounterValue, float64(st.Evaluations), name)
+	ch <- prom.MustNewConstMetric(descRunning, prom.GaugeValue, float64(st.Running), name)
+	exhausted := 0.0
+	if st.Exhausted {
+		exhausted = 1
+	}
+	ch <- prom.MustNewConstMetric(descExhausted, prom.GaugeValue, exhausted, name)
+}
+
+func (c *collector) collectMonitor(ch chan<- prom.Metric) {
+	if c.monitor == nil {
+		return
+	}
+	st := c.monitor.Statistics()
+	ch <- prom.MustNewConstMetric(descComponents, prom.GaugeValue, float64(st.Components))
+	ch <- prom.MustNewConstMetric(descWarnings, prom.CounterValue, float64(st.Warnings))
+	ch <- prom.MustNewConstMetric(descExceeded, prom.CounterValue, float64(st.LimitsExceeded))
+	ch <- prom.MustNewConstMetric(descRecoveries, prom.CounterValue, float64(st.Recoveries))
+	ch <- prom.MustNewConstMetric(descDropped, prom.CounterValue, float64(st.DroppedEvents))
+	ch <- prom.MustNewConstMetric(descPolls, prom.CounterValue, float64(st.Polls))
+}

@@ -1,0 +1,198 @@
+package reslimithttp
+
+import (
+	"encoding/json"
+	"errors"
+	"math"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/reslimit/reslimit"
+)
+
+// ErrorHandler writes the response for a request that Middleware refused
+// or that a limit stopped, and for every call of Error. err is a
+// *reslimit.LimitError (possibly wrapped), an error wrapping
+// ErrUnknownTenant, or another error (a setup error, or whatever a handler
+// passed to Error). An ErrorHandler must be safe for concurrent use.
+//
+// Tenant(r) and RetryAfter(r, err) give it what the middleware knows.
+type ErrorHandler func(w http.ResponseWriter, r *http.Request, err error)
+
+// Error lets a handler served by Middleware report err, typically the error
+// a tracker method returned, and have the middleware's ErrorHandler write
+// the response (DefaultErrorHandler outside Middleware). It also records err
+// as the reason the request's run failed, in the account's history.
+//
+//	if err := reslimit.FromContext(r.Context()).TrackOperations(n); err != nil {
+//		reslimithttp.Error(w, r, err) // 429 or 503 with a JSON body
+//		return
+//	}
+//
+// Call it before writing anything else, and at most once per request.
+func Error(w http.ResponseWriter, r *http.Request, err error) {
+	h := DefaultErrorHandler
+	if st := stateOf(r); st != nil {
+		st.record(err)
+		h = st.cfg.onError
+	}
+	h(w, r, err)
+}
+
+// StatusCode returns the status DefaultErrorHandler answers err with:
+//
+//   - 401 Unauthorized for an error wrapping ErrUnknownTenant;
+//   - 429 Too Many Requests for a limit of the tenant (a *LimitError whose
+//     Tenant is set: exhausted quota, MaxEvaluations, MaxConcurrent, ...);
+//   - 413 Request Entity Too Large for a per-request file_size limit;
+//   - 503 Service Unavailable for another per-request limit (timeout,
+//     cpu_time, operations, memory, ...);
+//   - 500 Internal Server Error otherwise.
+func StatusCode(err error) int {
+	if errors.Is(err, ErrUnknownTenant) {
+		return http.StatusUnauthorized
+	}
+	var le *reslimit.LimitError
+	if errors.As(err, &le) {
+		switch {
+		case le.Tenant != "":
+			return http.StatusTooManyRequests
+		case le.Resource == reslimit.FileSize:
+			return http.StatusRequestEntityTooLarge
+		default:
+			return http.StatusServiceUnavailable
+		}
+	}
+	return http.StatusInternalServerError
+}
+
+// RetryAfter returns how long the client of r should wait before retrying
+// after err: the time until the tenant's quota resets, as told by
+// WithResetTime, rounded up to whole seconds (at least 1s). It reports
+// false when err is not a refusal by one of the tenant's cumulative limits,
+// when r is not served by Middleware, or when the reset time is not known.
+func RetryAfter(r *http.Request, err error) (time.Duration, bool) {
+	st := stateOf(r)
+	if st == nil || st.cfg.reset == nil {
+		return 0, false
+	}
+	var le *reslimit.LimitError
+	if !errors.As(err, &le) || le.Tenant == "" || !cumulative(le.Resource) {
+		return 0, false
+	}
+	at := st.cfg.reset(le.Tenant)
+	if at.IsZero() {
+		return 0, false
+	}
+	d := time.Until(at)
+	secs := max(int64(math.Ceil(d.Seconds())), 1)
+	return time.Duration(secs) * time.Second, true
+}
+
+// cumulative reports whether an account limit on r is a quota that can be
+// exhausted and reset, rather than a bound on what is held at once.
+func cumulative(r reslimit.Resource) bool {
+	return r != reslimit.Memory && r != reslimit.Concurrency
+}
+
+// ErrorBody is the JSON body DefaultErrorHandler writes. Its field names
+// are stable.
+//
+// For a limit:
+//
+//	{"error":"limit_exceeded","scope":"tenant","resource":"operations","unit":"count",
+//	 "limit":1000,"used":1000,"requested":1,"tenant":"acme","message":"reslimit: tenant \"acme\" operations limit 1000 exceeded: used 1000, requested 1"}
+//
+// For an unknown tenant: {"error":"unknown_tenant","message":"unknown tenant"};
+// otherwise {"error":"internal_error","message":"internal error"}.
+type ErrorBody struct {
+	// Error is "limit_exceeded", "unknown_tenant" or "internal_error".
+	Error string `json:"error"`
+	// Scope is "tenant" for a limit of the tenant's account (429) and
+	// "request" for a limit of the request itself (503, 413).
+	Scope string `json:"scope,omitempty"`
+	// Resource is the limited resource's name (reslimit.Resource.String):
+	// "operations", "cpu_time", "file_size", "evaluations", ...
+	Resource string `json:"resource,omitempty"`
+	// Unit is the unit of Limit, Used and Requested: "bytes", "count" or
+	// "seconds".
+	Unit string `json:"unit,omitempty"`
+	// Limit, Used and Requested are the *LimitError's values in Unit
+	// (seconds as a fraction for cpu_time and timeout).
+	Limit     float64 `json:"limit"`
+	Used      float64 `json:"used"`
+	Requested float64 `json:"requested"`
+	// Tenant is the request's tenant, when known.
+	Tenant string `json:"tenant,omitempty"`
+	// Message is a human-readable description. Internal errors are not
+	// described, so nothing leaks to the client.
+	Message string `json:"message"`
+}
+
+// DefaultErrorHandler writes err as JSON (an ErrorBody) with the status
+// StatusCode(err), a Retry-After header when RetryAfter(r, err) knows one,
+// and Cache-Control: no-store.
+func DefaultErrorHandler(w http.ResponseWriter, r *http.Request, err error) {
+	code := StatusCode(err)
+	body := ErrorBody{Tenant: Tenant(r)}
+	var le *reslimit.LimitError
+	switch {
+	case code == http.StatusUnauthorized:
+		body.Error, body.Message = "unknown_tenant", "unknown tenant"
+		body.Tenant = ""
+	case errors.As(err, &le):
+		body.Error = "limit_exceeded"
+		body.Scope = "request"
+		if le.Tenant != "" {
+			body.Scope, body.Tenant = "tenant", le.Tenant
+		}
+		body.Resource = le.Resource.String()
+		body.Unit = unitOf(le.Resource)
+		body.Limit = value(le.Resource, le.Limit)
+		body.Used = value(le.Resource, le.Used)
+		body.Requested = value(le.Resource, le.Requested)
+		body.Message = le.Error()
+		if d, ok := RetryAfter(r, err); ok {
+			w.Header().Set("Retry-After", strconv.FormatInt(int64(d/time.Second), 10))
+		}
+	default:
+		body.Error, body.Message = "internal_error", "internal error"
+	}
+	writeJSON(w, code, body)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Length", strconv.Itoa(len(b)+1))
+	w.WriteHeader(code)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+// unitOf returns the JSON unit of a resource's values.
+func unitOf(r reslimit.Resource) string {
+	switch r {
+	case reslimit.Memory, reslimit.TotalMemory, reslimit.FileSize:
+		return "bytes"
+	case reslimit.CPUTime, reslimit.Timeout:
+		return "seconds"
+	}
+	return "count"
+}
+
+// value converts v, in the resource's reslimit unit, to its JSON unit:
+// nanoseconds become seconds.
+func value(r reslimit.Resource, v int64) float64 {
+	if r == reslimit.CPUTime || r == reslimit.Timeout {
+		return time.Duration(v).Seconds()
+	}
+	return float64(v)
+}

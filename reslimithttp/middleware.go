@@ -1,0 +1,281 @@
+package reslimithttp
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/reslimit/reslimit"
+)
+
+// ErrUnknownTenant is wrapped by the error the ErrorHandler gets when the
+// tenant function fails or returns an empty tenant. The default handler
+// answers it with 401 Unauthorized.
+var ErrUnknownTenant = errors.New("reslimithttp: unknown tenant")
+
+// Option configures Middleware.
+type Option func(*config)
+
+type config struct {
+	onError ErrorHandler
+	reset   func(tenant string) time.Time
+}
+
+// WithErrorHandler sets the function that writes the response of every
+// request the middleware refuses or that was stopped by a limit, and of
+// every call of Error. The default is DefaultErrorHandler. A nil h keeps
+// the default.
+func WithErrorHandler(h ErrorHandler) Option {
+	return func(c *config) {
+		if h != nil {
+			c.onError = h
+		}
+	}
+}
+
+// WithResetTime tells the middleware when a tenant's cumulative quota
+// resets (for example when a job calls Account.Reset at the start of each
+// billing period). When it returns a time after now, a refusal by one of
+// the tenant's cumulative limits (evaluations, operations, CPU time, total
+// memory, function calls) carries a Retry-After header with the seconds
+// until then (at least 1). A zero time means "unknown": no header. fn must
+// be safe for concurrent use; a nil fn is ignored.
+func WithResetTime(fn func(tenant string) time.Time) Option {
+	return func(c *config) {
+		if fn != nil {
+			c.reset = fn
+		}
+	}
+}
+
+// Middleware returns a net/http middleware that runs every request as one
+// evaluation of its tenant's Account in ledger, bounded per request by
+// limits. It is safe for concurrent use.
+//
+// For each request it calls tenant to name the tenant, takes the tenant's
+// account (ledger.Account), and serves the request inside reslimit.Run
+// with reslimit.WithAccount, so that:
+//
+//   - reslimit.FromContext(r.Context()) in the handler returns the
+//     request's *reslimit.Tracker, and Tenant(r) the tenant;
+//   - the handler's context is the run's context: it is cancelled, with
+//     the *reslimit.LimitError as context.Cause, when limits.Timeout
+//     passes or the CPU time (the request's or the tenant's) is used up;
+//   - when limits.MaxFileSize is set, r.Body reads through the tracker's
+//     LimitReader, and a request whose Content-Length is already over it
+//     does not reach the handler.
+//
+// Run locks the handler's goroutine to its OS thread while it runs, so
+// that its real CPU time can be counted: requests that block for long hold
+// a thread each. Bound them with AccountLimits.MaxConcurrent.
+//
+// The ErrorHandler (DefaultErrorHandler unless WithErrorHandler) writes the
+// response, with the status StatusCode gives by default, when:
+//
+//   - tenant fails or returns "" (401; the error wraps ErrUnknownTenant);
+//   - the account refuses the run before it starts: it is exhausted, or at
+//     its MaxEvaluations or MaxConcurrent (429, with Retry-After when
+//     WithResetTime knows when the quota resets);
+//   - the request was stopped by its own limits (503, or 413 for
+//     file_size) or by its tenant's (429), and the handler has not written a
+//     response. The middleware learns of a stop from the tracker (timeout,
+//     CPU time), from the body reader (file size), and from Error, which
+//     handlers call with the error a tracker method returned;
+//   - ledger or tenant is nil or limits are invalid (500 for every request).
+//
+// A response the handler already started is left as it is. The
+// ResponseWriter the handler gets supports http.Flusher and
+// http.Hijacker when the server's does, and Unwrap for
+// http.ResponseController.
+func Middleware(ledger *reslimit.Ledger, tenant func(*http.Request) (string, error), limits reslimit.Limits, opts ...Option) func(http.Handler) http.Handler {
+	cfg := &config{onError: DefaultErrorHandler}
+	for _, o := range opts {
+		if o != nil {
+			o(cfg)
+		}
+	}
+	var setupErr error
+	switch {
+	case ledger == nil:
+		setupErr = fmt.Errorf("%w: reslimithttp.Middleware with a nil ledger", reslimit.ErrInvalidArgument)
+	case tenant == nil:
+		setupErr = fmt.Errorf("%w: reslimithttp.Middleware with a nil tenant function", reslimit.ErrInvalidArgument)
+	default:
+		setupErr = limits.Validate()
+	}
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			st := &requestState{cfg: cfg}
+			r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
+			if setupErr != nil {
+				cfg.onError(w, r, setupErr)
+				return
+			}
+			serve(ledger, tenant, limits, next, st, w, r)
+		})
+	}
+}
+
+func serve(ledger *reslimit.Ledger, tenant func(*http.Request) (string, error), limits reslimit.Limits, next http.Handler, st *requestState, w http.ResponseWriter, r *http.Request) {
+	name, err := tenant(r)
+	if err == nil && name == "" {
+		err = errors.New("empty tenant name")
+	}
+	if err != nil {
+		st.cfg.onError(w, r, fmt.Errorf("%w: %w", ErrUnknownTenant, err))
+		return
+	}
+	st.tenant = name
+	acct, err := ledger.Open(name)
+	if err != nil {
+		st.cfg.onError(w, r, err)
+		return
+	}
+	rw := &responseWriter{ResponseWriter: w}
+	var inner *http.Request
+	started := false
+	_, err = reslimit.Run(r.Context(), limits, func(ctx context.Context) error {
+		started = true
+		tr := reslimit.FromContext(ctx)
+		inner = r.WithContext(ctx)
+		if limits.MaxFileSize > 0 && r.Body != nil && r.Body != http.NoBody {
+			if r.ContentLength > 0 {
+				if err := tr.CheckFileSize(r.ContentLength); err != nil {
+					st.record(err)
+					return err
+				}
+			}
+			inner.Body = &limitedBody{r: tr.LimitReader(r.Body), c: r.Body, st: st}
+		}
+		next.ServeHTTP(rw, inner)
+		return st.err()
+	}, reslimit.WithAccount(acct))
+	if !started {
+		// Refused before the handler ran (or invalid limits).
+		st.cfg.onError(w, r, err)
+		return
+	}
+	if rw.started() {
+		return
+	}
+	if err == nil || !errors.Is(err, reslimit.ErrLimitExceeded) {
+		// Not a stop by a limit (the handler chose to write nothing, or
+		// reported another error with Error, which wrote the response).
+		return
+	}
+	st.cfg.onError(rw, inner, err)
+}
+
+type stateKey struct{}
+
+// requestState is what the middleware knows of one request; handlers
+// reach it through the request's context.
+type requestState struct {
+	cfg    *config
+	tenant string
+
+	mu    sync.Mutex
+	first error // first error recorded by Error or the body reader
+}
+
+func (s *requestState) record(err error) {
+	s.mu.Lock()
+	if s.first == nil {
+		s.first = err
+	}
+	s.mu.Unlock()
+}
+
+func (s *requestState) err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.first
+}
+
+func stateOf(r *http.Request) *requestState {
+	if r == nil {
+		return nil
+	}
+	s, _ := r.Context().Value(stateKey{}).(*requestState)
+	return s
+}
+
+// Tenant returns the tenant of a request served by Middleware, or "" when
+// r is not (or its tenant is not known yet).
+func Tenant(r *http.Request) string {
+	if s := stateOf(r); s != nil {
+		return s.tenant
+	}
+	return ""
+}
+
+// limitedBody reads the request body through the tracker's LimitReader and
+// records the limit error it returns, so that the middleware answers 413
+// even when the handler only returns.
+type limitedBody struct {
+	r  io.Reader
+	c  io.Closer
+	st *requestState
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && errors.Is(err, reslimit.ErrLimitExceeded) {
+		b.st.record(err)
+	}
+	return n, err
+}
+
+func (b *limitedBody) Close() error { return b.c.Close() }
+
+// responseWriter notes whether the handler started a response.
+type responseWriter struct {
+	http.ResponseWriter
+	mu    sync.Mutex
+	wrote bool
+}
+
+func (w *responseWriter) mark() {
+	w.mu.Lock()
+	w.wrote = true
+	w.mu.Unlock()
+}
+
+func (w *responseWriter) started() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.wrote
+}
+
+func (w *responseWriter) WriteHeader(code int) {
+	if code >= 200 || code == http.StatusSwitchingProtocols {
+		w.mark()
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *responseWriter) Write(p []byte) (int, error) {
+	w.mark()
+	return w.ResponseWriter.Write(p)
+}
+
+// Flush implements http.Flusher when the underlying writer can flush.
+func (w *responseWriter) Flush() {
+	w.mark()
+	_ = http.NewResponseController(w.ResponseWriter).Flush()
+}
+
+// Hijack implements http.Hijacker when the underlying writer can hijack.
+func (w *responseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	w.mark()
+	return http.NewResponseController(w.ResponseWriter).Hijack()
+}
+
+// Unwrap returns the underlying writer, for http.ResponseController.
+func (w *responseWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
