@@ -244,6 +244,7 @@ const (
 // accessed only by the poll in progress (under Monitor.pollMu).
 type resState struct {
 	level    uint8
+	refusing bool // the previous poll found new refusals
 	refusals int64
 }
 
@@ -281,9 +282,11 @@ type registry struct {
 //   - Recovered when, after HighUsage, Used/Limit falls below
 //     WarningThreshold less MonitorHysteresis;
 //   - LimitExceeded, with Event.Refusals set, when the source refused
-//     requests for the resource since the previous poll. This one fires on
-//     every poll that finds new refusals (at most one event per resource
-//     and poll, carrying their count), since each refusal is news.
+//     requests for the resource since the previous poll, and the poll
+//     before found none: one event per streak of refusals, carrying the
+//     count of the first poll, so that a tenant hammering an exhausted
+//     quota does not send an event every tick. After a poll without new
+//     refusals, the next refusal fires again.
 //
 // Usage events are edge-triggered: each fires once per crossing, not on
 // every poll, and MonitorHysteresis keeps a usage hovering at a threshold
@@ -607,7 +610,9 @@ func (m *Monitor) check(c *component, r *Reading, now time.Time) {
 	if high {
 		m.emit(c, r, HighUsage, ratio, 0, now)
 	}
-	if over || refused > 0 {
+	streak := refused > 0 && !st.refusing
+	st.refusing = refused > 0
+	if over || streak {
 		m.emit(c, r, LimitExceeded, ratio, refused, now)
 	}
 }

@@ -312,6 +312,22 @@ func TestMonitorTrackerRefusal(t *testing.T) {
 	assert.Equal(t, []string{"tool/operations/high_usage", "tool/operations/limit_exceeded"}, pollKinds(t, m))
 }
 
+func TestMonitorRefusalStreakFiresOnce(t *testing.T) {
+	m := newTestMonitor(t, MonitorConfig{})
+	src := newFake(Reading{Resource: Operations, Used: 1, Limit: 100})
+	require.NoError(t, m.Register("svc", src))
+	var kinds []string
+	for i := int64(1); i <= 5; i++ { // new refusals on every poll: one streak
+		src.set(Operations, 1, 100, i)
+		kinds = append(kinds, pollKinds(t, m)...)
+	}
+	assert.Equal(t, []string{"svc/operations/limit_exceeded"}, kinds)
+	assert.Empty(t, pollKinds(t, m), "a quiet poll ends the streak")
+	src.set(Operations, 1, 100, 6)
+	assert.Equal(t, []string{"svc/operations/limit_exceeded"}, pollKinds(t, m), "the next refusal starts a new one")
+	assert.Equal(t, int64(2), m.Statistics().LimitsExceeded)
+}
+
 func TestMonitorAccountRefusal(t *testing.T) {
 	m := newTestMonitor(t, MonitorConfig{})
 	acct, err := NewAccount("acme", AccountLimits{MaxEvaluations: 1})
