@@ -720,6 +720,14 @@ func (a *Account) AppendReadings(dst []Reading) []Reading {
 // LedgerOption configures NewLedger.
 type LedgerOption func(*Ledger)
 
+// WithTenantLimits makes the ledger create each tenant's account with the
+// limits f returns for it (its plan, say) instead of the defaults. f is
+// called once per tenant, when its account is created; invalid limits make
+// Open return the error.
+func WithTenantLimits(f func(tenant string) AccountLimits) LedgerOption {
+	return func(l *Ledger) { l.limitsFor = f }
+}
+
 // WithAccountOptions applies opts to every account the ledger creates.
 func WithAccountOptions(opts ...AccountOption) LedgerOption {
 	return func(l *Ledger) { l.acctOpts = append(l.acctOpts, opts...) }
@@ -728,10 +736,11 @@ func WithAccountOptions(opts ...AccountOption) LedgerOption {
 // Ledger keeps one Account per tenant, created on first use with the
 // ledger's default limits. It is safe for concurrent use.
 type Ledger struct {
-	defaults AccountLimits
-	acctOpts []AccountOption
-	err      error
-	fleet    // the store-backed part; zero without WithStore
+	defaults  AccountLimits
+	acctOpts  []AccountOption
+	limitsFor func(string) AccountLimits
+	err       error
+	fleet     // the store-backed part; zero without WithStore
 
 	mu    sync.RWMutex
 	accts map[string]*Account
@@ -775,7 +784,11 @@ func (l *Ledger) Open(tenant string) (*Account, error) {
 	if a = l.accts[tenant]; a != nil {
 		return a, nil
 	}
-	a, err := NewAccount(tenant, l.defaults, l.acctOpts...)
+	limits := l.defaults
+	if l.limitsFor != nil {
+		limits = l.limitsFor(tenant)
+	}
+	a, err := NewAccount(tenant, limits, l.acctOpts...)
 	if err != nil {
 		return nil, err
 	}

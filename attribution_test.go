@@ -445,3 +445,17 @@ func TestSetLimits(t *testing.T) {
 	assert.ErrorIs(t, err, ErrInvalidLimits)
 	assert.Equal(t, want, a.Limits(), "invalid limits change nothing")
 }
+
+func TestLedgerTenantLimits(t *testing.T) {
+	plans := map[string]AccountLimits{"pro": {MaxTotalOperations: 1000}, "bad": {MaxEvaluations: -1}}
+	l := NewLedger(AccountLimits{MaxTotalOperations: 10}, WithTenantLimits(func(tenant string) AccountLimits {
+		if p, ok := plans[tenant]; ok {
+			return p
+		}
+		return AccountLimits{MaxTotalOperations: 10}
+	}))
+	assert.Equal(t, int64(1000), l.Account("pro").Limits().MaxTotalOperations)
+	assert.Equal(t, int64(10), l.Account("free").Limits().MaxTotalOperations)
+	_, err := l.Open("bad")
+	assert.ErrorIs(t, err, ErrInvalidLimits)
+}

@@ -47,12 +47,9 @@ func main() {
 		"pro":        {MaxTotalOperations: 2_000_000, MaxFunctionCalls: 400, MaxMemory: 8 << 20},
 		"enterprise": {MaxCPUTime: 2 * time.Second, MaxConcurrent: 8},
 	}
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{})
-	for tenant, q := range quotas {
-		if err := ledger.Account(tenant).SetLimits(q); err != nil {
-			panic(err)
-		}
-	}
+	ledger := reslimit.NewLedger(reslimit.AccountLimits{}, reslimit.WithTenantLimits(func(tenant string) reslimit.AccountLimits {
+		return quotas[tenant] // each tenant's plan
+	}))
 	tool := reslimit.Limit(analyze, reslimit.Limits{MaxMemoryBytes: 4 << 20, MaxOperations: 50_000, Timeout: 2 * time.Second})
 
 	type tally struct {
