@@ -435,25 +435,22 @@ func (a *Account) exhaustedLocked() (Resource, int64, int64, bool) {
 	return 0, 0, 0, false
 }
 
-// holdMemory charges n bytes held at once against MaxMemory.
-func (a *Account) holdMemory(n int64) error {
+// holdMemory charges n bytes held at once against MaxMemory and returns
+// what the account holds with them.
+func (a *Account) holdMemory(n int64) (int64, error) {
 	lim := a.limits[Memory].Load()
-	var nh int64
 	for {
 		h := a.held.Load()
-		nh = h + n
+		if n > maxUsage-h {
+			return 0, fmt.Errorf("%w: memory request %d overflows the account's %d", ErrInvalidArgument, n, h)
+		}
+		nh := h + n
 		if lim > 0 && nh > lim {
 			a.refused[Memory].Add(1)
-			return &LimitError{Resource: Memory, Limit: lim, Used: h, Requested: n, Tenant: a.name}
+			return 0, &LimitError{Resource: Memory, Limit: lim, Used: h, Requested: n, Tenant: a.name}
 		}
 		if a.held.CompareAndSwap(h, nh) {
-			break
-		}
-	}
-	for {
-		p := a.peak.Load()
-		if nh <= p || a.peak.CompareAndSwap(p, nh) {
-			return nil
+			return nh, nil
 		}
 	}
 }
@@ -470,8 +467,7 @@ func (a *Account) checkCPU() error {
 	a.mu.Lock()
 	used := time.Duration(a.usageLocked(CPUTime))
 	a.mu.Unlock()
-	if int64(used) > lim {
-		a.refused[CPUTime].Add(1)
+	if int64(used) > lim { // counted as a refusal when it stops a run (Tracker.halt)
 		return &LimitError{Resource: CPUTime, Limit: lim, Used: int64(used), Tenant: a.name}
 	}
 	return nil

@@ -459,3 +459,52 @@ func TestLedgerTenantLimits(t *testing.T) {
 	_, err := l.Open("bad")
 	assert.ErrorIs(t, err, ErrInvalidLimits)
 }
+
+func TestRefusedMemoryLeavesAccountPeak(t *testing.T) {
+	a := newAcct(t, AccountLimits{MaxTotalMemory: 100})
+	tr, err := a.Begin(Unlimited())
+	require.NoError(t, err)
+	requireLimit(t, tr.TrackMemory(200), TotalMemory, 100, 0, 200)
+	s := a.Stats()
+	assert.Zero(t, s.PeakMemoryBytes, "a refused request changes no counter")
+	assert.Zero(t, s.MemoryBytes)
+	assert.Zero(t, tr.Usage().PeakMemoryBytes)
+	tr.End()
+}
+
+// TrackMemory, guards and End race: held memory never goes negative and
+// the account holds nothing once the run has ended; Release never panics.
+func TestMemoryRacesWithEnd(t *testing.T) {
+	a := newAcct(t, AccountLimits{})
+	for trial := 0; trial < 200; trial++ {
+		tr, err := a.Begin(Unlimited())
+		require.NoError(t, err)
+		var wg sync.WaitGroup
+		for g := 0; g < 3; g++ {
+			wg.Add(1)
+			go func(g int) {
+				defer wg.Done()
+				for i := 0; i < 50; i++ {
+					if g == 0 {
+						_ = tr.TrackMemory(1)
+						continue
+					}
+					if guard, err := tr.AcquireMemory(1); err == nil {
+						guard.Release()
+					}
+				}
+			}(g)
+		}
+		tr.End()
+		wg.Wait()
+		require.GreaterOrEqual(t, tr.held.Load(), int64(0))
+		require.Equal(t, int64(0), a.Stats().MemoryBytes, "trial %d", trial)
+	}
+}
+
+func TestHaltIgnoresInvalidCause(t *testing.T) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	cancel(&LimitError{Resource: Resource(200)})
+	_, err := Run(ctx, Unlimited(), func(ctx context.Context) error { return ctx.Err() })
+	assert.ErrorIs(t, err, ErrLimitExceeded, "a parent's limit error is passed on, without a panic")
+}

@@ -2,6 +2,7 @@ package reslimit
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -39,11 +40,10 @@ func (g *Guard) Release() {
 	case s != nil:
 		s.release()
 	case t != nil:
-		if !t.closed.Load() {
-			// Only mixing ReleaseMemory with guards can make this fail.
-			if err := t.release(n); err != nil {
-				panic("reslimit: Guard.Release: " + err.Error())
-			}
+		// Only mixing ReleaseMemory with guards can make this fail; after
+		// End (ErrClosed), End already gave the bytes back.
+		if err := t.release(n); err != nil && !errors.Is(err, ErrClosed) {
+			panic("reslimit: Guard.Release: " + err.Error())
 		}
 	}
 }

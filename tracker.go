@@ -160,13 +160,20 @@ func (t *Tracker) timedOut() {
 // halt stops the run with err: Step returns it and the run's context (if
 // any) is cancelled with it as the cause. Only the first reason sticks.
 func (t *Tracker) halt(err error) {
+	if t.closed.Load() {
+		return // a timer that fires while End runs stops nothing
+	}
 	s := &stopState{err: err}
 	if !t.cause.CompareAndSwap(nil, s) {
 		return
 	}
 	t.stop.CompareAndSwap(nil, s)
-	if le, ok := err.(*LimitError); ok && le.Tenant == "" {
-		t.refused[le.Resource].Add(1)
+	if le, ok := err.(*LimitError); ok && le.Resource.Valid() {
+		if le.Tenant == "" {
+			t.refused[le.Resource].Add(1)
+		} else if t.acct != nil {
+			t.acct.refused[le.Resource].Add(1) // once per stopped run
+		}
 	}
 	if t.cancel != nil {
 		t.cancel(err)
@@ -360,7 +367,9 @@ func (t *Tracker) TrackCall() error {
 // TrackMemory charges n bytes as held (until ReleaseMemory) and adds them to
 // the run's total. It is refused with Memory when the bytes held would pass
 // MaxMemoryBytes (or the account's MaxMemory), or with TotalMemory when the
-// account's MaxTotalMemory would be passed; a refusal changes no counter.
+// account's MaxTotalMemory would be passed; a refusal leaves every counter
+// as it was. (A TrackMemory that races with End may return ErrClosed after
+// End counted its bytes in the run's total.)
 func (t *Tracker) TrackMemory(n int64) error {
 	if t == nil {
 		return nil
@@ -372,14 +381,36 @@ func (t *Tracker) TrackMemory(n int64) error {
 		return ErrClosed
 	}
 	lim := t.limits.MaxMemoryBytes
+	if h := t.held.Load(); n > maxUsage-h {
+		return fmt.Errorf("%w: memory request %d overflows usage %d", ErrInvalidArgument, n, h)
+	} else if lim > 0 && n > lim-h {
+		// Refused by the run's own limit before anything is charged.
+		t.refused[Memory].Add(1)
+		return &LimitError{Resource: Memory, Limit: lim, Used: h, Requested: n}
+	}
+	// The cumulative total first, then what the account holds at once, then
+	// what the run holds; each step is undone if a later one refuses.
+	if err := t.take(mTotal, n); err != nil {
+		return err
+	}
+	a := t.acct
+	var acctHeld int64
+	if a != nil {
+		var err error
+		if acctHeld, err = a.holdMemory(n); err != nil {
+			t.meters[mTotal].avail.Add(n)
+			return err
+		}
+	}
 	var nh int64
 	for {
 		h := t.held.Load()
 		nh = h + n
-		if nh > maxUsage || nh < 0 {
-			return fmt.Errorf("%w: memory request %d overflows usage %d", ErrInvalidArgument, n, h)
-		}
 		if lim > 0 && nh > lim {
+			if a != nil {
+				a.releaseMemory(n)
+			}
+			t.meters[mTotal].avail.Add(n)
 			t.refused[Memory].Add(1)
 			return &LimitError{Resource: Memory, Limit: lim, Used: h, Requested: n}
 		}
@@ -387,26 +418,29 @@ func (t *Tracker) TrackMemory(n int64) error {
 			break
 		}
 	}
-	if a := t.acct; a != nil {
-		if err := a.holdMemory(n); err != nil {
-			t.held.Add(-n)
-			return err
-		}
-	}
-	if err := t.take(mTotal, n); err != nil {
-		if a := t.acct; a != nil {
+	if t.closed.Load() {
+		// End ran meanwhile. If it did not take these bytes back with the
+		// rest, give them back here.
+		if t.unhold(n) && a != nil {
 			a.releaseMemory(n)
 		}
-		t.held.Add(-n)
-		return err
+		return ErrClosed
 	}
-	for {
-		p := t.peak.Load()
-		if nh <= p || t.peak.CompareAndSwap(p, nh) {
-			break
-		}
+	raiseMax(&t.peak, nh)
+	if a != nil {
+		raiseMax(&a.peak, acctHeld)
 	}
 	return nil
+}
+
+// raiseMax sets *p to v if v is larger.
+func raiseMax(p *atomic.Int64, v int64) {
+	for {
+		c := p.Load()
+		if v <= c || p.CompareAndSwap(c, v) {
+			return
+		}
+	}
 }
 
 // ReleaseMemory gives back n bytes charged with TrackMemory. Releasing more
@@ -425,15 +459,28 @@ func (t *Tracker) ReleaseMemory(n int64) error {
 	return t.release(n)
 }
 
-func (t *Tracker) release(n int64) error {
+// unhold lowers the bytes held by n, unless fewer are held.
+func (t *Tracker) unhold(n int64) bool {
 	for {
 		h := t.held.Load()
 		if n > h {
-			return fmt.Errorf("%w: releasing %d bytes of memory but only %d are held", ErrInvalidArgument, n, h)
+			return false
 		}
 		if t.held.CompareAndSwap(h, h-n) {
-			break
+			return true
 		}
+	}
+}
+
+// release gives back n held bytes to the run and then to its account (only
+// what the run gave back, so that a race with End, which takes back what
+// the run holds, cannot release anything twice).
+func (t *Tracker) release(n int64) error {
+	if !t.unhold(n) {
+		if t.closed.Load() {
+			return ErrClosed
+		}
+		return fmt.Errorf("%w: releasing %d bytes of memory but only %d are held", ErrInvalidArgument, n, t.held.Load())
 	}
 	if a := t.acct; a != nil {
 		a.releaseMemory(n)
@@ -462,12 +509,7 @@ func (t *Tracker) CheckFileSize(n int64) error {
 }
 
 func (t *Tracker) noteFile(n int64) {
-	for {
-		m := t.maxFile.Load()
-		if n <= m || t.maxFile.CompareAndSwap(m, n) {
-			return
-		}
-	}
+	raiseMax(&t.maxFile, n)
 }
 
 // AddCPUTime adds CPU time measured elsewhere (a child process's rusage,
