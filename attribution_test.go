@@ -505,6 +505,6 @@ func TestMemoryRacesWithEnd(t *testing.T) {
 func TestHaltIgnoresInvalidCause(t *testing.T) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	cancel(&LimitError{Resource: Resource(200)})
-	_, err := Run(ctx, Unlimited(), func(ctx context.Context) error { return ctx.Err() })
+	_, err := Run(ctx, Unlimited(), spinUntilStopped) // until halt has run
 	assert.ErrorIs(t, err, ErrLimitExceeded, "a parent's limit error is passed on, without a panic")
 }
