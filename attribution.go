@@ -291,6 +291,9 @@ func (a *Account) grant(t *Tracker, i int, n, want, room int64) (bool, error) {
 	res := meterResource[i]
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.fleet != nil && a.fleet.ledger.closed.Load() {
+		return false, ErrClosed // the ledger made its final report
+	}
 	lim := a.limits[res].Load()
 	if lim == 0 {
 		// Unlimited here: fill under a.mu, so that a SetLimit that races
@@ -674,6 +677,11 @@ func (a *Account) resyncLocked(i int) {
 // largest run, the history and the evaluation count, and keeps the limits
 // and what live runs hold at once (their later usage counts in the new
 // period). Refusal counts are kept.
+//
+// With a Store, the cumulative totals are the fleet's and live in the
+// store: Reset clears only this replica's history, peak and largest run,
+// and a new period is started in the store (for the Redis store, by a new
+// key prefix per period, or by deleting the tenant's keys).
 func (a *Account) Reset() {
 	if a == nil {
 		return
@@ -775,14 +783,26 @@ func (l *Ledger) Open(tenant string) (*Account, error) {
 	if a != nil {
 		return a, nil
 	}
+	limits := l.defaults
+	if l.limitsFor != nil {
+		limits = l.limitsFor(tenant) // outside the lock: it may use the ledger
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if a = l.accts[tenant]; a != nil {
 		return a, nil
 	}
-	limits := l.defaults
-	if l.limitsFor != nil {
-		limits = l.limitsFor(tenant)
+	for i, r := range l.retired {
+		if r.name == tenant {
+			// Removed but not yet fully reported: bring it back, so that one
+			// account per tenant reports for this replica.
+			r.mu.Lock()
+			r.fleet.retired = false
+			r.mu.Unlock()
+			l.retired = append(l.retired[:i], l.retired[i+1:]...)
+			l.accts[tenant] = r
+			return r, nil
+		}
 	}
 	a, err := NewAccount(tenant, limits, l.acctOpts...)
 	if err != nil {

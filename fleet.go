@@ -18,10 +18,12 @@ import (
 type FailurePolicy uint8
 
 const (
-	// FailLocal keeps serving from the allowance the replica holds, and
-	// once that is used up from a conservative fallback share: a tenth of
-	// what the tenant had left fleet-wide when the outage began. The fleet
-	// can pass a limit by at most those shares.
+	// FailLocal keeps serving from the allowance the replica holds until
+	// its lease expires, and then (or once it is used up) from a
+	// conservative fallback share: a tenth of what the tenant had left
+	// fleet-wide when the outage began. The fleet can pass a limit by at
+	// most those shares (plus the allowance runs already hold, at most a
+	// chunk per run).
 	FailLocal FailurePolicy = iota
 	// FailOpen stops enforcing cumulative limits while the store fails.
 	FailOpen
@@ -118,7 +120,7 @@ func WithLeaseWait(d time.Duration) LedgerOption {
 		if d < 0 {
 			l.setErr(fmt.Errorf("%w: WithLeaseWait(%v): negative", ErrInvalidArgument, d))
 		}
-		l.leaseWait = d
+		l.leaseWait, l.leaseWaitSet = d, true
 	}
 }
 
@@ -137,6 +139,10 @@ type fleet struct {
 	policy      FailurePolicy
 	syncTimeout time.Duration
 	leaseWait   time.Duration
+
+	leaseWaitSet bool
+	stopOnce     sync.Once
+	finalDone    atomic.Bool
 
 	seq      atomic.Uint64
 	closed   atomic.Bool
@@ -160,7 +166,7 @@ func (l *Ledger) startFleet() {
 	if l.syncTimeout == 0 {
 		l.syncTimeout = 2 * time.Second
 	}
-	if l.leaseWait == 0 {
+	if !l.leaseWaitSet {
 		l.leaseWait = 100 * time.Millisecond
 	}
 	// Sequence numbers start at the clock so that a restarted replica with
@@ -204,36 +210,72 @@ func (l *Ledger) syncLoop(ctx context.Context) {
 
 // Sync reports every tenant's unreported usage to the store and refreshes
 // their leases and fleet-wide totals now, in one round trip. Without a
-// store it does nothing.
+// store it does nothing. After a Close whose final report failed, Sync
+// retries that report; after a successful Close it returns ErrClosed.
 func (l *Ledger) Sync(ctx context.Context) error {
-	if l.store == nil {
-		return nil
+	if l.store == nil || l.done == nil {
+		return l.err
 	}
 	if l.closed.Load() {
-		return ErrClosed
+		if l.finalDone.Load() {
+			return ErrClosed
+		}
+		return l.finalReport(ctx)
 	}
 	return l.syncRound(ctx, true, false)
 }
 
-// Close makes a final report of every tenant's usage, gives back the
-// allowance this replica holds, stops the syncer and waits for it. Later
-// Begin calls on its accounts return ErrClosed. Close returns the store's
-// error if the final report failed (the usage is then still unreported:
-// call Sync to retry). Without a store it does nothing. It is idempotent.
+// Close stops new work and makes a final report: Begin on the ledger's
+// accounts returns ErrClosed from now on, and so does every later charge
+// of a run still in progress (end runs before Close: what they used until
+// now is reported). Close then reports every tenant's usage, gives back
+// the allowance this replica holds, and stops the syncer, waiting for it.
+// If the final report fails, Close returns the store's error and the usage
+// is still unreported: call Close or Sync again to retry. Without a store
+// Close does nothing.
 func (l *Ledger) Close(ctx context.Context) error {
-	if l.store == nil || !l.closed.CompareAndSwap(false, true) || l.done == nil {
+	if l.store == nil || l.done == nil {
 		return nil
 	}
-	l.stopLoop()
+	l.closed.Store(true)
+	l.stopOnce.Do(l.stopLoop)
 	select {
 	case <-l.done:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	return l.finalReport(ctx)
+}
+
+// finalReport freezes live runs, reports everything and gives the leases back.
+func (l *Ledger) finalReport(ctx context.Context) error {
+	if l.finalDone.Load() {
+		return nil
+	}
+	l.mu.RLock()
+	accts := make([]*Account, 0, len(l.accts)+len(l.retired))
+	for _, a := range l.accts {
+		accts = append(accts, a)
+	}
+	accts = append(accts, l.retired...)
+	l.mu.RUnlock()
+	for _, a := range accts {
+		a.mu.Lock()
+		for t := range a.live { // their next charge finds no room and ErrClosed
+			for i := range t.meters {
+				t.revoke(i)
+			}
+		}
+		a.mu.Unlock()
+	}
 	if err := l.syncRound(ctx, true, false); err != nil {
 		return err
 	}
-	return l.syncRound(ctx, true, true)
+	if err := l.syncRound(ctx, true, true); err != nil {
+		return err
+	}
+	l.finalDone.Store(true)
+	return nil
 }
 
 // syncRound syncs the due tenants (all of them with all) in one Store.Sync.
@@ -275,7 +317,7 @@ func (l *Ledger) syncRound(ctx context.Context, all, final bool) error {
 			a.fleet.failLocked(a, err)
 		} else {
 			a.fleet.applyLocked(req.Tenants[k], resp.Tenants[k], now)
-			if a.fleet.retired && len(a.live) == 0 && a.lifeLocked() == a.fleet.reported {
+			if a.fleet.retired && len(a.live) == 0 && reportable(a.lifeLocked()) == a.fleet.reported {
 				a.fleet.retired = false // all reported: the ledger can forget it
 				settled = true
 			}
@@ -357,14 +399,18 @@ func (f *fleetState) dueLocked(now time.Time) bool {
 func (f *fleetState) capLocked(r Resource) int64 {
 	c := f.reported.Get(r) + f.outstanding.Get(r)
 	if f.failing {
+		expired := time.Now().After(f.leaseUntil)
 		switch f.ledger.policy {
 		case FailOpen:
 			return maxUsage
 		case FailClosed:
-			if time.Now().After(f.leaseUntil) {
+			if expired {
 				return 0
 			}
 		case FailLocal:
+			if expired { // the store may have given the lease to others
+				c = f.reported.Get(r)
+			}
 			c += f.fallback.Get(r)
 		}
 	}
@@ -400,6 +446,9 @@ func (a *Account) issuedFleetLocked(r Resource) int64 {
 func (a *Account) fleetReserveLocked(r Resource, n, want int64, meter int, except *Tracker, issued func() int64) error {
 	f := a.fleet
 	for attempt := 0; ; attempt++ {
+		if f.ledger.closed.Load() {
+			return ErrClosed
+		}
 		lim := a.limits[r].Load()
 		if lim == 0 {
 			return nil
@@ -421,7 +470,7 @@ func (a *Account) fleetReserveLocked(r Resource, n, want int64, meter int, excep
 				return nil
 			}
 		}
-		if attempt >= 2 || f.ledger.closed.Load() || f.ledger.leaseWait == 0 {
+		if attempt >= 2 || f.ledger.leaseWait == 0 {
 			return refuse()
 		}
 		f.wantSync = true
@@ -444,8 +493,7 @@ func (f *fleetState) reportLocked(a *Account) TenantSync {
 	if f.pending != nil {
 		return *f.pending
 	}
-	used := a.lifeLocked().Sub(f.reported)
-	used.CPUTime = used.CPUTime.Truncate(time.Microsecond) // stores keep whole µs
+	used := reportable(a.lifeLocked()).Sub(f.reported)
 	ts := TenantSync{Tenant: a.name, Seq: f.ledger.seq.Add(1), Used: used}
 	for _, r := range accountResources {
 		ts.Limit.Set(r, a.limits[r].Load())
@@ -466,7 +514,27 @@ func (f *fleetState) reportLocked(a *Account) TenantSync {
 	return ts
 }
 
+// reportable cuts CPU time to whole microseconds, the unit stores keep.
+func reportable(t Totals) Totals {
+	t.CPUTime = t.CPUTime.Truncate(time.Microsecond)
+	return t
+}
+
 func (f *fleetState) applyLocked(ts TenantSync, st TenantState, sent time.Time) {
+	if st.Seq != 0 && st.Seq != ts.Seq {
+		// The store applied a later report of this replica and tenant (a
+		// restarted replica with the same id whose clock went back): ours
+		// was ignored. Send it again under a greater number.
+		for {
+			cur := f.ledger.seq.Load()
+			if cur >= st.Seq || f.ledger.seq.CompareAndSwap(cur, st.Seq) {
+				break
+			}
+		}
+		f.pending.Seq = f.ledger.seq.Add(1)
+		f.wantSync = true
+		return
+	}
 	f.pending = nil
 	f.reported = f.reported.Add(ts.Used)
 	f.lastUsed = ts.Used

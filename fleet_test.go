@@ -280,3 +280,108 @@ func TestLedgerOptionErrors(t *testing.T) {
 	var in Ledger
 	assert.NoError(t, in.Sync(context.Background()), "no store: nothing to do")
 }
+
+func TestFleetCloseRetriesAfterStoreFailure(t *testing.T) {
+	store := &flakyStore{Store: NewMemoryStore()}
+	l := newFleetLedger(t, store, "r1", AccountLimits{})
+	tr, _ := l.Account("t").Begin(Unlimited())
+	require.NoError(t, tr.TrackOperations(42))
+	tr.End()
+	store.down.Store(true)
+	require.ErrorIs(t, l.Close(context.Background()), errStoreDown)
+	store.down.Store(false)
+	require.NoError(t, l.Sync(context.Background()), "Sync retries the final report")
+	c, _ := store.Load(context.Background(), "t")
+	assert.Equal(t, int64(42), c.Operations)
+	assert.ErrorIs(t, l.Sync(context.Background()), ErrClosed)
+	require.NoError(t, l.Close(context.Background()))
+}
+
+func TestFleetCloseFreezesLiveRuns(t *testing.T) {
+	store := NewMemoryStore()
+	l := newFleetLedger(t, store, "r1", AccountLimits{MaxTotalOperations: 1000})
+	tr, err := l.Account("t").Begin(Unlimited())
+	require.NoError(t, err)
+	require.NoError(t, tr.TrackOperations(5))
+	require.NoError(t, tr.TrackCall())
+	require.NoError(t, l.Close(context.Background()))
+	assert.ErrorIs(t, tr.TrackOperations(100), ErrClosed)
+	assert.ErrorIs(t, tr.TrackCall(), ErrClosed, "unleased resources are frozen too")
+	tr.End()
+	c, _ := store.Load(context.Background(), "t")
+	assert.Equal(t, int64(5), c.Operations)
+	assert.Equal(t, int64(1), c.FunctionCalls)
+}
+
+func TestFleetRemoveThenReopenRevives(t *testing.T) {
+	store := &flakyStore{Store: NewMemoryStore()}
+	l := newFleetLedger(t, store, "r1", AccountLimits{})
+	old := l.Account("t")
+	tr, _ := old.Begin(Unlimited())
+	require.NoError(t, tr.TrackOperations(10))
+	tr.End()
+	store.down.Store(true)
+	require.Error(t, l.Sync(context.Background()))
+	l.Remove("t")
+	assert.Same(t, old, l.Account("t"), "reopened before it was reported: the same account")
+	store.down.Store(false)
+	tr, _ = l.Account("t").Begin(Unlimited())
+	require.NoError(t, tr.TrackOperations(5))
+	tr.End()
+	require.NoError(t, l.Sync(context.Background())) // the pending report, resent as it was
+	require.NoError(t, l.Sync(context.Background())) // then what came after it
+	c, _ := store.Load(context.Background(), "t")
+	assert.Equal(t, int64(15), c.Operations)
+	assert.Equal(t, int64(2), c.Evaluations)
+}
+
+func TestFleetRetiredWithCPUIsForgotten(t *testing.T) {
+	store := NewMemoryStore()
+	l := newFleetLedger(t, store, "r1", AccountLimits{})
+	_, err := Run(context.Background(), Unlimited(), func(ctx context.Context) error {
+		return FromContext(ctx).AddCPUTime(1500 * time.Nanosecond)
+	}, WithAccount(l.Account("t")))
+	require.NoError(t, err)
+	l.Remove("t")
+	require.NoError(t, l.Sync(context.Background()))
+	l.mu.RLock()
+	assert.Empty(t, l.retired)
+	l.mu.RUnlock()
+}
+
+// A report the store ignored as stale (another report with a greater Seq
+// was applied for the same replica and tenant) is sent again, not dropped.
+func TestFleetStaleReportIsResent(t *testing.T) {
+	store := NewMemoryStore()
+	_, err := store.Sync(context.Background(), SyncRequest{Replica: "r1", LeaseTTL: time.Minute,
+		Tenants: []TenantSync{{Tenant: "t", Seq: 1 << 62, Used: Totals{Operations: 7}}}})
+	require.NoError(t, err)
+	l := newFleetLedger(t, store, "r1", AccountLimits{})
+	tr, _ := l.Account("t").Begin(Unlimited())
+	require.NoError(t, tr.TrackOperations(3))
+	tr.End()
+	_ = l.Sync(context.Background()) // ignored as stale, renumbered
+	require.NoError(t, l.Sync(context.Background()))
+	c, _ := store.Load(context.Background(), "t")
+	assert.Equal(t, int64(10), c.Operations)
+}
+
+func TestFleetFailLocalStopsUsingAnExpiredLease(t *testing.T) {
+	store := &flakyStore{Store: NewMemoryStore()}
+	const limit = 10_000
+	l := newFleetLedger(t, store, "r1", AccountLimits{MaxTotalOperations: limit}, WithLeaseTTL(50*time.Millisecond), WithSyncInterval(time.Hour), WithLeaseWait(0))
+	acct := l.Account("t")
+	require.NoError(t, l.Sync(context.Background()))
+	tr, err := acct.Begin(Unlimited())
+	require.NoError(t, err)
+	require.NoError(t, tr.TrackOperations(500))
+	require.NoError(t, l.Sync(context.Background()))
+	lease := acct.Stats().Fleet.Lease.Operations
+	require.Positive(t, lease)
+	store.down.Store(true)
+	require.Error(t, l.Sync(context.Background()))
+	fallback := (limit - 500 - lease) / 10
+	require.Eventually(t, func() bool { return acct.Stats().Fleet.Lease.Operations <= fallback }, 5*time.Second, 5*time.Millisecond,
+		"once the lease has expired only the fallback share is left")
+	tr.End()
+}

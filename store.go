@@ -116,6 +116,11 @@ type TenantState struct {
 	// leased resource. It grows with grants and falls back to Reported
 	// when the replica's lease expires or it syncs with Final.
 	Allowance Totals
+	// Seq is the last Seq the store applied for this replica and tenant:
+	// the request's own when it was applied now or before. A greater one
+	// tells the replica that its report was ignored as stale. A store that
+	// leaves it 0 is trusted to have applied the report.
+	Seq uint64
 }
 
 // SyncResponse answers a SyncRequest: one TenantState per requested
@@ -235,7 +240,7 @@ func (s *MemoryStore) Sync(ctx context.Context, req SyncRequest) (SyncResponse, 
 		if req.Final {
 			me.allowance = me.reported
 		}
-		resp.Tenants[k] = TenantState{Tenant: ts.Tenant, Committed: t.committed, Reported: me.reported, Allowance: me.allowance}
+		resp.Tenants[k] = TenantState{Tenant: ts.Tenant, Committed: t.committed, Reported: me.reported, Allowance: me.allowance, Seq: me.seq}
 	}
 	return resp, nil
 }
