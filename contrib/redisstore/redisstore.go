@@ -1,0 +1,439 @@
+// Package redisstore is a reslimit.Store on Redis (standalone, Sentinel or
+// Cluster, through github.com/redis/go-redis/v9), so that a fleet of
+// replicas shares each tenant's cumulative quotas and bill:
+//
+//	rdb := redis.NewClient(&redis.Options{Addr: addr}) // or a ClusterClient
+//	store, err := redisstore.New(rdb)
+//	ledger := reslimit.NewLedger(defaults, reslimit.WithStore(store), reslimit.WithReplica(id))
+//
+// It behaves exactly like reslimit.MemoryStore (the conformance suite in
+// internal/storetest checks it against a real Redis server), with these
+// differences, all at magnitudes a real fleet does not reach or inputs
+// MemoryStore takes silently:
+//
+//   - CPU time is stored in whole microseconds. The sub-microsecond rest of
+//     each report is carried per (replica, tenant) and added once it makes a
+//     whole microsecond, so Reported.CPUTime is exactly the sum of what the
+//     replica sent, and Committed.CPUTime is short by less than 1µs per
+//     replica (never more, never above the sum).
+//   - Limits and Wants above 2^53-1 (9.0e15) are treated as 2^53-1: the grant
+//     is computed in the Lua script, whose numbers are float64.
+//     Committed and reported totals are exact 64-bit integers; a report
+//     that would overflow one is refused whole.
+//   - Requests are validated: an empty replica or tenant, a negative Used,
+//     Want or Limit field, or a negative LeaseTTL is an error wrapping
+//     reslimit.ErrInvalidArgument, and nothing is applied.
+//   - Lease expiry is kept in whole milliseconds of the Redis server's
+//     clock (TIME): a lease lasts at least LeaseTTL rounded up to a
+//     millisecond, and at most about a millisecond more.
+//
+// # Round trips and failures
+//
+// Sync sends all the tenants of a request in one pipeline of EVALSHA calls
+// (one round trip per node on a Cluster, which routes each tenant to its
+// slot), split into pipelines of at most WithMaxBatch tenants. Every round
+// trip has its own timeout (WithTimeout; make the client with
+// ContextTimeoutEnabled so that go-redis applies it to socket I/O). The
+// script is loaded with SCRIPT
+// LOAD the first time a server answers NOSCRIPT (after a restart, a
+// failover or SCRIPT FLUSH), and the calls that failed are sent again;
+// nothing runs twice, as a NOSCRIPT call did nothing. When Sync returns an
+// error, some of the request's tenants may have been applied: retrying the
+// same request (same Seq numbers) is safe, as every report is applied at
+// most once per (replica, tenant, Seq).
+//
+// # Key layout
+//
+// With the default prefix "reslimit", each tenant has two keys, in one
+// Cluster slot thanks to the {tenant} hash tag ('%', '{' and '}' in a
+// tenant name are written %25, %7B and %7D):
+//
+//	reslimit:{tenant}         hash: committed totals ops, calls, mem,
+//	                          cpu_us, evals; out_ops, out_calls, out_mem,
+//	                          out_evals (the sum of the replicas' unused
+//	                          allowance); and per replica, "<kind>:<replica>"
+//	                          fields seq, ops, calls, mem, cpu_us, cpu_ns,
+//	                          evals (reported), u_ops, u_calls, u_mem,
+//	                          u_evals (unused allowance), acpu_us, acpu_ns.
+//	                          Zero values are not stored.
+//	reslimit:{tenant}:leases  sorted set: replica → lease expiry, in ms of
+//	                          the Redis server's clock.
+//
+// The keys have no TTL: they are the bill. A replica's fields stay after it
+// is gone (they make a late retry of its reports harmless), so use replica
+// ids that are unique per process start, not per host, and expect about
+// 100 bytes per (replica, tenant) pair that ever synced.
+//
+// # Redis settings that matter for billing
+//
+//   - appendonly yes (and appendfsync everysec or always): committed totals
+//     survive a restart; with RDB snapshots alone a crash loses the usage
+//     reported since the last snapshot, and the replicas, whose reports
+//     were acknowledged, will not send it again.
+//   - maxmemory-policy noeviction: an evicted tenant hash is a lost bill and
+//     a reset quota. With noeviction, a full Redis refuses writes and the
+//     ledgers keep the usage unreported until it has room again.
+//   - On a Cluster or with replicas, failover may lose the last writes
+//     acknowledged by the old primary (Redis replication is asynchronous);
+//     WAIT is not used.
+package redisstore
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/reslimit/reslimit"
+)
+
+// DefaultPrefix is the key prefix of a Store made without WithKeyPrefix.
+const DefaultPrefix = "reslimit"
+
+// DefaultTimeout bounds each Redis round trip of a Store made without
+// WithTimeout.
+const DefaultTimeout = 2 * time.Second
+
+// DefaultMaxBatch is the most tenants a Store made without WithMaxBatch
+// sends in one pipeline.
+const DefaultMaxBatch = 1000
+
+// maxExact is the largest integer a Lua number (float64) holds exactly.
+const maxExact = 1<<53 - 1
+
+//go:embed sync.lua
+var syncSource string
+
+// syncScript applies one tenant's report; see sync.lua.
+var syncScript = redis.NewScript(syncSource)
+
+// Store is a reslimit.Store on Redis. It is safe for concurrent use. Its
+// zero value is not usable: make one with New.
+type Store struct {
+	rdb      redis.UniversalClient
+	prefix   string
+	timeout  time.Duration
+	maxBatch int
+}
+
+var _ reslimit.Store = (*Store)(nil)
+
+// Option configures a Store made by New.
+type Option func(*Store) error
+
+// WithKeyPrefix sets the prefix of every key the store uses (default
+// "reslimit"): tenant t is kept at prefix:{t} and prefix:{t}:leases. The
+// prefix must be non-empty and hold no '{' or '}', which would change the
+// Cluster hash tag.
+func WithKeyPrefix(prefix string) Option {
+	return func(s *Store) error {
+		if prefix == "" || strings.ContainsAny(prefix, "{}") {
+			return fmt.Errorf("%w: redisstore: key prefix %q is empty or holds '{' or '}'", reslimit.ErrInvalidArgument, prefix)
+		}
+		s.prefix = prefix
+		return nil
+	}
+}
+
+// WithTimeout bounds every Redis round trip (default 2s), on top of the
+// caller's context. It must be positive.
+//
+// go-redis bounds socket reads and writes by the context's deadline only
+// when the client was made with ContextTimeoutEnabled: true (in
+// redis.Options, redis.ClusterOptions, ...). Without it, a server that
+// stops answering holds a call for the client's ReadTimeout (default 3s)
+// or DialTimeout (default 5s) instead.
+func WithTimeout(d time.Duration) Option {
+	return func(s *Store) error {
+		if d <= 0 {
+			return fmt.Errorf("%w: redisstore: timeout %v is not positive", reslimit.ErrInvalidArgument, d)
+		}
+		s.timeout = d
+		return nil
+	}
+}
+
+// WithMaxBatch sets the most tenants sent in one pipeline (default 1000);
+// a larger request takes several round trips, one after the other. It
+// must be positive.
+func WithMaxBatch(n int) Option {
+	return func(s *Store) error {
+		if n <= 0 {
+			return fmt.Errorf("%w: redisstore: max batch %d is not positive", reslimit.ErrInvalidArgument, n)
+		}
+		s.maxBatch = n
+		return nil
+	}
+}
+
+// New returns a Store on rdb (a *redis.Client, *redis.ClusterClient,
+// failover client or *redis.Ring; with a Ring, give every replica the same
+// shards). It does not contact Redis: the script is loaded on first use,
+// so a ledger can start while Redis is down. The caller keeps ownership of
+// rdb and closes it after the ledgers that use the store are closed.
+func New(rdb redis.UniversalClient, opts ...Option) (*Store, error) {
+	if rdb == nil {
+		return nil, fmt.Errorf("%w: redisstore: nil client", reslimit.ErrInvalidArgument)
+	}
+	s := &Store{rdb: rdb, prefix: DefaultPrefix, timeout: DefaultTimeout, maxBatch: DefaultMaxBatch}
+	for _, o := range opts {
+		if err := o(s); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// Keys returns the names of tenant's hash and lease sorted set (see the
+// package documentation), for inspection and administration.
+func (s *Store) Keys(tenant string) (hash, leases string) {
+	hash = s.prefix + ":{" + escapeTag(tenant) + "}"
+	return hash, hash + ":leases"
+}
+
+// escapeTag keeps a tenant name from ending the hash tag early.
+var tagEscaper = strings.NewReplacer("%", "%25", "{", "%7B", "}", "%7D")
+
+func escapeTag(tenant string) string { return tagEscaper.Replace(tenant) }
+
+// call is one tenant's script call.
+type call struct {
+	keys []string
+	args []any
+}
+
+// Sync implements reslimit.Store: it applies each tenant's report and
+// grant with one script call, all of them pipelined.
+func (s *Store) Sync(ctx context.Context, req reslimit.SyncRequest) (reslimit.SyncResponse, error) {
+	if err := ctx.Err(); err != nil {
+		return reslimit.SyncResponse{}, err
+	}
+	calls, err := s.calls(req)
+	if err != nil {
+		return reslimit.SyncResponse{}, err
+	}
+	resp := reslimit.SyncResponse{Tenants: make([]reslimit.TenantState, len(req.Tenants))}
+	for lo := 0; lo < len(calls); lo += s.maxBatch {
+		hi := min(lo+s.maxBatch, len(calls))
+		if err := s.run(ctx, calls[lo:hi], resp.Tenants[lo:hi]); err != nil {
+			return reslimit.SyncResponse{}, fmt.Errorf("redisstore: sync: %w", err)
+		}
+		for i := lo; i < hi; i++ {
+			resp.Tenants[i].Tenant = req.Tenants[i].Tenant
+		}
+	}
+	return resp, nil
+}
+
+// calls validates req and builds the script calls.
+func (s *Store) calls(req reslimit.SyncRequest) ([]call, error) {
+	if req.Replica == "" {
+		return nil, fmt.Errorf("%w: redisstore: sync without a replica id", reslimit.ErrInvalidArgument)
+	}
+	if req.LeaseTTL < 0 {
+		return nil, fmt.Errorf("%w: redisstore: negative lease TTL %v", reslimit.ErrInvalidArgument, req.LeaseTTL)
+	}
+	ttl := strconv.FormatInt(int64((req.LeaseTTL+time.Millisecond-1)/time.Millisecond), 10)
+	if req.LeaseTTL > 0 && req.LeaseTTL+time.Millisecond-1 < 0 { // overflow: ~292 years
+		ttl = strconv.FormatInt(int64(req.LeaseTTL/time.Millisecond), 10)
+	}
+	final := "0"
+	if req.Final {
+		final = "1"
+	}
+	calls := make([]call, len(req.Tenants))
+	for i, ts := range req.Tenants {
+		if ts.Tenant == "" {
+			return nil, fmt.Errorf("%w: redisstore: sync of an empty tenant name", reslimit.ErrInvalidArgument)
+		}
+		if err := nonNegative(ts); err != nil {
+			return nil, err
+		}
+		cpu := int64(ts.Used.CPUTime)
+		hash, leases := s.Keys(ts.Tenant)
+		calls[i] = call{keys: []string{hash, leases}, args: []any{
+			req.Replica, strconv.FormatUint(ts.Seq, 10), ttl, final,
+			itoa(ts.Used.Operations), itoa(ts.Used.FunctionCalls), itoa(ts.Used.TotalMemory), itoa(ts.Used.Evaluations),
+			itoa(cpu / 1000), itoa(cpu % 1000),
+			exact(ts.Want.Operations), exact(ts.Want.FunctionCalls), exact(ts.Want.TotalMemory), exact(ts.Want.Evaluations),
+			exact(ts.Limit.Operations), exact(ts.Limit.FunctionCalls), exact(ts.Limit.TotalMemory), exact(ts.Limit.Evaluations),
+		}}
+	}
+	return calls, nil
+}
+
+func nonNegative(ts reslimit.TenantSync) error {
+	for _, f := range []struct {
+		name string
+		t    reslimit.Totals
+	}{{"Used", ts.Used}, {"Want", ts.Want}, {"Limit", ts.Limit}} {
+		t := f.t
+		if t.Operations < 0 || t.FunctionCalls < 0 || t.TotalMemory < 0 || t.CPUTime < 0 || t.Evaluations < 0 {
+			return fmt.Errorf("%w: redisstore: tenant %q: negative %s %+v", reslimit.ErrInvalidArgument, ts.Tenant, f.name, t)
+		}
+	}
+	return nil
+}
+
+func itoa(v int64) string { return strconv.FormatInt(v, 10) }
+
+// exact caps v at the largest integer the script computes with exactly.
+func exact(v int64) string { return itoa(min(v, maxExact)) }
+
+// run sends one pipeline of calls and fills out. Calls answered NOSCRIPT
+// (they did nothing) are sent again once the script is loaded.
+func (s *Store) run(ctx context.Context, calls []call, out []reslimit.TenantState) error {
+	todo := make([]int, len(calls))
+	for i := range todo {
+		todo[i] = i
+	}
+	// First EVALSHA; on NOSCRIPT, SCRIPT LOAD (on every shard of a Cluster)
+	// and EVALSHA again; a server that still lacks the script (a Ring
+	// shard, a failover in between) gets the script itself with EVAL.
+	for attempt := 0; len(todo) > 0; attempt++ {
+		switch attempt {
+		case 0:
+		case 1:
+			lctx, cancel := context.WithTimeout(ctx, s.timeout)
+			err := syncScript.Load(lctx, s.rdb).Err()
+			cancel()
+			if err != nil {
+				return fmt.Errorf("loading the script: %w", err)
+			}
+		default:
+		}
+		cmds, err := s.pipeline(ctx, calls, todo, attempt < 2)
+		if err != nil {
+			return err
+		}
+		var again []int
+		for k, i := range todo {
+			cmd := cmds[k]
+			if err := cmd.Err(); err != nil {
+				if attempt < 2 && redis.HasErrorPrefix(err, "NOSCRIPT") {
+					again = append(again, i)
+					continue
+				}
+				return err
+			}
+			st, err := parseState(cmd.Val())
+			if err != nil {
+				return err
+			}
+			out[i] = st
+		}
+		todo = again
+	}
+	return nil
+}
+
+// pipeline sends calls[i] for i in todo in one pipeline, with EVALSHA or
+// EVAL, and returns their commands. It fails only when no command got an
+// answer.
+func (s *Store) pipeline(ctx context.Context, calls []call, todo []int, sha bool) ([]*redis.Cmd, error) {
+	pctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	cmds := make([]*redis.Cmd, len(todo))
+	pipe := s.rdb.Pipeline()
+	for k, i := range todo {
+		c := calls[i]
+		if sha {
+			cmds[k] = syncScript.EvalSha(pctx, pipe, c.keys, c.args...)
+		} else {
+			cmds[k] = syncScript.Eval(pctx, pipe, c.keys, c.args...)
+		}
+	}
+	_, err := pipe.Exec(pctx)
+	if err != nil && !isRedisError(err) {
+		// A transport error or timeout: no answer to rely on. (Some calls
+		// may have been applied; a retry of the request is safe.)
+		return nil, err
+	}
+	return cmds, nil
+}
+
+// isRedisError reports whether err is an error reply of the server (as
+// opposed to a network error or timeout).
+func isRedisError(err error) bool {
+	var rerr redis.Error
+	return errors.As(err, &rerr) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled)
+}
+
+// parseState reads the script's 18 values: 17 counters, then the last
+// sequence number applied for the replica.
+func parseState(v any) (reslimit.TenantState, error) {
+	vals, ok := v.([]any)
+	if !ok || len(vals) != 18 {
+		return reslimit.TenantState{}, fmt.Errorf("unexpected script reply %#v", v)
+	}
+	var seq uint64
+	if s, ok := vals[17].(string); ok {
+		var err error
+		if seq, err = strconv.ParseUint(s, 10, 64); err != nil {
+			return reslimit.TenantState{}, fmt.Errorf("bad stored seq %q: %w", s, err)
+		}
+	}
+	vals = vals[:17]
+	n := make([]int64, len(vals))
+	for i, x := range vals {
+		var err error
+		if n[i], err = parseInt(x); err != nil {
+			return reslimit.TenantState{}, err
+		}
+	}
+	st := reslimit.TenantState{
+		Committed: reslimit.Totals{Operations: n[0], FunctionCalls: n[1], TotalMemory: n[2],
+			CPUTime: time.Duration(n[3]) * time.Microsecond, Evaluations: n[4]},
+		Reported: reslimit.Totals{Operations: n[5], FunctionCalls: n[6], TotalMemory: n[7],
+			CPUTime: time.Duration(n[8])*time.Microsecond + time.Duration(n[9]), Evaluations: n[10]},
+	}
+	st.Allowance = reslimit.Totals{Operations: n[5] + n[11], FunctionCalls: n[6] + n[12], TotalMemory: n[7] + n[13],
+		CPUTime: time.Duration(n[15])*time.Microsecond + time.Duration(n[16]), Evaluations: n[10] + n[14]}
+	st.Seq = seq
+	return st, nil
+}
+
+// parseInt reads one hash value (nil for an absent field, which is 0).
+func parseInt(x any) (int64, error) {
+	switch x := x.(type) {
+	case nil:
+		return 0, nil
+	case string:
+		n, err := strconv.ParseInt(x, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("bad stored value %q: %w", x, err)
+		}
+		return n, nil
+	case int64:
+		return x, nil
+	}
+	return 0, fmt.Errorf("unexpected stored value %#v", x)
+}
+
+// Load implements reslimit.Store: it returns tenant's committed totals,
+// with one HMGET. A tenant that never synced has zero totals.
+func (s *Store) Load(ctx context.Context, tenant string) (reslimit.Totals, error) {
+	if tenant == "" {
+		return reslimit.Totals{}, fmt.Errorf("%w: redisstore: load of an empty tenant name", reslimit.ErrInvalidArgument)
+	}
+	lctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	hash, _ := s.Keys(tenant)
+	vals, err := s.rdb.HMGet(lctx, hash, "ops", "calls", "mem", "cpu_us", "evals").Result()
+	if err != nil {
+		return reslimit.Totals{}, fmt.Errorf("redisstore: load %q: %w", tenant, err)
+	}
+	var n [5]int64
+	for i, x := range vals {
+		if n[i], err = parseInt(x); err != nil {
+			return reslimit.Totals{}, fmt.Errorf("redisstore: load %q: %w", tenant, err)
+		}
+	}
+	return reslimit.Totals{Operations: n[0], FunctionCalls: n[1], TotalMemory: n[2],
+		CPUTime: time.Duration(n[3]) * time.Microsecond, Evaluations: n[4]}, nil
+}

@@ -1,0 +1,890 @@
+// Package storetest is the conformance suite for reslimit.Store
+// implementations: it checks that a store behaves exactly like
+// reslimit.MemoryStore, the reference implementation, against the rules
+// of the Store contract:
+//
+//   - a report is applied at most once per (Replica, Tenant, Seq); a retry or
+//     a stale Seq changes nothing and returns the same state;
+//   - grants go up to Want while the tenant's committed totals plus every
+//     replica's unused allowance stay within the limit, across replicas;
+//   - a replica's allowance never falls below what it reported;
+//   - unused allowance of a replica whose lease expired (by the store's clock)
+//     is reclaimed, and a lease is refreshed only by an applied report;
+//   - a Final sync gives back every unused allowance;
+//   - resources without a limit (0) and CPU time are only reported;
+//   - CPU time round-trips (within Config.CPUResolution per report);
+//   - Load returns the committed totals.
+//
+// A store package runs it from a test:
+//
+//	func TestConformance(t *testing.T) {
+//		storetest.Run(t, storetest.Config{
+//			New: func(t *testing.T) reslimit.Store { return newIsolatedStore(t) },
+//		})
+//	}
+package storetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/reslimit/reslimit"
+)
+
+// Config tells Run how to make and age the stores under test.
+type Config struct {
+	// New returns an empty store, isolated from every other store it
+	// returned (a Redis store, for example, on its own key prefix). It is
+	// called once per subtest, possibly from parallel subtests, and should
+	// register its own cleanup with t.Cleanup. Required.
+	New func(t *testing.T) reslimit.Store
+
+	// LeaseTTL is the short lease the expiry subtests grant before they
+	// wait for it to pass. 0 means 200ms. The subtests wait by polling the
+	// store's observable state (another replica's grant), never by a bare
+	// sleep. On the real clock they require the lease to be reclaimed
+	// neither before LeaseTTL nor more than 50ms after it (the store's
+	// clock must run at the test's pace).
+	LeaseTTL time.Duration
+
+	// Advance, if set, moves the store's clock forward by at least d (for a
+	// store with a fake clock, such as a miniredis server). The expiry
+	// subtests call it before they poll, so they need not wait in real
+	// time. Nil means the store runs on the real clock.
+	Advance func(t *testing.T, d time.Duration)
+
+	// CPUResolution is the granularity at which the store keeps CPU time:
+	// each report's CPUTime may be committed (and reported back) short by
+	// less than CPUResolution, never more, and never above what was sent.
+	// 0 means CPU time is kept exactly. A store that keeps whole
+	// microseconds sets time.Microsecond; reports of whole microseconds
+	// must round-trip exactly either way.
+	CPUResolution time.Duration
+}
+
+// Run runs the whole suite against the stores cfg.New makes, each check
+// in a parallel subtest of t.
+func Run(t *testing.T, cfg Config) {
+	t.Helper()
+	if cfg.New == nil {
+		t.Fatal("storetest: Config.New is nil")
+	}
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = 200 * time.Millisecond
+	}
+	s := &suite{cfg: cfg}
+	for _, tc := range []struct {
+		name string
+		f    func(*testing.T)
+	}{
+		{"InvalidArgument", s.testInvalidArgument},
+		{"CanceledContext", s.testCanceledContext},
+		{"EmptyRequest", s.testEmptyRequest},
+		{"ReportAndLoad", s.testReportAndLoad},
+		{"ResponseOrder", s.testResponseOrder},
+		{"RetrySameSeq", s.testRetrySameSeq},
+		{"StaleSeq", s.testStaleSeq},
+		{"LargeSeq", s.testLargeSeq},
+		{"GrantWithinLimit", s.testGrantWithinLimit},
+		{"OverspendLiftsAllowance", s.testOverspendLiftsAllowance},
+		{"LimitLowered", s.testLimitLowered},
+		{"Unlimited", s.testUnlimited},
+		{"CPUTimeOnlyReported", s.testCPUTimeOnlyReported},
+		{"CPUTimeRoundTrip", s.testCPUTimeRoundTrip},
+		{"CPUTimeSubMicrosecond", s.testCPUTimeSubMicrosecond},
+		{"FinalGivesBack", s.testFinalGivesBack},
+		{"FinalOnRetry", s.testFinalOnRetry},
+		{"ExpiredLeaseReclaimed", s.testExpiredLeaseReclaimed},
+		{"RetryDoesNotRefreshLease", s.testRetryDoesNotRefreshLease},
+		{"SyncRefreshesLease", s.testSyncRefreshesLease},
+		{"Hammer", s.testHammer},
+		{"MatchesMemoryStore", s.testMatchesMemoryStore},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tc.f(t)
+		})
+	}
+}
+
+type suite struct{ cfg Config }
+
+// long is a lease that does not expire during a test.
+const long = time.Hour
+
+// leased builds Totals of the leased resources (CPUTime 0).
+func leased(ops, calls, mem, evals int64) reslimit.Totals {
+	return reslimit.Totals{Operations: ops, FunctionCalls: calls, TotalMemory: mem, Evaluations: evals}
+}
+
+// ops builds Totals with only Operations set.
+func ops(n int64) reslimit.Totals { return reslimit.Totals{Operations: n} }
+
+// leasedOf returns t without CPUTime, the part of an Allowance a store
+// grants.
+func leasedOf(t reslimit.Totals) reslimit.Totals {
+	t.CPUTime = 0
+	return t
+}
+
+func (s *suite) store(t *testing.T) reslimit.Store {
+	t.Helper()
+	st := s.cfg.New(t)
+	require.NotNil(t, st, "Config.New returned nil")
+	return st
+}
+
+// sync runs one request and checks the shape of the answer.
+func syncReq(t *testing.T, st reslimit.Store, req reslimit.SyncRequest) []reslimit.TenantState {
+	t.Helper()
+	resp, err := st.Sync(context.Background(), req)
+	require.NoError(t, err)
+	require.Len(t, resp.Tenants, len(req.Tenants))
+	for i, ts := range req.Tenants {
+		require.Equal(t, ts.Tenant, resp.Tenants[i].Tenant, "answer %d is for another tenant", i)
+	}
+	return resp.Tenants
+}
+
+// one syncs a single tenant for replica and returns its state.
+func one(t *testing.T, st reslimit.Store, replica string, ttl time.Duration, final bool, ts reslimit.TenantSync) reslimit.TenantState {
+	t.Helper()
+	return syncReq(t, st, reslimit.SyncRequest{Replica: replica, LeaseTTL: ttl, Final: final,
+		Tenants: []reslimit.TenantSync{ts}})[0]
+}
+
+func load(t *testing.T, st reslimit.Store, tenant string) reslimit.Totals {
+	t.Helper()
+	tot, err := st.Load(context.Background(), tenant)
+	require.NoError(t, err)
+	return tot
+}
+
+// advance ages the store's clock past d if it has a fake one.
+func (s *suite) advance(t *testing.T, d time.Duration) {
+	if s.cfg.Advance != nil {
+		s.cfg.Advance(t, d)
+	}
+}
+
+// waitReclaim calls probe every few milliseconds until it returns true
+// (it saw a lease granted in [start, end] reclaimed). On the real clock it
+// also checks when: never before the lease ran out, measured from start,
+// and always once it ran out by a margin, measured from end (a probe that
+// began then reaches the store later still).
+func (s *suite) waitReclaim(t *testing.T, start, end time.Time, probe func() bool) {
+	t.Helper()
+	const margin = 50 * time.Millisecond
+	ttl := s.cfg.LeaseTTL
+	deadline := end.Add(ttl + 10*time.Second)
+	for {
+		began := time.Now()
+		ok := probe()
+		if s.cfg.Advance == nil {
+			if ok && time.Since(start) < ttl {
+				t.Fatalf("a lease of %v was reclaimed after %v", ttl, time.Since(start))
+			}
+			if !ok && began.Sub(end) > ttl+margin {
+				t.Fatalf("a lease of %v was not reclaimed after %v", ttl, began.Sub(end))
+			}
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("timed out waiting for an expired lease to be reclaimed")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (s *suite) testInvalidArgument(t *testing.T) {
+	st := s.store(t)
+	_, err := st.Sync(context.Background(), reslimit.SyncRequest{LeaseTTL: long,
+		Tenants: []reslimit.TenantSync{{Tenant: "t", Seq: 1, Used: ops(1)}}})
+	require.ErrorIs(t, err, reslimit.ErrInvalidArgument, "a sync without a replica id")
+	assert.Zero(t, load(t, st, "t"), "a refused sync must not be applied")
+}
+
+func (s *suite) testCanceledContext(t *testing.T) {
+	st := s.store(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := st.Sync(ctx, reslimit.SyncRequest{Replica: "r", LeaseTTL: long,
+		Tenants: []reslimit.TenantSync{{Tenant: "t", Seq: 1, Used: ops(1)}}})
+	require.Error(t, err)
+	require.True(t, errors.Is(err, context.Canceled), "got %v", err)
+}
+
+func (s *suite) testEmptyRequest(t *testing.T) {
+	st := s.store(t)
+	resp, err := st.Sync(context.Background(), reslimit.SyncRequest{Replica: "r", LeaseTTL: long})
+	require.NoError(t, err)
+	assert.Empty(t, resp.Tenants)
+	resp, err = st.Sync(context.Background(), reslimit.SyncRequest{Replica: "r", LeaseTTL: long, Final: true})
+	require.NoError(t, err)
+	assert.Empty(t, resp.Tenants)
+}
+
+func (s *suite) testReportAndLoad(t *testing.T) {
+	st := s.store(t)
+	assert.Zero(t, load(t, st, "nobody"), "an unknown tenant has zero totals")
+
+	ua := reslimit.Totals{Operations: 1, FunctionCalls: 2, TotalMemory: 3, CPUTime: 4 * time.Microsecond, Evaluations: 5}
+	ub := reslimit.Totals{Operations: 10, FunctionCalls: 20, TotalMemory: 30, CPUTime: 40 * time.Millisecond, Evaluations: 50}
+	got := syncReq(t, st, reslimit.SyncRequest{Replica: "r1", LeaseTTL: long, Tenants: []reslimit.TenantSync{
+		{Tenant: "a", Seq: 1, Used: ua},
+		{Tenant: "b", Seq: 1, Used: ub},
+	}})
+	assert.Equal(t, ua, got[0].Committed)
+	assert.Equal(t, ua, got[0].Reported)
+	assert.Equal(t, leasedOf(ua), leasedOf(got[0].Allowance), "allowance is lifted to what was reported")
+	assert.Equal(t, ub, got[1].Committed)
+	assert.Equal(t, ub, got[1].Reported)
+
+	got2 := one(t, st, "r2", long, false, reslimit.TenantSync{Tenant: "a", Seq: 1, Used: ub})
+	assert.Equal(t, ua.Add(ub), got2.Committed, "committed totals are fleet-wide")
+	assert.Equal(t, ub, got2.Reported, "Reported is this replica's own")
+
+	assert.Equal(t, ua.Add(ub), load(t, st, "a"))
+	assert.Equal(t, ub, load(t, st, "b"))
+	assert.Zero(t, load(t, st, "nobody"))
+
+	got3 := one(t, st, "r1", long, false, reslimit.TenantSync{Tenant: "a", Seq: 2, Used: ua})
+	assert.Equal(t, ua.Add(ua), got3.Reported, "Reported is cumulative")
+	assert.Equal(t, ua.Add(ua).Add(ub), got3.Committed)
+	assert.Equal(t, got3.Committed, load(t, st, "a"))
+}
+
+func (s *suite) testResponseOrder(t *testing.T) {
+	st := s.store(t)
+	lim := ops(100)
+	got := syncReq(t, st, reslimit.SyncRequest{Replica: "r", LeaseTTL: long, Tenants: []reslimit.TenantSync{
+		{Tenant: "z", Seq: 1, Used: ops(1)},
+		{Tenant: "a", Seq: 1, Used: ops(2), Want: ops(10), Limit: lim},
+		{Tenant: "m", Seq: 1, Used: ops(3)},
+		// The same tenant again: applied after the first, in order.
+		{Tenant: "a", Seq: 2, Used: ops(4), Want: ops(10), Limit: lim},
+		// A retry inside the same request changes nothing.
+		{Tenant: "a", Seq: 2, Used: ops(4), Want: ops(10), Limit: lim},
+	}})
+	assert.Equal(t, ops(1), got[0].Committed)
+	assert.Equal(t, ops(2), got[1].Committed)
+	assert.Equal(t, ops(12), leasedOf(got[1].Allowance))
+	assert.Equal(t, ops(3), got[2].Committed)
+	assert.Equal(t, ops(6), got[3].Committed)
+	assert.Equal(t, ops(6), got[3].Reported)
+	assert.Equal(t, ops(22), leasedOf(got[3].Allowance), "6 reported + 6 unused + 10 granted")
+	assert.Equal(t, got[3], got[4])
+}
+
+func (s *suite) testRetrySameSeq(t *testing.T) {
+	st := s.store(t)
+	lim := leased(100, 50, 1000, 10)
+	ts := reslimit.TenantSync{Tenant: "t", Seq: 1, Used: reslimit.Totals{Operations: 5, TotalMemory: 7, CPUTime: time.Millisecond},
+		Want: leased(20, 20, 20, 20), Limit: lim}
+	first := one(t, st, "r", long, false, ts)
+	assert.Equal(t, leased(25, 20, 27, 10), leasedOf(first.Allowance))
+	for range 3 {
+		again := one(t, st, "r", long, false, ts)
+		assert.Equal(t, first, again, "a retry with the same Seq changes nothing and returns the same state")
+	}
+	// Even a retry that (against the contract) carries other numbers is
+	// ignored: the Seq alone decides.
+	odd := ts
+	odd.Used = ops(1000)
+	odd.Want = leased(1000, 1000, 1000, 1000)
+	assert.Equal(t, first, one(t, st, "r", long, false, odd))
+	assert.Equal(t, first.Committed, load(t, st, "t"))
+
+	// Another replica's retry is independent of this one's.
+	o1 := one(t, st, "other", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Used: ops(1), Want: ops(10), Limit: lim})
+	o2 := one(t, st, "other", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Used: ops(1), Want: ops(10), Limit: lim})
+	assert.Equal(t, o1, o2)
+	assert.Equal(t, first.Committed.Add(ops(1)), o2.Committed)
+	// The first replica's retry now sees the new committed totals but its
+	// own state is unchanged.
+	again := one(t, st, "r", long, false, ts)
+	assert.Equal(t, first.Reported, again.Reported)
+	assert.Equal(t, first.Allowance, again.Allowance)
+	assert.Equal(t, o2.Committed, again.Committed)
+}
+
+func (s *suite) testStaleSeq(t *testing.T) {
+	st := s.store(t)
+	lim := ops(100)
+	one(t, st, "r", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Used: ops(1), Want: ops(10), Limit: lim})
+	s5 := one(t, st, "r", long, false, reslimit.TenantSync{Tenant: "t", Seq: 5, Used: ops(2), Want: ops(10), Limit: lim})
+	assert.Equal(t, ops(3), s5.Reported)
+	assert.Equal(t, ops(21), leasedOf(s5.Allowance))
+	for _, seq := range []uint64{0, 1, 4, 5} {
+		got := one(t, st, "r", long, false, reslimit.TenantSync{Tenant: "t", Seq: seq, Used: ops(50), Want: ops(10), Limit: lim})
+		assert.Equal(t, s5, got, "seq %d is not above the last applied 5", seq)
+	}
+	s6 := one(t, st, "r", long, false, reslimit.TenantSync{Tenant: "t", Seq: 6, Used: ops(1), Limit: lim})
+	assert.Equal(t, ops(4), s6.Reported)
+	assert.Equal(t, ops(4), load(t, st, "t"))
+}
+
+func (s *suite) testLargeSeq(t *testing.T) {
+	st := s.store(t)
+	// Sequence numbers beyond 2^53 must be compared exactly (no float64).
+	seqs := []uint64{1 << 60, 1<<60 + 1, 1<<63 + 7, ^uint64(0) - 1, ^uint64(0)}
+	var want int64
+	for i, seq := range seqs {
+		want += int64(i + 1)
+		got := one(t, st, "r", long, false, reslimit.TenantSync{Tenant: "t", Seq: seq, Used: ops(int64(i + 1))})
+		require.Equal(t, ops(want), got.Reported, "seq %d", seq)
+		stale := one(t, st, "r", long, false, reslimit.TenantSync{Tenant: "t", Seq: seq - 1, Used: ops(100)})
+		require.Equal(t, got, stale, "seq %d after %d", seq-1, seq)
+	}
+	assert.Equal(t, ops(want), load(t, st, "t"))
+}
+
+func (s *suite) testGrantWithinLimit(t *testing.T) {
+	st := s.store(t)
+	lim := leased(100, 0, 1<<20, 0)
+	sync := func(r string, seq uint64, final bool, used, want reslimit.Totals) reslimit.TenantState {
+		return one(t, st, r, long, final, reslimit.TenantSync{Tenant: "t", Seq: seq, Used: used, Want: want, Limit: lim})
+	}
+	a := sync("a", 1, false, reslimit.Totals{}, leased(30, 5, 1<<19, 5))
+	assert.Equal(t, leased(30, 0, 1<<19, 0), leasedOf(a.Allowance), "grant up to Want; nothing without a limit")
+	a = sync("a", 2, false, reslimit.Totals{}, leased(30, 0, 1<<19, 0))
+	assert.Equal(t, leased(60, 0, 1<<20, 0), leasedOf(a.Allowance), "grants add up")
+	b := sync("b", 1, false, reslimit.Totals{}, leased(50, 0, 1, 0))
+	assert.Equal(t, leased(40, 0, 0, 0), leasedOf(b.Allowance), "only what is left under the limit")
+	c := sync("c", 1, false, reslimit.Totals{}, leased(10, 0, 10, 0))
+	assert.Zero(t, leasedOf(c.Allowance), "nothing is left")
+
+	a = sync("a", 3, false, leased(60, 0, 100, 0), reslimit.Totals{})
+	assert.Equal(t, leased(60, 0, 100, 0), a.Reported)
+	assert.Equal(t, leased(60, 0, 1<<20, 0), leasedOf(a.Allowance), "using an allowance does not change it")
+	assert.Equal(t, leased(60, 0, 100, 0), a.Committed)
+	b = sync("b", 2, false, leased(10, 0, 0, 0), reslimit.Totals{})
+	assert.Equal(t, leased(40, 0, 0, 0), leasedOf(b.Allowance))
+	c = sync("c", 2, false, reslimit.Totals{}, leased(10, 0, 10, 0))
+	assert.Zero(t, leasedOf(c.Allowance), "reported usage still counts against the limit")
+
+	b = sync("b", 3, true, leased(20, 0, 0, 0), reslimit.Totals{})
+	assert.Equal(t, leased(30, 0, 0, 0), leasedOf(b.Allowance), "Final gives back the unused 10")
+	c = sync("c", 3, false, reslimit.Totals{}, leased(100, 0, 10, 0))
+	assert.Equal(t, leased(10, 0, 0, 0), leasedOf(c.Allowance), "what b gave back")
+	assert.Equal(t, leased(90, 0, 100, 0), load(t, st, "t"))
+}
+
+func (s *suite) testOverspendLiftsAllowance(t *testing.T) {
+	st := s.store(t)
+	lim := ops(100)
+	a := one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Want: ops(10), Limit: lim})
+	assert.Equal(t, ops(10), leasedOf(a.Allowance))
+	// A replica may report more than it was granted (it measured usage
+	// after the fact): the store counts it all and lifts the allowance.
+	a = one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 2, Used: ops(25), Limit: lim})
+	assert.Equal(t, ops(25), a.Reported)
+	assert.Equal(t, ops(25), leasedOf(a.Allowance), "the allowance never stays below what was reported")
+	assert.Equal(t, ops(25), a.Committed)
+	b := one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Want: ops(1000), Limit: lim})
+	assert.Equal(t, ops(75), leasedOf(b.Allowance))
+	// Overspending in the same sync as a Want: the grant counts the
+	// overspend.
+	a = one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 3, Used: ops(5), Want: ops(10), Limit: lim})
+	assert.Equal(t, ops(30), leasedOf(a.Allowance), "no room left: lifted to reported only")
+	assert.Equal(t, ops(30), a.Committed)
+}
+
+func (s *suite) testLimitLowered(t *testing.T) {
+	st := s.store(t)
+	a := one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Used: ops(50), Want: ops(10), Limit: ops(100)})
+	assert.Equal(t, ops(60), leasedOf(a.Allowance))
+	// The limit drops below what is already committed: no grant, and the
+	// allowance already granted stays.
+	a = one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 2, Used: ops(1), Want: ops(10), Limit: ops(40)})
+	assert.Equal(t, ops(51), a.Reported)
+	assert.Equal(t, ops(60), leasedOf(a.Allowance))
+	b := one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Want: ops(10), Limit: ops(40)})
+	assert.Zero(t, leasedOf(b.Allowance))
+	// Raised again: grants resume from committed + outstanding.
+	b = one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 2, Want: ops(100), Limit: ops(70)})
+	assert.Equal(t, ops(10), leasedOf(b.Allowance))
+}
+
+func (s *suite) testUnlimited(t *testing.T) {
+	st := s.store(t)
+	used := reslimit.Totals{Operations: 1e6, FunctionCalls: 1e5, TotalMemory: 1 << 40, CPUTime: time.Hour, Evaluations: 1e4}
+	for i := range uint64(3) {
+		a := one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: i + 1, Used: used, Want: leased(1, 2, 3, 4)})
+		assert.Equal(t, leasedOf(a.Reported), leasedOf(a.Allowance), "no limit: nothing granted, allowance = reported")
+	}
+	b := one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Used: used, Want: leased(1, 2, 3, 4)})
+	assert.Equal(t, leasedOf(used), leasedOf(b.Allowance))
+	tot := reslimit.Totals{}
+	for range 4 {
+		tot = tot.Add(used)
+	}
+	assert.Equal(t, tot, b.Committed)
+	assert.Equal(t, tot, load(t, st, "t"))
+}
+
+func (s *suite) testCPUTimeOnlyReported(t *testing.T) {
+	st := s.store(t)
+	u := reslimit.Totals{CPUTime: 3 * time.Millisecond}
+	a := one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Used: u,
+		Want: reslimit.Totals{CPUTime: time.Second}, Limit: reslimit.Totals{CPUTime: 2 * time.Second}})
+	assert.Equal(t, u, a.Reported)
+	assert.LessOrEqual(t, a.Allowance.CPUTime, a.Reported.CPUTime, "CPU time is never leased")
+	assert.Zero(t, leasedOf(a.Allowance))
+}
+
+func (s *suite) testCPUTimeRoundTrip(t *testing.T) {
+	st := s.store(t)
+	// Whole microseconds round-trip exactly, however large.
+	reports := []time.Duration{1500 * time.Microsecond, 2*time.Hour + time.Microsecond, 1000 * time.Hour, time.Microsecond}
+	var sum time.Duration
+	for i, d := range reports {
+		sum += d
+		got := one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: uint64(i + 1), Used: reslimit.Totals{CPUTime: d}})
+		require.Equal(t, sum, got.Reported.CPUTime)
+		require.Equal(t, sum, got.Committed.CPUTime)
+	}
+	b := one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Used: reslimit.Totals{CPUTime: 7 * time.Microsecond}})
+	assert.Equal(t, sum+7*time.Microsecond, b.Committed.CPUTime)
+	assert.Equal(t, 7*time.Microsecond, b.Reported.CPUTime)
+	assert.Equal(t, sum+7*time.Microsecond, load(t, st, "t").CPUTime)
+}
+
+func (s *suite) testCPUTimeSubMicrosecond(t *testing.T) {
+	st := s.store(t)
+	res := s.cfg.CPUResolution
+	reports := []time.Duration{1, 999, 1001, 500, 500, 1234567, 3, 997}
+	var sum time.Duration
+	for i, d := range reports {
+		sum += d
+		got := one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: uint64(i + 1), Used: reslimit.Totals{CPUTime: d}})
+		n := time.Duration(i + 1)
+		for what, v := range map[string]time.Duration{"reported": got.Reported.CPUTime, "committed": got.Committed.CPUTime} {
+			require.LessOrEqual(t, v, sum, "%s CPU time above what was sent", what)
+			if res == 0 {
+				require.Equal(t, sum, v, "%s CPU time", what)
+			} else {
+				require.Greater(t, v, sum-n*res, "%s CPU time short by more than the resolution per report", what)
+			}
+		}
+	}
+	got := load(t, st, "t").CPUTime
+	assert.LessOrEqual(t, got, sum)
+	if res == 0 {
+		assert.Equal(t, sum, got)
+	} else {
+		assert.Greater(t, got, sum-time.Duration(len(reports))*res)
+	}
+}
+
+func (s *suite) testFinalGivesBack(t *testing.T) {
+	st := s.store(t)
+	lim := leased(100, 10, 0, 0)
+	a := one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Want: leased(100, 10, 0, 0), Limit: lim})
+	assert.Equal(t, leased(100, 10, 0, 0), leasedOf(a.Allowance))
+	b := one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Want: leased(100, 10, 0, 0), Limit: lim})
+	assert.Zero(t, leasedOf(b.Allowance))
+
+	used := reslimit.Totals{Operations: 30, FunctionCalls: 1, CPUTime: 9 * time.Microsecond}
+	a = one(t, st, "a", long, true, reslimit.TenantSync{Tenant: "t", Seq: 2, Used: used, Want: leased(5, 5, 0, 0), Limit: lim})
+	assert.Equal(t, used, a.Reported)
+	assert.Equal(t, leasedOf(used), leasedOf(a.Allowance), "Final leaves no unused allowance")
+	assert.Equal(t, used, a.Committed)
+
+	b = one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 2, Want: leased(100, 10, 0, 0), Limit: lim})
+	assert.Equal(t, leased(70, 9, 0, 0), leasedOf(b.Allowance), "what a gave back")
+
+	// The replica may come back after a Final and lease again.
+	a = one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 3, Want: leased(5, 5, 0, 0), Limit: lim})
+	assert.Equal(t, leasedOf(used), leasedOf(a.Allowance), "nothing left for a")
+	b = one(t, st, "b", long, true, reslimit.TenantSync{Tenant: "t", Seq: 3, Used: ops(20), Limit: lim})
+	assert.Equal(t, ops(20), leasedOf(b.Allowance))
+	a = one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 4, Want: leased(100, 100, 0, 0), Limit: lim})
+	assert.Equal(t, leased(80, 10, 0, 0), leasedOf(a.Allowance))
+	assert.Equal(t, used.Add(ops(20)), load(t, st, "t"))
+}
+
+func (s *suite) testFinalOnRetry(t *testing.T) {
+	st := s.store(t)
+	lim := ops(100)
+	a := one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Used: ops(10), Want: ops(50), Limit: lim})
+	assert.Equal(t, ops(60), leasedOf(a.Allowance))
+	// The final sync retries the last acknowledged Seq: its report is not
+	// applied again, but the unused allowance is given back.
+	a = one(t, st, "a", long, true, reslimit.TenantSync{Tenant: "t", Seq: 1, Used: ops(10), Want: ops(50), Limit: lim})
+	assert.Equal(t, ops(10), a.Reported)
+	assert.Equal(t, ops(10), leasedOf(a.Allowance))
+	assert.Equal(t, ops(10), a.Committed)
+	b := one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Want: ops(1000), Limit: lim})
+	assert.Equal(t, ops(90), leasedOf(b.Allowance))
+}
+
+func (s *suite) testExpiredLeaseReclaimed(t *testing.T) {
+	st := s.store(t)
+	ttl := s.cfg.LeaseTTL
+	lim := leased(100, 0, 50, 0)
+	start := time.Now()
+	a := one(t, st, "a", ttl, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Used: ops(10), Want: leased(1000, 0, 1000, 0), Limit: lim})
+	end := time.Now()
+	assert.Equal(t, leased(100, 0, 50, 0), leasedOf(a.Allowance))
+	seq := uint64(1)
+	b := one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: seq, Want: leased(1000, 0, 1000, 0), Limit: lim})
+	if s.cfg.Advance != nil || time.Since(start) < ttl/2 {
+		assert.Zero(t, leasedOf(b.Allowance), "a's lease has not expired yet")
+	}
+
+	s.advance(t, ttl+time.Millisecond)
+	s.waitReclaim(t, start, end, func() bool {
+		seq++
+		b = one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: seq, Want: leased(1000, 0, 1000, 0), Limit: lim})
+		return b.Allowance.Operations > 0
+	})
+	assert.Equal(t, leased(90, 0, 50, 0), leasedOf(b.Allowance), "all of a's unused allowance, at once")
+
+	// a comes back: it keeps what it reported, its unused allowance is gone.
+	a = one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 2, Want: leased(1000, 0, 1000, 0), Limit: lim})
+	assert.Equal(t, ops(10), a.Reported)
+	assert.Equal(t, ops(10), leasedOf(a.Allowance))
+	assert.Equal(t, ops(10), load(t, st, "t"))
+}
+
+func (s *suite) testRetryDoesNotRefreshLease(t *testing.T) {
+	st := s.store(t)
+	ttl := s.cfg.LeaseTTL
+	lim := ops(100)
+	ts := reslimit.TenantSync{Tenant: "t", Seq: 1, Want: ops(100), Limit: lim}
+	start := time.Now()
+	a := one(t, st, "a", ttl, false, ts)
+	end := time.Now()
+	assert.Equal(t, ops(100), leasedOf(a.Allowance))
+	s.advance(t, ttl+time.Millisecond)
+	seq := uint64(0)
+	// a keeps retrying its report: that does not refresh its lease.
+	s.waitReclaim(t, start, end, func() bool {
+		again := one(t, st, "a", ttl, false, ts) // a retry refreshes nothing
+		if again.Allowance.Operations == 0 {
+			return true // reclaimed already (and not re-granted by the retry)
+		}
+		seq++
+		b := one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: seq, Want: ops(100), Limit: lim})
+		return b.Allowance.Operations == 100
+	})
+	again := one(t, st, "a", ttl, false, ts)
+	assert.Zero(t, leasedOf(again.Allowance), "a retried report neither refreshes nor re-grants")
+}
+
+func (s *suite) testSyncRefreshesLease(t *testing.T) {
+	st := s.store(t)
+	// A lease long enough that a scheduling hiccup does not end it, but
+	// short enough to pass several times over while a keeps syncing.
+	ttl := max(s.cfg.LeaseTTL, 500*time.Millisecond)
+	lim := ops(100)
+	seq := uint64(1)
+	// last is taken before a's sync starts, so that time.Since(last) bounds
+	// the time between a's sync and b's on the store's side too.
+	last := time.Now()
+	a := one(t, st, "a", ttl, false, reslimit.TenantSync{Tenant: "t", Seq: seq, Want: ops(100), Limit: lim})
+	assert.Equal(t, ops(100), leasedOf(a.Allowance))
+	for i := range 30 {
+		if s.cfg.Advance != nil {
+			s.advance(t, ttl/2)
+		} else {
+			time.Sleep(ttl / 10)
+		}
+		seq++
+		b := one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: seq, Want: ops(100), Limit: lim})
+		if s.cfg.Advance == nil && time.Since(last) > ttl*8/10 {
+			t.Logf("stalled for %v (lease %v) after %d rounds: stopping early", time.Since(last), ttl, i)
+			return
+		}
+		require.Zero(t, leasedOf(b.Allowance), "round %d: a keeps its lease by syncing", i)
+		last = time.Now()
+		a = one(t, st, "a", ttl, false, reslimit.TenantSync{Tenant: "t", Seq: seq, Limit: lim})
+		require.Equal(t, ops(100), leasedOf(a.Allowance))
+	}
+}
+
+// hammerReplica is one replica's view in the hammer test.
+type hammerReplica struct {
+	id        string
+	seq       uint64
+	reported  map[string]reslimit.Totals // per tenant, as acknowledged
+	allowance map[string]reslimit.Totals
+	reports   int64 // reports applied, for the CPU tolerance
+}
+
+func (s *suite) testHammer(t *testing.T) {
+	st := s.store(t)
+	tenants := []string{"h1", "h2"}
+	limits := map[string]reslimit.Totals{
+		"h1": leased(5000, 2000, 1<<22, 0),
+		"h2": leased(0, 3000, 0, 1500),
+	}
+	const replicas, maxRounds = 6, 3000
+	errs := make(chan error, replicas)
+	done := make([]*hammerReplica, replicas)
+	var wg sync.WaitGroup
+	for i := range replicas {
+		wg.Go(func() {
+			r := &hammerReplica{id: fmt.Sprintf("r%d", i), reported: map[string]reslimit.Totals{}, allowance: map[string]reslimit.Totals{}}
+			done[i] = r
+			errs <- s.hammer(st, r, tenants, limits, rand.New(rand.NewPCG(uint64(i), 42)), maxRounds)
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+
+	// A newcomer syncs without usage to read the committed totals.
+	probe := syncReq(t, st, reslimit.SyncRequest{Replica: "probe", LeaseTTL: long,
+		Tenants: []reslimit.TenantSync{{Tenant: "h1", Seq: 1}, {Tenant: "h2", Seq: 1}}})
+	var reports int64
+	for _, r := range done {
+		reports += r.reports
+	}
+	for k, tn := range tenants {
+		var sum reslimit.Totals
+		for _, r := range done {
+			sum = sum.Add(r.reported[tn])
+		}
+		committed := probe[k].Committed
+		assert.Equal(t, leasedOf(sum), leasedOf(committed), "%s: committed = sum of what the replicas reported", tn)
+		assert.LessOrEqual(t, committed.CPUTime, sum.CPUTime)
+		assert.Greater(t, committed.CPUTime, sum.CPUTime-time.Duration(reports)*s.cfg.CPUResolution-1)
+		assert.Equal(t, committed, load(t, st, tn), "%s: Load returns the committed totals", tn)
+		lim := limits[tn]
+		for _, res := range []reslimit.Resource{reslimit.Operations, reslimit.Calls, reslimit.TotalMemory, reslimit.Evaluations} {
+			l := lim.Get(res)
+			if l == 0 {
+				continue
+			}
+			got := committed.Get(res)
+			assert.LessOrEqual(t, got, l, "%s %v: the fleet never passes the limit", tn, res)
+			assert.GreaterOrEqual(t, got*100, l*95, "%s %v: at least 95%% of the limit is granted", tn, res)
+		}
+	}
+}
+
+// hammer drives one replica: each round it uses part of its unused
+// allowance (never more), reports it and asks for more, sometimes
+// retrying a report whose answer it pretends to have lost. It stops when
+// every limited resource is used up and the store grants no more, and
+// gives back with a Final sync.
+func (s *suite) hammer(st reslimit.Store, r *hammerReplica, tenants []string, limits map[string]reslimit.Totals, rng *rand.Rand, maxRounds int) error {
+	ctx := context.Background()
+	res := []reslimit.Resource{reslimit.Operations, reslimit.Calls, reslimit.TotalMemory, reslimit.Evaluations}
+	idle := 0
+	for round := 0; ; round++ {
+		if round == maxRounds {
+			return fmt.Errorf("%s: not done after %d rounds", r.id, maxRounds)
+		}
+		r.seq++
+		req := reslimit.SyncRequest{Replica: r.id, LeaseTTL: long}
+		for _, tn := range tenants {
+			var used, want reslimit.Totals
+			lim := limits[tn]
+			for _, x := range res {
+				if lim.Get(x) == 0 {
+					used.Set(x, rng.Int64N(3)) // unlimited: only reported
+					continue
+				}
+				unused := r.allowance[tn].Get(x) - r.reported[tn].Get(x)
+				if unused > 0 {
+					n := unused
+					if rng.IntN(2) == 0 {
+						n = 1 + rng.Int64N(unused)
+					}
+					used.Set(x, n)
+				}
+				want.Set(x, 1+rng.Int64N(lim.Get(x)/20))
+			}
+			used.CPUTime = time.Duration(rng.Int64N(5000))
+			req.Tenants = append(req.Tenants, reslimit.TenantSync{Tenant: tn, Seq: r.seq, Used: used, Want: want, Limit: lim})
+		}
+		resp, err := st.Sync(ctx, req)
+		if err != nil {
+			return err
+		}
+		if rng.IntN(10) == 0 { // the answer was "lost": retry
+			again, err := st.Sync(ctx, req)
+			if err != nil {
+				return err
+			}
+			for k := range resp.Tenants {
+				a, b := resp.Tenants[k], again.Tenants[k]
+				if a.Reported != b.Reported || a.Allowance != b.Allowance {
+					return fmt.Errorf("%s: retry of seq %d changed %s: %+v then %+v", r.id, r.seq, a.Tenant, a, b)
+				}
+			}
+			resp = again
+		}
+		granted := false
+		for k, ts := range req.Tenants {
+			got := resp.Tenants[k]
+			if got.Tenant != ts.Tenant {
+				return fmt.Errorf("%s: answer %d is for %q, not %q", r.id, k, got.Tenant, ts.Tenant)
+			}
+			want := r.reported[ts.Tenant].Add(ts.Used)
+			if leasedOf(got.Reported) != leasedOf(want) {
+				return fmt.Errorf("%s: %s reported %+v, want %+v", r.id, ts.Tenant, got.Reported, want)
+			}
+			if got.Reported.CPUTime > want.CPUTime || got.Reported.CPUTime <= want.CPUTime-s.cfg.CPUResolution*time.Duration(r.reports+1)-1 {
+				return fmt.Errorf("%s: %s reported CPU %v, want %v", r.id, ts.Tenant, got.Reported.CPUTime, want.CPUTime)
+			}
+			for _, x := range res {
+				if ts.Limit.Get(x) > 0 && got.Allowance.Get(x) > r.allowance[ts.Tenant].Get(x) {
+					granted = true
+				}
+				if got.Allowance.Get(x) < got.Reported.Get(x) {
+					return fmt.Errorf("%s: %s allowance %+v below reported %+v", r.id, ts.Tenant, got.Allowance, got.Reported)
+				}
+			}
+			r.reported[ts.Tenant] = got.Reported
+			r.allowance[ts.Tenant] = got.Allowance
+		}
+		r.reports++
+		if granted {
+			idle = 0
+			continue
+		}
+		if !r.hasUnused(tenants, limits) {
+			idle++
+		}
+		if idle == 3 {
+			break
+		}
+		if idle > 0 {
+			time.Sleep(time.Millisecond) // let the others use what they hold
+		}
+	}
+	r.seq++
+	req := reslimit.SyncRequest{Replica: r.id, LeaseTTL: long, Final: true}
+	for _, tn := range tenants {
+		req.Tenants = append(req.Tenants, reslimit.TenantSync{Tenant: tn, Seq: r.seq, Limit: limits[tn]})
+	}
+	resp, err := st.Sync(ctx, req)
+	if err != nil {
+		return err
+	}
+	for _, ts := range resp.Tenants {
+		if leasedOf(ts.Allowance) != leasedOf(ts.Reported) {
+			return fmt.Errorf("%s: %s allowance %+v after Final, reported %+v", r.id, ts.Tenant, ts.Allowance, ts.Reported)
+		}
+	}
+	return nil
+}
+
+func (r *hammerReplica) hasUnused(tenants []string, limits map[string]reslimit.Totals) bool {
+	for _, tn := range tenants {
+		for _, x := range []reslimit.Resource{reslimit.Operations, reslimit.Calls, reslimit.TotalMemory, reslimit.Evaluations} {
+			if limits[tn].Get(x) > 0 && r.allowance[tn].Get(x) > r.reported[tn].Get(x) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// testMatchesMemoryStore replays a random sequence of syncs (several
+// replicas and tenants, retries, stale and skipped sequence numbers,
+// overspending, changing limits, Final syncs, leases of an hour or of 0
+// that the next step reclaims)
+// on the store and on a MemoryStore, and requires the same answers. CPU
+// time is sent in whole microseconds, which every store keeps exactly.
+func (s *suite) testMatchesMemoryStore(t *testing.T) {
+	st := s.store(t)
+	ref := reslimit.NewMemoryStore()
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(7, 11))
+	replicas := []string{"a", "b", "c"}
+	tenants := []string{"t1", "t2", "t3"}
+	limits := map[string]reslimit.Totals{
+		"t1": leased(1000, 300, 1<<16, 50),
+		"t2": leased(500, 0, 0, 0),
+		"t3": {},
+	}
+	type key struct{ replica, tenant string }
+	seqs := map[key]uint64{}
+	last := map[key]reslimit.TenantSync{}
+	allowance := map[key]reslimit.Totals{}
+	reported := map[key]reslimit.Totals{}
+	rv := func(n int64) int64 { return rng.Int64N(n) }
+	for step := range 400 {
+		replica := replicas[rng.IntN(len(replicas))]
+		req := reslimit.SyncRequest{Replica: replica, LeaseTTL: long, Final: rng.IntN(15) == 0}
+		if rng.IntN(8) == 0 {
+			// A lease that has expired by the next step (both stores keep
+			// time at least to the millisecond): reclaims happen too.
+			req.LeaseTTL = 0
+		}
+		for range 1 + rng.IntN(4) {
+			tn := tenants[rng.IntN(len(tenants))]
+			k := key{replica, tn}
+			if rng.IntN(30) == 0 { // limits change now and then
+				l := limits[tn]
+				l.Operations = max(0, l.Operations+rv(200)-100)
+				limits[tn] = l
+			}
+			var ts reslimit.TenantSync
+			switch p := rng.IntN(20); {
+			case p == 0 && seqs[k] > 0: // retry of the last report
+				ts = last[k]
+			case p == 1 && seqs[k] > 1: // stale
+				ts = reslimit.TenantSync{Tenant: tn, Seq: seqs[k] - 1 - uint64(rv(int64(seqs[k]-1))), Used: ops(rv(5))}
+			default:
+				seqs[k] += 1 + uint64(rng.IntN(2)*rng.IntN(3)) // sometimes skip
+				var used, want reslimit.Totals
+				for _, x := range []reslimit.Resource{reslimit.Operations, reslimit.Calls, reslimit.TotalMemory, reslimit.Evaluations} {
+					unused := allowance[k].Get(x) - reported[k].Get(x)
+					switch {
+					case rng.IntN(10) == 0:
+						used.Set(x, rv(50)) // overspend, or unlimited use
+					case unused > 0:
+						used.Set(x, rv(unused+1))
+					}
+					if rng.IntN(3) > 0 {
+						want.Set(x, rv(limits[tn].Get(x)/4+3))
+					}
+				}
+				used.CPUTime = time.Duration(rv(1e6)) * time.Microsecond
+				want.CPUTime = time.Duration(rv(1e6))
+				ts = reslimit.TenantSync{Tenant: tn, Seq: seqs[k], Used: used, Want: want, Limit: limits[tn]}
+			}
+			last[k] = ts
+			req.Tenants = append(req.Tenants, ts)
+		}
+		wantResp, err := ref.Sync(ctx, req)
+		require.NoError(t, err)
+		gotResp, err := st.Sync(ctx, req)
+		require.NoError(t, err, "step %d", step)
+		require.Equal(t, wantResp, gotResp, "step %d: %+v", step, req)
+		if req.LeaseTTL == 0 {
+			time.Sleep(2 * time.Millisecond)
+			s.advance(t, 2*time.Millisecond)
+		}
+		for i, ts := range req.Tenants {
+			k := key{replica, ts.Tenant}
+			allowance[k] = gotResp.Tenants[i].Allowance
+			reported[k] = gotResp.Tenants[i].Reported
+		}
+		if step%50 == 0 {
+			for _, tn := range tenants {
+				w, err := ref.Load(ctx, tn)
+				require.NoError(t, err)
+				require.Equal(t, w, load(t, st, tn), "step %d: Load(%s)", step, tn)
+			}
+		}
+	}
+}
