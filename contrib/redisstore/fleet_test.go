@@ -1,0 +1,209 @@
+package redisstore_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/reslimit/reslimit"
+	"github.com/reslimit/reslimit/contrib/redisstore"
+)
+
+// Ledger-level tests: several replicas (ledgers) share one real Redis.
+
+func replica(t *testing.T, st reslimit.Store, id string, limits reslimit.AccountLimits, opts ...reslimit.LedgerOption) *reslimit.Ledger {
+	t.Helper()
+	opts = append([]reslimit.LedgerOption{reslimit.WithStore(st), reslimit.WithReplica(id),
+		reslimit.WithSyncInterval(50 * time.Millisecond)}, opts...)
+	l := reslimit.NewLedger(limits, opts...)
+	_, err := l.Open("probe-options")
+	require.NoError(t, err)
+	l.Remove("probe-options")
+	t.Cleanup(func() { _ = l.Close(context.Background()) })
+	return l
+}
+
+// hammer charges operations on tenant from several goroutines until a
+// fresh run gets nothing, and returns how many were granted.
+func hammer(l *reslimit.Ledger, tenant string, workers int) int64 {
+	var granted atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				tr, err := l.Account(tenant).Begin(reslimit.Limits{MaxOperations: 900})
+				if err != nil {
+					return
+				}
+				n := 0
+				for tr.TrackOperation() == nil {
+					n++
+				}
+				granted.Add(int64(n))
+				tr.End()
+				if n == 0 {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return granted.Load()
+}
+
+func TestFleetOnRedisNeverPassesTheLimit(t *testing.T) {
+	rdb := client(t)
+	st, _ := newStore(t, rdb)
+	const limit = 40_000
+	limits := reslimit.AccountLimits{MaxTotalOperations: limit}
+	var ledgers []*reslimit.Ledger
+	for i := 0; i < 3; i++ {
+		ledgers = append(ledgers, replica(t, st, fmt.Sprintf("r%d", i), limits))
+	}
+	var total atomic.Int64
+	var wg sync.WaitGroup
+	for _, l := range ledgers {
+		wg.Add(1)
+		go func(l *reslimit.Ledger) {
+			defer wg.Done()
+			total.Add(hammer(l, "acme", 4))
+		}(l)
+	}
+	wg.Wait()
+	assert.LessOrEqual(t, total.Load(), int64(limit), "the fleet grants at most the limit")
+	assert.GreaterOrEqual(t, total.Load(), int64(limit*95/100), "and at least 95% of it before refusing")
+	for _, l := range ledgers {
+		require.NoError(t, l.Close(context.Background()))
+	}
+	committed, err := st.Load(context.Background(), "acme")
+	require.NoError(t, err)
+	assert.Equal(t, total.Load(), committed.Operations, "committed equals the sum of what the replicas granted")
+}
+
+func TestFleetOnRedisReclaimsAStoppedReplicasLease(t *testing.T) {
+	rdb := client(t)
+	st, _ := newStore(t, rdb)
+	const limit = 20_000
+	// A replica takes a lease and stops without Close: it never syncs again.
+	resp, err := st.Sync(context.Background(), reslimit.SyncRequest{Replica: "dead", LeaseTTL: 300 * time.Millisecond,
+		Tenants: []reslimit.TenantSync{{Tenant: "acme", Seq: 1, Want: reslimit.Totals{Operations: 5000},
+			Limit: reslimit.Totals{Operations: limit}}}})
+	require.NoError(t, err)
+	require.Equal(t, int64(5000), resp.Tenants[0].Allowance.Operations)
+
+	live := replica(t, st, "live", reslimit.AccountLimits{MaxTotalOperations: limit}, reslimit.WithLeaseWait(20*time.Millisecond))
+	before := hammer(live, "acme", 2)
+	assert.LessOrEqual(t, before, int64(limit-5000), "the stopped replica's lease is still reserved")
+
+	// After the lease expires (by Redis's clock) the next sync reclaims it.
+	require.Eventually(t, func() bool {
+		tr, err := live.Account("acme").Begin(reslimit.Limits{})
+		if err != nil {
+			return false
+		}
+		defer tr.End()
+		return tr.TrackOperation() == nil
+	}, 10*time.Second, 50*time.Millisecond)
+	after := hammer(live, "acme", 2)
+	total := before + 1 + after
+	assert.LessOrEqual(t, total, int64(limit))
+	assert.GreaterOrEqual(t, total, int64(limit*95/100))
+}
+
+// redisProcess is a redis-server of the test's own, with an append-only file
+// so that committed totals survive a stop and a start.
+type redisProcess struct {
+	addr, dir string
+	cmd       *exec.Cmd
+}
+
+func (p *redisProcess) start(t *testing.T) {
+	t.Helper()
+	_, port, _ := net.SplitHostPort(p.addr)
+	p.cmd = exec.Command("redis-server", "--bind", "127.0.0.1", "--port", port, "--dir", p.dir,
+		"--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no")
+	require.NoError(t, p.cmd.Start())
+	require.Eventually(t, func() bool {
+		c, err := net.Dial("tcp", p.addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, 10*time.Second, 20*time.Millisecond, "redis-server did not start")
+}
+
+func (p *redisProcess) stop() {
+	if p.cmd != nil && p.cmd.Process != nil {
+		_ = p.cmd.Process.Signal(os.Interrupt)
+		_ = p.cmd.Wait()
+		p.cmd = nil
+	}
+}
+
+func TestFleetOnRedisSurvivesARedisRestart(t *testing.T) {
+	client(t) // skips without RESLIMIT_REDIS_ADDR
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Fatalf("%s is set but redis-server is not on PATH: %v", addrEnv, err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	p := &redisProcess{addr: ln.Addr().String(), dir: t.TempDir()}
+	ln.Close()
+	p.start(t)
+	t.Cleanup(p.stop)
+
+	rdb := redis.NewClient(&redis.Options{Addr: p.addr, ContextTimeoutEnabled: true, MaxRetries: -1})
+	t.Cleanup(func() { _ = rdb.Close() })
+	st, err := redisstore.New(rdb, redisstore.WithTimeout(300*time.Millisecond))
+	require.NoError(t, err)
+	const limit = 1_000_000
+	l := replica(t, st, "r1", reslimit.AccountLimits{MaxTotalOperations: limit},
+		reslimit.WithSyncTimeout(300*time.Millisecond), reslimit.WithLeaseWait(10*time.Millisecond))
+	acct := l.Account("acme")
+
+	var granted, runs int64
+	work := func(ops int) {
+		tr, err := acct.Begin(reslimit.Limits{})
+		if err != nil {
+			return
+		}
+		runs++
+		for i := 0; i < ops && tr.TrackOperation() == nil; i++ {
+			granted++
+		}
+		tr.End()
+	}
+	for i := 0; i < 20; i++ {
+		work(500)
+	}
+	require.NoError(t, l.Sync(context.Background()))
+	before := granted
+
+	p.stop() // Redis goes away mid-run
+	for i := 0; i < 20; i++ {
+		work(500)
+	}
+	assert.Greater(t, granted, before, "FailLocal keeps serving")
+	assert.LessOrEqual(t, granted, int64(limit), "within bounds")
+	require.Eventually(t, func() bool { return acct.Stats().Fleet.Fallback }, 5*time.Second, 10*time.Millisecond)
+
+	p.start(t) // and comes back with what it had committed
+	require.Eventually(t, func() bool { return l.Sync(context.Background()) == nil }, 10*time.Second, 50*time.Millisecond)
+	require.NoError(t, l.Close(context.Background()))
+	committed, err := st.Load(context.Background(), "acme")
+	require.NoError(t, err)
+	assert.Equal(t, granted, committed.Operations, "nothing lost, nothing double-counted")
+	assert.Equal(t, runs, committed.Evaluations)
+}
