@@ -1,0 +1,461 @@
+package reslimit
+
+// Benchmarks for the speed targets of the core (tracker, guards, Limit) and
+// of attribution (Account, Ledger). BENCHMARKS.md has the command, the
+// machine and the medians. Each group measures the floor or the competing
+// implementation side by side with reslimit in the same run, serially and
+// with b.RunParallel (GOMAXPROCS goroutines).
+//
+// The comparisons with failsafe-go live in the separate bench/ module so
+// that the core go.mod does not depend on it.
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sync/semaphore"
+
+	"github.com/reslimit/reslimit/internal/threadcpu"
+)
+
+// benchHuge is a limit that a benchmark never reaches, so that the limit is
+// checked on every request but never refuses.
+const benchHuge = math.MaxInt64 / 2
+
+// benchPadded is an atomic counter alone on its cache lines (128 bytes, so
+// that the adjacent-line prefetcher does not pair two of them either).
+type benchPadded struct {
+	_ [64]byte
+	atomic.Int64
+	_ [56]byte
+}
+
+var benchSinkInt int64
+
+func benchTracker(b *testing.B, l Limits) *Tracker {
+	b.Helper()
+	tr, err := NewTracker(l)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return tr
+}
+
+// BenchmarkOp compares counting one operation: the floor (one
+// atomic.Int64.Add) with TrackOperation (no limit, and a limit never
+// reached) and Step. In parallel, "shared" has every goroutine count on
+// one counter (or one tracker), "own" gives each goroutine its own padded
+// counter (or its own tracker).
+func BenchmarkOp(b *testing.B) {
+	b.Run("atomic/serial", func(b *testing.B) {
+		b.ReportAllocs()
+		var c atomic.Int64
+		for b.Loop() {
+			c.Add(1)
+		}
+		benchSinkInt = c.Load()
+	})
+	b.Run("atomic/parallel-shared", func(b *testing.B) {
+		b.ReportAllocs()
+		var c benchPadded
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				c.Add(1)
+			}
+		})
+		benchSinkInt = c.Load()
+	})
+	b.Run("atomic/parallel-own", func(b *testing.B) {
+		b.ReportAllocs()
+		var total atomic.Int64
+		b.RunParallel(func(pb *testing.PB) {
+			c := new(benchPadded)
+			for pb.Next() {
+				c.Add(1)
+			}
+			total.Add(c.Load())
+		})
+		benchSinkInt = total.Load()
+	})
+
+	type variant struct {
+		name string
+		l    Limits
+		step bool
+	}
+	variants := []variant{
+		{"TrackOperation-nolimit", Limits{}, false},
+		{"TrackOperation-limit", Limits{MaxOperations: benchHuge}, false},
+		{"Step", Limits{}, true},
+		{"Step-limit", Limits{MaxOperations: benchHuge, Timeout: time.Hour}, true},
+	}
+	for _, v := range variants {
+		op := (*Tracker).TrackOperation
+		if v.step {
+			op = (*Tracker).Step
+		}
+		b.Run(v.name+"/serial", func(b *testing.B) {
+			b.ReportAllocs()
+			tr := benchTracker(b, v.l)
+			defer tr.End()
+			for b.Loop() {
+				if err := op(tr); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(v.name+"/parallel-shared", func(b *testing.B) {
+			b.ReportAllocs()
+			tr := benchTracker(b, v.l)
+			defer tr.End()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if err := op(tr); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+		b.Run(v.name+"/parallel-own", func(b *testing.B) {
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				tr, err := NewTracker(v.l)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				defer tr.End()
+				for pb.Next() {
+					if err := op(tr); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkGuard compares acquiring and releasing through a Guard with
+// golang.org/x/sync/semaphore's TryAcquire(1)+Release(1). Limits are set
+// and never reached.
+func BenchmarkGuard(b *testing.B) {
+	const memN = 64
+	cases := []struct {
+		name string
+		new  func(b *testing.B) func() error
+	}{
+		{"semaphore", func(b *testing.B) func() error {
+			s := semaphore.NewWeighted(benchHuge)
+			return func() error {
+				if !s.TryAcquire(1) {
+					return fmt.Errorf("semaphore full")
+				}
+				s.Release(1)
+				return nil
+			}
+		}},
+		{"AcquireMemory", func(b *testing.B) func() error {
+			tr := benchTracker(b, Limits{MaxMemoryBytes: benchHuge})
+			b.Cleanup(func() { tr.End() })
+			return func() error {
+				g, err := tr.AcquireMemory(memN)
+				if err != nil {
+					return err
+				}
+				g.Release()
+				return nil
+			}
+		}},
+		{"TryAcquireSlot", func(b *testing.B) func() error {
+			tr := benchTracker(b, Limits{MaxConcurrent: benchHuge})
+			b.Cleanup(func() { tr.End() })
+			return func() error {
+				g, err := tr.TryAcquireSlot()
+				if err != nil {
+					return err
+				}
+				g.Release()
+				return nil
+			}
+		}},
+	}
+	for _, c := range cases {
+		b.Run(c.name+"/serial", func(b *testing.B) {
+			b.ReportAllocs()
+			f := c.new(b)
+			for b.Loop() {
+				if err := f(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(c.name+"/parallel", func(b *testing.B) {
+			b.ReportAllocs()
+			f := c.new(b)
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if err := f(); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkAccountOp compares TrackOperation on runs of one shared Account
+// (each goroutine its own run, begun with acct.Begin) with detached trackers
+// (each goroutine its own NewTracker), without a limit and with a
+// cumulative limit (the account's MaxTotalOperations; for the detached
+// tracker, its MaxOperations) that is never reached.
+func BenchmarkAccountOp(b *testing.B) {
+	cases := []struct {
+		name string
+		al   *AccountLimits // nil: detached
+		l    Limits
+	}{
+		{"detached-nolimit", nil, Limits{}},
+		{"account-nolimit", &AccountLimits{}, Limits{}},
+		{"detached-limit", nil, Limits{MaxOperations: benchHuge}},
+		{"account-limit", &AccountLimits{MaxTotalOperations: benchHuge}, Limits{}},
+	}
+	for _, c := range cases {
+		begin := func(b *testing.B) func() (*Tracker, error) {
+			if c.al == nil {
+				return func() (*Tracker, error) { return NewTracker(c.l) }
+			}
+			acct, err := NewAccount("bench", *c.al)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return func() (*Tracker, error) { return acct.Begin(c.l) }
+		}
+		b.Run(c.name+"/serial", func(b *testing.B) {
+			b.ReportAllocs()
+			tr, err := begin(b)()
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer tr.End()
+			for b.Loop() {
+				if err := tr.TrackOperation(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(c.name+"/parallel", func(b *testing.B) {
+			b.ReportAllocs()
+			newRun := begin(b)
+			b.RunParallel(func(pb *testing.PB) {
+				tr, err := newRun()
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				defer tr.End()
+				for pb.Next() {
+					if err := tr.TrackOperation(); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkAccount measures Begin+End of a run on one account, Stats, and
+// a Ledger Snapshot of 10,000 tenants.
+func BenchmarkAccount(b *testing.B) {
+	limited := AccountLimits{
+		MaxMemory: 1 << 40, MaxTotalMemory: benchHuge, MaxTotalOperations: benchHuge,
+		MaxFunctionCalls: benchHuge, MaxCPUTime: time.Duration(benchHuge), MaxEvaluations: benchHuge,
+	}
+	for _, c := range []struct {
+		name string
+		al   AccountLimits
+	}{{"nolimit", AccountLimits{}}, {"limit", limited}} {
+		b.Run("BeginEnd-"+c.name+"/serial", func(b *testing.B) {
+			b.ReportAllocs()
+			acct, err := NewAccount("bench", c.al)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for b.Loop() {
+				tr, err := acct.Begin(Limits{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				tr.End()
+			}
+		})
+		b.Run("BeginEnd-"+c.name+"/parallel", func(b *testing.B) {
+			b.ReportAllocs()
+			acct, err := NewAccount("bench", c.al)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					tr, err := acct.Begin(Limits{})
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					tr.End()
+				}
+			})
+		})
+	}
+
+	// Stats of an account with six limits set and three live runs that
+	// have counted some operations.
+	statsAccount := func(b *testing.B) *Account {
+		acct, err := NewAccount("bench", limited)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for range 3 {
+			tr, err := acct.Begin(Limits{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := tr.TrackOperations(1000); err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { tr.End() })
+		}
+		return acct
+	}
+	b.Run("Stats/serial", func(b *testing.B) {
+		b.ReportAllocs()
+		acct := statsAccount(b)
+		for b.Loop() {
+			s := acct.Stats()
+			benchSinkInt = s.Operations
+		}
+	})
+	b.Run("Stats/parallel", func(b *testing.B) {
+		b.ReportAllocs()
+		acct := statsAccount(b)
+		b.RunParallel(func(pb *testing.PB) {
+			var sum int64
+			for pb.Next() {
+				sum += acct.Stats().Operations
+			}
+			atomic.AddInt64(&benchSinkInt, sum)
+		})
+	})
+
+	b.Run("LedgerSnapshot-10000", func(b *testing.B) {
+		b.ReportAllocs()
+		ledger := NewLedger(AccountLimits{MaxTotalOperations: 1_000_000, MaxEvaluations: 100})
+		for i := range 10_000 {
+			acct := ledger.Account(fmt.Sprintf("tenant-%05d", i))
+			tr, err := acct.Begin(Limits{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := tr.TrackOperations(int64(i)); err != nil {
+				b.Fatal(err)
+			}
+			tr.End()
+		}
+		for b.Loop() {
+			snap := ledger.Snapshot()
+			benchSinkInt = int64(len(snap))
+		}
+	})
+}
+
+// BenchmarkClock measures the clocks a limited call reads: the calling
+// thread's CPU clock (a system call on Linux: the vDSO does not serve
+// thread CPU clocks) and the wall clock (time.Now, served by the vDSO). It
+// explains most of what BenchmarkLimit costs on a machine whose system
+// calls are slow.
+func BenchmarkClock(b *testing.B) {
+	b.Run("threadcpu.Current", func(b *testing.B) {
+		b.ReportAllocs()
+		var d time.Duration
+		for b.Loop() {
+			d += threadcpu.Current()
+		}
+		benchSinkInt = int64(d)
+	})
+	b.Run("time.Now", func(b *testing.B) {
+		b.ReportAllocs()
+		var d int64
+		for b.Loop() {
+			d += time.Now().UnixNano()
+		}
+		benchSinkInt = d
+	})
+}
+
+func benchWork(_ context.Context, in int) (int, error) { return in + 1, nil }
+
+func benchStrictNoCPU() Limits {
+	l := Strict()
+	l.MaxCPUTime = 0
+	return l
+}
+
+// BenchmarkLimit measures one call of a function wrapped by Limit, with a
+// trivial work function, for the policies compared with failsafe-go in the
+// bench/ module and for the cost of MaxCPUTime (Strict() against Strict()
+// without MaxCPUTime). "direct" is the plain call; "none" is Limit with no
+// limit (its per-call tracker and thread CPU clock only).
+func BenchmarkLimit(b *testing.B) {
+	cases := []struct {
+		name string
+		l    *Limits // nil: call benchWork directly
+	}{
+		{"direct", nil},
+		{"none", &Limits{}},
+		{"MaxConcurrent", &Limits{MaxConcurrent: 100}},
+		{"Timeout", &Limits{Timeout: 10 * time.Second}},
+		{"MaxConcurrent+Timeout", &Limits{MaxConcurrent: 100, Timeout: 10 * time.Second}},
+		{"Strict-noCPU", func() *Limits { l := benchStrictNoCPU(); return &l }()},
+		{"Strict", func() *Limits { l := Strict(); return &l }()},
+	}
+	for _, c := range cases {
+		f := benchWork
+		if c.l != nil {
+			f = Limit(benchWork, *c.l)
+		}
+		b.Run(c.name+"/serial", func(b *testing.B) {
+			b.ReportAllocs()
+			ctx := context.Background()
+			i := 0
+			for b.Loop() {
+				out, err := f(ctx, i)
+				if err != nil {
+					b.Fatal(err)
+				}
+				i = out
+			}
+		})
+		b.Run(c.name+"/parallel", func(b *testing.B) {
+			b.ReportAllocs()
+			ctx := context.Background()
+			b.RunParallel(func(pb *testing.PB) {
+				i := 0
+				for pb.Next() {
+					out, err := f(ctx, i)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					i = out
+				}
+			})
+		})
+	}
+}
