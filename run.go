@@ -12,6 +12,7 @@ type Option func(*runConfig)
 
 type runConfig struct {
 	acct     *Account
+	cpu      bool
 	name     string
 	queue    time.Duration
 	queueSet bool
@@ -29,6 +30,13 @@ func WithAccount(acct *Account) Option {
 		c.acct = acct
 	}
 }
+
+// WithCPUTime makes Run (or the calls of a function wrapped by Limit)
+// measure the run's CPU time even when it is not limited by MaxCPUTime and
+// not charged to an Account. Measuring costs a few system calls per run
+// (reading the thread's CPU clock at its start and end) and pins the run's
+// goroutine to its OS thread while it runs.
+func WithCPUTime() Option { return func(c *runConfig) { c.cpu = true } }
 
 // WithName names the runs (Tracker.Name), for monitoring and logs.
 func WithName(name string) Option { return func(c *runConfig) { c.name = name } }
@@ -88,8 +96,11 @@ func AccountFromContext(ctx context.Context) *Account {
 // Run runs fn as one limited run with its own Tracker (reachable with
 // FromContext(ctx) inside fn) and returns what it consumed.
 //
-// fn runs on the calling goroutine, locked to its OS thread so that its CPU
-// time can be read from the thread's CPU clock. When the run's Timeout
+// fn runs on the calling goroutine. Where the run's CPU time is measured —
+// when l.MaxCPUTime is set, the run is charged to an Account, or
+// WithCPUTime is given — the goroutine is locked to its OS thread while fn
+// runs, so that its CPU time can be read from the thread's CPU clock;
+// otherwise Usage.CPUTime stays 0 (and AddCPUTime still adds). When the run's Timeout
 // passes or its CPU time (or its account's) is used up, its context is
 // cancelled with the *LimitError as context.Cause and Step starts returning
 // it; Run then returns that *LimitError, whatever fn returned. Cancellation
@@ -119,8 +130,12 @@ func run(ctx context.Context, l Limits, c *runConfig, fn func(ctx context.Contex
 	if acct == nil {
 		acct = AccountFromContext(ctx)
 	}
-	rctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
+	rctx, cancel := ctx, context.CancelCauseFunc(nil)
+	if acct != nil || l.Timeout > 0 || l.MaxCPUTime > 0 {
+		// Something can stop this run: it needs a context of its own.
+		rctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+	}
 	var t *Tracker
 	if acct != nil {
 		var err error
@@ -129,6 +144,9 @@ func run(ctx context.Context, l Limits, c *runConfig, fn func(ctx context.Contex
 		}
 	} else {
 		t = newTracker(l, nil, c.name, cancel)
+		// Nothing can limit or bill this run's CPU time: spare it the
+		// thread clock unless asked for.
+		t.skipCPU = l.MaxCPUTime == 0 && !c.cpu
 	}
 	if ctx.Done() != nil {
 		stop := context.AfterFunc(ctx, func() { t.halt(context.Cause(ctx)) })

@@ -294,3 +294,26 @@ func TestFromContextWithoutRun(t *testing.T) {
 	tr := newT(t, Unlimited())
 	assert.Same(t, tr, FromContext(NewContext(context.Background(), tr)))
 }
+
+func TestRunMeasuresCPUOnlyWhenSomethingNeedsIt(t *testing.T) {
+	if CPUClock() != "thread" {
+		t.Skip("needs per-thread CPU clocks")
+	}
+	spin := func(ctx context.Context) error {
+		start := time.Now()
+		for time.Since(start) < 20*time.Millisecond {
+		}
+		return nil
+	}
+	u, err := Run(context.Background(), Limits{MaxOperations: 10}, spin)
+	require.NoError(t, err)
+	assert.Zero(t, u.CPUTime, "no CPU limit, no account: not measured")
+	u, err = Run(context.Background(), Limits{MaxOperations: 10}, spin, WithCPUTime())
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, u.CPUTime, 10*time.Millisecond)
+	acct, _ := NewAccount("a", AccountLimits{})
+	u, err = Run(context.Background(), Unlimited(), spin, WithAccount(acct))
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, u.CPUTime, 10*time.Millisecond, "billing needs it")
+	assert.Equal(t, u.CPUTime, acct.Stats().CPUTime)
+}

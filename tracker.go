@@ -68,8 +68,9 @@ type Tracker struct {
 	refused  [numResources]atomic.Int64
 	slots    slots
 
-	limits Limits
-	name   string
+	limits  Limits
+	skipCPU bool // Run/Limit with nothing that needs CPU time: no thread clock
+	name    string
 	acct   *Account
 	start  time.Time
 	cancel func(error) // cancels the run's context, if any
@@ -118,7 +119,9 @@ type Usage struct {
 	Operations int64
 	// Calls counts TrackCall.
 	Calls int64
-	// CPUTime is the CPU time used (see Tracker.CPUClock).
+	// CPUTime is the CPU time used (see Tracker.CPUClock). A Run measures it
+	// when MaxCPUTime is set, the run is charged to an Account, or WithCPUTime
+	// is given; otherwise only AddCPUTime counts.
 	CPUTime time.Duration
 	// WallTime is the time since the tracker was created (at End: its life).
 	WallTime time.Duration
@@ -586,6 +589,9 @@ func CPUClock() string {
 // that thread's CPU time for the run. The caller must call detach with the
 // returned id on the same goroutine.
 func (t *Tracker) attach() uint64 {
+	if t.skipCPU {
+		return 0
+	}
 	runtime.LockOSThread()
 	clk, _ := threadcpu.Self()
 	now := cpuNow()
@@ -601,6 +607,9 @@ func (t *Tracker) attach() uint64 {
 }
 
 func (t *Tracker) detach(id uint64) {
+	if id == 0 {
+		return // CPU time is not measured for this run
+	}
 	now := cpuNow()
 	t.cpuMu.Lock()
 	for i := range t.threads {
@@ -692,7 +701,7 @@ func (t *Tracker) cpuTick() {
 }
 
 // Go runs fn in a new goroutine pinned to its own OS thread, whose CPU time
-// is counted as the run's. Run (and a function wrapped by Limit) waits for
+// is counted as the run's (where the run measures CPU time, see Run). Run (and a function wrapped by Limit) waits for
 // every goroutine started with Go before it returns; a panic in fn is
 // re-raised there. On a tracker that is not inside Run, call End only after
 // those goroutines are done.
@@ -789,13 +798,18 @@ func (t *Tracker) finish(runErr error) Usage {
 		if runErr == nil {
 			runErr = t.Err()
 		}
-		cpu := t.sampleCPU()
+		cpu := time.Duration(t.cpuExtra.Load())
+		if !t.skipCPU {
+			cpu = t.sampleCPU()
+		}
 		if t.acct != nil {
 			t.final = t.acct.end(t, cpu, runErr)
 		} else {
+			t.meterMu.Lock()
 			for i := range t.meters {
-				t.revoke(i)
+				t.filled[i] -= t.meters[i].avail.Swap(0)
 			}
+			t.meterMu.Unlock()
 			t.final = t.snapshot(cpu, time.Since(t.start))
 		}
 	})
