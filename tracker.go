@@ -71,9 +71,9 @@ type Tracker struct {
 	limits  Limits
 	skipCPU bool // Run/Limit with nothing that needs CPU time: no thread clock
 	name    string
-	acct   *Account
-	start  time.Time
-	cancel func(error) // cancels the run's context, if any
+	acct    *Account
+	start   time.Time
+	cancel  func(error) // cancels the run's context, if any
 
 	mu         sync.Mutex // serialises refills and End
 	meterMu    sync.Mutex // leaf lock: filled and consistent reads of meters
