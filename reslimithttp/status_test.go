@@ -326,7 +326,8 @@ func TestSnapshotEventsCapped(t *testing.T) {
 	for range reslimithttp.MaxSnapshotEvents + 10 {
 		_, err := a.Begin(reslimit.Limits{})
 		require.Error(t, err)
-		mon.Poll()
+		mon.Poll() // a new streak of refusals: one event
+		mon.Poll() // a quiet poll ends the streak
 	}
 	snap := reslimithttp.TakeSnapshot(ledger, mon)
 	assert.Len(t, snap.Monitor.Events, reslimithttp.MaxSnapshotEvents)
