@@ -295,7 +295,7 @@ func (l *Ledger) syncRound(ctx context.Context, all, final bool) error {
 	var owners []*Account
 	for _, a := range accts {
 		a.mu.Lock()
-		if all || a.fleet.dueLocked(now) {
+		if all || a.fleet.dueLocked(a, now) {
 			req.Tenants = append(req.Tenants, a.fleet.reportLocked(a))
 			owners = append(owners, a)
 		}
@@ -391,26 +391,30 @@ func newFleetState(l *Ledger) *fleetState {
 // leaseFloor is the smallest allowance a replica asks for at a time.
 var leaseFloor = map[Resource]int64{Operations: 1024, Calls: 64, TotalMemory: 1 << 20, Evaluations: 8}
 
-func (f *fleetState) dueLocked(now time.Time) bool {
-	return f.pending != nil || f.wantSync || now.Sub(f.lastSync) >= f.ledger.interval
+// dueLocked reports whether the syncer should sync the tenant now: a
+// report is pending, a charge asked for it, or the interval has passed
+// and the tenant has something to report (a tenant idle on this replica
+// costs the store nothing; its lease lapses, and its next charge asks).
+func (f *fleetState) dueLocked(a *Account, now time.Time) bool {
+	if f.pending != nil || f.wantSync || f.lastSync.IsZero() {
+		return true
+	}
+	return now.Sub(f.lastSync) >= f.ledger.interval && reportable(a.lifeLocked()) != f.reported
 }
 
-// capLocked is how much of r this process may hand out in all.
+// capLocked is how much of r this process may hand out in all. A lease
+// that has expired counts for nothing: the store may have given it to
+// other replicas.
 func (f *fleetState) capLocked(r Resource) int64 {
-	c := f.reported.Get(r) + f.outstanding.Get(r)
+	c := f.reported.Get(r)
+	if !time.Now().After(f.leaseUntil) {
+		c += f.outstanding.Get(r)
+	}
 	if f.failing {
-		expired := time.Now().After(f.leaseUntil)
 		switch f.ledger.policy {
 		case FailOpen:
 			return maxUsage
-		case FailClosed:
-			if expired {
-				return 0
-			}
 		case FailLocal:
-			if expired { // the store may have given the lease to others
-				c = f.reported.Get(r)
-			}
 			c += f.fallback.Get(r)
 		}
 	}
