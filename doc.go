@@ -33,9 +33,10 @@
 // not a limit is set. Counters never go negative: releasing more than is
 // held is an error.
 //
-// CPU time is real CPU time: on Linux, Run runs the work on a goroutine
-// locked to its OS thread and reads that thread's CPU clock, so a run that
-// sleeps uses almost none. A watchdog samples the clock of each running
+// CPU time is real CPU time: on Linux, Run runs the work locked to its OS
+// thread and reads that thread's CPU clock, so a run that sleeps uses almost
+// none. It does so where something needs it: when MaxCPUTime is set, when
+// the run is charged to an Account, or with [WithCPUTime]. A watchdog samples the clock of each running
 // call and cancels its context with a CPUTime *LimitError as the cause when
 // MaxCPUTime is used up. Elsewhere [CPUClock] reports "wall" and wall time
 // stands in for CPU time.
