@@ -32,8 +32,8 @@ func (c Clock) Read() (time.Duration, error) {
 	return time.Duration(ts.Nano()), nil
 }
 
-// Current returns the CPU time of the calling thread (a vDSO call, no
-// system call on common kernels).
+// Current returns the CPU time of the calling thread. It is a system call:
+// the vDSO serves the wall clocks, not the thread CPU clocks.
 func Current() time.Duration {
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts); err != nil {
