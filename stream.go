@@ -7,7 +7,8 @@ import "io"
 // returns the bytes up to the limit, then the error instead of the bytes
 // beyond. A stream of exactly MaxFileSize bytes reads to io.EOF as usual.
 // With no MaxFileSize (or a nil tracker) it returns r itself, counting
-// nothing. The reader is not safe for concurrent use (like most readers).
+// nothing. After the tracker's End it returns ErrClosed. The reader is
+// not safe for concurrent use (like most readers).
 func (t *Tracker) LimitReader(r io.Reader) io.Reader {
 	if t == nil || t.limits.MaxFileSize == 0 {
 		return r
@@ -19,7 +20,8 @@ func (t *Tracker) LimitReader(r io.Reader) io.Reader {
 // *LimitError{Resource: FileSize} once the stream would pass MaxFileSize:
 // a write that crosses the limit writes only the bytes up to it and
 // returns the error, and nothing past the limit is ever written. With no
-// MaxFileSize (or a nil tracker) it returns w itself.
+// MaxFileSize (or a nil tracker) it returns w itself. After the tracker's
+// End it returns ErrClosed.
 func (t *Tracker) LimitWriter(w io.Writer) io.Writer {
 	if t == nil || t.limits.MaxFileSize == 0 {
 		return w
@@ -37,6 +39,9 @@ type limitedReader struct {
 func (l *limitedReader) Read(p []byte) (int, error) {
 	if l.err != nil {
 		return 0, l.err
+	}
+	if l.t.closed.Load() {
+		return 0, ErrClosed
 	}
 	lim := l.t.limits.MaxFileSize
 	left := lim - l.n
@@ -76,6 +81,9 @@ type limitedWriter struct {
 func (l *limitedWriter) Write(p []byte) (int, error) {
 	if l.err != nil {
 		return 0, l.err
+	}
+	if l.t.closed.Load() {
+		return 0, ErrClosed
 	}
 	lim := l.t.limits.MaxFileSize
 	left := lim - l.n

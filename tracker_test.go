@@ -359,3 +359,17 @@ func TestOverflowIsAnError(t *testing.T) {
 	assert.False(t, errors.Is(err, ErrLimitExceeded))
 	assert.Equal(t, int64(maxUsage-1), tr.Usage().Operations)
 }
+
+func TestLimitedStreamsAfterEnd(t *testing.T) {
+	tr, err := NewTracker(Limits{MaxFileSize: 10})
+	require.NoError(t, err)
+	r := tr.LimitReader(strings.NewReader("abc"))
+	var buf bytes.Buffer
+	w := tr.LimitWriter(&buf)
+	tr.End()
+	_, err = r.Read(make([]byte, 4))
+	assert.ErrorIs(t, err, ErrClosed)
+	_, err = w.Write([]byte("x"))
+	assert.ErrorIs(t, err, ErrClosed)
+	assert.Zero(t, buf.Len())
+}
