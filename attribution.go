@@ -481,18 +481,18 @@ func (a *Account) checkCPU() error {
 func (a *Account) end(t *Tracker, cpu time.Duration, runErr error) Usage {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for i := range t.meters {
+	for i := range numMeters {
 		r := t.revoke(i)
 		if a.limits[meterResource[i]].Load() > 0 {
 			a.reserved[i] -= r
 		}
 	}
 	u := t.snapshot(cpu, time.Since(t.start))
-	if h := t.held.Swap(0); h > 0 {
+	if h := t.mem.held.Swap(0); h > 0 {
 		a.held.Add(-h)
 	}
 	delete(a.live, t)
-	for i := range t.meters {
+	for i := range numMeters {
 		a.committed[i] += t.filled[i] - t.base[i]
 		a.lifeMeters[i] += t.filled[i]
 	}

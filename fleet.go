@@ -262,7 +262,7 @@ func (l *Ledger) finalReport(ctx context.Context) error {
 	for _, a := range accts {
 		a.mu.Lock()
 		for t := range a.live { // their next charge finds no room and ErrClosed
-			for i := range t.meters {
+			for i := range numMeters {
 				t.revoke(i)
 			}
 		}

@@ -37,9 +37,12 @@ type meter struct {
 	_     [cacheLine - 8]byte
 }
 
-type paddedInt64 struct {
-	atomic.Int64
-	_ [cacheLine - 8]byte
+// room returns the room counter of meter i.
+func (t *Tracker) room(i int) *atomic.Int64 {
+	if i == mTotal {
+		return &t.mem.total
+	}
+	return &t.meters[i].avail
 }
 
 // stopState is what Step reports once a run is stopped.
@@ -56,11 +59,17 @@ var closedStop = &stopState{err: ErrClosed}
 // A Tracker is created by NewTracker, Account.Begin, Run or Limit, and
 // finished with End, after which tracking returns ErrClosed.
 type Tracker struct {
-	meters [numMeters]meter
-	held   paddedInt64 // bytes held at once
-	stop   atomic.Pointer[stopState]
+	meters [mTotal]meter // operations, calls
+	// The memory line: what TrackMemory and the guards touch, together, so
+	// that a contended acquire moves one cache line between cores, not three.
+	mem struct {
+		total atomic.Int64 // room of the TotalMemory meter
+		held  atomic.Int64 // bytes held at once
+		peak  atomic.Int64
+		_     [cacheLine - 24]byte
+	}
+	stop atomic.Pointer[stopState]
 
-	peak     atomic.Int64
 	maxFile  atomic.Int64
 	cpuLast  atomic.Int64 // last sampled CPU time, ns, including cpuExtra
 	cpuExtra atomic.Int64 // AddCPUTime, ns
@@ -222,12 +231,16 @@ func (t *Tracker) Err() error {
 
 // take charges n units of meter i: one CAS when the run has room.
 func (t *Tracker) take(i int, n int64) error {
-	m := &t.meters[i]
-	a := m.avail.Load()
-	if a >= n && m.avail.CompareAndSwap(a, a-n) {
-		return nil
+	m := t.room(i)
+	for {
+		a := m.Load()
+		if a < n {
+			return t.refill(i, n)
+		}
+		if m.CompareAndSwap(a, a-n) {
+			return nil
+		}
 	}
-	return t.refill(i, n)
 }
 
 // refill is the slow path of take: it checks the run's limit and the
@@ -236,16 +249,16 @@ func (t *Tracker) refill(i int, n int64) error {
 	if n < 0 {
 		return fmt.Errorf("%w: negative %s request %d", ErrInvalidArgument, meterResource[i], n)
 	}
-	m := &t.meters[i]
+	m := t.room(i)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for {
 		if t.closed.Load() {
 			return ErrClosed
 		}
-		a := m.avail.Load()
+		a := m.Load()
 		if a >= n {
-			if m.avail.CompareAndSwap(a, a-n) {
+			if m.CompareAndSwap(a, a-n) {
 				return nil
 			}
 			continue
@@ -290,7 +303,7 @@ const maxUsage = 1 << 62
 func (t *Tracker) addRoom(i int, g int64) {
 	t.meterMu.Lock()
 	t.filled[i] += g
-	t.meters[i].avail.Add(g)
+	t.room(i).Add(g)
 	t.meterMu.Unlock()
 }
 
@@ -298,7 +311,7 @@ func (t *Tracker) addRoom(i int, g int64) {
 // returns it. Called with acct.mu or t.mu held.
 func (t *Tracker) revoke(i int) int64 {
 	t.meterMu.Lock()
-	r := t.meters[i].avail.Swap(0)
+	r := t.room(i).Swap(0)
 	t.filled[i] -= r
 	t.meterMu.Unlock()
 	return r
@@ -307,7 +320,7 @@ func (t *Tracker) revoke(i int) int64 {
 // used returns what meter i has used.
 func (t *Tracker) used(i int) int64 {
 	t.meterMu.Lock()
-	u := t.filled[i] - t.meters[i].avail.Load()
+	u := t.filled[i] - t.room(i).Load()
 	t.meterMu.Unlock()
 	return u
 }
@@ -384,7 +397,7 @@ func (t *Tracker) TrackMemory(n int64) error {
 		return ErrClosed
 	}
 	lim := t.limits.MaxMemoryBytes
-	if h := t.held.Load(); n > maxUsage-h {
+	if h := t.mem.held.Load(); n > maxUsage-h {
 		return fmt.Errorf("%w: memory request %d overflows usage %d", ErrInvalidArgument, n, h)
 	} else if lim > 0 && n > lim-h {
 		// Refused by the run's own limit before anything is charged.
@@ -401,23 +414,23 @@ func (t *Tracker) TrackMemory(n int64) error {
 	if a != nil {
 		var err error
 		if acctHeld, err = a.holdMemory(n); err != nil {
-			t.meters[mTotal].avail.Add(n)
+			(&t.mem.total).Add(n)
 			return err
 		}
 	}
 	var nh int64
 	for {
-		h := t.held.Load()
+		h := t.mem.held.Load()
 		nh = h + n
 		if lim > 0 && nh > lim {
 			if a != nil {
 				a.releaseMemory(n)
 			}
-			t.meters[mTotal].avail.Add(n)
+			(&t.mem.total).Add(n)
 			t.refused[Memory].Add(1)
 			return &LimitError{Resource: Memory, Limit: lim, Used: h, Requested: n}
 		}
-		if t.held.CompareAndSwap(h, nh) {
+		if t.mem.held.CompareAndSwap(h, nh) {
 			break
 		}
 	}
@@ -429,7 +442,7 @@ func (t *Tracker) TrackMemory(n int64) error {
 		}
 		return ErrClosed
 	}
-	raiseMax(&t.peak, nh)
+	raiseMax(&t.mem.peak, nh)
 	if a != nil {
 		raiseMax(&a.peak, acctHeld)
 	}
@@ -465,11 +478,11 @@ func (t *Tracker) ReleaseMemory(n int64) error {
 // unhold lowers the bytes held by n, unless fewer are held.
 func (t *Tracker) unhold(n int64) bool {
 	for {
-		h := t.held.Load()
+		h := t.mem.held.Load()
 		if n > h {
 			return false
 		}
-		if t.held.CompareAndSwap(h, h-n) {
+		if t.mem.held.CompareAndSwap(h, h-n) {
 			return true
 		}
 	}
@@ -483,7 +496,7 @@ func (t *Tracker) release(n int64) error {
 		if t.closed.Load() {
 			return ErrClosed
 		}
-		return fmt.Errorf("%w: releasing %d bytes of memory but only %d are held", ErrInvalidArgument, n, t.held.Load())
+		return fmt.Errorf("%w: releasing %d bytes of memory but only %d are held", ErrInvalidArgument, n, t.mem.held.Load())
 	}
 	if a := t.acct; a != nil {
 		a.releaseMemory(n)
@@ -742,12 +755,12 @@ func (t *Tracker) Usage() Usage {
 func (t *Tracker) snapshot(cpu, wall time.Duration) Usage {
 	var u Usage
 	t.meterMu.Lock()
-	u.Operations = t.filled[mOps] - t.meters[mOps].avail.Load()
-	u.Calls = t.filled[mCalls] - t.meters[mCalls].avail.Load()
-	u.TotalMemoryBytes = t.filled[mTotal] - t.meters[mTotal].avail.Load()
+	u.Operations = t.filled[mOps] - t.room(mOps).Load()
+	u.Calls = t.filled[mCalls] - t.room(mCalls).Load()
+	u.TotalMemoryBytes = t.filled[mTotal] - (&t.mem.total).Load()
 	t.meterMu.Unlock()
-	u.MemoryBytes = t.held.Load()
-	u.PeakMemoryBytes = t.peak.Load()
+	u.MemoryBytes = t.mem.held.Load()
+	u.PeakMemoryBytes = t.mem.peak.Load()
 	u.CPUTime = cpu
 	u.WallTime = wall
 	u.Concurrent = t.slots.count.Load()
@@ -806,8 +819,8 @@ func (t *Tracker) finish(runErr error) Usage {
 			t.final = t.acct.end(t, cpu, runErr)
 		} else {
 			t.meterMu.Lock()
-			for i := range t.meters {
-				t.filled[i] -= t.meters[i].avail.Swap(0)
+			for i := range numMeters {
+				t.filled[i] -= t.room(i).Swap(0)
 			}
 			t.meterMu.Unlock()
 			t.final = t.snapshot(cpu, time.Since(t.start))
@@ -824,9 +837,9 @@ func (t *Tracker) AppendReadings(dst []Reading) []Reading {
 		return dst
 	}
 	t.meterMu.Lock()
-	ops := t.filled[mOps] - t.meters[mOps].avail.Load()
-	calls := t.filled[mCalls] - t.meters[mCalls].avail.Load()
-	total := t.filled[mTotal] - t.meters[mTotal].avail.Load()
+	ops := t.filled[mOps] - t.room(mOps).Load()
+	calls := t.filled[mCalls] - t.room(mCalls).Load()
+	total := t.filled[mTotal] - (&t.mem.total).Load()
 	t.meterMu.Unlock()
 	l := &t.limits
 	r := &t.refused
@@ -835,7 +848,7 @@ func (t *Tracker) AppendReadings(dst []Reading) []Reading {
 		elapsed = int64(time.Since(t.start))
 	}
 	return append(dst,
-		Reading{Resource: Memory, Used: t.held.Load(), Limit: l.MaxMemoryBytes, Refusals: r[Memory].Load()},
+		Reading{Resource: Memory, Used: t.mem.held.Load(), Limit: l.MaxMemoryBytes, Refusals: r[Memory].Load()},
 		Reading{Resource: TotalMemory, Used: total, Refusals: r[TotalMemory].Load()},
 		Reading{Resource: Operations, Used: ops, Limit: l.MaxOperations, Refusals: r[Operations].Load()},
 		Reading{Resource: Calls, Used: calls, Refusals: r[Calls].Load()},
