@@ -312,7 +312,7 @@ func (a *Account) grant(t *Tracker, i int, n, want, room int64) (bool, error) {
 		}
 		free := a.fleet.capLocked(res) - issued()
 		extra := min((free-want)/int64(4*len(a.live)+4), chunkCap[i], room-want)
-		if u := t.filled[i]; extra > 2*u+64 {
+		if u := t.filled[i].Load(); extra > 2*u+64 {
 			extra = 2*u + 64
 		}
 		t.addRoom(i, want+max(extra, 0))
@@ -330,7 +330,7 @@ func (a *Account) grant(t *Tracker, i int, n, want, room int64) (bool, error) {
 	}
 	extra := (free - want) / int64(4*len(a.live)+4)
 	extra = min(extra, chunkCap[i], room-want)
-	if u := t.filled[i]; extra > 2*u+64 { // grow with the run's own rate
+	if u := t.filled[i].Load(); extra > 2*u+64 { // grow with the run's own rate
 		extra = 2*u + 64
 	}
 	g := want + max(extra, 0)
@@ -375,7 +375,7 @@ func (a *Account) issuedLocked(i int) int64 {
 	v := a.lifeMeters[i]
 	for t := range a.live {
 		t.meterMu.Lock()
-		v += t.filled[i]
+		v += t.filled[i].Load()
 		t.meterMu.Unlock()
 	}
 	return v
@@ -488,13 +488,13 @@ func (a *Account) end(t *Tracker, cpu time.Duration, runErr error) Usage {
 		}
 	}
 	u := t.snapshot(cpu, time.Since(t.start))
-	if h := t.mem.held.Swap(0); h > 0 {
+	if h := t.giveBack(); h > 0 {
 		a.held.Add(-h)
 	}
 	delete(a.live, t)
 	for i := range numMeters {
-		a.committed[i] += t.filled[i] - t.base[i]
-		a.lifeMeters[i] += t.filled[i]
+		a.committed[i] += t.filled[i].Load() - t.base[i]
+		a.lifeMeters[i] += t.filled[i].Load()
 	}
 	a.cpu += cpu - time.Duration(t.cpuBase)
 	a.lifeCPU += cpu

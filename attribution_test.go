@@ -497,7 +497,7 @@ func TestMemoryRacesWithEnd(t *testing.T) {
 		}
 		tr.End()
 		wg.Wait()
-		require.GreaterOrEqual(t, tr.mem.held.Load(), int64(0))
+		require.GreaterOrEqual(t, tr.heldNow(), int64(0))
 		require.Equal(t, int64(0), a.Stats().MemoryBytes, "trial %d", trial)
 	}
 }

@@ -61,12 +61,18 @@ var closedStop = &stopState{err: ErrClosed}
 type Tracker struct {
 	meters [mTotal]meter // operations, calls
 	// The memory line: what TrackMemory and the guards touch, together, so
-	// that a contended acquire moves one cache line between cores, not three.
+	// that a contended acquire moves one cache line between cores. The bytes
+	// held are derived: charged (the TotalMemory meter's usage, filled -
+	// total) minus released, so an acquire is one CAS on total and a release
+	// one CAS on rel. gen is a sequence lock (odd while a refill or revoke
+	// changes filled and total together) that lets the hot path read filled
+	// and total consistently without a lock.
 	mem struct {
 		total atomic.Int64 // room of the TotalMemory meter
-		held  atomic.Int64 // bytes held at once
+		rel   atomic.Int64 // bytes released, cumulatively
 		peak  atomic.Int64
-		_     [cacheLine - 24]byte
+		gen   atomic.Uint64
+		_     [cacheLine - 32]byte
 	}
 	stop atomic.Pointer[stopState]
 
@@ -84,12 +90,12 @@ type Tracker struct {
 	start   time.Time
 	cancel  func(error) // cancels the run's context, if any
 
-	mu         sync.Mutex // serialises refills and End
-	meterMu    sync.Mutex // leaf lock: filled and consistent reads of meters
-	filled     [numMeters]int64
-	base       [numMeters]int64 // guarded by acct.mu: usage already charged before an account Reset
-	cpuBase    int64            // guarded by acct.mu
-	evaluation int64            // 1-based number of the run in its account
+	mu         sync.Mutex              // serialises refills and End
+	meterMu    sync.Mutex              // leaf lock: writes of filled, consistent reads of meters
+	filled     [numMeters]atomic.Int64 // room ever added, less what was revoked
+	base       [numMeters]int64        // guarded by acct.mu: usage already charged before an account Reset
+	cpuBase    int64                   // guarded by acct.mu
+	evaluation int64                   // 1-based number of the run in its account
 
 	cpuMu      sync.Mutex
 	threads    []cpuThread
@@ -235,7 +241,7 @@ func (t *Tracker) take(i int, n int64) error {
 	for {
 		a := m.Load()
 		if a < n {
-			return t.refill(i, n)
+			return t.refill(i, n, true)
 		}
 		if m.CompareAndSwap(a, a-n) {
 			return nil
@@ -245,7 +251,7 @@ func (t *Tracker) take(i int, n int64) error {
 
 // refill is the slow path of take: it checks the run's limit and the
 // account's, adds room and takes n, or refuses without changing anything.
-func (t *Tracker) refill(i int, n int64) error {
+func (t *Tracker) refill(i int, n int64, take bool) error {
 	if n < 0 {
 		return fmt.Errorf("%w: negative %s request %d", ErrInvalidArgument, meterResource[i], n)
 	}
@@ -258,6 +264,9 @@ func (t *Tracker) refill(i int, n int64) error {
 		}
 		a := m.Load()
 		if a >= n {
+			if !take {
+				return nil // room enough: the caller takes it
+			}
 			if m.CompareAndSwap(a, a-n) {
 				return nil
 			}
@@ -265,7 +274,7 @@ func (t *Tracker) refill(i int, n int64) error {
 		}
 		res := meterResource[i]
 		t.meterMu.Lock()
-		filled := t.filled[i]
+		filled := t.filled[i].Load()
 		t.meterMu.Unlock()
 		used := filled - a
 		if used > maxUsage-n {
@@ -302,8 +311,10 @@ const maxUsage = 1 << 62
 
 func (t *Tracker) addRoom(i int, g int64) {
 	t.meterMu.Lock()
-	t.filled[i] += g
+	t.mem.gen.Add(1)
+	t.filled[i].Add(g)
 	t.room(i).Add(g)
+	t.mem.gen.Add(1)
 	t.meterMu.Unlock()
 }
 
@@ -311,8 +322,10 @@ func (t *Tracker) addRoom(i int, g int64) {
 // returns it. Called with acct.mu or t.mu held.
 func (t *Tracker) revoke(i int) int64 {
 	t.meterMu.Lock()
+	t.mem.gen.Add(1)
 	r := t.room(i).Swap(0)
-	t.filled[i] -= r
+	t.filled[i].Add(-r)
+	t.mem.gen.Add(1)
 	t.meterMu.Unlock()
 	return r
 }
@@ -320,7 +333,7 @@ func (t *Tracker) revoke(i int) int64 {
 // used returns what meter i has used.
 func (t *Tracker) used(i int) int64 {
 	t.meterMu.Lock()
-	u := t.filled[i] - t.room(i).Load()
+	u := t.filled[i].Load() - t.room(i).Load()
 	t.meterMu.Unlock()
 	return u
 }
@@ -385,7 +398,7 @@ func (t *Tracker) TrackCall() error {
 // MaxMemoryBytes (or the account's MaxMemory), or with TotalMemory when the
 // account's MaxTotalMemory would be passed; a refusal leaves every counter
 // as it was. (A TrackMemory that races with End may return ErrClosed after
-// End counted its bytes in the run's total.)
+// End counted its bytes.)
 func (t *Tracker) TrackMemory(n int64) error {
 	if t == nil {
 		return nil
@@ -397,42 +410,25 @@ func (t *Tracker) TrackMemory(n int64) error {
 		return ErrClosed
 	}
 	lim := t.limits.MaxMemoryBytes
-	if h := t.mem.held.Load(); n > maxUsage-h {
-		return fmt.Errorf("%w: memory request %d overflows usage %d", ErrInvalidArgument, n, h)
-	} else if lim > 0 && n > lim-h {
-		// Refused by the run's own limit before anything is charged.
-		t.refused[Memory].Add(1)
-		return &LimitError{Resource: Memory, Limit: lim, Used: h, Requested: n}
-	}
-	// The cumulative total first, then what the account holds at once, then
-	// what the run holds; each step is undone if a later one refuses.
-	if err := t.take(mTotal, n); err != nil {
-		return err
-	}
 	a := t.acct
 	var acctHeld int64
 	if a != nil {
-		var err error
-		if acctHeld, err = a.holdMemory(n); err != nil {
-			(&t.mem.total).Add(n)
-			return err
-		}
-	}
-	var nh int64
-	for {
-		h := t.mem.held.Load()
-		nh = h + n
-		if lim > 0 && nh > lim {
-			if a != nil {
-				a.releaseMemory(n)
-			}
-			(&t.mem.total).Add(n)
+		// Refused by the run's own limit before the account is asked.
+		if h := t.heldNow(); lim > 0 && n <= maxUsage-h && n > lim-h {
 			t.refused[Memory].Add(1)
 			return &LimitError{Resource: Memory, Limit: lim, Used: h, Requested: n}
 		}
-		if t.mem.held.CompareAndSwap(h, nh) {
-			break
+		var err error
+		if acctHeld, err = a.holdMemory(n); err != nil {
+			return err
 		}
+	}
+	held, err := t.acquire(n, lim)
+	if err != nil {
+		if a != nil {
+			a.releaseMemory(n)
+		}
+		return err
 	}
 	if t.closed.Load() {
 		// End ran meanwhile. If it did not take these bytes back with the
@@ -442,11 +438,61 @@ func (t *Tracker) TrackMemory(n int64) error {
 		}
 		return ErrClosed
 	}
-	raiseMax(&t.mem.peak, nh)
+	raiseMax(&t.mem.peak, held)
 	if a != nil {
 		raiseMax(&a.peak, acctHeld)
 	}
 	return nil
+}
+
+// memState reads the memory meter: the room, the bytes charged (filled and
+// room read consistently, with a sequence-lock read) and the bytes
+// released. Released is read first: bytes charged only grow, so the bytes
+// held it implies are never less than were held when it was read; a CAS on
+// rel (release) or on the room (acquire) then proves the reading current.
+func (t *Tracker) memState() (room, charged, released int64) {
+	for {
+		released = t.mem.rel.Load()
+		g := t.mem.gen.Load()
+		room = t.mem.total.Load()
+		charged = t.filled[mTotal].Load() - room
+		if g&1 == 0 && t.mem.gen.Load() == g {
+			return room, charged, released
+		}
+	}
+}
+
+// heldNow returns the bytes held now.
+func (t *Tracker) heldNow() int64 {
+	_, charged, released := t.memState()
+	return charged - released
+}
+
+// acquire charges n bytes held and to the total in one CAS on the memory
+// meter's room, checking the run's limit lim on the bytes held; it returns
+// the bytes held with them.
+func (t *Tracker) acquire(n, lim int64) (int64, error) {
+	for {
+		room, charged, released := t.memState()
+		held := charged - released
+		if n > maxUsage-held {
+			return 0, fmt.Errorf("%w: memory request %d overflows usage %d", ErrInvalidArgument, n, held)
+		}
+		if lim > 0 && held+n > lim {
+			t.refused[Memory].Add(1)
+			return 0, &LimitError{Resource: Memory, Limit: lim, Used: held, Requested: n}
+		}
+		if room < n {
+			// Add room (checking the account's MaxTotalMemory), then try again.
+			if err := t.refill(mTotal, n, false); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		if t.mem.total.CompareAndSwap(room, room-n) {
+			return held + n, nil
+		}
+	}
 }
 
 // raiseMax sets *p to v if v is larger.
@@ -475,15 +521,28 @@ func (t *Tracker) ReleaseMemory(n int64) error {
 	return t.release(n)
 }
 
-// unhold lowers the bytes held by n, unless fewer are held.
+// unhold releases n held bytes, unless fewer are held. (Between the check
+// and the CAS the bytes held can only grow: refills and revokes change the
+// room and filled alike, and every other release moves rel, failing the CAS.)
 func (t *Tracker) unhold(n int64) bool {
 	for {
-		h := t.mem.held.Load()
-		if n > h {
+		_, charged, released := t.memState()
+		if n > charged-released {
 			return false
 		}
-		if t.mem.held.CompareAndSwap(h, h-n) {
+		if t.mem.rel.CompareAndSwap(released, released+n) {
 			return true
+		}
+	}
+}
+
+// giveBack releases everything held and returns how much that was. Called
+// by End, after the meters were revoked, so nothing more can be charged.
+func (t *Tracker) giveBack() int64 {
+	for {
+		_, charged, released := t.memState()
+		if t.mem.rel.CompareAndSwap(released, charged) {
+			return charged - released
 		}
 	}
 }
@@ -496,7 +555,7 @@ func (t *Tracker) release(n int64) error {
 		if t.closed.Load() {
 			return ErrClosed
 		}
-		return fmt.Errorf("%w: releasing %d bytes of memory but only %d are held", ErrInvalidArgument, n, t.mem.held.Load())
+		return fmt.Errorf("%w: releasing %d bytes of memory but only %d are held", ErrInvalidArgument, n, t.heldNow())
 	}
 	if a := t.acct; a != nil {
 		a.releaseMemory(n)
@@ -755,11 +814,11 @@ func (t *Tracker) Usage() Usage {
 func (t *Tracker) snapshot(cpu, wall time.Duration) Usage {
 	var u Usage
 	t.meterMu.Lock()
-	u.Operations = t.filled[mOps] - t.room(mOps).Load()
-	u.Calls = t.filled[mCalls] - t.room(mCalls).Load()
-	u.TotalMemoryBytes = t.filled[mTotal] - (&t.mem.total).Load()
+	u.Operations = t.filled[mOps].Load() - t.room(mOps).Load()
+	u.Calls = t.filled[mCalls].Load() - t.room(mCalls).Load()
+	u.TotalMemoryBytes = t.filled[mTotal].Load() - t.mem.total.Load()
+	u.MemoryBytes = u.TotalMemoryBytes - t.mem.rel.Load()
 	t.meterMu.Unlock()
-	u.MemoryBytes = t.mem.held.Load()
 	u.PeakMemoryBytes = t.mem.peak.Load()
 	u.CPUTime = cpu
 	u.WallTime = wall
@@ -818,11 +877,9 @@ func (t *Tracker) finish(runErr error) Usage {
 		if t.acct != nil {
 			t.final = t.acct.end(t, cpu, runErr)
 		} else {
-			t.meterMu.Lock()
 			for i := range numMeters {
-				t.filled[i] -= t.room(i).Swap(0)
+				t.revoke(i)
 			}
-			t.meterMu.Unlock()
 			t.final = t.snapshot(cpu, time.Since(t.start))
 		}
 	})
@@ -837,9 +894,10 @@ func (t *Tracker) AppendReadings(dst []Reading) []Reading {
 		return dst
 	}
 	t.meterMu.Lock()
-	ops := t.filled[mOps] - t.room(mOps).Load()
-	calls := t.filled[mCalls] - t.room(mCalls).Load()
-	total := t.filled[mTotal] - (&t.mem.total).Load()
+	ops := t.filled[mOps].Load() - t.room(mOps).Load()
+	calls := t.filled[mCalls].Load() - t.room(mCalls).Load()
+	total := t.filled[mTotal].Load() - t.mem.total.Load()
+	held := total - t.mem.rel.Load()
 	t.meterMu.Unlock()
 	l := &t.limits
 	r := &t.refused
@@ -848,7 +906,7 @@ func (t *Tracker) AppendReadings(dst []Reading) []Reading {
 		elapsed = int64(time.Since(t.start))
 	}
 	return append(dst,
-		Reading{Resource: Memory, Used: t.mem.held.Load(), Limit: l.MaxMemoryBytes, Refusals: r[Memory].Load()},
+		Reading{Resource: Memory, Used: held, Limit: l.MaxMemoryBytes, Refusals: r[Memory].Load()},
 		Reading{Resource: TotalMemory, Used: total, Refusals: r[TotalMemory].Load()},
 		Reading{Resource: Operations, Used: ops, Limit: l.MaxOperations, Refusals: r[Operations].Load()},
 		Reading{Resource: Calls, Used: calls, Refusals: r[Calls].Load()},
