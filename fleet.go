@@ -317,7 +317,9 @@ func (l *Ledger) syncRound(ctx context.Context, all, final bool) error {
 			a.fleet.failLocked(a, err)
 		} else {
 			a.fleet.applyLocked(req.Tenants[k], resp.Tenants[k], now)
-			if a.fleet.retired && len(a.live) == 0 && reportable(a.lifeLocked()) == a.fleet.reported {
+			// Settle a removed account once all is reported (during Close,
+			// only in the Final round, which gives its lease back).
+			if a.fleet.retired && (final || !l.closed.Load()) && len(a.live) == 0 && reportable(a.lifeLocked()) == a.fleet.reported {
 				a.fleet.retired = false // all reported: the ledger can forget it
 				settled = true
 			}
@@ -392,14 +394,17 @@ func newFleetState(l *Ledger) *fleetState {
 var leaseFloor = map[Resource]int64{Operations: 1024, Calls: 64, TotalMemory: 1 << 20, Evaluations: 8}
 
 // dueLocked reports whether the syncer should sync the tenant now: a
-// report is pending, a charge asked for it, or the interval has passed
-// and the tenant has something to report (a tenant idle on this replica
-// costs the store nothing; its lease lapses, and its next charge asks).
+// report is pending, a charge asked for it, the tenant was removed and is
+// still to be settled, or the interval has passed and the tenant has
+// something to report or live runs (whose room must stay covered by a
+// live lease). A tenant idle on this replica costs the store nothing: its
+// lease lapses, and its next charge asks for one.
 func (f *fleetState) dueLocked(a *Account, now time.Time) bool {
-	if f.pending != nil || f.wantSync || f.lastSync.IsZero() {
+	if f.pending != nil || f.wantSync || f.retired || f.lastSync.IsZero() {
 		return true
 	}
-	return now.Sub(f.lastSync) >= f.ledger.interval && reportable(a.lifeLocked()) != f.reported
+	return now.Sub(f.lastSync) >= f.ledger.interval &&
+		(len(a.live) > 0 || reportable(a.lifeLocked()) != f.reported)
 }
 
 // capLocked is how much of r this process may hand out in all. A lease
@@ -474,13 +479,13 @@ func (a *Account) fleetReserveLocked(r Resource, n, want int64, meter int, excep
 				return nil
 			}
 		}
+		f.wantSync = true // whether or not we wait, ask for a lease
+		f.ledger.kickSyncer()
 		if attempt >= 2 || f.ledger.leaseWait == 0 {
 			return refuse()
 		}
-		f.wantSync = true
 		ch := f.refreshed
 		a.mu.Unlock()
-		f.ledger.kickSyncer()
 		timer := time.NewTimer(f.ledger.leaseWait)
 		select {
 		case <-ch:
@@ -498,6 +503,11 @@ func (f *fleetState) reportLocked(a *Account) TenantSync {
 		return *f.pending
 	}
 	used := reportable(a.lifeLocked()).Sub(f.reported)
+	for _, r := range [...]Resource{Operations, Calls, TotalMemory, CPUTime, Evaluations} {
+		if used.Get(r) < 0 { // cannot happen: usage only grows; never send a negative report
+			used.Set(r, 0)
+		}
+	}
 	ts := TenantSync{Tenant: a.name, Seq: f.ledger.seq.Add(1), Used: used}
 	for _, r := range accountResources {
 		ts.Limit.Set(r, a.limits[r].Load())
@@ -525,7 +535,7 @@ func reportable(t Totals) Totals {
 }
 
 func (f *fleetState) applyLocked(ts TenantSync, st TenantState, sent time.Time) {
-	if st.Seq != 0 && st.Seq != ts.Seq {
+	if st.Seq > ts.Seq {
 		// The store applied a later report of this replica and tenant (a
 		// restarted replica with the same id whose clock went back): ours
 		// was ignored. Send it again under a greater number.
@@ -537,6 +547,8 @@ func (f *fleetState) applyLocked(ts TenantSync, st TenantState, sent time.Time) 
 		}
 		f.pending.Seq = f.ledger.seq.Add(1)
 		f.wantSync = true
+		close(f.refreshed)
+		f.refreshed = make(chan struct{})
 		return
 	}
 	f.pending = nil

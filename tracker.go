@@ -726,8 +726,8 @@ func (t *Tracker) sampleCPU() time.Duration {
 	}
 	t.cpuMu.Unlock()
 	d += time.Duration(t.cpuExtra.Load())
-	t.cpuLast.Store(int64(d))
-	return d
+	raiseMax(&t.cpuLast, int64(d)) // concurrent samples must not move it back
+	return time.Duration(t.cpuLast.Load())
 }
 
 // Watchdog sampling bounds: a run is sampled at most every minCPUSample and

@@ -1,0 +1,137 @@
+package reslimit
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// R1: a live run that holds room but is idle keeps no lease alive (idle
+// tenants are not synced), the store reclaims the lease and grants it to
+// another replica, and the run then spends its room: the fleet passes the limit.
+func TestFleetIdleRunRoomOutlivesLease(t *testing.T) {
+	const limit = 20_000
+	store := NewMemoryStore()
+	ttl := 40 * time.Millisecond
+	l1 := newFleetLedger(t, store, "r1", AccountLimits{MaxTotalOperations: limit}, WithLeaseTTL(ttl))
+	l2 := newFleetLedger(t, store, "r2", AccountLimits{MaxTotalOperations: limit}, WithLeaseTTL(ttl))
+	tr, err := l1.Account("t").Begin(Unlimited())
+	require.NoError(t, err)
+	var used int64
+	for i := 0; i < 3000; i++ { // grow the run's chunk
+		require.NoError(t, tr.TrackOperation())
+		used++
+	}
+	room := tr.room(mOps).Load()
+	t.Logf("idle run holds %d ops of room", room)
+	require.Positive(t, room)
+	time.Sleep(10 * ttl) // the run waits (say, for an LLM answer); r1 never syncs "t" again
+
+	got2 := hammer(t, l2, 2)         // r2 gets everything the store thinks is left
+	for tr.TrackOperation() == nil { // the run resumes and spends its room
+		used++
+	}
+	tr.End()
+	require.NoError(t, l1.Close(context.Background()))
+	require.NoError(t, l2.Close(context.Background()))
+	c, _ := store.Load(context.Background(), "t")
+	t.Logf("r1 %d + r2 %d = %d, committed %d, limit %d", used, got2, used+got2, c.Operations, limit)
+	assert.LessOrEqual(t, used+got2, int64(limit), "the fleet granted past the limit")
+}
+
+// R3: a removed tenant that had nothing left to report is never synced by
+// the background syncer, so it is never forgotten: l.retired grows forever.
+func TestFleetRetiredIdleAccountNeverForgotten(t *testing.T) {
+	store := NewMemoryStore()
+	l := newFleetLedger(t, store, "r1", AccountLimits{}, WithSyncInterval(5*time.Millisecond))
+	tr, _ := l.Account("gone").Begin(Unlimited())
+	require.NoError(t, tr.TrackOperations(1))
+	tr.End()
+	require.Eventually(t, func() bool {
+		s := l.Account("gone").Stats()
+		return s.Fleet.Unreported.Operations == 0 && s.Fleet.Syncs > 0
+	}, time.Second, time.Millisecond)
+	l.Remove("gone")
+	time.Sleep(200 * time.Millisecond) // 40 sync intervals
+	l.mu.RLock()
+	n := len(l.retired)
+	l.mu.RUnlock()
+	assert.Zero(t, n, "a removed, fully reported account stays in l.retired forever")
+}
+
+// R4: Close settles a removed tenant in its first round and drops it before
+// the Final round: the lease it holds is not given back.
+func TestFleetCloseKeepsLeaseOfRemovedTenant(t *testing.T) {
+	store := NewMemoryStore()
+	l := newFleetLedger(t, store, "r1", AccountLimits{MaxTotalOperations: 1000}, WithLeaseTTL(time.Minute))
+	tr, _ := l.Account("t").Begin(Unlimited())
+	require.NoError(t, tr.TrackOperations(10))
+	tr.End()
+	require.NoError(t, l.Sync(context.Background()))
+	l.Remove("t")
+	require.NoError(t, l.Close(context.Background()))
+	l2 := newFleetLedger(t, store, "r2", AccountLimits{MaxTotalOperations: 1000})
+	assert.Equal(t, int64(990), hammer(t, l2, 2), "Close gives back the allowance this replica holds")
+}
+
+// negStore records any report with a negative Used field (redisstore
+// rejects such a request whole, with ErrInvalidArgument).
+type negStore struct {
+	Store
+	mu  sync.Mutex
+	neg []Totals
+}
+
+func (s *negStore) Sync(ctx context.Context, req SyncRequest) (SyncResponse, error) {
+	for _, ts := range req.Tenants {
+		u := ts.Used
+		if u.Operations < 0 || u.FunctionCalls < 0 || u.TotalMemory < 0 || u.CPUTime < 0 || u.Evaluations < 0 {
+			s.mu.Lock()
+			s.neg = append(s.neg, u)
+			s.mu.Unlock()
+		}
+	}
+	return s.Store.Sync(ctx, req)
+}
+
+// R2 (real race): the same through the public API.
+func TestFleetRefusedTrackMemoryRace(t *testing.T) {
+	store := &negStore{Store: NewMemoryStore()}
+	l := newFleetLedger(t, store, "r1", AccountLimits{MaxMemory: 10}, WithSyncInterval(time.Hour))
+	tr, _ := l.Account("t").Begin(Unlimited())
+	g, err := tr.AcquireMemory(10) // the tenant holds its MaxMemory
+	require.NoError(t, err)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_ = tr.TrackMemory(1) // refused with Memory: must change nothing
+		}
+	}()
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		_ = l.Sync(context.Background())
+		store.mu.Lock()
+		n := len(store.neg)
+		store.mu.Unlock()
+		if n > 0 {
+			break
+		}
+	}
+	close(stop)
+	wg.Wait()
+	g.Release()
+	tr.End()
+	assert.Empty(t, store.neg, "reports with negative Used")
+}
