@@ -10,9 +10,9 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// R1: a live run that holds room but is idle keeps no lease alive (idle
-// tenants are not synced), the store reclaims the lease and grants it to
-// another replica, and the run then spends its room: the fleet passes the limit.
+// A live run that holds room but is idle for a while must keep its
+// tenant's lease renewed; otherwise the store reclaims the lease, grants it
+// to another replica, and the run's room takes the fleet past the limit.
 func TestFleetIdleRunRoomOutlivesLease(t *testing.T) {
 	const limit = 20_000
 	store := NewMemoryStore()
@@ -43,8 +43,8 @@ func TestFleetIdleRunRoomOutlivesLease(t *testing.T) {
 	assert.LessOrEqual(t, used+got2, int64(limit), "the fleet granted past the limit")
 }
 
-// R3: a removed tenant that had nothing left to report is never synced by
-// the background syncer, so it is never forgotten: l.retired grows forever.
+// A removed tenant with nothing left to report is settled and forgotten by
+// the background syncer, not kept in l.retired for ever.
 func TestFleetRetiredIdleAccountNeverForgotten(t *testing.T) {
 	store := NewMemoryStore()
 	l := newFleetLedger(t, store, "r1", AccountLimits{}, WithSyncInterval(5*time.Millisecond))
@@ -63,8 +63,8 @@ func TestFleetRetiredIdleAccountNeverForgotten(t *testing.T) {
 	assert.Zero(t, n, "a removed, fully reported account stays in l.retired forever")
 }
 
-// R4: Close settles a removed tenant in its first round and drops it before
-// the Final round: the lease it holds is not given back.
+// Close gives back the lease of a removed tenant too: it is settled only in
+// the Final round.
 func TestFleetCloseKeepsLeaseOfRemovedTenant(t *testing.T) {
 	store := NewMemoryStore()
 	l := newFleetLedger(t, store, "r1", AccountLimits{MaxTotalOperations: 1000}, WithLeaseTTL(time.Minute))
@@ -98,7 +98,22 @@ func (s *negStore) Sync(ctx context.Context, req SyncRequest) (SyncResponse, err
 	return s.Store.Sync(ctx, req)
 }
 
-// R2 (real race): the same through the public API.
+// syncWhileClean syncs l over and over for up to d, stopping early once a
+// report with a negative Used has been seen.
+func (s *negStore) syncWhileClean(l *Ledger, d time.Duration) {
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); {
+		_ = l.Sync(context.Background())
+		s.mu.Lock()
+		n := len(s.neg)
+		s.mu.Unlock()
+		if n > 0 {
+			return
+		}
+	}
+}
+
+// A TrackMemory refused by the account's MaxMemory, racing with syncs,
+// never makes a report with negative usage.
 func TestFleetRefusedTrackMemoryRace(t *testing.T) {
 	store := &negStore{Store: NewMemoryStore()}
 	l := newFleetLedger(t, store, "r1", AccountLimits{MaxMemory: 10}, WithSyncInterval(time.Hour))
@@ -119,19 +134,64 @@ func TestFleetRefusedTrackMemoryRace(t *testing.T) {
 			_ = tr.TrackMemory(1) // refused with Memory: must change nothing
 		}
 	}()
-	deadline := time.Now().Add(time.Second)
-	for time.Now().Before(deadline) {
-		_ = l.Sync(context.Background())
-		store.mu.Lock()
-		n := len(store.neg)
-		store.mu.Unlock()
-		if n > 0 {
-			break
-		}
-	}
+	store.syncWhileClean(l, time.Second)
 	close(stop)
 	wg.Wait()
 	g.Release()
 	tr.End()
 	assert.Empty(t, store.neg, "reports with negative Used")
+}
+
+// Concurrent CPU samples must never move a run's CPU time back, or a report
+// would carry a negative CPUTime.
+func TestFleetCPULastGoesBackwards(t *testing.T) {
+	store := &negStore{Store: NewMemoryStore()}
+	l := newFleetLedger(t, store, "r1", AccountLimits{}, WithSyncInterval(time.Hour))
+	tr, _ := l.Account("t").Begin(Unlimited())
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+					_ = tr.AddCPUTime(time.Microsecond)
+				}
+			}
+		}()
+	}
+	store.syncWhileClean(l, time.Second)
+	close(stop)
+	wg.Wait()
+	tr.End()
+	assert.Empty(t, store.neg)
+}
+
+// With WithLeaseWait(0) a refusal for want of lease still asks the syncer
+// for one, so an idle tenant whose lease lapsed is served again soon.
+func TestFleetLeaseWaitZeroIdleTenantStarves(t *testing.T) {
+	store := NewMemoryStore()
+	l := newFleetLedger(t, store, "r1", AccountLimits{MaxEvaluations: 100},
+		WithSyncInterval(5*time.Millisecond), WithLeaseTTL(20*time.Millisecond), WithLeaseWait(0))
+	acct := l.Account("t")
+	require.Eventually(t, func() bool { return acct.Stats().Fleet.Lease.Evaluations > 0 }, time.Second, time.Millisecond)
+	tr, err := acct.Begin(Unlimited())
+	require.NoError(t, err)
+	tr.End()
+	time.Sleep(100 * time.Millisecond) // idle: the lease lapses
+	var ok bool
+	var last error
+	for deadline := time.Now().Add(500 * time.Millisecond); time.Now().Before(deadline) && !ok; time.Sleep(5 * time.Millisecond) {
+		tr, err := acct.Begin(Unlimited())
+		if err == nil {
+			ok = true
+			tr.End()
+		}
+		last = err
+	}
+	assert.True(t, ok, "1 of 100 evaluations used, refused for 500ms: %v", last)
 }
