@@ -119,7 +119,7 @@ type Account struct {
 
 	mu        sync.Mutex
 	live      map[*Tracker]struct{}
-	reserved  [numMeters]int64 // committed plus room handed to live runs, while limited
+	reserved  [numMeters]int64 // committed plus room handed to live runs, while limited (unused with a Store: leases bound the room)
 	committed [numMeters]int64
 	cpu       time.Duration // CPU of ended runs
 	evals     int64
