@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 )
 
@@ -11,6 +12,7 @@ import (
 type Option func(*runConfig)
 
 type runConfig struct {
+	limits   Limits
 	acct     *Account
 	cpu      bool
 	name     string
@@ -74,7 +76,9 @@ func NewContext(ctx context.Context, t *Tracker) context.Context {
 }
 
 // FromContext returns the Tracker of the limited run that ctx belongs to,
-// or nil (whose methods are no-ops) when there is none.
+// or nil (whose methods are no-ops) when there is none. Every call within
+// one run returns the same Tracker. A context kept after its run has ended
+// yields an ended Tracker, on which tracking returns ErrClosed.
 func FromContext(ctx context.Context) *Tracker {
 	t, _ := ctx.Value(trackerKey{}).(*Tracker)
 	return t
@@ -95,6 +99,12 @@ func AccountFromContext(ctx context.Context) *Account {
 
 // Run runs fn as one limited run with its own Tracker (reachable with
 // FromContext(ctx) inside fn) and returns what it consumed.
+//
+// Where nothing measures the run's CPU time (see below), the Tracker is
+// made by the first FromContext, so a run that never asks for it costs
+// little more than its policy checks; its Usage then holds only WallTime.
+// The Tracker behaves the same whenever it is made: one made after the
+// run's Timeout or its caller's cancellation is already stopped.
 //
 // fn runs on the calling goroutine. Where the run's CPU time is measured —
 // when l.MaxCPUTime is set, the run is charged to an Account, or
@@ -122,13 +132,22 @@ func Run(ctx context.Context, l Limits, fn func(ctx context.Context) error, opts
 	if c.err != nil {
 		return Usage{}, c.err
 	}
-	return run(ctx, l, &c, fn)
+	c.limits = l
+	return run(ctx, &c, fn, true)
 }
 
-func run(ctx context.Context, l Limits, c *runConfig, fn func(ctx context.Context) error) (Usage, error) {
+// run runs fn as one limited run. wantUsage false (Limit) spares reading
+// the clock at the end of a run whose tracker was never asked for.
+func run(ctx context.Context, c *runConfig, fn func(ctx context.Context) error, wantUsage bool) (Usage, error) {
+	l := c.limits
 	acct := c.acct
 	if acct == nil {
 		acct = AccountFromContext(ctx)
+	}
+	if acct == nil && l.MaxCPUTime == 0 && !c.cpu {
+		// Nothing measures this run's CPU time: its tracker is made only
+		// if fn asks for it.
+		return runLazy(ctx, c, fn, wantUsage)
 	}
 	rctx, cancel := ctx, context.CancelCauseFunc(nil)
 	if acct != nil || l.Timeout > 0 || l.MaxCPUTime > 0 {
@@ -144,9 +163,6 @@ func run(ctx context.Context, l Limits, c *runConfig, fn func(ctx context.Contex
 		}
 	} else {
 		t = newTracker(l, nil, c.name, cancel)
-		// Nothing can limit or bill this run's CPU time: spare it the
-		// thread clock unless asked for.
-		t.skipCPU = l.MaxCPUTime == 0 && !c.cpu
 	}
 	if ctx.Done() != nil {
 		stop := context.AfterFunc(ctx, func() { t.halt(context.Cause(ctx)) })
@@ -208,6 +224,7 @@ func Limit[In, Out any](fn func(context.Context, In) (Out, error), l Limits, opt
 			return zero, err
 		}
 	}
+	c.limits = l
 	sem := &slots{limit: l.MaxConcurrent}
 	return func(ctx context.Context, in In) (Out, error) {
 		var out Out
@@ -217,11 +234,11 @@ func Limit[In, Out any](fn func(context.Context, In) (Out, error), l Limits, opt
 			}
 			defer sem.release()
 		}
-		_, err := run(ctx, l, &c, func(ctx context.Context) error {
+		_, err := run(ctx, &c, func(ctx context.Context) error {
 			var err error
 			out, err = fn(ctx, in)
 			return err
-		})
+		}, false)
 		return out, err
 	}
 }
@@ -246,4 +263,157 @@ func acquireCall(ctx context.Context, sem *slots, c *runConfig) error {
 		return sem.limitError("")
 	}
 	return nil
+}
+
+// runCtx is the context a run's function gets when nothing measures the
+// run's CPU time: the caller's deadline, cancellation and values (through
+// a child cancelled by the run's Timeout, if it has one), and the run's
+// Tracker, which is made by the first FromContext. A run whose function
+// never asks for its tracker costs one small allocation (and, with a
+// Timeout, a cancellable context and a timer).
+type runCtx struct {
+	context.Context                         // the run's context
+	user            context.Context         // the caller's context
+	cfg             *runConfig              // limits and name of the run
+	start           time.Time               // when the run started
+	cancel          context.CancelCauseFunc // cancels the run's context; nil without a Timeout
+	tr              atomic.Pointer[Tracker] // the run's tracker once made; endedRun after the run
+	stopped         atomic.Pointer[stopState]
+}
+
+// endedRun marks the tracker slot of a runCtx whose run is over; it is
+// never handed out.
+var endedRun = new(Tracker)
+
+// endedStop marks the stopped slot of a runCtx whose run ended before its
+// timeout.
+var endedStop = &stopState{}
+
+// Value returns the run's Tracker for FromContext, and otherwise the
+// caller's values.
+func (rc *runCtx) Value(key any) any {
+	if key == any(trackerKey{}) {
+		return rc.tracker()
+	}
+	return rc.Context.Value(key)
+}
+
+// String names the context, like those of package context.
+func (rc *runCtx) String() string { return "reslimit.runContext" }
+
+// tracker returns the run's tracker, making it on first use. After the run
+// it returns an ended tracker, on which tracking returns ErrClosed.
+func (rc *runCtx) tracker() *Tracker {
+	for {
+		t := rc.tr.Load()
+		if t == endedRun {
+			t = newRunTracker(rc.cfg.limits, nil, rc.cfg.name, nil)
+			t.skipCPU = true
+			t.start = rc.start
+			t.finish(nil)
+			return t
+		}
+		if t != nil {
+			return t
+		}
+		t = newRunTracker(rc.cfg.limits, nil, rc.cfg.name, rc.cancel)
+		t.skipCPU = true
+		t.start = rc.start
+		if rc.user.Done() != nil {
+			user := rc.user
+			t.stopAfter = context.AfterFunc(user, func() { t.halt(context.Cause(user)) })
+		}
+		if !rc.tr.CompareAndSwap(nil, t) {
+			if t.stopAfter != nil {
+				t.stopAfter()
+			}
+			continue // made by another goroutine meanwhile, or the run ended
+		}
+		// Stopped before the tracker existed: the tracker says so too.
+		if s := rc.stopped.Load(); s != nil && s != endedStop {
+			t.halt(s.err)
+		} else if rc.user.Err() != nil {
+			t.halt(context.Cause(rc.user))
+		}
+		return t
+	}
+}
+
+// timedOut stops the run for its Timeout, unless the caller's context was
+// cancelled first or the run is over.
+func (rc *runCtx) timedOut() {
+	if rc.Context.Err() != nil {
+		return // the caller's cancellation came first
+	}
+	el := time.Since(rc.start)
+	err := &LimitError{Resource: Timeout, Limit: int64(rc.cfg.limits.Timeout), Used: int64(el)}
+	if !rc.stopped.CompareAndSwap(nil, &stopState{err: err}) {
+		return // the run is over
+	}
+	rc.cancel(err)
+	if t := rc.tr.Load(); t != nil && t != endedRun {
+		t.halt(err)
+	}
+}
+
+// runLazy is run for a run whose CPU time nothing measures.
+func runLazy(ctx context.Context, c *runConfig, fn func(ctx context.Context) error, wantUsage bool) (Usage, error) {
+	rc := &runCtx{Context: ctx, user: ctx, cfg: c, start: time.Now()}
+	var timer *time.Timer
+	if to := c.limits.Timeout; to > 0 {
+		rc.Context, rc.cancel = context.WithCancelCause(ctx)
+		defer rc.cancel(nil)
+		timer = time.AfterFunc(to, rc.timedOut)
+		defer timer.Stop()
+	}
+	finished := false
+	defer func() {
+		if !finished { // fn panicked: clean up and let the panic go on
+			rc.end(errPanicked, false)
+		}
+	}()
+	err := fn(rc)
+	finished = true
+	return rc.end(err, wantUsage)
+}
+
+// end ends the run whose function returned err: it waits for the
+// goroutines started with Tracker.Go, finishes the tracker (if one was
+// made) and returns the usage and the run's error: the *LimitError that
+// stopped it, if any, whatever fn returned. A panic of a Go helper is
+// re-raised.
+func (rc *runCtx) end(err error, wantUsage bool) (Usage, error) {
+	t := rc.tr.Load()
+	if t == nil && rc.tr.CompareAndSwap(nil, endedRun) {
+		// No tracker was asked for: only the timeout can have stopped the run.
+		if !rc.stopped.CompareAndSwap(nil, endedStop) {
+			err = rc.stopped.Load().err
+		}
+		if !wantUsage {
+			return Usage{}, err
+		}
+		return Usage{WallTime: time.Since(rc.start)}, err
+	}
+	t = rc.tr.Load()
+	t.goWG.Wait()
+	if !rc.stopped.CompareAndSwap(nil, endedStop) {
+		t.halt(rc.stopped.Load().err) // the timer may not have got that far
+	}
+	if t.stopAfter != nil {
+		t.stopAfter()
+	}
+	if err == errPanicked {
+		return t.finish(err), err
+	}
+	if p := t.goPanic.Load(); p != nil {
+		t.finish(errPanicked)
+		panic(p.v)
+	}
+	if s := t.cause.Load(); s != nil {
+		var le *LimitError
+		if errors.As(s.err, &le) {
+			err = le
+		}
+	}
+	return t.finish(err), err
 }

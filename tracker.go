@@ -89,6 +89,9 @@ type Tracker struct {
 	acct    *Account
 	start   time.Time
 	cancel  func(error) // cancels the run's context, if any
+	// stopAfter unregisters the halt on the caller's cancellation of a
+	// tracker made by a runCtx.
+	stopAfter func() bool
 
 	mu         sync.Mutex              // serialises refills and End
 	meterMu    sync.Mutex              // leaf lock: writes of filled, consistent reads of meters
@@ -162,11 +165,19 @@ func NewTracker(l Limits) (*Tracker, error) {
 }
 
 func newTracker(l Limits, acct *Account, name string, cancel func(error)) *Tracker {
-	t := &Tracker{limits: l, acct: acct, name: name, start: time.Now(), cancel: cancel}
-	t.slots.limit = l.MaxConcurrent
+	t := newRunTracker(l, acct, name, cancel)
+	t.start = time.Now()
 	if l.Timeout > 0 {
 		t.timeoutTmr = time.AfterFunc(l.Timeout, t.timedOut)
 	}
+	return t
+}
+
+// newRunTracker is newTracker for a run whose timeout and start time its
+// runCtx keeps.
+func newRunTracker(l Limits, acct *Account, name string, cancel func(error)) *Tracker {
+	t := &Tracker{limits: l, acct: acct, name: name, cancel: cancel}
+	t.slots.limit = l.MaxConcurrent
 	return t
 }
 

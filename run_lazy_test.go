@@ -1,0 +1,168 @@
+package reslimit
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// A run whose CPU time nothing measures makes its tracker only when its
+// function asks for it. These tests check that the tracker behaves the same
+// whenever it is made: before, during or after the run's timeout or its
+// caller's cancellation, from many goroutines at once, and after the run.
+
+func TestRunTrackerIsOnePerRunFromEveryGoroutine(t *testing.T) {
+	const n = 16
+	var got [n]*Tracker
+	u, err := Run(context.Background(), Limits{MaxOperations: 1000}, func(ctx context.Context) error {
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range n {
+			wg.Go(func() {
+				<-start
+				tr := FromContext(ctx)
+				got[i] = tr
+				_ = tr.TrackOperation()
+			})
+		}
+		close(start)
+		wg.Wait()
+		return nil
+	})
+	require.NoError(t, err)
+	require.NotNil(t, got[0])
+	for i := range n {
+		assert.Same(t, got[0], got[i], "goroutine %d", i)
+	}
+	assert.Equal(t, int64(n), u.Operations, "every goroutine counted on the one tracker")
+}
+
+func TestRunWithoutTrackerReportsWallTime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		boom := errors.New("boom")
+		u, err := Run(context.Background(), Limits{MaxOperations: 1}, func(ctx context.Context) error {
+			time.Sleep(time.Second)
+			return boom
+		})
+		assert.Same(t, boom, err)
+		assert.Equal(t, Usage{WallTime: time.Second}, u)
+	})
+}
+
+func TestRunTrackerAfterTheRunIsEnded(t *testing.T) {
+	var kept context.Context
+	_, err := Run(context.Background(), Limits{MaxOperations: 10, Timeout: time.Hour}, func(ctx context.Context) error {
+		kept = ctx
+		return nil
+	})
+	require.NoError(t, err)
+	tr := FromContext(kept)
+	require.NotNil(t, tr, "a context kept past its run still has a tracker")
+	assert.ErrorIs(t, tr.TrackOperation(), ErrClosed)
+	assert.ErrorIs(t, tr.Step(), ErrClosed)
+	assert.Equal(t, Limits{MaxOperations: 10, Timeout: time.Hour}, tr.Limits())
+
+	// A tracker made during the run is the one found afterwards.
+	_, err = Run(context.Background(), Limits{}, func(ctx context.Context) error {
+		kept = ctx
+		return FromContext(ctx).TrackOperations(3)
+	})
+	require.NoError(t, err)
+	assert.Equal(t, int64(3), FromContext(kept).Usage().Operations)
+	assert.ErrorIs(t, FromContext(kept).TrackOperation(), ErrClosed)
+}
+
+func TestRunTrackerMadeAfterTheTimeoutIsStopped(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var stepErr error
+		_, err := Run(context.Background(), Limits{Timeout: time.Second}, func(ctx context.Context) error {
+			<-ctx.Done()
+			stepErr = FromContext(ctx).Step()
+			return nil
+		})
+		var le *LimitError
+		require.ErrorAs(t, err, &le)
+		assert.Equal(t, Timeout, le.Resource)
+		assert.Equal(t, int64(time.Second), le.Used)
+		assert.Same(t, le, stepErr, "Step of a tracker made after the timeout reports it")
+	})
+}
+
+func TestRunTrackerMadeAfterCancellationIsStopped(t *testing.T) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	why := errors.New("caller gave up")
+	_, err := Run(ctx, Limits{Timeout: time.Hour}, func(ctx context.Context) error {
+		cancel(why)
+		<-ctx.Done()
+		return FromContext(ctx).Step()
+	})
+	assert.Same(t, why, err, "Step reports the caller's cause at once")
+}
+
+func TestRunCallerCancellationBeforeTimeoutWins(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		_, err := Run(ctx, Limits{Timeout: time.Second}, func(ctx context.Context) error {
+			cancel()
+			<-ctx.Done()
+			time.Sleep(2 * time.Second) // the timeout passes while fn is still busy
+			return ctx.Err()
+		})
+		assert.ErrorIs(t, err, context.Canceled)
+		var le *LimitError
+		assert.False(t, errors.As(err, &le), "the run was cancelled by its caller, not stopped by its timeout: %v", err)
+	})
+}
+
+// The timeout fires while the function is making its tracker: whichever
+// comes first, the tracker is stopped and the run reports the timeout.
+func TestRunTimeoutRacesTrackerCreation(t *testing.T) {
+	for i := 0; i < 300; i++ {
+		_, err := Run(context.Background(), Limits{Timeout: time.Duration(i%7+1) * time.Microsecond}, func(ctx context.Context) error {
+			tr := FromContext(ctx)
+			<-ctx.Done()
+			var le *LimitError
+			if !errors.As(tr.Step(), &le) || le.Resource != Timeout {
+				return errors.New("Step does not report the timeout")
+			}
+			return nil
+		})
+		var le *LimitError
+		require.ErrorAs(t, err, &le, "iteration %d", i)
+		require.Equal(t, Timeout, le.Resource)
+	}
+}
+
+func TestRunFinishesTrackerMadeByGoHelper(t *testing.T) {
+	u, err := Run(context.Background(), Limits{MaxOperations: 100}, func(ctx context.Context) error {
+		tr := FromContext(ctx)
+		for range 4 {
+			tr.Go(func() { _ = FromContext(ctx).TrackOperations(5) })
+		}
+		return nil
+	})
+	require.NoError(t, err)
+	assert.Equal(t, int64(20), u.Operations, "Run waited for the helpers before it ended the tracker")
+}
+
+func TestLimitDerivedContextsSeeTheRun(t *testing.T) {
+	type key struct{}
+	tool := Limit(func(ctx context.Context, _ int) (bool, error) {
+		child, cancel := context.WithCancel(context.WithValue(ctx, key{}, 1))
+		defer cancel()
+		same := FromContext(child) == FromContext(ctx) && child.Value(key{}) == 1
+		<-child.Done() // the run's timeout reaches contexts derived from it
+		return same, context.Cause(child)
+	}, Limits{Timeout: 10 * time.Millisecond})
+	same, err := tool(context.Background(), 0)
+	assert.True(t, same)
+	var le *LimitError
+	require.ErrorAs(t, err, &le)
+	assert.Equal(t, Timeout, le.Resource)
+}
