@@ -21,16 +21,32 @@ type model struct {
 func FuzzTrackerAgainstModel(f *testing.F) {
 	f.Add([]byte{0, 5, 1, 3, 2, 1, 3, 4, 4, 0, 5, 2}, uint8(10), uint8(50), uint8(2), uint8(30))
 	f.Add([]byte{1, 200, 1, 200, 2, 250, 6, 0, 6, 0, 7, 0}, uint8(0), uint8(100), uint8(1), uint8(0))
+	f.Add([]byte{3, 20, 3, 30, 1, 5, 4, 0, 2, 5, 3, 40, 2, 30, 4, 0, 5, 0, 4, 0}, uint8(10), uint8(60), uint8(6), uint8(0))
+	// A guard whose bytes were partly given back with ReleaseMemory: its
+	// Release must panic, not take the bytes held below zero.
+	f.Add([]byte{3, 5, 2, 1, 4, 0}, uint8(0), uint8(0), uint8(4), uint8(0))
+	f.Add([]byte{3, 5, 2, 1, 4, 0}, uint8(0), uint8(0), uint8(0), uint8(0))
 	f.Fuzz(func(t *testing.T, prog []byte, maxOps, maxMem, maxConc, acctOps uint8) {
+		// Bit 2 of maxConc runs a detached tracker (no account), whose
+		// guards take the fast paths.
+		detached := maxConc&4 != 0
 		m := model{
 			l:  Limits{MaxOperations: int64(maxOps), MaxMemoryBytes: int64(maxMem), MaxConcurrent: int64(maxConc % 4), MaxFileSize: 100},
 			al: AccountLimits{MaxTotalOperations: int64(acctOps), MaxTotalMemory: 3 * int64(maxMem)},
+		}
+		if detached {
+			m.al = AccountLimits{}
 		}
 		acct, err := NewAccount("fuzz", m.al)
 		if err != nil {
 			t.Fatal(err)
 		}
-		tr, err := acct.Begin(m.l)
+		var tr *Tracker
+		if detached {
+			tr, err = NewTracker(m.l)
+		} else {
+			tr, err = acct.Begin(m.l)
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -140,7 +156,7 @@ func FuzzTrackerAgainstModel(f *testing.F) {
 				u.PeakMemoryBytes != m.peak || u.Concurrent != m.slotsHeld || u.Calls != m.calls {
 				t.Fatalf("step %d: usage %+v, model %+v", i/2, u, m)
 			}
-			if s := acct.Stats(); s.Operations != m.acctOps || s.MemoryBytes != m.held || s.TotalMemoryBytes != m.acctTotal {
+			if s := acct.Stats(); !detached && (s.Operations != m.acctOps || s.MemoryBytes != m.held || s.TotalMemoryBytes != m.acctTotal) {
 				t.Fatalf("step %d: account %+v, model %+v", i/2, s, m)
 			}
 		}
@@ -150,6 +166,18 @@ func FuzzTrackerAgainstModel(f *testing.F) {
 		end := tr.End()
 		if end.Operations != m.ops {
 			t.Fatalf("End: %+v, model %+v", end, m)
+		}
+		if detached {
+			if end.MemoryBytes != m.held || end.TotalMemoryBytes != m.total {
+				t.Fatalf("End: %+v, model %+v", end, m)
+			}
+			for i := range guards { // after End, releasing changes nothing
+				guards[i].Release()
+			}
+			if u := tr.Usage(); u != end {
+				t.Fatalf("usage changed after End: %+v, was %+v", u, end)
+			}
+			return
 		}
 		s := acct.Stats()
 		if s.MemoryBytes != 0 || s.Operations != m.ops || s.TotalMemoryBytes != m.total {

@@ -20,9 +20,9 @@ import (
 // release both copies. A Guard is not safe for concurrent use; the Tracker
 // behind it is. The zero Guard holds nothing.
 type Guard struct {
-	t *Tracker
-	s *slots
-	n int64
+	t *Tracker // memory: the tracker charged
+	s *slots   // a slot: the semaphore it came from
+	n int64    // what is held: bytes of memory, or 1 slot; 0 once released
 }
 
 // Release gives back what the guard holds. Calling it again, or on the zero
@@ -31,25 +31,39 @@ type Guard struct {
 // message when the tracker holds less memory than the guard (its bytes
 // were already given back with ReleaseMemory): a programming error.
 func (g *Guard) Release() {
-	if g == nil {
+	if g != nil && g.n != 0 {
+		g.release()
+	}
+}
+
+func (g *Guard) release() {
+	n := g.n
+	g.n = 0 // the pointers stay: clearing them would cost a write barrier
+	if s := g.s; s != nil {
+		s.release()
 		return
 	}
-	t, s, n := g.t, g.s, g.n
-	g.t, g.s, g.n = nil, nil, 0
-	switch {
-	case s != nil:
-		s.release()
-	case t != nil:
-		// Only mixing ReleaseMemory with guards can make this fail; after
-		// End (ErrClosed), End already gave the bytes back.
-		if err := t.release(n); err != nil && !errors.Is(err, ErrClosed) {
-			panic("reslimit: Guard.Release: " + err.Error())
+	t := g.t
+	if t.acct == nil {
+		// Fast path: one attempt to give the bytes back in one CAS (see
+		// unhold); a run with an account gives them back to it too.
+		released := t.mem.rel.Load()
+		gen := t.mem.gen.Load()
+		charged := t.filled[mTotal].Load() - t.mem.total.Load()
+		if gen&1 == 0 && t.mem.gen.Load() == gen && n <= charged-released &&
+			t.mem.rel.CompareAndSwap(released, released+n) {
+			return
 		}
+	}
+	// Only mixing ReleaseMemory with guards can make this fail; after End
+	// (ErrClosed), End already gave the bytes back.
+	if err := t.release(n); err != nil && !errors.Is(err, ErrClosed) {
+		panic("reslimit: Guard.Release: " + err.Error())
 	}
 }
 
 // Held reports whether the guard still holds something.
-func (g *Guard) Held() bool { return g != nil && (g.t != nil || g.s != nil) }
+func (g *Guard) Held() bool { return g != nil && g.n != 0 }
 
 // AcquireMemory charges n bytes like TrackMemory and returns a Guard whose
 // Release gives them back.
@@ -57,6 +71,29 @@ func (t *Tracker) AcquireMemory(n int64) (Guard, error) {
 	if t == nil {
 		return Guard{}, nil
 	}
+	if t.acct == nil && n > 0 {
+		// Fast path: one attempt to charge the bytes in one CAS when the
+		// meter has room and the run's limit allows (see acquire).
+		released := t.mem.rel.Load()
+		gen := t.mem.gen.Load()
+		room := t.mem.total.Load()
+		held := t.filled[mTotal].Load() - room - released
+		lim := t.limits.MaxMemoryBytes
+		if gen&1 == 0 && t.mem.gen.Load() == gen && room >= n && (lim == 0 || n <= lim-held) &&
+			t.mem.total.CompareAndSwap(room, room-n) {
+			if !t.closed.Load() {
+				raiseMax(&t.mem.peak, held+n)
+				return Guard{t: t, n: n}, nil
+			}
+			// End ran meanwhile: give the bytes back unless End took them,
+			// and let TrackMemory report ErrClosed.
+			t.unhold(n)
+		}
+	}
+	return t.acquireMemory(n)
+}
+
+func (t *Tracker) acquireMemory(n int64) (Guard, error) {
 	if err := t.TrackMemory(n); err != nil {
 		return Guard{}, err
 	}
@@ -81,7 +118,7 @@ func (t *Tracker) TryAcquireSlot() (Guard, error) {
 		t.refused[Concurrency].Add(1)
 		return Guard{}, t.slots.limitError("")
 	}
-	return Guard{s: &t.slots}, nil
+	return Guard{s: &t.slots, n: 1}, nil
 }
 
 // AcquireSlot takes one of the run's MaxConcurrent slots, waiting first
@@ -97,7 +134,7 @@ func (t *Tracker) AcquireSlot(ctx context.Context) (Guard, error) {
 	if err := t.slots.acquire(ctx); err != nil {
 		return Guard{}, err
 	}
-	return Guard{s: &t.slots}, nil
+	return Guard{s: &t.slots, n: 1}, nil
 }
 
 // slots is a counting semaphore with a lock-free fast path and a FIFO
