@@ -47,12 +47,16 @@ func (g *Guard) release() {
 	if t.acct == nil {
 		// Fast path: one attempt to give the bytes back in one CAS (see
 		// unhold); a run with an account gives them back to it too.
-		released := t.mem.rel.Load()
-		gen := t.mem.gen.Load()
-		charged := t.filled[mTotal].Load() - t.mem.total.Load()
-		if gen&1 == 0 && t.mem.gen.Load() == gen && n <= charged-released &&
-			t.mem.rel.CompareAndSwap(released, released+n) {
-			return
+		for {
+			released := t.mem.rel.Load()
+			gen := t.mem.gen.Load()
+			charged := t.filled[mTotal].Load() - t.mem.total.Load()
+			if gen&1 != 0 || t.mem.gen.Load() != gen || n > charged-released {
+				break
+			}
+			if t.mem.rel.CompareAndSwap(released, released+n) {
+				return
+			}
 		}
 	}
 	// Only mixing ReleaseMemory with guards can make this fail; after End
@@ -74,13 +78,18 @@ func (t *Tracker) AcquireMemory(n int64) (Guard, error) {
 	if t.acct == nil && n > 0 {
 		// Fast path: one attempt to charge the bytes in one CAS when the
 		// meter has room and the run's limit allows (see acquire).
-		released := t.mem.rel.Load()
-		gen := t.mem.gen.Load()
-		room := t.mem.total.Load()
-		held := t.filled[mTotal].Load() - room - released
 		lim := t.limits.MaxMemoryBytes
-		if gen&1 == 0 && t.mem.gen.Load() == gen && room >= n && (lim == 0 || n <= lim-held) &&
-			t.mem.total.CompareAndSwap(room, room-n) {
+		for {
+			released := t.mem.rel.Load()
+			gen := t.mem.gen.Load()
+			room := t.mem.total.Load()
+			held := t.filled[mTotal].Load() - room - released
+			if gen&1 != 0 || t.mem.gen.Load() != gen || room < n || (lim > 0 && n > lim-held) {
+				break
+			}
+			if !t.mem.total.CompareAndSwap(room, room-n) {
+				continue // lost a race: look again
+			}
 			if !t.closed.Load() {
 				raiseMax(&t.mem.peak, held+n)
 				return Guard{t: t, n: n}, nil
@@ -88,6 +97,7 @@ func (t *Tracker) AcquireMemory(n int64) (Guard, error) {
 			// End ran meanwhile: give the bytes back unless End took them,
 			// and let TrackMemory report ErrClosed.
 			t.unhold(n)
+			break
 		}
 	}
 	return t.acquireMemory(n)
