@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -199,6 +200,22 @@ func BenchmarkGuard(b *testing.B) {
 			b.ReportAllocs()
 			f := c.new(b)
 			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if err := f(); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+		// Each goroutine its own semaphore or tracker: no shared line.
+		b.Run(c.name+"/parallel-own", func(b *testing.B) {
+			b.ReportAllocs()
+			var mu sync.Mutex
+			b.RunParallel(func(pb *testing.PB) {
+				mu.Lock()
+				f := c.new(b)
+				mu.Unlock()
 				for pb.Next() {
 					if err := f(); err != nil {
 						b.Error(err)

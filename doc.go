@@ -21,6 +21,10 @@
 //		}
 //	}
 //
+// A run whose CPU time nothing measures gets its tracker on the first
+// FromContext, so wrapping a function that never asks for it costs little
+// more than its policy checks.
+//
 // Memory and concurrency slots are held with a [Guard] and given back with
 // Release, typically deferred.
 //
