@@ -78,7 +78,9 @@ func NewContext(ctx context.Context, t *Tracker) context.Context {
 // FromContext returns the Tracker of the limited run that ctx belongs to,
 // or nil (whose methods are no-ops) when there is none. Every call within
 // one run returns the same Tracker. A context kept after its run has ended
-// yields an ended Tracker, on which tracking returns ErrClosed.
+// yields the run's Tracker, ended: tracking returns ErrClosed. (If the run
+// never asked for it, that Tracker counted nothing; its Err says how the
+// run was stopped, and its WallTime is the run's under Run, 0 under Limit.)
 func FromContext(ctx context.Context) *Tracker {
 	t, _ := ctx.Value(trackerKey{}).(*Tracker)
 	return t
@@ -279,6 +281,7 @@ type runCtx struct {
 	cancel          context.CancelCauseFunc // cancels the run's context; nil without a Timeout
 	tr              atomic.Pointer[Tracker] // the run's tracker once made; endedRun after the run
 	stopped         atomic.Pointer[stopState]
+	wall            time.Duration // the run's wall time, set by Run before tr becomes endedRun
 }
 
 // endedRun marks the tracker slot of a runCtx whose run is over; it is
@@ -307,11 +310,7 @@ func (rc *runCtx) tracker() *Tracker {
 	for {
 		t := rc.tr.Load()
 		if t == endedRun {
-			t = newRunTracker(rc.cfg.limits, nil, rc.cfg.name, nil)
-			t.skipCPU = true
-			t.start = rc.start
-			t.finish(nil)
-			return t
+			return rc.endedTracker()
 		}
 		if t != nil {
 			return t
@@ -320,8 +319,11 @@ func (rc *runCtx) tracker() *Tracker {
 		t.skipCPU = true
 		t.start = rc.start
 		if rc.user.Done() != nil {
-			user := rc.user
-			t.stopAfter = context.AfterFunc(user, func() { t.halt(context.Cause(user)) })
+			t.stopAfter = context.AfterFunc(rc.user, func() {
+				if err := rc.why(); err != nil {
+					t.halt(err)
+				}
+			})
 		}
 		if !rc.tr.CompareAndSwap(nil, t) {
 			if t.stopAfter != nil {
@@ -330,17 +332,46 @@ func (rc *runCtx) tracker() *Tracker {
 			continue // made by another goroutine meanwhile, or the run ended
 		}
 		// Stopped before the tracker existed: the tracker says so too.
-		if s := rc.stopped.Load(); s != nil && s != endedStop {
-			t.halt(s.err)
-		} else if rc.user.Err() != nil {
-			t.halt(context.Cause(rc.user))
+		if err := rc.why(); err != nil {
+			t.halt(err)
 		}
 		return t
 	}
 }
 
+// why returns why the run was stopped, or nil: its timeout, if that came
+// first, or its caller's cancellation cause.
+func (rc *runCtx) why() error {
+	if s := rc.stopped.Load(); s != nil && s != endedStop {
+		return s.err
+	}
+	if rc.user.Err() != nil {
+		return context.Cause(rc.user)
+	}
+	return nil
+}
+
+// endedTracker returns the tracker of a run that ended without one: made
+// once, stopped as the run was, and ended with the run's wall time.
+func (rc *runCtx) endedTracker() *Tracker {
+	t := newRunTracker(rc.cfg.limits, nil, rc.cfg.name, nil)
+	t.skipCPU = true
+	t.start = rc.start
+	if err := rc.why(); err != nil {
+		t.halt(err)
+	}
+	t.finish(nil)
+	t.final.WallTime = rc.wall // not yet shared: no one else reads final
+	if rc.tr.CompareAndSwap(endedRun, t) {
+		return t
+	}
+	return rc.tr.Load()
+}
+
 // timedOut stops the run for its Timeout, unless the caller's context was
-// cancelled first or the run is over.
+// cancelled first or the run is over. The tracker, if made, is stopped
+// before the run's context is cancelled, so that Step and Err report the
+// timeout by the time the function sees ctx.Done().
 func (rc *runCtx) timedOut() {
 	if rc.Context.Err() != nil {
 		return // the caller's cancellation came first
@@ -350,10 +381,10 @@ func (rc *runCtx) timedOut() {
 	if !rc.stopped.CompareAndSwap(nil, &stopState{err: err}) {
 		return // the run is over
 	}
-	rc.cancel(err)
 	if t := rc.tr.Load(); t != nil && t != endedRun {
 		t.halt(err)
 	}
+	rc.cancel(err)
 }
 
 // runLazy is run for a run whose CPU time nothing measures.
@@ -383,21 +414,30 @@ func runLazy(ctx context.Context, c *runConfig, fn func(ctx context.Context) err
 // stopped it, if any, whatever fn returned. A panic of a Go helper is
 // re-raised.
 func (rc *runCtx) end(err error, wantUsage bool) (Usage, error) {
+	if wantUsage {
+		rc.wall = time.Since(rc.start)
+	}
 	t := rc.tr.Load()
 	if t == nil && rc.tr.CompareAndSwap(nil, endedRun) {
-		// No tracker was asked for: only the timeout can have stopped the run.
+		// No tracker was asked for. The run was stopped by its timeout if
+		// that fired, or by a limit of its caller's (an enclosing run's)
+		// if that cancelled it, as a tracker would have recorded.
 		if !rc.stopped.CompareAndSwap(nil, endedStop) {
 			err = rc.stopped.Load().err
+		} else if rc.user.Err() != nil {
+			var le *LimitError
+			if errors.As(context.Cause(rc.user), &le) {
+				err = le
+			}
 		}
-		if !wantUsage {
-			return Usage{}, err
-		}
-		return Usage{WallTime: time.Since(rc.start)}, err
+		return Usage{WallTime: rc.wall}, err
 	}
 	t = rc.tr.Load()
 	t.goWG.Wait()
 	if !rc.stopped.CompareAndSwap(nil, endedStop) {
 		t.halt(rc.stopped.Load().err) // the timer may not have got that far
+	} else if rc.user.Err() != nil {
+		t.halt(context.Cause(rc.user)) // the AfterFunc may not have run yet
 	}
 	if t.stopAfter != nil {
 		t.stopAfter()

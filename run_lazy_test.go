@@ -166,3 +166,105 @@ func TestLimitDerivedContextsSeeTheRun(t *testing.T) {
 	require.ErrorAs(t, err, &le)
 	assert.Equal(t, Timeout, le.Resource)
 }
+
+// Regressions found in review of the late-made tracker.
+
+// A halt that loses to another must not return before Step reports the
+// first: the winner may not have got that far.
+func TestHaltThatLosesStillStopsStep(t *testing.T) {
+	tr := newT(t, Unlimited())
+	first := errors.New("first")
+	tr.cause.Store(&stopState{err: first}) // a halt that has set the cause, not yet stop
+	tr.halt(errors.New("second"))
+	assert.Same(t, first, tr.Step())
+	assert.Same(t, first, tr.Err())
+}
+
+// By the time the function sees ctx.Done() for the timeout, its tracker's
+// Step and Err report it (the tracker is stopped before the context is
+// cancelled).
+func TestRunStepReportsTimeoutOnceDone(t *testing.T) {
+	for i := 0; i < 1000; i++ {
+		var stepErr, trErr error
+		_, _ = Run(context.Background(), Limits{Timeout: 20 * time.Microsecond}, func(ctx context.Context) error {
+			tr := FromContext(ctx)
+			<-ctx.Done()
+			stepErr, trErr = tr.Step(), tr.Err()
+			return nil
+		})
+		require.Error(t, stepErr, "iteration %d", i)
+		require.Error(t, trErr, "iteration %d", i)
+	}
+}
+
+// The timeout fires, then the caller cancels, then the function asks for
+// its tracker: the tracker reports the timeout, which came first.
+func TestRunTrackerMadeAfterTimeoutThenCancellation(t *testing.T) {
+	for i := 0; i < 2000; i++ {
+		ctx, cancel := context.WithCancelCause(context.Background())
+		var stepErr error
+		_, err := Run(ctx, Limits{Timeout: time.Microsecond}, func(ctx context.Context) error {
+			<-ctx.Done() // the timeout
+			cancel(errors.New("caller"))
+			stepErr = FromContext(ctx).Step()
+			return nil
+		})
+		cancel(nil)
+		var le *LimitError
+		require.ErrorAs(t, stepErr, &le, "iteration %d", i)
+		require.ErrorAs(t, err, &le, "iteration %d", i)
+	}
+}
+
+// An enclosing run's timeout cancels a nested run: the nested run returns
+// that *LimitError whether or not its function asked for its tracker, and
+// whether or not it measures CPU time.
+func TestRunNestedInTimedOutRunReturnsItsLimitError(t *testing.T) {
+	for _, mode := range []string{"measured", "no tracker", "tracker"} {
+		t.Run(mode, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var inner error
+				_, _ = Run(context.Background(), Limits{Timeout: time.Second}, func(ctx context.Context) error {
+					var opts []Option
+					if mode == "measured" {
+						opts = append(opts, WithCPUTime())
+					}
+					_, inner = Run(ctx, Limits{}, func(ctx context.Context) error {
+						if mode == "tracker" {
+							_ = FromContext(ctx)
+						}
+						<-ctx.Done()
+						time.Sleep(time.Millisecond)
+						return ctx.Err()
+					}, opts...)
+					return nil
+				})
+				var le *LimitError
+				require.ErrorAs(t, inner, &le)
+				assert.Equal(t, Timeout, le.Resource)
+			})
+		})
+	}
+}
+
+// A context kept after a run that timed out without asking for its
+// tracker yields one ended tracker that says how the run ended.
+func TestRunKeptContextAfterTimeoutWithoutTracker(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var kept context.Context
+		_, err := Run(context.Background(), Limits{Timeout: time.Second}, func(ctx context.Context) error {
+			kept = ctx
+			<-ctx.Done()
+			return nil
+		})
+		var le *LimitError
+		require.ErrorAs(t, err, &le)
+		tr := FromContext(kept)
+		assert.Same(t, tr, FromContext(kept), "one tracker, also after the run")
+		time.Sleep(time.Hour)
+		assert.Same(t, le, tr.Err())
+		u := tr.Usage()
+		assert.Equal(t, time.Second, u.WallTime, "the run's wall time, not the time since")
+		assert.Equal(t, int64(1), u.Refusals, "the timeout")
+	})
+}

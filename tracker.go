@@ -194,6 +194,9 @@ func (t *Tracker) halt(err error) {
 	}
 	s := &stopState{err: err}
 	if !t.cause.CompareAndSwap(nil, s) {
+		// Stopped already: make sure Step says so before returning, even
+		// if the first halt has not got that far.
+		t.stop.CompareAndSwap(nil, t.cause.Load())
 		return
 	}
 	t.stop.CompareAndSwap(nil, s)
@@ -825,10 +828,13 @@ func (t *Tracker) Usage() Usage {
 func (t *Tracker) snapshot(cpu, wall time.Duration) Usage {
 	var u Usage
 	t.meterMu.Lock()
+	// Released before charged (see memState): the bytes held read are
+	// never negative.
+	released := t.mem.rel.Load()
 	u.Operations = t.filled[mOps].Load() - t.room(mOps).Load()
 	u.Calls = t.filled[mCalls].Load() - t.room(mCalls).Load()
 	u.TotalMemoryBytes = t.filled[mTotal].Load() - t.mem.total.Load()
-	u.MemoryBytes = u.TotalMemoryBytes - t.mem.rel.Load()
+	u.MemoryBytes = u.TotalMemoryBytes - released
 	t.meterMu.Unlock()
 	u.PeakMemoryBytes = t.mem.peak.Load()
 	u.CPUTime = cpu
@@ -905,10 +911,11 @@ func (t *Tracker) AppendReadings(dst []Reading) []Reading {
 		return dst
 	}
 	t.meterMu.Lock()
+	released := t.mem.rel.Load() // first, as in snapshot
 	ops := t.filled[mOps].Load() - t.room(mOps).Load()
 	calls := t.filled[mCalls].Load() - t.room(mCalls).Load()
 	total := t.filled[mTotal].Load() - t.mem.total.Load()
-	held := total - t.mem.rel.Load()
+	held := total - released
 	t.meterMu.Unlock()
 	l := &t.limits
 	r := &t.refused
