@@ -45,13 +45,12 @@ func (g *Guard) release() {
 	}
 	t := g.t
 	if t.acct == nil {
-		// Fast path: one attempt to give the bytes back in one CAS (see
-		// unhold); a run with an account gives them back to it too.
+		// Fast path: unhold, written out here so that Release makes no
+		// further call; a run with an account gives the bytes back to it
+		// too, in release.
 		for {
-			released := t.mem.rel.Load()
-			gen := t.mem.gen.Load()
-			charged := t.filled[mTotal].Load() - t.mem.total.Load()
-			if gen&1 != 0 || t.mem.gen.Load() != gen || n > charged-released {
+			_, charged, released := t.memState()
+			if n > charged-released {
 				break
 			}
 			if t.mem.rel.CompareAndSwap(released, released+n) {
@@ -80,11 +79,9 @@ func (t *Tracker) AcquireMemory(n int64) (Guard, error) {
 		// meter has room and the run's limit allows (see acquire).
 		lim := t.limits.MaxMemoryBytes
 		for {
-			released := t.mem.rel.Load()
-			gen := t.mem.gen.Load()
-			room := t.mem.total.Load()
-			held := t.filled[mTotal].Load() - room - released
-			if gen&1 != 0 || t.mem.gen.Load() != gen || room < n || (lim > 0 && n > lim-held) {
+			room, charged, released := t.memState()
+			held := charged - released
+			if room < n || (lim > 0 && n > lim-held) {
 				break
 			}
 			if !t.mem.total.CompareAndSwap(room, room-n) {
