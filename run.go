@@ -190,17 +190,7 @@ func runTracked(ctx context.Context, t *Tracker, fn func(ctx context.Context) er
 	t.detach(id)
 	t.goWG.Wait()
 	finished = true
-	if p := t.goPanic.Load(); p != nil {
-		t.finish(errPanicked)
-		panic(p.v)
-	}
-	if s := t.cause.Load(); s != nil {
-		var le *LimitError
-		if errors.As(s.err, &le) {
-			err = le
-		}
-	}
-	return t.finish(err), err
+	return t.endRun(err)
 }
 
 // Limit wraps fn so that every call runs limited by l, as by Run: each call
@@ -445,6 +435,13 @@ func (rc *runCtx) end(err error, wantUsage bool) (Usage, error) {
 	if err == errPanicked {
 		return t.finish(err), err
 	}
+	return t.endRun(err)
+}
+
+// endRun finishes the tracker of a run whose function returned err and
+// whose Go helpers are done: a helper's panic is re-raised, and the
+// *LimitError that stopped the run, if any, replaces err.
+func (t *Tracker) endRun(err error) (Usage, error) {
 	if p := t.goPanic.Load(); p != nil {
 		t.finish(errPanicked)
 		panic(p.v)
