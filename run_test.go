@@ -3,6 +3,7 @@ package reslimit
 import (
 	"context"
 	"errors"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -10,6 +11,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/reslimit/reslimit/internal/threadcpu"
 )
 
 // spinUntilStopped burns CPU until the run is stopped, checking Step.
@@ -299,9 +302,14 @@ func TestRunMeasuresCPUOnlyWhenSomethingNeedsIt(t *testing.T) {
 	if CPUClock() != "thread" {
 		t.Skip("needs per-thread CPU clocks")
 	}
+	// Burn 20 ms of this thread's CPU, however busy the machine is (a
+	// wall-clock spin gets less CPU than its length when the cores are
+	// shared); give up after 5 s of wall time.
 	spin := func(ctx context.Context) error {
-		start := time.Now()
-		for time.Since(start) < 20*time.Millisecond {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		start, deadline := threadcpu.Current(), time.Now().Add(5*time.Second)
+		for threadcpu.Current()-start < 20*time.Millisecond && time.Now().Before(deadline) {
 		}
 		return nil
 	}
