@@ -79,7 +79,7 @@ func (t *Tracker) AcquireMemory(n int64) (Guard, error) {
 		// meter has room and the run's limit allows (see acquire).
 		lim := t.limits.MaxMemoryBytes
 		for {
-			room, charged, released := t.memState()
+			room, charged, released := t.memAcquireState()
 			held := charged - released
 			if room < n || (lim > 0 && n > lim-held) {
 				break

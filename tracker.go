@@ -459,27 +459,75 @@ func (t *Tracker) TrackMemory(n int64) error {
 	return nil
 }
 
-// memState reads the memory meter: the room, the bytes charged (filled and
-// room read consistently, with a sequence-lock read) and the bytes
-// released. Released is read first: bytes charged only grow, so the bytes
-// held it implies are never less than were held when it was read; a CAS on
-// rel (release) or on the room (acquire) then proves the reading current.
-func (t *Tracker) memState() (room, charged, released int64) {
+// memCharged reads the memory meter's room and the bytes charged
+// (filled minus room) consistently, with a sequence-lock read.
+func (t *Tracker) memCharged() (room, charged int64) {
 	for {
-		released = t.mem.rel.Load()
 		g := t.mem.gen.Load()
 		room = t.mem.total.Load()
 		charged = t.filled[mTotal].Load() - room
 		if g&1 == 0 && t.mem.gen.Load() == g {
-			return room, charged, released
+			return room, charged
 		}
 	}
 }
 
-// heldNow returns the bytes held now.
+// memState reads the memory meter for a release: the bytes released are
+// read first. Bytes charged only grow, so the bytes held it implies are
+// never less than were held when released was read; a CAS on rel then
+// proves the reading current, and a release it allows fits.
+func (t *Tracker) memState() (room, charged, released int64) {
+	released = t.mem.rel.Load()
+	room, charged = t.memCharged()
+	return room, charged, released
+}
+
+// memAcquireState reads the memory meter for an acquire: the bytes
+// released are read last. A CAS on the room then proves that nothing was
+// charged since, so the bytes held it implies were held exactly when
+// released was read, and fewer (never more) when the CAS lands. (Reading
+// released first, as memState does, could count bytes charged and released
+// meanwhile as held, and refuse an acquire that fits.)
+func (t *Tracker) memAcquireState() (room, charged, released int64) {
+	room, charged = t.memCharged()
+	released = t.mem.rel.Load()
+	return room, charged, released
+}
+
+// memHeld returns the bytes charged and held, as they were at one instant:
+// the bytes released are read before and after the bytes charged, and the
+// reading is taken again until they agree. (A reading whose parts come
+// from different instants could show bytes charged and released meanwhile
+// as held.) Under a storm of releases it gives up after memHeldTries and
+// returns a bound: no more than was held at some instant, and no more than
+// the run's limit.
+func (t *Tracker) memHeld() (charged, held int64) {
+	for try := 0; ; try++ {
+		r1 := t.mem.rel.Load()
+		_, c := t.memCharged()
+		r2 := t.mem.rel.Load()
+		if r1 == r2 {
+			return c, c - r1
+		}
+		if try == memHeldTries {
+			// c - r1 is no less than was held when r1 was read, but may
+			// count bytes charged and released since as held: bound it
+			// by the limit, which the bytes held never pass.
+			h := c - r1
+			if lim := t.limits.MaxMemoryBytes; lim > 0 && h > lim {
+				h = lim
+			}
+			return c, h
+		}
+	}
+}
+
+const memHeldTries = 64
+
+// heldNow returns the bytes held now (see memHeld).
 func (t *Tracker) heldNow() int64 {
-	_, charged, released := t.memState()
-	return charged - released
+	_, h := t.memHeld()
+	return h
 }
 
 // acquire charges n bytes held and to the total in one CAS on the memory
@@ -487,7 +535,7 @@ func (t *Tracker) heldNow() int64 {
 // the bytes held with them.
 func (t *Tracker) acquire(n, lim int64) (int64, error) {
 	for {
-		room, charged, released := t.memState()
+		room, charged, released := t.memAcquireState()
 		held := charged - released
 		if n > maxUsage-held {
 			return 0, fmt.Errorf("%w: memory request %d overflows usage %d", ErrInvalidArgument, n, held)
@@ -828,14 +876,10 @@ func (t *Tracker) Usage() Usage {
 func (t *Tracker) snapshot(cpu, wall time.Duration) Usage {
 	var u Usage
 	t.meterMu.Lock()
-	// Released before charged (see memState): the bytes held read are
-	// never negative.
-	released := t.mem.rel.Load()
 	u.Operations = t.filled[mOps].Load() - t.room(mOps).Load()
 	u.Calls = t.filled[mCalls].Load() - t.room(mCalls).Load()
-	u.TotalMemoryBytes = t.filled[mTotal].Load() - t.mem.total.Load()
-	u.MemoryBytes = u.TotalMemoryBytes - released
 	t.meterMu.Unlock()
+	u.TotalMemoryBytes, u.MemoryBytes = t.memHeld()
 	u.PeakMemoryBytes = t.mem.peak.Load()
 	u.CPUTime = cpu
 	u.WallTime = wall
@@ -911,12 +955,10 @@ func (t *Tracker) AppendReadings(dst []Reading) []Reading {
 		return dst
 	}
 	t.meterMu.Lock()
-	released := t.mem.rel.Load() // first, as in snapshot
 	ops := t.filled[mOps].Load() - t.room(mOps).Load()
 	calls := t.filled[mCalls].Load() - t.room(mCalls).Load()
-	total := t.filled[mTotal].Load() - t.mem.total.Load()
-	held := total - released
 	t.meterMu.Unlock()
+	total, held := t.memHeld()
 	l := &t.limits
 	r := &t.refused
 	var elapsed int64
