@@ -117,6 +117,11 @@ var (
 	// ErrInvalidArgument is wrapped by errors about bad arguments other than
 	// limits: negative sizes, nil functions, empty names, over-release.
 	ErrInvalidArgument = errors.New("reslimit: invalid argument")
+	// ErrPanicked is why a run whose function (or a goroutine it started
+	// with Tracker.Go) panicked was stopped: Tracker.Err and the run's
+	// HistoryEntry.Err match it with errors.Is. The panic itself is
+	// re-raised, never swallowed.
+	ErrPanicked = errors.New("reslimit: run panicked")
 )
 
 // LimitError reports a request that was refused because it would take a

@@ -151,12 +151,10 @@ func run(ctx context.Context, c *runConfig, fn func(ctx context.Context) error, 
 		// if fn asks for it.
 		return runLazy(ctx, c, fn, wantUsage)
 	}
-	rctx, cancel := ctx, context.CancelCauseFunc(nil)
-	if acct != nil || l.Timeout > 0 || l.MaxCPUTime > 0 {
-		// Something can stop this run: it needs a context of its own.
-		rctx, cancel = context.WithCancelCause(ctx)
-		defer cancel(nil)
-	}
+	// The run's own context: its limits, a panic or a Go helper's panic
+	// can stop it.
+	rctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	var t *Tracker
 	if acct != nil {
 		var err error
@@ -173,17 +171,18 @@ func run(ctx context.Context, c *runConfig, fn func(ctx context.Context) error, 
 	return runTracked(NewContext(rctx, t), t, fn)
 }
 
-// errPanicked is recorded in the history of a run whose function panicked.
-var errPanicked = errors.New("reslimit: run panicked")
-
 func runTracked(ctx context.Context, t *Tracker, fn func(ctx context.Context) error) (Usage, error) {
 	id := t.attach()
 	finished := false
 	defer func() {
-		if !finished { // fn panicked: clean up and let the panic go on
+		if !finished {
+			// fn panicked: stop the run, so that its Go helpers waiting
+			// on ctx.Done() return, wait for them, clean up and let the
+			// panic go on.
 			t.detach(id)
+			t.halt(ErrPanicked)
 			t.goWG.Wait()
-			t.finish(errPanicked)
+			t.finish(ErrPanicked)
 		}
 	}()
 	err := fn(ctx)
@@ -258,20 +257,26 @@ func acquireCall(ctx context.Context, sem *slots, c *runConfig) error {
 }
 
 // runCtx is the context a run's function gets when nothing measures the
-// run's CPU time: the caller's deadline, cancellation and values (through
-// a child cancelled by the run's Timeout, if it has one), and the run's
-// Tracker, which is made by the first FromContext. A run whose function
-// never asks for its tracker costs one small allocation (and, with a
-// Timeout, a cancellable context and a timer).
+// run's CPU time: the caller's deadline, cancellation and values, the run's
+// own cancellation (by its Timeout, a stop of its Tracker, or a panic), and
+// the run's Tracker, which is made by the first FromContext. A run whose
+// function never asks for its tracker nor waits on its context costs one
+// small allocation (and, with a Timeout, a cancellable context and a timer).
 type runCtx struct {
-	context.Context                         // the run's context
-	user            context.Context         // the caller's context
-	cfg             *runConfig              // limits and name of the run
-	start           time.Time               // when the run started
-	cancel          context.CancelCauseFunc // cancels the run's context; nil without a Timeout
-	tr              atomic.Pointer[Tracker] // the run's tracker once made; endedRun after the run
-	stopped         atomic.Pointer[stopState]
-	wall            time.Duration // the run's wall time, set by Run before tr becomes endedRun
+	context.Context                          // the caller's context
+	cfg             *runConfig               // limits and name of the run
+	start           time.Time                // when the run started
+	own             atomic.Pointer[ownCtx]   // the run's cancellable context, once needed
+	tr              atomic.Pointer[Tracker]  // the run's tracker once made; endedRun after the run
+	stopped         atomic.Pointer[stopState] // the timeout's error; endedStop once the run ended
+	wall            time.Duration            // the run's wall time, set by Run before tr becomes endedRun
+}
+
+// ownCtx is the cancellable child of the caller's context that a run's
+// function sees through its runCtx.
+type ownCtx struct {
+	ctx    context.Context
+	cancel context.CancelCauseFunc
 }
 
 // endedRun marks the tracker slot of a runCtx whose run is over; it is
@@ -282,14 +287,48 @@ var endedRun = new(Tracker)
 // timeout.
 var endedStop = &stopState{}
 
+// owned returns the run's cancellable context, making it on first use: at
+// the start of a run with a Timeout, otherwise when the function first
+// waits on Done or when something stops the run.
+func (rc *runCtx) owned() *ownCtx {
+	if o := rc.own.Load(); o != nil {
+		return o
+	}
+	ctx, cancel := context.WithCancelCause(rc.Context)
+	o := &ownCtx{ctx: ctx, cancel: cancel}
+	if rc.own.CompareAndSwap(nil, o) {
+		return o
+	}
+	cancel(nil)
+	return rc.own.Load()
+}
+
+// Done returns a channel closed when the run is stopped or its caller's
+// context is done.
+func (rc *runCtx) Done() <-chan struct{} { return rc.owned().ctx.Done() }
+
+// Err reports why Done was closed, like the Err of package context.
+func (rc *runCtx) Err() error {
+	if o := rc.own.Load(); o != nil {
+		return o.ctx.Err()
+	}
+	return rc.Context.Err() // nothing stopped the run: only the caller can have
+}
+
 // Value returns the run's Tracker for FromContext, and otherwise the
-// caller's values.
+// values of the run's context.
 func (rc *runCtx) Value(key any) any {
 	if key == any(trackerKey{}) {
 		return rc.tracker()
 	}
+	if o := rc.own.Load(); o != nil {
+		return o.ctx.Value(key) // so that context.Cause finds the run's cause
+	}
 	return rc.Context.Value(key)
 }
+
+// cancelRun cancels the run's context with cause err.
+func (rc *runCtx) cancelRun(err error) { rc.owned().cancel(err) }
 
 // String names the context, like those of package context.
 func (rc *runCtx) String() string { return "reslimit.runContext" }
@@ -305,11 +344,11 @@ func (rc *runCtx) tracker() *Tracker {
 		if t != nil {
 			return t
 		}
-		t = newRunTracker(rc.cfg.limits, nil, rc.cfg.name, rc.cancel)
+		t = newRunTracker(rc.cfg.limits, nil, rc.cfg.name, rc.cancelRun)
 		t.skipCPU = true
 		t.start = rc.start
-		if rc.user.Done() != nil {
-			t.stopAfter = context.AfterFunc(rc.user, func() {
+		if rc.Context.Done() != nil {
+			t.stopAfter = context.AfterFunc(rc.Context, func() {
 				if err := rc.why(); err != nil {
 					t.halt(err)
 				}
@@ -335,8 +374,8 @@ func (rc *runCtx) why() error {
 	if s := rc.stopped.Load(); s != nil && s != endedStop {
 		return s.err
 	}
-	if rc.user.Err() != nil {
-		return context.Cause(rc.user)
+	if rc.Context.Err() != nil {
+		return context.Cause(rc.Context)
 	}
 	return nil
 }
@@ -374,23 +413,33 @@ func (rc *runCtx) timedOut() {
 	if t := rc.tr.Load(); t != nil && t != endedRun {
 		t.halt(err)
 	}
-	rc.cancel(err)
+	rc.cancelRun(err)
 }
 
 // runLazy is run for a run whose CPU time nothing measures.
 func runLazy(ctx context.Context, c *runConfig, fn func(ctx context.Context) error, wantUsage bool) (Usage, error) {
-	rc := &runCtx{Context: ctx, user: ctx, cfg: c, start: time.Now()}
-	var timer *time.Timer
+	rc := &runCtx{Context: ctx, cfg: c, start: time.Now()}
 	if to := c.limits.Timeout; to > 0 {
-		rc.Context, rc.cancel = context.WithCancelCause(ctx)
-		defer rc.cancel(nil)
-		timer = time.AfterFunc(to, rc.timedOut)
+		rc.owned()
+		timer := time.AfterFunc(to, rc.timedOut)
 		defer timer.Stop()
 	}
+	defer func() {
+		if o := rc.own.Load(); o != nil {
+			o.cancel(nil)
+		}
+	}()
 	finished := false
 	defer func() {
-		if !finished { // fn panicked: clean up and let the panic go on
-			rc.end(errPanicked, false)
+		if !finished {
+			// fn panicked: stop the run, so that its Go helpers waiting
+			// on ctx.Done() return, wait for them, clean up and let the
+			// panic go on.
+			if t := rc.tr.Load(); t != nil && t != endedRun {
+				t.halt(ErrPanicked)
+			}
+			rc.cancelRun(ErrPanicked)
+			rc.end(ErrPanicked, false)
 		}
 	}()
 	err := fn(rc)
@@ -414,9 +463,9 @@ func (rc *runCtx) end(err error, wantUsage bool) (Usage, error) {
 		// if that cancelled it, as a tracker would have recorded.
 		if !rc.stopped.CompareAndSwap(nil, endedStop) {
 			err = rc.stopped.Load().err
-		} else if rc.user.Err() != nil {
+		} else if rc.Context.Err() != nil {
 			var le *LimitError
-			if errors.As(context.Cause(rc.user), &le) {
+			if errors.As(context.Cause(rc.Context), &le) {
 				err = le
 			}
 		}
@@ -426,13 +475,13 @@ func (rc *runCtx) end(err error, wantUsage bool) (Usage, error) {
 	t.goWG.Wait()
 	if !rc.stopped.CompareAndSwap(nil, endedStop) {
 		t.halt(rc.stopped.Load().err) // the timer may not have got that far
-	} else if rc.user.Err() != nil {
-		t.halt(context.Cause(rc.user)) // the AfterFunc may not have run yet
+	} else if rc.Context.Err() != nil {
+		t.halt(context.Cause(rc.Context)) // the AfterFunc may not have run yet
 	}
 	if t.stopAfter != nil {
 		t.stopAfter()
 	}
-	if err == errPanicked {
+	if err == ErrPanicked {
 		return t.finish(err), err
 	}
 	return t.endRun(err)
@@ -443,8 +492,8 @@ func (rc *runCtx) end(err error, wantUsage bool) (Usage, error) {
 // *LimitError that stopped the run, if any, replaces err.
 func (t *Tracker) endRun(err error) (Usage, error) {
 	if p := t.goPanic.Load(); p != nil {
-		t.finish(errPanicked)
-		panic(p.v)
+		t.finish(ErrPanicked)
+		t.raiseGoPanic()
 	}
 	if s := t.cause.Load(); s != nil {
 		var le *LimitError

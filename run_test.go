@@ -150,7 +150,7 @@ func TestRunPanicReleasesAndReraises(t *testing.T) {
 	assert.Equal(t, int64(0), s.MemoryBytes)
 	h := acct.History()
 	require.Len(t, h, 1)
-	assert.ErrorIs(t, h[0].Err, errPanicked)
+	assert.ErrorIs(t, h[0].Err, ErrPanicked)
 	// The slot came back: another run can start.
 	_, err = Run(context.Background(), Strict(), func(context.Context) error { return nil }, WithAccount(acct))
 	assert.NoError(t, err)

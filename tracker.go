@@ -835,10 +835,17 @@ func (t *Tracker) cpuTick() {
 }
 
 // Go runs fn in a new goroutine pinned to its own OS thread, whose CPU time
-// is counted as the run's (where the run measures CPU time, see Run). Run (and a function wrapped by Limit) waits for
-// every goroutine started with Go before it returns; a panic in fn is
-// re-raised there. On a tracker that is not inside Run, call End only after
-// those goroutines are done.
+// is counted as the run's (where the run measures CPU time, see Run). Run
+// (and a function wrapped by Limit) waits for every goroutine started with
+// Go before it returns.
+//
+// A panic in fn stops the run (its context is cancelled and Step, Err
+// report an error saying so) and is re-raised where the run ends: by Run,
+// or by End (or Finish) on a tracker that is not inside Run. On such a
+// tracker call End only after those goroutines are done: a panic of a
+// goroutine still running when End has re-raised nothing, or has
+// returned, is not recovered and crashes the program, as any goroutine's
+// panic does.
 func (t *Tracker) Go(fn func()) {
 	if t == nil {
 		go fn()
@@ -851,11 +858,40 @@ func (t *Tracker) Go(fn func()) {
 		defer t.detach(id)
 		defer func() {
 			if r := recover(); r != nil {
-				t.goPanic.CompareAndSwap(nil, &panicValue{v: r})
+				t.goPanicked(r)
 			}
 		}()
 		fn()
 	}()
+}
+
+// goPanicked records the panic v of a goroutine started with Go and stops
+// the run. If the run has already ended (End took what was recorded), it
+// panics again on the calling goroutine: no panic is ever swallowed.
+func (t *Tracker) goPanicked(v any) {
+	p := &panicValue{v: v}
+	if !t.goPanic.CompareAndSwap(nil, p) {
+		if t.goPanic.Load() == panicTaken {
+			panic(v) // the run ended before this panic: nobody else will raise it
+		}
+		return // another helper's panic is raised first
+	}
+	t.halt(fmt.Errorf("%w: a goroutine started with Tracker.Go panicked: %v", ErrPanicked, v))
+	if t.closed.Load() && t.goPanic.CompareAndSwap(p, panicTaken) {
+		panic(v) // End ran meanwhile and did not see it
+	}
+}
+
+// panicTaken marks goPanic once the run's end has taken (and re-raised)
+// what was recorded there.
+var panicTaken = &panicValue{}
+
+// raiseGoPanic re-raises the recorded panic of a goroutine started with
+// Go, once; it is called where the run ends.
+func (t *Tracker) raiseGoPanic() {
+	if p := t.goPanic.Swap(panicTaken); p != nil && p != panicTaken {
+		panic(p.v)
+	}
 }
 
 // Usage returns a snapshot of what the run has consumed so far (after End:
@@ -895,12 +931,15 @@ func (t *Tracker) snapshot(cpu, wall time.Duration) Usage {
 // (memory, unused allowance) to its account, charges the account and
 // records the run in the account's history. It returns the run's usage.
 // Later tracking returns ErrClosed; calling End again returns the same
-// usage. End does not wait for goroutines started with Go.
+// usage. End does not wait for goroutines started with Go; it re-raises
+// the panic of one that panicked (see Go).
 func (t *Tracker) End() Usage {
 	if t == nil {
 		return Usage{}
 	}
-	return t.finish(nil)
+	u := t.finish(nil)
+	t.raiseGoPanic()
+	return u
 }
 
 // Finish is End for a run that failed: err (if not nil) is recorded with
@@ -910,7 +949,9 @@ func (t *Tracker) Finish(err error) Usage {
 	if t == nil {
 		return Usage{}
 	}
-	return t.finish(err)
+	u := t.finish(err)
+	t.raiseGoPanic()
+	return u
 }
 
 func (t *Tracker) finish(runErr error) Usage {
