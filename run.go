@@ -263,13 +263,13 @@ func acquireCall(ctx context.Context, sem *slots, c *runConfig) error {
 // function never asks for its tracker nor waits on its context costs one
 // small allocation (and, with a Timeout, a cancellable context and a timer).
 type runCtx struct {
-	context.Context                          // the caller's context
-	cfg             *runConfig               // limits and name of the run
-	start           time.Time                // when the run started
-	own             atomic.Pointer[ownCtx]   // the run's cancellable context, once needed
-	tr              atomic.Pointer[Tracker]  // the run's tracker once made; endedRun after the run
+	context.Context                           // the caller's context
+	cfg             *runConfig                // limits and name of the run
+	start           time.Time                 // when the run started
+	own             atomic.Pointer[ownCtx]    // the run's cancellable context, once needed
+	tr              atomic.Pointer[Tracker]   // the run's tracker once made; endedRun after the run
 	stopped         atomic.Pointer[stopState] // the timeout's error; endedStop once the run ended
-	wall            time.Duration            // the run's wall time, set by Run before tr becomes endedRun
+	wall            time.Duration             // the run's wall time, set by Run before tr becomes endedRun
 }
 
 // ownCtx is the cancellable child of the caller's context that a run's
