@@ -111,6 +111,7 @@ func WithHistorySize(n int) AccountOption {
 // what it did not use at End.
 type Account struct {
 	name   string
+	err    error // set on an account that refuses every run (see Ledger.Account)
 	limits [numResources]atomic.Int64
 	held   atomic.Int64 // memory held now by live runs
 	peak   atomic.Int64
@@ -252,6 +253,9 @@ func (a *Account) Begin(l Limits) (*Tracker, error) {
 }
 
 func (a *Account) begin(l Limits, name string, cancel func(error)) (*Tracker, error) {
+	if a.err != nil {
+		return nil, a.err
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.fleet != nil && a.fleet.ledger.closed.Load() {
@@ -816,11 +820,33 @@ func (l *Ledger) Open(tenant string) (*Account, error) {
 }
 
 // Account returns the tenant's account, creating it with the default
-// limits if needed. It returns nil for an empty tenant name (use Open to
-// get the error); a nil *Account refuses Begin and reads as empty.
+// limits (or the tenant's, see WithTenantLimits) if needed. It never
+// returns nil: a tenant that cannot be opened (an empty name, invalid
+// limits for its plan or as the ledger's defaults) gets an account that
+// refuses every run with the error Open returns, so that a mistake in
+// configuration or input never lets work run unbilled. Such an account
+// is not kept by the ledger and reads as empty.
 func (l *Ledger) Account(tenant string) *Account {
-	a, _ := l.Open(tenant)
+	a, err := l.Open(tenant)
+	if err != nil {
+		return refusingAccount(tenant, err)
+	}
 	return a
+}
+
+// refusingAccount returns an account named name that refuses every run
+// with err.
+func refusingAccount(name string, err error) *Account {
+	return &Account{name: name, err: fmt.Errorf("reslimit: account %q refuses every run: %w", name, err), live: make(map[*Tracker]struct{})}
+}
+
+// Err returns why the account refuses every run (see Ledger.Account), or
+// nil for an account that can run work.
+func (a *Account) Err() error {
+	if a == nil {
+		return errNilAccount
+	}
+	return a.err
 }
 
 // Lookup returns the tenant's account if it exists, without creating it.

@@ -88,7 +88,9 @@ func FromContext(ctx context.Context) *Tracker {
 
 // ContextWithAccount returns a copy of ctx that charges the runs started
 // with it by Run or a function wrapped by Limit to acct, so the tenant can
-// be chosen per request. WithAccount takes precedence.
+// be chosen per request. WithAccount takes precedence. A nil acct makes
+// those runs fail with an error wrapping ErrInvalidArgument, rather than
+// run unbilled.
 func ContextWithAccount(ctx context.Context, acct *Account) context.Context {
 	return context.WithValue(ctx, accountKey{}, acct)
 }
@@ -97,6 +99,18 @@ func ContextWithAccount(ctx context.Context, acct *Account) context.Context {
 func AccountFromContext(ctx context.Context) *Account {
 	a, _ := ctx.Value(accountKey{}).(*Account)
 	return a
+}
+
+var errNilContextAccount = fmt.Errorf("%w: ContextWithAccount(nil): the run's tenant has no account", ErrInvalidArgument)
+
+// contextAccount returns the account ctx charges, or an error when
+// ContextWithAccount set a nil one.
+func contextAccount(ctx context.Context) (*Account, error) {
+	a, ok := ctx.Value(accountKey{}).(*Account)
+	if ok && a == nil {
+		return nil, errNilContextAccount
+	}
+	return a, nil
 }
 
 // Run runs fn as one limited run with its own Tracker (reachable with
@@ -144,7 +158,10 @@ func run(ctx context.Context, c *runConfig, fn func(ctx context.Context) error, 
 	l := c.limits
 	acct := c.acct
 	if acct == nil {
-		acct = AccountFromContext(ctx)
+		var err error
+		if acct, err = contextAccount(ctx); err != nil {
+			return Usage{}, err
+		}
 	}
 	if acct == nil && l.MaxCPUTime == 0 && !c.cpu {
 		// Nothing measures this run's CPU time: its tracker is made only

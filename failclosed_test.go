@@ -1,0 +1,54 @@
+package reslimit
+
+import (
+	"context"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// No configuration or input mistake lets work run unbilled: a tenant that
+// cannot be opened gets an account that refuses every run, and a nil
+// account in the context fails the run; fn never runs.
+func TestRunsWithoutAValidTenantFailClosed(t *testing.T) {
+	ledger := NewLedger(AccountLimits{MaxEvaluations: 1}, WithTenantLimits(func(tenant string) AccountLimits {
+		if tenant == "broken-plan" {
+			return AccountLimits{MaxTotalOperations: -1}
+		}
+		return AccountLimits{MaxEvaluations: 1}
+	}))
+	bad := NewLedger(AccountLimits{MaxCPUTime: -1})
+	cases := []struct {
+		name string
+		acct *Account
+		want error
+	}{
+		{"empty tenant", ledger.Account(""), ErrInvalidArgument},
+		{"invalid plan", ledger.Account("broken-plan"), ErrInvalidLimits},
+		{"invalid ledger defaults", bad.Account("t"), ErrInvalidLimits},
+		{"nil account", nil, ErrInvalidArgument},
+	}
+	for _, tc := range cases {
+		if tc.acct != nil {
+			require.ErrorIs(t, tc.acct.Err(), tc.want, tc.name)
+			_, err := tc.acct.Begin(Unlimited())
+			require.ErrorIs(t, err, tc.want, tc.name)
+		}
+		ran := 0
+		tool := Limit(func(ctx context.Context, _ int) (int, error) {
+			ran++
+			return 0, FromContext(ctx).TrackOperation()
+		}, Strict())
+		for i := 0; i < 5; i++ {
+			ctx := ContextWithAccount(context.Background(), tc.acct)
+			_, err := Run(ctx, Unlimited(), func(context.Context) error { ran++; return nil })
+			require.ErrorIs(t, err, tc.want, tc.name)
+			_, err = tool(ctx, i)
+			require.ErrorIs(t, err, tc.want, tc.name)
+		}
+		require.Zero(t, ran, "%s: work ran without a tenant to bill", tc.name)
+	}
+	_, ok := ledger.Lookup("")
+	require.False(t, ok, "a refusing account is not kept")
+	require.NoError(t, ledger.Account("good").Err())
+}
