@@ -249,10 +249,10 @@ func (a *Account) Begin(l Limits) (*Tracker, error) {
 	if err := l.Validate(); err != nil {
 		return nil, err
 	}
-	return a.begin(l, "", nil)
+	return a.begin(l, "", nil, nil)
 }
 
-func (a *Account) begin(l Limits, name string, cancel func(error)) (*Tracker, error) {
+func (a *Account) begin(l Limits, name string, cancel func(error), parent *Tracker) (*Tracker, error) {
 	if a.err != nil {
 		return nil, a.err
 	}
@@ -284,6 +284,9 @@ func (a *Account) begin(l Limits, name string, cancel func(error)) (*Tracker, er
 	a.evals++
 	a.lifeEvals++
 	t := newTracker(l, a, name, cancel)
+	if parent != nil {
+		t.adopt(parent)
+	}
 	t.evaluation = a.evals
 	a.live[t] = struct{}{}
 	return t, nil
@@ -351,6 +354,7 @@ var chunkCap = [numMeters]int64{mOps: 4096, mCalls: 256, mTotal: 4 << 20}
 func (a *Account) reclaimLocked(i int, except *Tracker) {
 	for r := range a.live {
 		if r != except {
+			r.reclaimChildren(i)
 			a.reserved[i] -= r.revoke(i)
 		}
 	}
@@ -486,6 +490,7 @@ func (a *Account) end(t *Tracker, cpu time.Duration, runErr error) Usage {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for i := range numMeters {
+		t.reclaimChildren(i)
 		r := t.revoke(i)
 		if a.limits[meterResource[i]].Load() > 0 {
 			a.reserved[i] -= r
@@ -494,6 +499,7 @@ func (a *Account) end(t *Tracker, cpu time.Duration, runErr error) Usage {
 	u := t.snapshot(cpu, time.Since(t.start))
 	if h := t.giveBack(); h > 0 {
 		a.held.Add(-h)
+		t.releaseUp(h)
 	}
 	delete(a.live, t)
 	for i := range numMeters {

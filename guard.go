@@ -44,7 +44,7 @@ func (g *Guard) release() {
 		return
 	}
 	t := g.t
-	if t.acct == nil {
+	if t.acct == nil && t.parent == nil {
 		// Fast path: unhold, written out here so that Release makes no
 		// further call; a run with an account gives the bytes back to it
 		// too, in release.
@@ -74,7 +74,7 @@ func (t *Tracker) AcquireMemory(n int64) (Guard, error) {
 	if t == nil {
 		return Guard{}, nil
 	}
-	if t.acct == nil && n > 0 {
+	if t.acct == nil && t.parent == nil && n > 0 {
 		// Fast path: one attempt to charge the bytes in one CAS when the
 		// meter has room and the run's limit allows (see acquire).
 		lim := t.limits.MaxMemoryBytes

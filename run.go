@@ -134,6 +134,20 @@ func contextAccount(ctx context.Context) (*Account, error) {
 // Tracker.Go have returned. A panic in fn ends the run, releasing what it
 // held, and is re-raised.
 //
+// A run started with the context of another run (or of a Tracker put in
+// ctx with NewContext) is that run's child, as a call of a tool wrapped
+// with Limit inside a request served by reslimithttp.Middleware is: the
+// operations and calls it counts are drawn from its parent, the memory it
+// holds is held by its parent too, and its CPU time is its parent's too
+// (whichever goroutine it runs on). So its limits are the tighter of its
+// own and what its parent has left, and it is billed to its parent's
+// tenant. An account in ctx or given with WithAccount that the parent is
+// charged to already is not charged again; another account is charged as
+// well. (A parent's Usage counts the room its live children drew ahead,
+// at most a few thousand operations each, until they end or the parent
+// needs it back.) A run started with the context of a run that has ended
+// fails with ErrClosed.
+//
 // Run is refused before fn starts (with the account's *LimitError) when the
 // account allows no more evaluations, no more concurrent runs, or is
 // exhausted. Invalid limits or a nil fn return an error and run nothing.
@@ -163,10 +177,21 @@ func run(ctx context.Context, c *runConfig, fn func(ctx context.Context) error, 
 			return Usage{}, err
 		}
 	}
-	if acct == nil && l.MaxCPUTime == 0 && !c.cpu {
+	// A run started inside another run is its child: it draws from the
+	// enclosing run (and so from that run's limits and tenant).
+	parent := FromContext(ctx)
+	if parent != nil {
+		if parent.closed.Load() {
+			return Usage{}, fmt.Errorf("%w: the run this context belongs to has ended", ErrClosed)
+		}
+		if parent.chargesTo(acct) {
+			acct = nil // charged through the parent already
+		}
+	}
+	if acct == nil && l.MaxCPUTime == 0 && !c.cpu && (parent == nil || parent.skipCPU) {
 		// Nothing measures this run's CPU time: its tracker is made only
 		// if fn asks for it.
-		return runLazy(ctx, c, fn, wantUsage)
+		return runLazy(ctx, c, fn, wantUsage, parent)
 	}
 	// The run's own context: its limits, a panic or a Go helper's panic
 	// can stop it.
@@ -175,11 +200,14 @@ func run(ctx context.Context, c *runConfig, fn func(ctx context.Context) error, 
 	var t *Tracker
 	if acct != nil {
 		var err error
-		if t, err = acct.begin(l, c.name, cancel); err != nil {
+		if t, err = acct.begin(l, c.name, cancel, parent); err != nil {
 			return Usage{}, err
 		}
 	} else {
 		t = newTracker(l, nil, c.name, cancel)
+		if parent != nil {
+			t.adopt(parent)
+		}
 	}
 	if ctx.Done() != nil {
 		stop := context.AfterFunc(ctx, func() { t.halt(context.Cause(ctx)) })
@@ -287,6 +315,7 @@ type runCtx struct {
 	tr              atomic.Pointer[Tracker]   // the run's tracker once made; endedRun after the run
 	stopped         atomic.Pointer[stopState] // the timeout's error; endedStop once the run ended
 	wall            time.Duration             // the run's wall time, set by Run before tr becomes endedRun
+	parent          *Tracker                  // the run this one is nested in, or nil
 }
 
 // ownCtx is the cancellable child of the caller's context that a run's
@@ -364,6 +393,7 @@ func (rc *runCtx) tracker() *Tracker {
 		t = newRunTracker(rc.cfg.limits, nil, rc.cfg.name, rc.cancelRun)
 		t.skipCPU = true
 		t.start = rc.start
+		t.parent = rc.parent
 		if rc.Context.Done() != nil {
 			t.stopAfter = context.AfterFunc(rc.Context, func() {
 				if err := rc.why(); err != nil {
@@ -376,6 +406,11 @@ func (rc *runCtx) tracker() *Tracker {
 				t.stopAfter()
 			}
 			continue // made by another goroutine meanwhile, or the run ended
+		}
+		if p := rc.parent; p != nil {
+			p.childMu.Lock()
+			p.children = append(p.children, t)
+			p.childMu.Unlock()
 		}
 		// Stopped before the tracker existed: the tracker says so too.
 		if err := rc.why(); err != nil {
@@ -434,8 +469,8 @@ func (rc *runCtx) timedOut() {
 }
 
 // runLazy is run for a run whose CPU time nothing measures.
-func runLazy(ctx context.Context, c *runConfig, fn func(ctx context.Context) error, wantUsage bool) (Usage, error) {
-	rc := &runCtx{Context: ctx, cfg: c, start: time.Now()}
+func runLazy(ctx context.Context, c *runConfig, fn func(ctx context.Context) error, wantUsage bool, parent *Tracker) (Usage, error) {
+	rc := &runCtx{Context: ctx, cfg: c, start: time.Now(), parent: parent}
 	if to := c.limits.Timeout; to > 0 {
 		rc.owned()
 		timer := time.AfterFunc(to, rc.timedOut)

@@ -87,8 +87,15 @@ type Tracker struct {
 	skipCPU bool // Run/Limit with nothing that needs CPU time: no thread clock
 	name    string
 	acct    *Account
-	start   time.Time
-	cancel  func(error) // cancels the run's context, if any
+	// parent is the run this one was started in (a nested Run or Limit
+	// call), or nil. Every operation and call the run counts is drawn from
+	// the parent's meters (and so from its limits and its account), and
+	// the memory it holds is held by the parent too.
+	parent   *Tracker
+	childMu  sync.Mutex // guards children; taken before a child's meterMu
+	children []*Tracker // live child runs, whose unused room can be reclaimed
+	start    time.Time
+	cancel   func(error) // cancels the run's context, if any
 	// stopAfter unregisters the halt on the caller's cancellation of a
 	// tracker made by a runCtx.
 	stopAfter func() bool
@@ -102,7 +109,6 @@ type Tracker struct {
 
 	cpuMu      sync.Mutex
 	threads    []cpuThread
-	threadSeq  uint64
 	cpuDone    time.Duration // CPU of threads that have finished
 	cpuTimer   *time.Timer
 	timeoutTmr *time.Timer
@@ -296,6 +302,9 @@ func (t *Tracker) refill(i int, n int64, take bool) error {
 		}
 		lim := t.limits.limit(res)
 		if lim > 0 && used+n > lim {
+			if i != mTotal && t.reclaimChildren(i) > 0 {
+				continue // child runs held room they had not used
+			}
 			t.refused[res].Add(1)
 			return &LimitError{Resource: res, Limit: lim, Used: used, Requested: n}
 		}
@@ -304,6 +313,32 @@ func (t *Tracker) refill(i int, n int64, take bool) error {
 			room = lim - filled
 		}
 		want := n - a
+		if p := t.parent; p != nil && i != mTotal {
+			// A child run: what it counts is drawn from its parent first.
+			// With an account of its own as well, exactly what is needed
+			// is drawn from both; otherwise some room ahead, as the
+			// parent can spare it.
+			extra := int64(0)
+			if t.acct == nil {
+				extra = min(chunkCap[i], 2*filled+64, room-want)
+			}
+			g, err := p.lend(i, want, extra)
+			if err != nil {
+				return err
+			}
+			if t.acct != nil {
+				granted, err := t.acct.grant(t, i, n, g, g)
+				if err != nil {
+					p.room(i).Add(g) // give the parent back what it lent
+					return err
+				}
+				if granted {
+					continue
+				}
+			}
+			t.addRoom(i, g)
+			continue
+		}
 		if t.acct != nil {
 			granted, err := t.acct.grant(t, i, n, want, room)
 			if err != nil {
@@ -333,7 +368,8 @@ func (t *Tracker) addRoom(i int, g int64) {
 }
 
 // revoke takes back the room of meter i that the run has not used and
-// returns it. Called with acct.mu or t.mu held.
+// returns it. A child run's room of operations and calls was drawn from
+// its parent, which gets it back. Called with acct.mu or t.mu held.
 func (t *Tracker) revoke(i int) int64 {
 	t.meterMu.Lock()
 	t.mem.gen.Add(1)
@@ -341,7 +377,89 @@ func (t *Tracker) revoke(i int) int64 {
 	t.filled[i].Add(-r)
 	t.mem.gen.Add(1)
 	t.meterMu.Unlock()
+	if p := t.parent; p != nil && i != mTotal && r > 0 {
+		p.room(i).Add(r)
+	}
 	return r
+}
+
+// lend draws room for a child run from meter i (operations or calls): want
+// is taken as any charge is (checking the run's limits, its account's and
+// its own parent's), and up to extra more from the room the run has at
+// hand, leaving it at least half. It returns what was drawn.
+func (t *Tracker) lend(i int, want, extra int64) (int64, error) {
+	if err := t.take(i, want); err != nil {
+		return 0, err
+	}
+	m := t.room(i)
+	for extra > 0 {
+		a := m.Load()
+		e := min(extra, a/2)
+		if e <= 0 {
+			break
+		}
+		if m.CompareAndSwap(a, a-e) {
+			return want + e, nil
+		}
+	}
+	return want, nil
+}
+
+// reclaimChildren takes back the room of meter i that the run's live child
+// runs drew but have not used, and returns how much that was.
+func (t *Tracker) reclaimChildren(i int) int64 {
+	t.childMu.Lock()
+	defer t.childMu.Unlock()
+	var sum int64
+	for _, c := range t.children {
+		if c.acct != nil {
+			continue // drew only what it used; its account books what it holds
+		}
+		c.reclaimChildren(i)
+		sum += c.revoke(i) // gives it back to t
+	}
+	return sum
+}
+
+// adopt makes t a child run of parent. Called before t is shared.
+func (t *Tracker) adopt(parent *Tracker) {
+	t.parent = parent
+	parent.childMu.Lock()
+	parent.children = append(parent.children, t)
+	parent.childMu.Unlock()
+}
+
+// chargesTo reports whether the run, or a run it is nested in, is charged
+// to acct.
+func (t *Tracker) chargesTo(acct *Account) bool {
+	if acct == nil {
+		return false
+	}
+	for r := t; r != nil; r = r.parent {
+		if r.acct == acct {
+			return true
+		}
+	}
+	return false
+}
+
+// orphan removes the ended child run t from its parent's live children.
+func (t *Tracker) orphan() {
+	p := t.parent
+	if p == nil {
+		return
+	}
+	p.childMu.Lock()
+	for k, c := range p.children {
+		if c == t {
+			last := len(p.children) - 1
+			p.children[k] = p.children[last]
+			p.children[last] = nil
+			p.children = p.children[:last]
+			break
+		}
+	}
+	p.childMu.Unlock()
 }
 
 // used returns what meter i has used.
@@ -424,17 +542,26 @@ func (t *Tracker) TrackMemory(n int64) error {
 		return ErrClosed
 	}
 	lim := t.limits.MaxMemoryBytes
-	a := t.acct
+	a, p := t.acct, t.parent
 	var acctHeld int64
-	if a != nil {
+	if a != nil || p != nil {
 		// Refused by the run's own limit before the account is asked.
 		if h := t.heldNow(); lim > 0 && n <= maxUsage-h && n > lim-h {
 			t.refused[Memory].Add(1)
 			return &LimitError{Resource: Memory, Limit: lim, Used: h, Requested: n}
 		}
-		var err error
-		if acctHeld, err = a.holdMemory(n); err != nil {
-			return err
+		if p != nil {
+			// What a child run holds, the runs it is nested in hold too.
+			if err := p.TrackMemory(n); err != nil {
+				return err
+			}
+		}
+		if a != nil {
+			var err error
+			if acctHeld, err = a.holdMemory(n); err != nil {
+				t.releaseUp(n)
+				return err
+			}
 		}
 	}
 	held, err := t.acquire(n, lim)
@@ -442,13 +569,17 @@ func (t *Tracker) TrackMemory(n int64) error {
 		if a != nil {
 			a.releaseMemory(n)
 		}
+		t.releaseUp(n)
 		return err
 	}
 	if t.closed.Load() {
 		// End ran meanwhile. If it did not take these bytes back with the
 		// rest, give them back here.
-		if t.unhold(n) && a != nil {
-			a.releaseMemory(n)
+		if t.unhold(n) {
+			if a != nil {
+				a.releaseMemory(n)
+			}
+			t.releaseUp(n)
 		}
 		return ErrClosed
 	}
@@ -622,7 +753,16 @@ func (t *Tracker) release(n int64) error {
 	if a := t.acct; a != nil {
 		a.releaseMemory(n)
 	}
+	t.releaseUp(n)
 	return nil
+}
+
+// releaseUp gives n bytes a child run held back to the runs it is nested
+// in. (One that has ended gave everything back already.)
+func (t *Tracker) releaseUp(n int64) {
+	if p := t.parent; p != nil && n > 0 {
+		_ = p.release(n)
+	}
 }
 
 // CheckFileSize checks that a file of n bytes fits MaxFileSize and records
@@ -664,7 +804,14 @@ func (t *Tracker) AddCPUTime(d time.Duration) error {
 		return ErrClosed
 	}
 	t.cpuExtra.Add(int64(d))
-	return t.CheckCPUTime()
+	err := t.CheckCPUTime()
+	if p := t.parent; p != nil {
+		// The runs this one is nested in used that CPU time too.
+		if perr := p.AddCPUTime(d); err == nil && perr != nil && perr != ErrClosed {
+			err = perr
+		}
+	}
+	return err
 }
 
 // CPUTime returns the CPU time the run has used so far, reading the CPU
@@ -729,15 +876,37 @@ func (t *Tracker) attach() uint64 {
 	runtime.LockOSThread()
 	clk, _ := threadcpu.Self()
 	now := cpuNow()
+	id := threadSeq.Add(1)
+	t.addThread(cpuThread{id: id, clk: clk, start: now})
+	// The runs this one is nested in count the thread too, unless it is
+	// one of theirs already (a child run on its parent's goroutine).
+	for p := t.parent; p != nil; p = p.parent {
+		if !p.skipCPU {
+			p.addThread(cpuThread{id: id, clk: clk, start: now})
+		}
+	}
+	return id
+}
+
+// threadSeq numbers the attachments of threads to runs.
+var threadSeq atomic.Uint64
+
+// addThread starts counting the CPU time of a thread for the run, unless
+// the run counts that thread already, and arms the run's watchdog.
+func (t *Tracker) addThread(th cpuThread) {
 	t.cpuMu.Lock()
-	t.threadSeq++
-	id := t.threadSeq
-	t.threads = append(t.threads, cpuThread{id: id, clk: clk, start: now})
+	defer t.cpuMu.Unlock()
+	if threadcpu.Supported {
+		for _, o := range t.threads {
+			if o.clk == th.clk {
+				return
+			}
+		}
+	}
+	t.threads = append(t.threads, th)
 	if t.cpuTimer == nil && (t.limits.MaxCPUTime > 0 || t.acct != nil) && !t.closed.Load() {
 		t.cpuTimer = time.AfterFunc(t.cpuInterval(0, 1), t.cpuTick)
 	}
-	t.cpuMu.Unlock()
-	return id
 }
 
 func (t *Tracker) detach(id uint64) {
@@ -745,6 +914,14 @@ func (t *Tracker) detach(id uint64) {
 		return // CPU time is not measured for this run
 	}
 	now := cpuNow()
+	for r := t; r != nil; r = r.parent {
+		r.dropThread(id, now)
+	}
+	runtime.UnlockOSThread()
+}
+
+// dropThread stops counting the thread attached as id, if the run counts it.
+func (t *Tracker) dropThread(id uint64, now time.Duration) {
 	t.cpuMu.Lock()
 	for i := range t.threads {
 		if t.threads[i].id == id {
@@ -755,7 +932,6 @@ func (t *Tracker) detach(id uint64) {
 		}
 	}
 	t.cpuMu.Unlock()
-	runtime.UnlockOSThread()
 }
 
 // wallEpoch stands in for a thread CPU clock where none exists.
@@ -980,10 +1156,15 @@ func (t *Tracker) finish(runErr error) Usage {
 			t.final = t.acct.end(t, cpu, runErr)
 		} else {
 			for i := range numMeters {
+				t.reclaimChildren(i)
 				t.revoke(i)
 			}
 			t.final = t.snapshot(cpu, time.Since(t.start))
+			if t.parent != nil {
+				t.releaseUp(t.giveBack())
+			}
 		}
+		t.orphan()
 	})
 	return t.final
 }

@@ -87,6 +87,35 @@ func TestMiddlewareRunsRequestAsEvaluation(t *testing.T) {
 	assert.EqualValues(t, 2, acct.Stats().Evaluations)
 }
 
+// A tool wrapped with reslimit.Limit and called with the request's context
+// is a child of the request's run: its operations are billed to the
+// request's tenant.
+func TestMiddlewareBillsNestedToolsToTheTenant(t *testing.T) {
+	ledger := reslimit.NewLedger(reslimit.AccountLimits{})
+	tool := reslimit.Limit(func(ctx context.Context, n int) (int, error) {
+		tr := reslimit.FromContext(ctx)
+		for i := 0; i < n; i++ {
+			if err := tr.Step(); err != nil {
+				return i, err
+			}
+		}
+		return n, nil
+	}, reslimit.Strict())
+	h := reslimithttp.Middleware(ledger, byHeader, reslimit.Limits{})(
+		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if _, err := tool(r.Context(), 40); err != nil {
+				reslimithttp.Error(w, r, err)
+				return
+			}
+			okHandler(w, r)
+		}))
+	rec := do(t, h, http.MethodGet, "/", "acme", nil)
+	require.Equal(t, http.StatusOK, rec.Code)
+	acct, ok := ledger.Lookup("acme")
+	require.True(t, ok)
+	assert.EqualValues(t, 40, acct.Stats().Operations)
+}
+
 func TestMiddlewareUnknownTenant(t *testing.T) {
 	ledger := reslimit.NewLedger(reslimit.AccountLimits{})
 	called := false
