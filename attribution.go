@@ -130,6 +130,7 @@ type Account struct {
 	lifeCPU    time.Duration
 	lifeEvals  int64
 	fleet      *fleetState // nil without a Store
+	cpuTimer   *time.Timer // the CPU watchdog while runs are measured, with a CPU limit
 	hist       []HistoryEntry
 	histNext   int
 	histLen    int
@@ -467,6 +468,57 @@ func (a *Account) holdMemory(n int64) (int64, error) {
 }
 
 func (a *Account) releaseMemory(n int64) { a.held.Add(-n) }
+
+// watchCPU arms the account's CPU watchdog, if the account limits CPU
+// time and the watchdog is not armed: a run of it started measuring a
+// thread.
+func (a *Account) watchCPU() {
+	if a.limits[CPUTime].Load() == 0 {
+		return
+	}
+	a.mu.Lock()
+	if a.cpuTimer == nil {
+		a.cpuTimer = time.AfterFunc(minCPUSample, a.cpuTick)
+	}
+	a.mu.Unlock()
+}
+
+// cpuTick is the account's CPU watchdog: it reads the CPU clocks of every
+// live run of the account, stops them all with the account's CPUTime
+// *LimitError once their total passes MaxCPUTime, and otherwise samples
+// again after what is left divided by the threads measured (so that the
+// tenant's CPU quota is overshot by at most about minCPUSample per thread
+// running, like a run's own limit, plus how late timers fire).
+func (a *Account) cpuTick() {
+	lim := a.limits[CPUTime].Load()
+	a.mu.Lock()
+	threads := 0
+	for r := range a.live {
+		_, n := r.sampleCPUThreads()
+		threads += n
+	}
+	if lim == 0 || threads == 0 {
+		a.cpuTimer = nil // armed again by the next run that measures a thread
+		a.mu.Unlock()
+		return
+	}
+	used := a.usageLocked(CPUTime)
+	if used <= lim {
+		a.cpuTimer.Reset(sampleInterval(time.Duration(lim-used), threads))
+		a.mu.Unlock()
+		return
+	}
+	a.cpuTimer = nil
+	err := &LimitError{Resource: CPUTime, Limit: lim, Used: used, Tenant: a.name}
+	runs := make([]*Tracker, 0, len(a.live))
+	for r := range a.live {
+		runs = append(runs, r)
+	}
+	a.mu.Unlock()
+	for _, r := range runs {
+		r.halt(err)
+	}
+}
 
 // checkCPU returns the account's CPUTime *LimitError when its live and
 // finished runs have used more than MaxCPUTime.

@@ -836,17 +836,26 @@ func (t *Tracker) CheckCPUTime() error {
 	if t.closed.Load() {
 		return ErrClosed
 	}
-	used := t.sampleCPU()
-	if lim := t.limits.MaxCPUTime; lim > 0 && used > lim {
-		err := &LimitError{Resource: CPUTime, Limit: int64(lim), Used: int64(used)}
-		t.halt(err)
-		return t.Err()
+	if err := t.checkRunCPU(); err != nil {
+		return err
 	}
 	if t.acct != nil {
 		if err := t.acct.checkCPU(); err != nil {
 			t.halt(err)
 			return t.Err()
 		}
+	}
+	return nil
+}
+
+// checkRunCPU reads the run's CPU time and stops the run when it is over
+// MaxCPUTime.
+func (t *Tracker) checkRunCPU() error {
+	used := t.sampleCPU()
+	if lim := t.limits.MaxCPUTime; lim > 0 && used > lim {
+		err := &LimitError{Resource: CPUTime, Limit: int64(lim), Used: int64(used)}
+		t.halt(err)
+		return t.Err()
 	}
 	return nil
 }
@@ -895,17 +904,21 @@ var threadSeq atomic.Uint64
 // the run counts that thread already, and arms the run's watchdog.
 func (t *Tracker) addThread(th cpuThread) {
 	t.cpuMu.Lock()
-	defer t.cpuMu.Unlock()
 	if threadcpu.Supported {
 		for _, o := range t.threads {
 			if o.clk == th.clk {
+				t.cpuMu.Unlock()
 				return
 			}
 		}
 	}
 	t.threads = append(t.threads, th)
-	if t.cpuTimer == nil && (t.limits.MaxCPUTime > 0 || t.acct != nil) && !t.closed.Load() {
+	if t.cpuTimer == nil && t.limits.MaxCPUTime > 0 && !t.closed.Load() {
 		t.cpuTimer = time.AfterFunc(t.cpuInterval(0, 1), t.cpuTick)
+	}
+	t.cpuMu.Unlock()
+	if t.acct != nil {
+		t.acct.watchCPU() // the tenant's CPU quota is watched per account
 	}
 }
 
@@ -945,7 +958,15 @@ func cpuNow() time.Duration {
 }
 
 func (t *Tracker) sampleCPU() time.Duration {
+	d, _ := t.sampleCPUThreads()
+	return d
+}
+
+// sampleCPUThreads reads the run's CPU time now, as sampleCPU, and returns
+// it with the number of threads it is measured on.
+func (t *Tracker) sampleCPUThreads() (time.Duration, int) {
 	t.cpuMu.Lock()
+	n := len(t.threads)
 	d := t.cpuDone
 	for _, th := range t.threads {
 		var now time.Duration
@@ -965,7 +986,7 @@ func (t *Tracker) sampleCPU() time.Duration {
 	t.cpuMu.Unlock()
 	d += time.Duration(t.cpuExtra.Load())
 	raiseMax(&t.cpuLast, int64(d)) // concurrent samples must not move it back
-	return time.Duration(t.cpuLast.Load())
+	return time.Duration(t.cpuLast.Load()), n
 }
 
 // Watchdog sampling bounds: a run is sampled at most every minCPUSample and
@@ -979,23 +1000,22 @@ const (
 // than the wall time that passes, so sampling after remaining/threads
 // cannot overshoot a limit by more than minCPUSample per thread.
 func (t *Tracker) cpuInterval(used time.Duration, threads int) time.Duration {
-	next := maxCPUSample
-	if lim := t.limits.MaxCPUTime; lim > 0 {
-		if threads < 1 {
-			threads = 1
-		}
-		if r := (lim - used) / time.Duration(threads); r < next {
-			next = r
-		}
-	}
-	return max(next, minCPUSample)
+	return sampleInterval(t.limits.MaxCPUTime-used, threads)
+}
+
+// sampleInterval returns when to sample next a CPU budget of which left
+// remains, used by threads threads: left/threads, within
+// [minCPUSample, maxCPUSample].
+func sampleInterval(left time.Duration, threads int) time.Duration {
+	threads = max(threads, 1)
+	return min(max(left/time.Duration(threads), minCPUSample), maxCPUSample)
 }
 
 func (t *Tracker) cpuTick() {
 	if t.closed.Load() || t.cause.Load() != nil {
 		return
 	}
-	if err := t.CheckCPUTime(); err != nil {
+	if err := t.checkRunCPU(); err != nil {
 		return
 	}
 	t.cpuMu.Lock()
