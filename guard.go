@@ -118,8 +118,8 @@ func (t *Tracker) TryAcquireSlot() (Guard, error) {
 	if t == nil {
 		return Guard{}, nil
 	}
-	if t.closed.Load() {
-		return Guard{}, ErrClosed
+	if err := t.stopped(); err != nil {
+		return Guard{}, err
 	}
 	if !t.slots.tryAcquire() {
 		t.refused[Concurrency].Add(1)
@@ -135,8 +135,8 @@ func (t *Tracker) AcquireSlot(ctx context.Context) (Guard, error) {
 	if t == nil {
 		return Guard{}, nil
 	}
-	if t.closed.Load() {
-		return Guard{}, ErrClosed
+	if err := t.stopped(); err != nil {
+		return Guard{}, err
 	}
 	if err := t.slots.acquire(ctx); err != nil {
 		return Guard{}, err

@@ -150,7 +150,8 @@ func contextAccount(ctx context.Context) (*Account, error) {
 //
 // Run is refused before fn starts (with the account's *LimitError) when the
 // account allows no more evaluations, no more concurrent runs, or is
-// exhausted. Invalid limits or a nil fn return an error and run nothing.
+// exhausted. Invalid limits or a nil fn return an error and run nothing;
+// so does a ctx that is done already (Run returns its context.Cause).
 func Run(ctx context.Context, l Limits, fn func(ctx context.Context) error, opts ...Option) (Usage, error) {
 	if fn == nil {
 		return Usage{}, fmt.Errorf("%w: Run with a nil function", ErrInvalidArgument)
@@ -169,6 +170,16 @@ func Run(ctx context.Context, l Limits, fn func(ctx context.Context) error, opts
 // run runs fn as one limited run. wantUsage false (Limit) spares reading
 // the clock at the end of a run whose tracker was never asked for.
 func run(ctx context.Context, c *runConfig, fn func(ctx context.Context) error, wantUsage bool) (Usage, error) {
+	// A run started inside another run is its child: it draws from the
+	// enclosing run (and so from that run's limits and tenant).
+	parent := FromContext(ctx)
+	if parent != nil && parent.closed.Load() {
+		return Usage{}, fmt.Errorf("%w: the run this context belongs to has ended", ErrClosed)
+	}
+	if ctx.Err() != nil {
+		// Cancelled before it started: run nothing, charge nothing.
+		return Usage{}, context.Cause(ctx)
+	}
 	l := c.limits
 	acct := c.acct
 	if acct == nil {
@@ -177,16 +188,8 @@ func run(ctx context.Context, c *runConfig, fn func(ctx context.Context) error, 
 			return Usage{}, err
 		}
 	}
-	// A run started inside another run is its child: it draws from the
-	// enclosing run (and so from that run's limits and tenant).
-	parent := FromContext(ctx)
-	if parent != nil {
-		if parent.closed.Load() {
-			return Usage{}, fmt.Errorf("%w: the run this context belongs to has ended", ErrClosed)
-		}
-		if parent.chargesTo(acct) {
-			acct = nil // charged through the parent already
-		}
+	if parent.chargesTo(acct) {
+		acct = nil // charged through the parent already
 	}
 	if acct == nil && l.MaxCPUTime == 0 && !c.cpu && (parent == nil || parent.skipCPU) {
 		// Nothing measures this run's CPU time: its tracker is made only

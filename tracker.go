@@ -206,6 +206,7 @@ func (t *Tracker) halt(err error) {
 		return
 	}
 	t.stop.CompareAndSwap(nil, s)
+	t.drain()
 	if le, ok := err.(*LimitError); ok && le.Resource.Valid() {
 		if le.Tenant == "" {
 			t.refused[le.Resource].Add(1)
@@ -216,6 +217,37 @@ func (t *Tracker) halt(err error) {
 	if t.cancel != nil {
 		t.cancel(err)
 	}
+}
+
+// drain takes back the room of a stopped run, so that its next charge
+// takes the slow path, which refuses it with the reason the run was
+// stopped. Called without t.mu and the account's lock held.
+func (t *Tracker) drain() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed.Load() {
+		return // End took everything back
+	}
+	a := t.acct
+	if a != nil {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+	}
+	for i := range numMeters {
+		r := t.revoke(i)
+		if a != nil && a.limits[meterResource[i]].Load() > 0 {
+			a.reserved[i] -= r
+		}
+	}
+}
+
+// stopped returns why the run refuses every charge: the reason it was
+// stopped, or ErrClosed after End; nil while it runs.
+func (t *Tracker) stopped() error {
+	if s := t.stop.Load(); s != nil {
+		return s.err
+	}
+	return nil
 }
 
 // Limits returns the limits the tracker was created with.
@@ -279,8 +311,8 @@ func (t *Tracker) refill(i int, n int64, take bool) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for {
-		if t.closed.Load() {
-			return ErrClosed
+		if err := t.stopped(); err != nil {
+			return err // a stopped run refuses every further charge
 		}
 		a := m.Load()
 		if a >= n {
@@ -432,7 +464,7 @@ func (t *Tracker) adopt(parent *Tracker) {
 // chargesTo reports whether the run, or a run it is nested in, is charged
 // to acct.
 func (t *Tracker) chargesTo(acct *Account) bool {
-	if acct == nil {
+	if t == nil || acct == nil {
 		return false
 	}
 	for r := t; r != nil; r = r.parent {
@@ -496,16 +528,21 @@ func (t *Tracker) checkZero(n int64, r Resource) error {
 	if n < 0 {
 		return fmt.Errorf("%w: negative %s request %d", ErrInvalidArgument, r, n)
 	}
-	if t.closed.Load() {
-		return ErrClosed
-	}
-	return nil
+	return t.stopped()
 }
 
 // Step is the check for hot loops: it returns the reason the run was
 // stopped (its timeout, its CPU time, its context's cancellation, or
 // ErrClosed after End), and otherwise counts one operation like
 // TrackOperation. It reads no clock and makes no system call.
+//
+// Once a run is stopped, every charge (TrackOperation, TrackOperations,
+// TrackCall, TrackMemory, AcquireMemory, the slots, CheckFileSize) is
+// refused with the same reason; ReleaseMemory and Guard.Release still give
+// back, and AddCPUTime still counts what was spent. A run stopped by its
+// caller's cancellation learns of it from a goroutine that package context
+// starts: Step reports it within microseconds, possibly just after
+// ctx.Done() is closed.
 func (t *Tracker) Step() error {
 	if t == nil {
 		return nil
@@ -538,8 +575,8 @@ func (t *Tracker) TrackMemory(n int64) error {
 	if n <= 0 {
 		return t.checkZero(n, Memory)
 	}
-	if t.closed.Load() {
-		return ErrClosed
+	if err := t.stopped(); err != nil {
+		return err
 	}
 	lim := t.limits.MaxMemoryBytes
 	a, p := t.acct, t.parent
@@ -774,8 +811,8 @@ func (t *Tracker) CheckFileSize(n int64) error {
 	if n < 0 {
 		return fmt.Errorf("%w: negative file size %d", ErrInvalidArgument, n)
 	}
-	if t.closed.Load() {
-		return ErrClosed
+	if err := t.stopped(); err != nil {
+		return err
 	}
 	if lim := t.limits.MaxFileSize; lim > 0 && n > lim {
 		t.refused[FileSize].Add(1)
