@@ -1273,3 +1273,65 @@ type Reading struct {
 type Source interface {
 	AppendReadings(dst []Reading) []Reading
 }
+
+// Remaining returns how much more of r the run may use now, in r's unit
+// (bytes, a count, or nanoseconds for CPUTime and Timeout), and whether
+// anything limits it: the tighter of the run's own limit, its account's
+// (for Memory, TotalMemory, CPUTime, Operations and Calls) and, for a run
+// nested in another, what that run may still use. For Memory it is what
+// may still be held at once; for FileSize, the size one more file may
+// have. It never returns a negative amount. On a nil Tracker it returns
+// (0, false). It is safe for concurrent use, and is what code that cannot
+// count as it goes (a child process, say) may be given up front.
+func (t *Tracker) Remaining(r Resource) (int64, bool) {
+	if t == nil {
+		return 0, false
+	}
+	left, limited := int64(0), false
+	tighten := func(v int64) {
+		v = max(v, 0)
+		if !limited || v < left {
+			left, limited = v, true
+		}
+	}
+	switch r {
+	case Memory:
+		if lim := t.limits.MaxMemoryBytes; lim > 0 {
+			tighten(lim - t.heldNow())
+		}
+	case TotalMemory:
+	case CPUTime:
+		if lim := t.limits.MaxCPUTime; lim > 0 {
+			tighten(int64(lim - t.CPUTime()))
+		}
+	case FileSize:
+		if lim := t.limits.MaxFileSize; lim > 0 {
+			tighten(lim)
+		}
+	case Operations:
+		if lim := t.limits.MaxOperations; lim > 0 {
+			tighten(lim - t.used(mOps))
+		}
+	case Calls:
+	case Timeout:
+		if lim := t.limits.Timeout; lim > 0 {
+			tighten(int64(lim - time.Since(t.start)))
+		}
+	default:
+		return 0, false
+	}
+	if a := t.acct; a != nil && r != FileSize && r != Timeout {
+		if lim := a.limits[r].Load(); lim > 0 {
+			a.mu.Lock()
+			u := a.usageLocked(r)
+			a.mu.Unlock()
+			tighten(lim - u)
+		}
+	}
+	if p := t.parent; p != nil {
+		if v, ok := p.Remaining(r); ok {
+			tighten(v)
+		}
+	}
+	return left, limited
+}
