@@ -547,9 +547,8 @@ func (t *Tracker) Step() error {
 	if t == nil {
 		return nil
 	}
-	if s := t.stop.Load(); s != nil {
-		return s.err
-	}
+	// A stopped run has no room left (halt drains it), so the slow path
+	// of take reports why it stopped: no separate check is needed here.
 	return t.take(mOps, 1)
 }
 
