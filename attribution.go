@@ -931,6 +931,16 @@ func (l *Ledger) Remove(tenant string) {
 	l.mu.Unlock()
 }
 
+// appendAccounts appends the ledger's accounts to dst.
+func (l *Ledger) appendAccounts(dst []*Account) []*Account {
+	l.mu.RLock()
+	for _, a := range l.accts {
+		dst = append(dst, a)
+	}
+	l.mu.RUnlock()
+	return dst
+}
+
 // Tenants returns the tenants with an account, sorted.
 func (l *Ledger) Tenants() []string {
 	l.mu.RLock()

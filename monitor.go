@@ -31,9 +31,7 @@ const (
 //
 // After HighUsage, Recovered is sent only once the usage falls below
 // WarningThreshold − h of the limit, where h is MonitorHysteresis or half
-// the WarningThreshold, whichever is smaller. After a usage LimitExceeded,
-// the next one is sent only once the usage has fallen below
-// 1 − MonitorHysteresis of the limit and then reached the limit again.
+// the WarningThreshold, whichever is smaller.
 const MonitorHysteresis = 0.05
 
 // ProcessComponent is the name under which a Monitor with
@@ -84,10 +82,11 @@ type EventKind uint8
 // The kinds of Monitor events.
 const (
 	// HighUsage: a resource's usage crossed WarningThreshold of its limit
-	// upward.
+	// upward (a usage at its limit, which is allowed, is HighUsage with
+	// Ratio 1).
 	HighUsage EventKind = iota + 1
-	// LimitExceeded: a resource's usage reached its limit, or requests for
-	// it were refused since the previous poll.
+	// LimitExceeded: requests for the resource were refused since the
+	// previous poll: something did not run, or stopped, for want of it.
 	LimitExceeded
 	// Recovered: after HighUsage, the usage fell back below the threshold
 	// (less MonitorHysteresis).
@@ -233,17 +232,10 @@ type ComponentStats struct {
 	LimitsExceeded int64
 }
 
-// Edge-trigger levels of one resource of one component.
-const (
-	levelNormal uint8 = iota
-	levelHigh         // at or above the warning threshold
-	levelOver         // at or above the limit
-)
-
 // resState is the edge state of one resource of one component. It is
 // accessed only by the poll in progress (under Monitor.pollMu).
 type resState struct {
-	level    uint8
+	high     bool // at or above the warning threshold (HighUsage sent)
 	refusing bool // the previous poll found new refusals
 	refusals int64
 }
@@ -259,6 +251,15 @@ type component struct {
 
 	warnings atomic.Int64
 	exceeded atomic.Int64
+
+	// A ledger's component stands for every tenant of the ledger: one
+	// sub-component per account, named name+tenant, made when a poll first
+	// sees the account and dropped when the ledger no longer holds it.
+	ledger  *Ledger
+	tenMu   sync.Mutex // guards tenants (polls write, Statistics reads)
+	tenants map[*Account]*component
+	accts   []*Account // reused by polls: the ledger's accounts
+	gen     uint64     // polls of a ledger; for a tenant, the last poll that saw it
 }
 
 // registry is an immutable snapshot of the registered components, in
@@ -276,9 +277,8 @@ type registry struct {
 //
 // For each reading (one resource of one component) a poll sends:
 //
-//   - HighUsage when Used/Limit reaches WarningThreshold from below;
-//   - LimitExceeded when Used reaches Limit (usage equal to the limit
-//     counts: nothing more fits);
+//   - HighUsage when Used/Limit reaches WarningThreshold from below (a
+//     usage at its limit is allowed: it is HighUsage, at Ratio 1);
 //   - Recovered when, after HighUsage, Used/Limit falls below
 //     WarningThreshold less MonitorHysteresis;
 //   - LimitExceeded, with Event.Refusals set, when the source refused
@@ -286,15 +286,15 @@ type registry struct {
 //     before found none: one event per streak of refusals, carrying the
 //     count of the first poll, so that a tenant hammering an exhausted
 //     quota does not send an event every tick. After a poll without new
-//     refusals, the next refusal fires again.
+//     refusals, the next refusal fires again. Only a refusal sends
+//     LimitExceeded: a resource used up to its limit without a refusal
+//     (8 of 8 concurrent calls) is HighUsage.
 //
 // Usage events are edge-triggered: each fires once per crossing, not on
 // every poll, and MonitorHysteresis keeps a usage hovering at a threshold
-// from flapping. A usage that jumps past the limit in one poll sends
-// HighUsage then LimitExceeded; a usage crossing and a refusal in the same
-// poll send one LimitExceeded. A resource whose Limit is 0 never sends
-// usage events (refusals still send LimitExceeded); a limit that is
-// removed forgets the resource's level without an event.
+// from flapping. A resource whose Limit is 0 never sends usage events
+// (refusals still send LimitExceeded); a limit that is removed forgets the
+// resource's level without an event.
 //
 // A Monitor is safe for concurrent use. Register and Unregister may run
 // while a poll is in progress: the registry is copy-on-write, so they
@@ -302,7 +302,6 @@ type registry struct {
 type Monitor struct {
 	threshold    float64
 	recoverBelow float64
-	rearmBelow   float64
 	interval     time.Duration
 	logger       *slog.Logger
 
@@ -373,7 +372,6 @@ func NewMonitor(cfg MonitorConfig) (*Monitor, error) {
 	m := &Monitor{
 		threshold:    th,
 		recoverBelow: th - min(MonitorHysteresis, th/2),
-		rearmBelow:   1 - MonitorHysteresis,
 		interval:     interval,
 		logger:       cfg.Logger,
 		events:       make(chan Event, buffer),
@@ -405,29 +403,92 @@ func (m *Monitor) Register(name string, s Source) error {
 	if m.done.Load() {
 		return ErrClosed
 	}
+	m.add(newComponent(name, s))
+	return nil
+}
+
+// RegisterLedger makes the monitor watch every tenant of l, present and
+// future: each poll reads the accounts l holds at that moment, each as a
+// component named prefix+tenant (so prefix "tenant/" names them
+// "tenant/acme", ...), with its own edge state; a tenant removed from l is
+// forgotten. Refusals an account counted before the monitor first saw it
+// do not fire events. Registering a ledger (or a source) under a name in
+// use replaces it; Unregister(prefix) stops watching. It returns an error
+// wrapping ErrInvalidArgument for a nil l, and ErrClosed after Stop. Safe
+// for concurrent use, also during a poll.
+func (m *Monitor) RegisterLedger(prefix string, l *Ledger) error {
+	if l == nil {
+		return fmt.Errorf("%w: Monitor.RegisterLedger(%q) with a nil ledger", ErrInvalidArgument, prefix)
+	}
+	if m.done.Load() {
+		return ErrClosed
+	}
+	m.add(&component{name: prefix, ledger: l, tenants: make(map[*Account]*component)})
+	return nil
+}
+
+// newComponent returns a component for s under name, whose refusal
+// baselines are what s has counted so far.
+func newComponent(name string, s Source) *component {
 	c := &component{name: name, src: s}
 	for _, r := range s.AppendReadings(nil) {
 		if r.Resource.Valid() {
 			c.state[r.Resource].refusals = r.Refusals
 		}
 	}
+	return c
+}
+
+// add publishes c, replacing the component of the same name if any.
+func (m *Monitor) add(c *component) {
 	m.regMu.Lock()
 	defer m.regMu.Unlock()
 	old := m.reg.Load().comps
 	for i, o := range old {
-		if o.name == name {
+		if o.name == c.name {
 			comps := make([]*component, len(old))
 			copy(comps, old)
 			comps[i] = c
 			o.removed.Store(true)
 			m.reg.Store(&registry{comps: comps})
-			return nil
+			return
 		}
 	}
 	// Appending in place is safe: snapshots already published never read
 	// past their own length, and a removal always copies.
 	m.reg.Store(&registry{comps: append(old, c)})
-	return nil
+}
+
+// pollLedger polls every account of a ledger's component. Called with
+// pollMu held.
+func (m *Monitor) pollLedger(c *component, now time.Time) {
+	c.accts = c.ledger.appendAccounts(c.accts[:0])
+	c.tenMu.Lock()
+	defer c.tenMu.Unlock()
+	c.gen++
+	for _, a := range c.accts {
+		sub := c.tenants[a]
+		if sub == nil {
+			if c.gen == 1 {
+				// Watching starts: what accounts refused before is old.
+				sub = newComponent(c.name+a.Name(), a)
+			} else {
+				sub = &component{name: c.name + a.Name(), src: a} // new: every refusal counts
+			}
+			c.tenants[a] = sub
+		}
+		sub.gen = c.gen
+		m.buf = a.AppendReadings(m.buf[:0])
+		for i := range m.buf {
+			m.check(sub, &m.buf[i], now)
+		}
+	}
+	for a, sub := range c.tenants {
+		if sub.gen != c.gen {
+			delete(c.tenants, a) // no longer in the ledger
+		}
+	}
+	clear(c.accts) // hold no account beyond the poll
 }
 
 func isNilSource(s Source) bool {
@@ -553,6 +614,10 @@ func (m *Monitor) Poll() {
 		if c.removed.Load() {
 			continue
 		}
+		if c.ledger != nil {
+			m.pollLedger(c, now)
+			continue
+		}
 		m.buf = c.src.AppendReadings(m.buf[:0])
 		for i := range m.buf {
 			m.check(c, &m.buf[i], now)
@@ -575,44 +640,22 @@ func (m *Monitor) check(c *component, r *Reading, now time.Time) {
 	st.refusals = r.Refusals // a source that reset its count starts a new baseline
 
 	var ratio float64
-	high, over, recovered := false, false, false
 	if r.Limit > 0 {
 		ratio = float64(r.Used) / float64(r.Limit)
-		switch st.level {
-		case levelNormal:
-			if r.Used >= r.Limit {
-				high, over = true, true
-				st.level = levelOver
-			} else if ratio >= m.threshold {
-				high = true
-				st.level = levelHigh
-			}
-		case levelHigh:
-			if r.Used >= r.Limit {
-				over = true
-				st.level = levelOver
-			}
-		case levelOver:
-			if ratio < m.rearmBelow {
-				st.level = levelHigh
-			}
-		}
-		if st.level != levelNormal && ratio < m.recoverBelow {
-			st.level = levelNormal
-			recovered = true
+		switch {
+		case !st.high && ratio >= m.threshold:
+			st.high = true
+			m.emit(c, r, HighUsage, ratio, 0, now)
+		case st.high && ratio < m.recoverBelow:
+			st.high = false
+			m.emit(c, r, Recovered, ratio, 0, now)
 		}
 	} else {
-		st.level = levelNormal // no limit (any more): no usage events
-	}
-	if recovered {
-		m.emit(c, r, Recovered, ratio, 0, now)
-	}
-	if high {
-		m.emit(c, r, HighUsage, ratio, 0, now)
+		st.high = false // no limit (any more): no usage events
 	}
 	streak := refused > 0 && !st.refusing
 	st.refusing = refused > 0
-	if over || streak {
+	if streak {
 		m.emit(c, r, LimitExceeded, ratio, refused, now)
 	}
 }
@@ -688,6 +731,26 @@ func (m *Monitor) Statistics() Statistics {
 		if c.removed.Load() {
 			continue
 		}
+		if c.ledger != nil {
+			c.tenMu.Lock()
+			subs := make([]*component, 0, len(c.tenants))
+			for _, sub := range c.tenants {
+				subs = append(subs, sub)
+			}
+			c.tenMu.Unlock()
+			for _, sub := range subs {
+				s.addComponent(sub)
+			}
+			continue
+		}
+		s.addComponent(c)
+	}
+	return s
+}
+
+// addComponent adds c's current readings and event counts to s.
+func (s *Statistics) addComponent(c *component) {
+	{
 		cs := ComponentStats{
 			Readings:       c.src.AppendReadings(nil),
 			Warnings:       c.warnings.Load(),
@@ -711,7 +774,6 @@ func (m *Monitor) Statistics() Statistics {
 			s.ConcurrentOperations += cs.Concurrent
 		}
 	}
-	return s
 }
 
 // History returns a copy of the latest events (at most HistorySize),

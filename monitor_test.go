@@ -152,6 +152,9 @@ func TestEventJSON(t *testing.T) {
 	assert.Equal(t, ev, back)
 }
 
+// Usage events fire once per crossing of the warning threshold, with
+// hysteresis; a usage at (or past) its limit without a refusal is HighUsage,
+// never LimitExceeded.
 func TestMonitorOncePerCrossingWithHysteresis(t *testing.T) {
 	m := newTestMonitor(t, MonitorConfig{WarningThreshold: 0.8})
 	src := newFake(Reading{Resource: Memory, Used: 50, Limit: 100})
@@ -166,19 +169,16 @@ func TestMonitorOncePerCrossingWithHysteresis(t *testing.T) {
 		{80, []string{"svc/memory/high_usage"}}, // threshold reached: inclusive
 		{85, nil},                               // still high: no repeat
 		{90, nil},
-		{100, []string{"svc/memory/limit_exceeded"}}, // usage at the limit
+		{100, nil}, // usage at the limit is allowed: nothing was refused
 		{100, nil},
-		{97, nil}, // within hysteresis of the limit: still over
-		{100, nil},
-		{94, nil}, // below 1-hysteresis: re-armed, no event
-		{100, []string{"svc/memory/limit_exceeded"}}, // second crossing
+		{97, nil},
 		{79, nil}, // hovering just under the threshold: no flapping
 		{80, nil},
 		{76, nil},
 		{74, []string{"svc/memory/recovered"}}, // below threshold-hysteresis
 		{74, nil},
 		{79, nil},
-		{80, []string{"svc/memory/high_usage"}}, // a new crossing
+		{100, []string{"svc/memory/high_usage"}}, // a new crossing, straight to the limit
 	}
 	for i, s := range steps {
 		src.set(Memory, s.used, 100, 0)
@@ -186,11 +186,11 @@ func TestMonitorOncePerCrossingWithHysteresis(t *testing.T) {
 	}
 	st := m.Statistics()
 	assert.Equal(t, int64(2), st.Warnings)
-	assert.Equal(t, int64(2), st.LimitsExceeded)
+	assert.Equal(t, int64(0), st.LimitsExceeded)
 	assert.Equal(t, int64(1), st.Recoveries)
 	assert.Equal(t, int64(len(steps)), st.Polls)
 	assert.Equal(t, int64(2), st.PerComponent["svc"].Warnings)
-	assert.Equal(t, int64(2), st.PerComponent["svc"].LimitsExceeded)
+	assert.Equal(t, int64(0), st.PerComponent["svc"].LimitsExceeded)
 }
 
 func nilIfEmpty(s []string) []string {
@@ -215,14 +215,14 @@ func TestMonitorEventFields(t *testing.T) {
 	})
 }
 
-func TestMonitorJumpPastLimitFiresBoth(t *testing.T) {
+func TestMonitorJumpPastLimitIsHighUsage(t *testing.T) {
 	m := newTestMonitor(t, MonitorConfig{})
 	src := newFake(Reading{Resource: Calls, Used: 120, Limit: 100})
 	require.NoError(t, m.Register("svc", src))
 	m.Poll()
 	evs := drain(t, m)
-	assert.Equal(t, []string{"svc/function_calls/high_usage", "svc/function_calls/limit_exceeded"}, kinds(evs))
-	assert.InDelta(t, 1.2, evs[1].Ratio, 1e-9)
+	assert.Equal(t, []string{"svc/function_calls/high_usage"}, kinds(evs))
+	assert.InDelta(t, 1.2, evs[0].Ratio, 1e-9)
 
 	src.set(Calls, 10, 100, 0)
 	assert.Equal(t, []string{"svc/function_calls/recovered"}, pollKinds(t, m))
@@ -234,11 +234,36 @@ func TestMonitorThresholdOne(t *testing.T) {
 	require.NoError(t, m.Register("svc", src))
 	assert.Empty(t, pollKinds(t, m))
 	src.set(Memory, 100, 100, 0)
-	assert.Equal(t, []string{"svc/memory/high_usage", "svc/memory/limit_exceeded"}, pollKinds(t, m))
+	assert.Equal(t, []string{"svc/memory/high_usage"}, pollKinds(t, m))
 	src.set(Memory, 96, 100, 0)
 	assert.Empty(t, pollKinds(t, m))
 	src.set(Memory, 94, 100, 0)
 	assert.Equal(t, []string{"svc/memory/recovered"}, pollKinds(t, m))
+}
+
+// A tenant running 8 of its 8 concurrent calls, none refused, gets one
+// HighUsage and no LimitExceeded, however long it stays there; the first
+// refusal is a LimitExceeded.
+func TestMonitorFullButNotRefusedIsNotExceeded(t *testing.T) {
+	a := newAcct(t, AccountLimits{MaxConcurrent: 8})
+	m := newTestMonitor(t, MonitorConfig{})
+	require.NoError(t, m.Register("tenant", a))
+	var runs []*Tracker
+	for i := 0; i < 8; i++ {
+		tr, err := a.Begin(Unlimited())
+		require.NoError(t, err)
+		runs = append(runs, tr)
+	}
+	assert.Equal(t, []string{"tenant/concurrent_operations/high_usage"}, pollKinds(t, m))
+	for i := 0; i < 5; i++ {
+		assert.Empty(t, pollKinds(t, m))
+	}
+	_, err := a.Begin(Unlimited())
+	require.ErrorIs(t, err, ErrLimitExceeded)
+	assert.Equal(t, []string{"tenant/concurrent_operations/limit_exceeded"}, pollKinds(t, m))
+	for _, tr := range runs {
+		tr.End()
+	}
 }
 
 func TestMonitorSmallThresholdStillRecovers(t *testing.T) {
@@ -306,7 +331,9 @@ func TestMonitorTrackerRefusal(t *testing.T) {
 	require.Len(t, evs, 1)
 	assert.Equal(t, int64(2), evs[0].Refusals)
 
-	// Reaching the limit and being refused in one poll: one event.
+	// Reaching the limit and being refused in one poll, after a quiet
+	// poll: the crossing and the refusal.
+	assert.Empty(t, pollKinds(t, m))
 	require.NoError(t, tr.TrackOperations(5))
 	require.Error(t, tr.TrackOperation())
 	assert.Equal(t, []string{"tool/operations/high_usage", "tool/operations/limit_exceeded"}, pollKinds(t, m))
@@ -337,7 +364,7 @@ func TestMonitorAccountRefusal(t *testing.T) {
 	run, err := acct.Begin(Limits{})
 	require.NoError(t, err)
 	run.End()
-	assert.Equal(t, []string{"tenant/acme/evaluations/high_usage", "tenant/acme/evaluations/limit_exceeded"}, pollKinds(t, m))
+	assert.Equal(t, []string{"tenant/acme/evaluations/high_usage"}, pollKinds(t, m), "used up, nothing refused yet")
 
 	_, err = acct.Begin(Limits{})
 	require.ErrorIs(t, err, ErrLimitExceeded)
@@ -451,7 +478,7 @@ func TestMonitorReplaceAndUnregister(t *testing.T) {
 	a2.set(Memory, 100, 100, 0)
 	assert.Empty(t, pollKinds(t, m))
 	require.NoError(t, m.Register("a", a2))
-	assert.Equal(t, []string{"a/memory/high_usage", "a/memory/limit_exceeded"}, pollKinds(t, m))
+	assert.Equal(t, []string{"a/memory/high_usage"}, pollKinds(t, m))
 	st := m.Statistics()
 	assert.Equal(t, int64(1), st.PerComponent["a"].Warnings, "per-component counters restart with a new registration")
 }
@@ -807,4 +834,44 @@ func TestMonitorPollZeroAllocs(t *testing.T) {
 	allocs := testing.AllocsPerRun(100, m.Poll)
 	assert.Zero(t, allocs)
 	assert.Empty(t, drain(t, m))
+}
+
+// A ledger registered once is watched for every tenant, present and
+// future, each as its own component; removed tenants are forgotten, and
+// refusals counted before watching began fire nothing.
+func TestMonitorWatchesEveryTenantOfALedger(t *testing.T) {
+	ledger := NewLedger(AccountLimits{MaxEvaluations: 1})
+	old := ledger.Account("old")
+	run, err := old.Begin(Unlimited())
+	require.NoError(t, err)
+	run.End()
+	_, err = old.Begin(Unlimited())
+	require.Error(t, err) // a refusal before the monitor watched
+
+	m := newTestMonitor(t, MonitorConfig{})
+	require.Error(t, m.RegisterLedger("tenant/", nil))
+	require.NoError(t, m.RegisterLedger("tenant/", ledger))
+	assert.Equal(t, []string{"tenant/old/evaluations/high_usage"}, pollKinds(t, m))
+
+	// A tenant that appears later is watched too, from its first refusal.
+	acme := ledger.Account("acme")
+	run, err = acme.Begin(Unlimited())
+	require.NoError(t, err)
+	run.End()
+	_, err = acme.Begin(Unlimited())
+	require.Error(t, err)
+	assert.Equal(t, []string{"tenant/acme/evaluations/high_usage", "tenant/acme/evaluations/limit_exceeded"}, pollKinds(t, m))
+
+	st := m.Statistics()
+	assert.Equal(t, 2, st.Components)
+	assert.Equal(t, int64(1), st.PerComponent["tenant/acme"].LimitsExceeded)
+
+	ledger.Remove("old")
+	m.Poll()
+	assert.NotContains(t, m.Statistics().PerComponent, "tenant/old")
+
+	m.Unregister("tenant/")
+	assert.Equal(t, 0, m.Statistics().Components)
+	ledger.Account("late")
+	assert.Empty(t, pollKinds(t, m))
 }
