@@ -56,24 +56,19 @@ func run() error {
 
 	// Two tenants with cumulative quotas.
 	ledger := reslimit.NewLedger(reslimit.AccountLimits{MaxTotalOperations: 3000, MaxEvaluations: 150})
-	acme, err := ledger.Open("acme")
-	if err != nil {
-		return err
-	}
-	globex, err := ledger.Open("globex")
-	if err != nil {
-		return err
-	}
+	acme, globex := ledger.Account("acme"), ledger.Account("globex")
 
 	for name, src := range map[string]reslimit.Source{
-		"search_tool":   search,
-		"code_runner":   runner,
-		"tenant/acme":   acme,
-		"tenant/globex": globex,
+		"search_tool": search,
+		"code_runner": runner,
 	} {
 		if err := m.Register(name, src); err != nil {
 			return err
 		}
+	}
+	// Every tenant of the ledger, as "tenant/acme", "tenant/globex", ...
+	if err := m.RegisterLedger("tenant/", ledger); err != nil {
+		return err
 	}
 
 	// Print the events as they arrive, until Stop closes the channel.
