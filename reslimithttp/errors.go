@@ -148,10 +148,10 @@ func DefaultErrorHandler(w http.ResponseWriter, r *http.Request, err error) {
 			body.Scope, body.Tenant = "tenant", le.Tenant
 		}
 		body.Resource = le.Resource.String()
-		body.Unit = unitOf(le.Resource)
-		body.Limit = value(le.Resource, le.Limit)
-		body.Used = value(le.Resource, le.Used)
-		body.Requested = value(le.Resource, le.Requested)
+		body.Unit = le.Resource.Unit()
+		body.Limit = le.Resource.BaseValue(le.Limit)
+		body.Used = le.Resource.BaseValue(le.Used)
+		body.Requested = le.Resource.BaseValue(le.Requested)
 		body.Message = le.Error()
 		if d, ok := RetryAfter(r, err); ok {
 			w.Header().Set("Retry-After", strconv.FormatInt(int64(d/time.Second), 10))
@@ -175,24 +175,4 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	h.Set("Content-Length", strconv.Itoa(len(b)+1))
 	w.WriteHeader(code)
 	_, _ = w.Write(append(b, '\n'))
-}
-
-// unitOf returns the JSON unit of a resource's values.
-func unitOf(r reslimit.Resource) string {
-	switch r {
-	case reslimit.Memory, reslimit.TotalMemory, reslimit.FileSize:
-		return "bytes"
-	case reslimit.CPUTime, reslimit.Timeout:
-		return "seconds"
-	}
-	return "count"
-}
-
-// value converts v, in the resource's reslimit unit, to its JSON unit:
-// nanoseconds become seconds.
-func value(r reslimit.Resource, v int64) float64 {
-	if r == reslimit.CPUTime || r == reslimit.Timeout {
-		return time.Duration(v).Seconds()
-	}
-	return float64(v)
 }

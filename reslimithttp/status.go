@@ -199,10 +199,10 @@ func tenantSnapshot(name string, st reslimit.AccountStats) TenantSnapshot {
 		}
 		l := LimitSnapshot{
 			Resource:  r.String(),
-			Unit:      unitOf(r),
-			Used:      value(r, ls.Used),
-			Limit:     value(r, ls.Limit),
-			Remaining: value(r, ls.Remaining),
+			Unit:      r.Unit(),
+			Used:      r.BaseValue(ls.Used),
+			Limit:     r.BaseValue(ls.Limit),
+			Remaining: r.BaseValue(ls.Remaining),
 		}
 		if ls.Limit > 0 {
 			l.Ratio = float64(ls.Used) / float64(ls.Limit)
@@ -239,9 +239,9 @@ func monitorSnapshot(m *reslimit.Monitor) *MonitorSnapshot {
 			Component: e.Component,
 			Resource:  e.Resource.String(),
 			Kind:      e.Kind.String(),
-			Unit:      unitOf(e.Resource),
-			Used:      value(e.Resource, e.Used),
-			Limit:     value(e.Resource, e.Limit),
+			Unit:      e.Resource.Unit(),
+			Used:      e.Resource.BaseValue(e.Used),
+			Limit:     e.Resource.BaseValue(e.Limit),
 			Ratio:     e.Ratio,
 			Refusals:  e.Refusals,
 		})

@@ -1,0 +1,132 @@
+package reslimit
+
+import (
+	"errors"
+	"strconv"
+)
+
+// Resource names one kind of consumption that reslimit counts and can
+// limit. The zero value is not a valid resource.
+type Resource uint8
+
+// The resources. Their String names are stable: they appear in errors,
+// JSON, metrics labels and logs.
+const (
+	// Memory is bytes held at once (TrackMemory minus ReleaseMemory).
+	Memory Resource = iota + 1
+	// TotalMemory is bytes charged with TrackMemory, cumulatively; releases
+	// do not lower it.
+	TotalMemory
+	// CPUTime is CPU time in nanoseconds (real CPU time where the platform
+	// allows; see Tracker.CPUClock).
+	CPUTime
+	// FileSize is the size in bytes of one file or stream.
+	FileSize
+	// Operations is a count of operations (TrackOperation, Step).
+	Operations
+	// Concurrency is the number of operations or runs in progress at once.
+	Concurrency
+	// Timeout is wall-clock time in nanoseconds.
+	Timeout
+	// Calls is a count of function calls (TrackCall).
+	Calls
+	// Evaluations is a count of runs started on an Account.
+	Evaluations
+
+	numResources = int(Evaluations) + 1
+)
+
+var resourceNames = [numResources]string{
+	Memory:      "memory",
+	TotalMemory: "total_memory",
+	CPUTime:     "cpu_time",
+	FileSize:    "file_size",
+	Operations:  "operations",
+	Concurrency: "concurrent_operations",
+	Timeout:     "timeout",
+	Calls:       "function_calls",
+	Evaluations: "evaluations",
+}
+
+// Resources lists every valid Resource in a stable order.
+func Resources() []Resource {
+	out := make([]Resource, 0, numResources-1)
+	for r := Memory; int(r) < numResources; r++ {
+		out = append(out, r)
+	}
+	return out
+}
+
+// Valid reports whether r is one of the defined resources.
+func (r Resource) Valid() bool { return r >= Memory && int(r) < numResources }
+
+// String returns the resource's stable snake_case name, such as "cpu_time",
+// or "resource(N)" for an invalid value.
+func (r Resource) String() string {
+	if r.Valid() {
+		return resourceNames[r]
+	}
+	return "resource(" + strconv.Itoa(int(r)) + ")"
+}
+
+// MarshalText implements encoding.TextMarshaler with the String name. It
+// fails for an invalid resource.
+func (r Resource) MarshalText() ([]byte, error) {
+	if !r.Valid() {
+		return nil, errors.New("reslimit: cannot marshal invalid " + r.String())
+	}
+	return []byte(resourceNames[r]), nil
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler, accepting the names
+// that String returns.
+func (r *Resource) UnmarshalText(b []byte) error {
+	p, err := ParseResource(string(b))
+	if err != nil {
+		return err
+	}
+	*r = p
+	return nil
+}
+
+// ParseResource returns the Resource whose String name is s.
+func ParseResource(s string) (Resource, error) {
+	for r := Memory; int(r) < numResources; r++ {
+		if resourceNames[r] == s {
+			return r, nil
+		}
+	}
+	return 0, errors.New("reslimit: unknown resource " + strconv.Quote(s))
+}
+
+// isTime reports whether the resource's values are nanoseconds.
+func (r Resource) isTime() bool { return r == CPUTime || r == Timeout }
+
+// Unit returns the unit in which exporters (reslimithttp's JSON, the
+// Prometheus collector) write r's values: "bytes", "seconds" or "count".
+// Inside reslimit, CPUTime and Timeout are nanoseconds; see BaseValue.
+func (r Resource) Unit() string {
+	switch r {
+	case Memory, TotalMemory, FileSize:
+		return "bytes"
+	case CPUTime, Timeout:
+		return "seconds"
+	}
+	return "count"
+}
+
+// BaseValue converts v, a value of r in reslimit's unit, to r's Unit:
+// nanoseconds become seconds, the rest is unchanged.
+func (r Resource) BaseValue(v int64) float64 {
+	if r.isTime() {
+		return float64(v) / 1e9
+	}
+	return float64(v)
+}
+
+// Held reports whether r counts what is held at once (Memory, the
+// Concurrency of slots or runs in progress), which goes down again when
+// released, rather than what accumulates (TotalMemory, CPUTime,
+// Operations, Calls, Evaluations) or bounds one item (FileSize, the
+// Timeout of one run).
+func (r Resource) Held() bool { return r == Memory || r == Concurrency }
