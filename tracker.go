@@ -72,7 +72,7 @@ type Tracker struct {
 		rel   atomic.Int64 // bytes released, cumulatively
 		peak  atomic.Int64
 		gen   atomic.Uint64
-		_     [cacheLine - 32]byte
+		cells [4]atomic.Uint64 // identities of memory guards (see claimGuard)
 	}
 	stop atomic.Pointer[stopState]
 
@@ -82,6 +82,7 @@ type Tracker struct {
 	closed   atomic.Bool
 	refused  [numResources]atomic.Int64
 	slots    slots
+	guards   atomic.Pointer[guardTable] // more identities of guards, made on first need
 
 	limits  Limits
 	skipCPU bool // Run/Limit with nothing that needs CPU time: no thread clock
