@@ -292,13 +292,16 @@ func (t *Tracker) refill(i int, n int64, take bool) error {
 		filled := t.filled[i].Load()
 		t.meterMu.Unlock()
 		used := filled - a
-		if used > maxUsage-n {
-			return fmt.Errorf("%w: %s request %d overflows usage %d", ErrInvalidArgument, res, n, used)
-		}
 		lim := t.limits.limit(res)
-		if lim > 0 && used+n > lim {
+		if lim > 0 && n > lim-used {
 			t.refused[res].Add(1)
 			return &LimitError{Resource: res, Limit: lim, Used: used, Requested: n}
+		}
+		// A request past a limit is refused as such whatever its size
+		// (by the account, in grant, if it limits res); only a request
+		// that nothing limits can be refused for overflowing the counter.
+		if lim == 0 && n > maxUsage-used && (t.acct == nil || t.acct.limits[res].Load() == 0) {
+			return fmt.Errorf("%w: %s request %d overflows usage %d", ErrInvalidArgument, res, n, used)
 		}
 		room := int64(unlimitedFill)
 		if lim > 0 {
@@ -364,7 +367,9 @@ func (t *Tracker) TrackOperation() error {
 }
 
 // TrackOperations counts n operations at once, all or nothing. n must not be
-// negative.
+// negative. A request past the run's or its account's limit is a
+// *LimitError whatever its size; a request that nothing limits is refused
+// with ErrInvalidArgument only when it would take the run's count past 2⁶².
 func (t *Tracker) TrackOperations(n int64) error {
 	if t == nil {
 		return nil
@@ -429,12 +434,20 @@ func (t *Tracker) TrackMemory(n int64) error {
 	var acctHeld int64
 	if a != nil {
 		// Refused by the run's own limit before the account is asked.
-		if h := t.heldNow(); lim > 0 && n <= maxUsage-h && n > lim-h {
+		if h := t.heldNow(); lim > 0 && n > lim-h {
 			t.refused[Memory].Add(1)
 			return &LimitError{Resource: Memory, Limit: lim, Used: h, Requested: n}
 		}
 		var err error
 		if acctHeld, err = a.holdMemory(n); err != nil {
+			if err == errHeldOverflow {
+				// Nothing limits the bytes held: the account's
+				// MaxTotalMemory may still refuse the request.
+				if err := t.refill(mTotal, n, false); err != nil {
+					return err
+				}
+				return fmt.Errorf("%w: memory request %d overflows the account's %d", ErrInvalidArgument, n, a.held.Load())
+			}
 			return err
 		}
 	}
@@ -490,10 +503,9 @@ func (t *Tracker) acquire(n, lim int64) (int64, error) {
 	for {
 		room, charged, released := t.memState()
 		held := charged - released
-		if n > maxUsage-held {
-			return 0, fmt.Errorf("%w: memory request %d overflows usage %d", ErrInvalidArgument, n, held)
-		}
-		if lim > 0 && held+n > lim {
+		// (held+n cannot overflow: the bytes held are at most those
+		// charged, and refill keeps charged+n in range.)
+		if lim > 0 && n > lim-held {
 			t.refused[Memory].Add(1)
 			return 0, &LimitError{Resource: Memory, Limit: lim, Used: held, Requested: n}
 		}
@@ -605,7 +617,8 @@ func (t *Tracker) noteFile(n int64) {
 // AddCPUTime adds CPU time measured elsewhere (a child process's rusage,
 // say) to the run. It returns a *LimitError{Resource: CPUTime} and stops
 // the run when that takes it over MaxCPUTime; the time is counted either
-// way, since it was already spent.
+// way, since it was already spent. The CPU time counted stops at
+// math.MaxInt64 nanoseconds rather than wrap.
 func (t *Tracker) AddCPUTime(d time.Duration) error {
 	if t == nil {
 		return nil
@@ -616,7 +629,7 @@ func (t *Tracker) AddCPUTime(d time.Duration) error {
 	if t.closed.Load() {
 		return ErrClosed
 	}
-	t.cpuExtra.Add(int64(d))
+	satAddAtomic(&t.cpuExtra, int64(d))
 	return t.CheckCPUTime()
 }
 
@@ -740,7 +753,7 @@ func (t *Tracker) sampleCPU() time.Duration {
 		}
 	}
 	t.cpuMu.Unlock()
-	d += time.Duration(t.cpuExtra.Load())
+	d = satAddDur(d, time.Duration(t.cpuExtra.Load()))
 	raiseMax(&t.cpuLast, int64(d)) // concurrent samples must not move it back
 	return time.Duration(t.cpuLast.Load())
 }
