@@ -207,8 +207,12 @@ func (t *Tracker) TryAcquireSlot() (Guard, error) {
 
 // AcquireSlot takes one of the run's MaxConcurrent slots, waiting first
 // come first served until one frees or ctx ends. When ctx ends first it
-// returns the context's error and holds nothing.
+// returns the context's error and holds nothing. A nil ctx returns an
+// error wrapping ErrInvalidArgument.
 func (t *Tracker) AcquireSlot(ctx context.Context) (Guard, error) {
+	if ctx == nil {
+		return Guard{}, errNilContext
+	}
 	if t == nil {
 		return Guard{}, nil
 	}

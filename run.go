@@ -70,31 +70,40 @@ func newRunConfig(opts []Option) runConfig {
 type trackerKey struct{}
 type accountKey struct{}
 
-// NewContext returns a copy of ctx that carries t, for FromContext.
+// NewContext returns a copy of ctx that carries t, for FromContext. Like
+// context.WithValue, it panics for a nil ctx.
 func NewContext(ctx context.Context, t *Tracker) context.Context {
 	return context.WithValue(ctx, trackerKey{}, t)
 }
 
 // FromContext returns the Tracker of the limited run that ctx belongs to,
-// or nil (whose methods are no-ops) when there is none. Every call within
+// or nil (whose methods are no-ops) when there is none or ctx is nil. Every call within
 // one run returns the same Tracker. A context kept after its run has ended
 // yields the run's Tracker, ended: tracking returns ErrClosed. (If the run
 // never asked for it, that Tracker counted nothing; its Err says how the
 // run was stopped, and its WallTime is the run's under Run, 0 under Limit.)
 func FromContext(ctx context.Context) *Tracker {
+	if ctx == nil {
+		return nil
+	}
 	t, _ := ctx.Value(trackerKey{}).(*Tracker)
 	return t
 }
 
 // ContextWithAccount returns a copy of ctx that charges the runs started
 // with it by Run or a function wrapped by Limit to acct, so the tenant can
-// be chosen per request. WithAccount takes precedence.
+// be chosen per request. WithAccount takes precedence. Like
+// context.WithValue, it panics for a nil ctx.
 func ContextWithAccount(ctx context.Context, acct *Account) context.Context {
 	return context.WithValue(ctx, accountKey{}, acct)
 }
 
-// AccountFromContext returns the account set by ContextWithAccount, or nil.
+// AccountFromContext returns the account set by ContextWithAccount, or nil
+// (also for a nil ctx).
 func AccountFromContext(ctx context.Context) *Account {
+	if ctx == nil {
+		return nil
+	}
 	a, _ := ctx.Value(accountKey{}).(*Account)
 	return a
 }
@@ -122,8 +131,12 @@ func AccountFromContext(ctx context.Context) *Account {
 //
 // Run is refused before fn starts (with the account's *LimitError) when the
 // account allows no more evaluations, no more concurrent runs, or is
-// exhausted. Invalid limits or a nil fn return an error and run nothing.
+// exhausted. Invalid limits, a nil fn or a nil ctx return an error (the
+// last two wrapping ErrInvalidArgument) and run nothing.
 func Run(ctx context.Context, l Limits, fn func(ctx context.Context) error, opts ...Option) (Usage, error) {
+	if ctx == nil {
+		return Usage{}, errNilContext
+	}
 	if fn == nil {
 		return Usage{}, fmt.Errorf("%w: Run with a nil function", ErrInvalidArgument)
 	}
@@ -173,6 +186,10 @@ func run(ctx context.Context, c *runConfig, fn func(ctx context.Context) error, 
 	return runTracked(NewContext(rctx, t), t, fn)
 }
 
+// errNilContext is returned by the functions that take a context when
+// given a nil one.
+var errNilContext = fmt.Errorf("%w: nil context.Context", ErrInvalidArgument)
+
 // errPanicked is recorded in the history of a run whose function panicked.
 var errPanicked = errors.New("reslimit: run panicked")
 
@@ -200,7 +217,8 @@ func runTracked(ctx context.Context, t *Tracker, fn func(ctx context.Context) er
 // slot busy fails at once with a Concurrency *LimitError, unless WithQueue
 // lets it wait. The returned function is safe for concurrent use.
 //
-// Invalid limits, options or a nil fn make every call return that error.
+// Invalid limits, options or a nil fn make every call return that error; a
+// call with a nil context returns an error wrapping ErrInvalidArgument.
 func Limit[In, Out any](fn func(context.Context, In) (Out, error), l Limits, opts ...Option) func(context.Context, In) (Out, error) {
 	c := newRunConfig(opts)
 	err := c.err
@@ -220,6 +238,9 @@ func Limit[In, Out any](fn func(context.Context, In) (Out, error), l Limits, opt
 	sem := &slots{limit: l.MaxConcurrent}
 	return func(ctx context.Context, in In) (Out, error) {
 		var out Out
+		if ctx == nil {
+			return out, errNilContext
+		}
 		if sem.limit > 0 {
 			if err := acquireCall(ctx, sem, &c); err != nil {
 				return out, err
