@@ -120,7 +120,9 @@ func AccountFromContext(ctx context.Context) *Account {
 // fn runs on the calling goroutine. Where the run's CPU time is measured —
 // when l.MaxCPUTime is set, the run is charged to an Account, or
 // WithCPUTime is given — the goroutine is locked to its OS thread while fn
-// runs, so that its CPU time can be read from the thread's CPU clock;
+// runs, so that its CPU time can be read from the thread's CPU clock (at
+// most SetMaxMeasuredRuns runs at once: beyond that Run waits for a place,
+// bounded by ctx and l.Timeout, before anything is charged);
 // otherwise Usage.CPUTime stays 0 (and AddCPUTime still adds). When the run's Timeout
 // passes or its CPU time (or its account's) is used up, its context is
 // cancelled with the *LimitError as context.Cause and Step starts returning
@@ -164,6 +166,12 @@ func run(ctx context.Context, c *runConfig, fn func(ctx context.Context) error, 
 		// if fn asks for it.
 		return runLazy(ctx, c, fn, wantUsage)
 	}
+	// Measuring CPU time pins the run's goroutine to its thread: wait for
+	// a place under SetMaxMeasuredRuns before anything is charged.
+	pin, err := reservePin(ctx, l.Timeout, FromContext(ctx) != nil)
+	if err != nil {
+		return Usage{}, err
+	}
 	rctx, cancel := ctx, context.CancelCauseFunc(nil)
 	if acct != nil || l.Timeout > 0 || l.MaxCPUTime > 0 {
 		// Something can stop this run: it needs a context of its own.
@@ -172,13 +180,14 @@ func run(ctx context.Context, c *runConfig, fn func(ctx context.Context) error, 
 	}
 	var t *Tracker
 	if acct != nil {
-		var err error
 		if t, err = acct.begin(l, c.name, cancel); err != nil {
+			unreserve(pin)
 			return Usage{}, err
 		}
 	} else {
 		t = newTracker(l, nil, c.name, cancel)
 	}
+	t.pinRes.Store(uint32(pin)) // taken by runTracked's attach
 	if ctx.Done() != nil {
 		stop := context.AfterFunc(ctx, func() { t.halt(context.Cause(ctx)) })
 		defer stop()

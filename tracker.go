@@ -2,7 +2,6 @@ package reslimit
 
 import (
 	"fmt"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -85,7 +84,8 @@ type Tracker struct {
 	guards   atomic.Pointer[guardTable] // more identities of guards, made on first need
 
 	limits  Limits
-	skipCPU bool // Run/Limit with nothing that needs CPU time: no thread clock
+	skipCPU bool          // Run/Limit with nothing that needs CPU time: no thread clock
+	pinRes  atomic.Uint32 // pinKind reserved by Run for its own goroutine (see reservePin)
 	name    string
 	acct    *Account
 	start   time.Time
@@ -120,6 +120,7 @@ type cpuThread struct {
 	id    uint64
 	clk   threadcpu.Clock
 	start time.Duration
+	pin   pinKind // pinWall: not pinned, start is wall time
 }
 
 type panicValue struct{ v any }
@@ -686,19 +687,24 @@ func CPUClock() string {
 }
 
 // attach pins the calling goroutine to its OS thread and starts counting
-// that thread's CPU time for the run. The caller must call detach with the
-// returned id on the same goroutine.
+// that thread's CPU time for the run (or, beyond SetMaxMeasuredRuns, its
+// wall time). The caller must call detach with the returned id on the same
+// goroutine.
 func (t *Tracker) attach() uint64 {
 	if t.skipCPU {
 		return 0
 	}
-	runtime.LockOSThread()
-	clk, _ := threadcpu.Self()
-	now := cpuNow()
+	pin := pinThread(pinKind(t.pinRes.Swap(uint32(pinNone))))
+	var clk threadcpu.Clock
+	now := wallNow()
+	if pin != pinWall {
+		clk, _ = threadcpu.Self()
+		now = cpuNow()
+	}
 	t.cpuMu.Lock()
 	t.threadSeq++
 	id := t.threadSeq
-	t.threads = append(t.threads, cpuThread{id: id, clk: clk, start: now})
+	t.threads = append(t.threads, cpuThread{id: id, clk: clk, start: now, pin: pin})
 	if t.cpuTimer == nil && (t.limits.MaxCPUTime > 0 || t.acct != nil) && !t.closed.Load() {
 		t.cpuTimer = time.AfterFunc(t.cpuInterval(0, 1), t.cpuTick)
 	}
@@ -710,10 +716,15 @@ func (t *Tracker) detach(id uint64) {
 	if id == 0 {
 		return // CPU time is not measured for this run
 	}
-	now := cpuNow()
+	pin := pinWall
 	t.cpuMu.Lock()
 	for i := range t.threads {
 		if t.threads[i].id == id {
+			pin = t.threads[i].pin
+			now := wallNow()
+			if pin != pinWall {
+				now = cpuNow()
+			}
 			t.cpuDone += now - t.threads[i].start
 			t.threads[i] = t.threads[len(t.threads)-1]
 			t.threads = t.threads[:len(t.threads)-1]
@@ -721,7 +732,7 @@ func (t *Tracker) detach(id uint64) {
 		}
 	}
 	t.cpuMu.Unlock()
-	runtime.UnlockOSThread()
+	unpinThread(pin)
 }
 
 // wallEpoch stands in for a thread CPU clock where none exists.
@@ -731,15 +742,20 @@ func cpuNow() time.Duration {
 	if threadcpu.Supported {
 		return threadcpu.Current()
 	}
-	return time.Since(wallEpoch)
+	return wallNow()
 }
+
+// wallNow is the clock of a goroutine measured by its wall time.
+func wallNow() time.Duration { return time.Since(wallEpoch) }
 
 func (t *Tracker) sampleCPU() time.Duration {
 	t.cpuMu.Lock()
 	d := t.cpuDone
 	for _, th := range t.threads {
 		var now time.Duration
-		if threadcpu.Supported {
+		if th.pin == pinWall {
+			now = wallNow()
+		} else if threadcpu.Supported {
 			v, err := th.clk.Read()
 			if err != nil {
 				continue
