@@ -328,6 +328,11 @@ func (a *Account) grant(t *Tracker, i int, n, want, room int64) (bool, error) {
 	}
 	lim := a.limits[res].Load()
 	if lim == 0 {
+		if want > maxUsage-t.filled[i].Load() {
+			// The limit was removed since refill looked: nothing limits
+			// this request, and it would overflow the run's counter.
+			return false, fmt.Errorf("%w: %s request %d overflows usage", ErrInvalidArgument, res, n)
+		}
 		// Unlimited here: fill under a.mu, so that a SetLimit that races
 		// with this refill revokes the room it adds.
 		t.addRoom(i, max(room, want))
@@ -389,7 +394,7 @@ func (a *Account) reclaimLocked(i int, except *Tracker) {
 func (a *Account) usedLocked(i int) int64 {
 	u := a.committed[i]
 	for r := range a.live {
-		u += r.used(i) - r.base[i]
+		u = satAdd(u, r.used(i)-r.base[i])
 	}
 	return u
 }
@@ -397,7 +402,7 @@ func (a *Account) usedLocked(i int) int64 {
 func (a *Account) cpuLocked() time.Duration {
 	d := a.cpu
 	for r := range a.live {
-		d += time.Duration(r.cpuLast.Load() - r.cpuBase)
+		d = satAddDur(d, time.Duration(r.cpuLast.Load()-r.cpuBase))
 	}
 	return d
 }
@@ -408,7 +413,7 @@ func (a *Account) issuedLocked(i int) int64 {
 	v := a.lifeMeters[i]
 	for t := range a.live {
 		t.meterMu.Lock()
-		v += t.filled[i].Load()
+		v = satAdd(v, t.filled[i].Load())
 		t.meterMu.Unlock()
 	}
 	return v
@@ -420,12 +425,12 @@ func (a *Account) lifeLocked() Totals {
 	l.Evaluations = a.lifeEvals
 	l.CPUTime = a.lifeCPU
 	for t := range a.live {
-		l.CPUTime += time.Duration(t.cpuLast.Load())
+		l.CPUTime = satAddDur(l.CPUTime, time.Duration(t.cpuLast.Load()))
 	}
 	for i, r := range meterResource {
 		v := a.lifeMeters[i]
 		for t := range a.live {
-			v += t.used(i)
+			v = satAdd(v, t.used(i))
 		}
 		l.Set(r, v)
 	}
@@ -436,7 +441,7 @@ func (a *Account) lifeLocked() Totals {
 // fleet-wide for the cumulative ones.
 func (a *Account) usageLocked(r Resource) int64 {
 	if a.fleet != nil && cumulative(r) {
-		return a.fleet.committed.Get(r) + a.lifeLocked().Get(r) - a.fleet.reported.Get(r)
+		return satAdd(a.fleet.committed.Get(r), a.lifeLocked().Get(r)-a.fleet.reported.Get(r))
 	}
 	switch r {
 	case Memory:
@@ -471,20 +476,24 @@ func (a *Account) exhaustedLocked() (Resource, int64, int64, bool) {
 	return 0, 0, 0, false
 }
 
+// errHeldOverflow is holdMemory's refusal of a request that no MaxMemory
+// limits but that would overflow the bytes held.
+var errHeldOverflow = errors.New("reslimit: memory held overflows")
+
 // holdMemory charges n bytes held at once against MaxMemory and returns
 // what the account holds with them.
 func (a *Account) holdMemory(n int64) (int64, error) {
 	lim := a.limits[Memory].Load()
 	for {
 		h := a.held.Load()
-		if n > maxUsage-h {
-			return 0, fmt.Errorf("%w: memory request %d overflows the account's %d", ErrInvalidArgument, n, h)
-		}
-		nh := h + n
-		if lim > 0 && nh > lim {
+		if lim > 0 && n > lim-h {
 			a.refused[Memory].Add(1)
 			return 0, &LimitError{Resource: Memory, Limit: lim, Used: h, Requested: n, Tenant: a.name}
 		}
+		if n > maxUsage-h {
+			return 0, errHeldOverflow // no limit: the caller says why
+		}
+		nh := h + n
 		if a.held.CompareAndSwap(h, nh) {
 			return nh, nil
 		}
@@ -579,11 +588,11 @@ func (a *Account) end(t *Tracker, cpu time.Duration, runErr error) Usage {
 	}
 	delete(a.live, t)
 	for i := range numMeters {
-		a.committed[i] += t.filled[i].Load() - t.base[i]
-		a.lifeMeters[i] += t.filled[i].Load()
+		a.committed[i] = satAdd(a.committed[i], t.filled[i].Load()-t.base[i])
+		a.lifeMeters[i] = satAdd(a.lifeMeters[i], t.filled[i].Load())
 	}
-	a.cpu += cpu - time.Duration(t.cpuBase)
-	a.lifeCPU += cpu
+	a.cpu = satAddDur(a.cpu, cpu-time.Duration(t.cpuBase))
+	a.lifeCPU = satAddDur(a.lifeCPU, cpu)
 	a.largest.MemoryBytes = max(a.largest.MemoryBytes, u.PeakMemoryBytes)
 	a.largest.Operations = max(a.largest.Operations, u.Operations)
 	if len(a.hist) > 0 {

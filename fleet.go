@@ -213,6 +213,9 @@ func (l *Ledger) syncLoop(ctx context.Context) {
 // store it does nothing. After a Close whose final report failed, Sync
 // retries that report; after a successful Close it returns ErrClosed.
 func (l *Ledger) Sync(ctx context.Context) error {
+	if ctx == nil {
+		return errNilContext
+	}
 	if l.store == nil || l.done == nil {
 		return l.err
 	}
@@ -234,6 +237,9 @@ func (l *Ledger) Sync(ctx context.Context) error {
 // is still unreported: call Close or Sync again to retry. Without a store
 // Close does nothing.
 func (l *Ledger) Close(ctx context.Context) error {
+	if ctx == nil {
+		return errNilContext
+	}
 	if l.store == nil || l.done == nil {
 		return nil
 	}

@@ -10,26 +10,86 @@ import (
 
 // Guard holds something acquired from a Tracker (memory, a concurrency
 // slot) until Release gives it back. It is a small value: acquiring and
-// releasing allocate nothing. Write
+// releasing allocate nothing (beyond a table made once per tracker that
+// holds more than a few guards at once, and a word per guard while more
+// than 64 are held at once). Write
 //
 //	g, err := tr.AcquireMemory(n)
 //	if err != nil { return err }
 //	defer g.Release()
 //
-// Release is idempotent through the same variable; do not copy a Guard and
-// release both copies. A Guard is not safe for concurrent use; the Tracker
-// behind it is. The zero Guard holds nothing.
+// Release is idempotent, also across copies: a Guard passed or stored by
+// value and released through several copies gives back what it holds
+// once, and a copy kept after its guard was released never gives back
+// what a later guard holds. A Guard is not safe for concurrent use (two
+// copies released at once by two goroutines are: one of them gives back);
+// the Tracker behind it is. The zero Guard holds nothing.
 type Guard struct {
-	t *Tracker // memory: the tracker charged
-	s *slots   // a slot: the semaphore it came from
-	n int64    // what is held: bytes of memory, or 1 slot; 0 once released
+	t    *Tracker
+	cell *atomic.Uint64 // the guard's identity: it holds gen while the guard holds
+	gen  uint64         // odd: what the guard wrote to cell when acquired
+	n    int64          // bytes of memory held, or slotGuard; 0 once released through this copy
 }
 
-// Release gives back what the guard holds. Calling it again, or on the zero
-// Guard, does nothing. Memory released after its tracker has ended is
-// ignored (End already gave it back). Release panics with a "reslimit:"
-// message when the tracker holds less memory than the guard (its bytes
-// were already given back with ReleaseMemory): a programming error.
+// slotGuard is Guard.n for a guard that holds one concurrency slot.
+const slotGuard = -1
+
+// guardCells is the number of guard identities a tracker keeps in a table
+// of its own, besides the few on the cache lines of its memory meter and
+// its slots; a guard acquired while all are taken gets a cell of its own.
+const guardCells = 64
+
+// guardTable holds identities of a tracker's guards. A cell is even while
+// free and odd while a guard holds it; release moves it on by one, so that
+// a stale copy of a released guard no longer matches its cell.
+type guardTable [guardCells]atomic.Uint64
+
+// claimGuard returns a free identity cell, marked held, and its value:
+// one of local (on the line of the counter the guard charged) if one is
+// free, else one of the tracker's table, made on first need.
+func (t *Tracker) claimGuard(local []atomic.Uint64) (*atomic.Uint64, uint64) {
+	for i := range local {
+		c := &local[i]
+		if v := c.Load(); v&1 == 0 && c.CompareAndSwap(v, v+1) {
+			return c, v + 1
+		}
+	}
+	return t.claimGuardSlow()
+}
+
+func (t *Tracker) claimGuardSlow() (*atomic.Uint64, uint64) {
+	tab := t.guards.Load()
+	if tab == nil {
+		tab = new(guardTable)
+		if !t.guards.CompareAndSwap(nil, tab) {
+			tab = t.guards.Load()
+		}
+	}
+	// Probe one cell per cache line first, so that guards held at once
+	// spread over the lines.
+	for k := range uint(guardCells) {
+		c := &tab[(k%8)*8+k/8]
+		if v := c.Load(); v&1 == 0 && c.CompareAndSwap(v, v+1) {
+			return c, v + 1
+		}
+	}
+	c := new(atomic.Uint64)
+	c.Store(1)
+	return c, 1
+}
+
+// memGuard returns a guard for n bytes of memory the caller has charged.
+func (t *Tracker) memGuard(n int64) Guard {
+	c, gen := t.claimGuard(t.mem.cells[:])
+	return Guard{t: t, cell: c, gen: gen, n: n}
+}
+
+// Release gives back what the guard holds. Calling it again, on a copy of
+// a released guard, or on the zero Guard, does nothing. Memory released
+// after its tracker has ended is ignored (End already gave it back).
+// Release panics with a "reslimit:" message when the tracker holds less
+// memory than the guard (its bytes were already given back with
+// ReleaseMemory): a programming error.
 func (g *Guard) Release() {
 	if g != nil && g.n != 0 {
 		g.release()
@@ -39,12 +99,15 @@ func (g *Guard) Release() {
 func (g *Guard) release() {
 	n := g.n
 	g.n = 0 // the pointers stay: clearing them would cost a write barrier
-	if s := g.s; s != nil {
-		s.release()
-		return
+	if !g.cell.CompareAndSwap(g.gen, g.gen+1) {
+		return // released already, through a copy
 	}
 	t := g.t
-	if t.acct == nil && t.parent == nil {
+	if n == slotGuard {
+		t.slots.release()
+		return
+	}
+	if t.memFastPath() {
 		// Fast path: unhold, written out here so that Release makes no
 		// further call; a run with an account gives the bytes back to it
 		// too, in release.
@@ -65,8 +128,16 @@ func (g *Guard) release() {
 	}
 }
 
-// Held reports whether the guard still holds something.
-func (g *Guard) Held() bool { return g != nil && g.n != 0 }
+// Held reports whether the guard still holds something: false once it, or
+// a copy of it, was released.
+func (g *Guard) Held() bool {
+	return g != nil && g.n != 0 && g.cell.Load() == g.gen
+}
+
+// memFastPath reports whether the guards of t may charge and release
+// memory on the tracker's own meter alone (one CAS each), with nothing
+// else (an account) to charge.
+func (t *Tracker) memFastPath() bool { return t.acct == nil && t.parent == nil }
 
 // AcquireMemory charges n bytes like TrackMemory and returns a Guard whose
 // Release gives them back.
@@ -74,7 +145,7 @@ func (t *Tracker) AcquireMemory(n int64) (Guard, error) {
 	if t == nil {
 		return Guard{}, nil
 	}
-	if t.acct == nil && t.parent == nil && n > 0 {
+	if n > 0 && t.memFastPath() {
 		// Fast path: one attempt to charge the bytes in one CAS when the
 		// meter has room and the run's limit allows (see acquire).
 		lim := t.limits.MaxMemoryBytes
@@ -89,7 +160,7 @@ func (t *Tracker) AcquireMemory(n int64) (Guard, error) {
 			}
 			if !t.closed.Load() {
 				raiseMax(&t.mem.peak, held+n)
-				return Guard{t: t, n: n}, nil
+				return t.memGuard(n), nil
 			}
 			// End ran meanwhile: give the bytes back unless End took them,
 			// and let TrackMemory report ErrClosed.
@@ -107,7 +178,13 @@ func (t *Tracker) acquireMemory(n int64) (Guard, error) {
 	if n == 0 {
 		return Guard{}, nil
 	}
-	return Guard{t: t, n: n}, nil
+	return t.memGuard(n), nil
+}
+
+// newSlotGuard returns a guard for a slot the caller has taken.
+func (t *Tracker) newSlotGuard() Guard {
+	c, gen := t.claimGuard(t.slots.cells[:])
+	return Guard{t: t, cell: c, gen: gen, n: slotGuard}
 }
 
 // TryAcquireSlot takes one of the run's MaxConcurrent slots, or fails at
@@ -125,13 +202,17 @@ func (t *Tracker) TryAcquireSlot() (Guard, error) {
 		t.refused[Concurrency].Add(1)
 		return Guard{}, t.slots.limitError("")
 	}
-	return Guard{s: &t.slots, n: 1}, nil
+	return t.newSlotGuard(), nil
 }
 
 // AcquireSlot takes one of the run's MaxConcurrent slots, waiting first
 // come first served until one frees or ctx ends. When ctx ends first it
-// returns the context's error and holds nothing.
+// returns the context's error and holds nothing. A nil ctx returns an
+// error wrapping ErrInvalidArgument.
 func (t *Tracker) AcquireSlot(ctx context.Context) (Guard, error) {
+	if ctx == nil {
+		return Guard{}, errNilContext
+	}
 	if t == nil {
 		return Guard{}, nil
 	}
@@ -141,7 +222,7 @@ func (t *Tracker) AcquireSlot(ctx context.Context) (Guard, error) {
 	if err := t.slots.acquire(ctx); err != nil {
 		return Guard{}, err
 	}
-	return Guard{s: &t.slots, n: 1}, nil
+	return t.newSlotGuard(), nil
 }
 
 // slots is a counting semaphore with a lock-free fast path and a FIFO
@@ -149,7 +230,7 @@ func (t *Tracker) AcquireSlot(ctx context.Context) (Guard, error) {
 type slots struct {
 	count   atomic.Int64
 	waiting atomic.Int64
-	_       [cacheLine - 16]byte
+	cells   [6]atomic.Uint64 // identities of slot guards (see claimGuard)
 	limit   int64
 
 	mu    sync.Mutex

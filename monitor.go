@@ -759,19 +759,19 @@ func (s *Statistics) addComponent(c *component) {
 		for _, r := range cs.Readings {
 			switch r.Resource {
 			case Memory:
-				cs.MemoryBytes += r.Used
+				cs.MemoryBytes = satAdd(cs.MemoryBytes, r.Used)
 			case Operations:
-				cs.Operations += r.Used
+				cs.Operations = satAdd(cs.Operations, r.Used)
 			case Concurrency:
-				cs.Concurrent += r.Used
+				cs.Concurrent = satAdd(cs.Concurrent, r.Used)
 			}
 		}
 		s.Components++
 		s.PerComponent[c.name] = cs
 		if !c.builtin {
-			s.TotalMemoryBytes += cs.MemoryBytes
-			s.TotalOperations += cs.Operations
-			s.ConcurrentOperations += cs.Concurrent
+			s.TotalMemoryBytes = satAdd(s.TotalMemoryBytes, cs.MemoryBytes)
+			s.TotalOperations = satAdd(s.TotalOperations, cs.Operations)
+			s.ConcurrentOperations = satAdd(s.ConcurrentOperations, cs.Concurrent)
 		}
 	}
 }

@@ -70,18 +70,22 @@ func newRunConfig(opts []Option) runConfig {
 type trackerKey struct{}
 type accountKey struct{}
 
-// NewContext returns a copy of ctx that carries t, for FromContext.
+// NewContext returns a copy of ctx that carries t, for FromContext. Like
+// context.WithValue, it panics for a nil ctx.
 func NewContext(ctx context.Context, t *Tracker) context.Context {
 	return context.WithValue(ctx, trackerKey{}, t)
 }
 
 // FromContext returns the Tracker of the limited run that ctx belongs to,
-// or nil (whose methods are no-ops) when there is none. Every call within
+// or nil (whose methods are no-ops) when there is none or ctx is nil. Every call within
 // one run returns the same Tracker. A context kept after its run has ended
 // yields the run's Tracker, ended: tracking returns ErrClosed. (If the run
 // never asked for it, that Tracker counted nothing; its Err says how the
 // run was stopped, and its WallTime is the run's under Run, 0 under Limit.)
 func FromContext(ctx context.Context) *Tracker {
+	if ctx == nil {
+		return nil
+	}
 	t, _ := ctx.Value(trackerKey{}).(*Tracker)
 	return t
 }
@@ -90,13 +94,17 @@ func FromContext(ctx context.Context) *Tracker {
 // with it by Run or a function wrapped by Limit to acct, so the tenant can
 // be chosen per request. WithAccount takes precedence. A nil acct makes
 // those runs fail with an error wrapping ErrInvalidArgument, rather than
-// run unbilled.
+// run unbilled. Like context.WithValue, it panics for a nil ctx.
 func ContextWithAccount(ctx context.Context, acct *Account) context.Context {
 	return context.WithValue(ctx, accountKey{}, acct)
 }
 
-// AccountFromContext returns the account set by ContextWithAccount, or nil.
+// AccountFromContext returns the account set by ContextWithAccount, or nil
+// (also for a nil ctx).
 func AccountFromContext(ctx context.Context) *Account {
+	if ctx == nil {
+		return nil
+	}
 	a, _ := ctx.Value(accountKey{}).(*Account)
 	return a
 }
@@ -125,7 +133,9 @@ func contextAccount(ctx context.Context) (*Account, error) {
 // fn runs on the calling goroutine. Where the run's CPU time is measured —
 // when l.MaxCPUTime is set, the run is charged to an Account, or
 // WithCPUTime is given — the goroutine is locked to its OS thread while fn
-// runs, so that its CPU time can be read from the thread's CPU clock;
+// runs, so that its CPU time can be read from the thread's CPU clock (at
+// most SetMaxMeasuredRuns runs at once: beyond that Run waits for a place,
+// bounded by ctx and l.Timeout, before anything is charged);
 // otherwise Usage.CPUTime stays 0 (and AddCPUTime still adds). When the run's Timeout
 // passes or its CPU time (or its account's) is used up, its context is
 // cancelled with the *LimitError as context.Cause and Step starts returning
@@ -150,9 +160,13 @@ func contextAccount(ctx context.Context) (*Account, error) {
 //
 // Run is refused before fn starts (with the account's *LimitError) when the
 // account allows no more evaluations, no more concurrent runs, or is
-// exhausted. Invalid limits or a nil fn return an error and run nothing;
-// so does a ctx that is done already (Run returns its context.Cause).
+// exhausted. Invalid limits, a nil fn or a nil ctx return an error (the
+// last two wrapping ErrInvalidArgument) and run nothing; so does a ctx
+// that is done already (Run returns its context.Cause).
 func Run(ctx context.Context, l Limits, fn func(ctx context.Context) error, opts ...Option) (Usage, error) {
+	if ctx == nil {
+		return Usage{}, errNilContext
+	}
 	if fn == nil {
 		return Usage{}, fmt.Errorf("%w: Run with a nil function", ErrInvalidArgument)
 	}
@@ -196,14 +210,20 @@ func run(ctx context.Context, c *runConfig, fn func(ctx context.Context) error, 
 		// if fn asks for it.
 		return runLazy(ctx, c, fn, wantUsage, parent)
 	}
+	// Measuring CPU time pins the run's goroutine to its thread: wait for
+	// a place under SetMaxMeasuredRuns before anything is charged.
+	pin, err := reservePin(ctx, l.Timeout, parent != nil)
+	if err != nil {
+		return Usage{}, err
+	}
 	// The run's own context: its limits, a panic or a Go helper's panic
 	// can stop it.
 	rctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var t *Tracker
 	if acct != nil {
-		var err error
 		if t, err = acct.begin(l, c.name, cancel, parent); err != nil {
+			unreserve(pin)
 			return Usage{}, err
 		}
 	} else {
@@ -212,12 +232,17 @@ func run(ctx context.Context, c *runConfig, fn func(ctx context.Context) error, 
 			t.adopt(parent)
 		}
 	}
+	t.pinRes.Store(uint32(pin)) // taken by runTracked's attach
 	if ctx.Done() != nil {
 		stop := context.AfterFunc(ctx, func() { t.halt(context.Cause(ctx)) })
 		defer stop()
 	}
 	return runTracked(NewContext(rctx, t), t, fn)
 }
+
+// errNilContext is returned by the functions that take a context when
+// given a nil one.
+var errNilContext = fmt.Errorf("%w: nil context.Context", ErrInvalidArgument)
 
 func runTracked(ctx context.Context, t *Tracker, fn func(ctx context.Context) error) (Usage, error) {
 	id := t.attach()
@@ -247,7 +272,8 @@ func runTracked(ctx context.Context, t *Tracker, fn func(ctx context.Context) er
 // slot busy fails at once with a Concurrency *LimitError, unless WithQueue
 // lets it wait. The returned function is safe for concurrent use.
 //
-// Invalid limits, options or a nil fn make every call return that error.
+// Invalid limits, options or a nil fn make every call return that error; a
+// call with a nil context returns an error wrapping ErrInvalidArgument.
 func Limit[In, Out any](fn func(context.Context, In) (Out, error), l Limits, opts ...Option) func(context.Context, In) (Out, error) {
 	c := newRunConfig(opts)
 	err := c.err
@@ -267,6 +293,9 @@ func Limit[In, Out any](fn func(context.Context, In) (Out, error), l Limits, opt
 	sem := &slots{limit: l.MaxConcurrent}
 	return func(ctx context.Context, in In) (Out, error) {
 		var out Out
+		if ctx == nil {
+			return out, errNilContext
+		}
 		if sem.limit > 0 {
 			if err := acquireCall(ctx, sem, &c); err != nil {
 				return out, err

@@ -2,7 +2,6 @@ package reslimit
 
 import (
 	"fmt"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -72,7 +71,7 @@ type Tracker struct {
 		rel   atomic.Int64 // bytes released, cumulatively
 		peak  atomic.Int64
 		gen   atomic.Uint64
-		_     [cacheLine - 32]byte
+		cells [4]atomic.Uint64 // identities of memory guards (see claimGuard)
 	}
 	stop atomic.Pointer[stopState]
 
@@ -82,9 +81,11 @@ type Tracker struct {
 	closed   atomic.Bool
 	refused  [numResources]atomic.Int64
 	slots    slots
+	guards   atomic.Pointer[guardTable] // more identities of guards, made on first need
 
 	limits  Limits
-	skipCPU bool // Run/Limit with nothing that needs CPU time: no thread clock
+	skipCPU bool          // Run/Limit with nothing that needs CPU time: no thread clock
+	pinRes  atomic.Uint32 // pinKind reserved by Run for its own goroutine (see reservePin)
 	name    string
 	acct    *Account
 	// parent is the run this one was started in (a nested Run or Limit
@@ -125,6 +126,7 @@ type cpuThread struct {
 	id    uint64
 	clk   threadcpu.Clock
 	start time.Duration
+	pin   pinKind // pinWall: not pinned, start is wall time
 }
 
 type panicValue struct{ v any }
@@ -329,16 +331,19 @@ func (t *Tracker) refill(i int, n int64, take bool) error {
 		filled := t.filled[i].Load()
 		t.meterMu.Unlock()
 		used := filled - a
-		if used > maxUsage-n {
-			return fmt.Errorf("%w: %s request %d overflows usage %d", ErrInvalidArgument, res, n, used)
-		}
 		lim := t.limits.limit(res)
-		if lim > 0 && used+n > lim {
+		if lim > 0 && n > lim-used {
 			if i != mTotal && t.reclaimChildren(i) > 0 {
 				continue // child runs held room they had not used
 			}
 			t.refused[res].Add(1)
 			return &LimitError{Resource: res, Limit: lim, Used: used, Requested: n}
+		}
+		// A request past a limit is refused as such whatever its size
+		// (by the account, in grant, if it limits res); only a request
+		// that nothing limits can be refused for overflowing the counter.
+		if lim == 0 && n > maxUsage-used && (t.acct == nil || t.acct.limits[res].Load() == 0) {
+			return fmt.Errorf("%w: %s request %d overflows usage %d", ErrInvalidArgument, res, n, used)
 		}
 		room := int64(unlimitedFill)
 		if lim > 0 {
@@ -513,7 +518,9 @@ func (t *Tracker) TrackOperation() error {
 }
 
 // TrackOperations counts n operations at once, all or nothing. n must not be
-// negative.
+// negative. A request past the run's or its account's limit is a
+// *LimitError whatever its size; a request that nothing limits is refused
+// with ErrInvalidArgument only when it would take the run's count past 2⁶².
 func (t *Tracker) TrackOperations(n int64) error {
 	if t == nil {
 		return nil
@@ -582,7 +589,7 @@ func (t *Tracker) TrackMemory(n int64) error {
 	var acctHeld int64
 	if a != nil || p != nil {
 		// Refused by the run's own limit before the account is asked.
-		if h := t.heldNow(); lim > 0 && n <= maxUsage-h && n > lim-h {
+		if h := t.heldNow(); lim > 0 && n > lim-h {
 			t.refused[Memory].Add(1)
 			return &LimitError{Resource: Memory, Limit: lim, Used: h, Requested: n}
 		}
@@ -596,6 +603,14 @@ func (t *Tracker) TrackMemory(n int64) error {
 			var err error
 			if acctHeld, err = a.holdMemory(n); err != nil {
 				t.releaseUp(n)
+				if err == errHeldOverflow {
+					// Nothing limits the bytes held: the account's
+					// MaxTotalMemory may still refuse the request.
+					if err := t.refill(mTotal, n, false); err != nil {
+						return err
+					}
+					return fmt.Errorf("%w: memory request %d overflows the account's %d", ErrInvalidArgument, n, a.held.Load())
+				}
 				return err
 			}
 		}
@@ -704,10 +719,9 @@ func (t *Tracker) acquire(n, lim int64) (int64, error) {
 	for {
 		room, charged, released := t.memAcquireState()
 		held := charged - released
-		if n > maxUsage-held {
-			return 0, fmt.Errorf("%w: memory request %d overflows usage %d", ErrInvalidArgument, n, held)
-		}
-		if lim > 0 && held+n > lim {
+		// (held+n cannot overflow: the bytes held are at most those
+		// charged, and refill keeps charged+n in range.)
+		if lim > 0 && n > lim-held {
 			t.refused[Memory].Add(1)
 			return 0, &LimitError{Resource: Memory, Limit: lim, Used: held, Requested: n}
 		}
@@ -828,7 +842,8 @@ func (t *Tracker) noteFile(n int64) {
 // AddCPUTime adds CPU time measured elsewhere (a child process's rusage,
 // say) to the run. It returns a *LimitError{Resource: CPUTime} and stops
 // the run when that takes it over MaxCPUTime; the time is counted either
-// way, since it was already spent.
+// way, since it was already spent. The CPU time counted stops at
+// math.MaxInt64 nanoseconds rather than wrap.
 func (t *Tracker) AddCPUTime(d time.Duration) error {
 	if t == nil {
 		return nil
@@ -839,7 +854,7 @@ func (t *Tracker) AddCPUTime(d time.Duration) error {
 	if t.closed.Load() {
 		return ErrClosed
 	}
-	t.cpuExtra.Add(int64(d))
+	satAddAtomic(&t.cpuExtra, int64(d))
 	err := t.CheckCPUTime()
 	if p := t.parent; p != nil {
 		// The runs this one is nested in used that CPU time too.
@@ -912,37 +927,43 @@ func CPUClock() string {
 }
 
 // attach pins the calling goroutine to its OS thread and starts counting
-// that thread's CPU time for the run. The caller must call detach with the
-// returned id on the same goroutine.
+// that thread's CPU time for the run (or, beyond SetMaxMeasuredRuns, its
+// wall time). The caller must call detach with the returned id on the same
+// goroutine.
 func (t *Tracker) attach() uint64 {
 	if t.skipCPU {
 		return 0
 	}
-	runtime.LockOSThread()
-	clk, _ := threadcpu.Self()
-	now := cpuNow()
-	id := threadSeq.Add(1)
-	t.addThread(cpuThread{id: id, clk: clk, start: now})
+	pin := pinThread(pinKind(t.pinRes.Swap(uint32(pinNone))))
+	var clk threadcpu.Clock
+	now := wallNow()
+	if pin != pinWall {
+		clk, _ = threadcpu.Self()
+		now = cpuNow()
+	}
+	th := cpuThread{id: threadSeq.Add(1), clk: clk, start: now, pin: pin}
+	t.addThread(th)
 	// The runs this one is nested in count the thread too, unless it is
 	// one of theirs already (a child run on its parent's goroutine).
 	for p := t.parent; p != nil; p = p.parent {
 		if !p.skipCPU {
-			p.addThread(cpuThread{id: id, clk: clk, start: now})
+			p.addThread(th)
 		}
 	}
-	return id
+	return th.id
 }
 
 // threadSeq numbers the attachments of threads to runs.
 var threadSeq atomic.Uint64
 
 // addThread starts counting the CPU time of a thread for the run, unless
-// the run counts that thread already, and arms the run's watchdog.
+// the run counts that (pinned) thread already, and arms the run's
+// watchdog and its account's.
 func (t *Tracker) addThread(th cpuThread) {
 	t.cpuMu.Lock()
-	if threadcpu.Supported {
+	if threadcpu.Supported && th.pin != pinWall {
 		for _, o := range t.threads {
-			if o.clk == th.clk {
+			if o.pin != pinWall && o.clk == th.clk {
 				t.cpuMu.Unlock()
 				return
 			}
@@ -962,25 +983,34 @@ func (t *Tracker) detach(id uint64) {
 	if id == 0 {
 		return // CPU time is not measured for this run
 	}
-	now := cpuNow()
+	pin := pinWall
 	for r := t; r != nil; r = r.parent {
-		r.dropThread(id, now)
+		if k, ok := r.dropThread(id); ok && r == t {
+			pin = k
+		}
 	}
-	runtime.UnlockOSThread()
+	unpinThread(pin)
 }
 
-// dropThread stops counting the thread attached as id, if the run counts it.
-func (t *Tracker) dropThread(id uint64, now time.Duration) {
+// dropThread stops counting the thread attached as id, if the run counts
+// it, and returns how that thread was pinned.
+func (t *Tracker) dropThread(id uint64) (pinKind, bool) {
 	t.cpuMu.Lock()
+	defer t.cpuMu.Unlock()
 	for i := range t.threads {
 		if t.threads[i].id == id {
+			pin := t.threads[i].pin
+			now := wallNow()
+			if pin != pinWall {
+				now = cpuNow()
+			}
 			t.cpuDone += now - t.threads[i].start
 			t.threads[i] = t.threads[len(t.threads)-1]
 			t.threads = t.threads[:len(t.threads)-1]
-			break
+			return pin, true
 		}
 	}
-	t.cpuMu.Unlock()
+	return 0, false
 }
 
 // wallEpoch stands in for a thread CPU clock where none exists.
@@ -990,8 +1020,11 @@ func cpuNow() time.Duration {
 	if threadcpu.Supported {
 		return threadcpu.Current()
 	}
-	return time.Since(wallEpoch)
+	return wallNow()
 }
+
+// wallNow is the clock of a goroutine measured by its wall time.
+func wallNow() time.Duration { return time.Since(wallEpoch) }
 
 func (t *Tracker) sampleCPU() time.Duration {
 	d, _ := t.sampleCPUThreads()
@@ -1006,7 +1039,9 @@ func (t *Tracker) sampleCPUThreads() (time.Duration, int) {
 	d := t.cpuDone
 	for _, th := range t.threads {
 		var now time.Duration
-		if threadcpu.Supported {
+		if th.pin == pinWall {
+			now = wallNow()
+		} else if threadcpu.Supported {
 			v, err := th.clk.Read()
 			if err != nil {
 				continue
@@ -1020,7 +1055,7 @@ func (t *Tracker) sampleCPUThreads() (time.Duration, int) {
 		}
 	}
 	t.cpuMu.Unlock()
-	d += time.Duration(t.cpuExtra.Load())
+	d = satAddDur(d, time.Duration(t.cpuExtra.Load()))
 	raiseMax(&t.cpuLast, int64(d)) // concurrent samples must not move it back
 	return time.Duration(t.cpuLast.Load()), n
 }

@@ -62,7 +62,9 @@ package prometheus
 
 import (
 	"sort"
+	"strings"
 	"sync"
+	"unicode/utf8"
 
 	prom "github.com/prometheus/client_golang/prometheus"
 
@@ -122,14 +124,19 @@ func WithTenantFilter(allow func(tenant string) bool) Option {
 // WithOtherTenant sets the tenant label under which the tenants that do not
 // get series of their own are summed (default DefaultOtherTenant). "" drops
 // them; reslimit_tenants_overflow still counts them. A real tenant with that
-// name counts as overflow.
+// name counts as overflow. A name that is not valid UTF-8 is sanitized as
+// tenant labels are (see NewCollector).
 func WithOtherTenant(name string) Option {
-	return func(c *collector) { c.other = name }
+	return func(c *collector) { c.other = strings.ToValidUTF8(name, "\uFFFD") }
 }
 
 // NewCollector returns a Prometheus collector of ledger's accounts (see the
 // package doc for the metrics). It is safe for concurrent use. A nil ledger
-// exports no tenant.
+// exports no tenant. Label values are valid UTF-8 whatever the tenant
+// names: a name that is not gets its invalid bytes replaced by U+FFFD, and
+// if that label is already another tenant's, it is summed into the other
+// tenant (and counted in reslimit_tenants_overflow), so one odd name never
+// makes a scrape fail.
 func NewCollector(ledger *reslimit.Ledger, opts ...Option) prom.Collector {
 	c := &collector{ledger: ledger, max: DefaultMaxTenants, other: DefaultOtherTenant, known: map[string]struct{}{}}
 	for _, o := range opts {
@@ -268,12 +275,36 @@ func (c *collector) Collect(ch chan<- prom.Metric) {
 	sort.Strings(names)
 	own := c.choose(names)
 
+	// Label values must be valid UTF-8, and unique: a tenant name that is
+	// not gets its invalid bytes replaced by U+FFFD, unless that label is
+	// taken (by a valid name, the other tenant, or an invalid name before
+	// it in sort order); then it is summed into the other tenant.
+	taken := make(map[string]struct{}, len(own)+1)
+	if c.other != "" {
+		taken[c.other] = struct{}{}
+	}
+	for name := range own {
+		if utf8.ValidString(name) {
+			taken[name] = struct{}{}
+		}
+	}
 	other := aggregate{usage: map[reslimit.Resource]int64{}, refusals: map[reslimit.Resource]int64{}}
 	for _, name := range names {
 		st := snap[name]
 		if _, ok := own[name]; ok {
-			emitTenant(ch, name, &st)
-			continue
+			label := name
+			if !utf8.ValidString(name) {
+				label = strings.ToValidUTF8(name, "\uFFFD")
+				_, dup := taken[label]
+				taken[label] = struct{}{}
+				if dup {
+					label = ""
+				}
+			}
+			if label != "" {
+				emitTenant(ch, label, &st)
+				continue
+			}
 		}
 		other.n++
 		for _, r := range accountResources {

@@ -41,3 +41,6 @@ func Current() time.Duration {
 	}
 	return time.Duration(ts.Nano())
 }
+
+// Tid returns the id of the calling goroutine's current OS thread.
+func Tid() int { return unix.Gettid() }

@@ -19,3 +19,6 @@ func (c Clock) Read() (time.Duration, error) {
 
 // Current returns 0 on this platform.
 func Current() time.Duration { return 0 }
+
+// Tid returns 0: thread ids are not read on this platform.
+func Tid() int { return 0 }
