@@ -103,6 +103,8 @@ func WithHistorySize(n int) AccountOption {
 // Account layers one tenant's cumulative totals, history and limit status
 // over many runs, and enforces the tenant's AccountLimits across all of its
 // runs, also concurrent ones. Every method is safe for concurrent use.
+// Make accounts with NewAccount or Ledger.Account: the zero Account reads
+// as empty and refuses every run with an error saying so.
 //
 // A run's charges are checked against the run's own Limits and the
 // account's, all or nothing. To keep a busy tenant's hot path on its run's
@@ -259,7 +261,10 @@ func (a *Account) Name() string {
 	return a.name
 }
 
-var errNilAccount = fmt.Errorf("%w: nil *Account", ErrInvalidArgument)
+var (
+	errNilAccount  = fmt.Errorf("%w: nil *Account", ErrInvalidArgument)
+	errZeroAccount = fmt.Errorf("%w: a zero Account runs nothing: make accounts with NewAccount or Ledger.Account", ErrInvalidArgument)
+)
 
 // Begin starts a run bounded by l and charged to the account; finish it
 // with End (or Finish). It is refused, before anything runs and without
@@ -280,6 +285,9 @@ func (a *Account) Begin(l Limits) (*Tracker, error) {
 func (a *Account) begin(l Limits, name string, cancel func(error), parent *Tracker) (*Tracker, error) {
 	if a.err != nil {
 		return nil, a.err
+	}
+	if a.live == nil {
+		return nil, errZeroAccount
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -833,7 +841,9 @@ func WithAccountOptions(opts ...AccountOption) LedgerOption {
 }
 
 // Ledger keeps one Account per tenant, created on first use with the
-// ledger's default limits. It is safe for concurrent use.
+// ledger's default limits. It is safe for concurrent use. The zero Ledger
+// is a ledger whose accounts have no limits and no Store, as
+// NewLedger(AccountLimits{}) returns.
 type Ledger struct {
 	defaults  AccountLimits
 	acctOpts  []AccountOption
@@ -886,6 +896,9 @@ func (l *Ledger) Open(tenant string) (*Account, error) {
 	defer l.mu.Unlock()
 	if a = l.accts[tenant]; a != nil {
 		return a, nil
+	}
+	if l.accts == nil {
+		l.accts = make(map[string]*Account) // a zero Ledger
 	}
 	for i, r := range l.retired {
 		if r.name == tenant {

@@ -52,3 +52,24 @@ func TestRunsWithoutAValidTenantFailClosed(t *testing.T) {
 	require.False(t, ok, "a refusing account is not kept")
 	require.NoError(t, ledger.Account("good").Err())
 }
+
+// The zero Account refuses every run with a clear error; the zero Ledger
+// is a ledger without limits.
+func TestZeroAccountAndLedger(t *testing.T) {
+	var a Account
+	_, err := a.Begin(Unlimited())
+	require.ErrorIs(t, err, ErrInvalidArgument)
+	_, err = Run(context.Background(), Unlimited(), func(context.Context) error { return nil }, WithAccount(&a))
+	require.ErrorIs(t, err, ErrInvalidArgument)
+	require.Zero(t, a.Stats().Evaluations)
+
+	var l Ledger
+	acct := l.Account("acme")
+	require.NoError(t, acct.Err())
+	_, err = Run(context.Background(), Unlimited(), func(ctx context.Context) error {
+		return FromContext(ctx).TrackOperations(3)
+	}, WithAccount(acct))
+	require.NoError(t, err)
+	require.Equal(t, int64(3), acct.Stats().Operations)
+	require.Equal(t, []string{"acme"}, l.Tenants())
+}

@@ -1,6 +1,7 @@
 package reslimit
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -52,7 +53,7 @@ type MonitorConfig struct {
 	// Default 1s; negative is invalid.
 	CheckInterval time.Duration
 	// HistorySize is how many of the latest events History keeps.
-	// Default 1000; a negative size keeps none.
+	// Default 1000; negative is invalid.
 	HistorySize int
 	// EventBuffer is the capacity of the Events channel. When it is full,
 	// events are dropped and counted (Statistics.DroppedEvents). Default
@@ -300,6 +301,9 @@ type registry struct {
 // while a poll is in progress: the registry is copy-on-write, so they
 // never wait for the poll, nor the poll for them. Polls are serialised.
 type Monitor struct {
+	once  sync.Once   // configures the monitor: in NewMonitor, or on first use of a zero Monitor
+	ready atomic.Bool // configured
+
 	threshold    float64
 	recoverBelow float64
 	interval     time.Duration
@@ -340,50 +344,58 @@ type Monitor struct {
 // CheckInterval or EventBuffer, and one wrapping ErrInvalidLimits for a
 // negative ProcessMemoryLimit.
 func NewMonitor(cfg MonitorConfig) (*Monitor, error) {
-	th := cfg.WarningThreshold
-	if th == 0 {
-		th = DefaultWarningThreshold
+	if err := cfg.validate(); err != nil {
+		return nil, err
 	}
-	if math.IsNaN(th) || th <= 0 || th > 1 {
-		return nil, fmt.Errorf("%w: WarningThreshold %v is not in (0, 1]", ErrInvalidArgument, cfg.WarningThreshold)
+	m := &Monitor{}
+	m.once.Do(func() { m.setup(cfg) })
+	return m, nil
+}
+
+func (cfg *MonitorConfig) validate() error {
+	th := cfg.WarningThreshold
+	if math.IsNaN(th) || th < 0 || th > 1 {
+		return fmt.Errorf("%w: WarningThreshold %v is not in (0, 1]", ErrInvalidArgument, cfg.WarningThreshold)
 	}
 	if cfg.CheckInterval < 0 {
-		return nil, fmt.Errorf("%w: negative CheckInterval %v", ErrInvalidArgument, cfg.CheckInterval)
+		return fmt.Errorf("%w: negative CheckInterval %v", ErrInvalidArgument, cfg.CheckInterval)
 	}
 	if cfg.EventBuffer < 0 {
-		return nil, fmt.Errorf("%w: negative EventBuffer %d", ErrInvalidArgument, cfg.EventBuffer)
+		return fmt.Errorf("%w: negative EventBuffer %d", ErrInvalidArgument, cfg.EventBuffer)
+	}
+	if cfg.HistorySize < 0 {
+		return fmt.Errorf("%w: negative HistorySize %d", ErrInvalidArgument, cfg.HistorySize)
 	}
 	if cfg.ProcessMemoryLimit < 0 {
-		return nil, fmt.Errorf("%w: negative ProcessMemoryLimit %d", ErrInvalidLimits, cfg.ProcessMemoryLimit)
+		return fmt.Errorf("%w: negative ProcessMemoryLimit %d", ErrInvalidLimits, cfg.ProcessMemoryLimit)
 	}
-	interval := cfg.CheckInterval
-	if interval == 0 {
-		interval = DefaultCheckInterval
-	}
-	buffer := cfg.EventBuffer
-	if buffer == 0 {
-		buffer = DefaultEventBuffer
-	}
-	hist := cfg.HistorySize
-	if hist == 0 {
-		hist = DefaultMonitorHistory
-	}
-	hist = max(hist, 0)
-	m := &Monitor{
-		threshold:    th,
-		recoverBelow: th - min(MonitorHysteresis, th/2),
-		interval:     interval,
-		logger:       cfg.Logger,
-		events:       make(chan Event, buffer),
-		histCap:      hist,
-		quit:         make(chan struct{}),
-	}
+	return nil
+}
+
+// setup configures m from a valid cfg, filling in the defaults.
+func (m *Monitor) setup(cfg MonitorConfig) {
+	th := cmp.Or(cfg.WarningThreshold, DefaultWarningThreshold)
+	m.threshold = th
+	m.recoverBelow = th - min(MonitorHysteresis, th/2)
+	m.interval = cmp.Or(cfg.CheckInterval, DefaultCheckInterval)
+	m.logger = cfg.Logger
+	m.events = make(chan Event, cmp.Or(cfg.EventBuffer, DefaultEventBuffer))
+	m.histCap = cmp.Or(cfg.HistorySize, DefaultMonitorHistory)
+	m.quit = make(chan struct{})
 	m.reg.Store(&registry{})
 	if cfg.WatchProcess {
 		c := &component{name: ProcessComponent, src: newProcessSource(cfg.ProcessMemoryLimit), builtin: true}
 		m.reg.Store(&registry{comps: []*component{c}})
 	}
-	return m, nil
+	m.ready.Store(true)
+}
+
+// init makes a zero Monitor a monitor with the default configuration, as
+// NewMonitor(MonitorConfig{}) returns.
+func (m *Monitor) init() {
+	if !m.ready.Load() {
+		m.once.Do(func() { m.setup(MonitorConfig{}) })
+	}
 }
 
 // Register adds s to the monitored components under name, or replaces the
@@ -394,6 +406,7 @@ func NewMonitor(cfg MonitorConfig) (*Monitor, error) {
 // for an empty name or a nil s (including a nil *Tracker or *Account), and
 // ErrClosed after Stop. Safe for concurrent use, also during a poll.
 func (m *Monitor) Register(name string, s Source) error {
+	m.init()
 	if name == "" {
 		return fmt.Errorf("%w: Monitor.Register with an empty name", ErrInvalidArgument)
 	}
@@ -417,6 +430,7 @@ func (m *Monitor) Register(name string, s Source) error {
 // wrapping ErrInvalidArgument for a nil l, and ErrClosed after Stop. Safe
 // for concurrent use, also during a poll.
 func (m *Monitor) RegisterLedger(prefix string, l *Ledger) error {
+	m.init()
 	if l == nil {
 		return fmt.Errorf("%w: Monitor.RegisterLedger(%q) with a nil ledger", ErrInvalidArgument, prefix)
 	}
@@ -507,6 +521,7 @@ func isNilSource(s Source) bool {
 // forgets its edge state; a poll in progress skips it from now on. Safe
 // for concurrent use, also during a poll.
 func (m *Monitor) Unregister(name string) {
+	m.init()
 	m.regMu.Lock()
 	defer m.regMu.Unlock()
 	old := m.reg.Load().comps
@@ -531,6 +546,7 @@ func (m *Monitor) Start(ctx context.Context) error {
 	if ctx == nil {
 		return fmt.Errorf("%w: Monitor.Start with a nil context", ErrInvalidArgument)
 	}
+	m.init()
 	m.lifeMu.Lock()
 	defer m.lifeMu.Unlock()
 	if m.stopping || m.done.Load() {
@@ -568,6 +584,7 @@ func (m *Monitor) loop(ctx context.Context, exited chan struct{}) {
 // Stop is idempotent and safe for concurrent use; it also works on a
 // monitor that was never started.
 func (m *Monitor) Stop() {
+	m.init()
 	m.lifeMu.Lock()
 	if !m.stopping {
 		m.stopping = true
@@ -596,13 +613,17 @@ func (m *Monitor) shutdown() {
 // were seen. It is closed when the monitor stops (Stop, or the end of
 // Start's context). Sends never block the monitor: an event that finds
 // the channel full is dropped and counted in Statistics.DroppedEvents.
-func (m *Monitor) Events() <-chan Event { return m.events }
+func (m *Monitor) Events() <-chan Event {
+	m.init()
+	return m.events
+}
 
 // Poll reads every registered source once, now, and sends the events due,
 // before it returns. Polls are serialised. In steady state (no event due)
 // it allocates nothing. After the monitor stopped it does nothing. Safe
 // for concurrent use.
 func (m *Monitor) Poll() {
+	m.init()
 	m.pollMu.Lock()
 	defer m.pollMu.Unlock()
 	if m.closed {
@@ -718,6 +739,7 @@ func (m *Monitor) log(ev *Event) {
 // their current usage, the monitor's event counters and per-component
 // usage. It does not wait for a poll in progress. Safe for concurrent use.
 func (m *Monitor) Statistics() Statistics {
+	m.init()
 	comps := m.reg.Load().comps
 	s := Statistics{
 		Warnings:       m.warnings.Load(),
@@ -779,6 +801,7 @@ func (s *Statistics) addComponent(c *component) {
 // History returns a copy of the latest events (at most HistorySize),
 // oldest first. Safe for concurrent use.
 func (m *Monitor) History() []Event {
+	m.init()
 	m.histMu.Lock()
 	defer m.histMu.Unlock()
 	out := make([]Event, 0, len(m.hist))
@@ -790,6 +813,7 @@ func (m *Monitor) History() []Event {
 // ClearHistory forgets the events kept for History. The counters of
 // Statistics are not affected. Safe for concurrent use.
 func (m *Monitor) ClearHistory() {
+	m.init()
 	m.histMu.Lock()
 	clear(m.hist)
 	m.hist = m.hist[:0]

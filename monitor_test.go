@@ -113,6 +113,7 @@ func TestNewMonitorInvalid(t *testing.T) {
 		{"infinite threshold", MonitorConfig{WarningThreshold: math.Inf(1)}, ErrInvalidArgument},
 		{"negative interval", MonitorConfig{CheckInterval: -time.Second}, ErrInvalidArgument},
 		{"negative buffer", MonitorConfig{EventBuffer: -1}, ErrInvalidArgument},
+		{"negative history", MonitorConfig{HistorySize: -1}, ErrInvalidArgument},
 		{"negative process limit", MonitorConfig{WatchProcess: true, ProcessMemoryLimit: -1}, ErrInvalidLimits},
 	}
 	for _, tc := range cases {
@@ -437,11 +438,11 @@ func TestMonitorHistoryRing(t *testing.T) {
 	m.Poll()
 	assert.Equal(t, []string{"svc/memory/recovered"}, kinds(m.History()))
 
-	none := newTestMonitor(t, MonitorConfig{HistorySize: -1})
-	require.NoError(t, none.Register("svc", newFake(Reading{Resource: Memory, Used: 90, Limit: 100})))
-	none.Poll()
-	assert.Empty(t, none.History())
-	assert.Len(t, drain(t, none), 1)
+	one := newTestMonitor(t, MonitorConfig{HistorySize: 1})
+	require.NoError(t, one.Register("svc", newFake(Reading{Resource: Memory, Used: 90, Limit: 100})))
+	one.Poll()
+	assert.Len(t, one.History(), 1)
+	assert.Len(t, drain(t, one), 1)
 }
 
 func TestMonitorRegisterValidation(t *testing.T) {
@@ -874,4 +875,20 @@ func TestMonitorWatchesEveryTenantOfALedger(t *testing.T) {
 	assert.Equal(t, 0, m.Statistics().Components)
 	ledger.Account("late")
 	assert.Empty(t, pollKinds(t, m))
+}
+
+// The zero Monitor is a monitor with the default configuration, as
+// NewMonitor(MonitorConfig{}) returns: it registers, polls, sends events
+// and stops.
+func TestZeroMonitorIsUsable(t *testing.T) {
+	var m Monitor
+	assert.Equal(t, DefaultEventBuffer, cap(m.Events()))
+	require.NoError(t, m.Register("svc", newFake(Reading{Resource: Memory, Used: 90, Limit: 100})))
+	m.Poll()
+	assert.Equal(t, []string{"svc/memory/high_usage"}, kinds(drain(t, &m)))
+	assert.Equal(t, 1, m.Statistics().Components)
+	require.NoError(t, m.Start(context.Background()))
+	m.Stop()
+	_, open := <-m.Events()
+	assert.False(t, open)
 }
