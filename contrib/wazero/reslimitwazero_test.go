@@ -24,8 +24,18 @@ const page = 65536
 // with call counting when count is true.
 func setup(t testing.TB, count bool) (wazero.Runtime, wazero.CompiledModule) {
 	t.Helper()
+	return setupWith(t, count, true)
+}
+
+// setupWith is setup, with Config (termination) only when terminate is true.
+func setupWith(t testing.TB, count, terminate bool) (wazero.Runtime, wazero.CompiledModule) {
+	t.Helper()
 	ctx := context.Background()
-	rt := wazero.NewRuntimeWithConfig(ctx, reslimitwazero.Config(wazero.NewRuntimeConfig()))
+	cfg := wazero.NewRuntimeConfig()
+	if terminate {
+		cfg = reslimitwazero.Config(cfg)
+	}
+	rt := wazero.NewRuntimeWithConfig(ctx, cfg)
 	t.Cleanup(func() { _ = rt.Close(ctx) })
 	cctx := ctx
 	if count {
