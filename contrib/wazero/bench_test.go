@@ -100,4 +100,3 @@ func BenchmarkEvaluation(b *testing.B) {
 		})
 	}
 }
-
