@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/reslimit/reslimit"
 	reslimitstarlark "github.com/reslimit/reslimit/contrib/starlark"
@@ -52,4 +53,44 @@ def work(n):
 			}
 		})
 	}
+}
+
+// BenchmarkStepsPaired runs the bare and the charged call alternately in
+// each op and reports both times and their ratio, so that a busy machine
+// slows both alike (the plain benchmarks above drift with the load).
+func BenchmarkStepsPaired(b *testing.B) {
+	globals, err := starlark.ExecFileOptions(fileOpts, &starlark.Thread{}, "bench.star", `
+def work(n):
+    t = 0
+    for i in range(n):
+        t += i * i
+    return t
+`, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	work := globals["work"]
+	args := starlark.Tuple{starlark.MakeInt(25000)}
+	var bare, charged time.Duration
+	_, err = reslimit.Run(context.Background(), reslimit.Limits{MaxOperations: 1 << 60}, func(ctx context.Context) error {
+		for b.Loop() {
+			t0 := time.Now()
+			if _, err := starlark.Call(&starlark.Thread{}, work, args, nil); err != nil {
+				return err
+			}
+			t1 := time.Now()
+			if _, err := reslimitstarlark.Call(ctx, work, args, nil); err != nil {
+				return err
+			}
+			bare += t1.Sub(t0)
+			charged += time.Since(t1)
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(bare.Nanoseconds())/float64(b.N), "bare-ns/op")
+	b.ReportMetric(float64(charged.Nanoseconds())/float64(b.N), "charged-ns/op")
+	b.ReportMetric(float64(charged)/float64(bare), "ratio")
 }

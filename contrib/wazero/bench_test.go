@@ -7,6 +7,7 @@ import (
 
 	"github.com/reslimit/reslimit"
 	reslimitwazero "github.com/reslimit/reslimit/contrib/wazero"
+	"github.com/reslimit/reslimit/contrib/wazero/internal/wasmbin"
 	"github.com/tetratelabs/wazero"
 )
 
@@ -99,4 +100,102 @@ func BenchmarkEvaluation(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkPaired runs the bare and a reslimit variant of the same call
+// alternately in each op and reports both times and their ratio, so that
+// a busy machine slows both alike.
+func BenchmarkPaired(b *testing.B) {
+	cases := []struct {
+		name, fn  string
+		arg       uint64
+		terminate bool
+		count     bool
+	}{
+		{"loop/noterminate", "sum", 100000, false, false},
+		{"loop/terminate", "sum", 100000, true, false},
+		{"calls/terminate", "fib", 20, true, false},
+		{"calls/terminate+count", "fib", 20, true, true},
+	}
+	for _, c := range cases {
+		b.Run(c.name, func(b *testing.B) {
+			ctx := context.Background()
+			brt := wazero.NewRuntime(ctx)
+			defer brt.Close(ctx)
+			bmod, err := brt.Instantiate(ctx, wasmbin.Guests().Bytes())
+			if err != nil {
+				b.Fatal(err)
+			}
+			bfn := bmod.ExportedFunction(c.fn)
+			rt, compiled := setupWith(b, c.count, c.terminate)
+			var bare, limited time.Duration
+			_, err = reslimit.Run(ctx, benchLimits, func(ctx context.Context) error {
+				ctx = reslimitwazero.WithTracker(ctx)
+				mod := instantiate(b, ctx, rt, compiled)
+				defer mod.Close(ctx)
+				fn := mod.ExportedFunction(c.fn)
+				for b.Loop() {
+					t0 := time.Now()
+					if _, err := bfn.Call(context.Background(), c.arg); err != nil {
+						return err
+					}
+					t1 := time.Now()
+					if _, err := reslimitwazero.Call(ctx, fn, c.arg); err != nil {
+						return err
+					}
+					bare += t1.Sub(t0)
+					limited += time.Since(t1)
+				}
+				return nil
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(bare.Nanoseconds())/float64(b.N), "bare-ns/op")
+			b.ReportMetric(float64(limited.Nanoseconds())/float64(b.N), "reslimit-ns/op")
+			b.ReportMetric(float64(limited)/float64(bare), "ratio")
+		})
+	}
+}
+
+// BenchmarkEvaluationPaired: a whole evaluation (instantiate, fib(20),
+// close), bare and as a reslimit run with its memory charged, CPU time
+// measured and timeout watched, without termination checks.
+func BenchmarkEvaluationPaired(b *testing.B) {
+	ctx := context.Background()
+	brt := wazero.NewRuntime(ctx)
+	defer brt.Close(ctx)
+	bcompiled, err := brt.CompileModule(ctx, wasmbin.Guests().Bytes())
+	if err != nil {
+		b.Fatal(err)
+	}
+	rt, compiled := setupWith(b, false, false)
+	eval := func(ctx context.Context, rt wazero.Runtime, compiled wazero.CompiledModule) error {
+		mod, err := reslimitwazero.Instantiate(ctx, rt, compiled, wazero.NewModuleConfig().WithName(""))
+		if err != nil {
+			return err
+		}
+		defer mod.Close(ctx)
+		_, err = reslimitwazero.Call(ctx, mod.ExportedFunction("fib"), 20)
+		return err
+	}
+	var bare, limited time.Duration
+	for b.Loop() {
+		t0 := time.Now()
+		if err := eval(ctx, brt, bcompiled); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		_, err := reslimit.Run(ctx, benchLimits, func(ctx context.Context) error {
+			return eval(reslimitwazero.WithTracker(ctx), rt, compiled)
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		bare += t1.Sub(t0)
+		limited += time.Since(t1)
+	}
+	b.ReportMetric(float64(bare.Nanoseconds())/float64(b.N), "bare-ns/op")
+	b.ReportMetric(float64(limited.Nanoseconds())/float64(b.N), "reslimit-ns/op")
+	b.ReportMetric(float64(limited)/float64(bare), "ratio")
 }

@@ -17,7 +17,13 @@
 //     is the run's thread CPU time. With Config (WithCloseOnContextDone)
 //     the run's cancellation by its watchdog stops a guest spinning in
 //     (loop br 0), and the caller gets the run's cpu_time or timeout
-//     *reslimit.LimitError, not wazero's exit error.
+//     *reslimit.LimitError, not wazero's exit error. This has a price that
+//     is wazero's: with WithCloseOnContextDone, wazero v1.12 leaves the
+//     guest's machine code for Go at every loop iteration to check the
+//     module (about 35 ns each here, so a tight loop runs tens of times
+//     slower; see BENCHMARKS.md). Without Config, memory and CPU
+//     accounting cost next to nothing, but the run's cancellation stops
+//     the guest only when it returns to or calls the host.
 //   - Function calls, optionally: a module compiled with a context from
 //     CountCalls charges each call of one of its functions as one
 //     reslimit call (Tracker.TrackCall), so MaxFunctionCalls binds; this
