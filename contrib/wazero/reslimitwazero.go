@@ -149,6 +149,9 @@ func (m *linearMemory) Reallocate(size uint64) []byte {
 	newCap := size
 	if c := 2 * uint64(cap(m.buf)); !initial && c > newCap {
 		newCap = min(c, max(m.max, size))
+		if left, ok := m.st.tr.Remaining(reslimit.Memory); ok && uint64(left) < newCap-uint64(m.charged) {
+			newCap = size // would be refused: ask for what the guest asked
+		}
 	}
 	err := m.st.tr.TrackMemory(int64(newCap) - m.charged)
 	if err != nil && newCap > size {
