@@ -485,7 +485,7 @@ type fleetState struct {
 }
 
 func newFleetState(l *Ledger) *fleetState {
-	return &fleetState{ledger: l, refreshed: make(chan struct{})}
+	return &fleetState{ledger: l, refreshed: make(chan struct{}), activeAt: time.Now()}
 }
 
 // openFleet loads a's committed totals from the store the first time the
@@ -706,7 +706,14 @@ func (f *fleetState) reportLocked(a *Account, now time.Time) TenantSync {
 		}
 		left := f.leaseLocked(r) - a.issuedFleetLocked(r)
 		need := f.need.Get(r)
+		// Enough for about two intervals at the recent rate: the used
+		// since the last sync, scaled to an interval when syncs come
+		// sooner (a busy start-up), or the last report's.
 		target := max(leaseFloor[r], 2*f.lastUsed.Get(r), 2*used.Get(r))
+		if elapsed := now.Sub(f.lastSync); !f.lastSync.IsZero() && elapsed < f.ledger.interval {
+			scaled := 2 * float64(used.Get(r)) * float64(f.ledger.interval) / float64(max(elapsed, time.Millisecond))
+			target = max(target, int64(min(scaled, maxUsage)))
+		}
 		// Near the limit ask for a shrinking share, so that the other
 		// replicas still find some and the last grants are small and exact.
 		target = min(target, max(1, (lim-a.usageLocked(r))/4))

@@ -346,3 +346,44 @@ func TestLedgerStoreTenants(t *testing.T) {
 	stop := errors.New("stop")
 	assert.ErrorIs(t, l1.StoreTenants(context.Background(), func(string, Totals) error { return stop }), stop)
 }
+
+// Item 3, the stall itself: 11 operations are left, two replicas hold
+// leases of 2, and a charge of 9 waits on one of them. It is granted
+// within about a sync interval, and waiting for it does not storm the
+// store.
+func TestFleetChargeThatFitsIsGrantedNearTheLimit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const limit = 10_000
+		const interval = 100 * time.Millisecond
+		store := newCountingStore()
+		_, err := store.Sync(context.Background(), SyncRequest{Replica: "earlier", Final: true,
+			Tenants: []TenantSync{{Tenant: "t", Seq: 1, Used: Totals{Operations: limit - 11}}}})
+		require.NoError(t, err)
+		var ledgers []*Ledger
+		for _, id := range []string{"r1", "r2"} {
+			l := NewLedger(AccountLimits{MaxTotalOperations: limit}, WithStore(store), WithReplica(id), WithSyncInterval(interval))
+			ledgers = append(ledgers, l)
+			l.Account("t")
+			require.NoError(t, l.Sync(context.Background()))
+			require.Equal(t, int64(2), l.Account("t").Stats().Fleet.Lease.Operations)
+		}
+		calls := store.calls.Load()
+		start := time.Now()
+		var ok bool
+		for !ok && time.Since(start) < 10*interval {
+			tr, err := ledgers[0].Account("t").Begin(Unlimited())
+			require.NoError(t, err)
+			ok = tr.TrackOperations(9) == nil
+			tr.End()
+			time.Sleep(time.Millisecond)
+		}
+		took := time.Since(start)
+		t.Logf("granted: %v after %v, %d store calls", ok, took, store.calls.Load()-calls)
+		assert.True(t, ok, "a charge of 9 with 11 left is never granted")
+		assert.LessOrEqual(t, took, 2*interval)
+		assert.LessOrEqual(t, store.calls.Load()-calls, int64(10))
+		for _, l := range ledgers {
+			require.NoError(t, l.Close(context.Background()))
+		}
+	})
+}

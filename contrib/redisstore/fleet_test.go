@@ -119,15 +119,20 @@ func TestFleetOnRedisKeepsAStoppedReplicasLeaseCounted(t *testing.T) {
 // redisProcess is a redis-server of the test's own, with an append-only file
 // so that committed totals survive a stop and a start.
 type redisProcess struct {
-	addr, dir string
-	cmd       *exec.Cmd
+	addr, dir     string
+	noPersistence bool // a restart loses everything
+	cmd           *exec.Cmd
 }
 
 func (p *redisProcess) start(t *testing.T) {
 	t.Helper()
 	_, port, _ := net.SplitHostPort(p.addr)
+	aof := "yes"
+	if p.noPersistence {
+		aof = "no"
+	}
 	p.cmd = exec.Command("redis-server", "--bind", "127.0.0.1", "--port", port, "--dir", p.dir,
-		"--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no")
+		"--save", "", "--appendonly", aof, "--appendfsync", "always", "--daemonize", "no")
 	require.NoError(t, p.cmd.Start())
 	require.Eventually(t, func() bool {
 		c, err := net.Dial("tcp", p.addr)
