@@ -364,6 +364,7 @@ func (l *Ledger) syncRound(ctx context.Context, all, final bool) error {
 		a.mu.Lock()
 		if all || a.fleet.dueLocked(a, now) {
 			req.Tenants = append(req.Tenants, a.fleet.reportLocked(a, now))
+			a.fleet.inFlight = true
 			owners = append(owners, a)
 		}
 		a.mu.Unlock()
@@ -386,6 +387,7 @@ func (l *Ledger) syncRound(ctx context.Context, all, final bool) error {
 	for k, a := range owners {
 		a.mu.Lock()
 		a.fleet.lastAttempt = now
+		a.fleet.inFlight = false
 		if err != nil {
 			a.fleet.failLocked(a, err)
 		} else {
@@ -478,6 +480,7 @@ type fleetState struct {
 	lastErr     string
 	failing     bool
 	wantSync    bool
+	inFlight    bool // a report of this tenant is on its way to the store
 	loaded      bool
 	retired     bool          // removed from the ledger, still to be reported
 	refreshed   chan struct{} // closed and replaced after every sync attempt
@@ -613,7 +616,7 @@ func (a *Account) fleetReserveLocked(r Resource, n, want int64, meter int, excep
 	var deadline time.Time
 	var myNo uint64
 	var attempts int64
-	registered := false
+	registered, extended := false, false
 	for {
 		if f.ledger.closed.Load() {
 			return ErrClosed
@@ -657,14 +660,24 @@ func (a *Account) fleetReserveLocked(r Resource, n, want int64, meter int, excep
 			registered, myNo, deadline = true, f.builtNo, now.Add(f.ledger.leaseWait)
 			attempts = f.syncs + f.syncErrors
 		}
-		if !now.Before(deadline) || f.failing && f.syncs+f.syncErrors > attempts {
-			// No lease in time, or the store failed a sync made since
-			// this charge asked (the failure policy ruled on it).
+		if f.failing && f.syncs+f.syncErrors > attempts {
+			// The store failed a sync made since this charge asked: the
+			// failure policy ruled on it.
 			return refuse()
+		}
+		wait := deadline.Sub(now)
+		if wait <= 0 {
+			if !(f.inFlight || f.wantSync) || extended {
+				return refuse() // no lease in time
+			}
+			// A lease is in flight (or asked for, the syncer about to send
+			// the request): its answer, or failure, comes within the sync
+			// timeout. Do not refuse for want of it; wait once more.
+			extended, wait = true, f.ledger.syncTimeout
 		}
 		ch := f.refreshed
 		a.mu.Unlock()
-		timer := time.NewTimer(deadline.Sub(now))
+		timer := time.NewTimer(wait)
 		select {
 		case <-ch:
 		case <-timer.C:
@@ -732,7 +745,9 @@ func (f *fleetState) reportLocked(a *Account, now time.Time) TenantSync {
 			// the other replicas can have it.
 			ts.Return.Set(r, left)
 		default:
-			ts.Want.Set(r, max(0, max(target, need)-left))
+			// (left < 0 only while reports the store lost are reported
+			// again: they are not a reason to ask for more.)
+			ts.Want.Set(r, max(0, max(target, need)-max(left, 0)))
 		}
 		f.returning.Set(r, ts.Return.Get(r))
 	}

@@ -87,6 +87,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -424,22 +425,43 @@ func parseInt(x any) (int64, error) {
 
 // ListTenants implements reslimit.TenantLister: it SCANs for the tenant
 // hashes (prefix:{*}, TYPE hash) on the server, or on every master of a
-// Cluster one after the other, and reads each batch's committed totals
+// Cluster (every shard of a Ring) one after the other, calling fn from one
+// goroutine, and reads each batch's committed totals
 // with one pipelined HMGET. It holds one SCAN batch (about 1000 keys) in
 // memory at a time. As SCAN guarantees, a tenant present for the whole
 // listing is listed, possibly twice (during a Cluster resharding or a
 // rehash); a tenant created or deleted meanwhile may or may not be.
 func (s *Store) ListTenants(ctx context.Context, fn func(tenant string, committed reslimit.Totals) error) error {
-	list := func(ctx context.Context, c *redis.Client) error { return s.listNode(ctx, c, fn) }
+	// The nodes are listed one after the other, so that fn is never called
+	// concurrently (ForEachMaster and ForEachShard run in parallel).
+	var mu sync.Mutex
+	var nodes []*redis.Client
+	collect := func(_ context.Context, c *redis.Client) error {
+		mu.Lock()
+		nodes = append(nodes, c)
+		mu.Unlock()
+		return nil
+	}
+	var err error
 	switch c := s.rdb.(type) {
 	case *redis.ClusterClient:
-		return c.ForEachMaster(ctx, list)
+		err = c.ForEachMaster(ctx, collect)
 	case *redis.Client:
-		return list(ctx, c)
+		nodes = append(nodes, c)
 	case *redis.Ring:
-		return c.ForEachShard(ctx, list)
+		err = c.ForEachShard(ctx, collect)
+	default:
+		return fmt.Errorf("%w: redisstore: ListTenants needs a *redis.Client, *redis.ClusterClient or *redis.Ring, not %T", reslimit.ErrInvalidArgument, s.rdb)
 	}
-	return fmt.Errorf("%w: redisstore: ListTenants needs a *redis.Client, *redis.ClusterClient or *redis.Ring, not %T", reslimit.ErrInvalidArgument, s.rdb)
+	if err != nil {
+		return fmt.Errorf("redisstore: list tenants: %w", err)
+	}
+	for _, c := range nodes {
+		if err := s.listNode(ctx, c, fn); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // globEscaper escapes the glob characters of SCAN's MATCH.
