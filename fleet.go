@@ -20,17 +20,20 @@ import (
 type FailurePolicy uint8
 
 const (
-	// FailLocal keeps serving from the allowance the replica holds until
-	// its lease expires, and then (or once it is used up) from a
+	// FailLocal keeps serving from the allowance (lease) the replica
+	// holds, which the store keeps counting, and once it is used up from a
 	// conservative fallback share: a tenth of what the tenant had left
-	// fleet-wide when the outage began. The fleet can pass a limit by at
-	// most those shares (plus the allowance runs already hold, at most a
-	// chunk per run).
+	// fleet-wide when the outage began, or, for a tenant this replica never
+	// managed to load from the store, min(1% of its limit, the lease floor
+	// of 1024 operations, 64 calls, 1 MiB, 8 evaluations). The fleet can
+	// pass a limit by at most those shares, one per replica.
 	FailLocal FailurePolicy = iota
-	// FailOpen stops enforcing cumulative limits while the store fails.
+	// FailOpen stops enforcing cumulative limits while the store fails:
+	// neither Begin nor charges are refused for them until a sync
+	// succeeds. Usage is still counted and reported later.
 	FailOpen
-	// FailClosed refuses new allowance once the replica's lease has expired
-	// while the store fails.
+	// FailClosed serves only from the lease the replica holds while the
+	// store fails, and refuses what it does not cover.
 	FailClosed
 )
 
@@ -81,9 +84,11 @@ func WithSyncInterval(d time.Duration) LedgerOption {
 	}
 }
 
-// WithLeaseTTL sets how long the store keeps allowance reserved for this
-// replica without a sync (default: 3 sync intervals, at least 100ms). The
-// allowance of a replica that stops without Close is reclaimed after it.
+// WithLeaseTTL sets the lease period the replica announces to the store
+// (default: 3 sync intervals, at least 100ms), which stores use to tell
+// live replicas from gone ones. The store never reclaims a lease when it
+// expires: the unused lease of a replica that stops without Close keeps
+// counting against the limit (it may have been used).
 func WithLeaseTTL(d time.Duration) LedgerOption {
 	return func(l *Ledger) {
 		if d <= 0 {
@@ -116,7 +121,9 @@ func WithSyncTimeout(d time.Duration) LedgerOption {
 
 // WithLeaseWait bounds how long a charge that finds its replica's
 // allowance used up waits for the syncer to lease more before it is
-// refused (default 100ms). The wait happens on the slow path only.
+// refused (default 100ms); when it ends while the lease is on its way, the
+// charge waits for that answer too (at most WithSyncTimeout). The wait
+// happens on the slow path only.
 func WithLeaseWait(d time.Duration) LedgerOption {
 	return func(l *Ledger) {
 		if d < 0 {
@@ -667,7 +674,7 @@ func (a *Account) fleetReserveLocked(r Resource, n, want int64, meter int, excep
 		}
 		wait := deadline.Sub(now)
 		if wait <= 0 {
-			if !(f.inFlight || f.wantSync) || extended {
+			if !(f.inFlight || f.wantSync) || extended || f.ledger.leaseWait == 0 {
 				return refuse() // no lease in time
 			}
 			// A lease is in flight (or asked for, the syncer about to send
