@@ -294,7 +294,8 @@ func (a *Account) begin(l Limits, name string, cancel func(error), parent *Track
 	if a.fleet != nil && a.fleet.ledger.closed.Load() {
 		return nil, ErrClosed
 	}
-	if lim := a.limits[Evaluations].Load(); lim > 0 {
+	open := a.fleetOpenLocked() // FailOpen while the store fails: no cumulative limit
+	if lim := a.limits[Evaluations].Load(); lim > 0 && !open {
 		used := a.usageLocked(Evaluations)
 		if used >= lim {
 			a.refused[Evaluations].Add(1)
@@ -310,7 +311,7 @@ func (a *Account) begin(l Limits, name string, cancel func(error), parent *Track
 		a.refused[Concurrency].Add(1)
 		return nil, &LimitError{Resource: Concurrency, Limit: lim, Used: int64(len(a.live)), Requested: 1, Tenant: a.name}
 	}
-	if r, used, lim, ok := a.exhaustedLocked(); ok {
+	if r, used, lim, ok := a.exhaustedLocked(); ok && !open {
 		a.refused[r].Add(1)
 		return nil, &LimitError{Resource: r, Limit: lim, Used: used, Tenant: a.name}
 	}
@@ -886,6 +887,7 @@ func (l *Ledger) Open(tenant string) (*Account, error) {
 	a := l.accts[tenant]
 	l.mu.RUnlock()
 	if a != nil {
+		l.openFleet(a)
 		return a, nil
 	}
 	limits := l.defaults
@@ -893,8 +895,16 @@ func (l *Ledger) Open(tenant string) (*Account, error) {
 		limits = l.limitsFor(tenant) // outside the lock: it may use the ledger
 	}
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if a = l.accts[tenant]; a != nil {
+	a, err := l.openLocked(tenant, limits)
+	l.mu.Unlock()
+	if a != nil {
+		l.openFleet(a) // loads a store-backed tenant's totals, once
+	}
+	return a, err
+}
+
+func (l *Ledger) openLocked(tenant string, limits AccountLimits) (*Account, error) {
+	if a := l.accts[tenant]; a != nil {
 		return a, nil
 	}
 	if l.accts == nil {

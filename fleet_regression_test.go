@@ -178,11 +178,15 @@ func TestFleetLeaseWaitZeroIdleTenantStarves(t *testing.T) {
 	l := newFleetLedger(t, store, "r1", AccountLimits{MaxEvaluations: 100},
 		WithSyncInterval(5*time.Millisecond), WithLeaseTTL(20*time.Millisecond), WithLeaseWait(0))
 	acct := l.Account("t")
-	require.Eventually(t, func() bool { return acct.Stats().Fleet.Lease.Evaluations > 0 }, time.Second, time.Millisecond)
-	tr, err := acct.Begin(Unlimited())
-	require.NoError(t, err)
-	tr.End()
-	time.Sleep(100 * time.Millisecond) // idle: the lease lapses
+	require.Eventually(t, func() bool { return acct.Stats().Fleet.Syncs > 0 }, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool {
+		tr, err := acct.Begin(Unlimited())
+		if err == nil {
+			tr.End()
+		}
+		return err == nil
+	}, 5*time.Second, time.Millisecond)
+	time.Sleep(100 * time.Millisecond) // idle: the lease is given back
 	var ok bool
 	var last error
 	for deadline := time.Now().Add(500 * time.Millisecond); time.Now().Before(deadline) && !ok; time.Sleep(5 * time.Millisecond) {
