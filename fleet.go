@@ -299,14 +299,16 @@ func (l *Ledger) Sync(ctx context.Context) error {
 	return l.syncRound(ctx, true, false)
 }
 
-// Close stops new work and makes a final report: Begin on the ledger's
-// accounts returns ErrClosed from now on, and so does every later charge
-// of a run still in progress (end runs before Close: what they used until
-// now is reported). Close then reports every tenant's usage, gives back
-// the allowance this replica holds, and stops the syncer, waiting for it.
-// If the final report fails, Close returns the store's error and the usage
-// is still unreported: call Close or Sync again to retry. Without a store
-// Close does nothing.
+// Close ends a store-backed ledger: Begin on its accounts returns
+// ErrClosed from now on, and so does every later charge of a run still in
+// progress (end runs before Close: what they used until now is reported).
+// Close then reports every tenant's usage, gives back the allowance this
+// replica holds, and stops the syncer, waiting for it. If the final report
+// fails, Close returns the store's error and the usage is still
+// unreported: call Close or Sync again to retry.
+//
+// A ledger without a Store has nothing to report and no goroutine: Close
+// returns nil and changes nothing (its accounts keep working).
 func (l *Ledger) Close(ctx context.Context) error {
 	if ctx == nil {
 		return errNilContext
