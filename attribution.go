@@ -20,8 +20,8 @@ type AccountLimits struct {
 	MaxTotalMemory int64
 	// MaxTotalOperations bounds the operations counted, cumulatively.
 	MaxTotalOperations int64
-	// MaxFunctionCalls bounds the calls counted with TrackCall, cumulatively.
-	MaxFunctionCalls int64
+	// MaxCalls bounds the calls counted with TrackCall, cumulatively.
+	MaxCalls int64
 	// MaxCPUTime bounds the CPU time used, cumulatively.
 	MaxCPUTime time.Duration
 	// MaxEvaluations bounds the runs started.
@@ -58,7 +58,7 @@ func (l AccountLimits) get(r Resource) int64 {
 	case Operations:
 		return l.MaxTotalOperations
 	case Calls:
-		return l.MaxFunctionCalls
+		return l.MaxCalls
 	case CPUTime:
 		return int64(l.MaxCPUTime)
 	case Evaluations:
@@ -144,12 +144,12 @@ type HistoryEntry struct {
 	Time time.Time
 	// Evaluation is the run's 1-based number since the account's last Reset.
 	Evaluation int64
-	// MemoryBytes is the most memory the run held at once, in bytes.
-	MemoryBytes   int64
-	Operations    int64
-	FunctionCalls int64
-	CPUTime       time.Duration
-	WallTime      time.Duration
+	// PeakMemoryBytes is the most memory the run held at once, in bytes.
+	PeakMemoryBytes int64
+	Operations      int64
+	Calls           int64
+	CPUTime         time.Duration
+	WallTime        time.Duration
 	// Err is why the run failed (a *LimitError, fn's error), or nil.
 	Err error
 }
@@ -157,8 +157,8 @@ type HistoryEntry struct {
 // Largest describes the heaviest single run: its peak memory in bytes and
 // its operations (each the maximum over runs, not necessarily of one run).
 type Largest struct {
-	MemoryBytes int64
-	Operations  int64
+	PeakMemoryBytes int64
+	Operations      int64
 }
 
 // LimitStatus is one limited resource of an account: Used and Limit in the
@@ -178,7 +178,7 @@ type AccountStats struct {
 	// PeakMemoryBytes is the most held at once across runs.
 	PeakMemoryBytes int64
 	Operations      int64
-	FunctionCalls   int64
+	Calls           int64
 	CPUTime         time.Duration
 	// Evaluations counts the runs started (since Reset).
 	Evaluations int64
@@ -202,7 +202,7 @@ type AccountStats struct {
 
 // Used returns the figure of s for resource r, in r's unit: MemoryBytes
 // for Memory, TotalMemoryBytes for TotalMemory, CPUTime for CPUTime,
-// Operations, FunctionCalls for Calls, Evaluations, and Running for
+// Operations, Calls for Calls, Evaluations, and Running for
 // Concurrency; 0 for a resource an account does not count.
 func (s *AccountStats) Used(r Resource) int64 {
 	switch r {
@@ -215,7 +215,7 @@ func (s *AccountStats) Used(r Resource) int64 {
 	case Operations:
 		return s.Operations
 	case Calls:
-		return s.FunctionCalls
+		return s.Calls
 	case Evaluations:
 		return s.Evaluations
 	case Concurrency:
@@ -602,12 +602,12 @@ func (a *Account) end(t *Tracker, cpu time.Duration, runErr error) Usage {
 	}
 	a.cpu = satAddDur(a.cpu, cpu-time.Duration(t.cpuBase))
 	a.lifeCPU = satAddDur(a.lifeCPU, cpu)
-	a.largest.MemoryBytes = max(a.largest.MemoryBytes, u.PeakMemoryBytes)
+	a.largest.PeakMemoryBytes = max(a.largest.PeakMemoryBytes, u.PeakMemoryBytes)
 	a.largest.Operations = max(a.largest.Operations, u.Operations)
 	if len(a.hist) > 0 {
 		a.hist[a.histNext] = HistoryEntry{
-			Time: time.Now(), Evaluation: t.evaluation, MemoryBytes: u.PeakMemoryBytes,
-			Operations: u.Operations, FunctionCalls: u.Calls, CPUTime: u.CPUTime,
+			Time: time.Now(), Evaluation: t.evaluation, PeakMemoryBytes: u.PeakMemoryBytes,
+			Operations: u.Operations, Calls: u.Calls, CPUTime: u.CPUTime,
 			WallTime: u.WallTime, Err: runErr,
 		}
 		a.histNext = (a.histNext + 1) % len(a.hist)
@@ -629,7 +629,7 @@ func (a *Account) Stats() AccountStats {
 		TotalMemoryBytes: a.usageLocked(TotalMemory),
 		PeakMemoryBytes:  a.peak.Load(),
 		Operations:       a.usageLocked(Operations),
-		FunctionCalls:    a.usageLocked(Calls),
+		Calls:            a.usageLocked(Calls),
 		CPUTime:          time.Duration(a.usageLocked(CPUTime)),
 		Evaluations:      a.usageLocked(Evaluations),
 		Running:          int64(len(a.live)),
@@ -664,16 +664,11 @@ func (a *Account) Stats() AccountStats {
 	return s
 }
 
-// Exhausted reports whether some cumulative limit (TotalMemory, Operations,
-// Calls, CPUTime, Evaluations) has no room left: used >= limit. It follows
-// the current limits, so SetLimit changes it at once.
-func (a *Account) Exhausted() bool {
-	_, ok := a.ExhaustedLimit()
-	return ok
-}
-
-// ExhaustedLimit returns the first exhausted cumulative resource, if any.
-func (a *Account) ExhaustedLimit() (Resource, bool) {
+// Exhausted reports whether some cumulative limit (TotalMemory,
+// Operations, Calls, CPUTime, Evaluations) has no room left (used >=
+// limit), and which one first. It follows the current limits, so SetLimit
+// changes it at once.
+func (a *Account) Exhausted() (Resource, bool) {
 	if a == nil {
 		return 0, false
 	}
@@ -742,7 +737,7 @@ func (a *Account) Limits() AccountLimits {
 		MaxMemory:          a.limits[Memory].Load(),
 		MaxTotalMemory:     a.limits[TotalMemory].Load(),
 		MaxTotalOperations: a.limits[Operations].Load(),
-		MaxFunctionCalls:   a.limits[Calls].Load(),
+		MaxCalls:           a.limits[Calls].Load(),
 		MaxCPUTime:         time.Duration(a.limits[CPUTime].Load()),
 		MaxEvaluations:     a.limits[Evaluations].Load(),
 		MaxConcurrent:      a.limits[Concurrency].Load(),
@@ -830,8 +825,9 @@ type LedgerOption func(*Ledger)
 
 // WithTenantLimits makes the ledger create each tenant's account with the
 // limits f returns for it (its plan, say) instead of the defaults. f is
-// called once per tenant, when its account is created; invalid limits make
-// Open return the error.
+// called once per tenant, when its account is created; invalid limits give
+// the tenant an account that refuses every run with the error (see
+// Ledger.Account).
 func WithTenantLimits(f func(tenant string) AccountLimits) LedgerOption {
 	return func(l *Ledger) { l.limitsFor = f }
 }
@@ -857,26 +853,41 @@ type Ledger struct {
 }
 
 // NewLedger returns a ledger whose accounts start with the limits
-// defaults. Invalid defaults make Open return the error and Account nil.
-func NewLedger(defaults AccountLimits, opts ...LedgerOption) *Ledger {
+// defaults (or, with WithTenantLimits, the tenant's own). Invalid defaults
+// or options are reported here, as an error wrapping ErrInvalidLimits or
+// ErrInvalidArgument, and no ledger is returned.
+func NewLedger(defaults AccountLimits, opts ...LedgerOption) (*Ledger, error) {
+	if err := defaults.Validate(); err != nil {
+		return nil, err
+	}
 	l := &Ledger{defaults: defaults, accts: make(map[string]*Account)}
 	for _, o := range opts {
 		if o != nil {
 			o(l)
 		}
 	}
-	if err := defaults.Validate(); err != nil {
-		l.err = err
+	if l.err == nil {
+		// Account options are checked once here, not at every account.
+		var cfg accountConfig
+		for _, o := range l.acctOpts {
+			if o != nil {
+				o(&cfg)
+			}
+		}
+		l.err = cfg.err
 	}
-	if l.store != nil && l.err == nil {
+	if l.err != nil {
+		return nil, l.err
+	}
+	if l.store != nil {
 		l.startFleet()
 	}
-	return l
+	return l, nil
 }
 
-// Open returns the tenant's account, creating it if needed. It fails for an
-// empty tenant name or invalid ledger defaults.
-func (l *Ledger) Open(tenant string) (*Account, error) {
+// open returns the tenant's account, creating it if needed. It fails for an
+// empty tenant name or invalid limits for the tenant.
+func (l *Ledger) open(tenant string) (*Account, error) {
 	if tenant == "" {
 		return nil, fmt.Errorf("%w: empty tenant name", ErrInvalidArgument)
 	}
@@ -937,11 +948,11 @@ func (l *Ledger) openLocked(tenant string, limits AccountLimits) (*Account, erro
 // limits (or the tenant's, see WithTenantLimits) if needed. It never
 // returns nil: a tenant that cannot be opened (an empty name, invalid
 // limits for its plan or as the ledger's defaults) gets an account that
-// refuses every run with the error Open returns, so that a mistake in
+// refuses every run with an error saying why (Account.Err), so that a mistake in
 // configuration or input never lets work run unbilled. Such an account
 // is not kept by the ledger and reads as empty.
 func (l *Ledger) Account(tenant string) *Account {
-	a, err := l.Open(tenant)
+	a, err := l.open(tenant)
 	if err != nil {
 		return refusingAccount(tenant, err)
 	}

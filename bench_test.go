@@ -293,7 +293,7 @@ func BenchmarkAccountOp(b *testing.B) {
 func BenchmarkAccount(b *testing.B) {
 	limited := AccountLimits{
 		MaxMemory: 1 << 40, MaxTotalMemory: benchHuge, MaxTotalOperations: benchHuge,
-		MaxFunctionCalls: benchHuge, MaxCPUTime: time.Duration(benchHuge), MaxEvaluations: benchHuge,
+		MaxCalls: benchHuge, MaxCPUTime: time.Duration(benchHuge), MaxEvaluations: benchHuge,
 	}
 	for _, c := range []struct {
 		name string
@@ -373,7 +373,7 @@ func BenchmarkAccount(b *testing.B) {
 
 	b.Run("LedgerSnapshot-10000", func(b *testing.B) {
 		b.ReportAllocs()
-		ledger := NewLedger(AccountLimits{MaxTotalOperations: 1_000_000, MaxEvaluations: 100})
+		ledger := mustLedger(b, AccountLimits{MaxTotalOperations: 1_000_000, MaxEvaluations: 100})
 		for i := range 10_000 {
 			acct := ledger.Account(fmt.Sprintf("tenant-%05d", i))
 			tr, err := acct.Begin(Limits{})

@@ -854,7 +854,7 @@ func (f *fleetState) applyLocked(a *Account, ts TenantSync, st TenantState, sent
 		f.ledger.kickSyncer()
 		f.ledger.logf(slog.LevelError, "reslimit: fleet: the store lost reports of this replica; reporting them again",
 			"tenant", a.name, "replica", f.ledger.replica,
-			"operations", expected.Operations-reported.Operations, "function_calls", expected.FunctionCalls-reported.FunctionCalls,
+			"operations", expected.Operations-reported.Operations, "function_calls", expected.Calls-reported.Calls,
 			"total_memory", expected.TotalMemory-reported.TotalMemory, "evaluations", expected.Evaluations-reported.Evaluations)
 	}
 	close(f.refreshed)

@@ -67,7 +67,7 @@ func TestFleetNoFalseRefusalsAtStartup(t *testing.T) {
 		var last atomic.Value
 		var wg sync.WaitGroup
 		for _, id := range []string{"r1", "r2"} {
-			l := NewLedger(limits, WithStore(store), WithReplica(id), WithSyncInterval(time.Second))
+			l := mustLedger(t, limits, WithStore(store), WithReplica(id), WithSyncInterval(time.Second))
 			for range 8 {
 				wg.Add(1)
 				go func() {
@@ -146,7 +146,7 @@ func TestFleetNearTheLimitReachesItAndBacksOff(t *testing.T) {
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
 		for _, id := range []string{"r1", "r2", "r3"} {
-			l := NewLedger(AccountLimits{MaxTotalOperations: limit}, WithStore(store), WithReplica(id), WithSyncInterval(interval))
+			l := mustLedger(t, AccountLimits{MaxTotalOperations: limit}, WithStore(store), WithReplica(id), WithSyncInterval(interval))
 			ledgers = append(ledgers, l)
 			for range 2 {
 				wg.Add(1)
@@ -301,7 +301,7 @@ func TestFleetFailOpenFailsOpen(t *testing.T) {
 	require.NoError(t, tr.TrackOperations(100))
 	tr.End()
 	require.NoError(t, l.Sync(context.Background()))
-	require.True(t, acct.Exhausted())
+	require.True(t, exhausted(acct))
 
 	store.down.Store(true)
 	require.Error(t, l.Sync(context.Background()))
@@ -311,7 +311,7 @@ func TestFleetFailOpenFailsOpen(t *testing.T) {
 	tr.End()
 	s := acct.Stats()
 	assert.True(t, s.Fleet.Fallback)
-	for _, v := range []int64{s.Fleet.Lease.Operations, s.Fleet.Lease.Evaluations, s.Fleet.Lease.FunctionCalls, s.Fleet.Lease.TotalMemory} {
+	for _, v := range []int64{s.Fleet.Lease.Operations, s.Fleet.Lease.Evaluations, s.Fleet.Lease.Calls, s.Fleet.Lease.TotalMemory} {
 		assert.Less(t, v, int64(1_000_000), "FleetStats.Lease: %+v", s.Fleet.Lease)
 	}
 
@@ -361,7 +361,7 @@ func TestFleetChargeThatFitsIsGrantedNearTheLimit(t *testing.T) {
 		require.NoError(t, err)
 		var ledgers []*Ledger
 		for _, id := range []string{"r1", "r2"} {
-			l := NewLedger(AccountLimits{MaxTotalOperations: limit}, WithStore(store), WithReplica(id), WithSyncInterval(interval))
+			l := mustLedger(t, AccountLimits{MaxTotalOperations: limit}, WithStore(store), WithReplica(id), WithSyncInterval(interval))
 			ledgers = append(ledgers, l)
 			l.Account("t")
 			require.NoError(t, l.Sync(context.Background()))

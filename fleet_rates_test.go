@@ -46,7 +46,7 @@ func (s *loadCountingStore) Load(ctx context.Context, tenant string) (Totals, er
 func storeCallRate(t *testing.T, n int, state string) (calls, reports, loads float64) {
 	const limit = 1_000_000
 	store := &loadCountingStore{countingStore: newCountingStore()}
-	l := NewLedger(AccountLimits{MaxTotalOperations: limit}, WithStore(store), WithReplica("r1"))
+	l := mustLedger(t, AccountLimits{MaxTotalOperations: limit}, WithStore(store), WithReplica("r1"))
 	defer func() { _ = l.Close(context.Background()) }()
 	names := make([]string, n)
 	for i := range names {

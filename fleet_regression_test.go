@@ -89,7 +89,7 @@ type negStore struct {
 func (s *negStore) Sync(ctx context.Context, req SyncRequest) (SyncResponse, error) {
 	for _, ts := range req.Tenants {
 		u := ts.Used
-		if u.Operations < 0 || u.FunctionCalls < 0 || u.TotalMemory < 0 || u.CPUTime < 0 || u.Evaluations < 0 {
+		if u.Operations < 0 || u.Calls < 0 || u.TotalMemory < 0 || u.CPUTime < 0 || u.Evaluations < 0 {
 			s.mu.Lock()
 			s.neg = append(s.neg, u)
 			s.mu.Unlock()

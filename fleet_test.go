@@ -39,7 +39,7 @@ func (s *flakyStore) Sync(ctx context.Context, req SyncRequest) (SyncResponse, e
 func newFleetLedger(t *testing.T, s Store, replica string, defaults AccountLimits, opts ...LedgerOption) *Ledger {
 	t.Helper()
 	opts = append([]LedgerOption{WithStore(s), WithReplica(replica), WithSyncInterval(20 * time.Millisecond)}, opts...)
-	l := NewLedger(defaults, opts...)
+	l := mustLedger(t, defaults, opts...)
 	require.NoError(t, l.err)
 	t.Cleanup(func() { _ = l.Close(context.Background()) })
 	return l
@@ -244,10 +244,9 @@ func TestFleetCloseIsFinal(t *testing.T) {
 func TestLedgerOptionErrors(t *testing.T) {
 	for _, o := range []LedgerOption{WithStore(nil), WithReplica(""), WithSyncInterval(0), WithLeaseTTL(-1),
 		WithFailurePolicy(9), WithSyncTimeout(0), WithLeaseWait(-1)} {
-		l := NewLedger(AccountLimits{}, o)
-		_, err := l.Open("x")
-		assert.ErrorIs(t, err, ErrInvalidArgument)
-		assert.NoError(t, l.Close(context.Background()))
+		l, err := NewLedger(AccountLimits{}, o)
+		assert.ErrorIs(t, err, ErrInvalidArgument, "reported at construction")
+		assert.Nil(t, l)
 	}
 	var in Ledger
 	assert.NoError(t, in.Sync(context.Background()), "no store: nothing to do")
@@ -282,7 +281,7 @@ func TestFleetCloseFreezesLiveRuns(t *testing.T) {
 	tr.End()
 	c, _ := store.Load(context.Background(), "t")
 	assert.Equal(t, int64(5), c.Operations)
-	assert.Equal(t, int64(1), c.FunctionCalls)
+	assert.Equal(t, int64(1), c.Calls)
 }
 
 func TestFleetRemoveThenReopenRevives(t *testing.T) {

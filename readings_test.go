@@ -100,7 +100,7 @@ func TestMonitorNoFalseMemoryEvents(t *testing.T) {
 	require.NoError(t, m.Register("busy", tr))
 	hammerMemory(t, tr, 8, 100, 20000, m.Poll)
 	m.Poll()
-	st := m.Statistics()
+	st := m.Stats()
 	require.Zero(t, st.LimitsExceeded, "false LimitExceeded events")
 	require.Zero(t, st.Warnings, "false HighUsage events")
 }

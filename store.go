@@ -12,22 +12,22 @@ import (
 // shares through a Store: operations, function calls, bytes charged
 // (TotalMemory), CPU time and evaluations.
 type Totals struct {
-	Operations    int64
-	FunctionCalls int64
-	TotalMemory   int64 // bytes
-	CPUTime       time.Duration
-	Evaluations   int64
+	Operations  int64
+	Calls       int64
+	TotalMemory int64 // bytes
+	CPUTime     time.Duration
+	Evaluations int64
 }
 
 // Add returns t + u, field by field.
 func (t Totals) Add(u Totals) Totals {
-	return Totals{t.Operations + u.Operations, t.FunctionCalls + u.FunctionCalls,
+	return Totals{t.Operations + u.Operations, t.Calls + u.Calls,
 		t.TotalMemory + u.TotalMemory, t.CPUTime + u.CPUTime, t.Evaluations + u.Evaluations}
 }
 
 // Sub returns t - u, field by field.
 func (t Totals) Sub(u Totals) Totals {
-	return Totals{t.Operations - u.Operations, t.FunctionCalls - u.FunctionCalls,
+	return Totals{t.Operations - u.Operations, t.Calls - u.Calls,
 		t.TotalMemory - u.TotalMemory, t.CPUTime - u.CPUTime, t.Evaluations - u.Evaluations}
 }
 
@@ -41,7 +41,7 @@ func (t Totals) Get(r Resource) int64 {
 	case Operations:
 		return t.Operations
 	case Calls:
-		return t.FunctionCalls
+		return t.Calls
 	case TotalMemory:
 		return t.TotalMemory
 	case CPUTime:
@@ -58,7 +58,7 @@ func (t *Totals) Set(r Resource, v int64) {
 	case Operations:
 		t.Operations = v
 	case Calls:
-		t.FunctionCalls = v
+		t.Calls = v
 	case TotalMemory:
 		t.TotalMemory = v
 	case CPUTime:
@@ -83,7 +83,7 @@ type TenantSync struct {
 	// Used is what the replica consumed since its last acknowledged report.
 	Used Totals
 	// Want is the extra allowance the replica asks for, per leased
-	// resource (Operations, FunctionCalls, TotalMemory, Evaluations).
+	// resource (Operations, Calls, TotalMemory, Evaluations).
 	Want Totals
 	// Limit is the tenant's cumulative limits (0 = no limit); the store
 	// never grants allowance past them, fleet-wide.

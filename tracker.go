@@ -145,7 +145,7 @@ type Usage struct {
 	Operations int64
 	// Calls counts TrackCall.
 	Calls int64
-	// CPUTime is the CPU time used (see Tracker.CPUClock). A Run measures it
+	// CPUTime is the CPU time used (see CPUClock). A Run measures it
 	// when MaxCPUTime is set, the run is charged to an Account, or WithCPUTime
 	// is given; otherwise only AddCPUTime counts.
 	CPUTime time.Duration
@@ -560,7 +560,7 @@ func (t *Tracker) Step() error {
 }
 
 // TrackCall counts one function call (an external API call, a sub-tool),
-// for attribution and for the account's MaxFunctionCalls.
+// for attribution and for the account's MaxCalls.
 func (t *Tracker) TrackCall() error {
 	if t == nil {
 		return nil
@@ -911,14 +911,11 @@ func (t *Tracker) checkRunCPU() error {
 	return nil
 }
 
-// CPUClock says what CPUTime measures on this platform: "thread" where the
-// CPU clocks of the OS threads that ran the work are read (Linux), or
-// "wall" where they cannot be, and the wall time of the run's attached
-// goroutines stands in for their CPU time (an upper bound for work on one
-// thread; a sleeping run is charged as if it computed).
-func (t *Tracker) CPUClock() string { return CPUClock() }
-
-// CPUClock is the package-level form of Tracker.CPUClock.
+// CPUClock says what a Tracker's CPUTime measures on this platform:
+// "thread" where the CPU clocks of the OS threads that ran the work are
+// read (Linux), or "wall" where they cannot be, and the wall time of the
+// run's attached goroutines stands in for their CPU time (an upper bound
+// for work on one thread; a sleeping run is charged as if it computed).
 func CPUClock() string {
 	if threadcpu.Supported {
 		return "thread"
@@ -1212,7 +1209,7 @@ func (t *Tracker) End() Usage {
 // Finish is End for a run that failed: err (if not nil) is recorded with
 // the run in its account's history. A run stopped by its own limits records
 // that *LimitError even when err is nil.
-func (t *Tracker) Finish(err error) Usage {
+func (t *Tracker) EndWithError(err error) Usage {
 	if t == nil {
 		return Usage{}
 	}

@@ -81,7 +81,7 @@ const DefaultOtherTenant = "_other"
 // Option configures NewCollector.
 type Option func(*collector)
 
-// WithMonitor also exports the counters of m (reslimit.Monitor.Statistics).
+// WithMonitor also exports the counters of m (reslimit.Monitor.Stats).
 func WithMonitor(m *reslimit.Monitor) Option {
 	return func(c *collector) { c.monitor = m }
 }
@@ -240,7 +240,7 @@ func usage(st *reslimit.AccountStats, r reslimit.Resource) int64 {
 	case reslimit.Operations:
 		return st.Operations
 	case reslimit.Calls:
-		return st.FunctionCalls
+		return st.Calls
 	case reslimit.Evaluations:
 		return st.Evaluations
 	case reslimit.Concurrency:
@@ -387,7 +387,7 @@ func (c *collector) collectMonitor(ch chan<- prom.Metric) {
 	if c.monitor == nil {
 		return
 	}
-	st := c.monitor.Statistics()
+	st := c.monitor.Stats()
 	ch <- prom.MustNewConstMetric(descComponents, prom.GaugeValue, float64(st.Components))
 	ch <- prom.MustNewConstMetric(descWarnings, prom.CounterValue, float64(st.Warnings))
 	ch <- prom.MustNewConstMetric(descExceeded, prom.CounterValue, float64(st.LimitsExceeded))

@@ -25,8 +25,8 @@ func replica(t *testing.T, st reslimit.Store, id string, limits reslimit.Account
 	t.Helper()
 	opts = append([]reslimit.LedgerOption{reslimit.WithStore(st), reslimit.WithReplica(id),
 		reslimit.WithSyncInterval(50 * time.Millisecond)}, opts...)
-	l := reslimit.NewLedger(limits, opts...)
-	_, err := l.Open("probe-options")
+	l := mustLedger(t, limits, opts...)
+	err := l.Account("probe-options").Err()
 	require.NoError(t, err)
 	l.Remove("probe-options")
 	t.Cleanup(func() { _ = l.Close(context.Background()) })
@@ -205,4 +205,15 @@ func TestFleetOnRedisSurvivesARedisRestart(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, granted, committed.Operations, "nothing lost, nothing double-counted")
 	assert.Equal(t, runs, committed.Evaluations)
+}
+
+// mustLedger returns reslimit.NewLedger(defaults, opts...), failing tb on
+// an error.
+func mustLedger(tb testing.TB, defaults reslimit.AccountLimits, opts ...reslimit.LedgerOption) *reslimit.Ledger {
+	tb.Helper()
+	l, err := reslimit.NewLedger(defaults, opts...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return l
 }

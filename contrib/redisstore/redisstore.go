@@ -4,7 +4,7 @@
 //
 //	rdb := redis.NewClient(&redis.Options{Addr: addr}) // or a ClusterClient
 //	store, err := redisstore.New(rdb)
-//	ledger := reslimit.NewLedger(defaults, reslimit.WithStore(store), reslimit.WithReplica(id))
+//	ledger, err := reslimit.NewLedger(defaults, reslimit.WithStore(store), reslimit.WithReplica(id))
 //
 // It behaves exactly like reslimit.MemoryStore (the conformance suite in
 // internal/storetest checks it against a real Redis server), with these
@@ -264,12 +264,12 @@ func (s *Store) calls(req reslimit.SyncRequest) ([]call, error) {
 		hash, leases := s.Keys(ts.Tenant)
 		calls[i] = call{keys: []string{hash, leases}, args: []any{
 			req.Replica, strconv.FormatUint(ts.Seq, 10), ttl, final,
-			itoa(ts.Used.Operations), itoa(ts.Used.FunctionCalls), itoa(ts.Used.TotalMemory), itoa(ts.Used.Evaluations),
+			itoa(ts.Used.Operations), itoa(ts.Used.Calls), itoa(ts.Used.TotalMemory), itoa(ts.Used.Evaluations),
 			itoa(cpu / 1000), itoa(cpu % 1000),
-			exact(ts.Want.Operations), exact(ts.Want.FunctionCalls), exact(ts.Want.TotalMemory), exact(ts.Want.Evaluations),
-			exact(ts.Limit.Operations), exact(ts.Limit.FunctionCalls), exact(ts.Limit.TotalMemory), exact(ts.Limit.Evaluations),
-			exact(ts.Return.Operations), exact(ts.Return.FunctionCalls), exact(ts.Return.TotalMemory), exact(ts.Return.Evaluations),
-			exact(ts.MinGrant.Operations), exact(ts.MinGrant.FunctionCalls), exact(ts.MinGrant.TotalMemory), exact(ts.MinGrant.Evaluations),
+			exact(ts.Want.Operations), exact(ts.Want.Calls), exact(ts.Want.TotalMemory), exact(ts.Want.Evaluations),
+			exact(ts.Limit.Operations), exact(ts.Limit.Calls), exact(ts.Limit.TotalMemory), exact(ts.Limit.Evaluations),
+			exact(ts.Return.Operations), exact(ts.Return.Calls), exact(ts.Return.TotalMemory), exact(ts.Return.Evaluations),
+			exact(ts.MinGrant.Operations), exact(ts.MinGrant.Calls), exact(ts.MinGrant.TotalMemory), exact(ts.MinGrant.Evaluations),
 		}}
 	}
 	return calls, nil
@@ -281,7 +281,7 @@ func nonNegative(ts reslimit.TenantSync) error {
 		t    reslimit.Totals
 	}{{"Used", ts.Used}, {"Want", ts.Want}, {"Limit", ts.Limit}, {"Return", ts.Return}, {"MinGrant", ts.MinGrant}} {
 		t := f.t
-		if t.Operations < 0 || t.FunctionCalls < 0 || t.TotalMemory < 0 || t.CPUTime < 0 || t.Evaluations < 0 {
+		if t.Operations < 0 || t.Calls < 0 || t.TotalMemory < 0 || t.CPUTime < 0 || t.Evaluations < 0 {
 			return fmt.Errorf("%w: redisstore: tenant %q: negative %s %+v", reslimit.ErrInvalidArgument, ts.Tenant, f.name, t)
 		}
 	}
@@ -395,12 +395,12 @@ func parseState(v any) (reslimit.TenantState, error) {
 		}
 	}
 	st := reslimit.TenantState{
-		Committed: reslimit.Totals{Operations: n[0], FunctionCalls: n[1], TotalMemory: n[2],
+		Committed: reslimit.Totals{Operations: n[0], Calls: n[1], TotalMemory: n[2],
 			CPUTime: time.Duration(n[3]) * time.Microsecond, Evaluations: n[4]},
-		Reported: reslimit.Totals{Operations: n[5], FunctionCalls: n[6], TotalMemory: n[7],
+		Reported: reslimit.Totals{Operations: n[5], Calls: n[6], TotalMemory: n[7],
 			CPUTime: time.Duration(n[8])*time.Microsecond + time.Duration(n[9]), Evaluations: n[10]},
 	}
-	st.Allowance = reslimit.Totals{Operations: n[5] + n[11], FunctionCalls: n[6] + n[12], TotalMemory: n[7] + n[13],
+	st.Allowance = reslimit.Totals{Operations: n[5] + n[11], Calls: n[6] + n[12], TotalMemory: n[7] + n[13],
 		CPUTime: time.Duration(n[15])*time.Microsecond + time.Duration(n[16]), Evaluations: n[10] + n[14]}
 	st.Seq = seq
 	return st, nil
@@ -530,7 +530,7 @@ func parseTotals(vals []any) (reslimit.Totals, error) {
 			return reslimit.Totals{}, err
 		}
 	}
-	return reslimit.Totals{Operations: n[0], FunctionCalls: n[1], TotalMemory: n[2],
+	return reslimit.Totals{Operations: n[0], Calls: n[1], TotalMemory: n[2],
 		CPUTime: time.Duration(n[3]) * time.Microsecond, Evaluations: n[4]}, nil
 }
 

@@ -120,7 +120,7 @@ const long = time.Hour
 
 // leased builds Totals of the leased resources (CPUTime 0).
 func leased(ops, calls, mem, evals int64) reslimit.Totals {
-	return reslimit.Totals{Operations: ops, FunctionCalls: calls, TotalMemory: mem, Evaluations: evals}
+	return reslimit.Totals{Operations: ops, Calls: calls, TotalMemory: mem, Evaluations: evals}
 }
 
 // ops builds Totals with only Operations set.
@@ -205,8 +205,8 @@ func (s *suite) testReportAndLoad(t *testing.T) {
 	st := s.store(t)
 	assert.Zero(t, load(t, st, "nobody"), "an unknown tenant has zero totals")
 
-	ua := reslimit.Totals{Operations: 1, FunctionCalls: 2, TotalMemory: 3, CPUTime: 4 * time.Microsecond, Evaluations: 5}
-	ub := reslimit.Totals{Operations: 10, FunctionCalls: 20, TotalMemory: 30, CPUTime: 40 * time.Millisecond, Evaluations: 50}
+	ua := reslimit.Totals{Operations: 1, Calls: 2, TotalMemory: 3, CPUTime: 4 * time.Microsecond, Evaluations: 5}
+	ub := reslimit.Totals{Operations: 10, Calls: 20, TotalMemory: 30, CPUTime: 40 * time.Millisecond, Evaluations: 50}
 	got := syncReq(t, st, reslimit.SyncRequest{Replica: "r1", LeaseTTL: long, Tenants: []reslimit.TenantSync{
 		{Tenant: "a", Seq: 1, Used: ua},
 		{Tenant: "b", Seq: 1, Used: ub},
@@ -385,7 +385,7 @@ func (s *suite) testLimitLowered(t *testing.T) {
 
 func (s *suite) testUnlimited(t *testing.T) {
 	st := s.store(t)
-	used := reslimit.Totals{Operations: 1e6, FunctionCalls: 1e5, TotalMemory: 1 << 40, CPUTime: time.Hour, Evaluations: 1e4}
+	used := reslimit.Totals{Operations: 1e6, Calls: 1e5, TotalMemory: 1 << 40, CPUTime: time.Hour, Evaluations: 1e4}
 	for i := range uint64(3) {
 		a := one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: i + 1, Used: used, Want: leased(1, 2, 3, 4)})
 		assert.Equal(t, leasedOf(a.Reported), leasedOf(a.Allowance), "no limit: nothing granted, allowance = reported")
@@ -462,7 +462,7 @@ func (s *suite) testFinalGivesBack(t *testing.T) {
 	b := one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Want: leased(100, 10, 0, 0), Limit: lim})
 	assert.Zero(t, leasedOf(b.Allowance))
 
-	used := reslimit.Totals{Operations: 30, FunctionCalls: 1, CPUTime: 9 * time.Microsecond}
+	used := reslimit.Totals{Operations: 30, Calls: 1, CPUTime: 9 * time.Microsecond}
 	a = one(t, st, "a", long, true, reslimit.TenantSync{Tenant: "t", Seq: 2, Used: used, Want: leased(5, 5, 0, 0), Limit: lim})
 	assert.Equal(t, used, a.Reported)
 	assert.Equal(t, leasedOf(used), leasedOf(a.Allowance), "Final leaves no unused allowance")
