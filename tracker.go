@@ -1287,23 +1287,6 @@ func (t *Tracker) AppendReadings(dst []Reading) []Reading {
 	)
 }
 
-// Reading is one resource's state as a Source reports it to a Monitor: the
-// usage and the limit (0 = none) in the resource's unit, and how many
-// requests for it have been refused so far (a cumulative count).
-type Reading struct {
-	Resource Resource
-	Used     int64
-	Limit    int64
-	Refusals int64
-}
-
-// Source is something a Monitor can poll: *Tracker and *Account implement
-// it. AppendReadings appends one Reading per resource and returns the
-// extended slice; it must be safe for concurrent use, must not block for
-// long, and should not allocate when dst has room.
-type Source interface {
-	AppendReadings(dst []Reading) []Reading
-}
 
 // Remaining returns how much more of r the run may use now, in r's unit
 // (bytes, a count, or nanoseconds for CPUTime and Timeout), and whether
