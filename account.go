@@ -854,4 +854,3 @@ func (a *Account) AppendReadings(dst []Reading) []Reading {
 	}
 	return dst
 }
-

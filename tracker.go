@@ -1287,7 +1287,6 @@ func (t *Tracker) AppendReadings(dst []Reading) []Reading {
 	)
 }
 
-
 // Remaining returns how much more of r the run may use now, in r's unit
 // (bytes, a count, or nanoseconds for CPUTime and Timeout), and whether
 // anything limits it: the tighter of the run's own limit, its account's
