@@ -114,7 +114,7 @@ func (s *negStore) syncWhileClean(l *Ledger, d time.Duration) {
 
 // A TrackMemory refused by the account's MaxMemory, racing with syncs,
 // never makes a report with negative usage.
-func TestFleetRefusedTrackMemoryRace(t *testing.T) {
+func TestFleetRefusedTrackMemoryNeverReportsNegativeUsage(t *testing.T) {
 	store := &negStore{Store: NewMemoryStore()}
 	l := newFleetLedger(t, store, "r1", AccountLimits{MaxMemory: 10}, WithSyncInterval(time.Hour))
 	tr, _ := l.Account("t").Begin(Unlimited())
@@ -144,7 +144,7 @@ func TestFleetRefusedTrackMemoryRace(t *testing.T) {
 
 // Concurrent CPU samples must never move a run's CPU time back, or a report
 // would carry a negative CPUTime.
-func TestFleetCPULastGoesBackwards(t *testing.T) {
+func TestFleetCPUSamplesNeverMoveBack(t *testing.T) {
 	store := &negStore{Store: NewMemoryStore()}
 	l := newFleetLedger(t, store, "r1", AccountLimits{}, WithSyncInterval(time.Hour))
 	tr, _ := l.Account("t").Begin(Unlimited())
@@ -173,7 +173,7 @@ func TestFleetCPULastGoesBackwards(t *testing.T) {
 
 // With WithLeaseWait(0) a refusal for want of lease still asks the syncer
 // for one, so an idle tenant whose lease lapsed is served again soon.
-func TestFleetLeaseWaitZeroIdleTenantStarves(t *testing.T) {
+func TestFleetLeaseWaitZeroStillAsksForALease(t *testing.T) {
 	store := NewMemoryStore()
 	l := newFleetLedger(t, store, "r1", AccountLimits{MaxEvaluations: 100},
 		WithSyncInterval(5*time.Millisecond), WithLeaseTTL(20*time.Millisecond), WithLeaseWait(0))
