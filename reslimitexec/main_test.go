@@ -93,4 +93,3 @@ func self(mode string, args ...string) *exec.Cmd {
 	cmd.Stderr = os.Stderr
 	return cmd
 }
-
