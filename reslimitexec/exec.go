@@ -54,6 +54,7 @@ type Process struct {
 
 	mu    sync.Mutex
 	cause error // why the watchdog killed the child (limit, ctx)
+	late  error // a limit the child's last sample passed, after it exited
 	usage Usage
 
 	waitOnce sync.Once
@@ -211,6 +212,20 @@ func (p *Process) setCause(err error) bool {
 	}
 	p.cause = err
 	return true
+}
+
+func (p *Process) setLate(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.late == nil {
+		p.late = err
+	}
+}
+
+func (p *Process) getLate() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.late
 }
 
 func (p *Process) getCause() error {

@@ -235,8 +235,11 @@ func (p *Process) watch() {
 		select {
 		case <-p.exited:
 			if p.t != nil && p.getCause() == nil {
-				// The zombie's times include all it reaped.
-				p.chargeSample(p.plat.smp.walk(p.plat.pgid))
+				// The zombie's times include all it reaped. A limit they
+				// pass is reported by Wait (the child is gone already).
+				if err := p.chargeSample(p.plat.smp.walk(p.plat.pgid)); err != nil {
+					p.setLate(err)
+				}
 			}
 			p.killGroup()
 			return
@@ -274,8 +277,10 @@ func (p *Process) watch() {
 // sample samples and charges the child's tree, and returns when to sample
 // next, or false when it killed the child.
 func (p *Process) sample() (time.Duration, bool) {
-	if err := p.t.Err(); err != nil {
-		p.limitKill(err) // stopped by its tenant, or its timeout
+	// CheckFileSize(0) charges nothing: it fails when the run was stopped
+	// (by its tenant, its timeout) or has ended, leaving its child behind.
+	if err := p.t.CheckFileSize(0); err != nil {
+		p.limitKill(err)
 		return 0, false
 	}
 	ts := p.plat.smp.walk(p.plat.pgid)
@@ -328,6 +333,9 @@ func (p *Process) wait() error {
 	if p.b.fileSet && (ws.Signaled() && ws.Signal() == syscall.SIGXFSZ ||
 		ws.Exited() && ws.ExitStatus() == 128+int(syscall.SIGXFSZ)) {
 		return p.fileErr()
+	}
+	if ferr == nil {
+		ferr = p.getLate()
 	}
 	if ferr != nil {
 		return ferr

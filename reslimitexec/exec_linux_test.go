@@ -577,3 +577,32 @@ func TestExhaustedTenantStartsNothing(t *testing.T) {
 		t.Fatalf("a refused start charged the tenant: %+v -> %+v", before, after)
 	}
 }
+
+// A child left running when its run ends (Start without Wait) is killed:
+// it would run uncharged.
+func TestChildOfEndedRunKilled(t *testing.T) {
+	tr, err := reslimit.NewTracker(reslimit.Limits{MaxMemoryBytes: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := reslimitexec.Start(reslimit.NewContext(context.Background(), tr), exec.Command("sleep", "3600"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.End()
+	if err := p.Wait(); !errors.Is(err, reslimit.ErrClosed) {
+		t.Fatalf("Wait: %v, want ErrClosed", err)
+	}
+}
+
+func TestExecFailure(t *testing.T) {
+	tr, _ := reslimit.NewTracker(reslimit.Limits{MaxFileSize: 1 << 20, MaxCPUTime: time.Second})
+	defer tr.End()
+	err := reslimitexec.Run(reslimit.NewContext(context.Background(), tr), exec.Command("/nonexistent/program"))
+	if !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("Run of a missing program: %v", err)
+	}
+	if u := tr.Usage(); u.Calls != 1 || u.MemoryBytes != 0 {
+		t.Fatalf("usage after a failed exec: %+v", u)
+	}
+}
