@@ -61,8 +61,10 @@
 // stops it right after execve; the parent sets its rlimits with prlimit
 // and detaches. Where ptrace is not permitted (a seccomp profile, Yama
 // ptrace_scope 3, a parent that is itself traced) the rlimits are set
-// right after the child starts, and the child can run its first
-// instructions (about 100 µs) unlimited by them; Enforcement reports which.
+// right after the child starts, and the child runs unlimited by them from
+// its execve until the prlimit lands (measured: 6 of 300 /bin/sh children
+// ran their first command before it; 0 of 300 with ptrace); Enforcement
+// reports which.
 // The sampled limits (CPU, memory) are sampled from the start either way.
 //
 // # Memory: sampling, and the rlimit option
