@@ -606,3 +606,38 @@ func TestExecFailure(t *testing.T) {
 		t.Fatalf("usage after a failed exec: %+v", u)
 	}
 }
+
+// A live run of a tenant that another run exhausted starts no child: the
+// check is reslimitexec's own (the run itself was admitted before).
+func TestExhaustedTenantLiveRunStartsNothing(t *testing.T) {
+	acct, err := reslimit.NewAccount("ops", reslimit.AccountLimits{MaxTotalOperations: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	live, err := acct.Begin(reslimit.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.End()
+	other, err := acct.Begin(reslimit.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := other.TrackOperations(10); err != nil {
+		t.Fatal(err)
+	}
+	other.End()
+	if !acct.Exhausted() {
+		t.Fatal("the account is not exhausted")
+	}
+	before := live.Usage()
+	cmd := exec.Command("true")
+	err = reslimitexec.Run(reslimit.NewContext(context.Background(), live), cmd)
+	le := limitErr(t, err, reslimit.Operations)
+	if le.Tenant != "ops" || cmd.Process != nil {
+		t.Fatalf("error %v, started %v", le, cmd.Process != nil)
+	}
+	if after := live.Usage(); after.Calls != before.Calls {
+		t.Fatalf("a refused start charged a call: %+v -> %+v", before, after)
+	}
+}
