@@ -195,12 +195,17 @@ func (p *Process) waitExit() {
 	}
 }
 
-// killGroup kills the child's process group, and the processes of the last
-// sampled tree that left it.
+// killGroup kills the child's process group, and the descendants that left
+// it (setpgid, setsid) while their parent in the tree still lives: the
+// tree is walked again just before, so that only processes found now are
+// killed (a pid from an older sample could belong to another process by
+// now).
 func (p *Process) killGroup() {
+	s := &p.plat.smp
+	s.walk(p.plat.pgid)
 	_ = unix.Kill(-p.plat.pgid, unix.SIGKILL)
-	for _, pid := range p.plat.smp.pids {
-		if pid != p.plat.pgid {
+	for i, pid := range s.pids {
+		if s.pgrps[i] != p.plat.pgid {
 			_ = unix.Kill(pid, unix.SIGKILL)
 		}
 	}

@@ -641,3 +641,27 @@ func TestExhaustedTenantLiveRunStartsNothing(t *testing.T) {
 		t.Fatalf("a refused start charged a call: %+v -> %+v", before, after)
 	}
 }
+
+// A descendant that left the process group (setsid) while its parent still
+// runs is killed with the group.
+func TestTimeoutKillsDescendantThatLeftTheGroup(t *testing.T) {
+	if _, err := exec.LookPath("setsid"); err != nil {
+		t.Skip("setsid not found")
+	}
+	var gc int
+	_, err := runIn(t, reslimit.Limits{Timeout: 300 * time.Millisecond}, nil, func(ctx context.Context) error {
+		cmd := exec.Command("/bin/sh", "-c", `setsid sleep 3600 & echo $!; wait`)
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			return err
+		}
+		p, err := reslimitexec.Start(ctx, cmd)
+		if err != nil {
+			return err
+		}
+		gc = readPid(t, out)
+		return p.Wait()
+	})
+	limitErr(t, err, reslimit.Timeout)
+	waitGone(t, gc)
+}

@@ -31,11 +31,13 @@ type sampler struct {
 	path  []byte
 	stack []int
 	pids  []int // the processes of the last walk
+	pgrps []int // and their process groups
 }
 
 // procStat is what the sampler reads from /proc/<pid>/stat.
 type procStat struct {
 	state                        byte
+	pgrp                         int
 	utime, stime, cutime, cstime int64 // clock ticks
 	threads                      int
 	rss                          int64 // pages
@@ -47,7 +49,7 @@ type procStat struct {
 func (s *sampler) walk(root int) treeSample {
 	var ts treeSample
 	s.stack = append(s.stack[:0], root)
-	s.pids = s.pids[:0]
+	s.pids, s.pgrps = s.pids[:0], s.pgrps[:0]
 	for len(s.stack) > 0 {
 		pid := s.stack[len(s.stack)-1]
 		s.stack = s.stack[:len(s.stack)-1]
@@ -55,7 +57,7 @@ func (s *sampler) walk(root int) treeSample {
 		if !ok {
 			continue
 		}
-		s.pids = append(s.pids, pid)
+		s.pids, s.pgrps = append(s.pids, pid), append(s.pgrps, st.pgrp)
 		own := time.Duration(st.utime+st.stime) * (time.Second / userHZ)
 		if st.state != 'Z' {
 			// The process CPU clock: nanoseconds, all threads, live and dead.
@@ -157,6 +159,8 @@ func (s *sampler) stat(pid int) (procStat, bool) {
 		switch field {
 		case 3:
 			st.state = tok[0]
+		case 5:
+			st.pgrp = int(atoi(tok))
 		case 14:
 			st.utime = atoi(tok)
 		case 15:
