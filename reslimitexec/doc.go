@@ -42,19 +42,23 @@
 //     sampling interval; the interval shrinks as the child nears the limit.
 //   - File size: RLIMIT_FSIZE is set to the run's MaxFileSize, so no file
 //     the child (or a descendant) writes grows past it; the writer gets
-//     SIGXFSZ (or EFBIG, if it ignores the signal, as Python does). A child
+//     SIGXFSZ (or EFBIG, if it ignores the signal, as Python and Go
+//     programs do). A child
 //     killed by SIGXFSZ, or exiting with status 153 (128+SIGXFSZ: a shell
 //     reporting a command killed by it) when a file size limit was set,
 //     yields a *reslimit.LimitError{Resource: FileSize}; a child that
 //     handles EFBIG itself reports it its own way.
 //   - Wall time and cancellation: when ctx is done (the run's Timeout, its
 //     caller's cancellation, its tenant stopping it) the whole process
-//     group is killed with SIGKILL: the child and its descendants that did
-//     not leave the group. If cmd.Cancel is set it is called first and the
+//     group is killed with SIGKILL: the child, its descendants in the group,
+//     and those that left it (setsid, setpgid) while their parent in the
+//     child's tree still runs. If cmd.Cancel is set it is called first and the
 //     group gets cmd.WaitDelay to exit before it is killed. The error is
 //     context.Cause(ctx): the run's timeout *reslimit.LimitError, or the
 //     caller's cause. When the child exits, what is left of its process
-//     group is killed too: a run's processes do not outlive it.
+//     group is killed too, and a child still running when its run ends
+//     (Start without Wait) is killed with reslimit.ErrClosed: a run's
+//     processes do not outlive it, uncharged.
 //
 // The limits are in place before the child's program runs its first
 // instruction: the child is started with PTRACE_TRACEME, so the kernel

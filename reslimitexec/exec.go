@@ -91,9 +91,14 @@ func Run(ctx context.Context, cmd *exec.Cmd, opts ...Option) error {
 // the account's MaxFunctionCalls can refuse.
 //
 // Start sets cmd.SysProcAttr (a copy of the caller's, if any) to put the
-// child in a new process group (unless Setsid already makes it lead one)
-// and, on Linux, to stop it at its first instruction (PTRACE_TRACEME); a
-// cmd that sets SysProcAttr.Ptrace itself is refused.
+// child in a new process group (unless Setsid already makes it lead one; a
+// Pgid set by the caller is replaced) and, on Linux, to stop it at its
+// first instruction (PTRACE_TRACEME); a cmd that sets SysProcAttr.Ptrace
+// itself is refused. Call Process.Wait, not cmd.Wait: reaping the child
+// behind the watchdog's back could let it signal a reused process group.
+//
+// Run and Start may be called from any number of goroutines at once, each
+// with its own cmd.
 func Start(ctx context.Context, cmd *exec.Cmd, opts ...Option) (*Process, error) {
 	if ctx == nil {
 		return nil, fmt.Errorf("%w: reslimitexec: nil context", reslimit.ErrInvalidArgument)

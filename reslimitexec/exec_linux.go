@@ -346,7 +346,9 @@ func (p *Process) wait() error {
 		return ferr
 	}
 	if p.b.cpuSet && ws.Signaled() && ws.Signal() == syscall.SIGXCPU {
-		return &reslimit.LimitError{Resource: reslimit.CPUTime, Limit: int64(p.t.Limits().MaxCPUTime), Used: int64(cpu)}
+		// RLIMIT_CPU's backstop fired (the final charge above normally
+		// reports it first): the limit is what the run had left.
+		return &reslimit.LimitError{Resource: reslimit.CPUTime, Limit: p.b.cpu, Used: int64(cpu)}
 	}
 	return werr
 }
