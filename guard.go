@@ -155,7 +155,7 @@ func (t *Tracker) AcquireMemory(n int64) (Guard, error) {
 			if room < n || (lim > 0 && n > lim-held) {
 				break
 			}
-			if !t.mem.total.CompareAndSwap(room, room-n) {
+			if !t.mem.room.CompareAndSwap(room, room-n) {
 				continue // lost a race: look again
 			}
 			if !t.closed.Load() {

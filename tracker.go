@@ -39,15 +39,13 @@ type meter struct {
 // room returns the room counter of meter i.
 func (t *Tracker) room(i int) *atomic.Int64 {
 	if i == mTotal {
-		return &t.mem.total
+		return &t.mem.room
 	}
 	return &t.meters[i].avail
 }
 
 // stopState is what Step reports once a run is stopped.
 type stopState struct{ err error }
-
-var closedStop = &stopState{err: ErrClosed}
 
 // Tracker counts what one run (or one long-lived component) consumes and
 // refuses requests that would take it over its Limits. Its counters are
@@ -67,13 +65,12 @@ type Tracker struct {
 	// changes filled and total together) that lets the hot path read filled
 	// and total consistently without a lock.
 	mem struct {
-		total atomic.Int64 // room of the TotalMemory meter
+		room  atomic.Int64 // room of the TotalMemory meter: what may be charged without a refill
 		rel   atomic.Int64 // bytes released, cumulatively
 		peak  atomic.Int64
 		gen   atomic.Uint64
 		cells [4]atomic.Uint64 // identities of memory guards (see claimGuard)
 	}
-	stop atomic.Pointer[stopState]
 
 	maxFile  atomic.Int64
 	cpuLast  atomic.Int64 // last sampled CPU time, ns, including cpuExtra
@@ -203,11 +200,10 @@ func (t *Tracker) halt(err error) {
 	s := &stopState{err: err}
 	if !t.cause.CompareAndSwap(nil, s) {
 		// Stopped already: make sure Step says so before returning, even
-		// if the first halt has not got that far.
-		t.stop.CompareAndSwap(nil, t.cause.Load())
+		// if the first halt has not drained the run yet.
+		t.drain()
 		return
 	}
-	t.stop.CompareAndSwap(nil, s)
 	t.drain()
 	if le, ok := err.(*LimitError); ok && le.Resource.Valid() {
 		if le.Tenant == "" {
@@ -246,7 +242,10 @@ func (t *Tracker) drain() {
 // stopped returns why the run refuses every charge: the reason it was
 // stopped, or ErrClosed after End; nil while it runs.
 func (t *Tracker) stopped() error {
-	if s := t.stop.Load(); s != nil {
+	if t.closed.Load() {
+		return ErrClosed
+	}
+	if s := t.cause.Load(); s != nil {
 		return s.err
 	}
 	return nil
@@ -646,7 +645,7 @@ func (t *Tracker) TrackMemory(n int64) error {
 func (t *Tracker) memCharged() (room, charged int64) {
 	for {
 		g := t.mem.gen.Load()
-		room = t.mem.total.Load()
+		room = t.mem.room.Load()
 		charged = t.filled[mTotal].Load() - room
 		if g&1 == 0 && t.mem.gen.Load() == g {
 			return room, charged
@@ -732,7 +731,7 @@ func (t *Tracker) acquire(n, lim int64) (int64, error) {
 			}
 			continue
 		}
-		if t.mem.total.CompareAndSwap(room, room-n) {
+		if t.mem.room.CompareAndSwap(room, room-n) {
 			return held + n, nil
 		}
 	}
@@ -1223,7 +1222,6 @@ func (t *Tracker) finish(runErr error) Usage {
 		t.mu.Lock()
 		defer t.mu.Unlock()
 		t.closed.Store(true)
-		t.stop.Store(closedStop)
 		t.cpuMu.Lock()
 		if t.cpuTimer != nil {
 			t.cpuTimer.Stop()
