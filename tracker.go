@@ -65,11 +65,11 @@ type Tracker struct {
 	// changes filled and total together) that lets the hot path read filled
 	// and total consistently without a lock.
 	mem struct {
-		room  atomic.Int64 // room of the TotalMemory meter: what may be charged without a refill
-		rel   atomic.Int64 // bytes released, cumulatively
-		peak  atomic.Int64
-		gen   atomic.Uint64
-		cells [4]atomic.Uint64 // identities of memory guards (see claimGuard)
+		room atomic.Int64 // room of the TotalMemory meter: what may be charged without a refill
+		rel  atomic.Int64 // bytes released, cumulatively
+		peak atomic.Int64
+		gen  atomic.Uint64
+		_    [cacheLine - 32]byte
 	}
 
 	maxFile  atomic.Int64
@@ -78,7 +78,6 @@ type Tracker struct {
 	closed   atomic.Bool
 	refused  [numResources]atomic.Int64
 	slots    slots
-	guards   atomic.Pointer[guardTable] // more identities of guards, made on first need
 
 	limits  Limits
 	skipCPU bool          // Run/Limit with nothing that needs CPU time: no thread clock
