@@ -336,3 +336,17 @@ func TestFleetStaleReportIsResent(t *testing.T) {
 	c, _ := store.Load(context.Background(), "t")
 	assert.Equal(t, int64(10), c.Operations)
 }
+
+// The zero MemoryStore is an empty store that ledgers can share.
+func TestZeroMemoryStoreIsUsable(t *testing.T) {
+	var store MemoryStore
+	l := newFleetLedger(t, &store, "r1", AccountLimits{MaxTotalOperations: 100})
+	tr, err := l.Account("t").Begin(Unlimited())
+	require.NoError(t, err)
+	require.NoError(t, tr.TrackOperations(42))
+	tr.End()
+	require.NoError(t, l.Sync(context.Background()))
+	c, err := store.Load(context.Background(), "t")
+	require.NoError(t, err)
+	assert.Equal(t, int64(42), c.Operations)
+}

@@ -183,7 +183,8 @@ type TenantLister interface {
 
 // MemoryStore is the in-process Store: a ledger without WithStore behaves
 // as if it had one of its own. It is safe for concurrent use and is useful
-// to share between ledgers in one process (and in tests).
+// to share between ledgers in one process (and in tests). The zero
+// MemoryStore is an empty store, as NewMemoryStore returns.
 type MemoryStore struct {
 	mu      sync.Mutex
 	now     func() time.Time
@@ -252,7 +253,13 @@ func (s *MemoryStore) Sync(ctx context.Context, req SyncRequest) (SyncResponse, 
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := s.now()
+	now := time.Now()
+	if s.now != nil {
+		now = s.now()
+	}
+	if s.tenants == nil {
+		s.tenants = make(map[string]*memTenant) // a zero MemoryStore
+	}
 	resp := SyncResponse{Tenants: make([]TenantState, len(req.Tenants))}
 	for k, ts := range req.Tenants {
 		t := s.tenants[ts.Tenant]
