@@ -220,7 +220,6 @@ var accountResources = []reslimit.Resource{
 	reslimit.Calls, reslimit.Evaluations, reslimit.Concurrency,
 }
 
-
 // aggregate sums the stats of the tenants that are not exported on their
 // own.
 type aggregate struct {
