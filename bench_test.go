@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -167,6 +168,27 @@ func BenchmarkGuard(b *testing.B) {
 		}},
 		{"AcquireMemory", func(b *testing.B) func() error {
 			tr := benchTracker(b, Limits{MaxMemoryBytes: benchHuge})
+			b.Cleanup(func() { tr.End() })
+			return func() error {
+				g, err := tr.AcquireMemory(memN)
+				if err != nil {
+					return err
+				}
+				g.Release()
+				return nil
+			}
+		}},
+		// The general path, which the memory fast path skips: a run
+		// charged to an account (whose MaxMemory is checked too).
+		{"AcquireMemory-account", func(b *testing.B) func() error {
+			a, err := NewAccount("bench", AccountLimits{MaxMemory: benchHuge})
+			if err != nil {
+				b.Fatal(err)
+			}
+			tr, err := a.Begin(Limits{MaxMemoryBytes: benchHuge})
+			if err != nil {
+				b.Fatal(err)
+			}
 			b.Cleanup(func() { tr.End() })
 			return func() error {
 				g, err := tr.AcquireMemory(memN)
@@ -445,11 +467,23 @@ func BenchmarkLimit(b *testing.B) {
 		{"MaxConcurrent+Timeout", &Limits{MaxConcurrent: 100, Timeout: 10 * time.Second}},
 		{"Strict-noCPU", func() *Limits { l := benchStrictNoCPU(); return &l }()},
 		{"Strict", func() *Limits { l := Strict(); return &l }()},
+		// What the lazy tracker saves a call that never asks for it: the
+		// same call asking for its tracker (made at once).
+		{"none-FromContext", &Limits{}},
+		{"Timeout-FromContext", &Limits{Timeout: 10 * time.Second}},
 	}
 	for _, c := range cases {
 		f := benchWork
+		if strings.HasSuffix(c.name, "-FromContext") {
+			f = func(ctx context.Context, i int) (int, error) {
+				if err := FromContext(ctx).TrackOperation(); err != nil {
+					return 0, err
+				}
+				return benchWork(ctx, i)
+			}
+		}
 		if c.l != nil {
-			f = Limit(benchWork, *c.l)
+			f = Limit(f, *c.l)
 		}
 		b.Run(c.name+"/serial", func(b *testing.B) {
 			b.ReportAllocs()
