@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -48,14 +49,16 @@ func benchTracker(b *testing.B, l Limits) *Tracker {
 
 // BenchmarkOp compares counting one operation: the floor (one
 // atomic.Int64.Add) with TrackOperation (no limit, and a limit never
-// reached) and Step. In parallel, "shared" has every goroutine count on
+// reached) and Step, each called directly in a plain `for i < b.N` loop,
+// the way users' loops run (b.Loop adds a few ns to the floor and would
+// flatter the ratio). In parallel, "shared" has every goroutine count on
 // one counter (or one tracker), "own" gives each goroutine its own padded
 // counter (or its own tracker).
 func BenchmarkOp(b *testing.B) {
 	b.Run("atomic/serial", func(b *testing.B) {
 		b.ReportAllocs()
 		var c atomic.Int64
-		for b.Loop() {
+		for i := 0; i < b.N; i++ {
 			c.Add(1)
 		}
 		benchSinkInt = c.Load()
@@ -83,46 +86,48 @@ func BenchmarkOp(b *testing.B) {
 		benchSinkInt = total.Load()
 	})
 
-	type variant struct {
+	variants := []struct {
 		name string
 		l    Limits
-		step bool
-	}
-	variants := []variant{
-		{"TrackOperation-nolimit", Limits{}, false},
-		{"TrackOperation-limit", Limits{MaxOperations: benchHuge}, false},
-		{"Step", Limits{}, true},
-		{"Step-limit", Limits{MaxOperations: benchHuge, Timeout: time.Hour}, true},
+	}{
+		{"nolimit", Limits{}},
+		{"limit", Limits{MaxOperations: benchHuge, Timeout: time.Hour}},
 	}
 	for _, v := range variants {
-		op := (*Tracker).TrackOperation
-		if v.step {
-			op = (*Tracker).Step
-		}
-		b.Run(v.name+"/serial", func(b *testing.B) {
+		b.Run("TrackOperation-"+v.name+"/serial", func(b *testing.B) {
 			b.ReportAllocs()
 			tr := benchTracker(b, v.l)
 			defer tr.End()
-			for b.Loop() {
-				if err := op(tr); err != nil {
+			for i := 0; i < b.N; i++ {
+				if err := tr.TrackOperation(); err != nil {
 					b.Fatal(err)
 				}
 			}
 		})
-		b.Run(v.name+"/parallel-shared", func(b *testing.B) {
+		b.Run("Step-"+v.name+"/serial", func(b *testing.B) {
+			b.ReportAllocs()
+			tr := benchTracker(b, v.l)
+			defer tr.End()
+			for i := 0; i < b.N; i++ {
+				if err := tr.Step(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run("TrackOperation-"+v.name+"/parallel-shared", func(b *testing.B) {
 			b.ReportAllocs()
 			tr := benchTracker(b, v.l)
 			defer tr.End()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
-					if err := op(tr); err != nil {
+					if err := tr.TrackOperation(); err != nil {
 						b.Error(err)
 						return
 					}
 				}
 			})
 		})
-		b.Run(v.name+"/parallel-own", func(b *testing.B) {
+		b.Run("TrackOperation-"+v.name+"/parallel-own", func(b *testing.B) {
 			b.ReportAllocs()
 			b.RunParallel(func(pb *testing.PB) {
 				tr, err := NewTracker(v.l)
@@ -132,7 +137,7 @@ func BenchmarkOp(b *testing.B) {
 				}
 				defer tr.End()
 				for pb.Next() {
-					if err := op(tr); err != nil {
+					if err := tr.TrackOperation(); err != nil {
 						b.Error(err)
 						return
 					}
@@ -163,6 +168,27 @@ func BenchmarkGuard(b *testing.B) {
 		}},
 		{"AcquireMemory", func(b *testing.B) func() error {
 			tr := benchTracker(b, Limits{MaxMemoryBytes: benchHuge})
+			b.Cleanup(func() { tr.End() })
+			return func() error {
+				g, err := tr.AcquireMemory(memN)
+				if err != nil {
+					return err
+				}
+				g.Release()
+				return nil
+			}
+		}},
+		// The general path, which the memory fast path skips: a run
+		// charged to an account (whose MaxMemory is checked too).
+		{"AcquireMemory-account", func(b *testing.B) func() error {
+			a, err := NewAccount("bench", AccountLimits{MaxMemory: benchHuge})
+			if err != nil {
+				b.Fatal(err)
+			}
+			tr, err := a.Begin(Limits{MaxMemoryBytes: benchHuge})
+			if err != nil {
+				b.Fatal(err)
+			}
 			b.Cleanup(func() { tr.End() })
 			return func() error {
 				g, err := tr.AcquireMemory(memN)
@@ -293,7 +319,7 @@ func BenchmarkAccountOp(b *testing.B) {
 func BenchmarkAccount(b *testing.B) {
 	limited := AccountLimits{
 		MaxMemory: 1 << 40, MaxTotalMemory: benchHuge, MaxTotalOperations: benchHuge,
-		MaxFunctionCalls: benchHuge, MaxCPUTime: time.Duration(benchHuge), MaxEvaluations: benchHuge,
+		MaxCalls: benchHuge, MaxCPUTime: time.Duration(benchHuge), MaxEvaluations: benchHuge,
 	}
 	for _, c := range []struct {
 		name string
@@ -373,7 +399,7 @@ func BenchmarkAccount(b *testing.B) {
 
 	b.Run("LedgerSnapshot-10000", func(b *testing.B) {
 		b.ReportAllocs()
-		ledger := NewLedger(AccountLimits{MaxTotalOperations: 1_000_000, MaxEvaluations: 100})
+		ledger := mustLedger(b, AccountLimits{MaxTotalOperations: 1_000_000, MaxEvaluations: 100})
 		for i := range 10_000 {
 			acct := ledger.Account(fmt.Sprintf("tenant-%05d", i))
 			tr, err := acct.Begin(Limits{})
@@ -441,11 +467,23 @@ func BenchmarkLimit(b *testing.B) {
 		{"MaxConcurrent+Timeout", &Limits{MaxConcurrent: 100, Timeout: 10 * time.Second}},
 		{"Strict-noCPU", func() *Limits { l := benchStrictNoCPU(); return &l }()},
 		{"Strict", func() *Limits { l := Strict(); return &l }()},
+		// What the lazy tracker saves a call that never asks for it: the
+		// same call asking for its tracker (made at once).
+		{"none-FromContext", &Limits{}},
+		{"Timeout-FromContext", &Limits{Timeout: 10 * time.Second}},
 	}
 	for _, c := range cases {
 		f := benchWork
+		if strings.HasSuffix(c.name, "-FromContext") {
+			f = func(ctx context.Context, i int) (int, error) {
+				if err := FromContext(ctx).TrackOperation(); err != nil {
+					return 0, err
+				}
+				return benchWork(ctx, i)
+			}
+		}
 		if c.l != nil {
-			f = Limit(benchWork, *c.l)
+			f = Limit(f, *c.l)
 		}
 		b.Run(c.name+"/serial", func(b *testing.B) {
 			b.ReportAllocs()

@@ -45,15 +45,31 @@
 // MaxCPUTime is used up. Elsewhere [CPUClock] reports "wall" and wall time
 // stands in for CPU time.
 //
+// A run started with the context of another run is its child: it draws
+// from its parent's limits and is billed to its parent's tenant. A stopped
+// run refuses every further charge; a panic in a run is re-raised after
+// its Go helpers have returned.
+//
 // # Tenants
 //
 // An [Account] holds one tenant's cumulative totals, history and limit
 // status over many runs and enforces [AccountLimits] across all of them;
-// a [Ledger] keeps an account per tenant. Charge a run to a tenant with
-// [WithAccount], [ContextWithAccount] or [Account.Begin].
+// a [Ledger] keeps an account per tenant ([Ledger.Account] never returns
+// nil: a tenant that cannot be opened gets an account that refuses every
+// run, so work never runs unbilled). Charge a run to a tenant with
+// [WithAccount], [ContextWithAccount] or [Account.Begin]. With
+// [WithStore], replicas share their tenants' cumulative quotas.
 //
 // # Monitoring
 //
-// A [Monitor] polls registered trackers and accounts and sends threshold
-// events on a channel.
+// A [Monitor] polls registered trackers and accounts (or every tenant of a
+// ledger, [Monitor.RegisterLedger]) and sends threshold events on a
+// channel: HighUsage and Recovered for usage crossings, LimitExceeded when
+// something was refused.
+//
+// # Code that does not cooperate
+//
+// Package reslimitexec makes a run's CPU time, memory, file size and
+// timeout bind a child process; contrib/wazero and contrib/starlark make
+// them bind WebAssembly guests and Starlark scripts.
 package reslimit

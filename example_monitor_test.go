@@ -40,7 +40,7 @@ func ExampleMonitor_Poll() {
 		fmt.Printf("%s %s %s used=%d limit=%d refusals=%d\n",
 			ev.Component, ev.Resource, ev.Kind, ev.Used, ev.Limit, ev.Refusals)
 	}
-	st := m.Statistics()
+	st := m.Stats()
 	fmt.Println("warnings:", st.Warnings, "limits exceeded:", st.LimitsExceeded)
 	// Output:
 	// refused: true

@@ -125,7 +125,10 @@ func ExampleAccount() {
 }
 
 func ExampleLedger() {
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{MaxTotalOperations: 1000})
+	ledger, err := reslimit.NewLedger(reslimit.AccountLimits{MaxTotalOperations: 1000})
+	if err != nil {
+		panic(err)
+	}
 	tool := reslimit.Limit(func(ctx context.Context, n int64) (struct{}, error) {
 		return struct{}{}, reslimit.FromContext(ctx).TrackOperations(n)
 	}, reslimit.Strict())

@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -18,17 +20,20 @@ import (
 type FailurePolicy uint8
 
 const (
-	// FailLocal keeps serving from the allowance the replica holds until
-	// its lease expires, and then (or once it is used up) from a
+	// FailLocal keeps serving from the allowance (lease) the replica
+	// holds, which the store keeps counting, and once it is used up from a
 	// conservative fallback share: a tenth of what the tenant had left
-	// fleet-wide when the outage began. The fleet can pass a limit by at
-	// most those shares (plus the allowance runs already hold, at most a
-	// chunk per run).
+	// fleet-wide when the outage began, or, for a tenant this replica never
+	// managed to load from the store, min(1% of its limit, the lease floor
+	// of 1024 operations, 64 calls, 1 MiB, 8 evaluations). The fleet can
+	// pass a limit by at most those shares, one per replica.
 	FailLocal FailurePolicy = iota
-	// FailOpen stops enforcing cumulative limits while the store fails.
+	// FailOpen stops enforcing cumulative limits while the store fails:
+	// neither Begin nor charges are refused for them until a sync
+	// succeeds. Usage is still counted and reported later.
 	FailOpen
-	// FailClosed refuses new allowance once the replica's lease has expired
-	// while the store fails.
+	// FailClosed serves only from the lease the replica holds while the
+	// store fails, and refuses what it does not cover.
 	FailClosed
 )
 
@@ -79,9 +84,11 @@ func WithSyncInterval(d time.Duration) LedgerOption {
 	}
 }
 
-// WithLeaseTTL sets how long the store keeps allowance reserved for this
-// replica without a sync (default: 3 sync intervals, at least 100ms). The
-// allowance of a replica that stops without Close is reclaimed after it.
+// WithLeaseTTL sets the lease period the replica announces to the store
+// (default: 3 sync intervals, at least 100ms), which stores use to tell
+// live replicas from gone ones. The store never reclaims a lease when it
+// expires: the unused lease of a replica that stops without Close keeps
+// counting against the limit (it may have been used).
 func WithLeaseTTL(d time.Duration) LedgerOption {
 	return func(l *Ledger) {
 		if d <= 0 {
@@ -114,13 +121,30 @@ func WithSyncTimeout(d time.Duration) LedgerOption {
 
 // WithLeaseWait bounds how long a charge that finds its replica's
 // allowance used up waits for the syncer to lease more before it is
-// refused (default 100ms). The wait happens on the slow path only.
+// refused (default 100ms); when it ends while the lease is on its way, the
+// charge waits for that answer too (at most WithSyncTimeout). The wait
+// happens on the slow path only.
 func WithLeaseWait(d time.Duration) LedgerOption {
 	return func(l *Ledger) {
 		if d < 0 {
 			l.setErr(fmt.Errorf("%w: WithLeaseWait(%v): negative", ErrInvalidArgument, d))
 		}
 		l.leaseWait, l.leaseWaitSet = d, true
+	}
+}
+
+// WithLogger makes the ledger log what its fleet syncer meets: the store
+// starting to fail (Warn) and answering again (Info), a tenant's totals
+// that could not be loaded (Warn), and the store having lost reports this
+// replica made (Error), which the replica then makes again. Nil logs
+// nothing (the default).
+func WithLogger(logger *slog.Logger) LedgerOption {
+	return func(l *Ledger) { l.logger = logger }
+}
+
+func (l *Ledger) logf(level slog.Level, msg string, args ...any) {
+	if l.logger != nil {
+		l.logger.Log(context.Background(), level, msg, args...)
 	}
 }
 
@@ -144,13 +168,16 @@ type fleet struct {
 	stopOnce     sync.Once
 	finalDone    atomic.Bool
 
-	seq      atomic.Uint64
-	closed   atomic.Bool
-	kick     chan struct{}
-	stopLoop context.CancelFunc
-	done     chan struct{}
-	syncMu   sync.Mutex // one sync round at a time, so reports go out in order
-	retired  []*Account // removed accounts with usage still to report; guarded by Ledger.mu
+	seq          atomic.Uint64
+	closed       atomic.Bool
+	resync       atomic.Bool // the store lost data: sync every tenant
+	storeFailing atomic.Bool
+	logger       *slog.Logger
+	kick         chan struct{}
+	stopLoop     context.CancelFunc
+	done         chan struct{}
+	syncMu       sync.Mutex // one sync round at a time, so reports go out in order
+	retired      []*Account // removed accounts with usage still to report; guarded by Ledger.mu
 }
 
 func (l *Ledger) startFleet() {
@@ -197,6 +224,7 @@ func (l *Ledger) syncLoop(ctx context.Context) {
 	defer close(l.done)
 	tick := time.NewTicker(max(l.interval/4, time.Millisecond))
 	defer tick.Stop()
+	lastProbe := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
@@ -205,6 +233,49 @@ func (l *Ledger) syncLoop(ctx context.Context) {
 		case <-l.kick:
 		}
 		_ = l.syncRound(ctx, false, false)
+		if now := time.Now(); now.Sub(lastProbe) >= l.interval {
+			lastProbe = now
+			l.probeStore(ctx)
+		}
+	}
+}
+
+// probeStore checks, with one Load per sync interval, that the store still
+// knows what this replica saw committed for one of its tenants (a random
+// one that this replica reported for); if not, the store lost data, and
+// every tenant is synced now so that each finds out and reports again.
+// It is how a replica whose tenants are all idle notices a Redis that
+// restarted without its data.
+func (l *Ledger) probeStore(ctx context.Context) {
+	var probe *Account
+	var seen Totals
+	l.mu.RLock()
+	for _, a := range l.accts { // random order
+		a.mu.Lock()
+		if a.fleet.loaded && a.fleet.pending == nil && !a.fleet.reported.IsZero() {
+			probe, seen = a, a.fleet.committed
+		}
+		a.mu.Unlock()
+		if probe != nil {
+			break
+		}
+	}
+	l.mu.RUnlock()
+	if probe == nil {
+		return
+	}
+	lctx, cancel := context.WithTimeout(ctx, l.syncTimeout)
+	tot, err := l.store.Load(lctx, probe.name)
+	cancel()
+	if err != nil {
+		return
+	}
+	for _, r := range [...]Resource{Operations, Calls, TotalMemory, CPUTime, Evaluations} {
+		if tot.Get(r) < seen.Get(r) {
+			l.resync.Store(true)
+			l.kickSyncer()
+			return
+		}
 	}
 }
 
@@ -228,14 +299,16 @@ func (l *Ledger) Sync(ctx context.Context) error {
 	return l.syncRound(ctx, true, false)
 }
 
-// Close stops new work and makes a final report: Begin on the ledger's
-// accounts returns ErrClosed from now on, and so does every later charge
-// of a run still in progress (end runs before Close: what they used until
-// now is reported). Close then reports every tenant's usage, gives back
-// the allowance this replica holds, and stops the syncer, waiting for it.
-// If the final report fails, Close returns the store's error and the usage
-// is still unreported: call Close or Sync again to retry. Without a store
-// Close does nothing.
+// Close ends a store-backed ledger: Begin on its accounts returns
+// ErrClosed from now on, and so does every later charge of a run still in
+// progress (end runs before Close: what they used until now is reported).
+// Close then reports every tenant's usage, gives back the allowance this
+// replica holds, and stops the syncer, waiting for it. If the final report
+// fails, Close returns the store's error and the usage is still
+// unreported: call Close or Sync again to retry.
+//
+// A ledger without a Store has nothing to report and no goroutine: Close
+// returns nil and changes nothing (its accounts keep working).
 func (l *Ledger) Close(ctx context.Context) error {
 	if ctx == nil {
 		return errNilContext
@@ -296,13 +369,17 @@ func (l *Ledger) syncRound(ctx context.Context, all, final bool) error {
 	accts = append(accts, l.retired...)
 	l.mu.RUnlock()
 
+	if l.resync.Swap(false) {
+		all = true // the store lost data: every tenant reports again
+	}
 	now := time.Now()
 	req := SyncRequest{Replica: l.replica, LeaseTTL: l.ttl, Final: final}
 	var owners []*Account
 	for _, a := range accts {
 		a.mu.Lock()
 		if all || a.fleet.dueLocked(a, now) {
-			req.Tenants = append(req.Tenants, a.fleet.reportLocked(a))
+			req.Tenants = append(req.Tenants, a.fleet.reportLocked(a, now))
+			a.fleet.inFlight = true
 			owners = append(owners, a)
 		}
 		a.mu.Unlock()
@@ -316,13 +393,20 @@ func (l *Ledger) syncRound(ctx context.Context, all, final bool) error {
 	if err == nil && len(resp.Tenants) != len(req.Tenants) {
 		err = fmt.Errorf("reslimit: store answered %d tenants for %d", len(resp.Tenants), len(req.Tenants))
 	}
+	if err != nil && !l.storeFailing.Swap(true) {
+		l.logf(slog.LevelWarn, "reslimit: fleet: the store fails; the failure policy rules", "replica", l.replica, "policy", l.policy.String(), "err", err)
+	} else if err == nil && l.storeFailing.Swap(false) {
+		l.logf(slog.LevelInfo, "reslimit: fleet: the store answers again", "replica", l.replica)
+	}
 	settled := false
 	for k, a := range owners {
 		a.mu.Lock()
+		a.fleet.lastAttempt = now
+		a.fleet.inFlight = false
 		if err != nil {
 			a.fleet.failLocked(a, err)
 		} else {
-			a.fleet.applyLocked(req.Tenants[k], resp.Tenants[k], now)
+			a.fleet.applyLocked(a, req.Tenants[k], resp.Tenants[k], now)
 			// Settle a removed account once all is reported (during Close,
 			// only in the Final round, which gives its lease back).
 			if a.fleet.retired && (final || !l.closed.Load()) && len(a.live) == 0 && reportable(a.lifeLocked()) == a.fleet.reported {
@@ -349,17 +433,21 @@ func (l *Ledger) syncRound(ctx context.Context, all, final bool) error {
 	return err
 }
 
-// FleetStats is an account's store-backed state on this replica.
+// FleetStats is an account's store-backed state on this replica. Every
+// field is a plain count, time or message.
 type FleetStats struct {
 	// Replica is this replica's id in the store.
 	Replica string
-	// Committed is the tenant's fleet-wide totals as of the last sync.
+	// Committed is the tenant's fleet-wide totals as of the last sync (or
+	// the Load made when this replica opened the tenant).
 	Committed Totals
 	// Unreported is what this replica used that the store has not
 	// acknowledged yet.
 	Unreported Totals
 	// Lease is the allowance this replica holds and has not handed out,
-	// per leased resource with a limit.
+	// per leased resource with a limit (with FailLocal during an outage,
+	// the fallback share included; with FailOpen, what it would hold: no
+	// limit is enforced while Fallback is true).
 	Lease Totals
 	// LastSync is when the last successful sync was sent (zero if none).
 	LastSync time.Time
@@ -369,6 +457,15 @@ type FleetStats struct {
 	LastError string
 	// Fallback is true while the store fails and the failure policy rules.
 	Fallback bool
+	// Loaded is true once the tenant's committed totals came from the
+	// store (by Load when the replica opened it, or by a sync).
+	Loaded bool
+	// StoreResets counts the times the store answered that it no longer
+	// knew reports this replica had made for the tenant (a Redis restarted
+	// without its data); each time, the replica reported them again.
+	// LastStoreReset is when it last happened (zero if never).
+	StoreResets    int64
+	LastStoreReset time.Time
 }
 
 // fleetState is an Account's store-backed state; guarded by the account's mu.
@@ -377,59 +474,127 @@ type fleetState struct {
 	committed   Totals // fleet-wide, from the store
 	reported    Totals // this process's usage the store has acknowledged
 	outstanding Totals // allowance beyond reported, from the store
+	returning   Totals // lease given back by the report in flight
 	leaseAtSync Totals
 	fallback    Totals
 	lastUsed    Totals // the last report's Used: the recent rate
+	need        Totals // the largest lease a waiting charge needs, since the last report
 	pending     *TenantSync
-	leaseUntil  time.Time
+	pendingNo   uint64 // the number of the report in pending
+	builtNo     uint64 // reports built so far
+	answeredNo  uint64 // the number of the last report the store answered
+	short       uint32 // bit r: the last answer granted less than asked of r
 	lastSync    time.Time
+	lastAttempt time.Time
+	activeAt    time.Time // the last report with usage or a waiting charge
+	lastReset   time.Time
+	graceUntil  time.Time // after a store reset: no lease asked for until then
 	syncs       int64
 	syncErrors  int64
+	resets      int64
 	lastErr     string
 	failing     bool
 	wantSync    bool
+	inFlight    bool // a report of this tenant is on its way to the store
+	loaded      bool
 	retired     bool          // removed from the ledger, still to be reported
 	refreshed   chan struct{} // closed and replaced after every sync attempt
+	loadOnce    sync.Once
 }
 
 func newFleetState(l *Ledger) *fleetState {
-	return &fleetState{ledger: l, refreshed: make(chan struct{})}
+	return &fleetState{ledger: l, refreshed: make(chan struct{}), activeAt: time.Now()}
 }
 
-// leaseFloor is the smallest allowance a replica asks for at a time.
+// openFleet loads a's committed totals from the store the first time the
+// account is opened (later callers wait for that first load), so that a
+// replica never takes a tenant it has not synced yet for a new one. The
+// load is bounded by the sync timeout; if it fails, the first sync loads
+// the totals instead, and until then the tenant counts as never loaded
+// (see FailLocal).
+func (l *Ledger) openFleet(a *Account) {
+	if a.fleet == nil {
+		return
+	}
+	a.fleet.loadOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), l.syncTimeout)
+		tot, err := l.store.Load(ctx, a.name)
+		cancel()
+		if err != nil {
+			l.logf(slog.LevelWarn, "reslimit: fleet: loading a tenant's totals failed", "tenant", a.name, "err", err)
+			return
+		}
+		a.mu.Lock()
+		if !a.fleet.loaded { // a sync answer is newer
+			a.fleet.committed = tot
+			a.fleet.loaded = true
+		}
+		a.mu.Unlock()
+	})
+}
+
+// leaseFloor is the smallest allowance a replica asks for at a time; it
+// also bounds the fallback share of a tenant never loaded.
 var leaseFloor = map[Resource]int64{Operations: 1024, Calls: 64, TotalMemory: 1 << 20, Evaluations: 8}
 
+func bit(r Resource) uint32 { return 1 << uint(r) }
+
 // dueLocked reports whether the syncer should sync the tenant now: a
-// report is pending, a charge asked for it, the tenant was removed and is
-// still to be settled, or the interval has passed and the tenant has
-// something to report or live runs (whose room must stay covered by a
-// live lease). A tenant idle on this replica costs the store nothing: its
-// lease lapses, and its next charge asks for one.
+// report is pending, a charge asked for a lease (at most once per interval
+// when the store last had none to give: a tenant at its limit costs the
+// store about one call per interval), the tenant was removed and is still
+// to be settled, the store lost data, or the interval has passed and the
+// tenant has something to report or holds a lease it did not use (which
+// it gives back). A tenant idle on this replica costs the store nothing
+// after that.
 func (f *fleetState) dueLocked(a *Account, now time.Time) bool {
-	if f.pending != nil || f.wantSync || f.retired || f.lastSync.IsZero() {
+	if f.failing && now.Sub(f.lastAttempt) < f.ledger.interval/4 {
+		return false // the store fails: retry at the syncer's pace, not per charge
+	}
+	if f.pending != nil || f.retired || f.lastSync.IsZero() {
 		return true
 	}
-	return now.Sub(f.lastSync) >= f.ledger.interval &&
-		(len(a.live) > 0 || reportable(a.lifeLocked()) != f.reported)
-}
-
-// capLocked is how much of r this process may hand out in all. A lease
-// that has expired counts for nothing: the store may have given it to
-// other replicas.
-func (f *fleetState) capLocked(r Resource) int64 {
-	c := f.reported.Get(r)
-	if !time.Now().After(f.leaseUntil) {
-		c += f.outstanding.Get(r)
+	elapsed := now.Sub(f.lastSync) >= f.ledger.interval
+	if f.wantSync {
+		return f.short == 0 || elapsed
 	}
-	if f.failing {
-		switch f.ledger.policy {
-		case FailOpen:
-			return maxUsage
-		case FailLocal:
-			c += f.fallback.Get(r)
+	if !elapsed {
+		return false
+	}
+	if reportable(a.lifeLocked()) != f.reported {
+		return true
+	}
+	for _, r := range leasedResources {
+		if a.limits[r].Load() > 0 && f.leaseLocked(r)-a.issuedFleetLocked(r) > 0 {
+			return true
 		}
 	}
+	return false
+}
+
+// leaseLocked is how much of r this process may hand out in all by its
+// lease (and, with FailLocal during an outage, the fallback share). The
+// store never reclaims a lease, so it stays good until given back.
+func (f *fleetState) leaseLocked(r Resource) int64 {
+	c := f.reported.Get(r) + f.outstanding.Get(r) - f.returning.Get(r)
+	if f.failing && f.ledger.policy == FailLocal {
+		c += f.fallback.Get(r)
+	}
 	return c
+}
+
+// capLocked is how much of r this process may hand out in all.
+func (f *fleetState) capLocked(r Resource) int64 {
+	if f.failing && f.ledger.policy == FailOpen {
+		return maxUsage
+	}
+	return f.leaseLocked(r)
+}
+
+// fleetOpenLocked reports whether the account enforces no cumulative
+// limit now: the store fails and the policy is FailOpen.
+func (a *Account) fleetOpenLocked() bool {
+	return a.fleet != nil && a.fleet.failing && a.fleet.ledger.policy == FailOpen
 }
 
 // noteLeft asks for an early sync when less than a tenth of the lease is left.
@@ -455,17 +620,24 @@ func (a *Account) issuedFleetLocked(r Resource) int64 {
 }
 
 // fleetReserveLocked makes sure this process may hand out want more of r
-// (for a request of n), waiting for the syncer to lease more when needed.
-// It refuses when the tenant is out of r fleet-wide or no lease comes.
-// Called with a.mu held; it may release and retake it while waiting.
+// (for a request of n), waiting up to WithLeaseWait for the syncer to
+// lease more when needed. It refuses only for a real shortage: the tenant
+// is out of r fleet-wide by this replica's view, or the store answered a
+// request made for this charge (or, within the last sync interval, any
+// request) with less than asked; or when no lease came in time. Called
+// with a.mu held; it may release and retake it while waiting.
 func (a *Account) fleetReserveLocked(r Resource, n, want int64, meter int, except *Tracker, issued func() int64) error {
 	f := a.fleet
-	for attempt := 0; ; attempt++ {
+	var deadline time.Time
+	var myNo uint64
+	var attempts int64
+	registered, extended := false, false
+	for {
 		if f.ledger.closed.Load() {
 			return ErrClosed
 		}
 		lim := a.limits[r].Load()
-		if lim == 0 {
+		if lim == 0 || a.fleetOpenLocked() {
 			return nil
 		}
 		used := a.usageLocked(r)
@@ -485,14 +657,42 @@ func (a *Account) fleetReserveLocked(r Resource, n, want int64, meter int, excep
 				return nil
 			}
 		}
-		f.wantSync = true // whether or not we wait, ask for a lease
+		// Ask for a lease that covers this charge.
+		if w := want + max(0, issued()-f.capLocked(r)); w > f.need.Get(r) {
+			f.need.Set(r, w)
+		}
+		f.wantSync = true
 		f.ledger.kickSyncer()
-		if attempt >= 2 || f.ledger.leaseWait == 0 {
+		if f.short&bit(r) != 0 && (!registered || f.answeredNo > myNo) {
+			// The store had less to give than this replica asked for: the
+			// fleet is short now. The next sync (within an interval) asks
+			// for this charge whole, giving back the lease that is too
+			// small for it.
 			return refuse()
+		}
+		now := time.Now()
+		if !registered {
+			registered, myNo, deadline = true, f.builtNo, now.Add(f.ledger.leaseWait)
+			attempts = f.syncs + f.syncErrors
+		}
+		if f.failing && f.syncs+f.syncErrors > attempts {
+			// The store failed a sync made since this charge asked: the
+			// failure policy ruled on it.
+			return refuse()
+		}
+		wait := deadline.Sub(now)
+		if wait <= 0 {
+			if !(f.inFlight || f.wantSync) || extended || f.ledger.leaseWait == 0 {
+				return refuse() // no lease in time
+			}
+			// A lease is in flight (or asked for, the syncer about to send
+			// the request): its answer, or failure, comes within the sync
+			// timeout. Do not refuse for want of it; wait once more.
+			extended, wait = true, f.ledger.syncTimeout
 		}
 		ch := f.refreshed
 		a.mu.Unlock()
-		timer := time.NewTimer(f.ledger.leaseWait)
+		timer := time.NewTimer(wait)
 		select {
 		case <-ch:
 		case <-timer.C:
@@ -503,8 +703,9 @@ func (a *Account) fleetReserveLocked(r Resource, n, want int64, meter int, excep
 }
 
 // reportLocked returns the tenant's report: the unacknowledged one again,
-// or a new one with what was used since the last acknowledged report.
-func (f *fleetState) reportLocked(a *Account) TenantSync {
+// or a new one with what was used since the last acknowledged report, the
+// lease it asks for, and the lease it gives back.
+func (f *fleetState) reportLocked(a *Account, now time.Time) TenantSync {
 	if f.pending != nil {
 		return *f.pending
 	}
@@ -519,17 +720,55 @@ func (f *fleetState) reportLocked(a *Account) TenantSync {
 		ts.Limit.Set(r, a.limits[r].Load())
 	}
 	for _, r := range leasedResources {
+		if used.Get(r) != 0 || f.need.Get(r) != 0 {
+			f.activeAt = now
+		}
+	}
+	// Idle: nothing used nor asked for in a whole interval.
+	idle := now.Sub(f.activeAt) >= f.ledger.interval
+	grace := now.Before(f.graceUntil)
+	for _, r := range leasedResources {
 		lim := a.limits[r].Load()
 		if lim == 0 {
 			continue
 		}
+		left := f.leaseLocked(r) - a.issuedFleetLocked(r)
+		need := f.need.Get(r)
+		// Enough for about two intervals at the recent rate: the used
+		// since the last sync, scaled to an interval when syncs come
+		// sooner (a busy start-up), or the last report's.
 		target := max(leaseFloor[r], 2*f.lastUsed.Get(r), 2*used.Get(r))
+		if elapsed := now.Sub(f.lastSync); !f.lastSync.IsZero() && elapsed < f.ledger.interval {
+			scaled := 2 * float64(used.Get(r)) * float64(f.ledger.interval) / float64(max(elapsed, time.Millisecond))
+			target = max(target, int64(min(scaled, maxUsage)))
+		}
 		// Near the limit ask for a shrinking share, so that the other
 		// replicas still find some and the last grants are small and exact.
 		target = min(target, max(1, (lim-a.usageLocked(r))/4))
-		left := f.capLocked(r) - a.issuedFleetLocked(r)
-		ts.Want.Set(r, max(0, target-left))
+		switch {
+		case grace:
+			ts.Return.Set(r, max(0, left))
+		case need > left && f.short&bit(r) != 0:
+			// Stuck near the limit: a lease too small for the charge that
+			// waits strands quota. Give it back and ask for the charge
+			// whole or nothing, so that some replica gets it whole.
+			ts.Return.Set(r, max(0, left))
+			ts.MinGrant.Set(r, need)
+			ts.Want.Set(r, max(target, need))
+		case idle && left > 0:
+			// Unused for a whole interval: give the lease back, so that
+			// the other replicas can have it.
+			ts.Return.Set(r, left)
+		default:
+			// (left < 0 only while reports the store lost are reported
+			// again: they are not a reason to ask for more.)
+			ts.Want.Set(r, max(0, max(target, need)-max(left, 0)))
+		}
+		f.returning.Set(r, ts.Return.Get(r))
 	}
+	f.need = Totals{}
+	f.builtNo++
+	f.pendingNo = f.builtNo
 	f.pending = &ts
 	return ts
 }
@@ -540,7 +779,7 @@ func reportable(t Totals) Totals {
 	return t
 }
 
-func (f *fleetState) applyLocked(ts TenantSync, st TenantState, sent time.Time) {
+func (f *fleetState) applyLocked(a *Account, ts TenantSync, st TenantState, sent time.Time) {
 	if st.Seq > ts.Seq {
 		// The store applied a later report of this replica and tenant (a
 		// restarted replica with the same id whose clock went back): ours
@@ -557,19 +796,67 @@ func (f *fleetState) applyLocked(ts TenantSync, st TenantState, sent time.Time) 
 		f.refreshed = make(chan struct{})
 		return
 	}
+	// A healthy store never forgets: what it says this replica reported is
+	// at least what the replica knows it reported, and the committed
+	// totals never go back.
+	expected := f.reported.Add(ts.Used)
+	reported := expected
+	lost := false
+	if st.Seq != 0 {
+		for _, r := range [...]Resource{Operations, Calls, TotalMemory, CPUTime, Evaluations} {
+			if got := st.Reported.Get(r); got < expected.Get(r) {
+				reported.Set(r, got)
+				lost = true
+			}
+			if f.loaded && st.Committed.Get(r) < f.committed.Get(r) {
+				lost = true
+			}
+		}
+	}
+	// What the store should hold unused for this replica now, had it
+	// granted all it was asked.
+	var short uint32
+	for _, r := range leasedResources {
+		prev := max(0, f.outstanding.Get(r)-ts.Used.Get(r))
+		prev -= min(prev, ts.Return.Get(r))
+		if w := ts.Want.Get(r); w > 0 && st.Allowance.Get(r)-st.Reported.Get(r) < prev+w {
+			short |= bit(r)
+		}
+	}
 	f.pending = nil
-	f.reported = f.reported.Add(ts.Used)
+	f.answeredNo = f.pendingNo
+	f.reported = reported
 	f.lastUsed = ts.Used
 	f.committed = st.Committed
 	var out Totals
 	for _, r := range leasedResources {
 		out.Set(r, max(0, st.Allowance.Get(r)-st.Reported.Get(r)))
 	}
-	f.outstanding, f.leaseAtSync = out, out
-	f.leaseUntil = sent.Add(f.ledger.ttl)
+	f.outstanding, f.leaseAtSync, f.returning = out, out, Totals{}
+	f.short = short
 	f.lastSync = sent
 	f.syncs++
-	f.failing, f.fallback, f.lastErr, f.wantSync = false, Totals{}, "", false
+	f.failing, f.fallback, f.lastErr, f.wantSync, f.loaded = false, Totals{}, "", false, true
+	if lost {
+		// The store no longer knows reports this replica made (a Redis
+		// restarted without its data): report them again at once, and
+		// every other tenant too, so that the committed totals and the
+		// quota come back to what the live replicas granted.
+		f.resets++
+		f.lastReset = time.Now()
+		f.wantSync = true
+		f.short = 0
+		// For an interval, while the other replicas report again, ask for
+		// no lease and give back what was granted against the totals the
+		// store had lost.
+		f.graceUntil = sent.Add(f.ledger.interval)
+		f.ledger.resync.Store(true)
+		f.ledger.kickSyncer()
+		f.ledger.logf(slog.LevelError, "reslimit: fleet: the store lost reports of this replica; reporting them again",
+			"tenant", a.name, "replica", f.ledger.replica,
+			"operations", expected.Operations-reported.Operations, "function_calls", expected.Calls-reported.Calls,
+			"total_memory", expected.TotalMemory-reported.TotalMemory, "evaluations", expected.Evaluations-reported.Evaluations)
+	}
 	close(f.refreshed)
 	f.refreshed = make(chan struct{})
 }
@@ -578,7 +865,12 @@ func (f *fleetState) failLocked(a *Account, err error) {
 	if !f.failing && f.ledger.policy == FailLocal {
 		for _, r := range leasedResources {
 			if lim := a.limits[r].Load(); lim > 0 {
-				left := lim - a.usageLocked(r) - (f.capLocked(r) - a.issuedFleetLocked(r))
+				if !f.loaded {
+					// Never loaded: its usage elsewhere is unknown.
+					f.fallback.Set(r, min(leaseFloor[r], lim/100))
+					continue
+				}
+				left := lim - a.usageLocked(r) - (f.leaseLocked(r) - a.issuedFleetLocked(r))
 				f.fallback.Set(r, max(0, left/10))
 			}
 		}
@@ -594,12 +886,45 @@ func (f *fleetState) statsLocked(a *Account) FleetStats {
 	fs := FleetStats{
 		Replica: f.ledger.replica, Committed: f.committed, LastSync: f.lastSync,
 		Syncs: f.syncs, SyncErrors: f.syncErrors, LastError: f.lastErr, Fallback: f.failing,
+		Loaded: f.loaded, StoreResets: f.resets, LastStoreReset: f.lastReset,
 	}
 	fs.Unreported = a.lifeLocked().Sub(f.reported)
 	for _, r := range leasedResources {
 		if a.limits[r].Load() > 0 {
-			fs.Lease.Set(r, max(0, f.capLocked(r)-a.issuedFleetLocked(r)))
+			fs.Lease.Set(r, max(0, f.leaseLocked(r)-a.issuedFleetLocked(r)))
 		}
 	}
 	return fs
+}
+
+// StoreTenants calls fn with every tenant the ledger's store holds (not
+// only those this replica opened) and its committed fleet-wide totals, for
+// invoices, without loading the tenants into the ledger or all at once
+// into memory. It stops at fn's first error and returns it. It needs a
+// store that implements TenantLister (MemoryStore and the Redis store do);
+// without a store it lists the ledger's own accounts and their totals.
+func (l *Ledger) StoreTenants(ctx context.Context, fn func(tenant string, committed Totals) error) error {
+	if l.err != nil {
+		return l.err
+	}
+	if l.store == nil {
+		for _, name := range l.Tenants() {
+			a, ok := l.Lookup(name)
+			if !ok {
+				continue
+			}
+			a.mu.Lock()
+			tot := reportable(a.lifeLocked())
+			a.mu.Unlock()
+			if err := fn(name, tot); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	lister, ok := l.store.(TenantLister)
+	if !ok {
+		return fmt.Errorf("reslimit: the ledger's store (%T) cannot list its tenants: %w", l.store, errors.ErrUnsupported)
+	}
+	return lister.ListTenants(ctx, fn)
 }

@@ -16,10 +16,10 @@ func BenchmarkFleetTrackOperation(b *testing.B) {
 		b.Run(mode, func(b *testing.B) {
 			var l *Ledger
 			if mode == "store" {
-				l = NewLedger(limits, WithStore(NewMemoryStore()), WithReplica("bench"), WithSyncInterval(100*time.Millisecond))
+				l = mustLedger(b, limits, WithStore(NewMemoryStore()), WithReplica("bench"), WithSyncInterval(100*time.Millisecond))
 				defer func() { _ = l.Close(context.Background()) }()
 			} else {
-				l = NewLedger(limits)
+				l = mustLedger(b, limits)
 			}
 			acct := l.Account("t")
 			b.ReportAllocs()
@@ -45,7 +45,7 @@ func BenchmarkFleetTrackOperation(b *testing.B) {
 // tenants to the in-memory store; ns/tenant is the cost per tenant on the
 // replica's side (the Redis store's own benchmark adds the network).
 func BenchmarkFleetSync100Tenants(b *testing.B) {
-	l := NewLedger(AccountLimits{MaxTotalOperations: 1 << 60}, WithStore(NewMemoryStore()), WithReplica("bench"), WithSyncInterval(time.Hour))
+	l := mustLedger(b, AccountLimits{MaxTotalOperations: 1 << 60}, WithStore(NewMemoryStore()), WithReplica("bench"), WithSyncInterval(time.Hour))
 	defer func() { _ = l.Close(context.Background()) }()
 	runs := make([]*Tracker, 100)
 	for i := range runs {

@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 )
 
 // Guard holds something acquired from a Tracker (memory, a concurrency
 // slot) until Release gives it back. It is a small value: acquiring and
-// releasing allocate nothing (beyond a table made once per tracker that
-// holds more than a few guards at once, and a word per guard while more
-// than 64 are held at once). Write
+// releasing allocate nothing (except a word per guard while thousands of
+// guards are held at once in the process; see claimGuard). Write
 //
 //	g, err := tr.AcquireMemory(n)
 //	if err != nil { return err }
@@ -34,41 +34,32 @@ type Guard struct {
 // slotGuard is Guard.n for a guard that holds one concurrency slot.
 const slotGuard = -1
 
-// guardCells is the number of guard identities a tracker keeps in a table
-// of its own, besides the few on the cache lines of its memory meter and
-// its slots; a guard acquired while all are taken gets a cell of its own.
-const guardCells = 64
+// Guard identities. A cell is even while free and odd while a guard holds
+// it; release moves it on by one, so that a stale copy of a released guard
+// no longer matches its cell. The cells of every tracker's guards come from
+// one process-wide table, so that no tracker pays for a table of its own;
+// a goroutine starts looking on a cache line picked from the address of
+// its stack, so that goroutines acquiring at once (on one shared tracker
+// or on many) use different lines and do not contend for them. A guard
+// that finds no free cell among guardProbe gets a cell of its own (an
+// allocation, only while very many guards are held at once).
+const (
+	guardLines = 512 // cache lines of 8 cells: 4,096 cells, 32 KiB
+	guardProbe = 32  // cells looked at before allocating one
+)
 
-// guardTable holds identities of a tracker's guards. A cell is even while
-// free and odd while a guard holds it; release moves it on by one, so that
-// a stale copy of a released guard no longer matches its cell.
-type guardTable [guardCells]atomic.Uint64
-
-// claimGuard returns a free identity cell, marked held, and its value:
-// one of local (on the line of the counter the guard charged) if one is
-// free, else one of the tracker's table, made on first need.
-func (t *Tracker) claimGuard(local []atomic.Uint64) (*atomic.Uint64, uint64) {
-	for i := range local {
-		c := &local[i]
-		if v := c.Load(); v&1 == 0 && c.CompareAndSwap(v, v+1) {
-			return c, v + 1
-		}
-	}
-	return t.claimGuardSlow()
+type guardLine struct {
+	cells [8]atomic.Uint64
 }
 
-func (t *Tracker) claimGuardSlow() (*atomic.Uint64, uint64) {
-	tab := t.guards.Load()
-	if tab == nil {
-		tab = new(guardTable)
-		if !t.guards.CompareAndSwap(nil, tab) {
-			tab = t.guards.Load()
-		}
-	}
-	// Probe one cell per cache line first, so that guards held at once
-	// spread over the lines.
-	for k := range uint(guardCells) {
-		c := &tab[(k%8)*8+k/8]
+var guardTable [guardLines]guardLine
+
+// claimGuard returns a free identity cell, marked held, and its value.
+func claimGuard() (*atomic.Uint64, uint64) {
+	var probe byte
+	line := uint(uintptr(unsafe.Pointer(&probe))>>13) % guardLines
+	for k := range uint(guardProbe) {
+		c := &guardTable[(line+k/8)%guardLines].cells[k%8]
 		if v := c.Load(); v&1 == 0 && c.CompareAndSwap(v, v+1) {
 			return c, v + 1
 		}
@@ -80,7 +71,7 @@ func (t *Tracker) claimGuardSlow() (*atomic.Uint64, uint64) {
 
 // memGuard returns a guard for n bytes of memory the caller has charged.
 func (t *Tracker) memGuard(n int64) Guard {
-	c, gen := t.claimGuard(t.mem.cells[:])
+	c, gen := claimGuard()
 	return Guard{t: t, cell: c, gen: gen, n: n}
 }
 
@@ -155,7 +146,7 @@ func (t *Tracker) AcquireMemory(n int64) (Guard, error) {
 			if room < n || (lim > 0 && n > lim-held) {
 				break
 			}
-			if !t.mem.total.CompareAndSwap(room, room-n) {
+			if !t.mem.room.CompareAndSwap(room, room-n) {
 				continue // lost a race: look again
 			}
 			if !t.closed.Load() {
@@ -183,7 +174,7 @@ func (t *Tracker) acquireMemory(n int64) (Guard, error) {
 
 // newSlotGuard returns a guard for a slot the caller has taken.
 func (t *Tracker) newSlotGuard() Guard {
-	c, gen := t.claimGuard(t.slots.cells[:])
+	c, gen := claimGuard()
 	return Guard{t: t, cell: c, gen: gen, n: slotGuard}
 }
 
@@ -230,7 +221,7 @@ func (t *Tracker) AcquireSlot(ctx context.Context) (Guard, error) {
 type slots struct {
 	count   atomic.Int64
 	waiting atomic.Int64
-	cells   [6]atomic.Uint64 // identities of slot guards (see claimGuard)
+	_       [cacheLine - 16]byte
 	limit   int64
 
 	mu    sync.Mutex

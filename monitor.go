@@ -14,6 +14,24 @@ import (
 	"time"
 )
 
+// Reading is one resource's state as a Source reports it to a Monitor: the
+// usage and the limit (0 = none) in the resource's unit, and how many
+// requests for it have been refused so far (a cumulative count).
+type Reading struct {
+	Resource Resource
+	Used     int64
+	Limit    int64
+	Refusals int64
+}
+
+// Source is something a Monitor can poll: *Tracker and *Account implement
+// it. AppendReadings appends one Reading per resource and returns the
+// extended slice; it must be safe for concurrent use, must not block for
+// long, and should not allocate when dst has room.
+type Source interface {
+	AppendReadings(dst []Reading) []Reading
+}
+
 // Monitor defaults: a zero field of MonitorConfig takes these.
 const (
 	// DefaultWarningThreshold is the fraction of a limit at which a
@@ -56,7 +74,7 @@ type MonitorConfig struct {
 	// Default 1000; negative is invalid.
 	HistorySize int
 	// EventBuffer is the capacity of the Events channel. When it is full,
-	// events are dropped and counted (Statistics.DroppedEvents). Default
+	// events are dropped and counted (MonitorStats.DroppedEvents). Default
 	// 256; negative is invalid.
 	EventBuffer int
 	// Logger, if not nil, logs every event as it is sent: HighUsage at
@@ -185,10 +203,10 @@ func (e *Event) appendValueAttrs(attrs []slog.Attr) []slog.Attr {
 	return attrs
 }
 
-// Statistics is a snapshot of a Monitor. Memory in bytes. The event
+// MonitorStats is a snapshot of a Monitor. Memory in bytes. The event
 // counters count every event the monitor produced since NewMonitor,
 // delivered or dropped; they are not derived from, nor capped by, History.
-type Statistics struct {
+type MonitorStats struct {
 	// Components is the number of registered components, including the
 	// process backstop if any.
 	Components int
@@ -217,7 +235,7 @@ type Statistics struct {
 	PerComponent map[string]ComponentStats
 }
 
-// ComponentStats is one component's part of Statistics. Memory in bytes.
+// ComponentStats is one component's part of MonitorStats. Memory in bytes.
 type ComponentStats struct {
 	// MemoryBytes is the memory held now (its Memory reading).
 	MemoryBytes int64
@@ -225,7 +243,7 @@ type ComponentStats struct {
 	Operations int64
 	// Concurrent is its Concurrency reading.
 	Concurrent int64
-	// Readings is everything the source reported, read by Statistics.
+	// Readings is everything the source reported, read by Stats.
 	Readings []Reading
 	// Warnings and LimitsExceeded count the HighUsage and LimitExceeded
 	// events of the component since it was (last) registered.
@@ -257,7 +275,7 @@ type component struct {
 	// sub-component per account, named name+tenant, made when a poll first
 	// sees the account and dropped when the ledger no longer holds it.
 	ledger  *Ledger
-	tenMu   sync.Mutex // guards tenants (polls write, Statistics reads)
+	tenMu   sync.Mutex // guards tenants (polls write, Stats reads)
 	tenants map[*Account]*component
 	accts   []*Account // reused by polls: the ledger's accounts
 	gen     uint64     // polls of a ledger; for a tenant, the last poll that saw it
@@ -272,7 +290,7 @@ type registry struct {
 
 // Monitor polls registered Sources (trackers of long-lived components,
 // tenants' accounts) and reports what it sees as Events: on the Events
-// channel, in History, in the Statistics counters and, if configured,
+// channel, in History, in the MonitorStats counters and, if configured,
 // through a slog.Logger. Nothing is pushed from the tracked code's hot
 // path: each poll reads the sources' counters.
 //
@@ -612,7 +630,7 @@ func (m *Monitor) shutdown() {
 // Events returns the channel on which events are sent, in the order they
 // were seen. It is closed when the monitor stops (Stop, or the end of
 // Start's context). Sends never block the monitor: an event that finds
-// the channel full is dropped and counted in Statistics.DroppedEvents.
+// the channel full is dropped and counted in MonitorStats.DroppedEvents.
 func (m *Monitor) Events() <-chan Event {
 	m.init()
 	return m.events
@@ -735,13 +753,13 @@ func (m *Monitor) log(ev *Event) {
 	m.logger.LogAttrs(ctx, level, "reslimit monitor: "+ev.Kind.String(), attrs...)
 }
 
-// Statistics reads every registered source now and returns the sums of
+// Stats reads every registered source now and returns the sums of
 // their current usage, the monitor's event counters and per-component
 // usage. It does not wait for a poll in progress. Safe for concurrent use.
-func (m *Monitor) Statistics() Statistics {
+func (m *Monitor) Stats() MonitorStats {
 	m.init()
 	comps := m.reg.Load().comps
-	s := Statistics{
+	s := MonitorStats{
 		Warnings:       m.warnings.Load(),
 		LimitsExceeded: m.exceeded.Load(),
 		Recoveries:     m.recovered.Load(),
@@ -771,7 +789,7 @@ func (m *Monitor) Statistics() Statistics {
 }
 
 // addComponent adds c's current readings and event counts to s.
-func (s *Statistics) addComponent(c *component) {
+func (s *MonitorStats) addComponent(c *component) {
 	{
 		cs := ComponentStats{
 			Readings:       c.src.AppendReadings(nil),
@@ -811,7 +829,7 @@ func (m *Monitor) History() []Event {
 }
 
 // ClearHistory forgets the events kept for History. The counters of
-// Statistics are not affected. Safe for concurrent use.
+// Stats are not affected. Safe for concurrent use.
 func (m *Monitor) ClearHistory() {
 	m.init()
 	m.histMu.Lock()

@@ -44,7 +44,7 @@ func benchmarkPoll(b *testing.B, m *Monitor) {
 	perSource := float64(b.Elapsed().Nanoseconds()) / float64(polls) / monitorBenchSources
 	b.ReportMetric(perSource, "ns/source")
 	b.ReportMetric(perSource/addNs, "adds/source")
-	if st := m.Statistics(); st.Warnings+st.LimitsExceeded+st.Recoveries != 0 {
+	if st := m.Stats(); st.Warnings+st.LimitsExceeded+st.Recoveries != 0 {
 		b.Fatalf("a benchmark source crossed a threshold: %+v", st)
 	}
 }
@@ -96,7 +96,7 @@ func BenchmarkMonitorPoll(b *testing.B) {
 	b.Run("accounts-10000", func(b *testing.B) {
 		m := newBenchMonitor(b)
 		al := AccountLimits{MaxMemory: 1 << 30, MaxTotalMemory: 1 << 40, MaxTotalOperations: 1 << 40,
-			MaxFunctionCalls: 1 << 40, MaxCPUTime: time.Hour, MaxEvaluations: 1 << 40, MaxConcurrent: 1 << 20}
+			MaxCalls: 1 << 40, MaxCPUTime: time.Hour, MaxEvaluations: 1 << 40, MaxConcurrent: 1 << 20}
 		for i := range monitorBenchSources {
 			a, err := NewAccount(fmt.Sprint("tenant", i), al, WithHistorySize(0))
 			if err != nil {

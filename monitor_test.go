@@ -92,7 +92,7 @@ func TestNewMonitorDefaults(t *testing.T) {
 	assert.Equal(t, time.Second, m.interval)
 	assert.Equal(t, DefaultMonitorHistory, m.histCap)
 	assert.Equal(t, DefaultEventBuffer, cap(m.Events()))
-	assert.Equal(t, 0, m.Statistics().Components)
+	assert.Equal(t, 0, m.Stats().Components)
 
 	m2 := newTestMonitor(t, MonitorConfig{WarningThreshold: 1, CheckInterval: time.Minute, HistorySize: 3, EventBuffer: 7})
 	assert.Equal(t, 1.0, m2.threshold)
@@ -185,7 +185,7 @@ func TestMonitorOncePerCrossingWithHysteresis(t *testing.T) {
 		src.set(Memory, s.used, 100, 0)
 		assert.Equal(t, s.want, nilIfEmpty(pollKinds(t, m)), "step %d (used %d)", i, s.used)
 	}
-	st := m.Statistics()
+	st := m.Stats()
 	assert.Equal(t, int64(2), st.Warnings)
 	assert.Equal(t, int64(0), st.LimitsExceeded)
 	assert.Equal(t, int64(1), st.Recoveries)
@@ -353,7 +353,7 @@ func TestMonitorRefusalStreakFiresOnce(t *testing.T) {
 	assert.Empty(t, pollKinds(t, m), "a quiet poll ends the streak")
 	src.set(Operations, 1, 100, 6)
 	assert.Equal(t, []string{"svc/operations/limit_exceeded"}, pollKinds(t, m), "the next refusal starts a new one")
-	assert.Equal(t, int64(2), m.Statistics().LimitsExceeded)
+	assert.Equal(t, int64(2), m.Stats().LimitsExceeded)
 }
 
 func TestMonitorAccountRefusal(t *testing.T) {
@@ -409,7 +409,7 @@ func TestMonitorDroppedEvents(t *testing.T) {
 	require.Len(t, evs, 1)
 	assert.Equal(t, "svc0", evs[0].Component)
 
-	st := m.Statistics()
+	st := m.Stats()
 	assert.Equal(t, int64(2), st.DroppedEvents)
 	assert.Equal(t, int64(3), st.Warnings, "counters are not capped by the channel or the history")
 	h := m.History()
@@ -433,7 +433,7 @@ func TestMonitorHistoryRing(t *testing.T) {
 
 	m.ClearHistory()
 	assert.Empty(t, m.History())
-	assert.Equal(t, int64(3), m.Statistics().Warnings)
+	assert.Equal(t, int64(3), m.Stats().Warnings)
 	src.set(Memory, 10, 100, 0)
 	m.Poll()
 	assert.Equal(t, []string{"svc/memory/recovered"}, kinds(m.History()))
@@ -451,7 +451,7 @@ func TestMonitorRegisterValidation(t *testing.T) {
 	require.ErrorIs(t, m.Register("x", nil), ErrInvalidArgument)
 	require.ErrorIs(t, m.Register("x", (*Tracker)(nil)), ErrInvalidArgument)
 	require.ErrorIs(t, m.Register("x", (*Account)(nil)), ErrInvalidArgument)
-	assert.Equal(t, 0, m.Statistics().Components)
+	assert.Equal(t, 0, m.Stats().Components)
 	m.Unregister("missing") // no-op
 }
 
@@ -471,16 +471,16 @@ func TestMonitorReplaceAndUnregister(t *testing.T) {
 	assert.Equal(t, []string{"a/memory/high_usage", "b/memory/high_usage"}, pollKinds(t, m))
 	a.set(Memory, 100, 100, 7) // the replaced source is no longer polled
 	assert.Empty(t, pollKinds(t, m))
-	assert.Equal(t, 2, m.Statistics().Components)
+	assert.Equal(t, 2, m.Stats().Components)
 
 	// Unregistering forgets the state: registering again fires again.
 	m.Unregister("a")
-	assert.Equal(t, 1, m.Statistics().Components)
+	assert.Equal(t, 1, m.Stats().Components)
 	a2.set(Memory, 100, 100, 0)
 	assert.Empty(t, pollKinds(t, m))
 	require.NoError(t, m.Register("a", a2))
 	assert.Equal(t, []string{"a/memory/high_usage"}, pollKinds(t, m))
-	st := m.Statistics()
+	st := m.Stats()
 	assert.Equal(t, int64(1), st.PerComponent["a"].Warnings, "per-component counters restart with a new registration")
 }
 
@@ -506,7 +506,7 @@ func TestMonitorStatistics(t *testing.T) {
 	require.NoError(t, err)
 	defer g.Release()
 
-	st := m.Statistics()
+	st := m.Stats()
 	assert.Equal(t, 2, st.Components)
 	assert.Equal(t, int64(320), st.TotalMemoryBytes)
 	assert.Equal(t, int64(10), st.TotalOperations)
@@ -571,7 +571,7 @@ func TestMonitorPollsEveryInterval(t *testing.T) {
 		start := time.Now()
 		require.NoError(t, m.Start(t.Context()))
 		synctest.Wait()
-		assert.Equal(t, int64(1), m.Statistics().Polls, "the first poll happens at once")
+		assert.Equal(t, int64(1), m.Stats().Polls, "the first poll happens at once")
 
 		src.set(Memory, 85, 100, 0)
 		time.Sleep(999 * time.Millisecond)
@@ -588,7 +588,7 @@ func TestMonitorPollsEveryInterval(t *testing.T) {
 		time.Sleep(10 * time.Second)
 		synctest.Wait()
 		assert.Empty(t, drain(t, m), "once per crossing, not every tick")
-		assert.Equal(t, int64(12), m.Statistics().Polls)
+		assert.Equal(t, int64(12), m.Stats().Polls)
 
 		src.set(Memory, 10, 100, 0)
 		time.Sleep(time.Second)
@@ -619,10 +619,10 @@ func TestMonitorContextCancelStops(t *testing.T) {
 			got = append(got, ev)
 		}
 		synctest.Wait()
-		polls := m.Statistics().Polls
+		polls := m.Stats().Polls
 		time.Sleep(5 * time.Second)
 		synctest.Wait()
-		assert.Equal(t, polls, m.Statistics().Polls, "no poll after the context ended")
+		assert.Equal(t, polls, m.Stats().Polls, "no poll after the context ended")
 		require.ErrorIs(t, m.Start(t.Context()), ErrClosed)
 		m.Stop() // still fine
 		assert.Equal(t, []string{"svc/memory/high_usage"}, kinds(got), "events sent before the end stay readable")
@@ -706,7 +706,7 @@ func TestMonitorConcurrentRegistryDuringPoll(t *testing.T) {
 			default:
 			}
 			_ = tr.TrackOperation()
-			_ = m.Statistics()
+			_ = m.Stats()
 			_ = m.History()
 			if i%50 == 0 {
 				m.ClearHistory()
@@ -723,7 +723,7 @@ func TestMonitorConcurrentRegistryDuringPoll(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
-	st := m.Statistics()
+	st := m.Stats()
 	assert.Equal(t, polls, st.Polls)
 	assert.Contains(t, st.PerComponent, "stable")
 }
@@ -739,14 +739,14 @@ func TestMonitorProcessBackstop(t *testing.T) {
 	assert.Equal(t, int64(1<<20), evs[0].Limit)
 	assert.Greater(t, evs[0].Used, int64(1<<20), "the Go runtime holds more than 1 MiB")
 
-	st := m.Statistics()
+	st := m.Stats()
 	assert.Equal(t, 1, st.Components)
 	require.Contains(t, st.PerComponent, ProcessComponent)
 	assert.Positive(t, st.PerComponent[ProcessComponent].MemoryBytes)
 	assert.Zero(t, st.TotalMemoryBytes, "the process is not summed with the components")
 
 	m.Unregister(ProcessComponent)
-	assert.Zero(t, m.Statistics().Components)
+	assert.Zero(t, m.Stats().Components)
 }
 
 func TestMonitorProcessBackstopRuntimeLimit(t *testing.T) {
@@ -841,7 +841,7 @@ func TestMonitorPollZeroAllocs(t *testing.T) {
 // future, each as its own component; removed tenants are forgotten, and
 // refusals counted before watching began fire nothing.
 func TestMonitorWatchesEveryTenantOfALedger(t *testing.T) {
-	ledger := NewLedger(AccountLimits{MaxEvaluations: 1})
+	ledger := mustLedger(t, AccountLimits{MaxEvaluations: 1})
 	old := ledger.Account("old")
 	run, err := old.Begin(Unlimited())
 	require.NoError(t, err)
@@ -863,16 +863,16 @@ func TestMonitorWatchesEveryTenantOfALedger(t *testing.T) {
 	require.Error(t, err)
 	assert.Equal(t, []string{"tenant/acme/evaluations/high_usage", "tenant/acme/evaluations/limit_exceeded"}, pollKinds(t, m))
 
-	st := m.Statistics()
+	st := m.Stats()
 	assert.Equal(t, 2, st.Components)
 	assert.Equal(t, int64(1), st.PerComponent["tenant/acme"].LimitsExceeded)
 
 	ledger.Remove("old")
 	m.Poll()
-	assert.NotContains(t, m.Statistics().PerComponent, "tenant/old")
+	assert.NotContains(t, m.Stats().PerComponent, "tenant/old")
 
 	m.Unregister("tenant/")
-	assert.Equal(t, 0, m.Statistics().Components)
+	assert.Equal(t, 0, m.Stats().Components)
 	ledger.Account("late")
 	assert.Empty(t, pollKinds(t, m))
 }
@@ -886,7 +886,7 @@ func TestZeroMonitorIsUsable(t *testing.T) {
 	require.NoError(t, m.Register("svc", newFake(Reading{Resource: Memory, Used: 90, Limit: 100})))
 	m.Poll()
 	assert.Equal(t, []string{"svc/memory/high_usage"}, kinds(drain(t, &m)))
-	assert.Equal(t, 1, m.Statistics().Components)
+	assert.Equal(t, 1, m.Stats().Components)
 	require.NoError(t, m.Start(context.Background()))
 	m.Stop()
 	_, open := <-m.Events()

@@ -53,7 +53,7 @@ func TestNestedRunIsBilledToTheEnclosingTenant(t *testing.T) {
 		require.NoError(t, err)
 		st := a.Stats()
 		assert.Equal(t, int64(42), st.Operations, "tenant in context %v", inCtx)
-		assert.Equal(t, int64(1), st.FunctionCalls)
+		assert.Equal(t, int64(1), st.Calls)
 		assert.Equal(t, int64(1), st.Evaluations, "a nested call is not a new evaluation")
 	}
 }

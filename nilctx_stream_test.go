@@ -47,7 +47,7 @@ func TestNilContextIsAnError(t *testing.T) {
 	assert.ErrorIs(t, m.Start(nilCtx), ErrInvalidArgument)
 	m.Stop()
 
-	ledger := NewLedger(AccountLimits{}, WithStore(NewMemoryStore()))
+	ledger := mustLedger(t, AccountLimits{}, WithStore(NewMemoryStore()))
 	assert.ErrorIs(t, ledger.Sync(nilCtx), ErrInvalidArgument)
 	assert.ErrorIs(t, ledger.Close(nilCtx), ErrInvalidArgument)
 	require.NoError(t, ledger.Close(context.Background()))

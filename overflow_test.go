@@ -119,7 +119,7 @@ func TestHugeRequestPastALimitIsALimitError(t *testing.T) {
 		assert.Equal(t, int64(5), le.Used)
 	})
 	t.Run("account limits", func(t *testing.T) {
-		acct, err := NewAccount("t", AccountLimits{MaxMemory: 10, MaxTotalOperations: 10, MaxFunctionCalls: 10, MaxCPUTime: time.Hour})
+		acct, err := NewAccount("t", AccountLimits{MaxMemory: 10, MaxTotalOperations: 10, MaxCalls: 10, MaxCPUTime: time.Hour})
 		require.NoError(t, err)
 		tr, err := acct.Begin(Limits{})
 		require.NoError(t, err)

@@ -107,7 +107,7 @@ func TestTrackerGoPanicReRaisedByEnd(t *testing.T) {
 	require.NoError(t, err)
 	tr2.Go(func() { panic(errors.New("x")) })
 	tr2.goWG.Wait()
-	v = runRecover(t, func() { tr2.Finish(nil) })
+	v = runRecover(t, func() { tr2.EndWithError(nil) })
 	require.EqualError(t, v.(error), "x")
 	h := a.History()
 	require.Len(t, h, 1)

@@ -18,7 +18,7 @@ const (
 	// do not lower it.
 	TotalMemory
 	// CPUTime is CPU time in nanoseconds (real CPU time where the platform
-	// allows; see Tracker.CPUClock).
+	// allows; see CPUClock).
 	CPUTime
 	// FileSize is the size in bytes of one file or stream.
 	FileSize

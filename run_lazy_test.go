@@ -171,7 +171,7 @@ func TestLimitDerivedContextsSeeTheRun(t *testing.T) {
 
 // A halt that loses to another must not return before Step reports the
 // first: the winner may not have got that far.
-func TestHaltThatLosesStillStopsStep(t *testing.T) {
+func TestSecondStopReasonStillStopsStep(t *testing.T) {
 	tr := newT(t, Unlimited())
 	first := errors.New("first")
 	tr.cause.Store(&stopState{err: first}) // a halt that has set the cause, not yet stop

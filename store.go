@@ -3,6 +3,7 @@ package reslimit
 import (
 	"context"
 	"fmt"
+	"sort"
 	"sync"
 	"time"
 )
@@ -11,22 +12,22 @@ import (
 // shares through a Store: operations, function calls, bytes charged
 // (TotalMemory), CPU time and evaluations.
 type Totals struct {
-	Operations    int64
-	FunctionCalls int64
-	TotalMemory   int64 // bytes
-	CPUTime       time.Duration
-	Evaluations   int64
+	Operations  int64
+	Calls       int64
+	TotalMemory int64 // bytes
+	CPUTime     time.Duration
+	Evaluations int64
 }
 
 // Add returns t + u, field by field.
 func (t Totals) Add(u Totals) Totals {
-	return Totals{t.Operations + u.Operations, t.FunctionCalls + u.FunctionCalls,
+	return Totals{t.Operations + u.Operations, t.Calls + u.Calls,
 		t.TotalMemory + u.TotalMemory, t.CPUTime + u.CPUTime, t.Evaluations + u.Evaluations}
 }
 
 // Sub returns t - u, field by field.
 func (t Totals) Sub(u Totals) Totals {
-	return Totals{t.Operations - u.Operations, t.FunctionCalls - u.FunctionCalls,
+	return Totals{t.Operations - u.Operations, t.Calls - u.Calls,
 		t.TotalMemory - u.TotalMemory, t.CPUTime - u.CPUTime, t.Evaluations - u.Evaluations}
 }
 
@@ -40,7 +41,7 @@ func (t Totals) Get(r Resource) int64 {
 	case Operations:
 		return t.Operations
 	case Calls:
-		return t.FunctionCalls
+		return t.Calls
 	case TotalMemory:
 		return t.TotalMemory
 	case CPUTime:
@@ -57,7 +58,7 @@ func (t *Totals) Set(r Resource, v int64) {
 	case Operations:
 		t.Operations = v
 	case Calls:
-		t.FunctionCalls = v
+		t.Calls = v
 	case TotalMemory:
 		t.TotalMemory = v
 	case CPUTime:
@@ -82,20 +83,33 @@ type TenantSync struct {
 	// Used is what the replica consumed since its last acknowledged report.
 	Used Totals
 	// Want is the extra allowance the replica asks for, per leased
-	// resource (Operations, FunctionCalls, TotalMemory, Evaluations).
+	// resource (Operations, Calls, TotalMemory, Evaluations).
 	Want Totals
 	// Limit is the tenant's cumulative limits (0 = no limit); the store
 	// never grants allowance past them, fleet-wide.
 	Limit Totals
+	// Return is unused allowance the replica gives back, per leased
+	// resource, before the grant (at most what it holds unused): a replica
+	// gives back a lease it does not use, or one too small for the charge
+	// it waits for, so that another replica (or itself) can be granted it
+	// whole.
+	Return Totals
+	// MinGrant is the least grant worth having, per leased resource: when
+	// the store could grant less than MinGrant of a resource it grants
+	// none of it (a lease smaller than the charge waiting for it would only
+	// strand quota near the limit).
+	MinGrant Totals
 }
 
 // SyncRequest is one replica's batched report of many tenants' usage and
 // its request for leases.
 type SyncRequest struct {
 	Replica string
-	// LeaseTTL is how long the allowance granted now stays reserved for the
-	// replica without another sync; after it the store may reclaim what the
-	// replica has not reported as used.
+	// LeaseTTL is how long the replica will hand out the allowance granted
+	// now without another sync. The store never reclaims allowance when a
+	// lease expires: a replica that vanished may have used it all, so it
+	// keeps counting against the limit (see Store). Stores may use it to
+	// tell live replicas from gone ones.
 	LeaseTTL time.Duration
 	// Final gives back every unused allowance after applying the reports
 	// (the replica is shutting down).
@@ -113,8 +127,11 @@ type TenantState struct {
 	Reported Totals
 	// Allowance is the cumulative allowance granted to this replica
 	// (absolute): the replica may hand out, in all, up to Allowance of each
-	// leased resource. It grows with grants and falls back to Reported
-	// when the replica's lease expires or it syncs with Final.
+	// leased resource. It grows with grants, shrinks by what the replica
+	// gives back (Return) and falls back to Reported when it syncs with
+	// Final; never below Reported. A Reported below what the replica knows
+	// it reported tells it that the store lost data (a Redis restarted
+	// without persistence).
 	Allowance Totals
 	// Seq is the last Seq the store applied for this replica and tenant:
 	// the request's own when it was applied now or before. A greater one
@@ -136,20 +153,38 @@ type SyncResponse struct {
 // Sync applies each tenant's report at most once per (Replica, Tenant,
 // Seq): a report whose Seq is not greater than the last applied one for
 // that replica and tenant changes nothing, and its state is returned as
-// is. For each leased resource with a limit it grants the replica up to
-// Want more, never letting the sum over replicas of max(Allowance,
-// Reported), plus what expired replicas reported, pass the limit. It first
-// reclaims the unused allowance of replicas whose lease expired, by the
-// store's own clock.
+// is. An applied report first adds Used, then gives back Return of the
+// replica's unused allowance, then, for each leased resource with a limit,
+// grants the replica up to Want more (nothing if less than MinGrant can be
+// granted), never letting the sum over replicas of max(Allowance,
+// Reported) pass the limit.
+//
+// Allowance is never reclaimed behind a replica's back: only the replica
+// gives it back (Return, Final). The unused allowance of a replica that
+// stopped without Close keeps counting against the limit, as it may have
+// been used without being reported; it is the price of a crash (see the
+// README's fleet section for the bound).
 type Store interface {
 	Sync(ctx context.Context, req SyncRequest) (SyncResponse, error)
 	// Load returns a tenant's committed fleet-wide totals.
 	Load(ctx context.Context, tenant string) (Totals, error)
 }
 
+// TenantLister is implemented by stores that can list every tenant they
+// hold (the Redis store and MemoryStore do), for fleet-wide invoices.
+type TenantLister interface {
+	// ListTenants calls fn with each tenant the store holds and its
+	// committed totals, in no particular order, without holding them all
+	// in memory at once, and stops at fn's first error, which it returns.
+	// A tenant synced while the listing runs may be missed; one may be
+	// listed twice (see the store's documentation).
+	ListTenants(ctx context.Context, fn func(tenant string, committed Totals) error) error
+}
+
 // MemoryStore is the in-process Store: a ledger without WithStore behaves
 // as if it had one of its own. It is safe for concurrent use and is useful
-// to share between ledgers in one process (and in tests).
+// to share between ledgers in one process (and in tests). The zero
+// MemoryStore is an empty store, as NewMemoryStore returns.
 type MemoryStore struct {
 	mu      sync.Mutex
 	now     func() time.Time
@@ -183,6 +218,31 @@ func (s *MemoryStore) Load(_ context.Context, tenant string) (Totals, error) {
 	return Totals{}, nil
 }
 
+// ListTenants implements TenantLister. It lists a copy of the tenant
+// names, so fn may use the store.
+func (s *MemoryStore) ListTenants(ctx context.Context, fn func(tenant string, committed Totals) error) error {
+	s.mu.Lock()
+	names := make([]string, 0, len(s.tenants))
+	for name := range s.tenants {
+		names = append(names, name)
+	}
+	s.mu.Unlock()
+	sort.Strings(names)
+	for _, name := range names {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		c, err := s.Load(ctx, name)
+		if err != nil {
+			return err
+		}
+		if err := fn(name, c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Sync implements Store.
 func (s *MemoryStore) Sync(ctx context.Context, req SyncRequest) (SyncResponse, error) {
 	if err := ctx.Err(); err != nil {
@@ -193,18 +253,19 @@ func (s *MemoryStore) Sync(ctx context.Context, req SyncRequest) (SyncResponse, 
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := s.now()
+	now := time.Now()
+	if s.now != nil {
+		now = s.now()
+	}
+	if s.tenants == nil {
+		s.tenants = make(map[string]*memTenant) // a zero MemoryStore
+	}
 	resp := SyncResponse{Tenants: make([]TenantState, len(req.Tenants))}
 	for k, ts := range req.Tenants {
 		t := s.tenants[ts.Tenant]
 		if t == nil {
 			t = &memTenant{replicas: make(map[string]*memReplica)}
 			s.tenants[ts.Tenant] = t
-		}
-		for id, r := range t.replicas { // reclaim expired leases
-			if id != req.Replica && now.After(r.expires) {
-				r.allowance = r.reported
-			}
 		}
 		me := t.replicas[req.Replica]
 		if me == nil {
@@ -216,6 +277,12 @@ func (s *MemoryStore) Sync(ctx context.Context, req SyncRequest) (SyncResponse, 
 			me.reported = me.reported.Add(ts.Used)
 			t.committed = t.committed.Add(ts.Used)
 			for _, r := range leasedResources {
+				if ret := ts.Return.Get(r); ret > 0 {
+					unused := max(0, me.allowance.Get(r)-me.reported.Get(r))
+					me.allowance.Set(r, me.reported.Get(r)+max(0, unused-ret))
+				}
+			}
+			for _, r := range leasedResources {
 				lim, want := ts.Limit.Get(r), ts.Want.Get(r)
 				if lim <= 0 || want <= 0 {
 					continue
@@ -225,6 +292,9 @@ func (s *MemoryStore) Sync(ctx context.Context, req SyncRequest) (SyncResponse, 
 					held += max(0, o.allowance.Get(r)-o.reported.Get(r))
 				}
 				grant := min(want, lim-held)
+				if grant < ts.MinGrant.Get(r) {
+					grant = 0
+				}
 				if grant > 0 {
 					base := max(me.allowance.Get(r), me.reported.Get(r))
 					me.allowance.Set(r, base+grant)

@@ -39,15 +39,13 @@ type meter struct {
 // room returns the room counter of meter i.
 func (t *Tracker) room(i int) *atomic.Int64 {
 	if i == mTotal {
-		return &t.mem.total
+		return &t.mem.room
 	}
 	return &t.meters[i].avail
 }
 
 // stopState is what Step reports once a run is stopped.
 type stopState struct{ err error }
-
-var closedStop = &stopState{err: ErrClosed}
 
 // Tracker counts what one run (or one long-lived component) consumes and
 // refuses requests that would take it over its Limits. Its counters are
@@ -67,13 +65,12 @@ type Tracker struct {
 	// changes filled and total together) that lets the hot path read filled
 	// and total consistently without a lock.
 	mem struct {
-		total atomic.Int64 // room of the TotalMemory meter
-		rel   atomic.Int64 // bytes released, cumulatively
-		peak  atomic.Int64
-		gen   atomic.Uint64
-		cells [4]atomic.Uint64 // identities of memory guards (see claimGuard)
+		room atomic.Int64 // room of the TotalMemory meter: what may be charged without a refill
+		rel  atomic.Int64 // bytes released, cumulatively
+		peak atomic.Int64
+		gen  atomic.Uint64
+		_    [cacheLine - 32]byte
 	}
-	stop atomic.Pointer[stopState]
 
 	maxFile  atomic.Int64
 	cpuLast  atomic.Int64 // last sampled CPU time, ns, including cpuExtra
@@ -81,7 +78,6 @@ type Tracker struct {
 	closed   atomic.Bool
 	refused  [numResources]atomic.Int64
 	slots    slots
-	guards   atomic.Pointer[guardTable] // more identities of guards, made on first need
 
 	limits  Limits
 	skipCPU bool          // Run/Limit with nothing that needs CPU time: no thread clock
@@ -145,7 +141,7 @@ type Usage struct {
 	Operations int64
 	// Calls counts TrackCall.
 	Calls int64
-	// CPUTime is the CPU time used (see Tracker.CPUClock). A Run measures it
+	// CPUTime is the CPU time used (see CPUClock). A Run measures it
 	// when MaxCPUTime is set, the run is charged to an Account, or WithCPUTime
 	// is given; otherwise only AddCPUTime counts.
 	CPUTime time.Duration
@@ -203,11 +199,10 @@ func (t *Tracker) halt(err error) {
 	s := &stopState{err: err}
 	if !t.cause.CompareAndSwap(nil, s) {
 		// Stopped already: make sure Step says so before returning, even
-		// if the first halt has not got that far.
-		t.stop.CompareAndSwap(nil, t.cause.Load())
+		// if the first halt has not drained the run yet.
+		t.drain()
 		return
 	}
-	t.stop.CompareAndSwap(nil, s)
 	t.drain()
 	if le, ok := err.(*LimitError); ok && le.Resource.Valid() {
 		if le.Tenant == "" {
@@ -246,7 +241,10 @@ func (t *Tracker) drain() {
 // stopped returns why the run refuses every charge: the reason it was
 // stopped, or ErrClosed after End; nil while it runs.
 func (t *Tracker) stopped() error {
-	if s := t.stop.Load(); s != nil {
+	if t.closed.Load() {
+		return ErrClosed
+	}
+	if s := t.cause.Load(); s != nil {
 		return s.err
 	}
 	return nil
@@ -560,7 +558,7 @@ func (t *Tracker) Step() error {
 }
 
 // TrackCall counts one function call (an external API call, a sub-tool),
-// for attribution and for the account's MaxFunctionCalls.
+// for attribution and for the account's MaxCalls.
 func (t *Tracker) TrackCall() error {
 	if t == nil {
 		return nil
@@ -646,7 +644,7 @@ func (t *Tracker) TrackMemory(n int64) error {
 func (t *Tracker) memCharged() (room, charged int64) {
 	for {
 		g := t.mem.gen.Load()
-		room = t.mem.total.Load()
+		room = t.mem.room.Load()
 		charged = t.filled[mTotal].Load() - room
 		if g&1 == 0 && t.mem.gen.Load() == g {
 			return room, charged
@@ -732,7 +730,7 @@ func (t *Tracker) acquire(n, lim int64) (int64, error) {
 			}
 			continue
 		}
-		if t.mem.total.CompareAndSwap(room, room-n) {
+		if t.mem.room.CompareAndSwap(room, room-n) {
 			return held + n, nil
 		}
 	}
@@ -911,14 +909,11 @@ func (t *Tracker) checkRunCPU() error {
 	return nil
 }
 
-// CPUClock says what CPUTime measures on this platform: "thread" where the
-// CPU clocks of the OS threads that ran the work are read (Linux), or
-// "wall" where they cannot be, and the wall time of the run's attached
-// goroutines stands in for their CPU time (an upper bound for work on one
-// thread; a sleeping run is charged as if it computed).
-func (t *Tracker) CPUClock() string { return CPUClock() }
-
-// CPUClock is the package-level form of Tracker.CPUClock.
+// CPUClock says what a Tracker's CPUTime measures on this platform:
+// "thread" where the CPU clocks of the OS threads that ran the work are
+// read (Linux), or "wall" where they cannot be, and the wall time of the
+// run's attached goroutines stands in for their CPU time (an upper bound
+// for work on one thread; a sleeping run is charged as if it computed).
 func CPUClock() string {
 	if threadcpu.Supported {
 		return "thread"
@@ -1212,7 +1207,7 @@ func (t *Tracker) End() Usage {
 // Finish is End for a run that failed: err (if not nil) is recorded with
 // the run in its account's history. A run stopped by its own limits records
 // that *LimitError even when err is nil.
-func (t *Tracker) Finish(err error) Usage {
+func (t *Tracker) EndWithError(err error) Usage {
 	if t == nil {
 		return Usage{}
 	}
@@ -1226,7 +1221,6 @@ func (t *Tracker) finish(runErr error) Usage {
 		t.mu.Lock()
 		defer t.mu.Unlock()
 		t.closed.Store(true)
-		t.stop.Store(closedStop)
 		t.cpuMu.Lock()
 		if t.cpuTimer != nil {
 			t.cpuTimer.Stop()
@@ -1288,24 +1282,6 @@ func (t *Tracker) AppendReadings(dst []Reading) []Reading {
 		Reading{Resource: FileSize, Used: t.maxFile.Load(), Limit: l.MaxFileSize, Refusals: r[FileSize].Load()},
 		Reading{Resource: Timeout, Used: elapsed, Limit: int64(l.Timeout), Refusals: r[Timeout].Load()},
 	)
-}
-
-// Reading is one resource's state as a Source reports it to a Monitor: the
-// usage and the limit (0 = none) in the resource's unit, and how many
-// requests for it have been refused so far (a cumulative count).
-type Reading struct {
-	Resource Resource
-	Used     int64
-	Limit    int64
-	Refusals int64
-}
-
-// Source is something a Monitor can poll: *Tracker and *Account implement
-// it. AppendReadings appends one Reading per resource and returns the
-// extended slice; it must be safe for concurrent use, must not block for
-// long, and should not allocate when dst has room.
-type Source interface {
-	AppendReadings(dst []Reading) []Reading
 }
 
 // Remaining returns how much more of r the run may use now, in r's unit

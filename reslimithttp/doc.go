@@ -6,7 +6,7 @@
 //
 // # Middleware
 //
-//	ledger := reslimit.NewLedger(reslimit.AccountLimits{MaxEvaluations: 10_000, MaxConcurrent: 20})
+//	ledger, err := reslimit.NewLedger(reslimit.AccountLimits{MaxEvaluations: 10_000, MaxConcurrent: 20})
 //	byKey := func(r *http.Request) (string, error) {
 //		t, ok := tenants[r.Header.Get("X-API-Key")]
 //		if !ok {
@@ -14,9 +14,10 @@
 //		}
 //		return t, nil
 //	}
-//	limited := reslimithttp.Middleware(ledger, byKey, reslimit.Limits{
+//	limited, err := reslimithttp.Middleware(ledger, byKey, reslimit.Limits{
 //		Timeout: 2 * time.Second, MaxOperations: 100_000, MaxFileSize: 1 << 20,
 //	})
+//	if err != nil { ... } // a nil ledger or invalid limits
 //	mux.Handle("/api/", limited(api))
 //
 // Inside the handler, reslimit.FromContext(r.Context()) is the request's

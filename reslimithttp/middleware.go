@@ -87,39 +87,38 @@ func WithResetTime(fn func(tenant string) time.Time) Option {
 //     response. The middleware learns of a stop from the tracker (timeout,
 //     CPU time), from the body reader (file size), and from Error, which
 //     handlers call with the error a tracker method returned;
-//   - ledger or tenant is nil or limits are invalid (500 for every request).
+//
+// A nil ledger or tenant function, or invalid limits, are reported here,
+// when the middleware is built (an error wrapping reslimit.ErrInvalidArgument
+// or reslimit.ErrInvalidLimits), not on every request.
 //
 // A response the handler already started is left as it is. The
 // ResponseWriter the handler gets supports http.Flusher and
 // http.Hijacker when the server's does, and Unwrap for
 // http.ResponseController.
-func Middleware(ledger *reslimit.Ledger, tenant func(*http.Request) (string, error), limits reslimit.Limits, opts ...Option) func(http.Handler) http.Handler {
+func Middleware(ledger *reslimit.Ledger, tenant func(*http.Request) (string, error), limits reslimit.Limits, opts ...Option) (func(http.Handler) http.Handler, error) {
+	switch {
+	case ledger == nil:
+		return nil, fmt.Errorf("%w: reslimithttp.Middleware with a nil ledger", reslimit.ErrInvalidArgument)
+	case tenant == nil:
+		return nil, fmt.Errorf("%w: reslimithttp.Middleware with a nil tenant function", reslimit.ErrInvalidArgument)
+	}
+	if err := limits.Validate(); err != nil {
+		return nil, err
+	}
 	cfg := &config{onError: DefaultErrorHandler}
 	for _, o := range opts {
 		if o != nil {
 			o(cfg)
 		}
 	}
-	var setupErr error
-	switch {
-	case ledger == nil:
-		setupErr = fmt.Errorf("%w: reslimithttp.Middleware with a nil ledger", reslimit.ErrInvalidArgument)
-	case tenant == nil:
-		setupErr = fmt.Errorf("%w: reslimithttp.Middleware with a nil tenant function", reslimit.ErrInvalidArgument)
-	default:
-		setupErr = limits.Validate()
-	}
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			st := &requestState{cfg: cfg}
 			r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
-			if setupErr != nil {
-				cfg.onError(w, r, setupErr)
-				return
-			}
 			serve(ledger, tenant, limits, next, st, w, r)
 		})
-	}
+	}, nil
 }
 
 func serve(ledger *reslimit.Ledger, tenant func(*http.Request) (string, error), limits reslimit.Limits, next http.Handler, st *requestState, w http.ResponseWriter, r *http.Request) {
@@ -132,8 +131,8 @@ func serve(ledger *reslimit.Ledger, tenant func(*http.Request) (string, error), 
 		return
 	}
 	st.tenant = name
-	acct, err := ledger.Open(name)
-	if err != nil {
+	acct := ledger.Account(name)
+	if err := acct.Err(); err != nil {
 		st.cfg.onError(w, r, err)
 		return
 	}

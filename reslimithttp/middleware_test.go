@@ -55,10 +55,10 @@ func decodeError(t *testing.T, rec *httptest.ResponseRecorder) reslimithttp.Erro
 }
 
 func TestMiddlewareRunsRequestAsEvaluation(t *testing.T) {
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{})
+	ledger := mustLedger(t, reslimit.AccountLimits{})
 	var got *reslimit.Tracker
 	var tenant string
-	h := reslimithttp.Middleware(ledger, byHeader, reslimit.Limits{MaxOperations: 100})(
+	h := mustMiddleware(t, ledger, byHeader, reslimit.Limits{MaxOperations: 100})(
 		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			got = reslimit.FromContext(r.Context())
 			tenant = reslimithttp.Tenant(r)
@@ -79,7 +79,7 @@ func TestMiddlewareRunsRequestAsEvaluation(t *testing.T) {
 	st := acct.Stats()
 	assert.EqualValues(t, 1, st.Evaluations)
 	assert.EqualValues(t, 7, st.Operations)
-	assert.EqualValues(t, 1, st.FunctionCalls)
+	assert.EqualValues(t, 1, st.Calls)
 	assert.EqualValues(t, 0, st.Running)
 
 	rec = do(t, h, http.MethodGet, "/", "acme", nil)
@@ -91,7 +91,7 @@ func TestMiddlewareRunsRequestAsEvaluation(t *testing.T) {
 // is a child of the request's run: its operations are billed to the
 // request's tenant.
 func TestMiddlewareBillsNestedToolsToTheTenant(t *testing.T) {
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{})
+	ledger := mustLedger(t, reslimit.AccountLimits{})
 	tool := reslimit.Limit(func(ctx context.Context, n int) (int, error) {
 		tr := reslimit.FromContext(ctx)
 		for i := 0; i < n; i++ {
@@ -101,7 +101,7 @@ func TestMiddlewareBillsNestedToolsToTheTenant(t *testing.T) {
 		}
 		return n, nil
 	}, reslimit.Strict())
-	h := reslimithttp.Middleware(ledger, byHeader, reslimit.Limits{})(
+	h := mustMiddleware(t, ledger, byHeader, reslimit.Limits{})(
 		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if _, err := tool(r.Context(), 40); err != nil {
 				reslimithttp.Error(w, r, err)
@@ -117,9 +117,9 @@ func TestMiddlewareBillsNestedToolsToTheTenant(t *testing.T) {
 }
 
 func TestMiddlewareUnknownTenant(t *testing.T) {
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{})
+	ledger := mustLedger(t, reslimit.AccountLimits{})
 	called := false
-	h := reslimithttp.Middleware(ledger, byHeader, reslimit.Limits{})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := mustMiddleware(t, ledger, byHeader, reslimit.Limits{})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		called = true
 	}))
 	rec := do(t, h, http.MethodGet, "/", "", nil)
@@ -131,16 +131,16 @@ func TestMiddlewareUnknownTenant(t *testing.T) {
 	assert.Empty(t, ledger.Tenants(), "no account for an unknown tenant")
 
 	// An empty tenant with a nil error is unknown too.
-	h = reslimithttp.Middleware(ledger, func(*http.Request) (string, error) { return "", nil }, reslimit.Limits{})(http.HandlerFunc(okHandler))
+	h = mustMiddleware(t, ledger, func(*http.Request) (string, error) { return "", nil }, reslimit.Limits{})(http.HandlerFunc(okHandler))
 	assert.Equal(t, http.StatusUnauthorized, do(t, h, http.MethodGet, "/", "x", nil).Code)
 }
 
 func TestMiddlewareExhaustedTenantGets429WithRetryAfter(t *testing.T) {
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{MaxEvaluations: 2})
+	ledger := mustLedger(t, reslimit.AccountLimits{MaxEvaluations: 2})
 	reset := time.Now().Add(90 * time.Second)
 	var resetFor []string
 	var mu sync.Mutex
-	h := reslimithttp.Middleware(ledger, byHeader, reslimit.Limits{},
+	h := mustMiddleware(t, ledger, byHeader, reslimit.Limits{},
 		reslimithttp.WithResetTime(func(tenant string) time.Time {
 			mu.Lock()
 			resetFor = append(resetFor, tenant)
@@ -181,8 +181,8 @@ func TestMiddlewareExhaustedTenantGets429WithRetryAfter(t *testing.T) {
 }
 
 func TestMiddlewareExhaustedQuotaWithoutResetTime(t *testing.T) {
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{MaxTotalOperations: 5})
-	h := reslimithttp.Middleware(ledger, byHeader, reslimit.Limits{})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	ledger := mustLedger(t, reslimit.AccountLimits{MaxTotalOperations: 5})
+	h := mustMiddleware(t, ledger, byHeader, reslimit.Limits{})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := reslimit.FromContext(r.Context()).TrackOperations(5); err != nil {
 			reslimithttp.Error(w, r, err)
 			return
@@ -201,10 +201,10 @@ func TestMiddlewareExhaustedQuotaWithoutResetTime(t *testing.T) {
 }
 
 func TestMiddlewareTenantConcurrency(t *testing.T) {
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{MaxConcurrent: 1})
+	ledger := mustLedger(t, reslimit.AccountLimits{MaxConcurrent: 1})
 	entered := make(chan struct{})
 	release := make(chan struct{})
-	h := reslimithttp.Middleware(ledger, byHeader, reslimit.Limits{},
+	h := mustMiddleware(t, ledger, byHeader, reslimit.Limits{},
 		reslimithttp.WithResetTime(func(string) time.Time { return time.Now().Add(time.Hour) }),
 	)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
@@ -234,9 +234,9 @@ func TestMiddlewareTenantConcurrency(t *testing.T) {
 }
 
 func TestMiddlewareTimeoutCancelsHandlerContextAnd503(t *testing.T) {
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{})
+	ledger := mustLedger(t, reslimit.AccountLimits{})
 	var cause error
-	h := reslimithttp.Middleware(ledger, byHeader, reslimit.Limits{Timeout: 30 * time.Millisecond})(
+	h := mustMiddleware(t, ledger, byHeader, reslimit.Limits{Timeout: 30 * time.Millisecond})(
 		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			select {
 			case <-r.Context().Done():
@@ -267,8 +267,8 @@ func TestMiddlewareTimeoutCancelsHandlerContextAnd503(t *testing.T) {
 
 func TestMiddlewareHandlerResponseIsKept(t *testing.T) {
 	// A handler that answers by itself after a stop keeps its answer.
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{})
-	h := reslimithttp.Middleware(ledger, byHeader, reslimit.Limits{Timeout: 10 * time.Millisecond})(
+	ledger := mustLedger(t, reslimit.AccountLimits{})
+	h := mustMiddleware(t, ledger, byHeader, reslimit.Limits{Timeout: 10 * time.Millisecond})(
 		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			<-r.Context().Done()
 			w.WriteHeader(http.StatusGatewayTimeout)
@@ -280,8 +280,8 @@ func TestMiddlewareHandlerResponseIsKept(t *testing.T) {
 }
 
 func TestMiddlewareErrorHelper(t *testing.T) {
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{})
-	h := reslimithttp.Middleware(ledger, byHeader, reslimit.Limits{MaxOperations: 3, MaxMemoryBytes: 100})(
+	ledger := mustLedger(t, reslimit.AccountLimits{})
+	h := mustMiddleware(t, ledger, byHeader, reslimit.Limits{MaxOperations: 3, MaxMemoryBytes: 100})(
 		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			tr := reslimit.FromContext(r.Context())
 			var err error
@@ -360,10 +360,10 @@ func TestStatusCode(t *testing.T) {
 }
 
 func TestMiddlewareBodyLimit(t *testing.T) {
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{})
+	ledger := mustLedger(t, reslimit.AccountLimits{})
 	var calls int
 	var readErr error
-	h := reslimithttp.Middleware(ledger, byHeader, reslimit.Limits{MaxFileSize: 10})(
+	h := mustMiddleware(t, ledger, byHeader, reslimit.Limits{MaxFileSize: 10})(
 		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			calls++
 			b, err := io.ReadAll(r.Body)
@@ -410,7 +410,7 @@ func TestMiddlewareBodyLimit(t *testing.T) {
 }
 
 func TestMiddlewareCustomErrorHandler(t *testing.T) {
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{MaxEvaluations: 1})
+	ledger := mustLedger(t, reslimit.AccountLimits{MaxEvaluations: 1})
 	var seen []error
 	var tenants []string
 	custom := func(w http.ResponseWriter, r *http.Request, err error) {
@@ -422,7 +422,7 @@ func TestMiddlewareCustomErrorHandler(t *testing.T) {
 		}
 		w.WriteHeader(code)
 	}
-	h := reslimithttp.Middleware(ledger, byHeader, reslimit.Limits{}, reslimithttp.WithErrorHandler(custom))(http.HandlerFunc(okHandler))
+	h := mustMiddleware(t, ledger, byHeader, reslimit.Limits{}, reslimithttp.WithErrorHandler(custom))(http.HandlerFunc(okHandler))
 	assert.Equal(t, http.StatusOK, do(t, h, http.MethodGet, "/", "a", nil).Code)
 	assert.Equal(t, http.StatusTeapot, do(t, h, http.MethodGet, "/", "a", nil).Code)
 	assert.Equal(t, http.StatusForbidden, do(t, h, http.MethodGet, "/", "", nil).Code)
@@ -433,24 +433,26 @@ func TestMiddlewareCustomErrorHandler(t *testing.T) {
 }
 
 func TestMiddlewareSetupErrors(t *testing.T) {
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{})
-	for name, mw := range map[string]func(http.Handler) http.Handler{
-		"invalid limits":  reslimithttp.Middleware(ledger, byHeader, reslimit.Limits{MaxOperations: -1}),
-		"nil ledger":      reslimithttp.Middleware(nil, byHeader, reslimit.Limits{}),
-		"nil tenant func": reslimithttp.Middleware(ledger, nil, reslimit.Limits{}),
-		"invalid ledger":  reslimithttp.Middleware(reslimit.NewLedger(reslimit.AccountLimits{MaxEvaluations: -1}), byHeader, reslimit.Limits{}),
+	ledger := mustLedger(t, reslimit.AccountLimits{})
+	for name, tc := range map[string]struct {
+		ledger *reslimit.Ledger
+		tenant func(*http.Request) (string, error)
+		limits reslimit.Limits
+		want   error
+	}{
+		"invalid limits":  {ledger, byHeader, reslimit.Limits{MaxOperations: -1}, reslimit.ErrInvalidLimits},
+		"nil ledger":      {nil, byHeader, reslimit.Limits{}, reslimit.ErrInvalidArgument},
+		"nil tenant func": {ledger, nil, reslimit.Limits{}, reslimit.ErrInvalidArgument},
 	} {
-		t.Run(name, func(t *testing.T) {
-			rec := do(t, mw(http.HandlerFunc(okHandler)), http.MethodGet, "/", "acme", nil)
-			assert.Equal(t, http.StatusInternalServerError, rec.Code)
-			assert.Equal(t, "internal_error", decodeError(t, rec).Error)
-		})
+		mw, err := reslimithttp.Middleware(tc.ledger, tc.tenant, tc.limits)
+		assert.ErrorIs(t, err, tc.want, name)
+		assert.Nil(t, mw, name)
 	}
 }
 
 func TestMiddlewareEscapesTenantInJSON(t *testing.T) {
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{MaxEvaluations: 1})
-	h := reslimithttp.Middleware(ledger, byHeader, reslimit.Limits{})(http.HandlerFunc(okHandler))
+	ledger := mustLedger(t, reslimit.AccountLimits{MaxEvaluations: 1})
+	h := mustMiddleware(t, ledger, byHeader, reslimit.Limits{})(http.HandlerFunc(okHandler))
 	require.Equal(t, http.StatusOK, do(t, h, http.MethodGet, "/", evilTenant, nil).Code)
 	rec := do(t, h, http.MethodGet, "/", evilTenant, nil)
 	assert.Equal(t, http.StatusTooManyRequests, rec.Code)
@@ -460,8 +462,8 @@ func TestMiddlewareEscapesTenantInJSON(t *testing.T) {
 }
 
 func TestMiddlewareFlushAndResponseController(t *testing.T) {
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{})
-	h := reslimithttp.Middleware(ledger, byHeader, reslimit.Limits{Timeout: 20 * time.Millisecond})(
+	ledger := mustLedger(t, reslimit.AccountLimits{})
+	h := mustMiddleware(t, ledger, byHeader, reslimit.Limits{Timeout: 20 * time.Millisecond})(
 		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			f, ok := w.(http.Flusher)
 			require.True(t, ok)
@@ -477,8 +479,8 @@ func TestMiddlewareFlushAndResponseController(t *testing.T) {
 }
 
 func TestMiddlewareOverRealServer(t *testing.T) {
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{MaxEvaluations: 3})
-	mw := reslimithttp.Middleware(ledger, byHeader, reslimit.Limits{MaxFileSize: 1 << 10})
+	ledger := mustLedger(t, reslimit.AccountLimits{MaxEvaluations: 3})
+	mw := mustMiddleware(t, ledger, byHeader, reslimit.Limits{MaxFileSize: 1 << 10})
 	srv := httptest.NewServer(mw(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n, err := io.Copy(io.Discard, r.Body)
 		if err != nil {
@@ -506,4 +508,26 @@ func TestMiddlewareOverRealServer(t *testing.T) {
 	assert.Equal(t, http.StatusTooManyRequests, resp.StatusCode)
 	assert.Equal(t, "application/json; charset=utf-8", resp.Header.Get("Content-Type"))
 	client.CloseIdleConnections()
+}
+
+// mustLedger returns reslimit.NewLedger(defaults, opts...), failing tb on
+// an error.
+func mustLedger(tb testing.TB, defaults reslimit.AccountLimits, opts ...reslimit.LedgerOption) *reslimit.Ledger {
+	tb.Helper()
+	l, err := reslimit.NewLedger(defaults, opts...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return l
+}
+
+// mustMiddleware returns reslimithttp.Middleware(...), failing t on an
+// error.
+func mustMiddleware(t testing.TB, ledger *reslimit.Ledger, tenant func(*http.Request) (string, error), limits reslimit.Limits, opts ...reslimithttp.Option) func(http.Handler) http.Handler {
+	t.Helper()
+	mw, err := reslimithttp.Middleware(ledger, tenant, limits, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mw
 }

@@ -14,8 +14,8 @@ import (
 // Issue 11, item 6: a request of math.MaxInt64 against a small per-request
 // limit is that limit's refusal (503), not an internal error (500).
 func TestHugeRequestPastALimitIs503(t *testing.T) {
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{})
-	h := reslimithttp.Middleware(ledger, byHeader, reslimit.Limits{MaxOperations: 10, MaxMemoryBytes: 10})(
+	ledger := mustLedger(t, reslimit.AccountLimits{})
+	h := mustMiddleware(t, ledger, byHeader, reslimit.Limits{MaxOperations: 10, MaxMemoryBytes: 10})(
 		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			tr := reslimit.FromContext(r.Context())
 			var err error

@@ -83,9 +83,9 @@ type TenantSnapshot struct {
 	PeakMemoryBytes int64 `json:"peak_memory_bytes"`
 	// TotalMemoryBytes is every byte charged, cumulatively.
 	TotalMemoryBytes int64 `json:"total_memory_bytes"`
-	// Operations and FunctionCalls are cumulative counts.
-	Operations    int64 `json:"operations"`
-	FunctionCalls int64 `json:"function_calls"`
+	// Operations and Calls are cumulative counts.
+	Operations int64 `json:"operations"`
+	Calls      int64 `json:"function_calls"`
 	// CPUTimeSeconds is the CPU time used, cumulatively.
 	CPUTimeSeconds float64 `json:"cpu_time_seconds"`
 	// Limits has one entry per resource with a limit, in the order of
@@ -114,17 +114,17 @@ type LimitSnapshot struct {
 
 // MonitorSnapshot is the monitor's part of a Snapshot.
 type MonitorSnapshot struct {
-	// Statistics are the monitor's totals and event counters.
-	Statistics StatisticsSnapshot `json:"statistics"`
+	// Stats are the monitor's totals and event counters.
+	Stats StatsSnapshot `json:"statistics"`
 	// Events are the monitor's latest events (at most MaxSnapshotEvents),
 	// newest first ([] when none).
 	Events []EventSnapshot `json:"events"`
 }
 
-// StatisticsSnapshot is reslimit.Statistics without the per-component
-// details; each field is the reslimit.Statistics field of the same name.
+// StatsSnapshot is reslimit.MonitorStats without the per-component
+// details; each field is the reslimit.MonitorStats field of the same name.
 // The event counters count every event since the monitor was created.
-type StatisticsSnapshot struct {
+type StatsSnapshot struct {
 	Components           int   `json:"components"`
 	TotalMemoryBytes     int64 `json:"total_memory_bytes"`
 	TotalOperations      int64 `json:"total_operations"`
@@ -187,7 +187,7 @@ func tenantSnapshot(name string, st reslimit.AccountStats) TenantSnapshot {
 		PeakMemoryBytes:  st.PeakMemoryBytes,
 		TotalMemoryBytes: st.TotalMemoryBytes,
 		Operations:       st.Operations,
-		FunctionCalls:    st.FunctionCalls,
+		Calls:            st.Calls,
 		CPUTimeSeconds:   st.CPUTime.Seconds(),
 		Limits:           []LimitSnapshot{},
 		Refusals:         make(map[string]int64, len(st.Refusals)),
@@ -216,9 +216,9 @@ func tenantSnapshot(name string, st reslimit.AccountStats) TenantSnapshot {
 }
 
 func monitorSnapshot(m *reslimit.Monitor) *MonitorSnapshot {
-	st := m.Statistics()
+	st := m.Stats()
 	ms := &MonitorSnapshot{
-		Statistics: StatisticsSnapshot{
+		Stats: StatsSnapshot{
 			Components:           st.Components,
 			TotalMemoryBytes:     st.TotalMemoryBytes,
 			TotalOperations:      st.TotalOperations,

@@ -38,7 +38,7 @@ func get(t *testing.T, h http.Handler, target string) *httptest.ResponseRecorder
 // evil one, and idle with no limits at all.
 func demoLedger(t *testing.T) *reslimit.Ledger {
 	t.Helper()
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{MaxEvaluations: 10, MaxTotalOperations: 1000})
+	ledger := mustLedger(t, reslimit.AccountLimits{MaxEvaluations: 10, MaxTotalOperations: 1000})
 	acme := ledger.Account("acme")
 	require.NoError(t, acme.SetLimit(reslimit.CPUTime, int64(2*time.Second)))
 	require.NoError(t, acme.SetLimit(reslimit.TotalMemory, 1<<20))
@@ -280,7 +280,7 @@ func TestSnapshotWithMonitor(t *testing.T) {
 
 	snap := reslimithttp.TakeSnapshot(ledger, mon)
 	require.NotNil(t, snap.Monitor)
-	st := snap.Monitor.Statistics
+	st := snap.Monitor.Stats
 	assert.Equal(t, 3, st.Components)
 	assert.EqualValues(t, 2, st.Polls)
 	assert.Positive(t, st.Warnings)
@@ -314,7 +314,7 @@ func TestSnapshotWithMonitor(t *testing.T) {
 }
 
 func TestSnapshotEventsCapped(t *testing.T) {
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{MaxEvaluations: 1})
+	ledger := mustLedger(t, reslimit.AccountLimits{MaxEvaluations: 1})
 	mon, err := reslimit.NewMonitor(reslimit.MonitorConfig{EventBuffer: 1})
 	require.NoError(t, err)
 	defer mon.Stop()
@@ -331,11 +331,11 @@ func TestSnapshotEventsCapped(t *testing.T) {
 	}
 	snap := reslimithttp.TakeSnapshot(ledger, mon)
 	assert.Len(t, snap.Monitor.Events, reslimithttp.MaxSnapshotEvents)
-	assert.Positive(t, snap.Monitor.Statistics.DroppedEvents)
+	assert.Positive(t, snap.Monitor.Stats.DroppedEvents)
 }
 
 func TestSnapshotEmptyLedger(t *testing.T) {
-	rec := get(t, reslimithttp.Handler(reslimit.NewLedger(reslimit.AccountLimits{}), nil), "/snapshot.json")
+	rec := get(t, reslimithttp.Handler(mustLedger(t, reslimit.AccountLimits{}), nil), "/snapshot.json")
 	require.Equal(t, http.StatusOK, rec.Code)
 	body, err := io.ReadAll(rec.Body)
 	require.NoError(t, err)

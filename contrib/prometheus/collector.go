@@ -81,7 +81,7 @@ const DefaultOtherTenant = "_other"
 // Option configures NewCollector.
 type Option func(*collector)
 
-// WithMonitor also exports the counters of m (reslimit.Monitor.Statistics).
+// WithMonitor also exports the counters of m (reslimit.Monitor.Stats).
 func WithMonitor(m *reslimit.Monitor) Option {
 	return func(c *collector) { c.monitor = m }
 }
@@ -220,35 +220,6 @@ var accountResources = []reslimit.Resource{
 	reslimit.Calls, reslimit.Evaluations, reslimit.Concurrency,
 }
 
-// base converts v, in the resource's reslimit unit, to its base unit.
-func base(r reslimit.Resource, v int64) float64 {
-	if r == reslimit.CPUTime || r == reslimit.Timeout {
-		return float64(v) / 1e9
-	}
-	return float64(v)
-}
-
-// usage returns what the account used of r, in r's reslimit unit.
-func usage(st *reslimit.AccountStats, r reslimit.Resource) int64 {
-	switch r {
-	case reslimit.Memory:
-		return st.MemoryBytes
-	case reslimit.TotalMemory:
-		return st.TotalMemoryBytes
-	case reslimit.CPUTime:
-		return int64(st.CPUTime)
-	case reslimit.Operations:
-		return st.Operations
-	case reslimit.Calls:
-		return st.FunctionCalls
-	case reslimit.Evaluations:
-		return st.Evaluations
-	case reslimit.Concurrency:
-		return st.Running
-	}
-	return 0
-}
-
 // aggregate sums the stats of the tenants that are not exported on their
 // own.
 type aggregate struct {
@@ -308,7 +279,7 @@ func (c *collector) Collect(ch chan<- prom.Metric) {
 		}
 		other.n++
 		for _, r := range accountResources {
-			other.usage[r] += usage(&st, r)
+			other.usage[r] += st.Used(r)
 			other.refusals[r] += st.Refusals[r]
 		}
 		other.evaluations += st.Evaluations
@@ -319,7 +290,7 @@ func (c *collector) Collect(ch chan<- prom.Metric) {
 	if other.n > 0 && c.other != "" {
 		for _, r := range accountResources {
 			res := r.String()
-			ch <- prom.MustNewConstMetric(descUsage, prom.GaugeValue, base(r, other.usage[r]), c.other, res)
+			ch <- prom.MustNewConstMetric(descUsage, prom.GaugeValue, r.BaseValue(other.usage[r]), c.other, res)
 			ch <- prom.MustNewConstMetric(descRefusals, prom.CounterValue, float64(other.refusals[r]), c.other, res)
 		}
 		ch <- prom.MustNewConstMetric(descEvaluations, prom.CounterValue, float64(other.evaluations), c.other)
@@ -367,10 +338,10 @@ func (c *collector) allowed(tenant string) bool {
 func emitTenant(ch chan<- prom.Metric, name string, st *reslimit.AccountStats) {
 	for _, r := range accountResources {
 		res := r.String()
-		ch <- prom.MustNewConstMetric(descUsage, prom.GaugeValue, base(r, usage(st, r)), name, res)
+		ch <- prom.MustNewConstMetric(descUsage, prom.GaugeValue, r.BaseValue(st.Used(r)), name, res)
 		if ls, ok := st.LimitStatus[r]; ok {
-			ch <- prom.MustNewConstMetric(descLimit, prom.GaugeValue, base(r, ls.Limit), name, res)
-			ch <- prom.MustNewConstMetric(descRemaining, prom.GaugeValue, base(r, ls.Remaining), name, res)
+			ch <- prom.MustNewConstMetric(descLimit, prom.GaugeValue, r.BaseValue(ls.Limit), name, res)
+			ch <- prom.MustNewConstMetric(descRemaining, prom.GaugeValue, r.BaseValue(ls.Remaining), name, res)
 		}
 		ch <- prom.MustNewConstMetric(descRefusals, prom.CounterValue, float64(st.Refusals[r]), name, res)
 	}
@@ -387,7 +358,7 @@ func (c *collector) collectMonitor(ch chan<- prom.Metric) {
 	if c.monitor == nil {
 		return
 	}
-	st := c.monitor.Statistics()
+	st := c.monitor.Stats()
 	ch <- prom.MustNewConstMetric(descComponents, prom.GaugeValue, float64(st.Components))
 	ch <- prom.MustNewConstMetric(descWarnings, prom.CounterValue, float64(st.Warnings))
 	ch <- prom.MustNewConstMetric(descExceeded, prom.CounterValue, float64(st.LimitsExceeded))

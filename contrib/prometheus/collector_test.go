@@ -32,7 +32,7 @@ func run(t testing.TB, a *reslimit.Account, ops, mem int64, cpu time.Duration) {
 // twoTenants: acme used some of its limits; beta is out of evaluations and
 // was refused once.
 func twoTenants(t *testing.T) *reslimit.Ledger {
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{MaxEvaluations: 10, MaxCPUTime: 2 * time.Second})
+	ledger := mustLedger(t, reslimit.AccountLimits{MaxEvaluations: 10, MaxCPUTime: 2 * time.Second})
 	run(t, ledger.Account("acme"), 5, 1024, 500*time.Millisecond)
 	beta := ledger.Account("beta")
 	require.NoError(t, beta.SetLimit(reslimit.Evaluations, 1))
@@ -188,7 +188,7 @@ func TestMonitorCounters(t *testing.T) {
 		require.Error(t, err)
 		mon.Poll()
 	}
-	st := mon.Statistics()
+	st := mon.Stats()
 	require.Positive(t, st.LimitsExceeded)
 	require.Positive(t, st.DroppedEvents)
 
@@ -217,7 +217,7 @@ reslimit_monitor_polls_total 4
 }
 
 func manyTenants(t testing.TB, n int) *reslimit.Ledger {
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{MaxTotalOperations: 1000})
+	ledger := mustLedger(t, reslimit.AccountLimits{MaxTotalOperations: 1000})
 	for i := range n {
 		run(t, ledger.Account(fmt.Sprintf("t%05d", i)), 2, 0, 0)
 	}
@@ -280,7 +280,7 @@ func TestCapAggregatesIntoOther(t *testing.T) {
 }
 
 func TestCapKeepsKnownTenants(t *testing.T) {
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{})
+	ledger := mustLedger(t, reslimit.AccountLimits{})
 	for _, n := range []string{"m", "n"} {
 		ledger.Account(n)
 	}
@@ -383,4 +383,15 @@ func BenchmarkCollect10kTenants(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// mustLedger returns reslimit.NewLedger(defaults, opts...), failing tb on
+// an error.
+func mustLedger(tb testing.TB, defaults reslimit.AccountLimits, opts ...reslimit.LedgerOption) *reslimit.Ledger {
+	tb.Helper()
+	l, err := reslimit.NewLedger(defaults, opts...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return l
 }

@@ -18,7 +18,7 @@ import (
 // Issue 11, item 8: a tenant name that is not valid UTF-8 must not make
 // the collector fail, and /metrics answer 500 for every tenant.
 func TestTenantNamesThatAreNotUTF8(t *testing.T) {
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{MaxEvaluations: 10})
+	ledger := mustLedger(t, reslimit.AccountLimits{MaxEvaluations: 10})
 	for _, name := range []string{"good", "bad\xff", "bad\xfe", "bad\uFFFD", "_other\xff"} {
 		acct := ledger.Account(name)
 		require.NotNil(t, acct, "%q", name)

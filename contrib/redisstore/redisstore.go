@@ -4,7 +4,7 @@
 //
 //	rdb := redis.NewClient(&redis.Options{Addr: addr}) // or a ClusterClient
 //	store, err := redisstore.New(rdb)
-//	ledger := reslimit.NewLedger(defaults, reslimit.WithStore(store), reslimit.WithReplica(id))
+//	ledger, err := reslimit.NewLedger(defaults, reslimit.WithStore(store), reslimit.WithReplica(id))
 //
 // It behaves exactly like reslimit.MemoryStore (the conformance suite in
 // internal/storetest checks it against a real Redis server), with these
@@ -23,9 +23,10 @@
 //   - Requests are validated: an empty replica or tenant, a negative Used,
 //     Want or Limit field, or a negative LeaseTTL is an error wrapping
 //     reslimit.ErrInvalidArgument, and nothing is applied.
-//   - Lease expiry is kept in whole milliseconds of the Redis server's
-//     clock (TIME): a lease lasts at least LeaseTTL rounded up to a
-//     millisecond, and at most about a millisecond more.
+//   - The lease set keeps each replica's lease expiry in whole
+//     milliseconds of the Redis server's clock (TIME), for inspection:
+//     like MemoryStore, the store never reclaims allowance when a lease
+//     expires (a vanished replica may have used it).
 //
 // # Round trips and failures
 //
@@ -57,7 +58,8 @@
 //	                          u_evals (unused allowance), acpu_us, acpu_ns.
 //	                          Zero values are not stored.
 //	reslimit:{tenant}:leases  sorted set: replica → lease expiry, in ms of
-//	                          the Redis server's clock.
+//	                          the Redis server's clock (live replicas;
+//	                          expired entries are pruned on writes).
 //
 // The keys have no TTL: they are the bill. A replica's fields stay after it
 // is gone (they make a late retry of its reports harmless), so use replica
@@ -85,6 +87,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -121,7 +124,10 @@ type Store struct {
 	maxBatch int
 }
 
-var _ reslimit.Store = (*Store)(nil)
+var (
+	_ reslimit.Store        = (*Store)(nil)
+	_ reslimit.TenantLister = (*Store)(nil)
+)
 
 // Option configures a Store made by New.
 type Option func(*Store) error
@@ -258,10 +264,12 @@ func (s *Store) calls(req reslimit.SyncRequest) ([]call, error) {
 		hash, leases := s.Keys(ts.Tenant)
 		calls[i] = call{keys: []string{hash, leases}, args: []any{
 			req.Replica, strconv.FormatUint(ts.Seq, 10), ttl, final,
-			itoa(ts.Used.Operations), itoa(ts.Used.FunctionCalls), itoa(ts.Used.TotalMemory), itoa(ts.Used.Evaluations),
+			itoa(ts.Used.Operations), itoa(ts.Used.Calls), itoa(ts.Used.TotalMemory), itoa(ts.Used.Evaluations),
 			itoa(cpu / 1000), itoa(cpu % 1000),
-			exact(ts.Want.Operations), exact(ts.Want.FunctionCalls), exact(ts.Want.TotalMemory), exact(ts.Want.Evaluations),
-			exact(ts.Limit.Operations), exact(ts.Limit.FunctionCalls), exact(ts.Limit.TotalMemory), exact(ts.Limit.Evaluations),
+			exact(ts.Want.Operations), exact(ts.Want.Calls), exact(ts.Want.TotalMemory), exact(ts.Want.Evaluations),
+			exact(ts.Limit.Operations), exact(ts.Limit.Calls), exact(ts.Limit.TotalMemory), exact(ts.Limit.Evaluations),
+			exact(ts.Return.Operations), exact(ts.Return.Calls), exact(ts.Return.TotalMemory), exact(ts.Return.Evaluations),
+			exact(ts.MinGrant.Operations), exact(ts.MinGrant.Calls), exact(ts.MinGrant.TotalMemory), exact(ts.MinGrant.Evaluations),
 		}}
 	}
 	return calls, nil
@@ -271,9 +279,9 @@ func nonNegative(ts reslimit.TenantSync) error {
 	for _, f := range []struct {
 		name string
 		t    reslimit.Totals
-	}{{"Used", ts.Used}, {"Want", ts.Want}, {"Limit", ts.Limit}} {
+	}{{"Used", ts.Used}, {"Want", ts.Want}, {"Limit", ts.Limit}, {"Return", ts.Return}, {"MinGrant", ts.MinGrant}} {
 		t := f.t
-		if t.Operations < 0 || t.FunctionCalls < 0 || t.TotalMemory < 0 || t.CPUTime < 0 || t.Evaluations < 0 {
+		if t.Operations < 0 || t.Calls < 0 || t.TotalMemory < 0 || t.CPUTime < 0 || t.Evaluations < 0 {
 			return fmt.Errorf("%w: redisstore: tenant %q: negative %s %+v", reslimit.ErrInvalidArgument, ts.Tenant, f.name, t)
 		}
 	}
@@ -387,12 +395,12 @@ func parseState(v any) (reslimit.TenantState, error) {
 		}
 	}
 	st := reslimit.TenantState{
-		Committed: reslimit.Totals{Operations: n[0], FunctionCalls: n[1], TotalMemory: n[2],
+		Committed: reslimit.Totals{Operations: n[0], Calls: n[1], TotalMemory: n[2],
 			CPUTime: time.Duration(n[3]) * time.Microsecond, Evaluations: n[4]},
-		Reported: reslimit.Totals{Operations: n[5], FunctionCalls: n[6], TotalMemory: n[7],
+		Reported: reslimit.Totals{Operations: n[5], Calls: n[6], TotalMemory: n[7],
 			CPUTime: time.Duration(n[8])*time.Microsecond + time.Duration(n[9]), Evaluations: n[10]},
 	}
-	st.Allowance = reslimit.Totals{Operations: n[5] + n[11], FunctionCalls: n[6] + n[12], TotalMemory: n[7] + n[13],
+	st.Allowance = reslimit.Totals{Operations: n[5] + n[11], Calls: n[6] + n[12], TotalMemory: n[7] + n[13],
 		CPUTime: time.Duration(n[15])*time.Microsecond + time.Duration(n[16]), Evaluations: n[10] + n[14]}
 	st.Seq = seq
 	return st, nil
@@ -415,6 +423,117 @@ func parseInt(x any) (int64, error) {
 	return 0, fmt.Errorf("unexpected stored value %#v", x)
 }
 
+// ListTenants implements reslimit.TenantLister: it SCANs for the tenant
+// hashes (prefix:{*}, TYPE hash) on the server, or on every master of a
+// Cluster (every shard of a Ring) one after the other, calling fn from one
+// goroutine, and reads each batch's committed totals
+// with one pipelined HMGET. It holds one SCAN batch (about 1000 keys) in
+// memory at a time. As SCAN guarantees, a tenant present for the whole
+// listing is listed, possibly twice (during a Cluster resharding or a
+// rehash); a tenant created or deleted meanwhile may or may not be.
+func (s *Store) ListTenants(ctx context.Context, fn func(tenant string, committed reslimit.Totals) error) error {
+	// The nodes are listed one after the other, so that fn is never called
+	// concurrently (ForEachMaster and ForEachShard run in parallel).
+	var mu sync.Mutex
+	var nodes []*redis.Client
+	collect := func(_ context.Context, c *redis.Client) error {
+		mu.Lock()
+		nodes = append(nodes, c)
+		mu.Unlock()
+		return nil
+	}
+	var err error
+	switch c := s.rdb.(type) {
+	case *redis.ClusterClient:
+		err = c.ForEachMaster(ctx, collect)
+	case *redis.Client:
+		nodes = append(nodes, c)
+	case *redis.Ring:
+		err = c.ForEachShard(ctx, collect)
+	default:
+		return fmt.Errorf("%w: redisstore: ListTenants needs a *redis.Client, *redis.ClusterClient or *redis.Ring, not %T", reslimit.ErrInvalidArgument, s.rdb)
+	}
+	if err != nil {
+		return fmt.Errorf("redisstore: list tenants: %w", err)
+	}
+	for _, c := range nodes {
+		if err := s.listNode(ctx, c, fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// globEscaper escapes the glob characters of SCAN's MATCH.
+var globEscaper = strings.NewReplacer(`\`, `\\`, "*", `\*`, "?", `\?`, "[", `\[`, "]", `\]`)
+
+func (s *Store) listNode(ctx context.Context, c *redis.Client, fn func(string, reslimit.Totals) error) error {
+	pattern := globEscaper.Replace(s.prefix) + ":{*}"
+	var cursor uint64
+	for {
+		sctx, cancel := context.WithTimeout(ctx, s.timeout)
+		keys, next, err := c.ScanType(sctx, cursor, pattern, 1000, "hash").Result()
+		cancel()
+		if err != nil {
+			return fmt.Errorf("redisstore: list tenants: %w", err)
+		}
+		if len(keys) > 0 {
+			pctx, cancel := context.WithTimeout(ctx, s.timeout)
+			pipe := c.Pipeline()
+			cmds := make([]*redis.SliceCmd, len(keys))
+			for i, k := range keys {
+				cmds[i] = pipe.HMGet(pctx, k, "ops", "calls", "mem", "cpu_us", "evals")
+			}
+			_, err := pipe.Exec(pctx)
+			cancel()
+			if err != nil && !errors.Is(err, redis.Nil) {
+				return fmt.Errorf("redisstore: list tenants: %w", err)
+			}
+			for i, k := range keys {
+				tenant, ok := s.tenantOf(k)
+				if !ok {
+					continue
+				}
+				tot, err := parseTotals(cmds[i].Val())
+				if err != nil {
+					return fmt.Errorf("redisstore: list tenants: %s: %w", k, err)
+				}
+				if err := fn(tenant, tot); err != nil {
+					return err
+				}
+			}
+		}
+		if next == 0 {
+			return nil
+		}
+		cursor = next
+	}
+}
+
+// tenantOf returns the tenant whose hash is key.
+func (s *Store) tenantOf(key string) (string, bool) {
+	rest, ok := strings.CutPrefix(key, s.prefix+":{")
+	if !ok || !strings.HasSuffix(rest, "}") {
+		return "", false
+	}
+	return tagUnescaper.Replace(rest[:len(rest)-1]), true
+}
+
+var tagUnescaper = strings.NewReplacer("%25", "%", "%7B", "{", "%7D", "}")
+
+// parseTotals reads HMGET ops calls mem cpu_us evals.
+func parseTotals(vals []any) (reslimit.Totals, error) {
+	var n [5]int64
+	for i, x := range vals {
+		var err error
+		if n[i], err = parseInt(x); err != nil {
+			return reslimit.Totals{}, err
+		}
+	}
+	return reslimit.Totals{Operations: n[0], Calls: n[1], TotalMemory: n[2],
+		CPUTime: time.Duration(n[3]) * time.Microsecond, Evaluations: n[4]}, nil
+}
+
 // Load implements reslimit.Store: it returns tenant's committed totals,
 // with one HMGET. A tenant that never synced has zero totals.
 func (s *Store) Load(ctx context.Context, tenant string) (reslimit.Totals, error) {
@@ -428,12 +547,9 @@ func (s *Store) Load(ctx context.Context, tenant string) (reslimit.Totals, error
 	if err != nil {
 		return reslimit.Totals{}, fmt.Errorf("redisstore: load %q: %w", tenant, err)
 	}
-	var n [5]int64
-	for i, x := range vals {
-		if n[i], err = parseInt(x); err != nil {
-			return reslimit.Totals{}, fmt.Errorf("redisstore: load %q: %w", tenant, err)
-		}
+	tot, err := parseTotals(vals)
+	if err != nil {
+		return reslimit.Totals{}, fmt.Errorf("redisstore: load %q: %w", tenant, err)
 	}
-	return reslimit.Totals{Operations: n[0], FunctionCalls: n[1], TotalMemory: n[2],
-		CPUTime: time.Duration(n[3]) * time.Microsecond, Evaluations: n[4]}, nil
+	return tot, nil
 }

@@ -346,8 +346,8 @@ func BenchmarkSync100Tenants(b *testing.B) {
 	req := reslimit.SyncRequest{Replica: "bench", LeaseTTL: time.Minute, Tenants: make([]reslimit.TenantSync, n)}
 	for i := range req.Tenants {
 		req.Tenants[i] = reslimit.TenantSync{Tenant: "tenant-" + strconv.Itoa(i),
-			Want:  reslimit.Totals{Operations: 10, FunctionCalls: 10, Evaluations: 1},
-			Limit: reslimit.Totals{Operations: 1 << 50, FunctionCalls: 1 << 50, Evaluations: 1 << 50}}
+			Want:  reslimit.Totals{Operations: 10, Calls: 10, Evaluations: 1},
+			Limit: reslimit.Totals{Operations: 1 << 50, Calls: 1 << 50, Evaluations: 1 << 50}}
 	}
 	// Another replica holds a lease on every tenant, as in a fleet.
 	other := req
@@ -365,7 +365,7 @@ func BenchmarkSync100Tenants(b *testing.B) {
 		seq++
 		for i := range req.Tenants {
 			req.Tenants[i].Seq = seq
-			req.Tenants[i].Used = reslimit.Totals{Operations: 5, FunctionCalls: 3, CPUTime: 1234 * time.Nanosecond, Evaluations: 1}
+			req.Tenants[i].Used = reslimit.Totals{Operations: 5, Calls: 3, CPUTime: 1234 * time.Nanosecond, Evaluations: 1}
 		}
 		if _, err := st.Sync(ctx, req); err != nil {
 			b.Fatal(err)

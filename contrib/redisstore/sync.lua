@@ -14,6 +14,10 @@
 -- ARGV[11..14] want operations, calls, memory, evaluations
 -- ARGV[15..18] limit operations, calls, memory, evaluations (0 = none,
 --              at most 2^53-1)
+-- ARGV[19..22] return operations, calls, memory, evaluations (unused
+--              allowance given back before the grant)
+-- ARGV[23..26] least grant operations, calls, memory, evaluations (a grant
+--              below it is not made)
 --
 -- Returns 18 values (decimal strings, or nil for 0): the 17 below, then the
 -- replica's last applied seq:
@@ -29,7 +33,7 @@
 -- u_mem, u_evals (unused allowance, never negative at rest), acpu_us and
 -- acpu_ns (the allowance's CPU time: MemoryStore sets a replica's whole
 -- allowance, CPU time included, to what it reported when its lease is
--- reclaimed or it syncs with Final). Zero values are not stored.
+-- given back with Final). Zero values are not stored.
 --
 -- Lua numbers are doubles: counters that must be exact (committed, reported)
 -- are kept as decimal strings and added exactly (as doubles below 2^53, digit
@@ -104,29 +108,9 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
--- 1. Reclaim the unused allowance of other replicas whose lease expired
--- (expiry < now). A reclaimed replica leaves the set: it holds nothing
--- until an applied report gives it a new lease.
-local reclaimed = {}
-for _, o in ipairs(redis.call('ZRANGEBYSCORE', z, '-inf', '(' .. int(now))) do
-  if o ~= me then
-    reclaimed[#reclaimed + 1] = o
-    local e = redis.call('HMGET', h, 'u_ops:' .. o, 'u_calls:' .. o, 'u_mem:' .. o, 'u_evals:' .. o,
-      'cpu_us:' .. o, 'cpu_ns:' .. o, 'acpu_us:' .. o, 'acpu_ns:' .. o)
-    val['acpu_us:' .. o] = e[7] or nil
-    val['acpu_ns:' .. o] = e[8] or nil
-    for i, r in ipairs(R) do
-      if e[i] then
-        set(OUT[i], int(num(val[OUT[i]]) - num(e[i])))
-        val['u_' .. r .. ':' .. o] = e[i]
-        set('u_' .. r .. ':' .. o, '0')
-      end
-    end
-    -- MemoryStore sets the whole allowance to what was reported.
-    set('acpu_us:' .. o, e[5] or '0')
-    set('acpu_ns:' .. o, e[6] or '0')
-  end
-end
+-- 1. Allowance is never reclaimed when a lease expires: a replica that
+-- vanished may have used it. The lease set only tells live replicas from
+-- gone ones; expired entries are pruned when writing.
 
 -- 2. This replica's report, at most once per seq.
 local uOld, uNew = {}, {}
@@ -156,16 +140,18 @@ if applied then
   end
   set(M.cpu_ns, int(rest))
 
-  -- 3. Grant up to want while committed + every replica's unused
+  -- 3. Give back what the replica returns, then grant up to want (nothing
+  -- below the least grant) while committed + every replica's unused
   -- allowance stays within the limit. Unused allowance is never below 0:
   -- a report past the allowance lifts it to what was reported.
   for i, r in ipairs(R) do
     local raw = uOld[i] - tonumber(ARGV[4 + i])
-    local u = math.max(raw, 0)
+    local u = math.max(math.max(raw, 0) - tonumber(ARGV[18 + i]), 0)
     local want, lim = tonumber(ARGV[10 + i]), tonumber(ARGV[14 + i])
     if lim > 0 and want > 0 then
       local held = num(val[r]) + (num(val[OUT[i]]) - uOld[i]) + u
       local grant = math.min(want, lim - held)
+      if grant < tonumber(ARGV[22 + i]) then grant = 0 end
       if grant > 0 then u = u + grant end
     end
     uNew[i] = u
@@ -208,8 +194,8 @@ for _, f in ipairs(dirty) do
 end
 if #hset > 0 then redis.call('HSET', h, unpack(hset)) end
 if #hdel > 0 then redis.call('HDEL', h, unpack(hdel)) end
-if final then reclaimed[#reclaimed + 1] = me end
-if #reclaimed > 0 then redis.call('ZREM', z, unpack(reclaimed)) end
+redis.call('ZREMRANGEBYSCORE', z, '-inf', '(' .. int(now))
+if final then redis.call('ZREM', z, me) end
 if applied and not final then
   -- The lease runs from now, by the server's clock.
   redis.call('ZADD', z, int(now + tonumber(ARGV[3])), me)

@@ -123,7 +123,7 @@ func TestMaxOperationsBindsExactly(t *testing.T) {
 // script's error carries the tenant, and the *starlark.EvalError too.
 func TestTenantTotalOperations(t *testing.T) {
 	n := int64(bareSteps(t, behaves))
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{MaxTotalOperations: n + n/3})
+	ledger := mustLedger(t, reslimit.AccountLimits{MaxTotalOperations: n + n/3})
 	acct := ledger.Account("acme")
 	run := func() error {
 		_, err := reslimit.Run(context.Background(), reslimit.Limits{}, func(ctx context.Context) error {
@@ -207,7 +207,7 @@ func TestLoopStoppedByCaller(t *testing.T) {
 // host is fine and the tenant's next evaluation works. (Its memory is not
 // charged: Starlark has no allocation hook.)
 func TestHugeList(t *testing.T) {
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{})
+	ledger := mustLedger(t, reslimit.AccountLimits{})
 	acct := ledger.Account("acme")
 	run := func(src string) (reslimit.Usage, error) {
 		return reslimit.Run(context.Background(), reslimit.Strict(), func(ctx context.Context) error {
@@ -263,4 +263,13 @@ func TestNoRun(t *testing.T) {
 	if err := reslimitstarlark.Finish(thread); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func mustLedger(t testing.TB, l reslimit.AccountLimits) *reslimit.Ledger {
+	t.Helper()
+	ledger, err := reslimit.NewLedger(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ledger
 }

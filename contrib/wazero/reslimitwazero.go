@@ -26,7 +26,7 @@
 //     the guest only when it returns to or calls the host.
 //   - Function calls, optionally: a module compiled with a context from
 //     CountCalls charges each call of one of its functions as one
-//     reslimit call (Tracker.TrackCall), so MaxFunctionCalls binds; this
+//     reslimit call (Tracker.TrackCall), so MaxCalls binds; this
 //     costs a trip from the guest's machine code to Go per call (see
 //     BENCHMARKS.md).
 //   - Host functions exported to the guest get the call's context, so they
@@ -307,7 +307,7 @@ func Call(ctx context.Context, fn api.Function, params ...uint64) ([]uint64, err
 // wazero.Runtime.CompileModule: wazero attaches listeners at compile time)
 // charges each call of one of its functions to the run of the context it
 // is called with, as one reslimit call (Tracker.TrackCall), so that the
-// run's tenant's MaxFunctionCalls binds and its bill counts them. A call
+// run's tenant's MaxCalls binds and its bill counts them. A call
 // that is refused stops the guest: the call's error wraps the
 // *reslimit.LimitError{Resource: reslimit.Calls}. Calls of host functions
 // are not counted (count them in the host function if they matter).

@@ -118,7 +118,7 @@ func TestMemoryGrowsToTheLimitExactly(t *testing.T) {
 // the host and the tenant's next run are fine.
 func TestMemoryTrapIsTheLimitError(t *testing.T) {
 	rt, compiled := setup(t, false)
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{MaxMemory: 8 * page})
+	ledger := mustLedger(t, reslimit.AccountLimits{MaxMemory: 8 * page})
 	acct := ledger.Account("acme")
 	grow := func(ctx context.Context) error {
 		ctx = reslimitwazero.WithTracker(ctx)
@@ -258,7 +258,7 @@ func TestSpinStoppedByCaller(t *testing.T) {
 
 // Unbounded recursion ends in wazero's stack overflow (not a limit of
 // reslimit) and leaves the host healthy; with call counting the tenant's
-// MaxFunctionCalls stops it first, exactly at the limit.
+// MaxCalls stops it first, exactly at the limit.
 func TestRecursion(t *testing.T) {
 	t.Run("bare", func(t *testing.T) {
 		rt, compiled := setup(t, false)
@@ -277,7 +277,7 @@ func TestRecursion(t *testing.T) {
 	})
 	t.Run("counted", func(t *testing.T) {
 		rt, compiled := setup(t, true)
-		ledger := reslimit.NewLedger(reslimit.AccountLimits{MaxFunctionCalls: 1000})
+		ledger := mustLedger(t, reslimit.AccountLimits{MaxCalls: 1000})
 		acct := ledger.Account("acme")
 		_, err := reslimit.Run(context.Background(), reslimit.Strict(), func(ctx context.Context) error {
 			ctx = reslimitwazero.WithTracker(ctx)
@@ -290,8 +290,8 @@ func TestRecursion(t *testing.T) {
 		if le.Tenant != "acme" {
 			t.Errorf("tenant %q", le.Tenant)
 		}
-		if st := acct.Stats(); st.FunctionCalls != 1000 {
-			t.Errorf("the tenant was charged %d calls, want 1000", st.FunctionCalls)
+		if st := acct.Stats(); st.Calls != 1000 {
+			t.Errorf("the tenant was charged %d calls, want 1000", st.Calls)
 		}
 	})
 }
@@ -367,4 +367,13 @@ func TestNoRun(t *testing.T) {
 	if err != nil || res[0] != 6765 {
 		t.Fatalf("fib(20) = %v, %v", res, err)
 	}
+}
+
+func mustLedger(t testing.TB, l reslimit.AccountLimits) *reslimit.Ledger {
+	t.Helper()
+	ledger, err := reslimit.NewLedger(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ledger
 }

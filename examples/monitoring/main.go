@@ -55,7 +55,10 @@ func run() error {
 	defer runner.End()
 
 	// Two tenants with cumulative quotas.
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{MaxTotalOperations: 3000, MaxEvaluations: 150})
+	ledger, err := reslimit.NewLedger(reslimit.AccountLimits{MaxTotalOperations: 3000, MaxEvaluations: 150})
+	if err != nil {
+		return err
+	}
 	acme, globex := ledger.Account("acme"), ledger.Account("globex")
 
 	for name, src := range map[string]reslimit.Source{
@@ -101,7 +104,7 @@ func run() error {
 	m.Stop() // waits for the polling goroutine, then closes Events
 	consumer.Wait()
 
-	st := m.Statistics()
+	st := m.Stats()
 	log.Info("monitor statistics",
 		"components", st.Components,
 		"polls", st.Polls,
@@ -187,7 +190,7 @@ func codeRunner(ctx context.Context, t *reslimit.Tracker) {
 // refusal that exhausted it).
 func tenant(ctx context.Context, acct *reslimit.Account, ops int64) {
 	tick(ctx, func(int) {
-		if acct.Exhausted() {
+		if _, ok := acct.Exhausted(); ok {
 			return
 		}
 		_, err := reslimit.Run(ctx, reslimit.Limits{}, func(ctx context.Context) error {

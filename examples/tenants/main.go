@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"math/rand/v2"
 	"os"
 	"sort"
@@ -44,12 +45,15 @@ func analyze(ctx context.Context, size int) (int, error) {
 func main() {
 	quotas := map[string]reslimit.AccountLimits{
 		"free":       {MaxEvaluations: 20, MaxTotalOperations: 150_000, MaxConcurrent: 2},
-		"pro":        {MaxTotalOperations: 2_000_000, MaxFunctionCalls: 400, MaxMemory: 8 << 20},
+		"pro":        {MaxTotalOperations: 2_000_000, MaxCalls: 400, MaxMemory: 8 << 20},
 		"enterprise": {MaxCPUTime: 2 * time.Second, MaxConcurrent: 8},
 	}
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{}, reslimit.WithTenantLimits(func(tenant string) reslimit.AccountLimits {
+	ledger, err := reslimit.NewLedger(reslimit.AccountLimits{}, reslimit.WithTenantLimits(func(tenant string) reslimit.AccountLimits {
 		return quotas[tenant] // each tenant's plan
 	}))
+	if err != nil {
+		log.Fatal(err)
+	}
 	tool := reslimit.Limit(analyze, reslimit.Limits{MaxMemoryBytes: 4 << 20, MaxOperations: 50_000, Timeout: 2 * time.Second})
 
 	type tally struct {
@@ -101,11 +105,11 @@ func main() {
 	for _, tenant := range ledger.Tenants() {
 		s, t := snap[tenant], tallies[tenant]
 		exhausted := "-"
-		if r, ok := ledger.Account(tenant).ExhaustedLimit(); ok {
+		if r, ok := ledger.Account(tenant).Exhausted(); ok {
 			exhausted = r.String()
 		}
 		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%v\t%d KiB\t%s\t%s\n", tenant, s.Evaluations, t.ok, t.refused,
-			s.Operations, s.FunctionCalls, s.CPUTime.Round(time.Millisecond), s.PeakMemoryBytes/1024, exhausted, reasons(t.stoppedBy))
+			s.Operations, s.Calls, s.CPUTime.Round(time.Millisecond), s.PeakMemoryBytes/1024, exhausted, reasons(t.stoppedBy))
 	}
 	w.Flush()
 }

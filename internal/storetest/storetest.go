@@ -8,12 +8,13 @@
 //   - grants go up to Want while the tenant's committed totals plus every
 //     replica's unused allowance stay within the limit, across replicas;
 //   - a replica's allowance never falls below what it reported;
-//   - unused allowance of a replica whose lease expired (by the store's clock)
-//     is reclaimed, and a lease is refreshed only by an applied report;
+//   - unused allowance of a replica whose lease expired is never reclaimed:
+//     only Return and Final give allowance back; a grant below MinGrant is
+//     not made;
 //   - a Final sync gives back every unused allowance;
 //   - resources without a limit (0) and CPU time are only reported;
 //   - CPU time round-trips (within Config.CPUResolution per report);
-//   - Load returns the committed totals.
+//   - Load returns the committed totals; a TenantLister lists every tenant.
 //
 // A store package runs it from a test:
 //
@@ -47,12 +48,9 @@ type Config struct {
 	// register its own cleanup with t.Cleanup. Required.
 	New func(t *testing.T) reslimit.Store
 
-	// LeaseTTL is the short lease the expiry subtests grant before they
-	// wait for it to pass. 0 means 200ms. The subtests wait by polling the
-	// store's observable state (another replica's grant), never by a bare
-	// sleep. On the real clock they require the lease to be reclaimed
-	// neither before LeaseTTL nor more than 50ms after it (the store's
-	// clock must run at the test's pace).
+	// LeaseTTL is the short lease the expiry subtest grants before it lets
+	// it pass (with Advance, or by sleeping LeaseTTL+50ms on the real
+	// clock) and checks that nothing was reclaimed. 0 means 200ms.
 	LeaseTTL time.Duration
 
 	// Advance, if set, moves the store's clock forward by at least d (for a
@@ -102,9 +100,9 @@ func Run(t *testing.T, cfg Config) {
 		{"CPUTimeSubMicrosecond", s.testCPUTimeSubMicrosecond},
 		{"FinalGivesBack", s.testFinalGivesBack},
 		{"FinalOnRetry", s.testFinalOnRetry},
-		{"ExpiredLeaseReclaimed", s.testExpiredLeaseReclaimed},
-		{"RetryDoesNotRefreshLease", s.testRetryDoesNotRefreshLease},
-		{"SyncRefreshesLease", s.testSyncRefreshesLease},
+		{"ExpiredLeaseStaysCounted", s.testExpiredLeaseStaysCounted},
+		{"ReturnAndMinGrant", s.testReturnAndMinGrant},
+		{"ListTenants", s.testListTenants},
 		{"Hammer", s.testHammer},
 		{"MatchesMemoryStore", s.testMatchesMemoryStore},
 	} {
@@ -122,7 +120,7 @@ const long = time.Hour
 
 // leased builds Totals of the leased resources (CPUTime 0).
 func leased(ops, calls, mem, evals int64) reslimit.Totals {
-	return reslimit.Totals{Operations: ops, FunctionCalls: calls, TotalMemory: mem, Evaluations: evals}
+	return reslimit.Totals{Operations: ops, Calls: calls, TotalMemory: mem, Evaluations: evals}
 }
 
 // ops builds Totals with only Operations set.
@@ -175,37 +173,6 @@ func (s *suite) advance(t *testing.T, d time.Duration) {
 	}
 }
 
-// waitReclaim calls probe every few milliseconds until it returns true
-// (it saw a lease granted in [start, end] reclaimed). On the real clock it
-// also checks when: never before the lease ran out, measured from start,
-// and always once it ran out by a margin, measured from end (a probe that
-// began then reaches the store later still).
-func (s *suite) waitReclaim(t *testing.T, start, end time.Time, probe func() bool) {
-	t.Helper()
-	const margin = 50 * time.Millisecond
-	ttl := s.cfg.LeaseTTL
-	deadline := end.Add(ttl + 10*time.Second)
-	for {
-		began := time.Now()
-		ok := probe()
-		if s.cfg.Advance == nil {
-			if ok && time.Since(start) < ttl {
-				t.Fatalf("a lease of %v was reclaimed after %v", ttl, time.Since(start))
-			}
-			if !ok && began.Sub(end) > ttl+margin {
-				t.Fatalf("a lease of %v was not reclaimed after %v", ttl, began.Sub(end))
-			}
-		}
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("timed out waiting for an expired lease to be reclaimed")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func (s *suite) testInvalidArgument(t *testing.T) {
 	st := s.store(t)
 	_, err := st.Sync(context.Background(), reslimit.SyncRequest{LeaseTTL: long,
@@ -238,8 +205,8 @@ func (s *suite) testReportAndLoad(t *testing.T) {
 	st := s.store(t)
 	assert.Zero(t, load(t, st, "nobody"), "an unknown tenant has zero totals")
 
-	ua := reslimit.Totals{Operations: 1, FunctionCalls: 2, TotalMemory: 3, CPUTime: 4 * time.Microsecond, Evaluations: 5}
-	ub := reslimit.Totals{Operations: 10, FunctionCalls: 20, TotalMemory: 30, CPUTime: 40 * time.Millisecond, Evaluations: 50}
+	ua := reslimit.Totals{Operations: 1, Calls: 2, TotalMemory: 3, CPUTime: 4 * time.Microsecond, Evaluations: 5}
+	ub := reslimit.Totals{Operations: 10, Calls: 20, TotalMemory: 30, CPUTime: 40 * time.Millisecond, Evaluations: 50}
 	got := syncReq(t, st, reslimit.SyncRequest{Replica: "r1", LeaseTTL: long, Tenants: []reslimit.TenantSync{
 		{Tenant: "a", Seq: 1, Used: ua},
 		{Tenant: "b", Seq: 1, Used: ub},
@@ -418,7 +385,7 @@ func (s *suite) testLimitLowered(t *testing.T) {
 
 func (s *suite) testUnlimited(t *testing.T) {
 	st := s.store(t)
-	used := reslimit.Totals{Operations: 1e6, FunctionCalls: 1e5, TotalMemory: 1 << 40, CPUTime: time.Hour, Evaluations: 1e4}
+	used := reslimit.Totals{Operations: 1e6, Calls: 1e5, TotalMemory: 1 << 40, CPUTime: time.Hour, Evaluations: 1e4}
 	for i := range uint64(3) {
 		a := one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: i + 1, Used: used, Want: leased(1, 2, 3, 4)})
 		assert.Equal(t, leasedOf(a.Reported), leasedOf(a.Allowance), "no limit: nothing granted, allowance = reported")
@@ -495,7 +462,7 @@ func (s *suite) testFinalGivesBack(t *testing.T) {
 	b := one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Want: leased(100, 10, 0, 0), Limit: lim})
 	assert.Zero(t, leasedOf(b.Allowance))
 
-	used := reslimit.Totals{Operations: 30, FunctionCalls: 1, CPUTime: 9 * time.Microsecond}
+	used := reslimit.Totals{Operations: 30, Calls: 1, CPUTime: 9 * time.Microsecond}
 	a = one(t, st, "a", long, true, reslimit.TenantSync{Tenant: "t", Seq: 2, Used: used, Want: leased(5, 5, 0, 0), Limit: lim})
 	assert.Equal(t, used, a.Reported)
 	assert.Equal(t, leasedOf(used), leasedOf(a.Allowance), "Final leaves no unused allowance")
@@ -529,89 +496,78 @@ func (s *suite) testFinalOnRetry(t *testing.T) {
 	assert.Equal(t, ops(90), leasedOf(b.Allowance))
 }
 
-func (s *suite) testExpiredLeaseReclaimed(t *testing.T) {
+// testExpiredLeaseStaysCounted: a replica that stops syncing keeps its
+// unused allowance counted against the limit after its lease expires (it
+// may have used it without reporting), while the committed totals show
+// only what it reported.
+func (s *suite) testExpiredLeaseStaysCounted(t *testing.T) {
 	st := s.store(t)
 	ttl := s.cfg.LeaseTTL
 	lim := leased(100, 0, 50, 0)
-	start := time.Now()
 	a := one(t, st, "a", ttl, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Used: ops(10), Want: leased(1000, 0, 1000, 0), Limit: lim})
-	end := time.Now()
 	assert.Equal(t, leased(100, 0, 50, 0), leasedOf(a.Allowance))
-	seq := uint64(1)
-	b := one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: seq, Want: leased(1000, 0, 1000, 0), Limit: lim})
-	if s.cfg.Advance != nil || time.Since(start) < ttl/2 {
-		assert.Zero(t, leasedOf(b.Allowance), "a's lease has not expired yet")
+	if s.cfg.Advance != nil {
+		s.advance(t, ttl+time.Millisecond)
+	} else {
+		time.Sleep(ttl + 50*time.Millisecond)
 	}
+	b := one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Want: leased(1000, 0, 1000, 0), Limit: lim})
+	assert.Zero(t, leasedOf(b.Allowance), "a's expired lease still counts against the limit")
+	assert.Equal(t, ops(10), load(t, st, "t"), "the bill shows only what a reported")
 
-	s.advance(t, ttl+time.Millisecond)
-	s.waitReclaim(t, start, end, func() bool {
-		seq++
-		b = one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: seq, Want: leased(1000, 0, 1000, 0), Limit: lim})
-		return b.Allowance.Operations > 0
-	})
-	assert.Equal(t, leased(90, 0, 50, 0), leasedOf(b.Allowance), "all of a's unused allowance, at once")
-
-	// a comes back: it keeps what it reported, its unused allowance is gone.
-	a = one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 2, Want: leased(1000, 0, 1000, 0), Limit: lim})
-	assert.Equal(t, ops(10), a.Reported)
-	assert.Equal(t, ops(10), leasedOf(a.Allowance))
-	assert.Equal(t, ops(10), load(t, st, "t"))
+	// a comes back: its allowance is still its own.
+	a = one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 2, Used: ops(30), Limit: lim})
+	assert.Equal(t, ops(40), a.Reported)
+	assert.Equal(t, leased(100, 0, 50, 0), leasedOf(a.Allowance))
 }
 
-func (s *suite) testRetryDoesNotRefreshLease(t *testing.T) {
+// testReturnAndMinGrant: Return gives back unused allowance before the
+// grant (never below what was reported), and a grant below MinGrant is not
+// made.
+func (s *suite) testReturnAndMinGrant(t *testing.T) {
 	st := s.store(t)
-	ttl := s.cfg.LeaseTTL
-	lim := ops(100)
-	ts := reslimit.TenantSync{Tenant: "t", Seq: 1, Want: ops(100), Limit: lim}
-	start := time.Now()
-	a := one(t, st, "a", ttl, false, ts)
-	end := time.Now()
-	assert.Equal(t, ops(100), leasedOf(a.Allowance))
-	s.advance(t, ttl+time.Millisecond)
-	seq := uint64(0)
-	// a keeps retrying its report: that does not refresh its lease.
-	s.waitReclaim(t, start, end, func() bool {
-		again := one(t, st, "a", ttl, false, ts) // a retry refreshes nothing
-		if again.Allowance.Operations == 0 {
-			return true // reclaimed already (and not re-granted by the retry)
-		}
-		seq++
-		b := one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: seq, Want: ops(100), Limit: lim})
-		return b.Allowance.Operations == 100
-	})
-	again := one(t, st, "a", ttl, false, ts)
-	assert.Zero(t, leasedOf(again.Allowance), "a retried report neither refreshes nor re-grants")
+	lim := leased(100, 0, 0, 10)
+	a := one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Used: ops(10), Want: leased(60, 0, 0, 6), Limit: lim})
+	assert.Equal(t, leased(70, 0, 0, 6), leasedOf(a.Allowance))
+	b := one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Want: leased(50, 0, 0, 5), MinGrant: leased(31, 0, 0, 4), Limit: lim})
+	assert.Equal(t, leased(0, 0, 0, 4), leasedOf(b.Allowance), "30 ops left < MinGrant 31: none; 4 evaluations left >= 4: all")
+	// a used 5 more and gives back 40 of its 55 unused.
+	a = one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 2, Used: ops(5), Return: leased(40, 0, 0, 100), Limit: lim})
+	assert.Equal(t, leased(30, 0, 0, 0), leasedOf(a.Allowance), "what it gave back, never below what it reported")
+	b = one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 2, Want: ops(80), MinGrant: ops(31), Limit: lim})
+	assert.Equal(t, leased(70, 0, 0, 4), leasedOf(b.Allowance))
+	// A retry gives back nothing more.
+	a = one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 2, Used: ops(5), Return: leased(40, 0, 0, 100), Limit: lim})
+	assert.Equal(t, leased(30, 0, 0, 0), leasedOf(a.Allowance))
+	assert.Equal(t, ops(15), load(t, st, "t"))
 }
 
-func (s *suite) testSyncRefreshesLease(t *testing.T) {
+// testListTenants lists every tenant with its committed totals, if the
+// store is a reslimit.TenantLister.
+func (s *suite) testListTenants(t *testing.T) {
 	st := s.store(t)
-	// A lease long enough that a scheduling hiccup does not end it, but
-	// short enough to pass several times over while a keeps syncing.
-	ttl := max(s.cfg.LeaseTTL, 500*time.Millisecond)
-	lim := ops(100)
-	seq := uint64(1)
-	// last is taken before a's sync starts, so that time.Since(last) bounds
-	// the time between a's sync and b's on the store's side too.
-	last := time.Now()
-	a := one(t, st, "a", ttl, false, reslimit.TenantSync{Tenant: "t", Seq: seq, Want: ops(100), Limit: lim})
-	assert.Equal(t, ops(100), leasedOf(a.Allowance))
-	for i := range 30 {
-		if s.cfg.Advance != nil {
-			s.advance(t, ttl/2)
-		} else {
-			time.Sleep(ttl / 10)
-		}
-		seq++
-		b := one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: seq, Want: ops(100), Limit: lim})
-		if s.cfg.Advance == nil && time.Since(last) > ttl*8/10 {
-			t.Logf("stalled for %v (lease %v) after %d rounds: stopping early", time.Since(last), ttl, i)
-			return
-		}
-		require.Zero(t, leasedOf(b.Allowance), "round %d: a keeps its lease by syncing", i)
-		last = time.Now()
-		a = one(t, st, "a", ttl, false, reslimit.TenantSync{Tenant: "t", Seq: seq, Limit: lim})
-		require.Equal(t, ops(100), leasedOf(a.Allowance))
+	lister, ok := st.(reslimit.TenantLister)
+	if !ok {
+		t.Skip("the store is not a TenantLister")
 	}
+	want := map[string]reslimit.Totals{}
+	for i, name := range []string{"plain", "with {braces} and %", "*glob?[x]", "ünïcode"} {
+		tot := leased(int64(i+1), 2, 3, 4)
+		tot.CPUTime = time.Duration(i) * time.Millisecond
+		one(t, st, "r", long, false, reslimit.TenantSync{Tenant: name, Seq: 1, Used: tot})
+		want[name] = tot
+	}
+	got := map[string]reslimit.Totals{}
+	require.NoError(t, lister.ListTenants(context.Background(), func(tenant string, c reslimit.Totals) error {
+		got[tenant] = c
+		return nil
+	}))
+	assert.Equal(t, want, got)
+	stop := errors.New("stop")
+	n := 0
+	err := lister.ListTenants(context.Background(), func(string, reslimit.Totals) error { n++; return stop })
+	assert.ErrorIs(t, err, stop)
+	assert.Equal(t, 1, n, "stops at fn's first error")
 }
 
 // hammerReplica is one replica's view in the hammer test.
@@ -799,8 +755,8 @@ func (r *hammerReplica) hasUnused(tenants []string, limits map[string]reslimit.T
 
 // testMatchesMemoryStore replays a random sequence of syncs (several
 // replicas and tenants, retries, stale and skipped sequence numbers,
-// overspending, changing limits, Final syncs, leases of an hour or of 0
-// that the next step reclaims)
+// overspending, changing limits, Final syncs, returns, least grants,
+// leases of an hour or of 0 that expire by the next step)
 // on the store and on a MemoryStore, and requires the same answers. CPU
 // time is sent in whole microseconds, which every store keeps exactly.
 func (s *suite) testMatchesMemoryStore(t *testing.T) {
@@ -826,7 +782,7 @@ func (s *suite) testMatchesMemoryStore(t *testing.T) {
 		req := reslimit.SyncRequest{Replica: replica, LeaseTTL: long, Final: rng.IntN(15) == 0}
 		if rng.IntN(8) == 0 {
 			// A lease that has expired by the next step (both stores keep
-			// time at least to the millisecond): reclaims happen too.
+			// time at least to the millisecond): nothing is reclaimed.
 			req.LeaseTTL = 0
 		}
 		for range 1 + rng.IntN(4) {
@@ -845,7 +801,7 @@ func (s *suite) testMatchesMemoryStore(t *testing.T) {
 				ts = reslimit.TenantSync{Tenant: tn, Seq: seqs[k] - 1 - uint64(rv(int64(seqs[k]-1))), Used: ops(rv(5))}
 			default:
 				seqs[k] += 1 + uint64(rng.IntN(2)*rng.IntN(3)) // sometimes skip
-				var used, want reslimit.Totals
+				var used, want, ret, minGrant reslimit.Totals
 				for _, x := range []reslimit.Resource{reslimit.Operations, reslimit.Calls, reslimit.TotalMemory, reslimit.Evaluations} {
 					unused := allowance[k].Get(x) - reported[k].Get(x)
 					switch {
@@ -857,10 +813,16 @@ func (s *suite) testMatchesMemoryStore(t *testing.T) {
 					if rng.IntN(3) > 0 {
 						want.Set(x, rv(limits[tn].Get(x)/4+3))
 					}
+					if rng.IntN(4) == 0 {
+						ret.Set(x, rv(unused+3))
+					}
+					if rng.IntN(4) == 0 {
+						minGrant.Set(x, rv(limits[tn].Get(x)/4+3))
+					}
 				}
 				used.CPUTime = time.Duration(rv(1e6)) * time.Microsecond
 				want.CPUTime = time.Duration(rv(1e6))
-				ts = reslimit.TenantSync{Tenant: tn, Seq: seqs[k], Used: used, Want: want, Limit: limits[tn]}
+				ts = reslimit.TenantSync{Tenant: tn, Seq: seqs[k], Used: used, Want: want, Limit: limits[tn], Return: ret, MinGrant: minGrant}
 			}
 			last[k] = ts
 			req.Tenants = append(req.Tenants, ts)

@@ -65,7 +65,7 @@ func run(t *testing.T, a *reslimit.Account, ops int64, mem int64, cpu time.Durat
 }
 
 func newFixture(t *testing.T) *fixture {
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{MaxEvaluations: 10, MaxTotalOperations: 1000})
+	ledger := mustLedger(t, reslimit.AccountLimits{MaxEvaluations: 10, MaxTotalOperations: 1000})
 	mon, err := reslimit.NewMonitor(reslimit.MonitorConfig{})
 	require.NoError(t, err)
 	t.Cleanup(mon.Stop)
@@ -291,4 +291,15 @@ func TestStatusPageInBrowser(t *testing.T) {
 	defer mu.Unlock()
 	assert.Empty(t, dialogs, "no alert fired")
 	assert.Empty(t, console, "no console error or exception")
+}
+
+// mustLedger returns reslimit.NewLedger(defaults, opts...), failing tb on
+// an error.
+func mustLedger(tb testing.TB, defaults reslimit.AccountLimits, opts ...reslimit.LedgerOption) *reslimit.Ledger {
+	tb.Helper()
+	l, err := reslimit.NewLedger(defaults, opts...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return l
 }

@@ -164,10 +164,11 @@ type app struct {
 }
 
 func newApp(period time.Duration) (*app, error) {
-	a := &app{
-		ledger: reslimit.NewLedger(reslimit.AccountLimits{}),
-		period: period,
+	ledger, err := reslimit.NewLedger(reslimit.AccountLimits{})
+	if err != nil {
+		return nil, err
 	}
+	a := &app{ledger: ledger, period: period}
 	a.nextReset = time.Now().Add(period)
 	mon, err := reslimit.NewMonitor(reslimit.MonitorConfig{CheckInterval: 250 * time.Millisecond})
 	if err != nil {
@@ -189,8 +190,11 @@ func newApp(period time.Duration) (*app, error) {
 	reg := prom.NewRegistry()
 	reg.MustRegister(reslimitprom.NewCollector(a.ledger, reslimitprom.WithMonitor(mon)))
 
-	limited := reslimithttp.Middleware(a.ledger, tenantFromKey, requestLimits,
+	limited, err := reslimithttp.Middleware(a.ledger, tenantFromKey, requestLimits,
 		reslimithttp.WithResetTime(func(string) time.Time { return a.resetTime() }))
+	if err != nil {
+		return nil, err
+	}
 	a.mux = http.NewServeMux()
 	a.mux.Handle("/api/work", limited(http.HandlerFunc(work)))
 	a.mux.Handle("/debug/reslimit/", http.StripPrefix("/debug/reslimit", reslimithttp.Handler(a.ledger, mon)))
@@ -207,7 +211,7 @@ func accountLimitValues(l reslimit.AccountLimits) map[reslimit.Resource]int64 {
 		reslimit.Memory:      l.MaxMemory,
 		reslimit.TotalMemory: l.MaxTotalMemory,
 		reslimit.Operations:  l.MaxTotalOperations,
-		reslimit.Calls:       l.MaxFunctionCalls,
+		reslimit.Calls:       l.MaxCalls,
 		reslimit.CPUTime:     int64(l.MaxCPUTime),
 		reslimit.Evaluations: l.MaxEvaluations,
 		reslimit.Concurrency: l.MaxConcurrent,

@@ -59,10 +59,15 @@ func main() {
 	replicas := make([]*replica, 3)
 	for i := range replicas {
 		id := fmt.Sprintf("replica-%d", i+1)
-		replicas[i] = &replica{id: id, ledger: reslimit.NewLedger(
+		ledger, err := reslimit.NewLedger(
 			reslimit.AccountLimits{MaxTotalOperations: quota},
 			reslimit.WithStore(store), reslimit.WithReplica(id),
-			reslimit.WithSyncInterval(100*time.Millisecond))}
+			reslimit.WithSyncInterval(100*time.Millisecond))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		replicas[i] = &replica{id: id, ledger: ledger}
 	}
 
 	// Replica 1 is busiest, replica 3 the least: leases follow each one's rate.

@@ -86,7 +86,10 @@ func main() {
 	}
 
 	// Every tenant's plan: at most 50,000 guest function calls in all.
-	ledger := reslimit.NewLedger(reslimit.AccountLimits{MaxFunctionCalls: 50000})
+	ledger, err := reslimit.NewLedger(reslimit.AccountLimits{MaxCalls: 50000})
+	if err != nil {
+		log.Fatal(err)
+	}
 
 	// Strict() is 10 MiB, 5 s CPU, 10,000 operations, 10 s timeout; the
 	// demo tightens memory and time.
@@ -153,7 +156,7 @@ func main() {
 	for _, name := range ledger.Tenants() {
 		s := ledger.Account(name).Stats()
 		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d KiB\t%v\t%d\t\n", name, s.Evaluations, s.Operations,
-			s.FunctionCalls, s.PeakMemoryBytes>>10, s.CPUTime.Round(time.Millisecond), s.MemoryBytes)
+			s.Calls, s.PeakMemoryBytes>>10, s.CPUTime.Round(time.Millisecond), s.MemoryBytes)
 	}
 	w.Flush()
 

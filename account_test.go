@@ -38,15 +38,17 @@ func TestAccountBadInput(t *testing.T) {
 	_, err = nilA.Begin(Strict())
 	assert.ErrorIs(t, err, ErrInvalidArgument)
 	assert.Equal(t, AccountStats{}, nilA.Stats())
-	assert.False(t, nilA.Exhausted())
+	assert.False(t, exhausted(nilA))
 
-	l := NewLedger(AccountLimits{})
-	_, err = l.Open("")
+	l := mustLedger(t, AccountLimits{})
+	_, err = l.open("")
 	assert.ErrorIs(t, err, ErrInvalidArgument)
 	assert.ErrorIs(t, l.Account("").Err(), ErrInvalidArgument) // never nil: it refuses every run
-	bad := NewLedger(AccountLimits{MaxEvaluations: -1})
-	_, err = bad.Open("x")
-	assert.ErrorIs(t, err, ErrInvalidLimits)
+	bad, err := NewLedger(AccountLimits{MaxEvaluations: -1})
+	assert.ErrorIs(t, err, ErrInvalidLimits, "invalid defaults are reported at construction")
+	assert.Nil(t, bad)
+	_, err = NewLedger(AccountLimits{}, WithAccountOptions(WithHistorySize(-1)))
+	assert.ErrorIs(t, err, ErrInvalidArgument, "so are invalid account options")
 }
 
 func TestAccountChargesCumulativeTotals(t *testing.T) {
@@ -62,13 +64,13 @@ func TestAccountChargesCumulativeTotals(t *testing.T) {
 	}
 	s := a.Stats()
 	assert.Equal(t, int64(60), s.Operations)
-	assert.Equal(t, int64(3), s.FunctionCalls)
+	assert.Equal(t, int64(3), s.Calls)
 	assert.Equal(t, int64(600), s.TotalMemoryBytes)
 	assert.Equal(t, int64(0), s.MemoryBytes, "End gives back what a run forgot to release")
 	assert.Equal(t, int64(300), s.PeakMemoryBytes)
 	assert.Equal(t, 3*time.Millisecond, s.CPUTime)
 	assert.Equal(t, int64(3), s.Evaluations)
-	assert.Equal(t, Largest{MemoryBytes: 300, Operations: 30}, s.Largest)
+	assert.Equal(t, Largest{PeakMemoryBytes: 300, Operations: 30}, s.Largest)
 	assert.False(t, s.Exhausted)
 	assert.Nil(t, s.LimitStatus)
 }
@@ -103,8 +105,8 @@ func TestAccountCumulativeLimitEnforcedWhenCharged(t *testing.T) {
 	requireLimit(t, err, Operations, 10, 10, 1)
 	assert.Equal(t, int64(6), t1.Usage().Operations)
 	assert.Equal(t, int64(4), t2.Usage().Operations)
-	assert.True(t, a.Exhausted())
-	r, ok := a.ExhaustedLimit()
+	assert.True(t, exhausted(a))
+	r, ok := a.Exhausted()
 	assert.True(t, ok)
 	assert.Equal(t, Operations, r)
 	t1.End()
@@ -174,7 +176,7 @@ func TestBeginRefusesEvaluationsAndConcurrency(t *testing.T) {
 	_, err = a.Begin(Unlimited())
 	requireLimit(t, err, Evaluations, 3, 3, 1)
 	assert.Equal(t, int64(3), a.Stats().Evaluations, "exactly 3 runs started")
-	assert.True(t, a.Exhausted())
+	assert.True(t, exhausted(a))
 }
 
 func TestFailedRunIsAnEvaluationWithItsError(t *testing.T) {
@@ -237,11 +239,11 @@ func TestSetLimitTakesEffectAtOnce(t *testing.T) {
 	assert.Zero(t, v)
 
 	require.NoError(t, a.SetLimit(Operations, 40))
-	assert.True(t, a.Exhausted(), "lowering below usage exhausts")
+	assert.True(t, exhausted(a), "lowering below usage exhausts")
 	requireLimit(t, tr.TrackOperation(), Operations, 40, 50, 1)
 
 	require.NoError(t, a.SetLimit(Operations, 60))
-	assert.False(t, a.Exhausted(), "raising clears exhaustion")
+	assert.False(t, exhausted(a), "raising clears exhaustion")
 	require.NoError(t, tr.TrackOperations(10))
 	requireLimit(t, tr.TrackOperation(), Operations, 60, 60, 1)
 
@@ -301,7 +303,7 @@ func TestResetKeepsLimitsAndLiveHoldings(t *testing.T) {
 // every run has ended the totals are exact.
 func TestHammerAccountExact(t *testing.T) {
 	const limit = 20_000
-	a := newAcct(t, AccountLimits{MaxTotalOperations: limit, MaxFunctionCalls: limit})
+	a := newAcct(t, AccountLimits{MaxTotalOperations: limit, MaxCalls: limit})
 	var granted, calls atomic.Int64
 	var wg sync.WaitGroup
 	for g := 0; g < 12; g++ {
@@ -333,7 +335,7 @@ func TestHammerAccountExact(t *testing.T) {
 	s := a.Stats()
 	assert.Equal(t, int64(limit), s.Operations)
 	assert.Equal(t, int64(limit), calls.Load())
-	assert.Equal(t, int64(limit), s.FunctionCalls)
+	assert.Equal(t, int64(limit), s.Calls)
 	assert.Equal(t, int64(0), s.Running)
 	a.mu.Lock()
 	assert.Equal(t, a.committed, a.reserved, "no reservation left behind")
@@ -350,14 +352,14 @@ func TestAccountCPUQuotaStopsRuns(t *testing.T) {
 	require.ErrorAs(t, err, &le)
 	assert.Equal(t, CPUTime, le.Resource)
 	assert.Equal(t, "acme", le.Tenant)
-	assert.True(t, a.Exhausted())
+	assert.True(t, exhausted(a))
 	_, err = Run(context.Background(), Strict(), spinUntilStopped, WithAccount(a))
 	require.ErrorAs(t, err, &le)
 	assert.Equal(t, CPUTime, le.Resource, "refused before it runs")
 }
 
 func TestContextWithAccountChoosesTenant(t *testing.T) {
-	ledger := NewLedger(AccountLimits{MaxEvaluations: 1})
+	ledger := mustLedger(t, AccountLimits{MaxEvaluations: 1})
 	tool := Limit(func(ctx context.Context, n int64) (string, error) {
 		return FromContext(ctx).Account().Name(), FromContext(ctx).TrackOperations(n)
 	}, Strict())
@@ -376,7 +378,7 @@ func TestContextWithAccountChoosesTenant(t *testing.T) {
 }
 
 func TestLedger(t *testing.T) {
-	l := NewLedger(AccountLimits{MaxTotalOperations: 5}, WithAccountOptions(WithHistorySize(2)))
+	l := mustLedger(t, AccountLimits{MaxTotalOperations: 5}, WithAccountOptions(WithHistorySize(2)))
 	a := l.Account("zeta")
 	assert.Same(t, a, l.Account("zeta"))
 	l.Account("alpha")
@@ -398,7 +400,7 @@ func TestLedger(t *testing.T) {
 }
 
 func TestLedgerConcurrentAccountCreation(t *testing.T) {
-	l := NewLedger(AccountLimits{})
+	l := mustLedger(t, AccountLimits{})
 	var wg sync.WaitGroup
 	accts := make([]*Account, 16)
 	for i := range accts {
@@ -438,7 +440,7 @@ func TestAccountReadings(t *testing.T) {
 
 func TestSetLimits(t *testing.T) {
 	a := newAcct(t, AccountLimits{MaxEvaluations: 1})
-	want := AccountLimits{MaxMemory: 1, MaxTotalMemory: 2, MaxTotalOperations: 3, MaxFunctionCalls: 4, MaxCPUTime: 5, MaxEvaluations: 6, MaxConcurrent: 7}
+	want := AccountLimits{MaxMemory: 1, MaxTotalMemory: 2, MaxTotalOperations: 3, MaxCalls: 4, MaxCPUTime: 5, MaxEvaluations: 6, MaxConcurrent: 7}
 	require.NoError(t, a.SetLimits(want))
 	assert.Equal(t, want, a.Limits())
 	err := a.SetLimits(AccountLimits{MaxTotalOperations: -1, MaxEvaluations: 9})
@@ -448,7 +450,7 @@ func TestSetLimits(t *testing.T) {
 
 func TestLedgerTenantLimits(t *testing.T) {
 	plans := map[string]AccountLimits{"pro": {MaxTotalOperations: 1000}, "bad": {MaxEvaluations: -1}}
-	l := NewLedger(AccountLimits{MaxTotalOperations: 10}, WithTenantLimits(func(tenant string) AccountLimits {
+	l := mustLedger(t, AccountLimits{MaxTotalOperations: 10}, WithTenantLimits(func(tenant string) AccountLimits {
 		if p, ok := plans[tenant]; ok {
 			return p
 		}
@@ -456,7 +458,7 @@ func TestLedgerTenantLimits(t *testing.T) {
 	}))
 	assert.Equal(t, int64(1000), l.Account("pro").Limits().MaxTotalOperations)
 	assert.Equal(t, int64(10), l.Account("free").Limits().MaxTotalOperations)
-	_, err := l.Open("bad")
+	_, err := l.open("bad")
 	assert.ErrorIs(t, err, ErrInvalidLimits)
 }
 
@@ -507,4 +509,10 @@ func TestHaltIgnoresInvalidCause(t *testing.T) {
 	cancel(&LimitError{Resource: Resource(200)})
 	_, err := Run(ctx, Unlimited(), spinUntilStopped) // until halt has run
 	assert.ErrorIs(t, err, ErrLimitExceeded, "a parent's limit error is passed on, without a panic")
+}
+
+// exhausted reports whether some cumulative limit of a is used up.
+func exhausted(a *Account) bool {
+	_, ok := a.Exhausted()
+	return ok
 }

@@ -1,9 +1,44 @@
 package reslimit
 
+// Accounts: one tenant's cumulative totals, limits and history over many
+// runs.
+//
+// Glossary of the accounting code (here, in tracker.go and in fleet.go):
+//
+//   - meter: one cumulative quantity a run counts (operations, calls, bytes
+//     charged); its room is what the run may still take on the hot path,
+//     with one CAS, and its filled is all the room it was ever given, so
+//     that used = filled - room.
+//   - room, refill: the hot path takes from room; when room is short the
+//     slow path (Tracker.refill) checks the run's limit, then the
+//     account's, and adds room.
+//   - grant, chunk: what an account adds to a run's room at a refill: what
+//     the request needs plus a chunk ahead that shrinks as the limit nears.
+//   - reserved: the room an account has handed to its live runs plus what
+//     ended runs used (committed): the limit minus reserved is free.
+//   - reclaim, revoke: taking unused room back from live runs (revoke is
+//     one run's room; reclaim is every run's), when the free room is short
+//     or a limit changes.
+//   - base: a live run's usage when its account was last Reset; what it
+//     uses after counts in the new period.
+//   - held: memory held at once (charged minus released), as opposed to
+//     the cumulative total charged.
+//   - lease, allowance (fleet.go): with a Store, the part of the fleet-wide
+//     quota the store has granted this replica; reports tell the store
+//     what was used, leases cap what this replica may grant its runs.
+//   - halt, stop, drain: a run is stopped (halt) with a reason; its room is
+//     drained so that every later charge takes the slow path and is
+//     refused with that reason.
+//
+// Lock order: Tracker.mu → Account.mu → Tracker.childMu → Tracker.meterMu
+// (a leaf), and Account.mu → Tracker.cpuMu. A child run's Tracker.mu comes
+// before its parent's (a child's refill draws from its parent). Nothing
+// takes a Ledger's mu while holding an account's. The hot paths (take, the guards' fast
+// paths, Step) take no lock.
+
 import (
 	"errors"
 	"fmt"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,8 +55,8 @@ type AccountLimits struct {
 	MaxTotalMemory int64
 	// MaxTotalOperations bounds the operations counted, cumulatively.
 	MaxTotalOperations int64
-	// MaxFunctionCalls bounds the calls counted with TrackCall, cumulatively.
-	MaxFunctionCalls int64
+	// MaxCalls bounds the calls counted with TrackCall, cumulatively.
+	MaxCalls int64
 	// MaxCPUTime bounds the CPU time used, cumulatively.
 	MaxCPUTime time.Duration
 	// MaxEvaluations bounds the runs started.
@@ -58,7 +93,7 @@ func (l AccountLimits) get(r Resource) int64 {
 	case Operations:
 		return l.MaxTotalOperations
 	case Calls:
-		return l.MaxFunctionCalls
+		return l.MaxCalls
 	case CPUTime:
 		return int64(l.MaxCPUTime)
 	case Evaluations:
@@ -144,12 +179,12 @@ type HistoryEntry struct {
 	Time time.Time
 	// Evaluation is the run's 1-based number since the account's last Reset.
 	Evaluation int64
-	// MemoryBytes is the most memory the run held at once, in bytes.
-	MemoryBytes   int64
-	Operations    int64
-	FunctionCalls int64
-	CPUTime       time.Duration
-	WallTime      time.Duration
+	// PeakMemoryBytes is the most memory the run held at once, in bytes.
+	PeakMemoryBytes int64
+	Operations      int64
+	Calls           int64
+	CPUTime         time.Duration
+	WallTime        time.Duration
 	// Err is why the run failed (a *LimitError, fn's error), or nil.
 	Err error
 }
@@ -157,8 +192,8 @@ type HistoryEntry struct {
 // Largest describes the heaviest single run: its peak memory in bytes and
 // its operations (each the maximum over runs, not necessarily of one run).
 type Largest struct {
-	MemoryBytes int64
-	Operations  int64
+	PeakMemoryBytes int64
+	Operations      int64
 }
 
 // LimitStatus is one limited resource of an account: Used and Limit in the
@@ -178,7 +213,7 @@ type AccountStats struct {
 	// PeakMemoryBytes is the most held at once across runs.
 	PeakMemoryBytes int64
 	Operations      int64
-	FunctionCalls   int64
+	Calls           int64
 	CPUTime         time.Duration
 	// Evaluations counts the runs started (since Reset).
 	Evaluations int64
@@ -202,7 +237,7 @@ type AccountStats struct {
 
 // Used returns the figure of s for resource r, in r's unit: MemoryBytes
 // for Memory, TotalMemoryBytes for TotalMemory, CPUTime for CPUTime,
-// Operations, FunctionCalls for Calls, Evaluations, and Running for
+// Operations, Calls for Calls, Evaluations, and Running for
 // Concurrency; 0 for a resource an account does not count.
 func (s *AccountStats) Used(r Resource) int64 {
 	switch r {
@@ -215,7 +250,7 @@ func (s *AccountStats) Used(r Resource) int64 {
 	case Operations:
 		return s.Operations
 	case Calls:
-		return s.FunctionCalls
+		return s.Calls
 	case Evaluations:
 		return s.Evaluations
 	case Concurrency:
@@ -294,7 +329,8 @@ func (a *Account) begin(l Limits, name string, cancel func(error), parent *Track
 	if a.fleet != nil && a.fleet.ledger.closed.Load() {
 		return nil, ErrClosed
 	}
-	if lim := a.limits[Evaluations].Load(); lim > 0 {
+	open := a.fleetOpenLocked() // FailOpen while the store fails: no cumulative limit
+	if lim := a.limits[Evaluations].Load(); lim > 0 && !open {
 		used := a.usageLocked(Evaluations)
 		if used >= lim {
 			a.refused[Evaluations].Add(1)
@@ -310,7 +346,7 @@ func (a *Account) begin(l Limits, name string, cancel func(error), parent *Track
 		a.refused[Concurrency].Add(1)
 		return nil, &LimitError{Resource: Concurrency, Limit: lim, Used: int64(len(a.live)), Requested: 1, Tenant: a.name}
 	}
-	if r, used, lim, ok := a.exhaustedLocked(); ok {
+	if r, used, lim, ok := a.exhaustedLocked(); ok && !open {
 		a.refused[r].Add(1)
 		return nil, &LimitError{Resource: r, Limit: lim, Used: used, Tenant: a.name}
 	}
@@ -601,12 +637,12 @@ func (a *Account) end(t *Tracker, cpu time.Duration, runErr error) Usage {
 	}
 	a.cpu = satAddDur(a.cpu, cpu-time.Duration(t.cpuBase))
 	a.lifeCPU = satAddDur(a.lifeCPU, cpu)
-	a.largest.MemoryBytes = max(a.largest.MemoryBytes, u.PeakMemoryBytes)
+	a.largest.PeakMemoryBytes = max(a.largest.PeakMemoryBytes, u.PeakMemoryBytes)
 	a.largest.Operations = max(a.largest.Operations, u.Operations)
 	if len(a.hist) > 0 {
 		a.hist[a.histNext] = HistoryEntry{
-			Time: time.Now(), Evaluation: t.evaluation, MemoryBytes: u.PeakMemoryBytes,
-			Operations: u.Operations, FunctionCalls: u.Calls, CPUTime: u.CPUTime,
+			Time: time.Now(), Evaluation: t.evaluation, PeakMemoryBytes: u.PeakMemoryBytes,
+			Operations: u.Operations, Calls: u.Calls, CPUTime: u.CPUTime,
 			WallTime: u.WallTime, Err: runErr,
 		}
 		a.histNext = (a.histNext + 1) % len(a.hist)
@@ -628,7 +664,7 @@ func (a *Account) Stats() AccountStats {
 		TotalMemoryBytes: a.usageLocked(TotalMemory),
 		PeakMemoryBytes:  a.peak.Load(),
 		Operations:       a.usageLocked(Operations),
-		FunctionCalls:    a.usageLocked(Calls),
+		Calls:            a.usageLocked(Calls),
 		CPUTime:          time.Duration(a.usageLocked(CPUTime)),
 		Evaluations:      a.usageLocked(Evaluations),
 		Running:          int64(len(a.live)),
@@ -663,16 +699,11 @@ func (a *Account) Stats() AccountStats {
 	return s
 }
 
-// Exhausted reports whether some cumulative limit (TotalMemory, Operations,
-// Calls, CPUTime, Evaluations) has no room left: used >= limit. It follows
-// the current limits, so SetLimit changes it at once.
-func (a *Account) Exhausted() bool {
-	_, ok := a.ExhaustedLimit()
-	return ok
-}
-
-// ExhaustedLimit returns the first exhausted cumulative resource, if any.
-func (a *Account) ExhaustedLimit() (Resource, bool) {
+// Exhausted reports whether some cumulative limit (TotalMemory,
+// Operations, Calls, CPUTime, Evaluations) has no room left (used >=
+// limit), and which one first. It follows the current limits, so SetLimit
+// changes it at once.
+func (a *Account) Exhausted() (Resource, bool) {
 	if a == nil {
 		return 0, false
 	}
@@ -741,7 +772,7 @@ func (a *Account) Limits() AccountLimits {
 		MaxMemory:          a.limits[Memory].Load(),
 		MaxTotalMemory:     a.limits[TotalMemory].Load(),
 		MaxTotalOperations: a.limits[Operations].Load(),
-		MaxFunctionCalls:   a.limits[Calls].Load(),
+		MaxCalls:           a.limits[Calls].Load(),
 		MaxCPUTime:         time.Duration(a.limits[CPUTime].Load()),
 		MaxEvaluations:     a.limits[Evaluations].Load(),
 		MaxConcurrent:      a.limits[Concurrency].Load(),
@@ -822,195 +853,4 @@ func (a *Account) AppendReadings(dst []Reading) []Reading {
 		dst = append(dst, Reading{Resource: r, Used: a.usageLocked(r), Limit: a.limits[r].Load(), Refusals: a.refused[r].Load()})
 	}
 	return dst
-}
-
-// LedgerOption configures NewLedger.
-type LedgerOption func(*Ledger)
-
-// WithTenantLimits makes the ledger create each tenant's account with the
-// limits f returns for it (its plan, say) instead of the defaults. f is
-// called once per tenant, when its account is created; invalid limits make
-// Open return the error.
-func WithTenantLimits(f func(tenant string) AccountLimits) LedgerOption {
-	return func(l *Ledger) { l.limitsFor = f }
-}
-
-// WithAccountOptions applies opts to every account the ledger creates.
-func WithAccountOptions(opts ...AccountOption) LedgerOption {
-	return func(l *Ledger) { l.acctOpts = append(l.acctOpts, opts...) }
-}
-
-// Ledger keeps one Account per tenant, created on first use with the
-// ledger's default limits. It is safe for concurrent use. The zero Ledger
-// is a ledger whose accounts have no limits and no Store, as
-// NewLedger(AccountLimits{}) returns.
-type Ledger struct {
-	defaults  AccountLimits
-	acctOpts  []AccountOption
-	limitsFor func(string) AccountLimits
-	err       error
-	fleet     // the store-backed part; zero without WithStore
-
-	mu    sync.RWMutex
-	accts map[string]*Account
-}
-
-// NewLedger returns a ledger whose accounts start with the limits
-// defaults. Invalid defaults make Open return the error and Account nil.
-func NewLedger(defaults AccountLimits, opts ...LedgerOption) *Ledger {
-	l := &Ledger{defaults: defaults, accts: make(map[string]*Account)}
-	for _, o := range opts {
-		if o != nil {
-			o(l)
-		}
-	}
-	if err := defaults.Validate(); err != nil {
-		l.err = err
-	}
-	if l.store != nil && l.err == nil {
-		l.startFleet()
-	}
-	return l
-}
-
-// Open returns the tenant's account, creating it if needed. It fails for an
-// empty tenant name or invalid ledger defaults.
-func (l *Ledger) Open(tenant string) (*Account, error) {
-	if tenant == "" {
-		return nil, fmt.Errorf("%w: empty tenant name", ErrInvalidArgument)
-	}
-	if l.err != nil {
-		return nil, l.err
-	}
-	l.mu.RLock()
-	a := l.accts[tenant]
-	l.mu.RUnlock()
-	if a != nil {
-		return a, nil
-	}
-	limits := l.defaults
-	if l.limitsFor != nil {
-		limits = l.limitsFor(tenant) // outside the lock: it may use the ledger
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if a = l.accts[tenant]; a != nil {
-		return a, nil
-	}
-	if l.accts == nil {
-		l.accts = make(map[string]*Account) // a zero Ledger
-	}
-	for i, r := range l.retired {
-		if r.name == tenant {
-			// Removed but not yet fully reported: bring it back, so that one
-			// account per tenant reports for this replica.
-			r.mu.Lock()
-			r.fleet.retired = false
-			r.mu.Unlock()
-			l.retired = append(l.retired[:i], l.retired[i+1:]...)
-			l.accts[tenant] = r
-			return r, nil
-		}
-	}
-	a, err := NewAccount(tenant, limits, l.acctOpts...)
-	if err != nil {
-		return nil, err
-	}
-	if l.store != nil {
-		a.fleet = newFleetState(l)
-	}
-	l.accts[tenant] = a
-	return a, nil
-}
-
-// Account returns the tenant's account, creating it with the default
-// limits (or the tenant's, see WithTenantLimits) if needed. It never
-// returns nil: a tenant that cannot be opened (an empty name, invalid
-// limits for its plan or as the ledger's defaults) gets an account that
-// refuses every run with the error Open returns, so that a mistake in
-// configuration or input never lets work run unbilled. Such an account
-// is not kept by the ledger and reads as empty.
-func (l *Ledger) Account(tenant string) *Account {
-	a, err := l.Open(tenant)
-	if err != nil {
-		return refusingAccount(tenant, err)
-	}
-	return a
-}
-
-// refusingAccount returns an account named name that refuses every run
-// with err.
-func refusingAccount(name string, err error) *Account {
-	return &Account{name: name, err: fmt.Errorf("reslimit: account %q refuses every run: %w", name, err), live: make(map[*Tracker]struct{})}
-}
-
-// Err returns why the account refuses every run (see Ledger.Account), or
-// nil for an account that can run work.
-func (a *Account) Err() error {
-	if a == nil {
-		return errNilAccount
-	}
-	return a.err
-}
-
-// Lookup returns the tenant's account if it exists, without creating it.
-func (l *Ledger) Lookup(tenant string) (*Account, bool) {
-	l.mu.RLock()
-	a, ok := l.accts[tenant]
-	l.mu.RUnlock()
-	return a, ok
-}
-
-// Remove forgets the tenant's account. Runs already begun on it finish on
-// the removed account; the next Account call creates a fresh one. With a
-// Store, the removed account is still synced until everything it used has
-// been reported, so removing a tenant loses no billing.
-func (l *Ledger) Remove(tenant string) {
-	l.mu.Lock()
-	if a := l.accts[tenant]; a != nil && a.fleet != nil {
-		a.mu.Lock()
-		a.fleet.retired = true
-		a.mu.Unlock()
-		l.retired = append(l.retired, a)
-	}
-	delete(l.accts, tenant)
-	l.mu.Unlock()
-}
-
-// appendAccounts appends the ledger's accounts to dst.
-func (l *Ledger) appendAccounts(dst []*Account) []*Account {
-	l.mu.RLock()
-	for _, a := range l.accts {
-		dst = append(dst, a)
-	}
-	l.mu.RUnlock()
-	return dst
-}
-
-// Tenants returns the tenants with an account, sorted.
-func (l *Ledger) Tenants() []string {
-	l.mu.RLock()
-	out := make([]string, 0, len(l.accts))
-	for t := range l.accts {
-		out = append(out, t)
-	}
-	l.mu.RUnlock()
-	sort.Strings(out)
-	return out
-}
-
-// Snapshot returns the stats of every account, by tenant. It holds the
-// ledger's lock only to list the accounts.
-func (l *Ledger) Snapshot() map[string]AccountStats {
-	l.mu.RLock()
-	accts := make([]*Account, 0, len(l.accts))
-	for _, a := range l.accts {
-		accts = append(accts, a)
-	}
-	l.mu.RUnlock()
-	out := make(map[string]AccountStats, len(accts))
-	for _, a := range accts {
-		out[a.name] = a.Stats()
-	}
-	return out
 }

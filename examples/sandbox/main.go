@@ -1,0 +1,164 @@
+// Command sandbox runs four small untrusted shell scripts — one spins, one
+// allocates, one writes a big file, one sleeps forever — for two tenants
+// under reslimit.Strict() (with a tighter CPU time and timeout, so it
+// finishes in a few seconds), and prints what stopped each script and what
+// each tenant was charged.
+//
+//	go run ./examples/sandbox
+//
+// The scripts are /bin/sh, so it runs wherever a POSIX shell does; the
+// limits bind on Linux (elsewhere only the timeout does: see the
+// reslimitexec package doc).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/reslimit/reslimit"
+	"github.com/reslimit/reslimit/reslimitexec"
+)
+
+// The scripts. $1 is a directory the script may write to.
+var scripts = []struct{ name, code string }{
+	{"spin", `while :; do :; done`},
+	{"allocate", `x=a; while :; do x=$x$x; done`},
+	{"write", `head -c 100000000 /dev/zero > "$1/big"`},
+	{"sleep", `sleep 3600`},
+}
+
+type result struct {
+	tenant, script string
+	err            error
+	wall           time.Duration
+	child          reslimitexec.Usage
+	file           int64
+}
+
+func main() {
+	limits := reslimit.Strict() // 10 MiB memory, 5 MiB files, ...
+	limits.MaxCPUTime = 500 * time.Millisecond
+	limits.Timeout = 1500 * time.Millisecond
+
+	// alice has no quota of her own; bob's plan allows 300 ms of CPU in
+	// all, less than one run may use: his spinner is stopped by his plan.
+	plans := map[string]reslimit.AccountLimits{
+		"alice": {},
+		"bob":   {MaxCPUTime: 300 * time.Millisecond},
+	}
+	ledger, err := reslimit.NewLedger(reslimit.AccountLimits{}, reslimit.WithTenantLimits(func(tenant string) reslimit.AccountLimits {
+		return plans[tenant]
+	}))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+
+	tmp, err := os.MkdirTemp("", "sandbox")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	defer os.RemoveAll(tmp)
+
+	var (
+		mu      sync.Mutex
+		results []result
+		wg      sync.WaitGroup
+	)
+	for _, tenant := range []string{"alice", "bob"} {
+		for _, s := range scripts {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				dir := filepath.Join(tmp, tenant+"-"+s.name)
+				if err := os.Mkdir(dir, 0o755); err != nil {
+					fmt.Fprintln(os.Stderr, err)
+					os.Exit(1)
+				}
+				r := result{tenant: tenant, script: s.name}
+				start := time.Now()
+				_, r.err = reslimit.Run(context.Background(), limits, func(ctx context.Context) error {
+					p, err := reslimitexec.Start(ctx, exec.Command("/bin/sh", "-c", s.code, "sh", dir))
+					if err != nil {
+						return err
+					}
+					err = p.Wait()
+					r.child = p.Usage()
+					return err
+				}, reslimit.WithAccount(ledger.Account(tenant)))
+				r.wall = time.Since(start)
+				if fi, err := os.Stat(filepath.Join(dir, "big")); err == nil {
+					r.file = fi.Size()
+				}
+				mu.Lock()
+				results = append(results, r)
+				mu.Unlock()
+			}()
+		}
+	}
+	wg.Wait()
+	sort.Slice(results, func(i, j int) bool {
+		if results[i].tenant != results[j].tenant {
+			return results[i].tenant < results[j].tenant
+		}
+		return results[i].script < results[j].script
+	})
+
+	fmt.Printf("limits per run: CPU %v, memory %d MiB, file %d MiB, timeout %v; rlimits applied by: %s\n\n",
+		limits.MaxCPUTime, limits.MaxMemoryBytes>>20, limits.MaxFileSize>>20, limits.Timeout, reslimitexec.Enforcement())
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "TENANT\tSCRIPT\tSTOPPED BY\tWALL\tCHILD CPU\tCHILD PEAK RSS\tFILE")
+	for _, r := range results {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%v\t%v\t%.1f MiB\t%s\n", r.tenant, r.script, stoppedBy(r.err),
+			r.wall.Round(time.Millisecond), r.child.CPUTime.Round(time.Millisecond),
+			float64(r.child.PeakMemoryBytes)/(1<<20), fileSize(r.file))
+	}
+	w.Flush()
+
+	fmt.Println()
+	w = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "TENANT\tRUNS\tCHILDREN\tCPU CHARGED\tPEAK MEMORY HELD\tMEMORY HELD NOW\tEXHAUSTED")
+	for _, tenant := range ledger.Tenants() {
+		st := ledger.Account(tenant).Stats()
+		exhausted := "-"
+		if r, ok := ledger.Account(tenant).Exhausted(); ok {
+			exhausted = r.String()
+		}
+		fmt.Fprintf(w, "%s\t%d\t%d\t%v\t%.1f MiB\t%d\t%s\n", tenant, st.Evaluations, st.Calls,
+			st.CPUTime.Round(time.Millisecond), float64(st.PeakMemoryBytes)/(1<<20), st.MemoryBytes, exhausted)
+	}
+	w.Flush()
+}
+
+func stoppedBy(err error) string {
+	var le *reslimit.LimitError
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return "finished"
+	case errors.As(err, &le) && le.Tenant != "":
+		return fmt.Sprintf("tenant %s quota", le.Resource)
+	case errors.As(err, &le):
+		return fmt.Sprintf("run %s limit", le.Resource)
+	case errors.As(err, &ee):
+		return ee.String()
+	default:
+		return err.Error()
+	}
+}
+
+func fileSize(n int64) string {
+	if n == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+}

@@ -1,0 +1,102 @@
+// Package reslimitexec runs child processes under the limits of a reslimit
+// run, so that MaxCPUTime, MaxMemoryBytes (and the tenant's MaxMemory and
+// MaxCPUTime) and MaxFileSize bind a program that does not call reslimit:
+// a python3 -c "<code an LLM wrote>", a user's shell script.
+//
+//	cmd := exec.Command("python3", "-c", code)
+//	cmd.Stdout = &out
+//	err := reslimitexec.Run(ctx, cmd) // ctx: inside reslimit.Run / Limit, or reslimit.NewContext
+//	var le *reslimit.LimitError
+//	if errors.As(err, &le) { ... } // cpu_time, memory, file_size, timeout
+//
+// # Bounds
+//
+// The bounds are what the run in ctx (reslimit.FromContext) may still use
+// when the child starts, the tighter of the run's own limits, its account's
+// and its parent run's (Tracker.Remaining), and the run's context for the
+// wall time. Without a tracker in ctx the child runs unlimited and
+// uncharged (the nil-tracker rule); only ctx's cancellation still kills it.
+//
+// # What is enforced, on Linux
+//
+//   - CPU time: a watchdog samples the user+system CPU of the child and of
+//     its descendants (the process CPU clock of each process in the tree,
+//     plus what each has reaped from its own children) and charges what it
+//     finds to the run with Tracker.AddCPUTime, so the run's MaxCPUTime and
+//     the tenant's CPU quota (and its watchdog) see it while the child runs.
+//     When the run has no CPU time left the process group is killed and
+//     the caller gets a *reslimit.LimitError{Resource: CPUTime}. The
+//     watchdog samples after the CPU left divided by the threads that could
+//     use it (between 2 ms and 50 ms), so the overshoot is about one
+//     sampling interval per CPU. At exit the final figure is the larger of
+//     what was sampled and the child's rusage. RLIMIT_CPU is set to the CPU
+//     left rounded up to whole seconds, plus one, as a backstop.
+//   - Memory: the resident set size (VmRSS) of the child and its
+//     descendants counts as memory the run holds (TrackMemory and
+//     ReleaseMemory of the changes), so the run's Usage, the tenant's
+//     MaxMemory and a Monitor see it; it is given back when the child exits.
+//     A child whose RSS would take the run past what it may hold is killed
+//     and the caller gets a *reslimit.LimitError{Resource: Memory}. RSS is
+//     sampled (see "Memory: sampling, and the rlimit option" below), so a
+//     child can be seen above the limit by what it allocates in one
+//     sampling interval; the interval shrinks as the child nears the limit.
+//   - File size: RLIMIT_FSIZE is set to the run's MaxFileSize, so no file
+//     the child (or a descendant) writes grows past it; the writer gets
+//     SIGXFSZ (or EFBIG, if it ignores the signal, as Python and Go
+//     programs do). A child
+//     killed by SIGXFSZ, or exiting with status 153 (128+SIGXFSZ: a shell
+//     reporting a command killed by it) when a file size limit was set,
+//     yields a *reslimit.LimitError{Resource: FileSize}; a child that
+//     handles EFBIG itself reports it its own way.
+//   - Wall time and cancellation: when ctx is done (the run's Timeout, its
+//     caller's cancellation, its tenant stopping it) the whole process
+//     group is killed with SIGKILL: the child, its descendants in the group,
+//     and those that left it (setsid, setpgid) while their parent in the
+//     child's tree still runs. If cmd.Cancel is set it is called first and the
+//     group gets cmd.WaitDelay to exit before it is killed. The error is
+//     context.Cause(ctx): the run's timeout *reslimit.LimitError, or the
+//     caller's cause. When the child exits, what is left of its process
+//     group is killed too, and a child still running when its run ends
+//     (Start without Wait) is killed with reslimit.ErrClosed: a run's
+//     processes do not outlive it, uncharged.
+//
+// The limits are in place before the child's program runs its first
+// instruction: the child is started with PTRACE_TRACEME, so the kernel
+// stops it right after execve; the parent sets its rlimits with prlimit
+// and detaches. Where ptrace is not permitted (a seccomp profile, Yama
+// ptrace_scope 3, a parent that is itself traced) the rlimits are set
+// right after the child starts, and the child runs unlimited by them from
+// its execve until the prlimit lands (measured: 6 of 300 /bin/sh children
+// ran their first command before it; 0 of 300 with ptrace); Enforcement
+// reports which.
+// The sampled limits (CPU, memory) are sampled from the start either way.
+//
+// # Memory: sampling, and the rlimit option
+//
+// RSS sampling is the default because it measures what the tenant's
+// MaxMemory means (memory held) and stops the child with a Memory
+// *LimitError. WithDataLimit adds RLIMIT_DATA set to the memory left, so
+// an allocation past it fails in the child (malloc returns NULL; Python
+// raises MemoryError) before any page is touched; the child then fails in
+// its own way (an *exec.ExitError), and programs that reserve large
+// writable mappings up front (binaries built with -race, some runtimes)
+// cannot start under it. See the README section "Running untrusted
+// programs" for the measurements.
+//
+// # Elsewhere
+//
+// On other platforms Run and Start build and degrade: no rlimits and no
+// sampling; the child (not its group) is killed when ctx is done, and its
+// CPU time is charged after it exits from its rusage (which may take the
+// run over MaxCPUTime after the fact: the error is then the CPU
+// *LimitError). Enforcement returns "none" there.
+//
+// # Not a sandbox
+//
+// This is resource limiting, not isolation: the child can use the network,
+// read and write any file its user can, leave the process group with
+// setsid or setpgid (and, once its parent has exited, escape the watchdog
+// and the kill), and use memory that is not resident (swap) or not its
+// own (the page cache, tmpfs files). Run it under a separate user,
+// namespaces, seccomp or a VM when it must not do those things.
+package reslimitexec

@@ -1,0 +1,366 @@
+//go:build linux
+
+package reslimitexec
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/reslimit/reslimit"
+)
+
+// Watchdog sampling: after the CPU time left divided by the threads that
+// can use it, and the memory left divided by memRate, within
+// [minInterval, maxInterval].
+const (
+	minInterval = 2 * time.Millisecond
+	maxInterval = 50 * time.Millisecond
+	// memRate is the fastest a child is assumed to make memory resident,
+	// in bytes per second (a thread touching fresh pages; measured well
+	// under it here, see BENCHMARKS.md).
+	memRate = 4 << 30
+)
+
+type platform struct {
+	pgid int
+	smp  sampler
+}
+
+// ptraceWorks probes once whether a child may be started stopped at its
+// first instruction: it starts a child with PTRACE_TRACEME that execs a
+// path that does not exist. PTRACE_TRACEME comes first, so EPERM means
+// ptrace is forbidden, ENOENT that it works; no program runs either way.
+var ptraceWorks = sync.OnceValue(func() bool {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	_, err := os.StartProcess("/nonexistent/reslimitexec-ptrace-probe", []string{"probe"},
+		&os.ProcAttr{Sys: &syscall.SysProcAttr{Ptrace: true}})
+	return errors.Is(err, syscall.ENOENT)
+})
+
+// Enforcement says how the rlimits (file size, the CPU backstop, the
+// optional data limit) reach a child on this platform: "ptrace" when they
+// are in place before its first instruction, "after-start" when ptrace is
+// not permitted and they are set just after it starts, "none" where
+// there are no rlimits (not Linux). It may start a probe process once.
+func Enforcement() string {
+	if ptraceWorks() {
+		return "ptrace"
+	}
+	return "after-start"
+}
+
+func (p *Process) start() error {
+	cmd := p.cmd
+	var attr syscall.SysProcAttr
+	if cmd.SysProcAttr != nil {
+		if cmd.SysProcAttr.Ptrace {
+			return fmt.Errorf("%w: reslimitexec: cmd.SysProcAttr.Ptrace is set: the child cannot be traced by its caller", reslimit.ErrInvalidArgument)
+		}
+		attr = *cmd.SysProcAttr
+	}
+	if !attr.Setsid { // a session leader leads its own group already
+		attr.Setpgid, attr.Pgid = true, 0
+	}
+	rl := p.rlimits()
+	traced := len(rl) > 0 && ptraceWorks()
+	attr.Ptrace = traced
+	cmd.SysProcAttr = &attr
+	if traced {
+		// The tracer is the thread that forks: the ptrace calls must come
+		// from it.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+	}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	pid := cmd.Process.Pid
+	p.plat.pgid = pid
+	var err error
+	if traced {
+		var stopped bool
+		if stopped, err = waitTrap(pid); err == nil && stopped {
+			if err = setRlimits(pid, rl); err == nil {
+				err = unix.PtraceDetach(pid)
+			}
+		}
+	} else if len(rl) > 0 {
+		if err = setRlimits(pid, rl); errors.Is(err, unix.ESRCH) {
+			err = nil // exited already
+		}
+	}
+	if err != nil {
+		_ = unix.Kill(-pid, unix.SIGKILL)
+		_ = unix.Kill(pid, unix.SIGKILL)
+		_ = cmd.Wait()
+		return fmt.Errorf("reslimitexec: setting the limits of the child: %w", err)
+	}
+	go p.waitExit()
+	go p.watch()
+	return nil
+}
+
+type rlimit struct {
+	res int
+	v   uint64
+}
+
+// rlimits returns the rlimits the child gets from the run's bounds.
+func (p *Process) rlimits() []rlimit {
+	var rl []rlimit
+	if p.b.fileSet {
+		rl = append(rl, rlimit{unix.RLIMIT_FSIZE, uint64(p.b.file)})
+	}
+	if p.b.cpuSet {
+		// A backstop: whole seconds, one more than left (the watchdog
+		// stops the child first); SIGXCPU at it, SIGKILL a second later.
+		s := uint64((time.Duration(p.b.cpu)+time.Second-1)/time.Second) + 1
+		rl = append(rl, rlimit{unix.RLIMIT_CPU, s})
+	}
+	if p.b.dataLimit && p.b.memSet {
+		rl = append(rl, rlimit{unix.RLIMIT_DATA, uint64(max(p.b.mem, 1))})
+	}
+	return rl
+}
+
+// setRlimits lowers the child's rlimits to rl (never raising one it has).
+func setRlimits(pid int, rl []rlimit) error {
+	for _, r := range rl {
+		var old unix.Rlimit
+		if err := unix.Prlimit(pid, r.res, nil, &old); err != nil {
+			return err
+		}
+		cur, hard := min(r.v, old.Max), old.Max
+		if r.res == unix.RLIMIT_CPU {
+			hard = min(r.v+1, old.Max) // SIGKILL one second after SIGXCPU
+		} else {
+			hard = cur
+		}
+		if err := unix.Prlimit(pid, r.res, &unix.Rlimit{Cur: cur, Max: hard}, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// si_code values of SIGCHLD (linux/signal.h).
+const (
+	cldTrapped = 4
+	cldStopped = 5
+)
+
+// sigchld is the start of the SIGCHLD siginfo that waitid fills in.
+type sigchld struct {
+	signo, errno, code, _ int32
+	pid, uid, status      int32
+}
+
+// waitTrap waits, without reaping, until the traced child stops after its
+// execve (true) or dies (false: killed before it could run).
+func waitTrap(pid int) (bool, error) {
+	for {
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_PID, pid, &info, unix.WSTOPPED|unix.WEXITED|unix.WNOWAIT, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		c := (*sigchld)(unsafe.Pointer(&info)).code
+		return c == cldTrapped || c == cldStopped, nil
+	}
+}
+
+// waitExit closes p.exited when the child has exited, leaving it to be
+// reaped by cmd.Wait (so its process group id cannot be reused while the
+// watchdog may still kill the group).
+func (p *Process) waitExit() {
+	defer close(p.exited)
+	for {
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_PID, p.plat.pgid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if err != unix.EINTR {
+			return
+		}
+	}
+}
+
+// killGroup kills the child's process group, and the descendants that left
+// it (setpgid, setsid) while their parent in the tree still lives: the
+// tree is walked again just before, so that only processes found now are
+// killed (a pid from an older sample could belong to another process by
+// now).
+func (p *Process) killGroup() {
+	s := &p.plat.smp
+	s.walk(p.plat.pgid)
+	_ = unix.Kill(-p.plat.pgid, unix.SIGKILL)
+	for i, pid := range s.pids {
+		if s.pgrps[i] != p.plat.pgid {
+			_ = unix.Kill(pid, unix.SIGKILL)
+		}
+	}
+}
+
+// limitKill stops the child because of err (a limit, or the run's end).
+func (p *Process) limitKill(err error) {
+	p.setCause(err)
+	p.killGroup()
+}
+
+// watch is the watchdog: it samples and charges the child's tree while it
+// runs, kills it on a limit or when ctx is done, and kills what is left of
+// its group when it exits.
+func (p *Process) watch() {
+	defer close(p.watchEnd)
+	done := p.ctx.Done()
+	var tick, grace <-chan time.Time
+	var timer *time.Timer
+	if p.t != nil {
+		timer = time.NewTimer(minInterval)
+		defer timer.Stop()
+		tick = timer.C
+	}
+	var graceTimer *time.Timer
+	defer func() {
+		if graceTimer != nil {
+			graceTimer.Stop()
+		}
+	}()
+	for {
+		select {
+		case <-p.exited:
+			if p.t != nil && p.getCause() == nil {
+				// The zombie's times include all it reaped. A limit they
+				// pass is reported by Wait (the child is gone already).
+				if err := p.chargeSample(p.plat.smp.walk(p.plat.pgid)); err != nil {
+					p.setLate(err)
+				}
+			}
+			p.killGroup()
+			return
+		case <-done:
+			done = nil
+			select {
+			case <-p.exited:
+				continue // it exited first: its own result stands
+			default:
+			}
+			p.setCause(ctxErr(p.ctx, p.t))
+			if p.cmd.Cancel != nil {
+				_ = p.cmd.Cancel()
+			}
+			if p.cmd.Cancel != nil && p.cmd.WaitDelay > 0 {
+				graceTimer = time.NewTimer(p.cmd.WaitDelay)
+				grace = graceTimer.C
+			} else {
+				p.killGroup()
+			}
+			tick = nil
+		case <-grace:
+			grace = nil
+			p.killGroup()
+		case <-tick:
+			if next, ok := p.sample(); ok {
+				timer.Reset(next)
+			} else {
+				tick = nil // killed: wait for it to exit
+			}
+		}
+	}
+}
+
+// sample samples and charges the child's tree, and returns when to sample
+// next, or false when it killed the child.
+func (p *Process) sample() (time.Duration, bool) {
+	// CheckFileSize(0) charges nothing: it fails when the run was stopped
+	// (by its tenant, its timeout) or has ended, leaving its child behind.
+	if err := p.t.CheckFileSize(0); err != nil {
+		p.limitKill(err)
+		return 0, false
+	}
+	ts := p.plat.smp.walk(p.plat.pgid)
+	if err := p.chargeSample(ts); err != nil {
+		p.limitKill(err)
+		return 0, false
+	}
+	next := maxInterval
+	if left, ok := p.t.Remaining(reslimit.CPUTime); ok {
+		n := min(max(ts.threads, 1), runtime.NumCPU())
+		next = min(next, time.Duration(left)/time.Duration(n))
+	}
+	if left, ok := p.t.Remaining(reslimit.Memory); ok {
+		next = min(next, time.Duration(left*int64(time.Second)/memRate))
+	}
+	if left, ok := p.t.Remaining(reslimit.Timeout); ok {
+		next = min(next, time.Duration(left)+time.Millisecond)
+	}
+	return max(next, minInterval), true
+}
+
+// chargeSample charges a sample's CPU time and memory to the run.
+func (p *Process) chargeSample(ts treeSample) error {
+	if err := p.chargeCPU(ts.cpu); err != nil {
+		return err
+	}
+	return p.chargeMemory(ts.rss)
+}
+
+func (p *Process) wait() error {
+	<-p.watchEnd
+	werr := p.cmd.Wait()
+	var cpu time.Duration
+	var maxRSS int64
+	var ws syscall.WaitStatus
+	if ps := p.cmd.ProcessState; ps != nil {
+		cpu = ps.UserTime() + ps.SystemTime()
+		if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
+			maxRSS = ru.Maxrss * 1024 // KiB on Linux
+		}
+		ws, _ = ps.Sys().(syscall.WaitStatus)
+	}
+	var ferr error
+	if p.t != nil {
+		ferr = p.finish(max(cpu, p.Usage().CPUTime), maxRSS)
+	}
+	if c := p.getCause(); c != nil {
+		return c
+	}
+	if p.b.fileSet && (ws.Signaled() && ws.Signal() == syscall.SIGXFSZ ||
+		ws.Exited() && ws.ExitStatus() == 128+int(syscall.SIGXFSZ)) {
+		return p.fileErr()
+	}
+	if ferr == nil {
+		ferr = p.getLate()
+	}
+	if ferr != nil {
+		return ferr
+	}
+	if p.b.cpuSet && ws.Signaled() && ws.Signal() == syscall.SIGXCPU {
+		// RLIMIT_CPU's backstop fired (the final charge above normally
+		// reports it first): the limit is what the run had left.
+		return &reslimit.LimitError{Resource: reslimit.CPUTime, Limit: p.b.cpu, Used: int64(cpu)}
+	}
+	return werr
+}
+
+// fileErr is the error for a child stopped by RLIMIT_FSIZE: the run's
+// FileSize refusal (counted as one), for a write of at least one byte
+// past the limit.
+func (p *Process) fileErr() error {
+	err := p.t.CheckFileSize(p.b.file + 1)
+	var le *reslimit.LimitError
+	if errors.As(err, &le) && le.Resource == reslimit.FileSize {
+		return err
+	}
+	return &reslimit.LimitError{Resource: reslimit.FileSize, Limit: p.b.file, Requested: p.b.file + 1}
+}

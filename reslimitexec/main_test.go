@@ -1,0 +1,95 @@
+package reslimitexec_test
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+// childEnv names the mode in which the test binary runs as a child process.
+const childEnv = "RESLIMITEXEC_TEST_CHILD"
+
+func TestMain(m *testing.M) {
+	if mode := os.Getenv(childEnv); mode != "" {
+		os.Exit(child(mode, os.Args[1:]))
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// sink keeps the allocations of the alloc child alive.
+var sink [][]byte
+
+// child is the test binary as a child process.
+func child(mode string, args []string) int {
+	switch mode {
+	case "spin":
+		for i := 0; ; i++ {
+			if i < 0 {
+				return 1
+			}
+		}
+	case "sleep":
+		time.Sleep(time.Hour)
+	case "forkspin", "forksleep":
+		// A grandchild that spins (or sleeps), its pid on stdout; then
+		// wait for it.
+		gc := exec.Command(os.Args[0])
+		gc.Env = append(os.Environ(), childEnv+"="+mode[len("fork"):])
+		gc.Stderr = os.Stderr
+		if err := gc.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		fmt.Println(gc.Process.Pid)
+		_ = gc.Wait()
+	case "alloc": // alloc MiB: touch 1 MiB at a time
+		n, _ := strconv.Atoi(args[0])
+		for range n {
+			b := make([]byte, 1<<20)
+			for i := 0; i < len(b); i += 4096 {
+				b[i] = 1
+			}
+			sink = append(sink, b)
+		}
+		time.Sleep(time.Hour) // held until killed
+	case "write": // write PATH: write 64 KiB blocks until an error
+		f, err := os.Create(args[0])
+		if err != nil {
+			return 2
+		}
+		buf := make([]byte, 64<<10)
+		for {
+			if _, err := f.Write(buf); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 3
+			}
+		}
+	case "term": // exit 0 on SIGTERM, announcing it is ready on stdout
+		c := make(chan os.Signal, 1)
+		signal.Notify(c, syscall.SIGTERM)
+		fmt.Println("ready")
+		<-c
+		return 0
+	case "ignoreterm":
+		signal.Ignore(syscall.SIGTERM)
+		fmt.Println("ready")
+		time.Sleep(time.Hour)
+	}
+	fmt.Fprintln(os.Stderr, "unknown child mode", mode)
+	return 2
+}
+
+// self returns a command running the test binary as a child in mode.
+func self(mode string, args ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), childEnv+"="+mode)
+	cmd.Stderr = os.Stderr
+	return cmd
+}
