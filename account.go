@@ -171,6 +171,9 @@ type Account struct {
 	hist       []HistoryEntry
 	histNext   int
 	histLen    int
+	// The open billing period (see Reset): its number and start.
+	periodNo    uint64
+	periodStart time.Time
 }
 
 // HistoryEntry records one finished run of an Account.
@@ -217,6 +220,10 @@ type AccountStats struct {
 	CPUTime         time.Duration
 	// Evaluations counts the runs started (since Reset).
 	Evaluations int64
+	// Period and PeriodStart are the number (1 for the first) and start
+	// of the open billing period, which Reset closes.
+	Period      uint64
+	PeriodStart time.Time
 	// Running is the number of runs in progress now.
 	Running int64
 	// Largest is the heaviest single finished run.
@@ -278,7 +285,7 @@ func NewAccount(name string, l AccountLimits, opts ...AccountOption) (*Account, 
 	if cfg.err != nil {
 		return nil, cfg.err
 	}
-	a := &Account{name: name, live: make(map[*Tracker]struct{})}
+	a := &Account{name: name, live: make(map[*Tracker]struct{}), periodNo: 1, periodStart: time.Now()}
 	for _, r := range accountResources {
 		a.limits[r].Store(l.get(r))
 	}
@@ -669,6 +676,8 @@ func (a *Account) Stats() AccountStats {
 		Evaluations:      a.usageLocked(Evaluations),
 		Running:          int64(len(a.live)),
 		Largest:          a.largest,
+		Period:           a.periodNo,
+		PeriodStart:      a.periodStart,
 	}
 	for _, r := range accountResources {
 		lim := a.limits[r].Load()
@@ -805,40 +814,6 @@ func (a *Account) resyncLocked(i int) {
 		sum += t.used(i) - t.base[i]
 	}
 	a.reserved[i] = sum
-}
-
-// Reset starts a new period: it zeroes the cumulative totals, the peak, the
-// largest run, the history and the evaluation count, and keeps the limits
-// and what live runs hold at once (their later usage counts in the new
-// period). Refusal counts are kept.
-//
-// With a Store, the cumulative totals are the fleet's and live in the
-// store: Reset clears only this replica's history, peak and largest run,
-// and a new period is started in the store (for the Redis store, by a new
-// key prefix per period, or by deleting the tenant's keys).
-func (a *Account) Reset() {
-	if a == nil {
-		return
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for i := range a.committed {
-		a.committed[i] = 0
-		for t := range a.live {
-			t.revoke(i)
-			t.base[i] = t.used(i)
-		}
-		a.reserved[i] = 0
-	}
-	for t := range a.live {
-		t.cpuBase = t.cpuLast.Load()
-	}
-	a.cpu = 0
-	a.evals = 0
-	a.largest = Largest{}
-	a.peak.Store(a.held.Load())
-	clear(a.hist)
-	a.histNext, a.histLen = 0, 0
 }
 
 // AppendReadings implements Source with the account's usage, limits and
