@@ -1,6 +1,11 @@
 package reslimit
 
 import (
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
 	"time"
 )
 
@@ -99,4 +104,221 @@ func (a *Account) closePeriod(end time.Time, next uint64) Period {
 	}
 	a.periodNo, a.periodStart = next, end
 	return p
+}
+
+// DefaultPeriodsKept is how many closed periods a Ledger keeps readable
+// by default (see WithPeriodsKept).
+const DefaultPeriodsKept = 12
+
+// WithPeriod makes the ledger close the period of every tenant every d,
+// at the multiples of d since the zero time (time.Time.Truncate): with d =
+// time.Hour, on the hour. d must be positive. See WithPeriodSchedule.
+func WithPeriod(d time.Duration) LedgerOption {
+	return func(l *Ledger) {
+		if d <= 0 {
+			l.setErr(fmt.Errorf("%w: WithPeriod(%v): not positive", ErrInvalidArgument, d))
+			return
+		}
+		l.periods.next = func(now time.Time) time.Time { return now.Truncate(d).Add(d) }
+	}
+}
+
+// WithPeriodSchedule makes the ledger close the period of every tenant at
+// the times next returns: next(now) is the end of the period open at now
+// (after now), for example the first instant of the next month:
+//
+//	reslimit.WithPeriodSchedule(func(now time.Time) time.Time {
+//		y, m, _ := now.UTC().Date()
+//		return time.Date(y, m+1, 1, 0, 0, 0, 0, time.UTC)
+//	})
+//
+// A goroutine closes the periods (as ClosePeriod, with End the scheduled
+// time); Ledger.Close stops it. A next that returns a time not after now
+// is retried a second later.
+func WithPeriodSchedule(next func(now time.Time) time.Time) LedgerOption {
+	return func(l *Ledger) {
+		if next == nil {
+			l.setErr(fmt.Errorf("%w: WithPeriodSchedule(nil)", ErrInvalidArgument))
+			return
+		}
+		l.periods.next = next
+	}
+}
+
+// WithPeriodsKept sets how many closed periods (closes of every tenant's
+// period, by ClosePeriod or the schedule) Periods returns: the latest n
+// (default DefaultPeriodsKept; 0 keeps none; negative is invalid).
+func WithPeriodsKept(n int) LedgerOption {
+	return func(l *Ledger) {
+		if n < 0 {
+			l.setErr(fmt.Errorf("%w: WithPeriodsKept(%d): negative", ErrInvalidArgument, n))
+			return
+		}
+		l.periods.keep, l.periods.keepSet = n, true
+	}
+}
+
+// WithPeriodClosed calls fn with the invoice lines of every period the
+// schedule (WithPeriod, WithPeriodSchedule) closes, one close at a time,
+// from the schedule's goroutine: to store them, say. fn may use the
+// ledger but not Close it: Close waits for fn to return.
+func WithPeriodClosed(fn func(lines []Period)) LedgerOption {
+	return func(l *Ledger) { l.periods.hook = fn }
+}
+
+// ledgerPeriods is a Ledger's billing-period state.
+type ledgerPeriods struct {
+	next    func(time.Time) time.Time // the schedule, or nil
+	hook    func([]Period)
+	keep    int
+	keepSet bool
+	stop    chan struct{} // closed by Close: the schedule's goroutine returns
+	done    chan struct{}
+	once    sync.Once
+
+	closeMu sync.Mutex // one close at a time
+	number  uint64     // the open period's number (0 reads as 1); guarded by Ledger.mu
+	kept    [][]Period // the latest closes; guarded by closeMu
+	removed []*Account // removed accounts (without a Store) still to bill; guarded by Ledger.mu
+}
+
+func (p *ledgerPeriods) open() uint64 { return max(p.number, 1) }
+
+func (l *Ledger) startPeriods() {
+	if l.periods.next == nil {
+		return
+	}
+	l.periods.stop = make(chan struct{})
+	l.periods.done = make(chan struct{})
+	go l.periodLoop()
+}
+
+// stopPeriods stops the schedule's goroutine and waits for it.
+func (l *Ledger) stopPeriods(ctx context.Context) error {
+	if l.periods.stop == nil {
+		return nil
+	}
+	l.periods.once.Do(func() { close(l.periods.stop) })
+	select {
+	case <-l.periods.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (l *Ledger) periodLoop() {
+	defer close(l.periods.done)
+	for {
+		now := time.Now()
+		at := l.periods.next(now)
+		wait := at.Sub(now)
+		if wait <= 0 {
+			wait, at = time.Second, now.Add(time.Second)
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-l.periods.stop:
+			timer.Stop()
+			return
+		case <-timer.C:
+		}
+		lines := l.closePeriod(at)
+		if l.periods.hook != nil {
+			l.periods.hook(lines)
+		}
+	}
+}
+
+// ClosePeriod closes the open billing period of every tenant at once
+// (each atomically, as Account.Reset, with the same End) and returns the
+// invoice lines, sorted by tenant: one per account the ledger holds, and
+// one for each tenant removed since the last close (its usage until
+// Remove, and that of its runs still going, is billed too). The ledger
+// numbers its periods: every line has the same Number, and the accounts
+// the ledger opens later belong to the next period from their creation.
+// The latest closes stay readable with Periods.
+//
+// With a Store, each line holds this replica's usage in the period.
+func (l *Ledger) ClosePeriod() []Period {
+	return l.closePeriod(time.Now())
+}
+
+func (l *Ledger) closePeriod(end time.Time) []Period {
+	l.periods.closeMu.Lock()
+	defer l.periods.closeMu.Unlock()
+	l.mu.Lock()
+	number := l.periods.open()
+	l.periods.number = number + 1
+	accts := make([]*Account, 0, len(l.accts)+len(l.periods.removed))
+	for _, a := range l.accts {
+		accts = append(accts, a)
+	}
+	accts = append(accts, l.periods.removed...)
+	l.mu.Unlock()
+
+	byTenant := make(map[string]int, len(accts))
+	lines := make([]Period, 0, len(accts))
+	for _, a := range accts {
+		p := a.closePeriod(end, number+1)
+		p.Number = number
+		if k, ok := byTenant[p.Tenant]; ok {
+			lines[k] = lines[k].merge(p) // a removed account and its successor
+			continue
+		}
+		byTenant[p.Tenant] = len(lines)
+		lines = append(lines, p)
+	}
+	sort.Slice(lines, func(i, j int) bool { return lines[i].Tenant < lines[j].Tenant })
+
+	// Forget the removed accounts that have nothing left to bill.
+	l.mu.Lock()
+	kept := l.periods.removed[:0]
+	for _, a := range l.periods.removed {
+		a.mu.Lock()
+		if len(a.live) > 0 {
+			kept = append(kept, a)
+		}
+		a.mu.Unlock()
+	}
+	clear(l.periods.removed[len(kept):])
+	l.periods.removed = kept
+	l.mu.Unlock()
+
+	keep := l.periods.keep
+	if !l.periods.keepSet {
+		keep = DefaultPeriodsKept
+	}
+	if keep > 0 {
+		if len(l.periods.kept) >= keep {
+			copy(l.periods.kept, l.periods.kept[1:])
+			l.periods.kept = l.periods.kept[:len(l.periods.kept)-1]
+		}
+		l.periods.kept = append(l.periods.kept, lines)
+	}
+	return slices.Clone(lines)
+}
+
+// merge adds q, another line of the same tenant and period, to p.
+func (p Period) merge(q Period) Period {
+	p.Totals = p.Totals.Add(q.Totals)
+	p.PeakMemoryBytes = max(p.PeakMemoryBytes, q.PeakMemoryBytes)
+	if q.Start.Before(p.Start) {
+		p.Start = q.Start
+	}
+	p.Final = p.Final && q.Final
+	return p
+}
+
+// Periods returns the invoice lines of the latest closed periods (see
+// WithPeriodsKept), oldest period first and sorted by tenant within a
+// period. The result is a copy.
+func (l *Ledger) Periods() []Period {
+	l.periods.closeMu.Lock()
+	defer l.periods.closeMu.Unlock()
+	var out []Period
+	for _, lines := range l.periods.kept {
+		out = append(out, lines...)
+	}
+	return out
 }

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
@@ -188,4 +189,142 @@ func TestResetReturnsTheClosedPeriod(t *testing.T) {
 
 	var nilAcct *Account
 	assert.Equal(t, Period{}, nilAcct.Reset())
+}
+
+func chargeOps(t *testing.T, a *Account, n int64) {
+	t.Helper()
+	tr, err := a.Begin(Limits{})
+	require.NoError(t, err)
+	require.NoError(t, tr.TrackOperations(n))
+	tr.End()
+}
+
+func TestLedgerClosePeriodInvoicesEveryTenant(t *testing.T) {
+	l := mustLedger(t, AccountLimits{}, WithPeriodsKept(2))
+	chargeOps(t, l.Account("b"), 2)
+	chargeOps(t, l.Account("a"), 1)
+	live, err := l.Account("c").Begin(Limits{})
+	require.NoError(t, err)
+	require.NoError(t, live.TrackOperations(3))
+
+	lines := l.ClosePeriod()
+	require.Len(t, lines, 3)
+	for k, want := range []struct {
+		tenant string
+		ops    int64
+	}{{"a", 1}, {"b", 2}, {"c", 3}} {
+		assert.Equal(t, want.tenant, lines[k].Tenant, "sorted by tenant")
+		assert.Equal(t, want.ops, lines[k].Operations)
+		assert.Equal(t, uint64(1), lines[k].Number)
+		assert.Equal(t, lines[0].End, lines[k].End, "one End for every tenant")
+		assert.True(t, lines[k].Final)
+	}
+
+	// A tenant removed in period 2 is still billed for it, with its runs
+	// still going; a tenant created in period 2 belongs to it.
+	require.NoError(t, live.TrackOperations(4))
+	l.Remove("c")
+	chargeOps(t, l.Account("c"), 5) // a fresh account for c: merged into one line
+	chargeOps(t, l.Account("d"), 6)
+	assert.Equal(t, uint64(2), l.Account("d").Stats().Period)
+	lines = l.ClosePeriod()
+	require.Len(t, lines, 4)
+	assert.Equal(t, "c", lines[2].Tenant)
+	assert.Equal(t, int64(9), lines[2].Operations, "the removed account's usage and its successor's")
+	assert.Equal(t, int64(6), lines[3].Operations)
+	assert.Equal(t, uint64(2), lines[3].Number)
+
+	require.NoError(t, live.TrackOperations(7))
+	live.End()
+	lines = l.ClosePeriod()
+	assert.Equal(t, int64(7), lines[2].Operations, "the removed run's last usage, billed at the next close")
+	lines = l.ClosePeriod()
+	require.Len(t, lines, 4, "the removed account is forgotten once its runs ended and it was billed")
+	for _, p := range lines {
+		assert.Equal(t, Totals{}, p.Totals)
+	}
+
+	kept := l.Periods()
+	require.Len(t, kept, 8, "the latest 2 closes")
+	assert.Equal(t, uint64(3), kept[0].Number)
+	assert.Equal(t, uint64(4), kept[7].Number)
+}
+
+func TestLedgerPeriodOptions(t *testing.T) {
+	for _, o := range []LedgerOption{WithPeriod(0), WithPeriod(-time.Second), WithPeriodSchedule(nil), WithPeriodsKept(-1)} {
+		_, err := NewLedger(AccountLimits{}, o)
+		require.ErrorIs(t, err, ErrInvalidArgument)
+	}
+	l := mustLedger(t, AccountLimits{}, WithPeriodsKept(0))
+	chargeOps(t, l.Account("a"), 1)
+	require.Len(t, l.ClosePeriod(), 1)
+	assert.Empty(t, l.Periods(), "none kept")
+	require.NoError(t, l.Close(context.Background()), "no schedule: nothing to stop")
+
+	var zero Ledger
+	chargeOps(t, zero.Account("z"), 1)
+	lines := zero.ClosePeriod()
+	require.Len(t, lines, 1)
+	assert.Equal(t, uint64(1), lines[0].Number)
+	assert.Len(t, zero.Periods(), 1)
+}
+
+// A ledger with WithPeriod closes every tenant's period on the hour, with
+// the hour as End, keeps the latest closes, hands them to the hook, and
+// Close stops its goroutine (goleak and synctest check it).
+func TestLedgerClosesPeriodsOnSchedule(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		hooked := make(chan []Period, 10)
+		l := mustLedger(t, AccountLimits{MaxTotalOperations: 10}, WithPeriod(time.Hour), WithPeriodsKept(2),
+			WithPeriodClosed(func(lines []Period) { hooked <- lines }))
+		start := time.Now()
+		hour := start.Truncate(time.Hour).Add(time.Hour)
+		a := l.Account("acme")
+		chargeOps(t, a, 10)
+		_, err := a.Begin(Limits{})
+		require.ErrorIs(t, err, ErrLimitExceeded, "the period's quota is used up")
+
+		time.Sleep(hour.Sub(start) + time.Minute)
+		synctest.Wait()
+		lines := <-hooked
+		require.Len(t, lines, 1)
+		assert.Equal(t, Period{Tenant: "acme", Number: 1, Start: start, End: hour, Totals: Totals{Operations: 10, Evaluations: 1}, Final: true}, lines[0])
+		chargeOps(t, a, 10) // the quota starts over in the new period
+
+		time.Sleep(2 * time.Hour)
+		synctest.Wait()
+		<-hooked
+		lines = <-hooked
+		assert.Equal(t, hour.Add(2*time.Hour), lines[0].End)
+		assert.Equal(t, uint64(3), lines[0].Number)
+		kept := l.Periods()
+		require.Len(t, kept, 2)
+		assert.Equal(t, int64(10), kept[0].Operations)
+		assert.Equal(t, hour, kept[0].Start)
+		assert.Equal(t, int64(0), kept[1].Operations)
+
+		require.NoError(t, l.Close(context.Background()))
+		require.NoError(t, l.Close(context.Background()), "Close again is fine")
+		time.Sleep(3 * time.Hour)
+		synctest.Wait()
+		assert.Empty(t, hooked, "no close after Close")
+	})
+}
+
+func TestLedgerPeriodScheduleCalendar(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		monthly := func(now time.Time) time.Time {
+			y, m, _ := now.UTC().Date()
+			return time.Date(y, m+1, 1, 0, 0, 0, 0, time.UTC)
+		}
+		l := mustLedger(t, AccountLimits{}, WithPeriodSchedule(monthly))
+		chargeOps(t, l.Account("acme"), 1)
+		time.Sleep(time.Until(monthly(time.Now())) + time.Second)
+		synctest.Wait()
+		kept := l.Periods()
+		require.Len(t, kept, 1)
+		assert.Equal(t, 1, kept[0].End.Day())
+		assert.Equal(t, int64(1), kept[0].Operations)
+		require.NoError(t, l.Close(context.Background()))
+	})
 }
