@@ -72,7 +72,9 @@ func (a *Account) closePeriod(end time.Time, next uint64) Period {
 		// which waits for a.mu and counts in the new period.
 		for t := range a.live {
 			t.reclaimChildren(i)
-			t.revoke(i)
+			if v := t.revoke(i); i == mOps {
+				a.refundOpsLocked(v)
+			}
 		}
 		meters[i] = a.committed[i]
 		for t := range a.live {
