@@ -376,14 +376,16 @@ func (a *Account) begin(l Limits, name string, cancel func(error), parent *Track
 		a.refused[r].Add(1)
 		return nil, &LimitError{Resource: r, Limit: lim, Used: used, Tenant: a.name}
 	}
+	var now time.Time // the run's start: read once for the rate too
 	if a.rates.evals != nil {
-		if err := a.takeEvaluationLocked(); err != nil {
+		now = time.Now()
+		if err := a.takeEvaluationLocked(now); err != nil {
 			return nil, err
 		}
 	}
 	a.evals++
 	a.lifeEvals++
-	t := newTracker(l, a, name, cancel)
+	t := newTrackerAt(l, a, name, cancel, now)
 	if parent != nil {
 		t.adopt(parent)
 	}

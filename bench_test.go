@@ -302,7 +302,14 @@ func BenchmarkAccount(b *testing.B) {
 	for _, c := range []struct {
 		name string
 		al   AccountLimits
-	}{{"nolimit", AccountLimits{}}, {"limit", limited}} {
+	}{
+		{"nolimit", AccountLimits{}}, {"limit", limited},
+		// A rate that never refuses: the cost of the token bucket.
+		// Rates that never refuse: the cost of the token bucket, taken in
+		// batches (burst 1e6) and one token at a time (burst 16).
+		{"rate", AccountLimits{EvaluationsPerSecond: 1e6}},
+		{"rate-burst16", AccountLimits{EvaluationsPerSecond: 1e12, EvaluationBurst: 16}},
+	} {
 		b.Run("BeginEnd-"+c.name+"/serial", func(b *testing.B) {
 			b.ReportAllocs()
 			acct, err := NewAccount("bench", c.al)

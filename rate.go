@@ -15,7 +15,8 @@ import (
 // process: with N replicas sharing a Store, each enforces its own, so set
 // limit/N on each for a fleet-wide rate of about limit.
 //
-// The evaluation rate takes one token per run started, in Begin. The
+// The evaluation rate takes one token per run started, in Begin (from the
+// bucket in small batches: see takeEvaluationLocked). The
 // operation rate is charged where the account's cumulative limits are:
 // when a run's room of operations is refilled (grant), not on the hot
 // path. A grant takes tokens for what the run asks now plus a chunk
@@ -33,6 +34,7 @@ type accountRates struct {
 	evalsPerSec, opsPerSec float64
 	evalBurst, opBurst     int
 	opCredit               int64 // room of operations given back unused: tokens already taken
+	evalCredit             int64 // evaluation tokens taken ahead, in a batch
 }
 
 // validRate checks a rate field and its burst.
@@ -82,6 +84,11 @@ func (r *accountRates) setLocked(l AccountLimits) {
 	} else {
 		r.opCredit = min(r.opCredit, int64(r.ops.Burst()))
 	}
+	if r.evals == nil {
+		r.evalCredit = 0
+	} else {
+		r.evalCredit = min(r.evalCredit, int64(r.evals.Burst())/16)
+	}
 }
 
 // rateError is the refusal of a request of n that needs need tokens from
@@ -98,14 +105,31 @@ func (a *Account) rateError(res Resource, lim *rate.Limiter, tokens float64, n, 
 	return e
 }
 
-// takeEvaluationLocked takes the token of a run about to start.
-func (a *Account) takeEvaluationLocked() error {
-	lim := a.rates.evals
-	now := time.Now()
-	if lim.AllowN(now, 1) {
+// takeEvaluationLocked takes the token of a run about to start now. It
+// takes tokens from the bucket in batches of up to a sixteenth of the
+// burst (at most 64), kept as credit, so that a busy tenant pays for the
+// bucket once per batch: a window of time may see at most one batch more
+// than the burst plus the rate times its length.
+func (a *Account) takeEvaluationLocked(now time.Time) error {
+	r := &a.rates
+	if r.evalCredit > 0 {
+		r.evalCredit--
 		return nil
 	}
-	return a.rateError(EvaluationRate, lim, lim.TokensAt(now), 1, 1)
+	lim := r.evals
+	k := max(1, min(int64(lim.Burst())/16, 64))
+	if k > 1 {
+		tokens := lim.TokensAt(now)
+		if tokens < 1 {
+			return a.rateError(EvaluationRate, lim, tokens, 1, 1)
+		}
+		k = min(k, int64(tokens))
+	}
+	if !lim.AllowN(now, int(k)) {
+		return a.rateError(EvaluationRate, lim, lim.TokensAt(now), 1, 1)
+	}
+	r.evalCredit = k - 1
+	return nil
 }
 
 // refundOpsLocked gives the account credit for v operations of room a run

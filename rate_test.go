@@ -83,6 +83,36 @@ func TestEvaluationRate(t *testing.T) {
 	})
 }
 
+// With a larger burst the tokens are taken in batches: the burst is
+// still exact, and so is the wait after it.
+func TestEvaluationRateBatches(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a := newAcct(t, AccountLimits{EvaluationsPerSecond: 100, EvaluationBurst: 160})
+		n := 0
+		for {
+			tr, err := a.Begin(Limits{})
+			if err != nil {
+				requireRate(t, err, EvaluationRate, 160, 160, 1, 10*time.Millisecond)
+				break
+			}
+			tr.End()
+			n++
+		}
+		assert.Equal(t, 160, n, "the burst, exactly")
+		time.Sleep(time.Second)
+		n = 0
+		for {
+			tr, err := a.Begin(Limits{})
+			if err != nil {
+				break
+			}
+			tr.End()
+			n++
+		}
+		assert.Equal(t, 100, n, "a second's worth")
+	})
+}
+
 // Operations are counted at most at the operation rate, exactly: a refusal
 // changes nothing, and runs' unused room comes back as credit.
 func TestOperationRate(t *testing.T) {
