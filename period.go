@@ -44,10 +44,10 @@ type Period struct {
 // counts and what live runs hold at once.
 //
 // With a Store, the account's cumulative limits apply to the fleet-wide
-// totals, which live in the store: the returned Period holds this
-// replica's usage in the period, and Reset clears only this replica's
-// history, peak and largest run (see Ledger.ClosePeriod for fleet-wide
-// periods).
+// totals, which live in the store and Reset does not zero (the quotas do
+// not start over): the returned Period holds what this replica charged in
+// the period, and Reset clears only this replica's history, peak and
+// largest run. Summing the replicas' periods gives the fleet's.
 func (a *Account) Reset() Period {
 	if a == nil {
 		return Period{}
@@ -241,7 +241,10 @@ func (l *Ledger) periodLoop() {
 // the ledger opens later belong to the next period from their creation.
 // The latest closes stay readable with Periods.
 //
-// With a Store, each line holds this replica's usage in the period.
+// With a Store, each line holds what this replica charged in the period:
+// the lines of every replica for a period sum to the fleet's usage in it.
+// The store's committed totals, and the fleet-wide quotas, do not start
+// over (see Account.Reset).
 func (l *Ledger) ClosePeriod() []Period {
 	return l.closePeriod(time.Now())
 }

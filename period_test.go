@@ -328,3 +328,67 @@ func TestLedgerPeriodScheduleCalendar(t *testing.T) {
 		require.NoError(t, l.Close(context.Background()))
 	})
 }
+
+// Two replicas share a store while their runs charge and each closes its
+// periods again and again: every replica's lines, summed over its closed
+// periods, hold exactly what it charged, and all the replicas' lines
+// together exactly what the store committed for the fleet. So an invoice
+// summed from the replicas' lines bills every unit once, in the period
+// (of the replica) it was charged in, whenever it reached the store.
+func TestFleetReplicaPeriodsSumToTheStore(t *testing.T) {
+	store := NewMemoryStore()
+	var c [2]charged
+	var lines [2][]Period
+	var wg sync.WaitGroup
+	for k := range 2 {
+		l := newFleetLedger(t, store, []string{"r1", "r2"}[k], AccountLimits{MaxTotalOperations: 1 << 40})
+		stop := make(chan struct{})
+		closer := make(chan struct{})
+		go func() {
+			defer close(closer)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				lines[k] = append(lines[k], l.ClosePeriod()...)
+			}
+		}()
+		wg.Go(func() {
+			defer func() {
+				close(stop)
+				<-closer
+				require.NoError(t, l.Close(context.Background()))
+				lines[k] = append(lines[k], l.ClosePeriod()...)
+			}()
+			var inner sync.WaitGroup
+			for g := range 3 {
+				inner.Go(func() {
+					rng := rand.New(rand.NewPCG(uint64(k), uint64(g)))
+					for range 100 {
+						hammerRun(l.Account("acme"), rng, false, &c[k])
+					}
+				})
+			}
+			inner.Wait()
+		})
+	}
+	wg.Wait()
+	var fleet Totals
+	for k := range 2 {
+		var sum Totals
+		for _, p := range lines[k] {
+			sum = sum.Add(p.Totals)
+		}
+		assert.Equal(t, c[k].ops.Load(), sum.Operations, "replica %d", k)
+		assert.Equal(t, c[k].evals.Load(), sum.Evaluations, "replica %d", k)
+		assert.Equal(t, c[k].total.Load(), sum.TotalMemory, "replica %d", k)
+		assert.Equal(t, c[k].calls.Load(), sum.Calls, "replica %d", k)
+		fleet = fleet.Add(sum)
+	}
+	committed, err := store.Load(context.Background(), "acme")
+	require.NoError(t, err)
+	fleet.CPUTime = committed.CPUTime // the store keeps whole microseconds per report
+	assert.Equal(t, committed, fleet)
+}
