@@ -900,7 +900,8 @@ func (a *Account) resyncLocked(i int) {
 }
 
 // AppendReadings implements Source with the account's usage, limits and
-// tenant-level refusals for every resource an account can limit.
+// tenant-level refusals for every resource an account can limit, and the
+// refusals of its rates (with Used and Limit 0).
 func (a *Account) AppendReadings(dst []Reading) []Reading {
 	if a == nil {
 		return dst
@@ -909,6 +910,14 @@ func (a *Account) AppendReadings(dst []Reading) []Reading {
 	defer a.mu.Unlock()
 	for _, r := range accountResources {
 		dst = append(dst, Reading{Resource: r, Used: a.usageLocked(r), Limit: a.limits[r].Load(), Refusals: a.refused[r].Load()})
+	}
+	// A rate has no usage to compare with a limit: its refusals only (a
+	// Monitor sends LimitExceeded for them).
+	for _, r := range [...]Resource{EvaluationRate, OperationRate} {
+		n := a.refused[r].Load()
+		if n > 0 || (r == EvaluationRate && a.rates.evals != nil) || (r == OperationRate && a.rates.ops != nil) {
+			dst = append(dst, Reading{Resource: r, Refusals: n})
+		}
 	}
 	return dst
 }

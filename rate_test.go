@@ -209,3 +209,23 @@ func TestOperationRateHammer(t *testing.T) {
 		t.Logf("%d operations in %v at %d/s", counted, elapsed, perSec)
 	})
 }
+
+// A Monitor reports a tenant's rate refusals as LimitExceeded.
+func TestMonitorSeesRateRefusals(t *testing.T) {
+	a := newAcct(t, AccountLimits{EvaluationsPerSecond: 0.001})
+	m, err := NewMonitor(MonitorConfig{EventBuffer: 10})
+	require.NoError(t, err)
+	require.NoError(t, m.Register("tenant/acme", a))
+	m.Poll()
+	tr, err := a.Begin(Limits{})
+	require.NoError(t, err)
+	tr.End()
+	_, err = a.Begin(Limits{})
+	require.ErrorIs(t, err, ErrLimitExceeded)
+	m.Poll()
+	ev := <-m.Events()
+	assert.Equal(t, EvaluationRate, ev.Resource)
+	assert.Equal(t, LimitExceeded, ev.Kind)
+	assert.Equal(t, int64(1), ev.Refusals)
+	m.Stop()
+}
