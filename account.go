@@ -63,6 +63,21 @@ type AccountLimits struct {
 	MaxEvaluations int64
 	// MaxConcurrent bounds the runs in progress at once.
 	MaxConcurrent int64
+
+	// EvaluationsPerSecond bounds the rate at which runs start, with a
+	// token bucket that refills at this rate and holds EvaluationBurst
+	// (0: one second's worth, at least 1). A run started too soon is
+	// refused with an EvaluationRate *LimitError whose RetryAfter says
+	// when a retry can succeed. 0 means no rate. Rates are per process:
+	// see the package's README for fleets.
+	EvaluationsPerSecond float64
+	EvaluationBurst      int
+	// OperationsPerSecond bounds the rate at which the tenant's runs
+	// count operations, with a bucket of OperationBurst (0: one second's
+	// worth, at least 1); a refusal is an OperationRate *LimitError. It is
+	// charged when a run's room is refilled, in chunks: see rate.go.
+	OperationsPerSecond float64
+	OperationBurst      int
 }
 
 // Validate returns nil for valid limits, or an error wrapping
@@ -74,6 +89,8 @@ func (l AccountLimits) Validate() error {
 			errs = append(errs, fmt.Errorf("%w: account limit %s is negative (%d)", ErrInvalidLimits, r, v))
 		}
 	}
+	errs = append(errs, validRate("EvaluationsPerSecond", l.EvaluationsPerSecond, "EvaluationBurst", l.EvaluationBurst)...)
+	errs = append(errs, validRate("OperationsPerSecond", l.OperationsPerSecond, "OperationBurst", l.OperationBurst)...)
 	return errors.Join(errs...)
 }
 
@@ -171,6 +188,10 @@ type Account struct {
 	hist       []HistoryEntry
 	histNext   int
 	histLen    int
+	rates      accountRates
+	// The open billing period (see Reset): its number and start.
+	periodNo    uint64
+	periodStart time.Time
 }
 
 // HistoryEntry records one finished run of an Account.
@@ -217,6 +238,10 @@ type AccountStats struct {
 	CPUTime         time.Duration
 	// Evaluations counts the runs started (since Reset).
 	Evaluations int64
+	// Period and PeriodStart are the number (1 for the first) and start
+	// of the open billing period, which Reset closes.
+	Period      uint64
+	PeriodStart time.Time
 	// Running is the number of runs in progress now.
 	Running int64
 	// Largest is the heaviest single finished run.
@@ -278,10 +303,11 @@ func NewAccount(name string, l AccountLimits, opts ...AccountOption) (*Account, 
 	if cfg.err != nil {
 		return nil, cfg.err
 	}
-	a := &Account{name: name, live: make(map[*Tracker]struct{})}
+	a := &Account{name: name, live: make(map[*Tracker]struct{}), periodNo: 1, periodStart: time.Now()}
 	for _, r := range accountResources {
 		a.limits[r].Store(l.get(r))
 	}
+	a.rates.setLocked(l)
 	if cfg.history > 0 {
 		a.hist = make([]HistoryEntry, cfg.history)
 	}
@@ -350,9 +376,16 @@ func (a *Account) begin(l Limits, name string, cancel func(error), parent *Track
 		a.refused[r].Add(1)
 		return nil, &LimitError{Resource: r, Limit: lim, Used: used, Tenant: a.name}
 	}
+	var now time.Time // the run's start: read once for the rate too
+	if a.rates.evals != nil {
+		now = time.Now()
+		if err := a.takeEvaluationLocked(now); err != nil {
+			return nil, err
+		}
+	}
 	a.evals++
 	a.lifeEvals++
-	t := newTracker(l, a, name, cancel)
+	t := newTrackerAt(l, a, name, cancel, now)
 	if parent != nil {
 		t.adopt(parent)
 	}
@@ -379,7 +412,14 @@ func (a *Account) grant(t *Tracker, i int, n, want, room int64) (bool, error) {
 		}
 		// Unlimited here: fill under a.mu, so that a SetLimit that races
 		// with this refill revokes the room it adds.
-		t.addRoom(i, max(room, want))
+		g := max(room, want)
+		if i == mOps && a.rates.ops != nil {
+			var err error
+			if g, err = a.takeOpsLocked(t, n, want, want+rateChunk(t, i, room-want)); err != nil {
+				return false, err
+			}
+		}
+		t.addRoom(i, g)
 		return true, nil
 	}
 	if a.fleet != nil {
@@ -388,7 +428,14 @@ func (a *Account) grant(t *Tracker, i int, n, want, room int64) (bool, error) {
 			return false, err
 		}
 		if a.limits[res].Load() == 0 { // removed while we waited for a lease
-			t.addRoom(i, max(room, want))
+			g := max(room, want)
+			if i == mOps && a.rates.ops != nil {
+				var err error
+				if g, err = a.takeOpsLocked(t, n, want, want+rateChunk(t, i, room-want)); err != nil {
+					return false, err
+				}
+			}
+			t.addRoom(i, g)
 			return true, nil
 		}
 		free := a.fleet.capLocked(res) - issued()
@@ -396,8 +443,15 @@ func (a *Account) grant(t *Tracker, i int, n, want, room int64) (bool, error) {
 		if u := t.filled[i].Load(); extra > 2*u+64 {
 			extra = 2*u + 64
 		}
-		t.addRoom(i, want+max(extra, 0))
-		a.fleet.noteLeft(res, free-want-max(extra, 0))
+		g := want + max(extra, 0)
+		if i == mOps && a.rates.ops != nil {
+			var err error
+			if g, err = a.takeOpsLocked(t, n, want, g); err != nil {
+				return false, err
+			}
+		}
+		t.addRoom(i, g)
+		a.fleet.noteLeft(res, free-g)
 		return true, nil
 	}
 	free := lim - a.reserved[i]
@@ -415,9 +469,22 @@ func (a *Account) grant(t *Tracker, i int, n, want, room int64) (bool, error) {
 		extra = 2*u + 64
 	}
 	g := want + max(extra, 0)
+	if i == mOps && a.rates.ops != nil {
+		var err error
+		if g, err = a.takeOpsLocked(t, n, want, g); err != nil {
+			return false, err
+		}
+	}
 	a.reserved[i] += g
 	t.addRoom(i, g)
 	return true, nil
+}
+
+// rateChunk is the room ahead a grant of meter i to t may take when no
+// limit bounds it but a rate does (at most max): as with a limit, it
+// grows with the run's own usage.
+func rateChunk(t *Tracker, i int, most int64) int64 {
+	return max(0, min(chunkCap[i], 2*t.filled[i].Load()+64, most))
 }
 
 // chunkCap bounds the allowance a run reserves beyond what it asked for.
@@ -429,7 +496,11 @@ func (a *Account) reclaimLocked(i int, except *Tracker) {
 	for r := range a.live {
 		if r != except {
 			r.reclaimChildren(i)
-			a.reserved[i] -= r.revoke(i)
+			v := r.revoke(i)
+			a.reserved[i] -= v
+			if i == mOps {
+				a.refundOpsLocked(v)
+			}
 		}
 	}
 }
@@ -624,6 +695,9 @@ func (a *Account) end(t *Tracker, cpu time.Duration, runErr error) Usage {
 		if a.limits[meterResource[i]].Load() > 0 {
 			a.reserved[i] -= r
 		}
+		if i == mOps {
+			a.refundOpsLocked(r)
+		}
 	}
 	u := t.snapshot(cpu, time.Since(t.start))
 	if h := t.giveBack(); h > 0 {
@@ -669,6 +743,8 @@ func (a *Account) Stats() AccountStats {
 		Evaluations:      a.usageLocked(Evaluations),
 		Running:          int64(len(a.live)),
 		Largest:          a.largest,
+		Period:           a.periodNo,
+		PeriodStart:      a.periodStart,
 	}
 	for _, r := range accountResources {
 		lim := a.limits[r].Load()
@@ -746,6 +822,9 @@ func (a *Account) SetLimit(r Resource, v int64) error {
 	if a == nil {
 		return errNilAccount
 	}
+	if r.Rate() {
+		return fmt.Errorf("%w: set the account's %s with SetLimits", ErrInvalidArgument, r)
+	}
 	if !isAccountResource(r) {
 		return fmt.Errorf("%w: an account cannot limit %s", ErrInvalidArgument, r)
 	}
@@ -768,14 +847,21 @@ func (a *Account) Limits() AccountLimits {
 	if a == nil {
 		return AccountLimits{}
 	}
+	a.mu.Lock()
+	r := a.rates
+	a.mu.Unlock()
 	return AccountLimits{
-		MaxMemory:          a.limits[Memory].Load(),
-		MaxTotalMemory:     a.limits[TotalMemory].Load(),
-		MaxTotalOperations: a.limits[Operations].Load(),
-		MaxCalls:           a.limits[Calls].Load(),
-		MaxCPUTime:         time.Duration(a.limits[CPUTime].Load()),
-		MaxEvaluations:     a.limits[Evaluations].Load(),
-		MaxConcurrent:      a.limits[Concurrency].Load(),
+		MaxMemory:            a.limits[Memory].Load(),
+		MaxTotalMemory:       a.limits[TotalMemory].Load(),
+		MaxTotalOperations:   a.limits[Operations].Load(),
+		MaxCalls:             a.limits[Calls].Load(),
+		MaxCPUTime:           time.Duration(a.limits[CPUTime].Load()),
+		MaxEvaluations:       a.limits[Evaluations].Load(),
+		MaxConcurrent:        a.limits[Concurrency].Load(),
+		EvaluationsPerSecond: r.evalsPerSec,
+		EvaluationBurst:      r.evalBurst,
+		OperationsPerSecond:  r.opsPerSec,
+		OperationBurst:       r.opBurst,
 	}
 }
 
@@ -793,6 +879,9 @@ func (a *Account) SetLimits(l AccountLimits) error {
 			return err
 		}
 	}
+	a.mu.Lock()
+	a.rates.setLocked(l)
+	a.mu.Unlock()
 	return nil
 }
 
@@ -801,48 +890,18 @@ func (a *Account) SetLimits(l AccountLimits) error {
 func (a *Account) resyncLocked(i int) {
 	sum := a.committed[i]
 	for t := range a.live {
-		t.revoke(i)
+		v := t.revoke(i)
+		if i == mOps {
+			a.refundOpsLocked(v)
+		}
 		sum += t.used(i) - t.base[i]
 	}
 	a.reserved[i] = sum
 }
 
-// Reset starts a new period: it zeroes the cumulative totals, the peak, the
-// largest run, the history and the evaluation count, and keeps the limits
-// and what live runs hold at once (their later usage counts in the new
-// period). Refusal counts are kept.
-//
-// With a Store, the cumulative totals are the fleet's and live in the
-// store: Reset clears only this replica's history, peak and largest run,
-// and a new period is started in the store (for the Redis store, by a new
-// key prefix per period, or by deleting the tenant's keys).
-func (a *Account) Reset() {
-	if a == nil {
-		return
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for i := range a.committed {
-		a.committed[i] = 0
-		for t := range a.live {
-			t.revoke(i)
-			t.base[i] = t.used(i)
-		}
-		a.reserved[i] = 0
-	}
-	for t := range a.live {
-		t.cpuBase = t.cpuLast.Load()
-	}
-	a.cpu = 0
-	a.evals = 0
-	a.largest = Largest{}
-	a.peak.Store(a.held.Load())
-	clear(a.hist)
-	a.histNext, a.histLen = 0, 0
-}
-
 // AppendReadings implements Source with the account's usage, limits and
-// tenant-level refusals for every resource an account can limit.
+// tenant-level refusals for every resource an account can limit, and the
+// refusals of its rates (with Used and Limit 0).
 func (a *Account) AppendReadings(dst []Reading) []Reading {
 	if a == nil {
 		return dst
@@ -851,6 +910,14 @@ func (a *Account) AppendReadings(dst []Reading) []Reading {
 	defer a.mu.Unlock()
 	for _, r := range accountResources {
 		dst = append(dst, Reading{Resource: r, Used: a.usageLocked(r), Limit: a.limits[r].Load(), Refusals: a.refused[r].Load()})
+	}
+	// A rate has no usage to compare with a limit: its refusals only (a
+	// Monitor sends LimitExceeded for them).
+	for _, r := range [...]Resource{EvaluationRate, OperationRate} {
+		n := a.refused[r].Load()
+		if n > 0 || (r == EvaluationRate && a.rates.evals != nil) || (r == OperationRate && a.rates.ops != nil) {
+			dst = append(dst, Reading{Resource: r, Refusals: n})
+		}
 	}
 	return dst
 }

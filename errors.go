@@ -36,12 +36,20 @@ var (
 // Requested is what was asked for (0 for a run that was stopped). Tenant is
 // empty for a per-run limit and the Account's name for a cumulative
 // (tenant-level) one.
+//
+// For a rate (EvaluationRate, OperationRate), Limit is the bucket's size
+// (the burst), Used the part of it in use (the burst minus the tokens
+// left), and RetryAfter how long until the request could be granted
+// (0 when it never can: more than the burst was requested).
 type LimitError struct {
 	Resource  Resource
 	Limit     int64
 	Used      int64
 	Requested int64
 	Tenant    string
+	// RetryAfter is, for a rate, the wait after which the same request
+	// can succeed (if nothing else takes the tokens first); 0 otherwise.
+	RetryAfter time.Duration
 }
 
 func (e *LimitError) fmt(v int64) string {
@@ -69,6 +77,10 @@ func (e *LimitError) Error() string {
 	if e.Requested != 0 {
 		b = append(b, ", requested "...)
 		b = append(b, e.fmt(e.Requested)...)
+	}
+	if e.RetryAfter > 0 {
+		b = append(b, ", retry after "...)
+		b = append(b, e.RetryAfter.String()...)
 	}
 	return string(b)
 }

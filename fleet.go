@@ -307,11 +307,18 @@ func (l *Ledger) Sync(ctx context.Context) error {
 // fails, Close returns the store's error and the usage is still
 // unreported: call Close or Sync again to retry.
 //
-// A ledger without a Store has nothing to report and no goroutine: Close
-// returns nil and changes nothing (its accounts keep working).
+// Close also stops the goroutine that closes periods on a schedule
+// (WithPeriod), waiting for it; it does not close the open period.
+//
+// A ledger without a Store has nothing to report: Close stops the
+// schedule, returns nil and changes nothing else (its accounts keep
+// working).
 func (l *Ledger) Close(ctx context.Context) error {
 	if ctx == nil {
 		return errNilContext
+	}
+	if err := l.stopPeriods(ctx); err != nil {
+		return err
 	}
 	if l.store == nil || l.done == nil {
 		return nil

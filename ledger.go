@@ -33,6 +33,7 @@ type Ledger struct {
 	limitsFor func(string) AccountLimits
 	err       error
 	fleet     // the store-backed part; zero without WithStore
+	periods   ledgerPeriods
 
 	mu    sync.RWMutex
 	accts map[string]*Account
@@ -68,6 +69,7 @@ func NewLedger(defaults AccountLimits, opts ...LedgerOption) (*Ledger, error) {
 	if l.store != nil {
 		l.startFleet()
 	}
+	l.startPeriods()
 	return l, nil
 }
 
@@ -126,6 +128,7 @@ func (l *Ledger) openLocked(tenant string, limits AccountLimits) (*Account, erro
 	if l.store != nil {
 		a.fleet = newFleetState(l)
 	}
+	a.periodNo = l.periods.open()
 	l.accts[tenant] = a
 	return a, nil
 }
@@ -171,7 +174,9 @@ func (l *Ledger) Lookup(tenant string) (*Account, bool) {
 // Remove forgets the tenant's account. Runs already begun on it finish on
 // the removed account; the next Account call creates a fresh one. With a
 // Store, the removed account is still synced until everything it used has
-// been reported, so removing a tenant loses no billing.
+// been reported, so removing a tenant loses no billing; without one, once
+// the ledger closes periods (it has a schedule, or ClosePeriod was called
+// once), the next close still bills it.
 func (l *Ledger) Remove(tenant string) {
 	l.mu.Lock()
 	if a := l.accts[tenant]; a != nil && a.fleet != nil {
@@ -179,6 +184,9 @@ func (l *Ledger) Remove(tenant string) {
 		a.fleet.retired = true
 		a.mu.Unlock()
 		l.retired = append(l.retired, a)
+	} else if a != nil && (l.periods.next != nil || l.periods.number > 0) {
+		// The ledger closes periods: bill it at the next close.
+		l.periods.removed = append(l.periods.removed, a)
 	}
 	delete(l.accts, tenant)
 	l.mu.Unlock()

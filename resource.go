@@ -32,20 +32,28 @@ const (
 	Calls
 	// Evaluations is a count of runs started on an Account.
 	Evaluations
+	// EvaluationRate is the rate at which an Account starts runs
+	// (AccountLimits.EvaluationsPerSecond), a token bucket.
+	EvaluationRate
+	// OperationRate is the rate at which an Account's runs count
+	// operations (AccountLimits.OperationsPerSecond), a token bucket.
+	OperationRate
 
-	numResources = int(Evaluations) + 1
+	numResources = int(OperationRate) + 1
 )
 
 var resourceNames = [numResources]string{
-	Memory:      "memory",
-	TotalMemory: "total_memory",
-	CPUTime:     "cpu_time",
-	FileSize:    "file_size",
-	Operations:  "operations",
-	Concurrency: "concurrent_operations",
-	Timeout:     "timeout",
-	Calls:       "function_calls",
-	Evaluations: "evaluations",
+	Memory:         "memory",
+	TotalMemory:    "total_memory",
+	CPUTime:        "cpu_time",
+	FileSize:       "file_size",
+	Operations:     "operations",
+	Concurrency:    "concurrent_operations",
+	Timeout:        "timeout",
+	Calls:          "function_calls",
+	Evaluations:    "evaluations",
+	EvaluationRate: "evaluation_rate",
+	OperationRate:  "operation_rate",
 }
 
 // Resources lists every valid Resource in a stable order.
@@ -99,6 +107,11 @@ func ParseResource(s string) (Resource, error) {
 	return 0, errors.New("reslimit: unknown resource " + strconv.Quote(s))
 }
 
+// Rate reports whether r is a rate (EvaluationRate, OperationRate): a
+// token bucket that refills with time, whose refusals say when a retry
+// can succeed (LimitError.RetryAfter).
+func (r Resource) Rate() bool { return r == EvaluationRate || r == OperationRate }
+
 // isTime reports whether the resource's values are nanoseconds.
 func (r Resource) isTime() bool { return r == CPUTime || r == Timeout }
 
@@ -127,6 +140,6 @@ func (r Resource) BaseValue(v int64) float64 {
 // Held reports whether r counts what is held at once (Memory, the
 // Concurrency of slots or runs in progress), which goes down again when
 // released, rather than what accumulates (TotalMemory, CPUTime,
-// Operations, Calls, Evaluations) or bounds one item (FileSize, the
-// Timeout of one run).
+// Operations, Calls, Evaluations), bounds one item (FileSize, the
+// Timeout of one run) or a rate (EvaluationRate, OperationRate).
 func (r Resource) Held() bool { return r == Memory || r == Concurrency }

@@ -169,8 +169,16 @@ func NewTracker(l Limits) (*Tracker, error) {
 }
 
 func newTracker(l Limits, acct *Account, name string, cancel func(error)) *Tracker {
+	return newTrackerAt(l, acct, name, cancel, time.Time{})
+}
+
+// newTrackerAt is newTracker for a run that starts at now (if not zero).
+func newTrackerAt(l Limits, acct *Account, name string, cancel func(error), now time.Time) *Tracker {
 	t := newRunTracker(l, acct, name, cancel)
-	t.start = time.Now()
+	if now.IsZero() {
+		now = time.Now()
+	}
+	t.start = now
 	if l.Timeout > 0 {
 		t.timeoutTmr = time.AfterFunc(l.Timeout, t.timedOut)
 	}

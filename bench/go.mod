@@ -4,6 +4,8 @@ go 1.26.8
 
 require github.com/reslimit/reslimit v0.0.0
 
+require golang.org/x/time v0.16.0 // indirect
+
 require (
 	github.com/bits-and-blooms/bitset v1.24.4 // indirect
 	github.com/failsafe-go/failsafe-go v0.9.8

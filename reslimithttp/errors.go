@@ -44,7 +44,8 @@ func Error(w http.ResponseWriter, r *http.Request, err error) {
 //
 //   - 401 Unauthorized for an error wrapping ErrUnknownTenant;
 //   - 429 Too Many Requests for a limit of the tenant (a *LimitError whose
-//     Tenant is set: exhausted quota, MaxEvaluations, MaxConcurrent, ...);
+//     Tenant is set: exhausted quota, MaxEvaluations, MaxConcurrent, a
+//     rate, ...);
 //   - 413 Request Entity Too Large for a per-request file_size limit;
 //   - 503 Service Unavailable for another per-request limit (timeout,
 //     cpu_time, operations, memory, ...);
@@ -68,26 +69,40 @@ func StatusCode(err error) int {
 }
 
 // RetryAfter returns how long the client of r should wait before retrying
-// after err: the time until the tenant's quota resets, as told by
-// WithResetTime, rounded up to whole seconds (at least 1s). It reports
-// false when err is not a refusal by one of the tenant's cumulative limits,
-// when r is not served by Middleware, or when the reset time is not known.
+// after err, rounded up to whole seconds (at least 1s): for a refusal by
+// one of the tenant's rates (evaluation_rate, operation_rate), the
+// *LimitError's RetryAfter; for one of its cumulative limits, the time
+// until the tenant's quota resets, as told by WithResetTime. It reports
+// false for other errors, for a rate refusal that no wait can cure (more
+// than the burst requested), and for a cumulative limit when r is not
+// served by Middleware or the reset time is not known.
 func RetryAfter(r *http.Request, err error) (time.Duration, bool) {
-	st := stateOf(r)
-	if st == nil || st.cfg.reset == nil {
+	var le *reslimit.LimitError
+	if !errors.As(err, &le) || le.Tenant == "" {
 		return 0, false
 	}
-	var le *reslimit.LimitError
-	if !errors.As(err, &le) || le.Tenant == "" || !cumulative(le.Resource) {
+	if le.Resource.Rate() {
+		if le.RetryAfter <= 0 {
+			return 0, false
+		}
+		return wholeSeconds(le.RetryAfter), true
+	}
+	st := stateOf(r)
+	if st == nil || st.cfg.reset == nil || !cumulative(le.Resource) {
 		return 0, false
 	}
 	at := st.cfg.reset(le.Tenant)
 	if at.IsZero() {
 		return 0, false
 	}
-	d := time.Until(at)
+	return wholeSeconds(time.Until(at)), true
+}
+
+// wholeSeconds rounds d up to whole seconds, at least 1s: what a
+// Retry-After header can say.
+func wholeSeconds(d time.Duration) time.Duration {
 	secs := max(int64(math.Ceil(d.Seconds())), 1)
-	return time.Duration(secs) * time.Second, true
+	return time.Duration(secs) * time.Second
 }
 
 // cumulative reports whether an account limit on r is a quota that can be
@@ -123,6 +138,10 @@ type ErrorBody struct {
 	Limit     float64 `json:"limit"`
 	Used      float64 `json:"used"`
 	Requested float64 `json:"requested"`
+	// RetryAfter is, for a refusal by one of the tenant's rates, the
+	// seconds (a fraction) after which a retry can succeed; the
+	// Retry-After header has them rounded up.
+	RetryAfter float64 `json:"retry_after,omitempty"`
 	// Tenant is the request's tenant, when known.
 	Tenant string `json:"tenant,omitempty"`
 	// Message is a human-readable description. Internal errors are not
@@ -153,6 +172,9 @@ func DefaultErrorHandler(w http.ResponseWriter, r *http.Request, err error) {
 		body.Used = le.Resource.BaseValue(le.Used)
 		body.Requested = le.Resource.BaseValue(le.Requested)
 		body.Message = le.Error()
+		if le.Resource.Rate() && le.RetryAfter > 0 {
+			body.RetryAfter = le.RetryAfter.Seconds()
+		}
 		if d, ok := RetryAfter(r, err); ok {
 			w.Header().Set("Retry-After", strconv.FormatInt(int64(d/time.Second), 10))
 		}

@@ -79,9 +79,11 @@ func WithResetTime(fn func(tenant string) time.Time) Option {
 // response, with the status StatusCode gives by default, when:
 //
 //   - tenant fails or returns "" (401; the error wraps ErrUnknownTenant);
-//   - the account refuses the run before it starts: it is exhausted, or at
+//   - the account refuses the run before it starts: it is exhausted, at
 //     its MaxEvaluations or MaxConcurrent (429, with Retry-After when
-//     WithResetTime knows when the quota resets);
+//     WithResetTime knows when the quota resets), or above its
+//     EvaluationsPerSecond (429, with Retry-After from the refusal's
+//     RetryAfter);
 //   - the request was stopped by its own limits (503, or 413 for
 //     file_size) or by its tenant's (429), and the handler has not written a
 //     response. The middleware learns of a stop from the tracker (timeout,

@@ -1,6 +1,8 @@
 // Command tenants simulates a multi-tenant service: a few tenants with
-// different quotas call one limited tool concurrently, and a billing table
-// shows what each consumed and which limit stopped it.
+// different quotas and rates call one limited tool concurrently over two
+// billing periods. After each period a table shows what each consumed and
+// which limit stopped it; at the end, an invoice per tenant per period
+// prices the closed periods from a price table.
 package main
 
 import (
@@ -42,11 +44,32 @@ func analyze(ctx context.Context, size int) (int, error) {
 	return sum, nil
 }
 
+// prices is the price table: what one unit of each quantity costs, in
+// dollars.
+var prices = struct {
+	perMillionOps, perThousandCalls, perGiB, perCPUSecond, perEvaluation float64
+}{perMillionOps: 0.40, perThousandCalls: 0.05, perGiB: 0.02, perCPUSecond: 0.10, perEvaluation: 0.001}
+
+func cost(p reslimit.Period) float64 {
+	return float64(p.Operations)/1e6*prices.perMillionOps +
+		float64(p.Calls)/1e3*prices.perThousandCalls +
+		float64(p.TotalMemory)/(1<<30)*prices.perGiB +
+		p.CPUTime.Seconds()*prices.perCPUSecond +
+		float64(p.Evaluations)*prices.perEvaluation
+}
+
+type tally struct {
+	ok, refused int
+	stoppedBy   map[string]int
+}
+
 func main() {
 	quotas := map[string]reslimit.AccountLimits{
-		"free":       {MaxEvaluations: 20, MaxTotalOperations: 150_000, MaxConcurrent: 2},
-		"pro":        {MaxTotalOperations: 2_000_000, MaxCalls: 400, MaxMemory: 8 << 20},
-		"enterprise": {MaxCPUTime: 2 * time.Second, MaxConcurrent: 8},
+		// Quotas are per billing period: a close starts them over.
+		"free": {MaxEvaluations: 20, MaxTotalOperations: 150_000, MaxConcurrent: 2},
+		"pro":  {MaxTotalOperations: 2_000_000, MaxCalls: 400, MaxMemory: 8 << 20},
+		// A rate: at most 200 runs a second, 10 at once after a pause.
+		"enterprise": {MaxCPUTime: 2 * time.Second, MaxConcurrent: 8, EvaluationsPerSecond: 200, EvaluationBurst: 10},
 	}
 	ledger, err := reslimit.NewLedger(reslimit.AccountLimits{}, reslimit.WithTenantLimits(func(tenant string) reslimit.AccountLimits {
 		return quotas[tenant] // each tenant's plan
@@ -54,16 +77,58 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	// A service would close periods on a schedule, monthly say, with
+	// reslimit.WithPeriodSchedule; here each round of calls is a period.
 	tool := reslimit.Limit(analyze, reslimit.Limits{MaxMemoryBytes: 4 << 20, MaxOperations: 50_000, Timeout: 2 * time.Second})
-
-	type tally struct {
-		ok, refused int
-		stoppedBy   map[string]int
+	tenants := []string{"enterprise", "free", "pro"}
+	for period := 1; period <= 2; period++ {
+		tallies := simulate(ledger, tool, tenants, uint64(period))
+		fmt.Printf("Billing period %d (60 calls per tenant, 4 concurrent workers each)\n\n", period)
+		w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(w, "TENANT\tEVALS\tOK\tREFUSED\tOPERATIONS\tCALLS\tCPU\tPEAK MEM\tEXHAUSTED\tSTOPPED BY")
+		snap := ledger.Snapshot()
+		for _, tenant := range ledger.Tenants() {
+			s, t := snap[tenant], tallies[tenant]
+			exhausted := "-"
+			if r, ok := ledger.Account(tenant).Exhausted(); ok {
+				exhausted = r.String()
+			}
+			fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%v\t%d KiB\t%s\t%s\n", tenant, s.Evaluations, t.ok, t.refused,
+				s.Operations, s.Calls, s.CPUTime.Round(time.Millisecond), s.PeakMemoryBytes/1024, exhausted, reasons(t.stoppedBy))
+		}
+		w.Flush()
+		fmt.Println()
+		ledger.ClosePeriod() // every tenant's period, atomically: the lines are kept (ledger.Periods)
 	}
+
+	fmt.Println("Invoices")
+	fmt.Println()
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "TENANT\tPERIOD\tEVALUATIONS\tOPERATIONS\tCALLS\tMEMORY CHARGED\tCPU\tPEAK MEM\tCOST\t")
+	lines := ledger.Periods() // oldest period first, by tenant within a period
+	sort.SliceStable(lines, func(i, j int) bool { return lines[i].Tenant < lines[j].Tenant })
+	total := map[string]float64{}
+	for _, p := range lines {
+		c := cost(p)
+		total[p.Tenant] += c
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%.1f MiB\t%v\t%d KiB\t$%.4f\t\n", p.Tenant, p.Number, p.Evaluations,
+			p.Operations, p.Calls, float64(p.TotalMemory)/(1<<20), p.CPUTime.Round(time.Millisecond), p.PeakMemoryBytes/1024, c)
+	}
+	for _, tenant := range tenants {
+		fmt.Fprintf(w, "%s\ttotal\t\t\t\t\t\t\t$%.4f\t\n", tenant, total[tenant])
+	}
+	w.Flush()
+	fmt.Printf("\nprices: $%.2f per million operations, $%.2f per thousand calls, $%.2f per GiB charged, $%.2f per CPU second, $%.3f per evaluation\n",
+		prices.perMillionOps, prices.perThousandCalls, prices.perGiB, prices.perCPUSecond, prices.perEvaluation)
+}
+
+// simulate runs 4 workers per tenant, 15 calls each, and tallies the
+// outcomes.
+func simulate(ledger *reslimit.Ledger, tool func(context.Context, int) (int, error), tenants []string, seed uint64) map[string]*tally {
 	var mu sync.Mutex
 	tallies := map[string]*tally{}
 	var wg sync.WaitGroup
-	for tenant := range quotas {
+	for _, tenant := range tenants {
 		tallies[tenant] = &tally{stoppedBy: map[string]int{}}
 		for worker := 0; worker < 4; worker++ {
 			wg.Add(1)
@@ -73,9 +138,14 @@ func main() {
 				ctx := reslimit.ContextWithAccount(context.Background(), ledger.Account(tenant))
 				for i := 0; i < 15; i++ {
 					_, err := tool(ctx, 50+rng.IntN(400))
+					var le *reslimit.LimitError
+					for try := 0; try < 3 && errors.As(err, &le) && le.RetryAfter > 0; try++ {
+						// Above a rate: wait as told and try again.
+						time.Sleep(le.RetryAfter)
+						_, err = tool(ctx, 50+rng.IntN(400))
+					}
 					mu.Lock()
 					t := tallies[tenant]
-					var le *reslimit.LimitError
 					switch {
 					case err == nil:
 						t.ok++
@@ -92,26 +162,11 @@ func main() {
 					}
 					mu.Unlock()
 				}
-			}(tenant, uint64(worker))
+			}(tenant, seed*10+uint64(worker))
 		}
 	}
 	wg.Wait()
-
-	fmt.Println("Billing period summary (60 calls per tenant, 4 concurrent workers each)")
-	fmt.Println()
-	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "TENANT\tEVALS\tOK\tREFUSED\tOPERATIONS\tCALLS\tCPU\tPEAK MEM\tEXHAUSTED\tSTOPPED BY")
-	snap := ledger.Snapshot()
-	for _, tenant := range ledger.Tenants() {
-		s, t := snap[tenant], tallies[tenant]
-		exhausted := "-"
-		if r, ok := ledger.Account(tenant).Exhausted(); ok {
-			exhausted = r.String()
-		}
-		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%v\t%d KiB\t%s\t%s\n", tenant, s.Evaluations, t.ok, t.refused,
-			s.Operations, s.Calls, s.CPUTime.Round(time.Millisecond), s.PeakMemoryBytes/1024, exhausted, reasons(t.stoppedBy))
-	}
-	w.Flush()
+	return tallies
 }
 
 func reasons(m map[string]int) string {

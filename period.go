@@ -1,0 +1,329 @@
+package reslimit
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Period is one closed billing period of one tenant: what its runs were
+// charged from Start to End (an invoice line). Every unit a run is
+// charged lands in exactly one period, the one open when it was charged,
+// also while runs are going when the period closes.
+type Period struct {
+	// Tenant is the account's name.
+	Tenant string
+	// Number is the period's number: 1 for an account's first period,
+	// one more at every close. A ledger numbers its periods itself (see
+	// Ledger.ClosePeriod), and every account it opens takes its number.
+	Number uint64
+	// Start and End bound the period: End is when it was closed.
+	Start, End time.Time
+	// Totals are the cumulative quantities charged in the period:
+	// operations, calls, bytes charged (TotalMemory), CPU time and
+	// evaluations (runs started).
+	Totals
+	// PeakMemoryBytes is the most memory the tenant's runs held at once
+	// during the period.
+	PeakMemoryBytes int64
+	// Final is true when the totals can no longer change. A period closed
+	// on an account without a Store is always final.
+	Final bool
+}
+
+// Reset closes the account's open billing period and returns its totals,
+// atomically: every unit charged to the account lands in exactly one
+// period, the closed one or the new one, also while runs are going (what
+// a live run uses after the close counts in the new period). Reset zeroes
+// the cumulative totals (so that the cumulative limits start over), the
+// peak (which starts again at what is held now), the largest run, the
+// history and the evaluation count, and keeps the limits, the refusal
+// counts and what live runs hold at once.
+//
+// With a Store, the account's cumulative limits apply to the fleet-wide
+// totals, which live in the store and Reset does not zero (the quotas do
+// not start over): the returned Period holds what this replica charged in
+// the period, and Reset clears only this replica's history, peak and
+// largest run. Summing the replicas' periods gives the fleet's.
+func (a *Account) Reset() Period {
+	if a == nil {
+		return Period{}
+	}
+	return a.closePeriod(time.Now(), 0)
+}
+
+// closePeriod closes the open period at end and opens period next (the
+// open one's number plus one when next is 0).
+func (a *Account) closePeriod(end time.Time, next uint64) Period {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	p := Period{Tenant: a.name, Number: a.periodNo, Start: a.periodStart, End: end, Final: true}
+	if p.Start.IsZero() || p.Start.After(end) {
+		p.Start = end
+	}
+	var meters [numMeters]int64
+	for i := range numMeters {
+		// Freeze every live run's meter (its unused room, and its child
+		// runs', comes back), so that its usage cannot move while it is
+		// split between the periods; its next charge takes the slow path,
+		// which waits for a.mu and counts in the new period.
+		for t := range a.live {
+			t.reclaimChildren(i)
+			if v := t.revoke(i); i == mOps {
+				a.refundOpsLocked(v)
+			}
+		}
+		meters[i] = a.committed[i]
+		for t := range a.live {
+			u := t.used(i)
+			meters[i] = satAdd(meters[i], u-t.base[i])
+			t.base[i] = u
+		}
+		a.committed[i] = 0
+		a.reserved[i] = 0 // no live run holds room, nothing committed
+	}
+	cpu := a.cpu
+	for t := range a.live {
+		// cpuLast only grows and is sampled without a.mu: read it once.
+		c := t.cpuLast.Load()
+		cpu = satAddDur(cpu, time.Duration(c-t.cpuBase))
+		t.cpuBase = c
+	}
+	p.Operations, p.Calls, p.TotalMemory = meters[mOps], meters[mCalls], meters[mTotal]
+	p.CPUTime = cpu
+	p.Evaluations = a.evals
+	p.PeakMemoryBytes = a.peak.Swap(a.held.Load())
+	a.cpu = 0
+	a.evals = 0
+	a.largest = Largest{}
+	clear(a.hist)
+	a.histNext, a.histLen = 0, 0
+	if next == 0 {
+		next = a.periodNo + 1
+	}
+	a.periodNo, a.periodStart = next, end
+	return p
+}
+
+// DefaultPeriodsKept is how many closed periods a Ledger keeps readable
+// by default (see WithPeriodsKept).
+const DefaultPeriodsKept = 12
+
+// WithPeriod makes the ledger close the period of every tenant every d,
+// at the multiples of d since the zero time (time.Time.Truncate): with d =
+// time.Hour, on the hour. d must be positive. See WithPeriodSchedule.
+func WithPeriod(d time.Duration) LedgerOption {
+	return func(l *Ledger) {
+		if d <= 0 {
+			l.setErr(fmt.Errorf("%w: WithPeriod(%v): not positive", ErrInvalidArgument, d))
+			return
+		}
+		l.periods.next = func(now time.Time) time.Time { return now.Truncate(d).Add(d) }
+	}
+}
+
+// WithPeriodSchedule makes the ledger close the period of every tenant at
+// the times next returns: next(now) is the end of the period open at now
+// (after now), for example the first instant of the next month:
+//
+//	reslimit.WithPeriodSchedule(func(now time.Time) time.Time {
+//		y, m, _ := now.UTC().Date()
+//		return time.Date(y, m+1, 1, 0, 0, 0, 0, time.UTC)
+//	})
+//
+// A goroutine closes the periods (as ClosePeriod, with End the scheduled
+// time); Ledger.Close stops it. A next that returns a time not after now
+// is retried a second later.
+func WithPeriodSchedule(next func(now time.Time) time.Time) LedgerOption {
+	return func(l *Ledger) {
+		if next == nil {
+			l.setErr(fmt.Errorf("%w: WithPeriodSchedule(nil)", ErrInvalidArgument))
+			return
+		}
+		l.periods.next = next
+	}
+}
+
+// WithPeriodsKept sets how many closed periods (closes of every tenant's
+// period, by ClosePeriod or the schedule) Periods returns: the latest n
+// (default DefaultPeriodsKept; 0 keeps none; negative is invalid).
+func WithPeriodsKept(n int) LedgerOption {
+	return func(l *Ledger) {
+		if n < 0 {
+			l.setErr(fmt.Errorf("%w: WithPeriodsKept(%d): negative", ErrInvalidArgument, n))
+			return
+		}
+		l.periods.keep, l.periods.keepSet = n, true
+	}
+}
+
+// WithPeriodClosed calls fn with the invoice lines of every period the
+// schedule (WithPeriod, WithPeriodSchedule) closes, one close at a time,
+// from the schedule's goroutine: to store them, say. fn may use the
+// ledger but not Close it: Close waits for fn to return.
+func WithPeriodClosed(fn func(lines []Period)) LedgerOption {
+	return func(l *Ledger) { l.periods.hook = fn }
+}
+
+// ledgerPeriods is a Ledger's billing-period state.
+type ledgerPeriods struct {
+	next    func(time.Time) time.Time // the schedule, or nil
+	hook    func([]Period)
+	keep    int
+	keepSet bool
+	stop    chan struct{} // closed by Close: the schedule's goroutine returns
+	done    chan struct{}
+	once    sync.Once
+
+	closeMu sync.Mutex // one close at a time
+	number  uint64     // the open period's number (0 reads as 1); guarded by Ledger.mu
+	kept    [][]Period // the latest closes; guarded by closeMu
+	removed []*Account // removed accounts (without a Store) still to bill; guarded by Ledger.mu
+}
+
+func (p *ledgerPeriods) open() uint64 { return max(p.number, 1) }
+
+func (l *Ledger) startPeriods() {
+	if l.periods.next == nil {
+		return
+	}
+	l.periods.stop = make(chan struct{})
+	l.periods.done = make(chan struct{})
+	go l.periodLoop()
+}
+
+// stopPeriods stops the schedule's goroutine and waits for it.
+func (l *Ledger) stopPeriods(ctx context.Context) error {
+	if l.periods.stop == nil {
+		return nil
+	}
+	l.periods.once.Do(func() { close(l.periods.stop) })
+	select {
+	case <-l.periods.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (l *Ledger) periodLoop() {
+	defer close(l.periods.done)
+	for {
+		now := time.Now()
+		at := l.periods.next(now)
+		wait := at.Sub(now)
+		if wait <= 0 {
+			wait, at = time.Second, now.Add(time.Second)
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-l.periods.stop:
+			timer.Stop()
+			return
+		case <-timer.C:
+		}
+		lines := l.closePeriod(at)
+		if l.periods.hook != nil {
+			l.periods.hook(lines)
+		}
+	}
+}
+
+// ClosePeriod closes the open billing period of every tenant at once
+// (each atomically, as Account.Reset, with the same End) and returns the
+// invoice lines, sorted by tenant: one per account the ledger holds, and
+// one for each tenant removed since the last close (its usage until
+// Remove, and that of its runs still going, is billed too). The ledger
+// numbers its periods: every line has the same Number, and the accounts
+// the ledger opens later belong to the next period from their creation.
+// The latest closes stay readable with Periods.
+//
+// With a Store, each line holds what this replica charged in the period:
+// the lines of every replica for a period sum to the fleet's usage in it.
+// The store's committed totals, and the fleet-wide quotas, do not start
+// over (see Account.Reset).
+func (l *Ledger) ClosePeriod() []Period {
+	return l.closePeriod(time.Now())
+}
+
+func (l *Ledger) closePeriod(end time.Time) []Period {
+	l.periods.closeMu.Lock()
+	defer l.periods.closeMu.Unlock()
+	l.mu.Lock()
+	number := l.periods.open()
+	l.periods.number = number + 1
+	accts := make([]*Account, 0, len(l.accts)+len(l.periods.removed))
+	for _, a := range l.accts {
+		accts = append(accts, a)
+	}
+	accts = append(accts, l.periods.removed...)
+	l.mu.Unlock()
+
+	byTenant := make(map[string]int, len(accts))
+	lines := make([]Period, 0, len(accts))
+	for _, a := range accts {
+		p := a.closePeriod(end, number+1)
+		p.Number = number
+		if k, ok := byTenant[p.Tenant]; ok {
+			lines[k] = lines[k].merge(p) // a removed account and its successor
+			continue
+		}
+		byTenant[p.Tenant] = len(lines)
+		lines = append(lines, p)
+	}
+	sort.Slice(lines, func(i, j int) bool { return lines[i].Tenant < lines[j].Tenant })
+
+	// Forget the removed accounts that have nothing left to bill.
+	l.mu.Lock()
+	kept := l.periods.removed[:0]
+	for _, a := range l.periods.removed {
+		a.mu.Lock()
+		if len(a.live) > 0 {
+			kept = append(kept, a)
+		}
+		a.mu.Unlock()
+	}
+	clear(l.periods.removed[len(kept):])
+	l.periods.removed = kept
+	l.mu.Unlock()
+
+	keep := l.periods.keep
+	if !l.periods.keepSet {
+		keep = DefaultPeriodsKept
+	}
+	if keep > 0 {
+		if len(l.periods.kept) >= keep {
+			copy(l.periods.kept, l.periods.kept[1:])
+			l.periods.kept = l.periods.kept[:len(l.periods.kept)-1]
+		}
+		l.periods.kept = append(l.periods.kept, lines)
+	}
+	return slices.Clone(lines)
+}
+
+// merge adds q, another line of the same tenant and period, to p.
+func (p Period) merge(q Period) Period {
+	p.Totals = p.Totals.Add(q.Totals)
+	p.PeakMemoryBytes = max(p.PeakMemoryBytes, q.PeakMemoryBytes)
+	if q.Start.Before(p.Start) {
+		p.Start = q.Start
+	}
+	p.Final = p.Final && q.Final
+	return p
+}
+
+// Periods returns the invoice lines of the latest closed periods (see
+// WithPeriodsKept), oldest period first and sorted by tenant within a
+// period. The result is a copy.
+func (l *Ledger) Periods() []Period {
+	l.periods.closeMu.Lock()
+	defer l.periods.closeMu.Unlock()
+	var out []Period
+	for _, lines := range l.periods.kept {
+		out = append(out, lines...)
+	}
+	return out
+}

@@ -1,0 +1,186 @@
+package reslimit
+
+import (
+	"fmt"
+	"math"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Rates.
+//
+// An account's rates (AccountLimits.EvaluationsPerSecond,
+// OperationsPerSecond) are token buckets of golang.org/x/time/rate, per
+// process: with N replicas sharing a Store, each enforces its own, so set
+// limit/N on each for a fleet-wide rate of about limit.
+//
+// The evaluation rate takes one token per run started, in Begin (from the
+// bucket in small batches: see takeEvaluationLocked). The
+// operation rate is charged where the account's cumulative limits are:
+// when a run's room of operations is refilled (grant), not on the hot
+// path. A grant takes tokens for what the run asks now plus a chunk
+// ahead, as far as the bucket has tokens (the chunk is what keeps the
+// hot path one CAS); room a run gives back unused (at End, when the
+// account reclaims it, at a close) goes to the account's credit, which
+// later grants use before the bucket. So every operation counted took a
+// token once, a refusal comes only when the bucket and every run's unused
+// room together cannot cover the request, and the bucket can pass its
+// burst by at most the credit, itself at most one burst.
+
+// accountRates are an account's token buckets; guarded by Account.mu.
+type accountRates struct {
+	evals, ops             *rate.Limiter // nil: no rate
+	evalsPerSec, opsPerSec float64
+	evalBurst, opBurst     int
+	opCredit               int64 // room of operations given back unused: tokens already taken
+	evalCredit             int64 // evaluation tokens taken ahead, in a batch
+}
+
+// validRate checks a rate field and its burst.
+func validRate(name string, perSec float64, burstName string, burst int) []error {
+	var errs []error
+	if perSec < 0 || math.IsNaN(perSec) || math.IsInf(perSec, 0) {
+		errs = append(errs, fmt.Errorf("%w: account limit %s is not a finite non-negative rate (%v)", ErrInvalidLimits, name, perSec))
+	}
+	if burst < 0 {
+		errs = append(errs, fmt.Errorf("%w: account limit %s is negative (%d)", ErrInvalidLimits, burstName, burst))
+	}
+	return errs
+}
+
+// defaultBurst is the bucket's size for a rate with burst 0: one
+// second's worth, at least 1.
+func defaultBurst(perSec float64, burst int) int {
+	if burst > 0 {
+		return burst
+	}
+	return int(max(1, min(math.Ceil(perSec), math.MaxInt32)))
+}
+
+// setLocked applies the rates of l, keeping the tokens of a bucket whose
+// rate stays set.
+func (r *accountRates) setLocked(l AccountLimits) {
+	now := time.Now()
+	set := func(lim **rate.Limiter, perSec float64, burst int) {
+		if perSec == 0 {
+			*lim = nil
+			return
+		}
+		b := defaultBurst(perSec, burst)
+		if *lim == nil {
+			*lim = rate.NewLimiter(rate.Limit(perSec), b)
+			return
+		}
+		(*lim).SetLimitAt(now, rate.Limit(perSec))
+		(*lim).SetBurstAt(now, b)
+	}
+	set(&r.evals, l.EvaluationsPerSecond, l.EvaluationBurst)
+	set(&r.ops, l.OperationsPerSecond, l.OperationBurst)
+	r.evalsPerSec, r.evalBurst = l.EvaluationsPerSecond, l.EvaluationBurst
+	r.opsPerSec, r.opBurst = l.OperationsPerSecond, l.OperationBurst
+	if r.ops == nil {
+		r.opCredit = 0
+	} else {
+		r.opCredit = min(r.opCredit, int64(r.ops.Burst()))
+	}
+	if r.evals == nil {
+		r.evalCredit = 0
+	} else {
+		r.evalCredit = min(r.evalCredit, int64(r.evals.Burst())/16)
+	}
+}
+
+// rateError is the refusal of a request of n that needs need tokens from
+// lim, which has tokens now.
+func (a *Account) rateError(res Resource, lim *rate.Limiter, tokens float64, n, need int64) *LimitError {
+	a.refused[res].Add(1)
+	burst := int64(lim.Burst())
+	e := &LimitError{Resource: res, Limit: burst, Used: burst - max(0, min(burst, int64(tokens))), Requested: n, Tenant: a.name}
+	if need <= burst {
+		deficit := float64(need) - tokens
+		e.RetryAfter = time.Duration(math.Ceil(deficit / float64(lim.Limit()) * 1e9))
+		e.RetryAfter = max(e.RetryAfter, 1)
+	}
+	return e
+}
+
+// takeEvaluationLocked takes the token of a run about to start now. It
+// takes tokens from the bucket in batches of up to a sixteenth of the
+// burst (at most 64), kept as credit, so that a busy tenant pays for the
+// bucket once per batch: a window of time may see at most one batch more
+// than the burst plus the rate times its length.
+func (a *Account) takeEvaluationLocked(now time.Time) error {
+	r := &a.rates
+	if r.evalCredit > 0 {
+		r.evalCredit--
+		return nil
+	}
+	lim := r.evals
+	k := max(1, min(int64(lim.Burst())/16, 64))
+	if k > 1 {
+		tokens := lim.TokensAt(now)
+		if tokens < 1 {
+			return a.rateError(EvaluationRate, lim, tokens, 1, 1)
+		}
+		k = min(k, int64(tokens))
+	}
+	if !lim.AllowN(now, int(k)) {
+		return a.rateError(EvaluationRate, lim, lim.TokensAt(now), 1, 1)
+	}
+	r.evalCredit = k - 1
+	return nil
+}
+
+// refundOpsLocked gives the account credit for v operations of room a run
+// gave back unused.
+func (a *Account) refundOpsLocked(v int64) {
+	if a.rates.ops != nil && v > 0 {
+		a.rates.opCredit = min(a.rates.opCredit+v, int64(a.rates.ops.Burst()))
+	}
+}
+
+// takeOpsLocked takes tokens for a grant of operations to t that needs
+// want (for a request of n) and may be g: it returns the grant the credit
+// and the bucket cover, at least want, or the OperationRate refusal (which
+// changes nothing).
+func (a *Account) takeOpsLocked(t *Tracker, n, want, g int64) (int64, error) {
+	r := &a.rates
+	if r.opCredit >= g {
+		r.opCredit -= g
+		return g, nil
+	}
+	lim := r.ops
+	now := time.Now()
+	tokens := lim.TokensAt(now)
+	if float64(want-r.opCredit) > tokens {
+		// Short: take back the room the other runs have not used.
+		for o := range a.live {
+			if o != t {
+				o.reclaimChildren(mOps)
+				v := o.revoke(mOps)
+				if a.limits[Operations].Load() > 0 {
+					a.reserved[mOps] -= v
+				}
+				r.opCredit += v
+			}
+		}
+		if r.opCredit >= g {
+			r.opCredit -= g
+			return g, nil
+		}
+		if need := want - r.opCredit; float64(need) > tokens {
+			err := a.rateError(OperationRate, lim, tokens, n, need)
+			r.opCredit = min(r.opCredit, int64(lim.Burst()))
+			return 0, err
+		}
+	}
+	take := min(g-r.opCredit, int64(tokens)) // at least want - credit
+	if take > 0 && !lim.AllowN(now, int(take)) {
+		// Cannot happen: a.mu serialises the bucket's users.
+		return 0, a.rateError(OperationRate, lim, lim.TokensAt(now), n, take)
+	}
+	g = r.opCredit + max(take, 0)
+	r.opCredit = 0
+	return g, nil
+}
