@@ -395,7 +395,9 @@ func (a *Account) begin(l Limits, name string, cancel func(error), parent *Track
 }
 
 // grant adds room for meter i to t (whose refill needs want more to take
-// n), checking the account's limit. It is called with t.mu held.
+// n), checking the account's limit: from the account's own limit here, or
+// from the fleet's lease with a Store (fleetGrantLocked, in fleet.go). It
+// is called with t.mu held.
 func (a *Account) grant(t *Tracker, i int, n, want, room int64) (bool, error) {
 	res := meterResource[i]
 	a.mu.Lock()
@@ -403,81 +405,73 @@ func (a *Account) grant(t *Tracker, i int, n, want, room int64) (bool, error) {
 	if a.fleet != nil && a.fleet.ledger.closed.Load() {
 		return false, ErrClosed // the ledger made its final report
 	}
-	lim := a.limits[res].Load()
-	if lim == 0 {
-		if want > maxUsage-t.filled[i].Load() {
-			// The limit was removed since refill looked: nothing limits
-			// this request, and it would overflow the run's counter.
-			return false, fmt.Errorf("%w: %s request %d overflows usage", ErrInvalidArgument, res, n)
-		}
-		// Unlimited here: fill under a.mu, so that a SetLimit that races
-		// with this refill revokes the room it adds.
-		g := max(room, want)
-		if i == mOps && a.rates.ops != nil {
-			var err error
-			if g, err = a.takeOpsLocked(t, n, want, want+rateChunk(t, i, room-want)); err != nil {
-				return false, err
-			}
-		}
-		t.addRoom(i, g)
-		return true, nil
+	if a.limits[res].Load() == 0 {
+		return a.grantUnlimitedLocked(t, i, n, want, room)
 	}
 	if a.fleet != nil {
-		issued := func() int64 { return a.issuedLocked(i) }
-		if err := a.fleetReserveLocked(res, n, want, i, t, issued); err != nil {
-			return false, err
-		}
-		if a.limits[res].Load() == 0 { // removed while we waited for a lease
-			g := max(room, want)
-			if i == mOps && a.rates.ops != nil {
-				var err error
-				if g, err = a.takeOpsLocked(t, n, want, want+rateChunk(t, i, room-want)); err != nil {
-					return false, err
-				}
-			}
-			t.addRoom(i, g)
-			return true, nil
-		}
-		free := a.fleet.capLocked(res) - issued()
-		extra := min((free-want)/int64(4*len(a.live)+4), chunkCap[i], room-want)
-		if u := t.filled[i].Load(); extra > 2*u+64 {
-			extra = 2*u + 64
-		}
-		g := want + max(extra, 0)
-		if i == mOps && a.rates.ops != nil {
-			var err error
-			if g, err = a.takeOpsLocked(t, n, want, g); err != nil {
-				return false, err
-			}
-		}
-		t.addRoom(i, g)
-		a.fleet.noteLeft(res, free-g)
-		return true, nil
+		return a.fleetGrantLocked(t, i, n, want, room)
 	}
-	free := lim - a.reserved[i]
+	free := a.limits[res].Load() - a.reserved[i]
 	if free < want {
 		a.reclaimLocked(i, t)
-		free = lim - a.reserved[i]
+		free = a.limits[res].Load() - a.reserved[i]
 	}
 	if free < want {
 		a.refused[res].Add(1)
-		return false, &LimitError{Resource: res, Limit: lim, Used: a.usageLocked(res), Requested: n, Tenant: a.name}
+		return false, &LimitError{Resource: res, Limit: a.limits[res].Load(), Used: a.usageLocked(res), Requested: n, Tenant: a.name}
 	}
-	extra := (free - want) / int64(4*len(a.live)+4)
-	extra = min(extra, chunkCap[i], room-want)
-	if u := t.filled[i].Load(); extra > 2*u+64 { // grow with the run's own rate
+	g, err := a.fillLocked(t, i, n, want, want+chunk(t, i, free-want, room-want, len(a.live)))
+	if err != nil {
+		return false, err
+	}
+	a.reserved[i] += g
+	return true, nil
+}
+
+// grantUnlimitedLocked adds room to t when the account does not limit
+// meter i: under a.mu, so that a SetLimit that races with this refill
+// revokes the room it adds.
+func (a *Account) grantUnlimitedLocked(t *Tracker, i int, n, want, room int64) (bool, error) {
+	if want > maxUsage-t.filled[i].Load() {
+		// The limit was removed since refill looked: nothing limits this
+		// request, and it would overflow the run's counter.
+		return false, fmt.Errorf("%w: %s request %d overflows usage", ErrInvalidArgument, meterResource[i], n)
+	}
+	g := max(room, want)
+	if i == mOps && a.rates.ops != nil {
+		g = want + rateChunk(t, i, room-want)
+	}
+	if _, err := a.fillLocked(t, i, n, want, g); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// chunk returns the room a grant adds beyond what the run needs: a share
+// of the free room (free) that shrinks as it runs out and as more runs
+// share it (live), at most chunkCap, what the run's own limit leaves
+// (room) and about twice what the run has used, so that it grows with the
+// run's own rate.
+func chunk(t *Tracker, i int, free, room int64, live int) int64 {
+	extra := min(free/int64(4*live+4), chunkCap[i], room)
+	if u := t.filled[i].Load(); extra > 2*u+64 {
 		extra = 2*u + 64
 	}
-	g := want + max(extra, 0)
+	return max(extra, 0)
+}
+
+// fillLocked adds g (at least want) of room for meter i to t, after the
+// operations rate, if any, allowed it (which may grant less, never less
+// than want), and returns what was added.
+func (a *Account) fillLocked(t *Tracker, i int, n, want, g int64) (int64, error) {
 	if i == mOps && a.rates.ops != nil {
 		var err error
 		if g, err = a.takeOpsLocked(t, n, want, g); err != nil {
-			return false, err
+			return 0, err
 		}
 	}
-	a.reserved[i] += g
 	t.addRoom(i, g)
-	return true, nil
+	return g, nil
 }
 
 // rateChunk is the room ahead a grant of meter i to t may take when no

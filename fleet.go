@@ -935,3 +935,25 @@ func (l *Ledger) StoreTenants(ctx context.Context, fn func(tenant string, commit
 	}
 	return lister.ListTenants(ctx, fn)
 }
+
+// fleetGrantLocked is Account.grant with a Store: room for meter i comes
+// out of this replica's lease of the fleet-wide quota, waiting for (or
+// fetching) a lease within WithLeaseWait when it is short. Called with
+// a.mu and t.mu held.
+func (a *Account) fleetGrantLocked(t *Tracker, i int, n, want, room int64) (bool, error) {
+	res := meterResource[i]
+	issued := func() int64 { return a.issuedLocked(i) }
+	if err := a.fleetReserveLocked(res, n, want, i, t, issued); err != nil {
+		return false, err
+	}
+	if a.limits[res].Load() == 0 { // removed while we waited for a lease
+		return a.grantUnlimitedLocked(t, i, n, want, room)
+	}
+	free := a.fleet.capLocked(res) - issued()
+	g, err := a.fillLocked(t, i, n, want, want+chunk(t, i, free-want, room-want, len(a.live)))
+	if err != nil {
+		return false, err
+	}
+	a.fleet.noteLeft(res, free-g)
+	return true, nil
+}
