@@ -257,6 +257,9 @@ func (s *Store) calls(req reslimit.SyncRequest) ([]call, error) {
 		if ts.Tenant == "" {
 			return nil, fmt.Errorf("%w: redisstore: sync of an empty tenant name", reslimit.ErrInvalidArgument)
 		}
+		if ts.Period > 1 || len(ts.Closed) > 0 {
+			return nil, fmt.Errorf("redisstore: billing periods after the first: %w", errors.ErrUnsupported)
+		}
 		if err := nonNegative(ts); err != nil {
 			return nil, err
 		}
@@ -403,6 +406,7 @@ func parseState(v any) (reslimit.TenantState, error) {
 	st.Allowance = reslimit.Totals{Operations: n[5] + n[11], Calls: n[6] + n[12], TotalMemory: n[7] + n[13],
 		CPUTime: time.Duration(n[15])*time.Microsecond + time.Duration(n[16]), Evaluations: n[10] + n[14]}
 	st.Seq = seq
+	st.Period = 1
 	return st, nil
 }
 
