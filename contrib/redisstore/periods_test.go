@@ -82,3 +82,55 @@ func TestPeriodLayoutAndRetention(t *testing.T) {
 	_, err = redisstore.New(rdb, redisstore.WithPeriodRetention(-time.Second))
 	assert.ErrorIs(t, err, reslimit.ErrInvalidArgument)
 }
+
+func chargeOps(t *testing.T, a *reslimit.Account, n int64) {
+	t.Helper()
+	tr, err := a.Begin(reslimit.Limits{})
+	require.NoError(t, err)
+	require.NoError(t, tr.TrackOperations(n))
+	tr.End()
+}
+
+// TestFleetPeriods runs two ledgers on a real Redis: r1 closes period 1
+// while r2 holds usage charged in it; r2 learns of the close from the
+// store and closes its own; every unit is billed to the period it was
+// charged in, period 1 is final once both sent their final reports, its
+// keys expire after the retention, and the quota starts over.
+func TestFleetPeriods(t *testing.T) {
+	rdb := client(t)
+	st, prefix := newStore(t, rdb, redisstore.WithPeriodRetention(time.Hour))
+	ctx := context.Background()
+	lim := reslimit.AccountLimits{MaxTotalOperations: 100}
+	r1 := replica(t, st, "r1", lim)
+	r2 := replica(t, st, "r2", lim)
+	chargeOps(t, r1.Account("acme"), 60)
+	chargeOps(t, r2.Account("acme"), 30)
+	require.NoError(t, r1.Sync(ctx))
+
+	lines := r1.ClosePeriod()
+	require.Len(t, lines, 1)
+	assert.Equal(t, int64(60), lines[0].Operations)
+	require.NoError(t, r1.Sync(ctx))
+	require.NoError(t, r2.Sync(ctx))
+	require.NoError(t, r2.Sync(ctx))
+	assert.Equal(t, uint64(2), r2.Account("acme").Stats().Period)
+	kept := r2.Periods()
+	require.Len(t, kept, 1)
+	assert.Equal(t, uint64(1), kept[0].Number)
+	assert.Equal(t, int64(30), kept[0].Operations)
+	sp, err := r2.StorePeriod(ctx, "acme", 1)
+	require.NoError(t, err)
+	sp.CPUTime = 0
+	assert.Equal(t, reslimit.StorePeriod{Tenant: "acme", Number: 1, Open: 2,
+		Totals: reslimit.Totals{Operations: 90, Evaluations: 2}, Final: true}, sp)
+	ttl, err := rdb.PTTL(ctx, prefix+":{acme}:p1").Result()
+	require.NoError(t, err)
+	assert.InDelta(t, float64(time.Hour), float64(ttl), float64(time.Minute))
+
+	chargeOps(t, r1.Account("acme"), 60) // 90 + 60 > 100: the quota started over
+	require.NoError(t, r1.Sync(ctx))
+	sp, err = r1.StorePeriod(ctx, "acme", 0)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(2), sp.Number)
+	assert.Equal(t, int64(60), sp.Operations)
+}
