@@ -43,11 +43,16 @@ type Period struct {
 // history and the evaluation count, and keeps the limits, the refusal
 // counts and what live runs hold at once.
 //
-// With a Store, the account's cumulative limits apply to the fleet-wide
-// totals, which live in the store and Reset does not zero (the quotas do
-// not start over): the returned Period holds what this replica charged in
-// the period, and Reset clears only this replica's history, peak and
-// largest run. Summing the replicas' periods gives the fleet's.
+// With a Store, the returned Period holds what this replica charged in
+// the period; summing the replicas' lines for a period gives the fleet's.
+// With a store that keeps periods (a PeriodLoader: MemoryStore, the Redis
+// store), the close is fleet-wide: the next sync moves the tenant's period
+// in the store on (the other replicas close theirs when the store tells
+// them, see Ledger.Periods), the usage charged before the close is billed
+// to the closed period whenever it is reported, and the fleet-wide totals
+// and quotas start over (Ledger.StorePeriod reads a period's fleet totals
+// and whether they are final). With another store, the store's totals and
+// the quotas do not start over.
 func (a *Account) Reset() Period {
 	if a == nil {
 		return Period{}
@@ -260,8 +265,11 @@ func (l *Ledger) periodLoop() {
 //
 // With a Store, each line holds what this replica charged in the period:
 // the lines of every replica for a period sum to the fleet's usage in it.
-// The store's committed totals, and the fleet-wide quotas, do not start
-// over (see Account.Reset).
+// With a store that keeps periods (see Account.Reset), the close is
+// fleet-wide and a store-backed tenant's lines are numbered by the store's
+// period, which the replicas share; when the store says another replica
+// closed a tenant's period, this replica closes its own at its next sync,
+// and keeps that line in Periods as a close of its own.
 func (l *Ledger) ClosePeriod() []Period {
 	return l.closePeriod(time.Now())
 }
