@@ -550,7 +550,7 @@ func (a *Account) lifeLocked() Totals {
 // fleet-wide for the cumulative ones.
 func (a *Account) usageLocked(r Resource) int64 {
 	if a.fleet != nil && cumulative(r) {
-		return satAdd(a.fleet.committed.Get(r), a.lifeLocked().Get(r)-a.fleet.reported.Get(r))
+		return satAdd(a.fleet.committed.Get(r), max(0, a.lifeLocked().Get(r)-a.fleet.floorLocked(r)))
 	}
 	switch r {
 	case Memory:

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,6 +60,7 @@ func WithStore(s Store) LedgerOption {
 			l.setErr(fmt.Errorf("%w: WithStore(nil)", ErrInvalidArgument))
 		}
 		l.store = s
+		_, l.periodStore = s.(PeriodLoader)
 	}
 }
 
@@ -157,6 +159,7 @@ func (l *Ledger) setErr(err error) {
 // fleet is the store-backed part of a Ledger.
 type fleet struct {
 	store       Store
+	periodStore bool // the store keeps billing periods (a PeriodLoader)
 	replica     string
 	interval    time.Duration
 	ttl         time.Duration
@@ -406,6 +409,7 @@ func (l *Ledger) syncRound(ctx context.Context, all, final bool) error {
 		l.logf(slog.LevelInfo, "reslimit: fleet: the store answers again", "replica", l.replica)
 	}
 	settled := false
+	var lines []Period
 	for k, a := range owners {
 		a.mu.Lock()
 		a.fleet.lastAttempt = now
@@ -414,6 +418,8 @@ func (l *Ledger) syncRound(ctx context.Context, all, final bool) error {
 			a.fleet.failLocked(a, err)
 		} else {
 			a.fleet.applyLocked(a, req.Tenants[k], resp.Tenants[k], now)
+			lines = append(lines, a.fleet.lines...)
+			a.fleet.lines = nil
 			// Settle a removed account once all is reported (during Close,
 			// only in the Final round, which gives its lease back).
 			if a.fleet.retired && (final || !l.closed.Load()) && len(a.live) == 0 && reportable(a.lifeLocked()) == a.fleet.reported {
@@ -422,6 +428,9 @@ func (l *Ledger) syncRound(ctx context.Context, all, final bool) error {
 			}
 		}
 		a.mu.Unlock()
+	}
+	if len(lines) > 0 {
+		l.keepLines(lines)
 	}
 	if settled {
 		l.mu.Lock()
@@ -507,6 +516,47 @@ type fleetState struct {
 	retired     bool          // removed from the ledger, still to be reported
 	refreshed   chan struct{} // closed and replaced after every sync attempt
 	loadOnce    sync.Once
+
+	// Billing periods (with a PeriodLoader store): closes are this
+	// replica's local closes whose final reports the store has not
+	// acknowledged, oldest first, pendingCloses how many of them the
+	// report in flight carries, base the life totals at the latest close
+	// (usage up to it belongs to closed periods), and lines the periods
+	// closed because the store said the tenant's period moved on, for the
+	// ledger to keep.
+	closes        []fleetClose
+	pendingCloses int
+	base          Totals
+	lines         []Period
+}
+
+// fleetClose is a local close of a period: its number, and this
+// process's life totals at the close.
+type fleetClose struct {
+	period uint64
+	life   Totals
+}
+
+// closedLocked records a local close of period n at life totals life:
+// the usage up to it is reported to period n, the lease held for it is no
+// good in the next one, and the fleet-wide totals start over (the store
+// says how far the other replicas went at the next sync).
+func (f *fleetState) closedLocked(n uint64, life Totals) {
+	if !f.ledger.periodStore {
+		return
+	}
+	f.closes = append(f.closes, fleetClose{period: max(n, 1), life: life})
+	f.base = life
+	f.committed, f.outstanding, f.leaseAtSync, f.returning = Totals{}, Totals{}, Totals{}, Totals{}
+	f.short = 0
+	f.wantSync = true
+	f.ledger.kickSyncer()
+}
+
+// floorLocked is what of r this process used before its open period, or
+// reported, whichever is more: leases and unreported usage count from it.
+func (f *fleetState) floorLocked(r Resource) int64 {
+	return max(f.reported.Get(r), f.base.Get(r))
 }
 
 func newFleetState(l *Ledger) *fleetState {
@@ -525,7 +575,16 @@ func (l *Ledger) openFleet(a *Account) {
 	}
 	a.fleet.loadOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), l.syncTimeout)
-		tot, err := l.store.Load(ctx, a.name)
+		var tot Totals
+		var open uint64
+		var err error
+		if pl, ok := l.store.(PeriodLoader); ok {
+			var sp StorePeriod
+			sp, err = pl.LoadPeriod(ctx, a.name, 0)
+			tot, open = sp.Totals, sp.Open
+		} else {
+			tot, err = l.store.Load(ctx, a.name)
+		}
 		cancel()
 		if err != nil {
 			l.logf(slog.LevelWarn, "reslimit: fleet: loading a tenant's totals failed", "tenant", a.name, "err", err)
@@ -533,7 +592,13 @@ func (l *Ledger) openFleet(a *Account) {
 		}
 		a.mu.Lock()
 		if !a.fleet.loaded { // a sync answer is newer
-			a.fleet.committed = tot
+			if open > a.periodNo && a.lifeLocked().IsZero() && len(a.fleet.closes) == 0 {
+				// A tenant new to this replica joins the store's period.
+				a.periodNo = open
+			}
+			if max(open, 1) == max(a.periodNo, 1) {
+				a.fleet.committed = tot
+			}
 			a.fleet.loaded = true
 		}
 		a.mu.Unlock()
@@ -558,7 +623,7 @@ func (f *fleetState) dueLocked(a *Account, now time.Time) bool {
 	if f.failing && now.Sub(f.lastAttempt) < f.ledger.interval/4 {
 		return false // the store fails: retry at the syncer's pace, not per charge
 	}
-	if f.pending != nil || f.retired || f.lastSync.IsZero() {
+	if f.pending != nil || f.retired || f.lastSync.IsZero() || len(f.closes) > 0 {
 		return true
 	}
 	elapsed := now.Sub(f.lastSync) >= f.ledger.interval
@@ -583,7 +648,7 @@ func (f *fleetState) dueLocked(a *Account, now time.Time) bool {
 // lease (and, with FailLocal during an outage, the fallback share). The
 // store never reclaims a lease, so it stays good until given back.
 func (f *fleetState) leaseLocked(r Resource) int64 {
-	c := f.reported.Get(r) + f.outstanding.Get(r) - f.returning.Get(r)
+	c := f.floorLocked(r) + f.outstanding.Get(r) - f.returning.Get(r)
 	if f.failing && f.ledger.policy == FailLocal {
 		c += f.fallback.Get(r)
 	}
@@ -716,13 +781,31 @@ func (f *fleetState) reportLocked(a *Account, now time.Time) TenantSync {
 	if f.pending != nil {
 		return *f.pending
 	}
-	used := reportable(a.lifeLocked()).Sub(f.reported)
+	// Split the report at the local closes: what was used up to a close
+	// is that period's final report.
+	prev := f.reported
+	var closed []ClosedReport
+	for _, c := range f.closes {
+		u := c.life.Sub(prev)
+		for _, r := range [...]Resource{Operations, Calls, TotalMemory, CPUTime, Evaluations} {
+			if u.Get(r) < 0 { // reported past the close already
+				u.Set(r, 0)
+			}
+		}
+		closed = append(closed, ClosedReport{Period: c.period, Used: u})
+		prev = prev.Add(u)
+	}
+	used := reportable(a.lifeLocked()).Sub(prev)
 	for _, r := range [...]Resource{Operations, Calls, TotalMemory, CPUTime, Evaluations} {
 		if used.Get(r) < 0 { // cannot happen: usage only grows; never send a negative report
 			used.Set(r, 0)
 		}
 	}
-	ts := TenantSync{Tenant: a.name, Seq: f.ledger.seq.Add(1), Used: used}
+	ts := TenantSync{Tenant: a.name, Seq: f.ledger.seq.Add(1), Used: used, Closed: closed}
+	if f.ledger.periodStore {
+		ts.Period = max(a.periodNo, 1)
+	}
+	f.pendingCloses = len(f.closes)
 	for _, r := range accountResources {
 		ts.Limit.Set(r, a.limits[r].Load())
 	}
@@ -786,7 +869,7 @@ func reportable(t Totals) Totals {
 	return t
 }
 
-func (f *fleetState) applyLocked(a *Account, ts TenantSync, st TenantState, sent time.Time) {
+func (f *fleetState) applyLocked(a *Account, ts TenantSync, st TenantState, sentAt time.Time) {
 	if st.Seq > ts.Seq {
 		// The store applied a later report of this replica and tenant (a
 		// restarted replica with the same id whose clock went back): ours
@@ -807,15 +890,26 @@ func (f *fleetState) applyLocked(a *Account, ts TenantSync, st TenantState, sent
 	// at least what the replica knows it reported, and the committed
 	// totals never go back.
 	expected := f.reported.Add(ts.Used)
+	for _, c := range ts.Closed {
+		expected = expected.Add(c.Used)
+	}
 	reported := expected
 	lost := false
+	// The answer is about the period the report was for, still open here
+	// and in the store.
+	sent := max(ts.Period, 1)
+	storePeriod := max(st.Period, 1)
+	if !f.ledger.periodStore {
+		sent, storePeriod = max(a.periodNo, 1), max(a.periodNo, 1)
+	}
+	current := sent == max(a.periodNo, 1) && storePeriod == sent
 	if st.Seq != 0 {
 		for _, r := range [...]Resource{Operations, Calls, TotalMemory, CPUTime, Evaluations} {
 			if got := st.Reported.Get(r); got < expected.Get(r) {
 				reported.Set(r, got)
 				lost = true
 			}
-			if f.loaded && st.Committed.Get(r) < f.committed.Get(r) {
+			if current && f.loaded && st.Committed.Get(r) < f.committed.Get(r) {
 				lost = true
 			}
 		}
@@ -826,7 +920,7 @@ func (f *fleetState) applyLocked(a *Account, ts TenantSync, st TenantState, sent
 	for _, r := range leasedResources {
 		prev := max(0, f.outstanding.Get(r)-ts.Used.Get(r))
 		prev -= min(prev, ts.Return.Get(r))
-		if w := ts.Want.Get(r); w > 0 && st.Allowance.Get(r)-st.Reported.Get(r) < prev+w {
+		if w := ts.Want.Get(r); current && w > 0 && st.Allowance.Get(r)-st.Reported.Get(r) < prev+w {
 			short |= bit(r)
 		}
 	}
@@ -834,16 +928,32 @@ func (f *fleetState) applyLocked(a *Account, ts TenantSync, st TenantState, sent
 	f.answeredNo = f.pendingNo
 	f.reported = reported
 	f.lastUsed = ts.Used
-	f.committed = st.Committed
+	f.closes = append([]fleetClose(nil), f.closes[f.pendingCloses:]...)
+	f.pendingCloses = 0
+	if storePeriod > max(a.periodNo, 1) {
+		// The store's period moved on (another replica closed it): close
+		// the tenant's here too, at the store's number.
+		f.lines = append(f.lines, a.closePeriodLocked(time.Now(), storePeriod))
+		current = false
+	}
+	if storePeriod == max(a.periodNo, 1) {
+		f.committed = st.Committed
+	}
 	var out Totals
-	for _, r := range leasedResources {
-		out.Set(r, max(0, st.Allowance.Get(r)-st.Reported.Get(r)))
+	if current {
+		// (A lease granted for a period closed since is no good now.)
+		for _, r := range leasedResources {
+			out.Set(r, max(0, st.Allowance.Get(r)-st.Reported.Get(r)))
+		}
+	} else {
+		f.wantSync = true
 	}
 	f.outstanding, f.leaseAtSync, f.returning = out, out, Totals{}
 	f.short = short
-	f.lastSync = sent
+	f.lastSync = sentAt
 	f.syncs++
-	f.failing, f.fallback, f.lastErr, f.wantSync, f.loaded = false, Totals{}, "", false, true
+	f.failing, f.fallback, f.lastErr, f.loaded = false, Totals{}, "", true
+	f.wantSync = !current
 	if lost {
 		// The store no longer knows reports this replica made (a Redis
 		// restarted without its data): report them again at once, and
@@ -856,7 +966,7 @@ func (f *fleetState) applyLocked(a *Account, ts TenantSync, st TenantState, sent
 		// For an interval, while the other replicas report again, ask for
 		// no lease and give back what was granted against the totals the
 		// store had lost.
-		f.graceUntil = sent.Add(f.ledger.interval)
+		f.graceUntil = sentAt.Add(f.ledger.interval)
 		f.ledger.resync.Store(true)
 		f.ledger.kickSyncer()
 		f.ledger.logf(slog.LevelError, "reslimit: fleet: the store lost reports of this replica; reporting them again",
@@ -956,4 +1066,31 @@ func (a *Account) fleetGrantLocked(t *Tracker, i int, n, want, room int64) (bool
 	}
 	a.fleet.noteLeft(res, free-g)
 	return true, nil
+}
+
+// keepLines keeps the lines of periods closed because the store said that
+// their tenant's period moved on (another replica closed it), as one close
+// in Periods.
+func (l *Ledger) keepLines(lines []Period) {
+	sort.Slice(lines, func(i, j int) bool { return lines[i].Tenant < lines[j].Tenant })
+	l.periods.closeMu.Lock()
+	defer l.periods.closeMu.Unlock()
+	l.periods.keepLocked(lines)
+}
+
+// StorePeriod returns a tenant's fleet-wide totals for billing period n
+// (0: the open one) as the store keeps them, and whether they are final:
+// every replica that held a lease for the period has sent its final
+// report for it, or its lease expired. It needs a store that implements
+// PeriodLoader (MemoryStore and the Redis store do); without a Store, or
+// with another one, it returns an error wrapping errors.ErrUnsupported.
+func (l *Ledger) StorePeriod(ctx context.Context, tenant string, n uint64) (StorePeriod, error) {
+	if l.err != nil {
+		return StorePeriod{}, l.err
+	}
+	pl, ok := l.store.(PeriodLoader)
+	if !ok {
+		return StorePeriod{}, fmt.Errorf("reslimit: the ledger's store (%T) keeps no billing periods: %w", l.store, errors.ErrUnsupported)
+	}
+	return pl.LoadPeriod(ctx, tenant, n)
 }

@@ -43,11 +43,16 @@ type Period struct {
 // history and the evaluation count, and keeps the limits, the refusal
 // counts and what live runs hold at once.
 //
-// With a Store, the account's cumulative limits apply to the fleet-wide
-// totals, which live in the store and Reset does not zero (the quotas do
-// not start over): the returned Period holds what this replica charged in
-// the period, and Reset clears only this replica's history, peak and
-// largest run. Summing the replicas' periods gives the fleet's.
+// With a Store, the returned Period holds what this replica charged in
+// the period; summing the replicas' lines for a period gives the fleet's.
+// With a store that keeps periods (a PeriodLoader: MemoryStore, the Redis
+// store), the close is fleet-wide: the next sync moves the tenant's period
+// in the store on (the other replicas close theirs when the store tells
+// them, see Ledger.Periods), the usage charged before the close is billed
+// to the closed period whenever it is reported, and the fleet-wide totals
+// and quotas start over (Ledger.StorePeriod reads a period's fleet totals
+// and whether they are final). With another store, the store's totals and
+// the quotas do not start over.
 func (a *Account) Reset() Period {
 	if a == nil {
 		return Period{}
@@ -60,11 +65,15 @@ func (a *Account) Reset() Period {
 func (a *Account) closePeriod(end time.Time, next uint64) Period {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	return a.closePeriodLocked(end, next)
+}
+
+func (a *Account) closePeriodLocked(end time.Time, next uint64) Period {
 	p := Period{Tenant: a.name, Number: a.periodNo, Start: a.periodStart, End: end, Final: true}
 	if p.Start.IsZero() || p.Start.After(end) {
 		p.Start = end
 	}
-	var meters [numMeters]int64
+	var meters, life [numMeters]int64
 	for i := range numMeters {
 		// Freeze every live run's meter (its unused room, and its child
 		// runs', comes back), so that its usage cannot move while it is
@@ -77,19 +86,22 @@ func (a *Account) closePeriod(end time.Time, next uint64) Period {
 			}
 		}
 		meters[i] = a.committed[i]
+		life[i] = a.lifeMeters[i]
 		for t := range a.live {
 			u := t.used(i)
 			meters[i] = satAdd(meters[i], u-t.base[i])
+			life[i] = satAdd(life[i], u)
 			t.base[i] = u
 		}
 		a.committed[i] = 0
 		a.reserved[i] = 0 // no live run holds room, nothing committed
 	}
-	cpu := a.cpu
+	cpu, lifeCPU := a.cpu, a.lifeCPU
 	for t := range a.live {
 		// cpuLast only grows and is sampled without a.mu: read it once.
 		c := t.cpuLast.Load()
 		cpu = satAddDur(cpu, time.Duration(c-t.cpuBase))
+		lifeCPU = satAddDur(lifeCPU, time.Duration(c))
 		t.cpuBase = c
 	}
 	p.Operations, p.Calls, p.TotalMemory = meters[mOps], meters[mCalls], meters[mTotal]
@@ -103,6 +115,16 @@ func (a *Account) closePeriod(end time.Time, next uint64) Period {
 	a.histNext, a.histLen = 0, 0
 	if next == 0 {
 		next = a.periodNo + 1
+	}
+	if a.fleet != nil {
+		// The split point of this replica's reports: what it used until
+		// now (this process's life totals) belongs to the closed period.
+		var lt Totals
+		for i, r := range meterResource {
+			lt.Set(r, life[i])
+		}
+		lt.CPUTime, lt.Evaluations = lifeCPU, a.lifeEvals
+		a.fleet.closedLocked(p.Number, reportable(lt))
 	}
 	a.periodNo, a.periodStart = next, end
 	return p
@@ -243,8 +265,11 @@ func (l *Ledger) periodLoop() {
 //
 // With a Store, each line holds what this replica charged in the period:
 // the lines of every replica for a period sum to the fleet's usage in it.
-// The store's committed totals, and the fleet-wide quotas, do not start
-// over (see Account.Reset).
+// With a store that keeps periods (see Account.Reset), the close is
+// fleet-wide and a store-backed tenant's lines are numbered by the store's
+// period, which the replicas share; when the store says another replica
+// closed a tenant's period, this replica closes its own at its next sync,
+// and keeps that line in Periods as a close of its own.
 func (l *Ledger) ClosePeriod() []Period {
 	return l.closePeriod(time.Now())
 }
@@ -265,8 +290,14 @@ func (l *Ledger) closePeriod(end time.Time) []Period {
 	byTenant := make(map[string]int, len(accts))
 	lines := make([]Period, 0, len(accts))
 	for _, a := range accts {
-		p := a.closePeriod(end, number+1)
-		p.Number = number
+		var p Period
+		if a.fleet != nil && l.periodStore {
+			// A fleet tenant's periods are numbered by the store.
+			p = a.closePeriod(end, 0)
+		} else {
+			p = a.closePeriod(end, number+1)
+			p.Number = number
+		}
 		if k, ok := byTenant[p.Tenant]; ok {
 			lines[k] = lines[k].merge(p) // a removed account and its successor
 			continue
@@ -290,18 +321,24 @@ func (l *Ledger) closePeriod(end time.Time) []Period {
 	l.periods.removed = kept
 	l.mu.Unlock()
 
-	keep := l.periods.keep
-	if !l.periods.keepSet {
+	l.periods.keepLocked(lines)
+	return slices.Clone(lines)
+}
+
+// keepLocked keeps the lines of one close, dropping the oldest close past
+// WithPeriodsKept. Called with closeMu held.
+func (p *ledgerPeriods) keepLocked(lines []Period) {
+	keep := p.keep
+	if !p.keepSet {
 		keep = DefaultPeriodsKept
 	}
 	if keep > 0 {
-		if len(l.periods.kept) >= keep {
-			copy(l.periods.kept, l.periods.kept[1:])
-			l.periods.kept = l.periods.kept[:len(l.periods.kept)-1]
+		if len(p.kept) >= keep {
+			copy(p.kept, p.kept[1:])
+			p.kept = p.kept[:len(p.kept)-1]
 		}
-		l.periods.kept = append(l.periods.kept, lines)
+		p.kept = append(p.kept, lines)
 	}
-	return slices.Clone(lines)
 }
 
 // merge adds q, another line of the same tenant and period, to p.

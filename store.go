@@ -99,6 +99,27 @@ type TenantSync struct {
 	// none of it (a lease smaller than the charge waiting for it would only
 	// strand quota near the limit).
 	MinGrant Totals
+	// Period is the billing period this report's Used was charged in and
+	// its Want and Return are for: the replica's open period (0 means 1).
+	// A Period after the tenant's open period in the store closes that
+	// one and opens Period: the committed totals and the fleet-wide
+	// quotas start over. A Period before it (a replica that has not
+	// learnt of the close yet) is billed to that period, and nothing is
+	// granted: TenantState.Period tells the replica to close its own.
+	Period uint64
+	// Closed are the replica's final reports for periods it has closed
+	// since its last acknowledged report (each before Period, each once):
+	// what it used in each that it had not reported yet. A final report
+	// gives back the replica's lease for that period; once every replica
+	// that held one has given it back (or its lease expired), the
+	// period's totals are final (see PeriodLoader).
+	Closed []ClosedReport
+}
+
+// ClosedReport is a replica's last report for a closed billing period.
+type ClosedReport struct {
+	Period uint64
+	Used   Totals
 }
 
 // SyncRequest is one replica's batched report of many tenants' usage and
@@ -138,6 +159,12 @@ type TenantState struct {
 	// tells the replica that its report was ignored as stale. A store that
 	// leaves it 0 is trusted to have applied the report.
 	Seq uint64
+	// Period is the tenant's open billing period in the store (0 means
+	// 1), and Committed is its totals. Allowance is for the request's
+	// Period: when the store's is later, the replica's period is closed
+	// fleet-wide, and it should close its own (and give its lease back
+	// with a ClosedReport).
+	Period uint64
 }
 
 // SyncResponse answers a SyncRequest: one TenantState per requested
@@ -170,6 +197,29 @@ type Store interface {
 	Load(ctx context.Context, tenant string) (Totals, error)
 }
 
+// StorePeriod is a tenant's fleet-wide totals for one billing period, as
+// a PeriodLoader reads them.
+type StorePeriod struct {
+	Tenant string
+	// Number is the period's number; Open is the tenant's open period in
+	// the store.
+	Number, Open uint64
+	// Totals are the committed totals of the period (zero for a period
+	// the store never saw, or whose keys expired; see the store).
+	Totals
+	// Final is true when the period is closed (Number < Open) and every
+	// replica that held a lease for it has sent its final report or let
+	// its lease expire: its totals can no longer change.
+	Final bool
+}
+
+// PeriodLoader is implemented by stores that keep billing periods (the
+// Redis store and MemoryStore do).
+type PeriodLoader interface {
+	// LoadPeriod returns a tenant's committed totals for a period.
+	LoadPeriod(ctx context.Context, tenant string, period uint64) (StorePeriod, error)
+}
+
 // TenantLister is implemented by stores that can list every tenant they
 // hold (the Redis store and MemoryStore do), for fleet-wide invoices.
 type TenantLister interface {
@@ -192,15 +242,87 @@ type MemoryStore struct {
 }
 
 type memTenant struct {
+	committed Totals // the open period's
+	open      uint64 // the open period (0 reads 1)
+	// leases: replica → lease expiry, for the open period.
+	leases   map[string]time.Time
+	closed   map[uint64]*memClosed
+	replicas map[string]*memReplica
+}
+
+// memClosed is a closed period of a tenant.
+type memClosed struct {
 	committed Totals
-	replicas  map[string]*memReplica
+	leases    map[string]time.Time // replica → lease expiry
 }
 
 type memReplica struct {
 	seq       uint64
-	reported  Totals
-	allowance Totals
-	expires   time.Time
+	reported  Totals // in all periods
+	allowance Totals // reported + unused allowance for period
+	period    uint64 // the period the allowance is for (0 reads 1)
+}
+
+func (t *memTenant) openNo() uint64 { return max(t.open, 1) }
+
+// period returns the committed totals and lease set of period p (not
+// after the open one), making them if needed.
+func (t *memTenant) period(p uint64) (*Totals, map[string]time.Time) {
+	if p == t.openNo() {
+		if t.leases == nil {
+			t.leases = make(map[string]time.Time)
+		}
+		return &t.committed, t.leases
+	}
+	c := t.closed[p]
+	if c == nil {
+		if t.closed == nil {
+			t.closed = make(map[uint64]*memClosed)
+		}
+		c = &memClosed{leases: make(map[string]time.Time)}
+		t.closed[p] = c
+	}
+	return &c.committed, c.leases
+}
+
+// moveTo closes the open period and opens p (after it): the committed
+// totals start over, and the unused allowance granted for the old period
+// no longer counts against the new one's quotas.
+func (t *memTenant) moveTo(p uint64) {
+	if t.closed == nil {
+		t.closed = make(map[uint64]*memClosed)
+	}
+	leases := t.leases
+	if leases == nil {
+		leases = make(map[string]time.Time)
+	}
+	t.closed[t.openNo()] = &memClosed{committed: t.committed, leases: leases}
+	t.committed, t.leases, t.open = Totals{}, nil, p
+}
+
+// giveBack sets the leased resources of the replica's allowance to what
+// it reported: it has no unused allowance left.
+func (me *memReplica) giveBack() {
+	for _, r := range leasedResources {
+		me.allowance.Set(r, me.reported.Get(r))
+	}
+}
+
+// validPeriods checks a report's periods: its closed periods come before
+// its period, each once.
+func validPeriods(ts TenantSync) error {
+	p := max(ts.Period, 1)
+	for i, c := range ts.Closed {
+		if c.Period == 0 || c.Period >= p {
+			return fmt.Errorf("%w: tenant %q: closed period %d is not before period %d", ErrInvalidArgument, ts.Tenant, c.Period, p)
+		}
+		for _, d := range ts.Closed[:i] {
+			if d.Period == c.Period {
+				return fmt.Errorf("%w: tenant %q: closed period %d reported twice", ErrInvalidArgument, ts.Tenant, c.Period)
+			}
+		}
+	}
+	return nil
 }
 
 // NewMemoryStore returns an empty in-memory store.
@@ -208,7 +330,8 @@ func NewMemoryStore() *MemoryStore {
 	return &MemoryStore{now: time.Now, tenants: make(map[string]*memTenant)}
 }
 
-// Load implements Store.
+// Load implements Store: it returns the committed totals of the tenant's
+// open period.
 func (s *MemoryStore) Load(_ context.Context, tenant string) (Totals, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -216,6 +339,50 @@ func (s *MemoryStore) Load(_ context.Context, tenant string) (Totals, error) {
 		return t.committed, nil
 	}
 	return Totals{}, nil
+}
+
+// LoadPeriod implements PeriodLoader (period 0 reads as the open one).
+// MemoryStore keeps every closed period.
+func (s *MemoryStore) LoadPeriod(_ context.Context, tenant string, period uint64) (StorePeriod, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sp := StorePeriod{Tenant: tenant, Number: period, Open: 1}
+	t := s.tenants[tenant]
+	if t != nil {
+		sp.Open = t.openNo()
+	}
+	if sp.Number == 0 {
+		sp.Number = sp.Open
+	}
+	if sp.Number > sp.Open {
+		return sp, nil
+	}
+	if sp.Number == sp.Open {
+		if t != nil {
+			sp.Totals = t.committed
+		}
+		return sp, nil
+	}
+	sp.Final = true
+	if t == nil || t.closed[sp.Number] == nil {
+		return sp, nil
+	}
+	c := t.closed[sp.Number]
+	sp.Totals = c.committed
+	now := s.clock()
+	for _, exp := range c.leases {
+		if !exp.Before(now) {
+			sp.Final = false
+		}
+	}
+	return sp, nil
+}
+
+func (s *MemoryStore) clock() time.Time {
+	if s.now != nil {
+		return s.now()
+	}
+	return time.Now()
 }
 
 // ListTenants implements TenantLister. It lists a copy of the tenant
@@ -251,12 +418,14 @@ func (s *MemoryStore) Sync(ctx context.Context, req SyncRequest) (SyncResponse, 
 	if req.Replica == "" {
 		return SyncResponse{}, fmt.Errorf("%w: sync without a replica id", ErrInvalidArgument)
 	}
+	for _, ts := range req.Tenants {
+		if err := validPeriods(ts); err != nil {
+			return SyncResponse{}, err
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := time.Now()
-	if s.now != nil {
-		now = s.now()
-	}
+	now := s.clock()
 	if s.tenants == nil {
 		s.tenants = make(map[string]*memTenant) // a zero MemoryStore
 	}
@@ -272,10 +441,30 @@ func (s *MemoryStore) Sync(ctx context.Context, req SyncRequest) (SyncResponse, 
 			me = &memReplica{}
 			t.replicas[req.Replica] = me
 		}
+		target := max(ts.Period, 1)
 		if ts.Seq > me.seq {
 			me.seq = ts.Seq
+			if target > t.openNo() {
+				t.moveTo(target)
+			}
+			// Final reports of closed periods give their leases back.
+			for _, c := range ts.Closed {
+				me.reported = me.reported.Add(c.Used)
+				committed, leases := t.period(c.Period)
+				*committed = committed.Add(c.Used)
+				delete(leases, req.Replica)
+				if max(me.period, 1) == c.Period {
+					me.giveBack()
+				}
+			}
+			if max(me.period, 1) < target {
+				// A lease of an earlier period is no good in this one.
+				me.giveBack()
+				me.period = target
+			}
 			me.reported = me.reported.Add(ts.Used)
-			t.committed = t.committed.Add(ts.Used)
+			committed, leases := t.period(target)
+			*committed = committed.Add(ts.Used)
 			for _, r := range leasedResources {
 				if ret := ts.Return.Get(r); ret > 0 {
 					unused := max(0, me.allowance.Get(r)-me.reported.Get(r))
@@ -284,12 +473,14 @@ func (s *MemoryStore) Sync(ctx context.Context, req SyncRequest) (SyncResponse, 
 			}
 			for _, r := range leasedResources {
 				lim, want := ts.Limit.Get(r), ts.Want.Get(r)
-				if lim <= 0 || want <= 0 {
+				if lim <= 0 || want <= 0 || target != t.openNo() || max(me.period, 1) != target {
 					continue
 				}
 				held := t.committed.Get(r)
 				for _, o := range t.replicas {
-					held += max(0, o.allowance.Get(r)-o.reported.Get(r))
+					if max(o.period, 1) == target {
+						held += max(0, o.allowance.Get(r)-o.reported.Get(r))
+					}
 				}
 				grant := min(want, lim-held)
 				if grant < ts.MinGrant.Get(r) {
@@ -300,7 +491,9 @@ func (s *MemoryStore) Sync(ctx context.Context, req SyncRequest) (SyncResponse, 
 					me.allowance.Set(r, base+grant)
 				}
 			}
-			me.expires = now.Add(req.LeaseTTL)
+			if !req.Final {
+				leases[req.Replica] = now.Add(req.LeaseTTL)
+			}
 		}
 		for _, r := range leasedResources {
 			if me.allowance.Get(r) < me.reported.Get(r) {
@@ -309,8 +502,10 @@ func (s *MemoryStore) Sync(ctx context.Context, req SyncRequest) (SyncResponse, 
 		}
 		if req.Final {
 			me.allowance = me.reported
+			_, leases := t.period(min(target, t.openNo()))
+			delete(leases, req.Replica)
 		}
-		resp.Tenants[k] = TenantState{Tenant: ts.Tenant, Committed: t.committed, Reported: me.reported, Allowance: me.allowance, Seq: me.seq}
+		resp.Tenants[k] = TenantState{Tenant: ts.Tenant, Committed: t.committed, Reported: me.reported, Allowance: me.allowance, Seq: me.seq, Period: t.openNo()}
 	}
 	return resp, nil
 }

@@ -61,7 +61,20 @@
 //	                          the Redis server's clock (live replicas;
 //	                          expired entries are pruned on writes).
 //
-// The keys have no TTL: they are the bill. A replica's fields stay after it
+// These two keys hold the tenant's open billing period (see
+// reslimit.TenantSync.Period); the hash also holds "period", the open
+// period's number (absent for 1), and per replica "per:<replica>", the
+// period its unused allowance is for (absent for 1). A deployment that
+// never closes a period keeps exactly these keys. When a replica reports
+// for a later period, the open one's committed totals move to
+// reslimit:{tenant}:p<N> (hash: ops, calls, mem, cpu_us, evals) and its
+// lease set is renamed reslimit:{tenant}:p<N>:leases; the replicas' final
+// reports for the period (reslimit.ClosedReport) are added there and take
+// them out of its lease set. Period N is final when its lease set holds no
+// live lease. With WithPeriodRetention, these keys expire after the
+// retention once the period is final.
+//
+// The open period's keys have no TTL: they are the bill. A replica's fields stay after it
 // is gone (they make a late retry of its reports harmless), so use replica
 // ids that are unique per process start, not per host, and expect about
 // 100 bytes per (replica, tenant) pair that ever synced.
@@ -118,15 +131,17 @@ var syncScript = redis.NewScript(syncSource)
 // Store is a reslimit.Store on Redis. It is safe for concurrent use. Its
 // zero value is not usable: make one with New.
 type Store struct {
-	rdb      redis.UniversalClient
-	prefix   string
-	timeout  time.Duration
-	maxBatch int
+	rdb       redis.UniversalClient
+	prefix    string
+	timeout   time.Duration
+	maxBatch  int
+	retention time.Duration
 }
 
 var (
 	_ reslimit.Store        = (*Store)(nil)
 	_ reslimit.TenantLister = (*Store)(nil)
+	_ reslimit.PeriodLoader = (*Store)(nil)
 )
 
 // Option configures a Store made by New.
@@ -173,6 +188,24 @@ func WithMaxBatch(n int) Option {
 			return fmt.Errorf("%w: redisstore: max batch %d is not positive", reslimit.ErrInvalidArgument, n)
 		}
 		s.maxBatch = n
+		return nil
+	}
+}
+
+// WithPeriodRetention makes the keys of closed billing periods
+// (prefix:{t}:p<N> and prefix:{t}:p<N>:leases) expire d after the period
+// is final: after the last final report of a replica that held a lease
+// for it, or when the last such lease expires, whichever comes first
+// (each write to a closed period's keys sets their expiry again). After
+// that, LoadPeriod reads the period as final with zero totals: read the
+// invoice before. 0, the default, keeps closed periods for ever; d must
+// not be negative. The open period's keys never expire.
+func WithPeriodRetention(d time.Duration) Option {
+	return func(s *Store) error {
+		if d < 0 {
+			return fmt.Errorf("%w: redisstore: period retention %v is negative", reslimit.ErrInvalidArgument, d)
+		}
+		s.retention = d
 		return nil
 	}
 }
@@ -248,6 +281,7 @@ func (s *Store) calls(req reslimit.SyncRequest) ([]call, error) {
 	if req.LeaseTTL > 0 && req.LeaseTTL+time.Millisecond-1 < 0 { // overflow: ~292 years
 		ttl = strconv.FormatInt(int64(req.LeaseTTL/time.Millisecond), 10)
 	}
+	retention := int64((s.retention + time.Millisecond - 1) / time.Millisecond)
 	final := "0"
 	if req.Final {
 		final = "1"
@@ -257,12 +291,15 @@ func (s *Store) calls(req reslimit.SyncRequest) ([]call, error) {
 		if ts.Tenant == "" {
 			return nil, fmt.Errorf("%w: redisstore: sync of an empty tenant name", reslimit.ErrInvalidArgument)
 		}
+		if err := validPeriods(ts); err != nil {
+			return nil, err
+		}
 		if err := nonNegative(ts); err != nil {
 			return nil, err
 		}
 		cpu := int64(ts.Used.CPUTime)
 		hash, leases := s.Keys(ts.Tenant)
-		calls[i] = call{keys: []string{hash, leases}, args: []any{
+		calls[i] = call{keys: []string{hash, leases, hash + ":p"}, args: []any{
 			req.Replica, strconv.FormatUint(ts.Seq, 10), ttl, final,
 			itoa(ts.Used.Operations), itoa(ts.Used.Calls), itoa(ts.Used.TotalMemory), itoa(ts.Used.Evaluations),
 			itoa(cpu / 1000), itoa(cpu % 1000),
@@ -270,9 +307,43 @@ func (s *Store) calls(req reslimit.SyncRequest) ([]call, error) {
 			exact(ts.Limit.Operations), exact(ts.Limit.Calls), exact(ts.Limit.TotalMemory), exact(ts.Limit.Evaluations),
 			exact(ts.Return.Operations), exact(ts.Return.Calls), exact(ts.Return.TotalMemory), exact(ts.Return.Evaluations),
 			exact(ts.MinGrant.Operations), exact(ts.MinGrant.Calls), exact(ts.MinGrant.TotalMemory), exact(ts.MinGrant.Evaluations),
+			strconv.FormatUint(max(ts.Period, 1), 10), itoa(retention), itoa(int64(len(ts.Closed))),
 		}}
+		for _, c := range ts.Closed {
+			cpu := int64(c.Used.CPUTime)
+			calls[i].args = append(calls[i].args, strconv.FormatUint(c.Period, 10),
+				itoa(c.Used.Operations), itoa(c.Used.Calls), itoa(c.Used.TotalMemory), itoa(c.Used.Evaluations),
+				itoa(cpu/1000), itoa(cpu%1000))
+		}
 	}
 	return calls, nil
+}
+
+// maxPeriod bounds period numbers, which the script keeps as float64.
+const maxPeriod = maxExact
+
+// validPeriods checks a report's periods as reslimit.MemoryStore does:
+// its closed periods come before its period, each once.
+func validPeriods(ts reslimit.TenantSync) error {
+	p := max(ts.Period, 1)
+	if p > maxPeriod {
+		return fmt.Errorf("%w: redisstore: tenant %q: period %d is too large", reslimit.ErrInvalidArgument, ts.Tenant, p)
+	}
+	for i, c := range ts.Closed {
+		if c.Period == 0 || c.Period >= p {
+			return fmt.Errorf("%w: redisstore: tenant %q: closed period %d is not before period %d", reslimit.ErrInvalidArgument, ts.Tenant, c.Period, p)
+		}
+		for _, d := range ts.Closed[:i] {
+			if d.Period == c.Period {
+				return fmt.Errorf("%w: redisstore: tenant %q: closed period %d reported twice", reslimit.ErrInvalidArgument, ts.Tenant, c.Period)
+			}
+		}
+		u := c.Used
+		if u.Operations < 0 || u.Calls < 0 || u.TotalMemory < 0 || u.CPUTime < 0 || u.Evaluations < 0 {
+			return fmt.Errorf("%w: redisstore: tenant %q: negative Used %+v for closed period %d", reslimit.ErrInvalidArgument, ts.Tenant, u, c.Period)
+		}
+	}
+	return nil
 }
 
 func nonNegative(ts reslimit.TenantSync) error {
@@ -372,12 +443,16 @@ func isRedisError(err error) bool {
 	return errors.As(err, &rerr) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled)
 }
 
-// parseState reads the script's 18 values: 17 counters, then the last
-// sequence number applied for the replica.
+// parseState reads the script's 19 values: 17 counters, the last
+// sequence number applied for the replica, and the tenant's open period.
 func parseState(v any) (reslimit.TenantState, error) {
 	vals, ok := v.([]any)
-	if !ok || len(vals) != 18 {
+	if !ok || len(vals) != 19 {
 		return reslimit.TenantState{}, fmt.Errorf("unexpected script reply %#v", v)
+	}
+	period, err := parseInt(vals[18])
+	if err != nil || period < 1 {
+		return reslimit.TenantState{}, fmt.Errorf("bad open period %#v: %v", vals[18], err)
 	}
 	var seq uint64
 	if s, ok := vals[17].(string); ok {
@@ -403,6 +478,7 @@ func parseState(v any) (reslimit.TenantState, error) {
 	st.Allowance = reslimit.Totals{Operations: n[5] + n[11], Calls: n[6] + n[12], TotalMemory: n[7] + n[13],
 		CPUTime: time.Duration(n[15])*time.Microsecond + time.Duration(n[16]), Evaluations: n[10] + n[14]}
 	st.Seq = seq
+	st.Period = uint64(period)
 	return st, nil
 }
 
@@ -552,4 +628,42 @@ func (s *Store) Load(ctx context.Context, tenant string) (reslimit.Totals, error
 		return reslimit.Totals{}, fmt.Errorf("redisstore: load %q: %w", tenant, err)
 	}
 	return tot, nil
+}
+
+//go:embed period.lua
+var periodSource string
+
+// periodScript reads one billing period; see period.lua.
+var periodScript = redis.NewScript(periodSource)
+
+// LoadPeriod implements reslimit.PeriodLoader: it reads a tenant's
+// committed totals for a billing period (0: the open one), and whether
+// they are final, atomically, with one script call. A closed period whose
+// keys expired (WithPeriodRetention) reads as final with zero totals.
+func (s *Store) LoadPeriod(ctx context.Context, tenant string, period uint64) (reslimit.StorePeriod, error) {
+	if tenant == "" {
+		return reslimit.StorePeriod{}, fmt.Errorf("%w: redisstore: load of an empty tenant name", reslimit.ErrInvalidArgument)
+	}
+	if period > maxPeriod {
+		return reslimit.StorePeriod{}, fmt.Errorf("%w: redisstore: period %d is too large", reslimit.ErrInvalidArgument, period)
+	}
+	lctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	hash, leases := s.Keys(tenant)
+	v, err := periodScript.Run(lctx, s.rdb, []string{hash, leases, hash + ":p"}, strconv.FormatUint(period, 10)).Result()
+	if err != nil {
+		return reslimit.StorePeriod{}, fmt.Errorf("redisstore: load period %d of %q: %w", period, tenant, err)
+	}
+	vals, ok := v.([]any)
+	if !ok || len(vals) != 8 {
+		return reslimit.StorePeriod{}, fmt.Errorf("redisstore: load period %d of %q: unexpected script reply %#v", period, tenant, v)
+	}
+	var n [8]int64
+	for i, x := range vals {
+		if n[i], err = parseInt(x); err != nil {
+			return reslimit.StorePeriod{}, fmt.Errorf("redisstore: load period %d of %q: %w", period, tenant, err)
+		}
+	}
+	tot, _ := parseTotals(vals[2:7])
+	return reslimit.StorePeriod{Tenant: tenant, Open: uint64(n[0]), Number: uint64(n[1]), Totals: tot, Final: n[7] == 1}, nil
 }

@@ -4,6 +4,9 @@
 --
 -- KEYS[1]      tenant hash               prefix:{tenant}
 -- KEYS[2]      lease expiries (zset)     prefix:{tenant}:leases
+-- KEYS[3]      closed periods' prefix    prefix:{tenant}:p (period N is
+--              kept at KEYS[3]..N and KEYS[3]..N..':leases' once closed;
+--              the open period at KEYS[1] and KEYS[2]; same hash tag)
 -- ARGV[1]      replica id
 -- ARGV[2]      seq, decimal uint64 without leading zeros
 -- ARGV[3]      lease TTL, whole milliseconds
@@ -18,9 +21,14 @@
 --              allowance given back before the grant)
 -- ARGV[23..26] least grant operations, calls, memory, evaluations (a grant
 --              below it is not made)
+-- ARGV[27]     the report's billing period (>= 1)
+-- ARGV[28]     retention of closed periods' keys, ms (0: kept)
+-- ARGV[29]     n, the number of closed periods reported, then n times 7
+--              values: period, used operations, calls, memory,
+--              evaluations, CPU time us, CPU time ns rest
 --
--- Returns 18 values (decimal strings, or nil for 0): the 17 below, then the
--- replica's last applied seq:
+-- Returns 19 values (decimal strings, or nil for 0): the 17 below, then the
+-- replica's last applied seq, then the tenant's open period:
 --   committed ops calls mem cpu_us evals,
 --   reported  ops calls mem cpu_us cpu_ns evals        (this replica)
 --   unused    ops calls mem evals                      (allowance - reported)
@@ -33,7 +41,19 @@
 -- u_mem, u_evals (unused allowance, never negative at rest), acpu_us and
 -- acpu_ns (the allowance's CPU time: MemoryStore sets a replica's whole
 -- allowance, CPU time included, to what it reported when its lease is
--- given back with Final). Zero values are not stored.
+-- given back with Final), per (the period its unused allowance is for,
+-- absent for 1). "period" is the tenant's open period (absent for 1): the
+-- committed totals and out_* are the open period's. Zero values are not
+-- stored.
+--
+-- Billing periods (see reslimit.TenantSync.Period): a report for a period
+-- after the open one moves the open period's committed totals to the
+-- closed period's hash and renames its lease set, and the new period
+-- starts from zero (a replica's unused allowance of an earlier period no
+-- longer counts in out_*); a report for an earlier period is added to that
+-- period's hash and refreshes the replica's lease there. With a retention,
+-- a closed period's keys written by a call expire retention after the
+-- latest lease in its set, or after now.
 --
 -- Lua numbers are doubles: counters that must be exact (committed, reported)
 -- are kept as decimal strings and added exactly (as doubles below 2^53, digit
@@ -47,13 +67,13 @@
 -- Redis before 5 replicates scripts verbatim; TIME needs effects replication.
 if redis.replicate_commands then redis.replicate_commands() end
 
-local h, z, me = KEYS[1], KEYS[2], ARGV[1]
+local h, z, pbase, me = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
 local R = {'ops', 'calls', 'mem', 'evals'} -- leased, ARGV 5..8, 11..14, 15..18
 local OUT = {'out_ops', 'out_calls', 'out_mem', 'out_evals'}
 local TOT = {'ops', 'calls', 'mem', 'cpu_us', 'evals'}
 -- This replica's field names, built once.
 local M = {}
-for _, k in ipairs({'seq', 'ops', 'calls', 'mem', 'cpu_us', 'cpu_ns', 'evals', 'acpu_us', 'acpu_ns'}) do
+for _, k in ipairs({'seq', 'ops', 'calls', 'mem', 'cpu_us', 'cpu_ns', 'evals', 'acpu_us', 'acpu_ns', 'per'}) do
   M[k] = k .. ':' .. me
 end
 local MU = {}
@@ -99,7 +119,7 @@ end
 -- The fields of the answer first (see the header), then what else is read.
 local fields = {'ops', 'calls', 'mem', 'cpu_us', 'evals',
   M.ops, M.calls, M.mem, M.cpu_us, M.cpu_ns, M.evals, MU[1], MU[2], MU[3], MU[4], M.acpu_us, M.acpu_ns,
-  'out_ops', 'out_calls', 'out_mem', 'out_evals', M.seq}
+  'out_ops', 'out_calls', 'out_mem', 'out_evals', M.seq, 'period', M.per}
 local got = redis.call('HMGET', h, unpack(fields))
 for i, f in ipairs(fields) do
   if got[i] then val[f] = got[i] end
@@ -112,6 +132,57 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- vanished may have used it. The lease set only tells live replicas from
 -- gone ones; expired entries are pruned when writing.
 
+-- Billing periods.
+local function pnum(v) if v then return tonumber(v) end return 1 end
+local target = tonumber(ARGV[27])
+local retention = tonumber(ARGV[28])
+local open = pnum(val['period'])
+local myper = pnum(val[M.per])
+-- closed[p]: the committed totals of closed period p read or written
+-- (fields of TOT, decimal strings), and which were touched.
+local closed, touched = {}, {}
+local function closedOf(p)
+  if closed[p] == nil then
+    local g = redis.call('HMGET', pbase .. int(p), unpack(TOT))
+    local c = {}
+    for i, f in ipairs(TOT) do c[f] = g[i] or '0' end
+    closed[p] = c
+    touched[#touched + 1] = p
+  end
+  return closed[p]
+end
+local function leasesOf(p)
+  if p == open then return z end
+  return pbase .. int(p) .. ':leases'
+end
+local moved = nil -- the period closed by this call
+-- addUsed adds a report (ops, calls, mem, evals, cpu_us with the ns rest
+-- carried per replica) to period p's committed totals and to what this
+-- replica reported.
+local function addUsed(p, used, us, ns)
+  local c = nil
+  if p ~= open then c = closedOf(p) end
+  local function commit(f, v)
+    if c then c[f] = add(c[f], v) else set(f, add(val[f] or '0', v)) end
+  end
+  for i, r in ipairs(R) do
+    if used[i] ~= '0' then
+      commit(r, used[i])
+      set(M[r], add(val[M[r]] or '0', used[i]))
+    end
+  end
+  local rest = num(val[M.cpu_ns]) + tonumber(ns)
+  if rest >= 1000 then
+    rest = rest - 1000
+    us = add(us, '1')
+  end
+  if us ~= '0' then
+    commit('cpu_us', us)
+    set(M.cpu_us, add(val[M.cpu_us] or '0', us))
+  end
+  set(M.cpu_ns, int(rest))
+end
+
 -- 2. This replica's report, at most once per seq.
 local uOld, uNew = {}, {}
 for i = 1, 4 do
@@ -119,43 +190,67 @@ for i = 1, 4 do
   uNew[i] = uOld[i]
 end
 local applied = gt(ARGV[2], val[M.seq] or '0')
+local inOld = false -- uOld counts in out_* (before this call)
+local zrem = {}     -- lease sets this replica leaves
 if applied then
   set(M.seq, ARGV[2])
-  for i, r in ipairs(R) do
-    local used = ARGV[4 + i]
-    if used ~= '0' then
-      set(r, add(val[r] or '0', used))
-      set(M[r], add(val[M[r]] or '0', used))
+  if target > open then
+    -- Close the open period: its totals go to its own keys, and the new
+    -- one starts from zero.
+    local c = {}
+    for _, f in ipairs(TOT) do
+      c[f] = val[f] or '0'
+      set(f, nil)
+    end
+    for _, f in ipairs(OUT) do set(f, nil) end
+    closed[open], moved = c, open
+    touched[#touched + 1] = open
+    if target == 1 then set('period', nil) else set('period', int(target)) end
+    open = target
+  end
+  inOld = myper == open and moved == nil
+  local u = {}
+  for i = 1, 4 do u[i] = uOld[i] end
+  -- Final reports of closed periods give their leases back.
+  local n = tonumber(ARGV[29])
+  for k = 0, n - 1 do
+    local b = 29 + 7 * k
+    local p = tonumber(ARGV[b + 1])
+    local used = {ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]}
+    addUsed(p, used, ARGV[b + 6], ARGV[b + 7])
+    zrem[#zrem + 1] = p
+    for i = 1, 4 do
+      if myper == p then u[i] = 0 else u[i] = u[i] - tonumber(used[i]) end
     end
   end
-  -- CPU time: whole microseconds, carrying the sub-microsecond rest.
-  local us, rest = ARGV[9], num(val[M.cpu_ns]) + tonumber(ARGV[10])
-  if rest >= 1000 then
-    rest = rest - 1000
-    us = add(us, '1')
+  if myper < target then
+    -- A lease of an earlier period is no good in this one.
+    for i = 1, 4 do u[i] = 0 end
+    myper = target
   end
-  if us ~= '0' then
-    set('cpu_us', add(val['cpu_us'] or '0', us))
-    set(M.cpu_us, add(val[M.cpu_us] or '0', us))
-  end
-  set(M.cpu_ns, int(rest))
+  addUsed(target, {ARGV[5], ARGV[6], ARGV[7], ARGV[8]}, ARGV[9], ARGV[10])
 
   -- 3. Give back what the replica returns, then grant up to want (nothing
   -- below the least grant) while committed + every replica's unused
   -- allowance stays within the limit. Unused allowance is never below 0:
-  -- a report past the allowance lifts it to what was reported.
+  -- a report past the allowance lifts it to what was reported. Nothing is
+  -- granted for a period that is not the open one.
+  local grants = target == open and myper == target
   for i, r in ipairs(R) do
-    local raw = uOld[i] - tonumber(ARGV[4 + i])
-    local u = math.max(math.max(raw, 0) - tonumber(ARGV[18 + i]), 0)
+    local raw = u[i] - tonumber(ARGV[4 + i])
+    local v = math.max(math.max(raw, 0) - tonumber(ARGV[18 + i]), 0)
     local want, lim = tonumber(ARGV[10 + i]), tonumber(ARGV[14 + i])
-    if lim > 0 and want > 0 then
-      local held = num(val[r]) + (num(val[OUT[i]]) - uOld[i]) + u
+    if grants and lim > 0 and want > 0 then
+      local others = num(val[OUT[i]])
+      if inOld then others = others - uOld[i] end
+      local held = num(val[r]) + others + v
       local grant = math.min(want, lim - held)
       if grant < tonumber(ARGV[22 + i]) then grant = 0 end
-      if grant > 0 then u = u + grant end
+      if grant > 0 then v = v + grant end
     end
-    uNew[i] = u
+    uNew[i] = v
   end
+  if myper == 1 then set(M.per, nil) else set(M.per, int(myper)) end
 end
 
 -- 4. Final gives back every unused allowance.
@@ -165,24 +260,53 @@ if final then
   set(M.acpu_us, val[M.cpu_us] or '0')
   set(M.acpu_ns, val[M.cpu_ns] or '0')
 end
+if not applied then inOld = myper == open end
+local inNew = myper == open
 for i = 1, 4 do
-  if uNew[i] ~= uOld[i] then
-    set(MU[i], int(uNew[i]))
-    set(OUT[i], int(num(val[OUT[i]]) + uNew[i] - uOld[i]))
-  end
+  if uNew[i] ~= uOld[i] then set(MU[i], int(uNew[i])) end
+  local d = 0
+  if inNew then d = d + uNew[i] end
+  if inOld then d = d - uOld[i] end
+  if d ~= 0 then set(OUT[i], int(num(val[OUT[i]]) + d)) end
 end
 
 -- Refuse (before any write) a report that would overflow a 64-bit counter,
 -- so that an error never leaves a half-applied report. (Reported totals
--- are at most the committed ones.)
+-- are at most the sum of the committed ones.)
+local function over(v)
+  v = v or '0'
+  return #v > #MAXINT or (#v == #MAXINT and v > MAXINT)
+end
 for _, r in ipairs(TOT) do
-  local v = val[r] or '0'
-  if #v > #MAXINT or (#v == #MAXINT and v > MAXINT) then
+  if over(val[r]) or over(val[M[r] or '']) then
     return redis.error_reply('ERR reslimit: counter overflow')
+  end
+end
+for _, p in ipairs(touched) do
+  for _, f in ipairs(TOT) do
+    if over(closed[p][f]) then
+      return redis.error_reply('ERR reslimit: counter overflow')
+    end
   end
 end
 
 -- 5. Write.
+if moved and redis.call('EXISTS', z) == 1 then
+  redis.call('RENAME', z, leasesOf(moved))
+end
+for _, p in ipairs(touched) do
+  local c, hs, hd = closed[p], {}, {}
+  for _, f in ipairs(TOT) do
+    if c[f] ~= '0' then
+      hs[#hs + 1] = f
+      hs[#hs + 1] = c[f]
+    else
+      hd[#hd + 1] = f
+    end
+  end
+  if #hs > 0 then redis.call('HSET', pbase .. int(p), unpack(hs)) end
+  if #hd > 0 then redis.call('HDEL', pbase .. int(p), unpack(hd)) end
+end
 local hset, hdel = {}, {}
 for _, f in ipairs(dirty) do
   if val[f] then
@@ -194,14 +318,39 @@ for _, f in ipairs(dirty) do
 end
 if #hset > 0 then redis.call('HSET', h, unpack(hset)) end
 if #hdel > 0 then redis.call('HDEL', h, unpack(hdel)) end
-redis.call('ZREMRANGEBYSCORE', z, '-inf', '(' .. int(now))
-if final then redis.call('ZREM', z, me) end
+for _, p in ipairs(zrem) do
+  redis.call('ZREM', leasesOf(p), me)
+  touched[#touched + 1] = p
+end
+local lz = leasesOf(math.min(target, open))
+redis.call('ZREMRANGEBYSCORE', lz, '-inf', '(' .. int(now))
+if lz ~= z then
+  redis.call('ZREMRANGEBYSCORE', z, '-inf', '(' .. int(now))
+  touched[#touched + 1] = math.min(target, open)
+end
+if final then redis.call('ZREM', lz, me) end
 if applied and not final then
   -- The lease runs from now, by the server's clock.
-  redis.call('ZADD', z, int(now + tonumber(ARGV[3])), me)
+  redis.call('ZADD', lz, int(now + tonumber(ARGV[3])), me)
+end
+if retention > 0 then
+  -- A closed period's keys expire retention after it is final (at the
+  -- latest lease in its set), counted from its last write.
+  for _, p in ipairs(touched) do
+    if p < open then
+      local lk = leasesOf(p)
+      local at = now
+      local top = redis.call('ZRANGE', lk, -1, -1, 'WITHSCORES')
+      if top[2] then at = math.max(at, tonumber(top[2])) end
+      at = int(at + retention)
+      redis.call('PEXPIREAT', pbase .. int(p), at)
+      redis.call('PEXPIREAT', lk, at)
+    end
+  end
 end
 
 local res = {}
 for i = 1, 17 do res[i] = val[fields[i]] or false end
 res[18] = val[M.seq] or false -- the last seq applied for this replica
+res[19] = int(open)
 return res

@@ -14,7 +14,12 @@
 //   - a Final sync gives back every unused allowance;
 //   - resources without a limit (0) and CPU time are only reported;
 //   - CPU time round-trips (within Config.CPUResolution per report);
-//   - Load returns the committed totals; a TenantLister lists every tenant.
+//   - Load returns the committed totals; a TenantLister lists every tenant;
+//   - billing periods (for a store that implements reslimit.PeriodLoader):
+//     a report for a later period closes the open one, and the committed
+//     totals and quotas start over; a late report is billed to its period;
+//     a closed period is final once every lease for it was given back by a
+//     final report (ClosedReport, Final) or expired.
 //
 // A store package runs it from a test:
 //
@@ -105,6 +110,11 @@ func Run(t *testing.T, cfg Config) {
 		{"ListTenants", s.testListTenants},
 		{"Hammer", s.testHammer},
 		{"MatchesMemoryStore", s.testMatchesMemoryStore},
+		{"PeriodClose", s.testPeriodClose},
+		{"PeriodFinalByExpiry", s.testPeriodFinalByExpiry},
+		{"PeriodRetryAppliesOnce", s.testPeriodRetryAppliesOnce},
+		{"PeriodInvalid", s.testPeriodInvalid},
+		{"PeriodsMatchMemoryStore", s.testPeriodsMatchMemoryStore},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -1,0 +1,66 @@
+package reslimit
+
+import (
+	"context"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// testFleetPeriods runs the fleet-wide period scenario on store: r1
+// closes period 1 while r2 holds usage charged in it; r2 learns of the
+// close from the store and closes its own; every unit is billed to the
+// period it was charged in, period 1 is final once both sent their final
+// reports, and the fleet-wide quota starts over in period 2.
+func testFleetPeriods(t *testing.T, store Store) {
+	ctx := context.Background()
+	lim := AccountLimits{MaxTotalOperations: 100}
+	r1 := newFleetLedger(t, store, "r1", lim)
+	r2 := newFleetLedger(t, store, "r2", lim)
+	chargeOps(t, r1.Account("acme"), 60)
+	chargeOps(t, r2.Account("acme"), 30)
+	require.NoError(t, r1.Sync(ctx))
+
+	lines := r1.ClosePeriod()
+	require.Len(t, lines, 1)
+	assert.Equal(t, uint64(1), lines[0].Number)
+	assert.Equal(t, int64(60), lines[0].Operations)
+	require.NoError(t, r1.Sync(ctx)) // the store's period moves to 2
+	sp, err := r1.StorePeriod(ctx, "acme", 0)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(2), sp.Open)
+
+	// r2 reports its 30 after the close: they are billed to period 1, and
+	// r2 closes its period 1 too.
+	require.NoError(t, r2.Sync(ctx))
+	require.NoError(t, r2.Sync(ctx))
+	assert.Equal(t, uint64(2), r2.Account("acme").Stats().Period)
+	kept := r2.Periods()
+	require.Len(t, kept, 1)
+	assert.Equal(t, uint64(1), kept[0].Number)
+	assert.Equal(t, int64(30), kept[0].Operations)
+	sp, err = r2.StorePeriod(ctx, "acme", 1)
+	require.NoError(t, err)
+	assert.Equal(t, StorePeriod{Tenant: "acme", Number: 1, Open: 2, Totals: Totals{Operations: 60 + 30, Evaluations: 2}, Final: true},
+		withoutCPU(sp))
+
+	// The quota starts over: 90 were used in period 1, and 60 more fit in
+	// period 2 (r2 holds part of its quota as a lease).
+	chargeOps(t, r1.Account("acme"), 60)
+	require.NoError(t, r1.Sync(ctx))
+	require.NoError(t, r2.Sync(ctx))
+	sp, err = r1.StorePeriod(ctx, "acme", 2)
+	require.NoError(t, err)
+	assert.Equal(t, int64(60), sp.Operations)
+	assert.False(t, sp.Final, "the open period")
+}
+
+func withoutCPU(sp StorePeriod) StorePeriod {
+	sp.CPUTime = 0
+	return sp
+}
+
+func TestFleetPeriodsMemoryStore(t *testing.T) {
+	testFleetPeriods(t, NewMemoryStore())
+}
