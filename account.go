@@ -903,7 +903,11 @@ func (a *Account) AppendReadings(dst []Reading) []Reading {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, r := range accountResources {
-		dst = append(dst, Reading{Resource: r, Used: a.usageLocked(r), Limit: a.limits[r].Load(), Refusals: a.refused[r].Load()})
+		rd := Reading{Resource: r, Used: a.usageLocked(r), Limit: a.limits[r].Load(), Refusals: a.refused[r].Load()}
+		if a.fleet != nil && cumulative(r) {
+			rd.StoreLost = a.fleet.lost.Get(r)
+		}
+		dst = append(dst, rd)
 	}
 	// A rate has no usage to compare with a limit: its refusals only (a
 	// Monitor sends LimitExceeded for them).

@@ -508,6 +508,7 @@ type fleetState struct {
 	syncs       int64
 	syncErrors  int64
 	resets      int64
+	lost        Totals // what the store lost of this replica's reports, cumulatively (Monitor's StoreReset)
 	lastErr     string
 	failing     bool
 	wantSync    bool
@@ -961,6 +962,11 @@ func (f *fleetState) applyLocked(a *Account, ts TenantSync, st TenantState, sent
 		// quota come back to what the live replicas granted.
 		f.resets++
 		f.lastReset = time.Now()
+		for _, r := range [...]Resource{Operations, Calls, TotalMemory, CPUTime, Evaluations} {
+			if d := expected.Get(r) - reported.Get(r); d > 0 {
+				f.lost.Set(r, satAdd(f.lost.Get(r), d))
+			}
+		}
 		f.wantSync = true
 		f.short = 0
 		// For an interval, while the other replicas report again, ask for

@@ -387,3 +387,45 @@ func TestFleetChargeThatFitsIsGrantedNearTheLimit(t *testing.T) {
 		}
 	})
 }
+
+// A Monitor watching a store-backed ledger sends StoreReset when the store
+// lost this replica's reports (and the replica reported them again), with
+// how much was lost; once per loss, not every poll.
+func TestMonitorSeesStoreResets(t *testing.T) {
+	store := newCountingStore()
+	l := newFleetLedger(t, store, "r1", AccountLimits{MaxTotalOperations: 50_000})
+	tr, err := l.Account("t").Begin(Unlimited())
+	require.NoError(t, err)
+	require.NoError(t, tr.TrackOperations(15_000))
+	tr.End()
+	require.NoError(t, l.Sync(context.Background()))
+
+	m := newTestMonitor(t, MonitorConfig{})
+	require.NoError(t, m.RegisterLedger("tenant/", l))
+	assert.Empty(t, pollKinds(t, m))
+
+	store.reset()
+	require.Eventually(t, func() bool {
+		c, _ := store.Load(context.Background(), "t")
+		return c.Operations == 15_000
+	}, 10*time.Second, 5*time.Millisecond, "the replica reports again what it had reported")
+	m.Poll()
+	var resets []Event
+	for _, ev := range drain(t, m) {
+		if ev.Kind == StoreReset {
+			resets = append(resets, ev)
+		}
+	}
+	require.NotEmpty(t, resets)
+	var ops int64
+	for _, ev := range resets {
+		assert.Equal(t, "tenant/t", ev.Component)
+		if ev.Resource == Operations {
+			ops += ev.Used
+		}
+	}
+	assert.Equal(t, int64(15_000), ops, "the operations the store lost")
+	assert.Empty(t, pollKinds(t, m), "once per loss")
+	assert.Positive(t, m.Stats().StoreResets)
+	require.NoError(t, l.Close(context.Background()))
+}

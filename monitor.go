@@ -22,6 +22,10 @@ type Reading struct {
 	Used     int64
 	Limit    int64
 	Refusals int64
+	// StoreLost is, for an account with a fleet Store, how much of the
+	// resource the store lost of this replica's reports and was reported
+	// again, cumulatively (0 otherwise). A rise sends StoreReset.
+	StoreLost int64
 }
 
 // Source is something a Monitor can poll: *Tracker and *Account implement
@@ -110,19 +114,26 @@ const (
 	// Recovered: after HighUsage, the usage fell back below the threshold
 	// (less MonitorHysteresis).
 	Recovered
+	// StoreReset: a fleet store lost reports of this replica for the
+	// resource (a Redis restarted without its data, say) and the replica
+	// reported them again; Used is how much was lost since the previous
+	// poll. The account's FleetStats and the ledger's logger say so too.
+	StoreReset
 )
 
 var eventKindNames = [...]string{
 	HighUsage:     "high_usage",
 	LimitExceeded: "limit_exceeded",
 	Recovered:     "recovered",
+	StoreReset:    "store_reset",
 }
 
 // Valid reports whether k is one of the defined kinds.
-func (k EventKind) Valid() bool { return k >= HighUsage && k <= Recovered }
+func (k EventKind) Valid() bool { return k >= HighUsage && k <= StoreReset }
 
 // String returns the kind's stable snake_case name ("high_usage",
-// "limit_exceeded", "recovered"), or "event_kind(N)" for an invalid value.
+// "limit_exceeded", "recovered", "store_reset"), or "event_kind(N)" for
+// an invalid value.
 func (k EventKind) String() string {
 	if k.Valid() {
 		return eventKindNames[k]
@@ -142,7 +153,7 @@ func (k EventKind) MarshalText() ([]byte, error) {
 // UnmarshalText implements encoding.TextUnmarshaler, accepting the names
 // that String returns.
 func (k *EventKind) UnmarshalText(b []byte) error {
-	for v := HighUsage; v <= Recovered; v++ {
+	for v := HighUsage; v <= StoreReset; v++ {
 		if eventKindNames[v] == string(b) {
 			*k = v
 			return nil
@@ -226,6 +237,8 @@ type MonitorStats struct {
 	LimitsExceeded int64
 	// Recoveries counts Recovered events.
 	Recoveries int64
+	// StoreResets counts StoreReset events.
+	StoreResets int64
 	// DroppedEvents counts the events not delivered because the Events
 	// channel was full.
 	DroppedEvents int64
@@ -257,6 +270,7 @@ type resState struct {
 	high     bool // at or above the warning threshold (HighUsage sent)
 	refusing bool // the previous poll found new refusals
 	refusals int64
+	lost     int64 // the StoreLost last read
 }
 
 // component is one registered source and its edge state. It is allocated
@@ -348,11 +362,12 @@ type Monitor struct {
 	quit     chan struct{}
 	exited   chan struct{} // closed when the polling goroutine has exited
 
-	warnings  atomic.Int64
-	exceeded  atomic.Int64
-	recovered atomic.Int64
-	dropped   atomic.Int64
-	polls     atomic.Int64
+	warnings    atomic.Int64
+	exceeded    atomic.Int64
+	recovered   atomic.Int64
+	storeResets atomic.Int64
+	dropped     atomic.Int64
+	polls       atomic.Int64
 }
 
 // NewMonitor returns a monitor configured by cfg, with no component
@@ -466,6 +481,7 @@ func newComponent(name string, s Source) *component {
 	for _, r := range s.AppendReadings(nil) {
 		if r.Resource.Valid() {
 			c.state[r.Resource].refusals = r.Refusals
+			c.state[r.Resource].lost = r.StoreLost
 		}
 	}
 	return c
@@ -697,6 +713,12 @@ func (m *Monitor) check(c *component, r *Reading, now time.Time) {
 	if streak {
 		m.emit(c, r, LimitExceeded, ratio, refused, now)
 	}
+	if r.StoreLost > st.lost {
+		lost := *r
+		lost.Used = r.StoreLost - st.lost
+		st.lost = r.StoreLost
+		m.emit(c, &lost, StoreReset, 0, 0, now)
+	}
 }
 
 // emit records and sends one event. Called with pollMu held.
@@ -711,6 +733,8 @@ func (m *Monitor) emit(c *component, r *Reading, kind EventKind, ratio float64, 
 		c.exceeded.Add(1)
 	case Recovered:
 		m.recovered.Add(1)
+	case StoreReset:
+		m.storeResets.Add(1)
 	}
 	if m.histCap > 0 {
 		m.histMu.Lock()
@@ -737,7 +761,7 @@ func (m *Monitor) log(ev *Event) {
 	switch ev.Kind {
 	case HighUsage:
 		level = slog.LevelWarn
-	case LimitExceeded:
+	case LimitExceeded, StoreReset:
 		level = slog.LevelError
 	}
 	ctx := context.Background()
@@ -763,6 +787,7 @@ func (m *Monitor) Stats() MonitorStats {
 		Warnings:       m.warnings.Load(),
 		LimitsExceeded: m.exceeded.Load(),
 		Recoveries:     m.recovered.Load(),
+		StoreResets:    m.storeResets.Load(),
 		DroppedEvents:  m.dropped.Load(),
 		Polls:          m.polls.Load(),
 		PerComponent:   make(map[string]ComponentStats, len(comps)),

@@ -145,7 +145,7 @@ type EventSnapshot struct {
 	Component string `json:"component"`
 	// Resource is the resource's name.
 	Resource string `json:"resource"`
-	// Kind is "high_usage", "limit_exceeded" or "recovered".
+	// Kind is "high_usage", "limit_exceeded", "recovered" or "store_reset".
 	Kind string `json:"kind"`
 	// Unit is the unit of Used and Limit: "bytes", "count" or "seconds".
 	Unit string  `json:"unit"`
