@@ -57,7 +57,10 @@ var guardTable [guardLines]guardLine
 // claimGuard returns a free identity cell, marked held, and its value.
 func claimGuard() (*atomic.Uint64, uint64) {
 	var probe byte
-	line := uint(uintptr(unsafe.Pointer(&probe))>>13) % guardLines
+	// Goroutine stacks start at 2 KiB and sit side by side: hash the
+	// address at 1 KiB so that neighbouring stacks get different lines.
+	h := uint64(uintptr(unsafe.Pointer(&probe))>>10) * 0x9E3779B97F4A7C15
+	line := uint(h>>40) % guardLines
 	for k := range uint(guardProbe) {
 		c := &guardTable[(line+k/8)%guardLines].cells[k%8]
 		if v := c.Load(); v&1 == 0 && c.CompareAndSwap(v, v+1) {
