@@ -44,7 +44,8 @@ func (t *Tracker) room(i int) *atomic.Int64 {
 	return &t.meters[i].avail
 }
 
-// stopState is what Step reports once a run is stopped.
+// stopState holds why a run was stopped (Tracker.cause): the first reason
+// wins, and every later charge is refused with it.
 type stopState struct{ err error }
 
 // Tracker counts what one run (or one long-lived component) consumes and

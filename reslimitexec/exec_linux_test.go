@@ -106,9 +106,20 @@ func TestCPULimitStopsSpinner(t *testing.T) {
 // the run's CPU limit: descendants' CPU counts.
 func TestGrandchildCPUCounted(t *testing.T) {
 	const limit = 300 * time.Millisecond
-	var gc int
-	u, err := runIn(t, reslimit.Limits{MaxCPUTime: limit, Timeout: time.Minute}, nil, func(ctx context.Context) error {
-		cmd := self("forkspin")
+	u, gc, err := runDescendant(t, reslimit.Limits{MaxCPUTime: limit, Timeout: time.Minute}, self("forkspin"))
+	limitErr(t, err, reslimit.CPUTime)
+	t.Logf("run CPU %v (limit %v)", u.CPUTime, limit)
+	waitGone(t, gc)
+}
+
+// readPid reads a pid printed on a line of r.
+// runDescendant runs cmd (which prints the pid of a descendant it started
+// on its first line of output) in a run limited by l and returns the run's
+// usage, the descendant's pid and the run's error.
+func runDescendant(t *testing.T, l reslimit.Limits, cmd *exec.Cmd) (reslimit.Usage, int, error) {
+	t.Helper()
+	var pid int
+	u, err := runIn(t, l, nil, func(ctx context.Context) error {
 		out, err := cmd.StdoutPipe()
 		if err != nil {
 			return err
@@ -117,15 +128,12 @@ func TestGrandchildCPUCounted(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		gc = readPid(t, out)
+		pid = readPid(t, out)
 		return p.Wait()
 	})
-	limitErr(t, err, reslimit.CPUTime)
-	t.Logf("run CPU %v (limit %v)", u.CPUTime, limit)
-	waitGone(t, gc)
+	return u, pid, err
 }
 
-// readPid reads a pid printed on a line of r.
 func readPid(t *testing.T, r interface{ Read([]byte) (int, error) }) int {
 	t.Helper()
 	line, err := bufio.NewReader(r).ReadString('\n')
@@ -378,20 +386,7 @@ func TestFileSizeLimit(t *testing.T) {
 
 // On the run's timeout the whole group dies, grandchild included.
 func TestTimeoutKillsGroup(t *testing.T) {
-	var gc int
-	_, err := runIn(t, reslimit.Limits{Timeout: 300 * time.Millisecond}, nil, func(ctx context.Context) error {
-		cmd := self("forksleep")
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			return err
-		}
-		p, err := reslimitexec.Start(ctx, cmd)
-		if err != nil {
-			return err
-		}
-		gc = readPid(t, out)
-		return p.Wait()
-	})
+	_, gc, err := runDescendant(t, reslimit.Limits{Timeout: 300 * time.Millisecond}, self("forksleep"))
 	limitErr(t, err, reslimit.Timeout)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("%v is not context.DeadlineExceeded", err)
@@ -654,20 +649,7 @@ func TestTimeoutKillsDescendantThatLeftTheGroup(t *testing.T) {
 	if _, err := exec.LookPath("setsid"); err != nil {
 		t.Skip("setsid not found")
 	}
-	var gc int
-	_, err := runIn(t, reslimit.Limits{Timeout: 300 * time.Millisecond}, nil, func(ctx context.Context) error {
-		cmd := exec.Command("/bin/sh", "-c", `setsid sleep 3600 & echo $!; wait`)
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			return err
-		}
-		p, err := reslimitexec.Start(ctx, cmd)
-		if err != nil {
-			return err
-		}
-		gc = readPid(t, out)
-		return p.Wait()
-	})
+	_, gc, err := runDescendant(t, reslimit.Limits{Timeout: 300 * time.Millisecond}, exec.Command("/bin/sh", "-c", `setsid sleep 3600 & echo $!; wait`))
 	limitErr(t, err, reslimit.Timeout)
 	waitGone(t, gc)
 }
