@@ -23,6 +23,9 @@ package reslimit
 //     uses after counts in the new period.
 //   - held: memory held at once (charged minus released), as opposed to
 //     the cumulative total charged.
+//   - quota: what decides an account's cumulative limits: localQuota here,
+//     or with a Store the fleet's state (fleetState, fleet.go); the account
+//     code consults it through the quota interface only.
 //   - lease, allowance (fleet.go): with a Store, the part of the fleet-wide
 //     quota the store has granted this replica; reports tell the store
 //     what was used, leases cap what this replica may grant its runs.
@@ -183,7 +186,7 @@ type Account struct {
 	lifeMeters [numMeters]int64 // usage of ended runs
 	lifeCPU    time.Duration
 	lifeEvals  int64
-	fleet      *fleetState // nil without a Store
+	quota      quota       // where the cumulative limits are decided; nil: localQuota (see quotaOf)
 	cpuTimer   *time.Timer // the CPU watchdog while runs are measured, with a CPU limit
 	hist       []HistoryEntry
 	histNext   int
@@ -352,20 +355,19 @@ func (a *Account) begin(l Limits, name string, cancel func(error), parent *Track
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.fleet != nil && a.fleet.ledger.closed.Load() {
-		return nil, ErrClosed
+	q := a.quotaOf()
+	if err := q.errLocked(); err != nil {
+		return nil, err
 	}
-	open := a.fleetOpenLocked() // FailOpen while the store fails: no cumulative limit
+	open := q.unboundLocked()
 	if lim := a.limits[Evaluations].Load(); lim > 0 && !open {
 		used := a.usageLocked(Evaluations)
 		if used >= lim {
 			a.refused[Evaluations].Add(1)
 			return nil, &LimitError{Resource: Evaluations, Limit: lim, Used: used, Requested: 1, Tenant: a.name}
 		}
-		if a.fleet != nil {
-			if err := a.fleetReserveLocked(Evaluations, 1, 1, -1, nil, func() int64 { return a.lifeEvals }); err != nil {
-				return nil, err
-			}
+		if err := q.reserveRunLocked(a); err != nil {
+			return nil, err
 		}
 	}
 	if lim := a.limits[Concurrency].Load(); lim > 0 && int64(len(a.live)) >= lim {
@@ -395,22 +397,88 @@ func (a *Account) begin(l Limits, name string, cancel func(error), parent *Track
 }
 
 // grant adds room for meter i to t (whose refill needs want more to take
-// n), checking the account's limit: from the account's own limit here, or
-// from the fleet's lease with a Store (fleetGrantLocked, in fleet.go). It
-// is called with t.mu held.
+// n), checking the account's limit, if any, through its quota. It is
+// called with t.mu held.
 func (a *Account) grant(t *Tracker, i int, n, want, room int64) (bool, error) {
-	res := meterResource[i]
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.fleet != nil && a.fleet.ledger.closed.Load() {
-		return false, ErrClosed // the ledger made its final report
+	q := a.quotaOf()
+	if err := q.errLocked(); err != nil {
+		return false, err
 	}
-	if a.limits[res].Load() == 0 {
+	if a.limits[meterResource[i]].Load() == 0 {
 		return a.grantUnlimitedLocked(t, i, n, want, room)
 	}
-	if a.fleet != nil {
-		return a.fleetGrantLocked(t, i, n, want, room)
+	return q.grantLocked(a, t, i, n, want, room)
+}
+
+// quota decides an account's cumulative limits: in this process
+// (localQuota, below) or fleet-wide with a Store (*fleetState, in
+// fleet.go, which holds leases of the fleet's quota and reports usage).
+// Its methods named ...Locked are called with the account's mu held.
+type quota interface {
+	// errLocked returns why the account may grant nothing more (ErrClosed
+	// after its ledger made its final report), or nil.
+	errLocked() error
+	// unboundLocked reports whether no cumulative limit binds now (a store
+	// that fails under FailOpen).
+	unboundLocked() bool
+	// reserveRunLocked makes sure one more evaluation may begin while
+	// Evaluations is limited and the account's own count allows it.
+	reserveRunLocked(a *Account) error
+	// grantLocked adds room for meter i, whose limit is set, to t (see
+	// Account.grant).
+	grantLocked(a *Account, t *Tracker, i int, n, want, room int64) (bool, error)
+	// usageLocked returns the usage of cumulative resource r the limit is
+	// checked against, when it is not the account's own (fleet-wide).
+	usageLocked(a *Account, r Resource) (int64, bool)
+	// statsLocked returns the state of the fleet store, or nil.
+	statsLocked(a *Account) *FleetStats
+	// lostLocked is how much of r a store lost of this process's reports.
+	lostLocked(r Resource) int64
+	// periodClosedLocked is told that the account closed period n when its
+	// life totals were life.
+	periodClosedLocked(n uint64, life Totals)
+	// storePeriods reports whether the store numbers the account's periods.
+	storePeriods() bool
+	// retireLocked marks the account as removed from its ledger but still
+	// to be reported (v true) or brought back (v false), and reports
+	// whether it has a store to report to.
+	retireLocked(v bool) bool
+}
+
+// quotaOf returns the account's quota: a local one unless its ledger has
+// a Store (and for a zero Account).
+func (a *Account) quotaOf() quota {
+	if a.quota == nil {
+		return localQuota{}
 	}
+	return a.quota
+}
+
+// localQuota decides an account's cumulative limits in this process
+// alone: a run's room comes out of the limit minus what is reserved,
+// reclaimed from the other live runs when short, so the limit holds
+// exactly.
+type localQuota struct{}
+
+var (
+	_ quota = localQuota{}
+	_ quota = (*fleetState)(nil)
+)
+
+func (localQuota) errLocked() error                             { return nil }
+func (localQuota) unboundLocked() bool                          { return false }
+func (localQuota) reserveRunLocked(*Account) error              { return nil }
+func (localQuota) usageLocked(*Account, Resource) (int64, bool) { return 0, false }
+func (localQuota) statsLocked(*Account) *FleetStats             { return nil }
+func (localQuota) lostLocked(Resource) int64                    { return 0 }
+func (localQuota) periodClosedLocked(uint64, Totals)            {}
+func (localQuota) storePeriods() bool                           { return false }
+func (localQuota) retireLocked(bool) bool                       { return false }
+
+func (localQuota) grantLocked(a *Account, t *Tracker, i int, n, want, room int64) (bool, error) {
+	res := meterResource[i]
 	free := a.limits[res].Load() - a.reserved[i]
 	if free < want {
 		a.reclaimLocked(i, t)
@@ -549,8 +617,10 @@ func (a *Account) lifeLocked() Totals {
 // usageLocked returns the account's usage of any resource; with a Store,
 // fleet-wide for the cumulative ones.
 func (a *Account) usageLocked(r Resource) int64 {
-	if a.fleet != nil && cumulative(r) {
-		return satAdd(a.fleet.committed.Get(r), max(0, a.lifeLocked().Get(r)-a.fleet.floorLocked(r)))
+	if cumulative(r) {
+		if u, ok := a.quotaOf().usageLocked(a, r); ok {
+			return u
+		}
 	}
 	switch r {
 	case Memory:
@@ -754,10 +824,7 @@ func (a *Account) Stats() AccountStats {
 			s.Exhausted = true
 		}
 	}
-	if a.fleet != nil {
-		fs := a.fleet.statsLocked(a)
-		s.Fleet = &fs
-	}
+	s.Fleet = a.quotaOf().statsLocked(a)
 	for r := range a.refused {
 		if n := a.refused[r].Load(); n > 0 {
 			if s.Refusals == nil {
@@ -904,8 +971,8 @@ func (a *Account) AppendReadings(dst []Reading) []Reading {
 	defer a.mu.Unlock()
 	for _, r := range accountResources {
 		rd := Reading{Resource: r, Used: a.usageLocked(r), Limit: a.limits[r].Load(), Refusals: a.refused[r].Load()}
-		if a.fleet != nil && cumulative(r) {
-			rd.StoreLost = a.fleet.lost.Get(r)
+		if cumulative(r) {
+			rd.StoreLost = a.quotaOf().lostLocked(r)
 		}
 		dst = append(dst, rd)
 	}

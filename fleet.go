@@ -255,8 +255,8 @@ func (l *Ledger) probeStore(ctx context.Context) {
 	l.mu.RLock()
 	for _, a := range l.accts { // random order
 		a.mu.Lock()
-		if a.fleet.loaded && a.fleet.pending == nil && !a.fleet.reported.IsZero() {
-			probe, seen = a, a.fleet.committed
+		if f := a.fleetState(); f.loaded && f.pending == nil && !f.reported.IsZero() {
+			probe, seen = a, f.committed
 		}
 		a.mu.Unlock()
 		if probe != nil {
@@ -387,9 +387,9 @@ func (l *Ledger) syncRound(ctx context.Context, all, final bool) error {
 	var owners []*Account
 	for _, a := range accts {
 		a.mu.Lock()
-		if all || a.fleet.dueLocked(a, now) {
-			req.Tenants = append(req.Tenants, a.fleet.reportLocked(a, now))
-			a.fleet.inFlight = true
+		if f := a.fleetState(); all || f.dueLocked(a, now) {
+			req.Tenants = append(req.Tenants, f.reportLocked(a, now))
+			f.inFlight = true
 			owners = append(owners, a)
 		}
 		a.mu.Unlock()
@@ -412,18 +412,19 @@ func (l *Ledger) syncRound(ctx context.Context, all, final bool) error {
 	var lines []Period
 	for k, a := range owners {
 		a.mu.Lock()
-		a.fleet.lastAttempt = now
-		a.fleet.inFlight = false
+		f := a.fleetState()
+		f.lastAttempt = now
+		f.inFlight = false
 		if err != nil {
-			a.fleet.failLocked(a, err)
+			f.failLocked(a, err)
 		} else {
-			a.fleet.applyLocked(a, req.Tenants[k], resp.Tenants[k], now)
-			lines = append(lines, a.fleet.lines...)
-			a.fleet.lines = nil
+			f.applyLocked(a, req.Tenants[k], resp.Tenants[k], now)
+			lines = append(lines, f.lines...)
+			f.lines = nil
 			// Settle a removed account once all is reported (during Close,
 			// only in the Final round, which gives its lease back).
-			if a.fleet.retired && (final || !l.closed.Load()) && len(a.live) == 0 && reportable(a.lifeLocked()) == a.fleet.reported {
-				a.fleet.retired = false // all reported: the ledger can forget it
+			if f.retired && (final || !l.closed.Load()) && len(a.live) == 0 && reportable(a.lifeLocked()) == f.reported {
+				f.retired = false // all reported: the ledger can forget it
 				settled = true
 			}
 		}
@@ -437,7 +438,7 @@ func (l *Ledger) syncRound(ctx context.Context, all, final bool) error {
 		kept := l.retired[:0]
 		for _, a := range l.retired {
 			a.mu.Lock()
-			if a.fleet.retired {
+			if a.fleetState().retired {
 				kept = append(kept, a)
 			}
 			a.mu.Unlock()
@@ -538,11 +539,11 @@ type fleetClose struct {
 	life   Totals
 }
 
-// closedLocked records a local close of period n at life totals life:
+// periodClosedLocked records a local close of period n at life totals life:
 // the usage up to it is reported to period n, the lease held for it is no
 // good in the next one, and the fleet-wide totals start over (the store
 // says how far the other replicas went at the next sync).
-func (f *fleetState) closedLocked(n uint64, life Totals) {
+func (f *fleetState) periodClosedLocked(n uint64, life Totals) {
 	if !f.ledger.periodStore {
 		return
 	}
@@ -564,6 +565,41 @@ func newFleetState(l *Ledger) *fleetState {
 	return &fleetState{ledger: l, refreshed: make(chan struct{}), activeAt: time.Now()}
 }
 
+// fleetState returns the account's store-backed state, or nil without a
+// Store.
+func (a *Account) fleetState() *fleetState {
+	f, _ := a.quota.(*fleetState)
+	return f
+}
+
+// The quota interface (account.go).
+
+func (f *fleetState) errLocked() error {
+	if f.ledger.closed.Load() {
+		return ErrClosed // the ledger made its final report
+	}
+	return nil
+}
+
+func (f *fleetState) reserveRunLocked(a *Account) error {
+	return f.reserveLocked(a, Evaluations, 1, 1, -1, nil, func() int64 { return a.lifeEvals })
+}
+
+// usageLocked is the fleet-wide usage of r: what the store committed for
+// every replica, plus what this process used and has not reported.
+func (f *fleetState) usageLocked(a *Account, r Resource) (int64, bool) {
+	return satAdd(f.committed.Get(r), max(0, a.lifeLocked().Get(r)-f.floorLocked(r))), true
+}
+
+func (f *fleetState) lostLocked(r Resource) int64 { return f.lost.Get(r) }
+
+func (f *fleetState) storePeriods() bool { return f.ledger.periodStore }
+
+func (f *fleetState) retireLocked(v bool) bool {
+	f.retired = v
+	return true
+}
+
 // openFleet loads a's committed totals from the store the first time the
 // account is opened (later callers wait for that first load), so that a
 // replica never takes a tenant it has not synced yet for a new one. The
@@ -571,10 +607,11 @@ func newFleetState(l *Ledger) *fleetState {
 // the totals instead, and until then the tenant counts as never loaded
 // (see FailLocal).
 func (l *Ledger) openFleet(a *Account) {
-	if a.fleet == nil {
+	f := a.fleetState()
+	if f == nil {
 		return
 	}
-	a.fleet.loadOnce.Do(func() {
+	f.loadOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), l.syncTimeout)
 		var tot Totals
 		var open uint64
@@ -592,15 +629,15 @@ func (l *Ledger) openFleet(a *Account) {
 			return
 		}
 		a.mu.Lock()
-		if !a.fleet.loaded { // a sync answer is newer
-			if open > a.periodNo && a.lifeLocked().IsZero() && len(a.fleet.closes) == 0 {
+		if !f.loaded { // a sync answer is newer
+			if open > a.periodNo && a.lifeLocked().IsZero() && len(f.closes) == 0 {
 				// A tenant new to this replica joins the store's period.
 				a.periodNo = open
 			}
 			if max(open, 1) == max(a.periodNo, 1) {
-				a.fleet.committed = tot
+				f.committed = tot
 			}
-			a.fleet.loaded = true
+			f.loaded = true
 		}
 		a.mu.Unlock()
 	})
@@ -664,10 +701,10 @@ func (f *fleetState) capLocked(r Resource) int64 {
 	return f.leaseLocked(r)
 }
 
-// fleetOpenLocked reports whether the account enforces no cumulative
+// unboundLocked reports whether the account enforces no cumulative
 // limit now: the store fails and the policy is FailOpen.
-func (a *Account) fleetOpenLocked() bool {
-	return a.fleet != nil && a.fleet.failing && a.fleet.ledger.policy == FailOpen
+func (f *fleetState) unboundLocked() bool {
+	return f.failing && f.ledger.policy == FailOpen
 }
 
 // noteLeft asks for an early sync when less than a tenth of the lease is left.
@@ -692,15 +729,14 @@ func (a *Account) issuedFleetLocked(r Resource) int64 {
 	return 0
 }
 
-// fleetReserveLocked makes sure this process may hand out want more of r
+// reserveLocked makes sure this process may hand out want more of r
 // (for a request of n), waiting up to WithLeaseWait for the syncer to
 // lease more when needed. It refuses only for a real shortage: the tenant
 // is out of r fleet-wide by this replica's view, or the store answered a
 // request made for this charge (or, within the last sync interval, any
 // request) with less than asked; or when no lease came in time. Called
 // with a.mu held; it may release and retake it while waiting.
-func (a *Account) fleetReserveLocked(r Resource, n, want int64, meter int, except *Tracker, issued func() int64) error {
-	f := a.fleet
+func (f *fleetState) reserveLocked(a *Account, r Resource, n, want int64, meter int, except *Tracker, issued func() int64) error {
 	var deadline time.Time
 	var myNo uint64
 	var attempts int64
@@ -710,7 +746,7 @@ func (a *Account) fleetReserveLocked(r Resource, n, want int64, meter int, excep
 			return ErrClosed
 		}
 		lim := a.limits[r].Load()
-		if lim == 0 || a.fleetOpenLocked() {
+		if lim == 0 || f.unboundLocked() {
 			return nil
 		}
 		used := a.usageLocked(r)
@@ -1005,7 +1041,7 @@ func (f *fleetState) failLocked(a *Account, err error) {
 	f.refreshed = make(chan struct{})
 }
 
-func (f *fleetState) statsLocked(a *Account) FleetStats {
+func (f *fleetState) statsLocked(a *Account) *FleetStats {
 	fs := FleetStats{
 		Replica: f.ledger.replica, Committed: f.committed, LastSync: f.lastSync,
 		Syncs: f.syncs, SyncErrors: f.syncErrors, LastError: f.lastErr, Fallback: f.failing,
@@ -1017,7 +1053,7 @@ func (f *fleetState) statsLocked(a *Account) FleetStats {
 			fs.Lease.Set(r, max(0, f.leaseLocked(r)-a.issuedFleetLocked(r)))
 		}
 	}
-	return fs
+	return &fs
 }
 
 // StoreTenants calls fn with every tenant the ledger's store holds (not
@@ -1052,25 +1088,25 @@ func (l *Ledger) StoreTenants(ctx context.Context, fn func(tenant string, commit
 	return lister.ListTenants(ctx, fn)
 }
 
-// fleetGrantLocked is Account.grant with a Store: room for meter i comes
+// grantLocked is Account.grant with a Store: room for meter i comes
 // out of this replica's lease of the fleet-wide quota, waiting for (or
 // fetching) a lease within WithLeaseWait when it is short. Called with
 // a.mu and t.mu held.
-func (a *Account) fleetGrantLocked(t *Tracker, i int, n, want, room int64) (bool, error) {
+func (f *fleetState) grantLocked(a *Account, t *Tracker, i int, n, want, room int64) (bool, error) {
 	res := meterResource[i]
 	issued := func() int64 { return a.issuedLocked(i) }
-	if err := a.fleetReserveLocked(res, n, want, i, t, issued); err != nil {
+	if err := f.reserveLocked(a, res, n, want, i, t, issued); err != nil {
 		return false, err
 	}
 	if a.limits[res].Load() == 0 { // removed while we waited for a lease
 		return a.grantUnlimitedLocked(t, i, n, want, room)
 	}
-	free := a.fleet.capLocked(res) - issued()
+	free := f.capLocked(res) - issued()
 	g, err := a.fillLocked(t, i, n, want, want+chunk(t, i, free-want, room-want, len(a.live)))
 	if err != nil {
 		return false, err
 	}
-	a.fleet.noteLeft(res, free-g)
+	f.noteLeft(res, free-g)
 	return true, nil
 }
 

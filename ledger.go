@@ -114,7 +114,7 @@ func (l *Ledger) openLocked(tenant string, limits AccountLimits) (*Account, erro
 			// Removed but not yet fully reported: bring it back, so that one
 			// account per tenant reports for this replica.
 			r.mu.Lock()
-			r.fleet.retired = false
+			r.quotaOf().retireLocked(false)
 			r.mu.Unlock()
 			l.retired = append(l.retired[:i], l.retired[i+1:]...)
 			l.accts[tenant] = r
@@ -126,7 +126,7 @@ func (l *Ledger) openLocked(tenant string, limits AccountLimits) (*Account, erro
 		return nil, err
 	}
 	if l.store != nil {
-		a.fleet = newFleetState(l)
+		a.quota = newFleetState(l)
 	}
 	a.periodNo = l.periods.open()
 	l.accts[tenant] = a
@@ -179,14 +179,17 @@ func (l *Ledger) Lookup(tenant string) (*Account, bool) {
 // once), the next close still bills it.
 func (l *Ledger) Remove(tenant string) {
 	l.mu.Lock()
-	if a := l.accts[tenant]; a != nil && a.fleet != nil {
+	if a := l.accts[tenant]; a != nil {
 		a.mu.Lock()
-		a.fleet.retired = true
+		stored := a.quotaOf().retireLocked(true)
 		a.mu.Unlock()
-		l.retired = append(l.retired, a)
-	} else if a != nil && (l.periods.next != nil || l.periods.number > 0) {
-		// The ledger closes periods: bill it at the next close.
-		l.periods.removed = append(l.periods.removed, a)
+		if stored {
+			// Synced until everything it used has been reported.
+			l.retired = append(l.retired, a)
+		} else if l.periods.next != nil || l.periods.number > 0 {
+			// The ledger closes periods: bill it at the next close.
+			l.periods.removed = append(l.periods.removed, a)
+		}
 	}
 	delete(l.accts, tenant)
 	l.mu.Unlock()

@@ -116,16 +116,14 @@ func (a *Account) closePeriodLocked(end time.Time, next uint64) Period {
 	if next == 0 {
 		next = a.periodNo + 1
 	}
-	if a.fleet != nil {
-		// The split point of this replica's reports: what it used until
-		// now (this process's life totals) belongs to the closed period.
-		var lt Totals
-		for i, r := range meterResource {
-			lt.Set(r, life[i])
-		}
-		lt.CPUTime, lt.Evaluations = lifeCPU, a.lifeEvals
-		a.fleet.closedLocked(p.Number, reportable(lt))
+	// The split point of a store's reports: what this process used until
+	// now (its life totals) belongs to the closed period.
+	var lt Totals
+	for i, r := range meterResource {
+		lt.Set(r, life[i])
 	}
+	lt.CPUTime, lt.Evaluations = lifeCPU, a.lifeEvals
+	a.quotaOf().periodClosedLocked(p.Number, reportable(lt))
 	a.periodNo, a.periodStart = next, end
 	return p
 }
@@ -291,7 +289,7 @@ func (l *Ledger) closePeriod(end time.Time) []Period {
 	lines := make([]Period, 0, len(accts))
 	for _, a := range accts {
 		var p Period
-		if a.fleet != nil && l.periodStore {
+		if a.quotaOf().storePeriods() {
 			// A fleet tenant's periods are numbered by the store.
 			p = a.closePeriod(end, 0)
 		} else {
