@@ -37,7 +37,7 @@ package reslimit
 // (a leaf), and Account.mu → Tracker.cpuMu. A child run's Tracker.mu comes
 // before its parent's (a child's refill draws from its parent). Nothing
 // takes a Ledger's mu while holding an account's. The hot paths (take, the guards' fast
-// paths, Step) take no lock.
+// paths, TrackOperation) take no lock.
 
 import (
 	"errors"

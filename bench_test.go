@@ -49,7 +49,7 @@ func benchTracker(b *testing.B, l Limits) *Tracker {
 
 // BenchmarkOp compares counting one operation: the floor (one
 // atomic.Int64.Add) with TrackOperation (no limit, and a limit never
-// reached) and Step, each called directly in a plain `for i < b.N` loop,
+// reached), each called directly in a plain `for i < b.N` loop,
 // the way users' loops run (b.Loop adds a few ns to the floor and would
 // flatter the ratio). In parallel, "shared" has every goroutine count on
 // one counter (or one tracker), "own" gives each goroutine its own padded
@@ -100,16 +100,6 @@ func BenchmarkOp(b *testing.B) {
 			defer tr.End()
 			for i := 0; i < b.N; i++ {
 				if err := tr.TrackOperation(); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-		b.Run("Step-"+v.name+"/serial", func(b *testing.B) {
-			b.ReportAllocs()
-			tr := benchTracker(b, v.l)
-			defer tr.End()
-			for i := 0; i < b.N; i++ {
-				if err := tr.Step(); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -176,6 +166,18 @@ func BenchmarkGuard(b *testing.B) {
 				}
 				g.Release()
 				return nil
+			}
+		}},
+		// The same charge and release without a Guard: what a guard's
+		// identity (its copy-safe release) costs on top is the difference.
+		{"TrackMemory+ReleaseMemory", func(b *testing.B) func() error {
+			tr := benchTracker(b, Limits{MaxMemoryBytes: benchHuge})
+			b.Cleanup(func() { tr.End() })
+			return func() error {
+				if err := tr.TrackMemory(memN); err != nil {
+					return err
+				}
+				return tr.ReleaseMemory(memN)
 			}
 		}},
 		// The general path, which the memory fast path skips: a run

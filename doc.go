@@ -15,7 +15,7 @@
 //	func search(ctx context.Context, q string) ([]Hit, error) {
 //		tr := reslimit.FromContext(ctx)
 //		for ... {
-//			if err := tr.Step(); err != nil { // counts an operation, sees timeout and CPU stops
+//			if err := tr.TrackOperation(); err != nil { // counts an operation, sees timeout and CPU stops
 //				return nil, err
 //			}
 //		}

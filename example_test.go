@@ -59,7 +59,7 @@ func ExampleRun() {
 	usage, err := reslimit.Run(context.Background(), reslimit.Strict(), func(ctx context.Context) error {
 		tr := reslimit.FromContext(ctx)
 		for i := 0; i < 20_000; i++ {
-			if err := tr.Step(); err != nil {
+			if err := tr.TrackOperation(); err != nil {
 				return err
 			}
 		}
@@ -77,7 +77,7 @@ func ExampleLimit() {
 		tr := reslimit.FromContext(ctx)
 		words := 0
 		for i := range text {
-			if err := tr.Step(); err != nil {
+			if err := tr.TrackOperation(); err != nil {
 				return 0, err
 			}
 			if text[i] == ' ' {

@@ -23,7 +23,7 @@ type Limits struct {
 	// MaxFileSize bounds the size in bytes of one file (CheckFileSize) or
 	// one stream (LimitReader, LimitWriter).
 	MaxFileSize int64
-	// MaxOperations bounds the operations counted (TrackOperation, Step).
+	// MaxOperations bounds the operations counted (TrackOperation).
 	MaxOperations int64
 	// MaxConcurrent bounds the slots held at once (AcquireSlot); on a
 	// function wrapped by Limit, the calls in progress at once.

@@ -31,7 +31,7 @@ func TestNestedRunIsBilledToTheEnclosingTenant(t *testing.T) {
 	lazyTool := Limit(func(ctx context.Context, n int) (int, error) {
 		tr := FromContext(ctx)
 		for i := 0; i < n; i++ {
-			if err := tr.Step(); err != nil {
+			if err := tr.TrackOperation(); err != nil {
 				return 0, err
 			}
 		}
@@ -68,7 +68,7 @@ func TestNestedRunDrawsFromItsParent(t *testing.T) {
 		_, err := Run(ctx, Limits{MaxOperations: 1000}, func(ctx context.Context) error {
 			tr := FromContext(ctx)
 			for i := 0; i < 1000; i++ {
-				if err := tr.Step(); err != nil {
+				if err := tr.TrackOperation(); err != nil {
 					assert.Equal(t, 70, i, "the parent had 70 operations left")
 					return err
 				}
@@ -141,7 +141,7 @@ func TestNestedRunsHoldTheParentLimitExactly(t *testing.T) {
 						_, err := Run(ctx, Limits{MaxOperations: 700}, func(ctx context.Context) error {
 							tr := FromContext(ctx)
 							for {
-								if err := tr.Step(); err != nil {
+								if err := tr.TrackOperation(); err != nil {
 									return err
 								}
 								granted.Add(1)

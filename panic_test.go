@@ -91,13 +91,13 @@ func TestRunGoHelperPanicStopsRunAndIsReRaised(t *testing.T) {
 }
 
 // On a tracker outside Run, a Go helper's panic stops the tracker (Err,
-// Step) and End re-raises it once; it is never swallowed.
+// TrackOperation) and End re-raises it once; it is never swallowed.
 func TestTrackerGoPanicReRaisedByEnd(t *testing.T) {
 	tr := newT(t, Unlimited())
 	tr.Go(func() { panic("lost?") })
 	tr.goWG.Wait()
 	require.ErrorIs(t, tr.Err(), ErrPanicked)
-	require.ErrorIs(t, tr.Step(), ErrPanicked)
+	require.ErrorIs(t, tr.TrackOperation(), ErrPanicked)
 	v := runRecover(t, func() { tr.End() })
 	require.Equal(t, "lost?", v)
 	require.Nil(t, runRecover(t, func() { tr.End() }), "a second End re-raises nothing")

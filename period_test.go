@@ -43,7 +43,7 @@ func hammerRun(a *Account, rng *rand.Rand, nested bool, c *charged) {
 					_ = tr.ReleaseMemory(n)
 				}
 			case 4:
-				if tr.Step() == nil {
+				if tr.TrackOperation() == nil {
 					c.ops.Add(1)
 				}
 			}

@@ -22,7 +22,7 @@ const (
 	CPUTime
 	// FileSize is the size in bytes of one file or stream.
 	FileSize
-	// Operations is a count of operations (TrackOperation, Step).
+	// Operations is a count of operations (TrackOperation).
 	Operations
 	// Concurrency is the number of operations or runs in progress at once.
 	Concurrency

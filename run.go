@@ -138,7 +138,7 @@ func contextAccount(ctx context.Context) (*Account, error) {
 // bounded by ctx and l.Timeout, before anything is charged);
 // otherwise Usage.CPUTime stays 0 (and AddCPUTime still adds). When the run's Timeout
 // passes or its CPU time (or its account's) is used up, its context is
-// cancelled with the *LimitError as context.Cause and Step starts returning
+// cancelled with the *LimitError as context.Cause and TrackOperation starts returning
 // it; Run then returns that *LimitError, whatever fn returned. Cancellation
 // is cooperative: Run returns when fn and every goroutine it started with
 // Tracker.Go have returned. A panic in fn ends the run, releasing what it
@@ -483,7 +483,7 @@ func (rc *runCtx) endedTracker() *Tracker {
 
 // timedOut stops the run for its Timeout, unless the caller's context was
 // cancelled first or the run is over. The tracker, if made, is stopped
-// before the run's context is cancelled, so that Step and Err report the
+// before the run's context is cancelled, so that TrackOperation and Err report the
 // timeout by the time the function sees ctx.Done().
 func (rc *runCtx) timedOut() {
 	if rc.Context.Err() != nil {

@@ -65,7 +65,7 @@ func TestRunTrackerAfterTheRunIsEnded(t *testing.T) {
 	tr := FromContext(kept)
 	require.NotNil(t, tr, "a context kept past its run still has a tracker")
 	assert.ErrorIs(t, tr.TrackOperation(), ErrClosed)
-	assert.ErrorIs(t, tr.Step(), ErrClosed)
+	assert.ErrorIs(t, tr.TrackOperation(), ErrClosed)
 	assert.Equal(t, Limits{MaxOperations: 10, Timeout: time.Hour}, tr.Limits())
 
 	// A tracker made during the run is the one found afterwards.
@@ -83,14 +83,14 @@ func TestRunTrackerMadeAfterTheTimeoutIsStopped(t *testing.T) {
 		var stepErr error
 		_, err := Run(context.Background(), Limits{Timeout: time.Second}, func(ctx context.Context) error {
 			<-ctx.Done()
-			stepErr = FromContext(ctx).Step()
+			stepErr = FromContext(ctx).TrackOperation()
 			return nil
 		})
 		var le *LimitError
 		require.ErrorAs(t, err, &le)
 		assert.Equal(t, Timeout, le.Resource)
 		assert.Equal(t, int64(time.Second), le.Used)
-		assert.Same(t, le, stepErr, "Step of a tracker made after the timeout reports it")
+		assert.Same(t, le, stepErr, "TrackOperation of a tracker made after the timeout reports it")
 	})
 }
 
@@ -100,9 +100,9 @@ func TestRunTrackerMadeAfterCancellationIsStopped(t *testing.T) {
 	_, err := Run(ctx, Limits{Timeout: time.Hour}, func(ctx context.Context) error {
 		cancel(why)
 		<-ctx.Done()
-		return FromContext(ctx).Step()
+		return FromContext(ctx).TrackOperation()
 	})
-	assert.Same(t, why, err, "Step reports the caller's cause at once")
+	assert.Same(t, why, err, "TrackOperation reports the caller's cause at once")
 }
 
 func TestRunCallerCancellationBeforeTimeoutWins(t *testing.T) {
@@ -128,8 +128,8 @@ func TestRunTimeoutRacesTrackerCreation(t *testing.T) {
 			tr := FromContext(ctx)
 			<-ctx.Done()
 			var le *LimitError
-			if !errors.As(tr.Step(), &le) || le.Resource != Timeout {
-				return errors.New("Step does not report the timeout")
+			if !errors.As(tr.TrackOperation(), &le) || le.Resource != Timeout {
+				return errors.New("TrackOperation does not report the timeout")
 			}
 			return nil
 		})
@@ -169,19 +169,19 @@ func TestLimitDerivedContextsSeeTheRun(t *testing.T) {
 
 // Regressions found in review of the late-made tracker.
 
-// A halt that loses to another must not return before Step reports the
+// A halt that loses to another must not return before TrackOperation reports the
 // first: the winner may not have got that far.
-func TestSecondStopReasonStillStopsStep(t *testing.T) {
+func TestSecondStopReasonStillStopsTheRun(t *testing.T) {
 	tr := newT(t, Unlimited())
 	first := errors.New("first")
 	tr.cause.Store(&stopState{err: first}) // a halt that has set the cause, not yet stop
 	tr.halt(errors.New("second"))
-	assert.Same(t, first, tr.Step())
+	assert.Same(t, first, tr.TrackOperation())
 	assert.Same(t, first, tr.Err())
 }
 
 // By the time the function sees ctx.Done() for the timeout, its tracker's
-// Step and Err report it (the tracker is stopped before the context is
+// TrackOperation and Err report it (the tracker is stopped before the context is
 // cancelled).
 func TestRunStepReportsTimeoutOnceDone(t *testing.T) {
 	for i := 0; i < 1000; i++ {
@@ -189,7 +189,7 @@ func TestRunStepReportsTimeoutOnceDone(t *testing.T) {
 		_, _ = Run(context.Background(), Limits{Timeout: 20 * time.Microsecond}, func(ctx context.Context) error {
 			tr := FromContext(ctx)
 			<-ctx.Done()
-			stepErr, trErr = tr.Step(), tr.Err()
+			stepErr, trErr = tr.TrackOperation(), tr.Err()
 			return nil
 		})
 		require.Error(t, stepErr, "iteration %d", i)
@@ -206,7 +206,7 @@ func TestRunTrackerMadeAfterTimeoutThenCancellation(t *testing.T) {
 		_, err := Run(ctx, Limits{Timeout: time.Microsecond}, func(ctx context.Context) error {
 			<-ctx.Done() // the timeout
 			cancel(errors.New("caller"))
-			stepErr = FromContext(ctx).Step()
+			stepErr = FromContext(ctx).TrackOperation()
 			return nil
 		})
 		cancel(nil)

@@ -15,11 +15,11 @@ import (
 	"github.com/reslimit/reslimit/internal/threadcpu"
 )
 
-// spinUntilStopped burns CPU until the run is stopped, checking Step.
+// spinUntilStopped burns CPU until the run is stopped, checking TrackOperation.
 func spinUntilStopped(ctx context.Context) error {
 	tr := FromContext(ctx)
 	for {
-		if err := tr.Step(); err != nil {
+		if err := tr.TrackOperation(); err != nil {
 			return err
 		}
 	}
@@ -125,7 +125,7 @@ func TestRunTimeout(t *testing.T) {
 	assert.GreaterOrEqual(t, u.WallTime, 30*time.Millisecond)
 }
 
-func TestRunParentCancellationStopsStep(t *testing.T) {
+func TestRunParentCancellationStopsTheRun(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	started := make(chan struct{})
 	go func() { <-started; cancel() }()
@@ -293,7 +293,7 @@ func TestLimitPanicReleasesSlot(t *testing.T) {
 
 func TestFromContextWithoutRun(t *testing.T) {
 	assert.Nil(t, FromContext(context.Background()))
-	assert.NoError(t, FromContext(context.Background()).Step())
+	assert.NoError(t, FromContext(context.Background()).TrackOperation())
 	tr := newT(t, Unlimited())
 	assert.Same(t, tr, FromContext(NewContext(context.Background(), tr)))
 }

@@ -10,7 +10,7 @@ import (
 )
 
 // A stopped run refuses every further charge with the reason it was
-// stopped, not only Step; releasing still works.
+// stopped, not only TrackOperation; releasing still works.
 func TestStoppedRunRefusesEveryCharge(t *testing.T) {
 	for _, withAccount := range []bool{false, true} {
 		var opts []Option
@@ -25,7 +25,7 @@ func TestStoppedRunRefusesEveryCharge(t *testing.T) {
 			require.NoError(t, err)
 			// Stopped by its CPU time, at once.
 			require.ErrorAs(t, tr.AddCPUTime(2*time.Hour), &stop)
-			require.ErrorIs(t, tr.Step(), stop)
+			require.ErrorIs(t, tr.TrackOperation(), stop)
 			require.ErrorIs(t, tr.TrackOperation(), stop)
 			require.ErrorIs(t, tr.TrackOperations(3), stop)
 			require.ErrorIs(t, tr.TrackCall(), stop)
@@ -46,7 +46,7 @@ func TestStoppedRunRefusesEveryCharge(t *testing.T) {
 }
 
 // A run whose context is done before it starts runs nothing and charges
-// nothing: its function never sees a context Step would not report.
+// nothing: its function never sees a context TrackOperation would not report.
 func TestRunWithDoneContextRunsNothing(t *testing.T) {
 	a := newAcct(t, AccountLimits{})
 	ctx, cancel := context.WithCancelCause(context.Background())

@@ -138,7 +138,7 @@ type Usage struct {
 	PeakMemoryBytes int64
 	// TotalMemoryBytes is every byte charged with TrackMemory, cumulatively.
 	TotalMemoryBytes int64
-	// Operations counts TrackOperation, TrackOperations and Step.
+	// Operations counts TrackOperation and TrackOperations.
 	Operations int64
 	// Calls counts TrackCall.
 	Calls int64
@@ -159,7 +159,7 @@ type Usage struct {
 }
 
 // NewTracker returns a tracker for one run bounded by l, detached from any
-// account. A Timeout in l starts counting now: when it passes, Step returns
+// account. A Timeout in l starts counting now: when it passes, TrackOperation returns
 // a *LimitError{Resource: Timeout}. It returns an error wrapping
 // ErrInvalidLimits for invalid limits.
 func NewTracker(l Limits) (*Tracker, error) {
@@ -199,7 +199,7 @@ func (t *Tracker) timedOut() {
 	t.halt(&LimitError{Resource: Timeout, Limit: int64(t.limits.Timeout), Used: int64(el)})
 }
 
-// halt stops the run with err: Step returns it and the run's context (if
+// halt stops the run with err: TrackOperation returns it and the run's context (if
 // any) is cancelled with it as the cause. Only the first reason sticks.
 func (t *Tracker) halt(err error) {
 	if t.closed.Load() {
@@ -207,7 +207,7 @@ func (t *Tracker) halt(err error) {
 	}
 	s := &stopState{err: err}
 	if !t.cause.CompareAndSwap(nil, s) {
-		// Stopped already: make sure Step says so before returning, even
+		// Stopped already: make sure TrackOperation says so before returning, even
 		// if the first halt has not drained the run yet.
 		t.drain()
 		return
@@ -514,9 +514,20 @@ func (t *Tracker) used(i int) int64 {
 	return u
 }
 
-// TrackOperation counts one operation. It returns a *LimitError when the
-// run (or its account) has no operation left, and ErrClosed after End. It
-// allocates nothing and costs one CAS when the run has room.
+// TrackOperation counts one operation; it is also the check for hot
+// loops. It returns a *LimitError when the run (or its account) has no
+// operation left, the reason the run was stopped (its timeout, its CPU
+// time, its context's cancellation, or ErrClosed after End), and nil
+// otherwise. It allocates nothing, reads no clock, makes no system call
+// and costs one CAS when the run has room.
+//
+// Once a run is stopped, every charge (TrackOperation, TrackOperations,
+// TrackCall, TrackMemory, AcquireMemory, the slots, CheckFileSize) is
+// refused with the same reason; ReleaseMemory and Guard.Release still give
+// back, and AddCPUTime still counts what was spent. A run stopped by its
+// caller's cancellation learns of it from a goroutine that package context
+// starts: TrackOperation reports it within microseconds, possibly just
+// after ctx.Done() is closed.
 func (t *Tracker) TrackOperation() error {
 	if t == nil {
 		return nil
@@ -543,27 +554,6 @@ func (t *Tracker) checkZero(n int64, r Resource) error {
 		return fmt.Errorf("%w: negative %s request %d", ErrInvalidArgument, r, n)
 	}
 	return t.stopped()
-}
-
-// Step is the check for hot loops: it returns the reason the run was
-// stopped (its timeout, its CPU time, its context's cancellation, or
-// ErrClosed after End), and otherwise counts one operation like
-// TrackOperation. It reads no clock and makes no system call.
-//
-// Once a run is stopped, every charge (TrackOperation, TrackOperations,
-// TrackCall, TrackMemory, AcquireMemory, the slots, CheckFileSize) is
-// refused with the same reason; ReleaseMemory and Guard.Release still give
-// back, and AddCPUTime still counts what was spent. A run stopped by its
-// caller's cancellation learns of it from a goroutine that package context
-// starts: Step reports it within microseconds, possibly just after
-// ctx.Done() is closed.
-func (t *Tracker) Step() error {
-	if t == nil {
-		return nil
-	}
-	// A stopped run has no room left (halt drains it), so the slow path
-	// of take reports why it stopped: no separate check is needed here.
-	return t.take(mOps, 1)
 }
 
 // TrackCall counts one function call (an external API call, a sub-tool),
@@ -1110,7 +1100,7 @@ func (t *Tracker) cpuTick() {
 // (and a function wrapped by Limit) waits for every goroutine started with
 // Go before it returns.
 //
-// A panic in fn stops the run (its context is cancelled and Step, Err
+// A panic in fn stops the run (its context is cancelled and TrackOperation, Err
 // report an error saying so) and is re-raised where the run ends: by Run,
 // or by End (or Finish) on a tracker that is not inside Run. On such a
 // tracker call End only after those goroutines are done: a panic of a

@@ -39,7 +39,7 @@ func TestOperationsEdgeRule(t *testing.T) {
 		require.NoError(t, tr.TrackOperation())
 	}
 	requireLimit(t, tr.TrackOperation(), Operations, 3, 3, 1)
-	requireLimit(t, tr.Step(), Operations, 3, 3, 1)
+	requireLimit(t, tr.TrackOperation(), Operations, 3, 3, 1)
 	assert.Equal(t, int64(3), tr.Usage().Operations, "refused requests are not counted")
 	assert.Equal(t, int64(2), tr.Usage().Refusals)
 }
@@ -58,7 +58,7 @@ func TestTrackOperationsAllOrNothing(t *testing.T) {
 func TestUnlimitedStillCounts(t *testing.T) {
 	tr := newT(t, Unlimited())
 	for i := 0; i < 1000; i++ {
-		require.NoError(t, tr.Step())
+		require.NoError(t, tr.TrackOperation())
 	}
 	require.NoError(t, tr.TrackOperations(1<<51)) // larger than one unlimited fill
 	require.NoError(t, tr.TrackCall())
@@ -149,7 +149,7 @@ func TestNilTrackerIsNoOp(t *testing.T) {
 	var tr *Tracker
 	assert.NoError(t, tr.TrackOperation())
 	assert.NoError(t, tr.TrackOperations(5))
-	assert.NoError(t, tr.Step())
+	assert.NoError(t, tr.TrackOperation())
 	assert.NoError(t, tr.TrackCall())
 	assert.NoError(t, tr.TrackMemory(5))
 	assert.NoError(t, tr.ReleaseMemory(5))
@@ -186,7 +186,6 @@ func TestEndClosesTracker(t *testing.T) {
 	for name, err := range map[string]error{
 		"TrackOperation":   tr.TrackOperation(),
 		"TrackOperations0": tr.TrackOperations(0),
-		"Step":             tr.Step(),
 		"TrackCall":        tr.TrackCall(),
 		"TrackMemory":      tr.TrackMemory(1),
 		"ReleaseMemory":    tr.ReleaseMemory(1),
@@ -298,14 +297,14 @@ func TestAddCPUTime(t *testing.T) {
 	err := tr.AddCPUTime(time.Millisecond)
 	le := requireLimit(t, err, CPUTime, int64(100*time.Millisecond), int64(101*time.Millisecond), 0)
 	assert.Contains(t, le.Error(), "101ms")
-	assert.ErrorIs(t, tr.Step(), ErrLimitExceeded, "a stopped run's Step reports the stop")
+	assert.ErrorIs(t, tr.TrackOperation(), ErrLimitExceeded, "a stopped run's TrackOperation reports the stop")
 	assert.ErrorIs(t, tr.Err(), ErrLimitExceeded)
 	assert.ErrorIs(t, tr.AddCPUTime(-1), ErrInvalidArgument)
 }
 
-func TestStandaloneTimeoutStopsStep(t *testing.T) {
+func TestStandaloneTimeoutStopsTheRun(t *testing.T) {
 	tr := newT(t, Limits{Timeout: 20 * time.Millisecond})
-	require.NoError(t, tr.Step())
+	require.NoError(t, tr.TrackOperation())
 	deadline := time.After(5 * time.Second)
 	for tr.Err() == nil {
 		select {
@@ -316,7 +315,7 @@ func TestStandaloneTimeoutStopsStep(t *testing.T) {
 		}
 	}
 	var le *LimitError
-	require.ErrorAs(t, tr.Step(), &le)
+	require.ErrorAs(t, tr.TrackOperation(), &le)
 	assert.Equal(t, Timeout, le.Resource)
 	assert.GreaterOrEqual(t, le.Used, int64(20*time.Millisecond))
 }
@@ -340,7 +339,7 @@ func TestHotPathsAllocateNothing(t *testing.T) {
 	tr := newT(t, Limits{MaxOperations: 1 << 40, MaxMemoryBytes: 1 << 40, MaxConcurrent: 4})
 	allocs := testing.AllocsPerRun(1000, func() {
 		_ = tr.TrackOperation()
-		_ = tr.Step()
+		_ = tr.TrackOperation()
 		_ = tr.TrackMemory(8)
 		_ = tr.ReleaseMemory(8)
 		g, _ := tr.AcquireMemory(8)

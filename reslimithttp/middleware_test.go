@@ -95,7 +95,7 @@ func TestMiddlewareBillsNestedToolsToTheTenant(t *testing.T) {
 	tool := reslimit.Limit(func(ctx context.Context, n int) (int, error) {
 		tr := reslimit.FromContext(ctx)
 		for i := 0; i < n; i++ {
-			if err := tr.Step(); err != nil {
+			if err := tr.TrackOperation(); err != nil {
 				return i, err
 			}
 		}

@@ -54,7 +54,7 @@
 // Collect reads the ledger with Ledger.Snapshot, which holds the ledger's
 // lock only to list the accounts, then reads each account's stats in turn,
 // holding that one account's mutex briefly. A run's per-operation hot path
-// (Step, TrackOperation, TrackMemory within its allowance) is lock-free
+// (TrackOperation, TrackMemory within its allowance) is lock-free
 // atomics and never waits for a scrape; only its slow path (Begin, End,
 // refilling its allowance from the account) takes the account's mutex. The
 // collector's own lock is taken only by Collect.

@@ -357,7 +357,7 @@ func TestCollectWhileBusy(t *testing.T) {
 					continue
 				}
 				for range 1000 {
-					_ = tr.Step()
+					_ = tr.TrackOperation()
 				}
 				tr.End()
 				ops[w] += 1000

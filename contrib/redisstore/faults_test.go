@@ -62,7 +62,7 @@ func TestFleetOnRedisNoFalseRefusalsAtStartup(t *testing.T) {
 						continue
 					}
 					for range 5000 {
-						if err := tr.Step(); err != nil {
+						if err := tr.TrackOperation(); err != nil {
 							refusals.Add(1)
 							last.Store(err)
 							break

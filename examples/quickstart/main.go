@@ -44,7 +44,7 @@ func main() {
 		{"loops 1M times", func(ctx context.Context) error {
 			tr := reslimit.FromContext(ctx)
 			for i := 0; i < 1_000_000; i++ {
-				if err := tr.Step(); err != nil {
+				if err := tr.TrackOperation(); err != nil {
 					return err
 				}
 			}

@@ -31,7 +31,7 @@ func analyze(ctx context.Context, size int) (int, error) {
 	defer g.Release()
 	sum := 0
 	for i := 0; i < size*100; i++ {
-		if err := tr.Step(); err != nil {
+		if err := tr.TrackOperation(); err != nil {
 			return 0, err
 		}
 		if i%1000 == 0 {

@@ -20,7 +20,7 @@
 // operations, hold 8 MiB and send a 64 KiB body.
 //
 // The toy endpoint, GET or POST /api/work?n=OPS[&sleep=DURATION], counts n
-// operations (with Tracker.Step), holds 8 bytes per operation (up to the
+// operations (with Tracker.TrackOperation), holds 8 bytes per operation (up to the
 // memory limit), reads the request body, and answers with a small JSON.
 package main
 
@@ -283,7 +283,7 @@ func work(w http.ResponseWriter, r *http.Request) {
 	}
 	var sum uint64
 	for i := range n {
-		if err := tr.Step(); err != nil {
+		if err := tr.TrackOperation(); err != nil {
 			reslimithttp.Error(w, r, err)
 			return
 		}

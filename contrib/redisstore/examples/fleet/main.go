@@ -85,7 +85,7 @@ func main() {
 						return // the tenant is out of quota fleet-wide
 					}
 					n := int64(0)
-					for tr.Step() == nil {
+					for tr.TrackOperation() == nil {
 						n++
 						if n%200 == 0 {
 							time.Sleep(time.Millisecond) // some real work between checks
