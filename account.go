@@ -170,8 +170,13 @@ type Account struct {
 	name   string
 	err    error // set on an account that refuses every run (see Ledger.Account)
 	limits [numResources]atomic.Int64
-	held   atomic.Int64 // memory held now by live runs
-	peak   atomic.Int64
+	peak   atomic.Int64 // read by every memory charge, written when it rises
+	// held, which every memory charge and release of the account's runs
+	// writes, has a cache line of its own: on the line of what they only
+	// read, the other cores would lose that line at each charge.
+	_    [cacheLine - 8]byte
+	held atomic.Int64 // memory held now by live runs
+	_    [cacheLine - 8]byte
 	// refused counts tenant-level refusals per resource; Reset keeps them.
 	refused [numResources]atomic.Int64
 

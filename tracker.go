@@ -585,10 +585,17 @@ func (t *Tracker) TrackMemory(n int64) error {
 	a, p := t.acct, t.parent
 	var acctHeld int64
 	if a != nil || p != nil {
-		// Refused by the run's own limit before the account is asked.
-		if h := t.heldNow(); lim > 0 && n > lim-h {
-			t.refused[Memory].Add(1)
-			return &LimitError{Resource: Memory, Limit: lim, Used: h, Requested: n}
+		// Refused by the run's own limit before the account is asked. A
+		// run's bytes are charged to its account before the run, and given
+		// back after, so the account holds at least what the run holds:
+		// when the request fits under that bound (read on the line the
+		// account's charge takes next), it fits; only otherwise are the
+		// run's own bytes read, exactly.
+		if lim > 0 && (p != nil || n > lim-a.held.Load()) {
+			if h := t.heldNow(); n > lim-h {
+				t.refused[Memory].Add(1)
+				return &LimitError{Resource: Memory, Limit: lim, Used: h, Requested: n}
+			}
 		}
 		if p != nil {
 			// What a child run holds, the runs it is nested in hold too.
