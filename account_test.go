@@ -462,6 +462,26 @@ func TestLedgerTenantLimits(t *testing.T) {
 	assert.ErrorIs(t, err, ErrInvalidLimits)
 }
 
+// A run's own memory limit is checked exactly whatever the account's other
+// runs hold (the account's bytes held only bound the run's).
+func TestRunMemoryLimitExactBesideOtherRuns(t *testing.T) {
+	a := newAcct(t, AccountLimits{MaxMemory: 10_000})
+	big, err := a.Begin(Unlimited())
+	require.NoError(t, err)
+	defer big.End()
+	require.NoError(t, big.TrackMemory(900))
+	small, err := a.Begin(Limits{MaxMemoryBytes: 100})
+	require.NoError(t, err)
+	defer small.End()
+	require.NoError(t, small.TrackMemory(60))
+	require.NoError(t, small.TrackMemory(40), "exactly the run's limit")
+	requireLimit(t, small.TrackMemory(1), Memory, 100, 100, 1)
+	assert.Equal(t, int64(1000), a.Stats().MemoryBytes, "the refusal charged the account nothing")
+	require.NoError(t, small.ReleaseMemory(100))
+	requireLimit(t, small.TrackMemory(101), Memory, 100, 0, 101)
+	require.NoError(t, small.TrackMemory(100))
+}
+
 func TestRefusedMemoryLeavesAccountPeak(t *testing.T) {
 	a := newAcct(t, AccountLimits{MaxTotalMemory: 100})
 	tr, err := a.Begin(Unlimited())
