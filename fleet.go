@@ -311,7 +311,9 @@ func (l *Ledger) Sync(ctx context.Context) error {
 // unreported: call Close or Sync again to retry.
 //
 // Close also stops the goroutine that closes periods on a schedule
-// (WithPeriod), waiting for it; it does not close the open period.
+// (WithPeriod), waiting for it, and the one that passes closes to the
+// WithPeriodClosed hook, after it delivered the last; it does not close
+// the open period.
 //
 // A ledger without a Store has nothing to report: Close stops the
 // schedule, returns nil and changes nothing else (its accounts keep
@@ -333,7 +335,11 @@ func (l *Ledger) Close(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	return l.finalReport(ctx)
+	err := l.finalReport(ctx)
+	if herr := l.stopHooks(ctx); err == nil {
+		err = herr
+	}
+	return err
 }
 
 // finalReport freezes live runs, reports everything and gives the leases back.
@@ -1118,6 +1124,7 @@ func (l *Ledger) keepLines(lines []Period) {
 	l.periods.closeMu.Lock()
 	defer l.periods.closeMu.Unlock()
 	l.periods.keepLocked(lines)
+	l.queueHookLocked(lines)
 }
 
 // StorePeriod returns a tenant's fleet-wide totals for billing period n

@@ -2,7 +2,10 @@ package reslimit
 
 import (
 	"context"
+	"errors"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -63,4 +66,62 @@ func withoutCPU(sp StorePeriod) StorePeriod {
 
 func TestFleetPeriodsMemoryStore(t *testing.T) {
 	testFleetPeriods(t, NewMemoryStore())
+}
+
+// A close that the store makes (another replica closed the tenant's
+// period) reaches WithPeriodClosed like a scheduled one, from a goroutine
+// of the ledger, so that the hook may use the ledger (here, Sync); and
+// Close delivers the closes its own final report makes before it returns.
+func TestFleetStoreClosesReachTheHook(t *testing.T) {
+	ctx := context.Background()
+	store := NewMemoryStore()
+	lim := AccountLimits{MaxTotalOperations: 100}
+	manual := WithSyncInterval(time.Hour) // syncs only when the test says
+	r1 := newFleetLedger(t, store, "r1", lim, manual)
+
+	var mu sync.Mutex
+	var got [][]Period
+	delivered := make(chan struct{}, 4)
+	var r2 *Ledger
+	r2 = newFleetLedger(t, store, "r2", lim, manual, WithPeriodClosed(func(lines []Period) {
+		// The hook may use the ledger (during Close, Sync says it is closed).
+		if err := r2.Sync(ctx); err != nil && !errors.Is(err, ErrClosed) {
+			t.Errorf("Sync from the hook: %v", err)
+		}
+		mu.Lock()
+		got = append(got, lines)
+		mu.Unlock()
+		delivered <- struct{}{}
+	}))
+	chargeOps(t, r1.Account("acme"), 60)
+	chargeOps(t, r2.Account("acme"), 30)
+	require.NoError(t, r1.Sync(ctx))
+	r1.ClosePeriod()
+	require.NoError(t, r1.Sync(ctx)) // the store's period moves to 2
+	require.NoError(t, r2.Sync(ctx)) // r2 learns of the close and closes its own
+	select {
+	case <-delivered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the store's close never reached the hook")
+	}
+	mu.Lock()
+	require.Len(t, got, 1)
+	require.Len(t, got[0], 1)
+	assert.Equal(t, uint64(1), got[0][0].Number)
+	assert.Equal(t, int64(30), got[0][0].Operations)
+	mu.Unlock()
+
+	// r3 learns of the next close only from Close's final report.
+	var r3Lines [][]Period
+	r3 := newFleetLedger(t, store, "r3", lim, manual, WithPeriodClosed(func(lines []Period) {
+		r3Lines = append(r3Lines, lines) // Close waits for the hook: no lock needed after it
+	}))
+	chargeOps(t, r3.Account("acme"), 5)
+	require.NoError(t, r3.Sync(ctx))
+	r1.ClosePeriod()
+	require.NoError(t, r1.Sync(ctx)) // period 3 opens
+	require.NoError(t, r3.Close(ctx))
+	require.Len(t, r3Lines, 1, "Close delivered its final report's close")
+	assert.Equal(t, uint64(2), r3Lines[0][0].Number)
+	assert.Equal(t, int64(5), r3Lines[0][0].Operations)
 }

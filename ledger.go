@@ -70,6 +70,7 @@ func NewLedger(defaults AccountLimits, opts ...LedgerOption) (*Ledger, error) {
 		l.startFleet()
 	}
 	l.startPeriods()
+	l.startHooks()
 	return l, nil
 }
 

@@ -180,10 +180,15 @@ func WithPeriodsKept(n int) LedgerOption {
 	}
 }
 
-// WithPeriodClosed calls fn with the invoice lines of every period the
-// schedule (WithPeriod, WithPeriodSchedule) closes, one close at a time,
-// from the schedule's goroutine: to store them, say. fn may use the
-// ledger but not Close it: Close waits for fn to return.
+// WithPeriodClosed calls fn with the invoice lines of every close the
+// ledger did not return to a caller: each period the schedule (WithPeriod,
+// WithPeriodSchedule) closes, and, with a store that keeps periods, each
+// close this replica made because the store said another replica closed a
+// tenant's period (see ClosePeriod). Lines from ClosePeriod go to its
+// caller instead. fn is called one close at a time, from a goroutine of
+// the ledger: to store the lines, say. It may use the ledger but not
+// Close it: Close waits for it to return, and delivers the closes that
+// its own final report makes before it returns.
 func WithPeriodClosed(fn func(lines []Period)) LedgerOption {
 	return func(l *Ledger) { l.periods.hook = fn }
 }
@@ -202,6 +207,16 @@ type ledgerPeriods struct {
 	number  uint64     // the open period's number (0 reads as 1); guarded by Ledger.mu
 	kept    [][]Period // the latest closes; guarded by closeMu
 	removed []*Account // removed accounts (without a Store) still to bill; guarded by Ledger.mu
+
+	// The closes a store made for the hook: the syncer queues them and
+	// deliverLoop calls the hook, so that the hook never runs inside a
+	// sync (it may call Sync).
+	hookMu   sync.Mutex // one hook call at a time
+	queued   [][]Period // guarded by closeMu
+	wake     chan struct{}
+	hookStop chan struct{}
+	hookDone chan struct{}
+	hookOnce sync.Once
 }
 
 func (p *ledgerPeriods) open() uint64 { return max(p.number, 1) }
@@ -246,10 +261,88 @@ func (l *Ledger) periodLoop() {
 		case <-timer.C:
 		}
 		lines := l.closePeriod(at)
-		if l.periods.hook != nil {
-			l.periods.hook(lines)
+		l.callHook(lines)
+	}
+}
+
+// callHook calls the WithPeriodClosed hook, if any, with lines.
+func (l *Ledger) callHook(lines []Period) {
+	if l.periods.hook == nil {
+		return
+	}
+	l.periods.hookMu.Lock()
+	defer l.periods.hookMu.Unlock()
+	l.periods.hook(lines)
+}
+
+// startHooks starts the goroutine that passes the closes a store makes to
+// the WithPeriodClosed hook.
+func (l *Ledger) startHooks() {
+	if l.periods.hook == nil || !l.periodStore {
+		return
+	}
+	l.periods.wake = make(chan struct{}, 1)
+	l.periods.hookStop = make(chan struct{})
+	l.periods.hookDone = make(chan struct{})
+	go l.deliverLoop()
+}
+
+func (l *Ledger) deliverLoop() {
+	defer close(l.periods.hookDone)
+	for {
+		select {
+		case <-l.periods.wake:
+			l.deliverQueued()
+		case <-l.periods.hookStop:
+			l.deliverQueued()
+			return
 		}
 	}
+}
+
+// queueHook queues the lines of a close that a store made for the hook.
+// Called with closeMu held.
+func (l *Ledger) queueHookLocked(lines []Period) {
+	if l.periods.wake == nil {
+		return
+	}
+	l.periods.queued = append(l.periods.queued, lines)
+	select {
+	case l.periods.wake <- struct{}{}:
+	default:
+	}
+}
+
+// deliverQueued passes the queued closes to the hook, oldest first.
+func (l *Ledger) deliverQueued() {
+	for {
+		l.periods.closeMu.Lock()
+		q := l.periods.queued
+		l.periods.queued = nil
+		l.periods.closeMu.Unlock()
+		if len(q) == 0 {
+			return
+		}
+		for _, lines := range q {
+			l.callHook(lines)
+		}
+	}
+}
+
+// stopHooks stops deliverLoop after it delivered what is queued, and
+// delivers what a later sync queues (a retried Close) itself.
+func (l *Ledger) stopHooks(ctx context.Context) error {
+	if l.periods.hookStop == nil {
+		return nil
+	}
+	l.periods.hookOnce.Do(func() { close(l.periods.hookStop) })
+	select {
+	case <-l.periods.hookDone:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	l.deliverQueued()
+	return nil
 }
 
 // ClosePeriod closes the open billing period of every tenant at once
@@ -267,7 +360,8 @@ func (l *Ledger) periodLoop() {
 // fleet-wide and a store-backed tenant's lines are numbered by the store's
 // period, which the replicas share; when the store says another replica
 // closed a tenant's period, this replica closes its own at its next sync,
-// and keeps that line in Periods as a close of its own.
+// keeps that line in Periods as a close of its own and passes it to the
+// WithPeriodClosed hook.
 func (l *Ledger) ClosePeriod() []Period {
 	return l.closePeriod(time.Now())
 }
