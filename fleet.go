@@ -1,5 +1,9 @@
 package reslimit
 
+// Fleets: a Ledger with a Store shares its tenants' cumulative limits with
+// other replicas. The ledger's syncer reports usage and takes leases of
+// the fleet-wide quota (syncRound); each account's fleetState is its quota.
+
 import (
 	"context"
 	"crypto/rand"
@@ -491,7 +495,10 @@ type FleetStats struct {
 	LastStoreReset time.Time
 }
 
-// fleetState is an Account's store-backed state; guarded by the account's mu.
+// fleetState is an Account's store-backed state, guarded by the account's
+// mu: the quota (account.go) of an account whose ledger has a Store. The
+// account consults it only through that interface; the ledger's syncer
+// (syncRound) builds reports from it and applies the store's answers.
 type fleetState struct {
 	ledger      *Ledger
 	committed   Totals // fleet-wide, from the store
