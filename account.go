@@ -768,7 +768,7 @@ func (a *Account) end(t *Tracker, cpu time.Duration, runErr error) Usage {
 			a.refundOpsLocked(r)
 		}
 	}
-	u := t.snapshot(cpu, time.Since(t.start))
+	u := t.snapshot(cpu, t.wallTime())
 	if h := t.giveBack(); h > 0 {
 		a.held.Add(-h)
 		t.releaseUp(h)

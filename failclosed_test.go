@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -70,4 +71,27 @@ func TestZeroAccountAndLedger(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, int64(3), acct.Stats().Operations)
 	require.Equal(t, []string{"acme"}, l.Tenants())
+}
+
+// The zero Tracker counts with no limits and reads no wall time (it never
+// started); its guards give back what they hold.
+func TestZeroTrackerCountsWithoutLimits(t *testing.T) {
+	var tr Tracker
+	require.NoError(t, tr.TrackOperations(3))
+	require.NoError(t, tr.TrackCall())
+	g, err := tr.AcquireMemory(10)
+	require.NoError(t, err)
+	s, err := tr.TryAcquireSlot()
+	require.NoError(t, err)
+	u := tr.Usage()
+	assert.Equal(t, int64(3), u.Operations)
+	assert.Equal(t, int64(10), u.MemoryBytes)
+	assert.Equal(t, int64(1), u.Concurrent)
+	assert.Zero(t, u.WallTime, "a zero Tracker never started")
+	g.Release()
+	s.Release()
+	u = tr.End()
+	assert.Zero(t, u.MemoryBytes)
+	assert.Zero(t, u.WallTime)
+	assert.ErrorIs(t, tr.TrackOperation(), ErrClosed)
 }

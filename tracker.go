@@ -55,7 +55,9 @@ type stopState struct{ err error }
 // when nothing limits it.
 //
 // A Tracker is created by NewTracker, Account.Begin, Run or Limit, and
-// finished with End, after which tracking returns ErrClosed.
+// finished with End, after which tracking returns ErrClosed. The zero
+// Tracker counts with no limits, like NewTracker(Limits{}), except that it
+// never started: its wall time reads 0.
 type Tracker struct {
 	meters [mTotal]meter // operations, calls
 	// The memory line: what TrackMemory and the guards touch, together, so
@@ -171,6 +173,14 @@ func NewTracker(l Limits) (*Tracker, error) {
 
 func newTracker(l Limits, acct *Account, name string, cancel func(error)) *Tracker {
 	return newTrackerAt(l, acct, name, cancel, time.Time{})
+}
+
+// wallTime is the time since the run started (0 for a zero Tracker).
+func (t *Tracker) wallTime() time.Duration {
+	if t.start.IsZero() {
+		return 0
+	}
+	return time.Since(t.start)
 }
 
 // newTrackerAt is newTracker for a run that starts at now (if not zero).
@@ -1174,7 +1184,7 @@ func (t *Tracker) Usage() Usage {
 		t.mu.Unlock()
 		return u
 	}
-	return t.snapshot(t.sampleCPU(), time.Since(t.start))
+	return t.snapshot(t.sampleCPU(), t.wallTime())
 }
 
 func (t *Tracker) snapshot(cpu, wall time.Duration) Usage {
@@ -1250,7 +1260,7 @@ func (t *Tracker) finish(runErr error) Usage {
 				t.reclaimChildren(i)
 				t.revoke(i)
 			}
-			t.final = t.snapshot(cpu, time.Since(t.start))
+			t.final = t.snapshot(cpu, t.wallTime())
 			if t.parent != nil {
 				t.releaseUp(t.giveBack())
 			}
