@@ -173,6 +173,7 @@ type fleet struct {
 
 	leaseWaitSet bool
 	stopOnce     sync.Once
+	finalMu      sync.Mutex // one final report at a time (Close, Sync, a hook's Sync)
 	finalDone    atomic.Bool
 
 	seq          atomic.Uint64
@@ -301,7 +302,11 @@ func (l *Ledger) Sync(ctx context.Context) error {
 		if l.finalDone.Load() {
 			return ErrClosed
 		}
-		return l.finalReport(ctx)
+		if err := l.finalReport(ctx); err != nil {
+			return err
+		}
+		l.endHooks() // the retry made the final report: nothing more to deliver
+		return nil
 	}
 	return l.syncRound(ctx, true, false)
 }
@@ -315,13 +320,13 @@ func (l *Ledger) Sync(ctx context.Context) error {
 // unreported: call Close or Sync again to retry.
 //
 // Close also stops the goroutine that closes periods on a schedule
-// (WithPeriod), waiting for it, and the one that passes closes to the
-// WithPeriodClosed hook, after it delivered the last; it does not close
-// the open period.
+// (WithPeriod), waiting for it, and, once the final report is made, the
+// one that passes closes to the WithPeriodClosed hook, after it delivered
+// the last; it does not close the open period.
 //
 // A ledger without a Store has nothing to report: Close stops the
-// schedule, returns nil and changes nothing else (its accounts keep
-// working).
+// schedule and the hook's goroutine, and changes nothing else (its
+// accounts keep working).
 func (l *Ledger) Close(ctx context.Context) error {
 	if ctx == nil {
 		return errNilContext
@@ -329,25 +334,25 @@ func (l *Ledger) Close(ctx context.Context) error {
 	if err := l.stopPeriods(ctx); err != nil {
 		return err
 	}
-	if l.store == nil || l.done == nil {
-		return nil
+	if l.store != nil && l.done != nil {
+		l.closed.Store(true)
+		l.stopOnce.Do(l.stopLoop)
+		select {
+		case <-l.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if err := l.finalReport(ctx); err != nil {
+			return err // the hooks keep going: a retry may close more periods
+		}
 	}
-	l.closed.Store(true)
-	l.stopOnce.Do(l.stopLoop)
-	select {
-	case <-l.done:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	err := l.finalReport(ctx)
-	if herr := l.stopHooks(ctx); err == nil {
-		err = herr
-	}
-	return err
+	return l.stopHooks(ctx)
 }
 
 // finalReport freezes live runs, reports everything and gives the leases back.
 func (l *Ledger) finalReport(ctx context.Context) error {
+	l.finalMu.Lock()
+	defer l.finalMu.Unlock()
 	if l.finalDone.Load() {
 		return nil
 	}

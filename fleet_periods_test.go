@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -84,7 +85,8 @@ func TestFleetStoreClosesReachTheHook(t *testing.T) {
 	delivered := make(chan struct{}, 4)
 	var r2 *Ledger
 	r2 = newFleetLedger(t, store, "r2", lim, manual, WithPeriodClosed(func(lines []Period) {
-		// The hook may use the ledger (during Close, Sync says it is closed).
+		// The hook may use the ledger (during Close, Sync waits for Close's
+		// final report, or says the ledger is closed).
 		if err := r2.Sync(ctx); err != nil && !errors.Is(err, ErrClosed) {
 			t.Errorf("Sync from the hook: %v", err)
 		}
@@ -124,4 +126,79 @@ func TestFleetStoreClosesReachTheHook(t *testing.T) {
 	require.Len(t, r3Lines, 1, "Close delivered its final report's close")
 	assert.Equal(t, uint64(2), r3Lines[0][0].Number)
 	assert.Equal(t, int64(5), r3Lines[0][0].Operations)
+}
+
+// periodFaultStore is a MemoryStore (which keeps periods) that can be
+// taken down, and counts the final reports it is sent.
+type periodFaultStore struct {
+	*MemoryStore
+	down   atomic.Bool
+	finals atomic.Int64
+}
+
+func (s *periodFaultStore) Sync(ctx context.Context, req SyncRequest) (SyncResponse, error) {
+	if s.down.Load() {
+		return SyncResponse{}, errStoreDown
+	}
+	if req.Final {
+		s.finals.Add(1)
+	}
+	return s.MemoryStore.Sync(ctx, req)
+}
+
+// A Close whose final report failed leaves the hook's goroutine running:
+// the Sync that retries the report delivers the close it learns of, with
+// no second Close.
+func TestFleetHookAfterFailedClose(t *testing.T) {
+	ctx := context.Background()
+	mem := NewMemoryStore()
+	store := &periodFaultStore{MemoryStore: mem}
+	manual := WithSyncInterval(time.Hour)
+	r1 := newFleetLedger(t, mem, "r1", AccountLimits{}, manual)
+	delivered := make(chan []Period, 4)
+	r2 := newFleetLedger(t, store, "r2", AccountLimits{}, manual,
+		WithPeriodClosed(func(lines []Period) { delivered <- lines }))
+	chargeOps(t, r2.Account("acme"), 7)
+	require.NoError(t, r2.Sync(ctx))
+	r1.Account("acme")
+	r1.ClosePeriod()
+	require.NoError(t, r1.Sync(ctx)) // the store's period moves on
+
+	store.down.Store(true)
+	require.ErrorIs(t, r2.Close(ctx), errStoreDown)
+	store.down.Store(false)
+	require.NoError(t, r2.Sync(ctx), "the retry makes the final report")
+	select {
+	case lines := <-delivered:
+		require.Len(t, lines, 1)
+		assert.Equal(t, int64(7), lines[0].Operations)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the close learnt by the retried final report never reached the hook")
+	}
+	require.NoError(t, r2.Close(ctx))
+}
+
+// A hook that calls Sync while Close makes its final report waits for
+// that report instead of making a second one beside it.
+func TestFleetHookSyncDuringCloseMakesNoSecondFinalReport(t *testing.T) {
+	for range 10 {
+		ctx := context.Background()
+		mem := NewMemoryStore()
+		store := &periodFaultStore{MemoryStore: mem}
+		manual := WithSyncInterval(time.Hour)
+		r1 := newFleetLedger(t, mem, "r1", AccountLimits{}, manual)
+		var r2 *Ledger
+		r2 = newFleetLedger(t, store, "r2", AccountLimits{}, manual, WithPeriodClosed(func([]Period) {
+			if err := r2.Sync(ctx); err != nil && !errors.Is(err, ErrClosed) {
+				t.Errorf("Sync from the hook: %v", err)
+			}
+		}))
+		chargeOps(t, r2.Account("acme"), 3)
+		require.NoError(t, r2.Sync(ctx))
+		r1.Account("acme")
+		r1.ClosePeriod()
+		require.NoError(t, r1.Sync(ctx))
+		require.NoError(t, r2.Close(ctx)) // learns of the close in its final report
+		require.Equal(t, int64(1), store.finals.Load(), "one final report")
+	}
 }

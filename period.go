@@ -185,10 +185,11 @@ func WithPeriodsKept(n int) LedgerOption {
 // WithPeriodSchedule) closes, and, with a store that keeps periods, each
 // close this replica made because the store said another replica closed a
 // tenant's period (see ClosePeriod). Lines from ClosePeriod go to its
-// caller instead. fn is called one close at a time, from a goroutine of
-// the ledger: to store the lines, say. It may use the ledger but not
-// Close it: Close waits for it to return, and delivers the closes that
-// its own final report makes before it returns.
+// caller instead. fn is called one close at a time, in the order of the
+// closes, from a goroutine of the ledger (so that it may use the ledger,
+// Sync included, but not Close it), and never after Close returned: Close
+// waits for it, unless Close's context ends first, and delivers the
+// closes its own final report makes before it returns.
 func WithPeriodClosed(fn func(lines []Period)) LedgerOption {
 	return func(l *Ledger) { l.periods.hook = fn }
 }
@@ -208,9 +209,9 @@ type ledgerPeriods struct {
 	kept    [][]Period // the latest closes; guarded by closeMu
 	removed []*Account // removed accounts (without a Store) still to bill; guarded by Ledger.mu
 
-	// The closes a store made for the hook: the syncer queues them and
-	// deliverLoop calls the hook, so that the hook never runs inside a
-	// sync (it may call Sync).
+	// The closes for the hook, in the order they were made (the
+	// schedule's and the store's): deliverLoop calls the hook, so that it
+	// never runs inside a close or a sync (it may call Sync).
 	hookMu   sync.Mutex // one hook call at a time
 	queued   [][]Period // guarded by closeMu
 	wake     chan struct{}
@@ -260,25 +261,15 @@ func (l *Ledger) periodLoop() {
 			return
 		case <-timer.C:
 		}
-		lines := l.closePeriod(at)
-		l.callHook(lines)
+		l.closePeriodFor(at, true)
 	}
 }
 
-// callHook calls the WithPeriodClosed hook, if any, with lines.
-func (l *Ledger) callHook(lines []Period) {
-	if l.periods.hook == nil {
-		return
-	}
-	l.periods.hookMu.Lock()
-	defer l.periods.hookMu.Unlock()
-	l.periods.hook(lines)
-}
-
-// startHooks starts the goroutine that passes the closes a store makes to
-// the WithPeriodClosed hook.
+// startHooks starts the goroutine that passes closes to the
+// WithPeriodClosed hook (deliverLoop), if the ledger may make any: it has a
+// schedule or a store that keeps periods.
 func (l *Ledger) startHooks() {
-	if l.periods.hook == nil || !l.periodStore {
+	if l.periods.hook == nil || (l.periods.next == nil && !l.periodStore) {
 		return
 	}
 	l.periods.wake = make(chan struct{}, 1)
@@ -300,8 +291,8 @@ func (l *Ledger) deliverLoop() {
 	}
 }
 
-// queueHook queues the lines of a close that a store made for the hook.
-// Called with closeMu held.
+// queueHookLocked queues the lines of a close for the hook. Called with
+// closeMu held, so that the queue keeps the order of the closes.
 func (l *Ledger) queueHookLocked(lines []Period) {
 	if l.periods.wake == nil {
 		return
@@ -313,8 +304,11 @@ func (l *Ledger) queueHookLocked(lines []Period) {
 	}
 }
 
-// deliverQueued passes the queued closes to the hook, oldest first.
+// deliverQueued passes the queued closes to the hook, oldest first, one
+// at a time (deliverLoop, and Close after it stopped).
 func (l *Ledger) deliverQueued() {
+	l.periods.hookMu.Lock()
+	defer l.periods.hookMu.Unlock()
 	for {
 		l.periods.closeMu.Lock()
 		q := l.periods.queued
@@ -324,22 +318,35 @@ func (l *Ledger) deliverQueued() {
 			return
 		}
 		for _, lines := range q {
-			l.callHook(lines)
+			l.periods.hook(lines)
 		}
 	}
 }
 
-// stopHooks stops deliverLoop after it delivered what is queued, and
-// delivers what a later sync queues (a retried Close) itself.
+// endHooks tells deliverLoop to return once it has delivered what is
+// queued. It does not wait: it may be called from the hook (a Sync that
+// completed the final report).
+func (l *Ledger) endHooks() {
+	if l.periods.hookStop != nil {
+		l.periods.hookOnce.Do(func() { close(l.periods.hookStop) })
+	}
+}
+
+// stopHooks ends deliverLoop and waits for it (bounded by ctx), then
+// delivers what was queued after it returned.
 func (l *Ledger) stopHooks(ctx context.Context) error {
 	if l.periods.hookStop == nil {
 		return nil
 	}
-	l.periods.hookOnce.Do(func() { close(l.periods.hookStop) })
+	l.endHooks()
 	select {
 	case <-l.periods.hookDone:
-	case <-ctx.Done():
-		return ctx.Err()
+	default:
+		select {
+		case <-l.periods.hookDone:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	l.deliverQueued()
 	return nil
@@ -363,10 +370,12 @@ func (l *Ledger) stopHooks(ctx context.Context) error {
 // keeps that line in Periods as a close of its own and passes it to the
 // WithPeriodClosed hook.
 func (l *Ledger) ClosePeriod() []Period {
-	return l.closePeriod(time.Now())
+	return l.closePeriodFor(time.Now(), false)
 }
 
-func (l *Ledger) closePeriod(end time.Time) []Period {
+// closePeriodFor closes the open period at end and returns its lines; the
+// schedule's closes (hook) go to the WithPeriodClosed hook too.
+func (l *Ledger) closePeriodFor(end time.Time, hook bool) []Period {
 	l.periods.closeMu.Lock()
 	defer l.periods.closeMu.Unlock()
 	l.mu.Lock()
@@ -414,6 +423,9 @@ func (l *Ledger) closePeriod(end time.Time) []Period {
 	l.mu.Unlock()
 
 	l.periods.keepLocked(lines)
+	if hook {
+		l.queueHookLocked(slices.Clone(lines))
+	}
 	return slices.Clone(lines)
 }
 
