@@ -28,7 +28,7 @@ import (
 // Copy-safety has a price: a guard claims an identity cell when acquired
 // and moves it on when released, two atomic instructions more than
 // TrackMemory and ReleaseMemory, which charge and give back the same bytes
-// (about 12 ns per pair; see BENCHMARKS.md). In a hot loop where the
+// (about 10 ns per pair here; see BENCHMARKS.md). In a hot loop where the
 // release plainly follows the charge, they do without a guard.
 type Guard struct {
 	t    *Tracker

@@ -599,8 +599,9 @@ func (t *Tracker) TrackMemory(n int64) error {
 		// run's bytes are charged to its account before the run, and given
 		// back after, so the account holds at least what the run holds:
 		// when the request fits under that bound (read on the line the
-		// account's charge takes next), it fits; only otherwise are the
-		// run's own bytes read, exactly.
+		// account's charge takes next), it fits; only otherwise (and for
+		// every child run, kept simple) are the run's own bytes read,
+		// exactly.
 		if lim > 0 && (p != nil || n > lim-a.held.Load()) {
 			if h := t.heldNow(); n > lim-h {
 				t.refused[Memory].Add(1)
