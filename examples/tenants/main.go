@@ -2,7 +2,9 @@
 // different quotas and rates call one limited tool concurrently over two
 // billing periods. After each period a table shows what each consumed and
 // which limit stopped it; at the end, an invoice per tenant per period
-// prices the closed periods from a price table.
+// prices the closed periods from a price table. Last, two replicas of the
+// service share one tenant's quota through a store, and the fleet-wide
+// invoice is read from the store.
 package main
 
 import (
@@ -120,6 +122,76 @@ func main() {
 	w.Flush()
 	fmt.Printf("\nprices: $%.2f per million operations, $%.2f per thousand calls, $%.2f per GiB charged, $%.2f per CPU second, $%.3f per evaluation\n",
 		prices.perMillionOps, prices.perThousandCalls, prices.perGiB, prices.perCPUSecond, prices.perEvaluation)
+
+	fleet(tool)
+}
+
+// fleet runs the "free" tenant on two replicas of the service that share
+// its quota through a store (here in memory; contrib/redisstore in a real
+// fleet), closes the period on one replica, and prints each replica's
+// invoice line and the fleet-wide invoice the store keeps.
+func fleet(tool func(context.Context, int) (int, error)) {
+	ctx := context.Background()
+	store := reslimit.NewMemoryStore()
+	quota := reslimit.AccountLimits{MaxTotalOperations: 150_000}
+	var replicas []*reslimit.Ledger
+	for _, id := range []string{"replica-a", "replica-b"} {
+		l, err := reslimit.NewLedger(quota, reslimit.WithStore(store), reslimit.WithReplica(id),
+			reslimit.WithSyncInterval(50*time.Millisecond))
+		if err != nil {
+			log.Fatal(err)
+		}
+		replicas = append(replicas, l)
+	}
+	var wg sync.WaitGroup
+	ok := make([]int, len(replicas))
+	for i, l := range replicas {
+		wg.Add(1)
+		go func() { // each replica serves calls until the fleet's quota refuses
+			defer wg.Done()
+			tenantCtx := reslimit.ContextWithAccount(ctx, l.Account("free"))
+			for {
+				if _, err := tool(tenantCtx, 100); err != nil {
+					return
+				}
+				ok[i]++
+			}
+		}()
+	}
+	wg.Wait()
+	for _, l := range replicas {
+		if err := l.Sync(ctx); err != nil { // report what is left to report
+			log.Fatal(err)
+		}
+	}
+	a := replicas[0].ClosePeriod() // a close on one replica is fleet-wide
+	// Two rounds: the other replica learns of the close, then sends its
+	// final report for the period (the store's totals are then final).
+	for range 2 {
+		for _, l := range replicas {
+			if err := l.Sync(ctx); err != nil {
+				log.Fatal(err)
+			}
+		}
+	}
+	b := replicas[1].Periods()
+	sp, err := replicas[0].StorePeriod(ctx, "free", a[0].Number)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("\nFleet: tenant \"free\" on two replicas sharing MaxTotalOperations %d through one store\n\n", quota.MaxTotalOperations)
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "INVOICE\tPERIOD\tCALLS SERVED\tOPERATIONS\tCOST\t")
+	fmt.Fprintf(w, "replica-a\t%d\t%d\t%d\t$%.4f\t\n", a[0].Number, ok[0], a[0].Operations, cost(a[0]))
+	fmt.Fprintf(w, "replica-b\t%d\t%d\t%d\t$%.4f\t\n", b[0].Number, ok[1], b[0].Operations, cost(b[0]))
+	fleetLine := reslimit.Period{Totals: sp.Totals}
+	fmt.Fprintf(w, "fleet (store, final: %v)\t%d\t%d\t%d\t$%.4f\t\n", sp.Final, sp.Number, ok[0]+ok[1], sp.Operations, cost(fleetLine))
+	w.Flush()
+	for _, l := range replicas {
+		if err := l.Close(ctx); err != nil {
+			log.Fatal(err)
+		}
+	}
 }
 
 // simulate runs 4 workers per tenant, 15 calls each, and tallies the
