@@ -12,7 +12,7 @@ import (
 // Guard holds something acquired from a Tracker (memory, a concurrency
 // slot) until Release gives it back. It is a small value: acquiring and
 // releasing allocate nothing (except a word per guard while thousands of
-// guards are held at once in the process; see claimGuard). Write
+// guards are held at once in the process). Write
 //
 //	g, err := tr.AcquireMemory(n)
 //	if err != nil { return err }
