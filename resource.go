@@ -24,7 +24,10 @@ const (
 	FileSize
 	// Operations is a count of operations (TrackOperation).
 	Operations
-	// Concurrency is the number of operations or runs in progress at once.
+	// Concurrency is what is in progress at once: on a run, the slots
+	// held (AcquireSlot, Limits.MaxConcurrent); on an account, its runs in
+	// progress (AccountLimits.MaxConcurrent). Its name,
+	// "concurrent_operations", is kept for metric labels.
 	Concurrency
 	// Timeout is wall-clock time in nanoseconds.
 	Timeout
