@@ -576,7 +576,7 @@ func (a *Account) reclaimLocked(i int, except *Tracker) {
 func (a *Account) usedLocked(i int) int64 {
 	u := a.committed[i]
 	for r := range a.live {
-		u = satAdd(u, r.used(i)-r.base[i])
+		u = satAdd(u, r.consumed(i)-r.base[i])
 	}
 	return u
 }
@@ -612,7 +612,7 @@ func (a *Account) lifeLocked() Totals {
 	for i, r := range meterResource {
 		v := a.lifeMeters[i]
 		for t := range a.live {
-			v = satAdd(v, t.used(i))
+			v = satAdd(v, t.consumed(i))
 		}
 		l.Set(r, v)
 	}

@@ -88,7 +88,7 @@ func (a *Account) closePeriodLocked(end time.Time, next uint64) Period {
 		meters[i] = a.committed[i]
 		life[i] = a.lifeMeters[i]
 		for t := range a.live {
-			u := t.used(i)
+			u := t.consumed(i)
 			meters[i] = satAdd(meters[i], u-t.base[i])
 			life[i] = satAdd(life[i], u)
 			t.base[i] = u

@@ -101,8 +101,13 @@ type Tracker struct {
 	stopAfter func() bool
 
 	mu         sync.Mutex              // serialises refills and End
-	meterMu    sync.Mutex              // leaf lock: writes of filled, consistent reads of meters
+	meterMu    sync.Mutex              // leaf lock: writes of filled and lent, consistent reads of meters
 	filled     [numMeters]atomic.Int64 // room ever added, less what was revoked
+	// lent is the room of operations and calls drawn by child runs that
+	// are still live: counted as used by this run's meters (it is
+	// reserved), but not consumed until a child uses it. Guarded by
+	// meterMu, and changed together with the room (see consumed).
+	lent [mTotal]int64
 	base       [numMeters]int64        // guarded by acct.mu: usage already charged before an account Reset
 	cpuBase    int64                   // guarded by acct.mu
 	evaluation int64                   // 1-based number of the run in its account
@@ -383,7 +388,7 @@ func (t *Tracker) refill(i int, n int64, take bool) error {
 			if t.acct != nil {
 				granted, err := t.acct.grant(t, i, n, g, g)
 				if err != nil {
-					p.room(i).Add(g) // give the parent back what it lent
+					p.unlend(i, g) // give the parent back what it lent
 					return err
 				}
 				if granted {
@@ -432,31 +437,48 @@ func (t *Tracker) revoke(i int) int64 {
 	t.mem.gen.Add(1)
 	t.meterMu.Unlock()
 	if p := t.parent; p != nil && i != mTotal && r > 0 {
-		p.room(i).Add(r)
+		p.unlend(i, r)
 	}
 	return r
 }
 
+// unlend takes back r of meter i (operations or calls) that a child run
+// drew and did not use.
+func (t *Tracker) unlend(i int, r int64) {
+	t.meterMu.Lock()
+	t.room(i).Add(r)
+	t.lent[i] -= r
+	t.meterMu.Unlock()
+}
+
 // lend draws room for a child run from meter i (operations or calls): want
-// is taken as any charge is (checking the run's limits, its account's and
-// its own parent's), and up to extra more from the room the run has at
-// hand, leaving it at least half. It returns what was drawn.
+// as any charge would be (checking the run's limits, its account's and its
+// own parent's), and up to extra more from the room the run has at hand,
+// leaving it at least half. It returns what was drawn. What is drawn moves
+// from the run's room to its lent count in one step under meterMu, so that
+// consumed never counts it as used by this run.
 func (t *Tracker) lend(i int, want, extra int64) (int64, error) {
-	if err := t.take(i, want); err != nil {
-		return 0, err
-	}
 	m := t.room(i)
-	for extra > 0 {
+	for {
+		t.meterMu.Lock()
 		a := m.Load()
-		e := min(extra, a/2)
-		if e <= 0 {
-			break
+		if a >= want {
+			g := want + max(0, min(extra, (a-want)/2))
+			if m.CompareAndSwap(a, a-g) {
+				t.lent[i] += g
+				t.meterMu.Unlock()
+				return g, nil
+			}
+			t.meterMu.Unlock()
+			continue
 		}
-		if m.CompareAndSwap(a, a-e) {
-			return want + e, nil
+		t.meterMu.Unlock()
+		// Not enough room: the slow path of a charge adds it (or refuses),
+		// without taking it.
+		if err := t.refill(i, want, false); err != nil {
+			return 0, err
 		}
 	}
-	return want, nil
 }
 
 // reclaimChildren takes back the room of meter i that the run's live child
@@ -497,7 +519,8 @@ func (t *Tracker) chargesTo(acct *Account) bool {
 	return false
 }
 
-// orphan removes the ended child run t from its parent's live children.
+// orphan removes the ended child run t from its parent's live children;
+// what t drew and used is the parent's own usage from then on.
 func (t *Tracker) orphan() {
 	p := t.parent
 	if p == nil {
@@ -513,6 +536,11 @@ func (t *Tracker) orphan() {
 			break
 		}
 	}
+	p.meterMu.Lock()
+	for i := range mTotal {
+		p.lent[i] -= t.filled[i].Load()
+	}
+	p.meterMu.Unlock()
 	p.childMu.Unlock()
 }
 
@@ -521,6 +549,30 @@ func (t *Tracker) used(i int) int64 {
 	t.meterMu.Lock()
 	u := t.filled[i].Load() - t.room(i).Load()
 	t.meterMu.Unlock()
+	return u
+}
+
+// consumed returns what meter i of the run and of the live runs nested in
+// it has consumed: what they used, less the room the nested runs drew and
+// have not used yet. It is what an account bills for a live run. Every
+// change of a run's meters leaves its filled - room - lent as it is or
+// raises it (a charge), and an ended child's usage moves to its parent
+// under the parent's childMu, which the reading holds: so a reading never
+// counts room that may come back, and readings only grow.
+func (t *Tracker) consumed(i int) int64 {
+	t.childMu.Lock()
+	defer t.childMu.Unlock()
+	t.meterMu.Lock()
+	u := t.filled[i].Load() - t.room(i).Load()
+	if i != mTotal {
+		u -= t.lent[i]
+	}
+	t.meterMu.Unlock()
+	if i != mTotal {
+		for _, c := range t.children {
+			u = satAdd(u, c.consumed(i))
+		}
+	}
 	return u
 }
 
