@@ -100,17 +100,17 @@ type Tracker struct {
 	// tracker made by a runCtx.
 	stopAfter func() bool
 
-	mu         sync.Mutex              // serialises refills and End
-	meterMu    sync.Mutex              // leaf lock: writes of filled and lent, consistent reads of meters
-	filled     [numMeters]atomic.Int64 // room ever added, less what was revoked
+	mu      sync.Mutex              // serialises refills and End
+	meterMu sync.Mutex              // leaf lock: writes of filled and lent, consistent reads of meters
+	filled  [numMeters]atomic.Int64 // room ever added, less what was revoked
 	// lent is the room of operations and calls drawn by child runs that
 	// are still live: counted as used by this run's meters (it is
 	// reserved), but not consumed until a child uses it. Guarded by
 	// meterMu, and changed together with the room (see consumed).
-	lent [mTotal]int64
-	base       [numMeters]int64        // guarded by acct.mu: usage already charged before an account Reset
-	cpuBase    int64                   // guarded by acct.mu
-	evaluation int64                   // 1-based number of the run in its account
+	lent       [mTotal]int64
+	base       [numMeters]int64 // guarded by acct.mu: usage already charged before an account Reset
+	cpuBase    int64            // guarded by acct.mu
+	evaluation int64            // 1-based number of the run in its account
 
 	cpuMu      sync.Mutex
 	threads    []cpuThread
