@@ -507,7 +507,15 @@ type FleetStats struct {
 type fleetState struct {
 	ledger      *Ledger
 	committed   Totals // fleet-wide, from the store
-	reported    Totals // this process's usage the store has acknowledged
+	reported    Totals // this process's usage (life totals) the store has acknowledged
+	// offset is what the store lost of this process's reports and was not
+	// reported again (usage of closed periods, which is never billed to
+	// another): the store's Reported for this replica plus offset is
+	// reported.
+	offset Totals
+	// lostBefore, when not 0, is sent with every report until one is
+	// acknowledged: the store lost reports of periods before it.
+	lostBefore uint64
 	outstanding Totals // allowance beyond reported, from the store
 	returning   Totals // lease given back by the report in flight
 	leaseAtSync Totals
@@ -859,6 +867,7 @@ func (f *fleetState) reportLocked(a *Account, now time.Time) TenantSync {
 	ts := TenantSync{Tenant: a.name, Seq: f.ledger.seq.Add(1), Used: used, Closed: closed}
 	if f.ledger.periodStore {
 		ts.Period = max(a.periodNo, 1)
+		ts.LostBefore = min(f.lostBefore, ts.Period)
 	}
 	f.pendingCloses = len(f.closes)
 	for _, r := range accountResources {
@@ -949,6 +958,7 @@ func (f *fleetState) applyLocked(a *Account, ts TenantSync, st TenantState, sent
 		expected = expected.Add(c.Used)
 	}
 	reported := expected
+	var lostNow Totals // what the store lost of this replica's reports
 	lost := false
 	// The answer is about the period the report was for, still open here
 	// and in the store.
@@ -960,14 +970,33 @@ func (f *fleetState) applyLocked(a *Account, ts TenantSync, st TenantState, sent
 	current := sent == max(a.periodNo, 1) && storePeriod == sent
 	if st.Seq != 0 {
 		for _, r := range [...]Resource{Operations, Calls, TotalMemory, CPUTime, Evaluations} {
-			if got := st.Reported.Get(r); got < expected.Get(r) {
-				reported.Set(r, got)
+			if got := satAdd(st.Reported.Get(r), f.offset.Get(r)); got < expected.Get(r) {
+				lostNow.Set(r, expected.Get(r)-got)
 				lost = true
 			}
 			if current && f.loaded && st.Committed.Get(r) < f.committed.Get(r) {
 				lost = true
 			}
 		}
+	}
+	if lost && f.ledger.periodStore {
+		// Report again what the store lost of the open period (what was
+		// acknowledged beyond the latest close), never what was charged in
+		// a closed one: that period is marked lost instead.
+		before := expected.Sub(ts.Used) // acknowledged before this report
+		for _, r := range [...]Resource{Operations, Calls, TotalMemory, CPUTime, Evaluations} {
+			again := min(lostNow.Get(r), max(0, before.Get(r)-f.base.Get(r)))
+			reported.Set(r, expected.Get(r)-again)
+			f.offset.Set(r, f.offset.Get(r)+lostNow.Get(r)-again)
+		}
+		f.lostBefore = sent
+	} else if lost {
+		// Without periods in the store, everything lost is reported again.
+		for _, r := range [...]Resource{Operations, Calls, TotalMemory, CPUTime, Evaluations} {
+			reported.Set(r, expected.Get(r)-lostNow.Get(r))
+		}
+	} else if ts.LostBefore != 0 && ts.LostBefore >= f.lostBefore {
+		f.lostBefore = 0 // the store marked them
 	}
 	// What the store should hold unused for this replica now, had it
 	// granted all it was asked.
@@ -1016,11 +1045,7 @@ func (f *fleetState) applyLocked(a *Account, ts TenantSync, st TenantState, sent
 		// quota come back to what the live replicas granted.
 		f.resets++
 		f.lastReset = time.Now()
-		for _, r := range [...]Resource{Operations, Calls, TotalMemory, CPUTime, Evaluations} {
-			if d := expected.Get(r) - reported.Get(r); d > 0 {
-				f.lost.Set(r, satAdd(f.lost.Get(r), d))
-			}
-		}
+		f.lost = f.lost.Add(lostNow)
 		f.wantSync = true
 		f.short = 0
 		// For an interval, while the other replicas report again, ask for
@@ -1031,8 +1056,8 @@ func (f *fleetState) applyLocked(a *Account, ts TenantSync, st TenantState, sent
 		f.ledger.kickSyncer()
 		f.ledger.logf(slog.LevelError, "reslimit: fleet: the store lost reports of this replica; reporting them again",
 			"tenant", a.name, "replica", f.ledger.replica,
-			"operations", expected.Operations-reported.Operations, "function_calls", expected.Calls-reported.Calls,
-			"total_memory", expected.TotalMemory-reported.TotalMemory, "evaluations", expected.Evaluations-reported.Evaluations)
+			"operations", lostNow.Operations, "function_calls", lostNow.Calls,
+			"total_memory", lostNow.TotalMemory, "evaluations", lostNow.Evaluations)
 	}
 	close(f.refreshed)
 	f.refreshed = make(chan struct{})

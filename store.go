@@ -114,6 +114,13 @@ type TenantSync struct {
 	// that held one has given it back (or its lease expired), the
 	// period's totals are final (see PeriodLoader).
 	Closed []ClosedReport
+	// LostBefore, when not 0, says that the store lost reports this
+	// replica had made for the tenant (a Redis restarted without its
+	// data) that were charged in periods before LostBefore: a store that
+	// keeps periods marks those periods lost (StorePeriod.Lost), never
+	// final. The replica reports again what it had reported for its open
+	// period, but never bills a closed period's usage to another period.
+	LostBefore uint64
 }
 
 // ClosedReport is a replica's last report for a closed billing period.
@@ -211,6 +218,12 @@ type StorePeriod struct {
 	// replica that held a lease for it has sent its final report or let
 	// its lease expire: its totals can no longer change.
 	Final bool
+	// Lost is true when the store lost reports charged in the period (it
+	// lost its data after the period closed; see TenantSync.LostBefore):
+	// its Totals are partial, and it is never Final. The replicas' own
+	// lines for it (Ledger.Periods, WithPeriodClosed) still hold what each
+	// charged in it.
+	Lost bool
 }
 
 // PeriodLoader is implemented by stores that keep billing periods (the
@@ -248,6 +261,8 @@ type memTenant struct {
 	leases   map[string]time.Time
 	closed   map[uint64]*memClosed
 	replicas map[string]*memReplica
+	// lostBefore: the periods before it lost reports (TenantSync.LostBefore).
+	lostBefore uint64
 }
 
 // memClosed is a closed period of a tenant.
@@ -312,6 +327,9 @@ func (me *memReplica) giveBack() {
 // its period, each once.
 func validPeriods(ts TenantSync) error {
 	p := max(ts.Period, 1)
+	if ts.LostBefore > p {
+		return fmt.Errorf("%w: tenant %q: lost periods before %d, after the report's period %d", ErrInvalidArgument, ts.Tenant, ts.LostBefore, p)
+	}
 	for i, c := range ts.Closed {
 		if c.Period == 0 || c.Period >= p {
 			return fmt.Errorf("%w: tenant %q: closed period %d is not before period %d", ErrInvalidArgument, ts.Tenant, c.Period, p)
@@ -363,7 +381,8 @@ func (s *MemoryStore) LoadPeriod(_ context.Context, tenant string, period uint64
 		}
 		return sp, nil
 	}
-	sp.Final = true
+	sp.Lost = t != nil && sp.Number < t.lostBefore
+	sp.Final = !sp.Lost
 	if t == nil || t.closed[sp.Number] == nil {
 		return sp, nil
 	}
@@ -444,6 +463,7 @@ func (s *MemoryStore) Sync(ctx context.Context, req SyncRequest) (SyncResponse, 
 		target := max(ts.Period, 1)
 		if ts.Seq > me.seq {
 			me.seq = ts.Seq
+			t.lostBefore = max(t.lostBefore, ts.LostBefore)
 			if target > t.openNo() {
 				t.moveTo(target)
 			}

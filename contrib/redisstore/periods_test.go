@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -133,4 +134,81 @@ func TestFleetPeriods(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, uint64(2), sp.Number)
 	assert.Equal(t, int64(60), sp.Operations)
+}
+
+// deleteKeys deletes every key under prefix: what a Redis restarted
+// without its data has lost (only this test's keys, so that tests sharing
+// the server do not see it).
+func deleteKeys(t *testing.T, rdb *redis.Client, prefix string) {
+	t.Helper()
+	ctx := context.Background()
+	iter := rdb.Scan(ctx, 0, prefix+":*", 1000).Iterator()
+	var keys []string
+	for iter.Next(ctx) {
+		keys = append(keys, iter.Val())
+	}
+	require.NoError(t, iter.Err())
+	require.NotEmpty(t, keys)
+	require.NoError(t, rdb.Del(ctx, keys...).Err())
+}
+
+// Redis loses its data after a period closed (issue 19.5): the replicas
+// report again what they had reported for the open period, and only that;
+// the closed period reads as lost, never final; the open period's quota
+// starts from what was charged in it.
+func TestFleetPeriodsStoreLostAfterAClose(t *testing.T) {
+	rdb := client(t)
+	st, prefix := newStore(t, rdb)
+	ctx := context.Background()
+	lim := reslimit.AccountLimits{MaxTotalOperations: 1000}
+	r1 := replica(t, st, "r1", lim)
+	r2 := replica(t, st, "r2", lim)
+	syncAll := func() {
+		for range 3 {
+			require.NoError(t, r1.Sync(ctx))
+			require.NoError(t, r2.Sync(ctx))
+		}
+	}
+	chargeOps(t, r1.Account("beta"), 300)
+	chargeOps(t, r2.Account("beta"), 200)
+	syncAll()
+	require.Len(t, r1.ClosePeriod(), 1)
+	syncAll()
+	chargeOps(t, r1.Account("beta"), 50)
+	chargeOps(t, r2.Account("beta"), 40)
+	syncAll()
+	sp, err := r1.StorePeriod(ctx, "beta", 1)
+	require.NoError(t, err)
+	require.True(t, sp.Final)
+	require.Equal(t, int64(500), sp.Operations)
+
+	deleteKeys(t, rdb, prefix)
+	syncAll()
+
+	open, err := r1.StorePeriod(ctx, "beta", 0)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(2), open.Number)
+	assert.Equal(t, int64(90), open.Operations, "the open period holds what was charged in it, no more")
+	closed, err := r1.StorePeriod(ctx, "beta", 1)
+	require.NoError(t, err)
+	assert.True(t, closed.Lost, "the closed period lost its reports")
+	assert.False(t, closed.Final, "a period that lost reports is never final")
+
+	// 910 more fit in the open period, fleet-wide.
+	var granted int64
+	for _, l := range []*reslimit.Ledger{r1, r2, r1, r2} {
+		tr, err := l.Account("beta").Begin(reslimit.Limits{})
+		if err != nil {
+			continue
+		}
+		for tr.TrackOperation() == nil {
+			granted++
+		}
+		tr.End()
+	}
+	syncAll()
+	open, err = r1.StorePeriod(ctx, "beta", 0)
+	require.NoError(t, err)
+	assert.Equal(t, int64(1000), open.Operations)
+	assert.Equal(t, int64(910), granted)
 }

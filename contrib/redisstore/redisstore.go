@@ -315,6 +315,7 @@ func (s *Store) calls(req reslimit.SyncRequest) ([]call, error) {
 				itoa(c.Used.Operations), itoa(c.Used.Calls), itoa(c.Used.TotalMemory), itoa(c.Used.Evaluations),
 				itoa(cpu/1000), itoa(cpu%1000))
 		}
+		calls[i].args = append(calls[i].args, strconv.FormatUint(ts.LostBefore, 10))
 	}
 	return calls, nil
 }
@@ -328,6 +329,9 @@ func validPeriods(ts reslimit.TenantSync) error {
 	p := max(ts.Period, 1)
 	if p > maxPeriod {
 		return fmt.Errorf("%w: redisstore: tenant %q: period %d is too large", reslimit.ErrInvalidArgument, ts.Tenant, p)
+	}
+	if ts.LostBefore > p {
+		return fmt.Errorf("%w: redisstore: tenant %q: lost periods before %d, after the report's period %d", reslimit.ErrInvalidArgument, ts.Tenant, ts.LostBefore, p)
 	}
 	for i, c := range ts.Closed {
 		if c.Period == 0 || c.Period >= p {
@@ -639,7 +643,9 @@ var periodScript = redis.NewScript(periodSource)
 // LoadPeriod implements reslimit.PeriodLoader: it reads a tenant's
 // committed totals for a billing period (0: the open one), and whether
 // they are final, atomically, with one script call. A closed period whose
-// keys expired (WithPeriodRetention) reads as final with zero totals.
+// keys expired (WithPeriodRetention) reads as final with zero totals; one
+// charged before the store lost its data (reslimit.TenantSync.LostBefore)
+// reads as lost, never final.
 func (s *Store) LoadPeriod(ctx context.Context, tenant string, period uint64) (reslimit.StorePeriod, error) {
 	if tenant == "" {
 		return reslimit.StorePeriod{}, fmt.Errorf("%w: redisstore: load of an empty tenant name", reslimit.ErrInvalidArgument)
@@ -655,15 +661,15 @@ func (s *Store) LoadPeriod(ctx context.Context, tenant string, period uint64) (r
 		return reslimit.StorePeriod{}, fmt.Errorf("redisstore: load period %d of %q: %w", period, tenant, err)
 	}
 	vals, ok := v.([]any)
-	if !ok || len(vals) != 8 {
+	if !ok || len(vals) != 9 {
 		return reslimit.StorePeriod{}, fmt.Errorf("redisstore: load period %d of %q: unexpected script reply %#v", period, tenant, v)
 	}
-	var n [8]int64
+	var n [9]int64
 	for i, x := range vals {
 		if n[i], err = parseInt(x); err != nil {
 			return reslimit.StorePeriod{}, fmt.Errorf("redisstore: load period %d of %q: %w", period, tenant, err)
 		}
 	}
 	tot, _ := parseTotals(vals[2:7])
-	return reslimit.StorePeriod{Tenant: tenant, Open: uint64(n[0]), Number: uint64(n[1]), Totals: tot, Final: n[7] == 1}, nil
+	return reslimit.StorePeriod{Tenant: tenant, Open: uint64(n[0]), Number: uint64(n[1]), Totals: tot, Final: n[7] == 1, Lost: n[8] == 1}, nil
 }

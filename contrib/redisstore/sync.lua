@@ -26,6 +26,8 @@
 -- ARGV[29]     n, the number of closed periods reported, then n times 7
 --              values: period, used operations, calls, memory,
 --              evaluations, CPU time us, CPU time ns rest
+-- ARGV[30+7n]  lost before: periods before it lost reports (0: none); the
+--              tenant hash's field "lost" keeps the largest
 --
 -- Returns 19 values (decimal strings, or nil for 0): the 17 below, then the
 -- replica's last applied seq, then the tenant's open period:
@@ -42,7 +44,7 @@
 -- acpu_ns (the allowance's CPU time: MemoryStore sets a replica's whole
 -- allowance, CPU time included, to what it reported when its lease is
 -- given back with Final), per (the period its unused allowance is for,
--- absent for 1). "period" is the tenant's open period (absent for 1): the
+-- absent for 1). "lost": the periods before it lost reports (absent: none). "period" is the tenant's open period (absent for 1): the
 -- committed totals and out_* are the open period's. Zero values are not
 -- stored.
 --
@@ -119,7 +121,7 @@ end
 -- The fields of the answer first (see the header), then what else is read.
 local fields = {'ops', 'calls', 'mem', 'cpu_us', 'evals',
   M.ops, M.calls, M.mem, M.cpu_us, M.cpu_ns, M.evals, MU[1], MU[2], MU[3], MU[4], M.acpu_us, M.acpu_ns,
-  'out_ops', 'out_calls', 'out_mem', 'out_evals', M.seq, 'period', M.per}
+  'out_ops', 'out_calls', 'out_mem', 'out_evals', M.seq, 'period', M.per, 'lost'}
 local got = redis.call('HMGET', h, unpack(fields))
 for i, f in ipairs(fields) do
   if got[i] then val[f] = got[i] end
@@ -194,6 +196,8 @@ local inOld = false -- uOld counts in out_* (before this call)
 local zrem = {}     -- lease sets this replica leaves
 if applied then
   set(M.seq, ARGV[2])
+  local lostBefore = tonumber(ARGV[30 + 7 * tonumber(ARGV[29])])
+  if lostBefore > num(val['lost']) then set('lost', int(lostBefore)) end
   if target > open then
     -- Close the open period: its totals go to its own keys, and the new
     -- one starts from zero.

@@ -135,6 +135,7 @@ func (s *suite) testPeriodInvalid(t *testing.T) {
 		{Tenant: "t", Seq: 1, Closed: []reslimit.ClosedReport{{Period: 1}}},
 		{Tenant: "t", Seq: 1, Period: 3, Closed: []reslimit.ClosedReport{{Period: 0}}},
 		{Tenant: "t", Seq: 1, Period: 3, Closed: []reslimit.ClosedReport{{Period: 1}, {Period: 1}}},
+		{Tenant: "t", Seq: 1, Period: 2, LostBefore: 3},
 	} {
 		_, err := st.Sync(context.Background(), reslimit.SyncRequest{Replica: "a", Tenants: []reslimit.TenantSync{
 			{Tenant: "ok", Seq: 1, Used: ops(1)}, ts}})
@@ -142,6 +143,25 @@ func (s *suite) testPeriodInvalid(t *testing.T) {
 		assert.True(t, errors.Is(err, reslimit.ErrInvalidArgument), "%v", err)
 	}
 	assert.Zero(t, load(t, st, "ok"), "nothing applied")
+}
+
+// testPeriodLost: a report that says the store lost reports of periods
+// before n marks them lost: never final, whatever their leases; the open
+// period and later ones are not; a smaller LostBefore later changes
+// nothing, and a stale report's is ignored.
+func (s *suite) testPeriodLost(t *testing.T) {
+	st, pl := s.periodStore(t)
+	one(t, st, "a", long, true, reslimit.TenantSync{Tenant: "t", Seq: 1, Period: 3, Used: ops(4), LostBefore: 3})
+	for n := uint64(1); n <= 2; n++ {
+		assert.Equal(t, reslimit.StorePeriod{Tenant: "t", Number: n, Open: 3, Lost: true}, loadPeriod(t, pl, "t", n))
+	}
+	assert.Equal(t, reslimit.StorePeriod{Tenant: "t", Number: 3, Open: 3, Totals: ops(4)}, loadPeriod(t, pl, "t", 3))
+	one(t, st, "a", long, true, reslimit.TenantSync{Tenant: "t", Seq: 2, Period: 4, LostBefore: 2,
+		Closed: []reslimit.ClosedReport{{Period: 3, Used: ops(1)}}})
+	assert.True(t, loadPeriod(t, pl, "t", 2).Lost)
+	assert.Equal(t, reslimit.StorePeriod{Tenant: "t", Number: 3, Open: 4, Totals: ops(5), Final: true}, loadPeriod(t, pl, "t", 3))
+	one(t, st, "a", long, true, reslimit.TenantSync{Tenant: "t", Seq: 1, Period: 4, LostBefore: 4})
+	assert.False(t, loadPeriod(t, pl, "t", 3).Lost, "a stale report changes nothing")
 }
 
 // testPeriodsMatchMemoryStore replays random syncs of replicas that move

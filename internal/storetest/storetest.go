@@ -114,6 +114,7 @@ func Run(t *testing.T, cfg Config) {
 		{"PeriodFinalByExpiry", s.testPeriodFinalByExpiry},
 		{"PeriodRetryAppliesOnce", s.testPeriodRetryAppliesOnce},
 		{"PeriodInvalid", s.testPeriodInvalid},
+		{"PeriodLost", s.testPeriodLost},
 		{"PeriodsMatchMemoryStore", s.testPeriodsMatchMemoryStore},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
