@@ -505,9 +505,9 @@ type FleetStats struct {
 // account consults it only through that interface; the ledger's syncer
 // (syncRound) builds reports from it and applies the store's answers.
 type fleetState struct {
-	ledger      *Ledger
-	committed   Totals // fleet-wide, from the store
-	reported    Totals // this process's usage (life totals) the store has acknowledged
+	ledger    *Ledger
+	committed Totals // fleet-wide, from the store
+	reported  Totals // this process's usage (life totals) the store has acknowledged
 	// offset is what the store lost of this process's reports and was not
 	// reported again (usage of closed periods, which is never billed to
 	// another): the store's Reported for this replica plus offset is
@@ -515,7 +515,7 @@ type fleetState struct {
 	offset Totals
 	// lostBefore, when not 0, is sent with every report until one is
 	// acknowledged: the store lost reports of periods before it.
-	lostBefore uint64
+	lostBefore  uint64
 	outstanding Totals // allowance beyond reported, from the store
 	returning   Totals // lease given back by the report in flight
 	leaseAtSync Totals
