@@ -189,13 +189,14 @@ func peakRSS() string {
 // Item 4: a tenant's MaxCPUTime shared by two replicas on one store is
 // passed by no more than the README's bound for one process: about 10ms
 // per spinning thread plus how late the machine fires timers (allowed
-// here: 60ms).
+// here: 30ms, the README's worst for four calls under -race). When the
+// README states a fleet bound (issue 19), use it here.
 func TestIssue19Item4TenantCPUQuotaAcrossReplicas(t *testing.T) {
 	const (
 		quota   = 600 * time.Millisecond
 		workers = 2 // per replica
 		perThr  = 10 * time.Millisecond
-		timers  = 60 * time.Millisecond
+		timers  = 30 * time.Millisecond
 	)
 	plans := map[string]reslimit.AccountLimits{"acme": {MaxCPUTime: quota}}
 	f := newFleet(t, fleetConfig{replicas: 2, plans: plans, request: reslimit.Limits{Timeout: 20 * time.Second}})
