@@ -1,0 +1,27 @@
+module github.com/reslimit/reslimit/e2e
+
+go 1.26.8
+
+replace (
+	github.com/reslimit/reslimit => ../
+	github.com/reslimit/reslimit/contrib/redisstore => ../contrib/redisstore
+	github.com/reslimit/reslimit/contrib/starlark => ../contrib/starlark
+	github.com/reslimit/reslimit/contrib/wazero => ../contrib/wazero
+)
+
+require (
+	github.com/redis/go-redis/v9 v9.23.0
+	github.com/reslimit/reslimit v0.0.0-00010101000000-000000000000
+	github.com/reslimit/reslimit/contrib/redisstore v0.0.0-00010101000000-000000000000
+	github.com/reslimit/reslimit/contrib/starlark v0.0.0-00010101000000-000000000000
+	github.com/reslimit/reslimit/contrib/wazero v0.0.0-00010101000000-000000000000
+	github.com/tetratelabs/wazero v1.12.0
+	go.starlark.net v0.0.0-20260908191801-89a6a09411d5
+)
+
+require (
+	github.com/cespare/xxhash/v2 v2.3.0 // indirect
+	go.uber.org/atomic v1.12.0 // indirect
+	golang.org/x/sys v0.49.0 // indirect
+	golang.org/x/time v0.16.0 // indirect
+)

@@ -1,0 +1,340 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tetratelabs/wazero"
+	"go.starlark.net/starlark"
+	"go.starlark.net/syntax"
+
+	"github.com/reslimit/reslimit"
+	reslimitstarlark "github.com/reslimit/reslimit/contrib/starlark"
+	reslimitwazero "github.com/reslimit/reslimit/contrib/wazero"
+	"github.com/reslimit/reslimit/reslimitexec"
+	"github.com/reslimit/reslimit/reslimithttp"
+)
+
+// The response headers in which the handler says what a request was
+// granted (on success and on refusal alike), and that it ran at all.
+const (
+	hdrStarted = "X-E2e-Started"
+	hdrOps     = "X-E2e-Operations"
+	hdrCalls   = "X-E2e-Calls"
+	hdrMem     = "X-E2e-Total-Memory"
+)
+
+// The tools' fixed costs. Every tool but exec costs exactly the same on
+// every call that succeeds, so what a request was granted is known from
+// the tools it ran; TestToolCosts checks these numbers against a ledger
+// without a store (where billing is exact).
+const (
+	// host: charged on the request's own run, no nesting.
+	hostOps, hostCalls = 3, 1
+	// ops: a Limit'ed tool (20 ops, 3 calls, 64 KiB acquired and
+	// released) that calls another Limit'ed tool (15 ops, 2 calls): 35
+	// operations and 5 calls, as in issue 19 item 1.
+	outerOps, outerCalls, innerOps, innerCalls = 20, 3, 15, 2
+	toolOps, toolCalls                         = outerOps + innerOps, outerCalls + innerCalls
+	toolMem                                    = 64 << 10
+	// overrun: a Limit'ed tool with MaxOperations 50 that asks for 60:
+	// granted exactly 50, then refused by its own limit (503).
+	overrunLimit, overrunAsks = 50, 60
+	// wasm: one instantiation of a module with one 64 KiB page, and
+	// fib(wasmN), which makes wasmCalls guest calls (counted with
+	// CountCalls).
+	wasmN, wasmMem = 10, 64 << 10
+	// exec: one child, one call.
+	execCalls = 1
+)
+
+// wasmCalls is the number of calls fib(n) makes, itself included.
+func wasmCalls(n int) int64 {
+	if n < 2 {
+		return 1
+	}
+	return 1 + wasmCalls(n-1) + wasmCalls(n-2)
+}
+
+// starSrc is the Starlark tool's script: a fixed number of steps.
+const starSrc = `
+def f(n):
+    s = 0
+    for i in range(n):
+        s += i * i
+    return s
+r = f(20)
+`
+
+// starSteps runs starSrc bare (no reslimit) and returns its step count.
+func starSteps(tb testing.TB) int64 {
+	tb.Helper()
+	thread := &starlark.Thread{}
+	if _, err := starlark.ExecFileOptions(&syntax.FileOptions{}, thread, "tool.star", starSrc, nil); err != nil {
+		tb.Fatal(err)
+	}
+	return int64(thread.ExecutionSteps())
+}
+
+// fibModule is a WebAssembly module, assembled by hand (the guests of
+// contrib/wazero/internal/wasmbin are internal to that module):
+//
+//	(module
+//	  (memory (export "memory") 1)
+//	  (func $fib (export "fib") (param $n i32) (result i64)
+//	    (if (result i64) (i32.lt_u (local.get $n) (i32.const 2))
+//	      (then (i64.extend_i32_u (local.get $n)))
+//	      (else (i64.add
+//	        (call $fib (i32.sub (local.get $n) (i32.const 1)))
+//	        (call $fib (i32.sub (local.get $n) (i32.const 2))))))))
+func fibModule() []byte {
+	section := func(id byte, content ...byte) []byte {
+		return append([]byte{id, byte(len(content))}, content...) // every section is < 128 bytes
+	}
+	body := []byte{
+		0x00,       // no locals
+		0x20, 0x00, // local.get 0
+		0x41, 0x02, // i32.const 2
+		0x49,       // i32.lt_u
+		0x04, 0x7e, // if (result i64)
+		0x20, 0x00, // local.get 0
+		0xad,                                     // i64.extend_i32_u
+		0x05,                                     // else
+		0x20, 0x00, 0x41, 0x01, 0x6b, 0x10, 0x00, // call fib(n-1)
+		0x20, 0x00, 0x41, 0x02, 0x6b, 0x10, 0x00, // call fib(n-2)
+		0x7c, // i64.add
+		0x0b, // end if
+		0x0b, // end func
+	}
+	out := []byte{0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00}
+	out = append(out, section(1, 0x01, 0x60, 0x01, 0x7f, 0x01, 0x7e)...) // type (i32) -> i64
+	out = append(out, section(3, 0x01, 0x00)...)                         // one function of type 0
+	out = append(out, section(5, 0x01, 0x00, 0x01)...)                   // one memory, min 1 page
+	out = append(out, section(7, 0x02,
+		0x03, 'f', 'i', 'b', 0x00, 0x00,
+		0x06, 'm', 'e', 'm', 'o', 'r', 'y', 0x02, 0x00)...) // exports
+	out = append(out, section(10, append([]byte{0x01, byte(len(body))}, body...)...)...)
+	return out
+}
+
+// tool is one step of a request: it returns what it was granted, also when
+// it fails.
+type tool func(ctx context.Context, _ struct{}) (granted, error)
+
+// tools are the service's tools, by name (see toolHandler).
+type tools struct {
+	byName    map[string]tool
+	starSteps int64
+	wasmCalls int64
+}
+
+// newTools builds the tools; the WebAssembly runtime is closed when tb ends.
+func newTools(tb testing.TB) *tools {
+	tb.Helper()
+	ctx := context.Background()
+	rt := wazero.NewRuntimeWithConfig(ctx, reslimitwazero.Config(wazero.NewRuntimeConfig()))
+	tb.Cleanup(func() { _ = rt.Close(context.Background()) })
+	compiled, err := rt.CompileModule(reslimitwazero.CountCalls(ctx), fibModule())
+	if err != nil {
+		tb.Fatalf("compiling the guest: %v", err)
+	}
+	tl := &tools{starSteps: starSteps(tb), wasmCalls: wasmCalls(wasmN)}
+	limited := reslimit.Limits{Timeout: 20 * time.Second}
+
+	// count charges n operations and m calls one at a time, counting
+	// what was granted.
+	count := func(tr *reslimit.Tracker, g *granted, n, m int) error {
+		for range n {
+			if err := tr.TrackOperation(); err != nil {
+				return err
+			}
+			g.Operations++
+		}
+		for range m {
+			if err := tr.TrackCall(); err != nil {
+				return err
+			}
+			g.Calls++
+		}
+		return nil
+	}
+	inner := reslimit.Limit(func(ctx context.Context, _ struct{}) (granted, error) {
+		var g granted
+		return g, count(reslimit.FromContext(ctx), &g, innerOps, innerCalls)
+	}, limited)
+	outer := reslimit.Limit(func(ctx context.Context, in struct{}) (granted, error) {
+		var g granted
+		tr := reslimit.FromContext(ctx)
+		if err := count(tr, &g, outerOps, outerCalls); err != nil {
+			return g, err
+		}
+		guard, err := tr.AcquireMemory(toolMem)
+		if err != nil {
+			return g, err
+		}
+		g.TotalMemory += toolMem
+		guard.Release()
+		h, err := inner(ctx, in) // a tool calling a tool
+		return g.add(h), err
+	}, limited)
+	overrun := reslimit.Limit(func(ctx context.Context, _ struct{}) (granted, error) {
+		var g granted
+		return g, count(reslimit.FromContext(ctx), &g, overrunAsks, 0)
+	}, reslimit.Limits{MaxOperations: overrunLimit, Timeout: 20 * time.Second})
+	// The guests' partial work when they are stopped is known only from
+	// their run: usage reads what the tool's own run was charged.
+	usage := func(ctx context.Context) granted {
+		u := reslimit.FromContext(ctx).Usage()
+		return granted{Operations: u.Operations, Calls: u.Calls, TotalMemory: u.TotalMemoryBytes}
+	}
+	star := reslimit.Limit(func(ctx context.Context, _ struct{}) (granted, error) {
+		_, err := reslimitstarlark.ExecFile(ctx, &syntax.FileOptions{}, "tool.star", starSrc, nil)
+		if err != nil {
+			return usage(ctx), err
+		}
+		return granted{Operations: tl.starSteps}, nil
+	}, limited)
+	wasm := reslimit.Limit(func(ctx context.Context, _ struct{}) (granted, error) {
+		ctx = reslimitwazero.WithTracker(ctx)
+		mod, err := reslimitwazero.Instantiate(ctx, rt, compiled, wazero.NewModuleConfig().WithName(""))
+		if err != nil {
+			return usage(ctx), err
+		}
+		defer mod.Close(ctx)
+		res, err := reslimitwazero.Call(ctx, mod.ExportedFunction("fib"), wasmN)
+		if err != nil {
+			return usage(ctx), err
+		}
+		if res[0] != 55 {
+			return usage(ctx), fmt.Errorf("fib(%d) = %d", wasmN, res[0])
+		}
+		return granted{Calls: tl.wasmCalls, TotalMemory: wasmMem}, nil
+	}, limited)
+	execTool := reslimit.Limit(func(ctx context.Context, _ struct{}) (granted, error) {
+		err := reslimitexec.Run(ctx, exec.Command("/bin/true"))
+		g := usage(ctx) // the child's resident memory is charged as sampled: only its run knows
+		if err == nil && g.Calls != execCalls {
+			return g, fmt.Errorf("the child's run counted %d calls, want %d", g.Calls, execCalls)
+		}
+		return g, err
+	}, limited)
+	spin := reslimit.Limit(func(ctx context.Context, _ struct{}) (granted, error) {
+		var g granted
+		tr := reslimit.FromContext(ctx)
+		for {
+			if err := tr.TrackOperation(); err != nil {
+				return g, err
+			}
+			g.Operations++
+		}
+	}, reslimit.Limits{})
+	tl.byName = map[string]tool{
+		"host": func(ctx context.Context, _ struct{}) (granted, error) {
+			var g granted
+			return g, count(reslimit.FromContext(ctx), &g, hostOps, hostCalls)
+		},
+		"ops":     outer,
+		"overrun": overrun,
+		"star":    star,
+		"wasm":    wasm,
+		"exec":    execTool,
+		"spin":    spin,
+	}
+	return tl
+}
+
+// cost returns what a request running plan costs when it succeeds, but
+// for the memory of exec (known only from its run).
+func (tl *tools) cost(plan string) granted {
+	g := granted{Evaluations: 1}
+	for name := range strings.SplitSeq(plan, ",") {
+		switch name {
+		case "host":
+			g = g.add(granted{Operations: hostOps, Calls: hostCalls})
+		case "ops":
+			g = g.add(granted{Operations: toolOps, Calls: toolCalls, TotalMemory: toolMem})
+		case "star":
+			g = g.add(granted{Operations: tl.starSteps})
+		case "wasm":
+			g = g.add(granted{Calls: tl.wasmCalls, TotalMemory: wasmMem})
+		case "exec":
+			g = g.add(granted{Calls: execCalls})
+		}
+	}
+	return g
+}
+
+// toolHandler serves POST /tools?plan=a,b,c: it runs the named tools in
+// order inside the request's run (reslimit.FromContext(r.Context())), and
+// answers with what they were granted in the X-E2e-* headers: 200 and the
+// same as JSON when all succeeded, or the first tool's error through
+// reslimithttp.Error (which writes the documented status).
+func toolHandler(tl *tools) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(hdrStarted, "1")
+		ctx := r.Context()
+		var g granted
+		var err error
+		for name := range strings.SplitSeq(r.URL.Query().Get("plan"), ",") {
+			t, ok := tl.byName[name]
+			if !ok {
+				http.Error(w, "no tool "+strconv.Quote(name), http.StatusBadRequest)
+				return
+			}
+			var h granted
+			h, err = t(ctx, struct{}{})
+			g = g.add(h)
+			if err != nil {
+				break
+			}
+		}
+		w.Header().Set(hdrOps, strconv.FormatInt(g.Operations, 10))
+		w.Header().Set(hdrCalls, strconv.FormatInt(g.Calls, 10))
+		w.Header().Set(hdrMem, strconv.FormatInt(g.TotalMemory, 10))
+		if err != nil {
+			reslimithttp.Error(w, r, err)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(g)
+	})
+}
+
+// TestToolCosts checks the tools' fixed costs where billing is exact: each
+// tool alone in a run of an account without a store.
+func TestToolCosts(t *testing.T) {
+	tl := newTools(t)
+	ledger, err := reslimit.NewLedger(reslimit.AccountLimits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"host", "ops", "star", "wasm", "exec"} {
+		acct := ledger.Account(name)
+		var g granted
+		_, err := reslimit.Run(context.Background(), reslimit.Limits{}, func(ctx context.Context) error {
+			var err error
+			g, err = tl.byName[name](ctx, struct{}{})
+			return err
+		}, reslimit.WithAccount(acct))
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		want := tl.cost(name)
+		if name == "exec" {
+			want.TotalMemory = g.TotalMemory
+		}
+		st := acct.Stats()
+		got := granted{st.Evaluations, st.Operations, st.Calls, st.TotalMemoryBytes}
+		if g.add(granted{Evaluations: 1}) != want || got != want {
+			t.Errorf("%s: the tool says it was granted %v, the account was charged %v, want %v", name, g, got, want)
+		}
+	}
+}
