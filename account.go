@@ -383,6 +383,13 @@ func (a *Account) begin(l Limits, name string, cancel func(error), parent *Track
 		a.refused[r].Add(1)
 		return nil, &LimitError{Resource: r, Limit: lim, Used: used, Tenant: a.name}
 	}
+	if f, ok := q.(*fleetState); ok && a.limits[CPUTime].Load() > 0 && !open {
+		// A run may begin once this process holds some of the fleet's
+		// CPU time (see cpuTick).
+		if err := f.reserveCPULocked(a); err != nil {
+			return nil, err
+		}
+	}
 	var now time.Time // the run's start: read once for the rate too
 	if a.rates.evals != nil {
 		now = time.Now()
@@ -720,8 +727,19 @@ func (a *Account) cpuTick() {
 		return
 	}
 	used := a.usageLocked(CPUTime)
-	if used <= lim {
-		a.cpuTimer.Reset(sampleInterval(time.Duration(lim-used), threads))
+	left := lim - used
+	stop := left < 0
+	if f, ok := a.quotaOf().(*fleetState); ok {
+		// With a store, this process's runs use the fleet's CPU time
+		// under the lease it holds: they stop when it is used up. The
+		// next sample comes when half of what is left is used, so that
+		// more is asked for before it runs out.
+		l := f.cpuLeftLocked(a)
+		stop = stop || l <= 0
+		left = min(left, l/2)
+	}
+	if !stop {
+		a.cpuTimer.Reset(sampleInterval(time.Duration(left), threads))
 		a.mu.Unlock()
 		return
 	}

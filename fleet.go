@@ -540,6 +540,7 @@ type fleetState struct {
 	failing     bool
 	wantSync    bool
 	inFlight    bool // a report of this tenant is on its way to the store
+	cpuAsk      bool // the CPU watchdog asked for more lease: sync now
 	loaded      bool
 	retired     bool          // removed from the ledger, still to be reported
 	refreshed   chan struct{} // closed and replaced after every sync attempt
@@ -671,7 +672,7 @@ func (l *Ledger) openFleet(a *Account) {
 
 // leaseFloor is the smallest allowance a replica asks for at a time; it
 // also bounds the fallback share of a tenant never loaded.
-var leaseFloor = map[Resource]int64{Operations: 1024, Calls: 64, TotalMemory: 1 << 20, Evaluations: 8}
+var leaseFloor = map[Resource]int64{Operations: 1024, Calls: 64, TotalMemory: 1 << 20, Evaluations: 8, CPUTime: int64(100 * time.Millisecond)}
 
 func bit(r Resource) uint32 { return 1 << uint(r) }
 
@@ -692,7 +693,7 @@ func (f *fleetState) dueLocked(a *Account, now time.Time) bool {
 	}
 	elapsed := now.Sub(f.lastSync) >= f.ledger.interval
 	if f.wantSync {
-		return f.short == 0 || elapsed
+		return f.short == 0 || elapsed || f.cpuAsk
 	}
 	if !elapsed {
 		return false
@@ -744,8 +745,11 @@ func (f *fleetState) noteLeft(r Resource, left int64) {
 }
 
 func (a *Account) issuedFleetLocked(r Resource) int64 {
-	if r == Evaluations {
+	switch r {
+	case Evaluations:
 		return a.lifeEvals
+	case CPUTime:
+		return int64(reportable(a.lifeLocked()).CPUTime)
 	}
 	for i, mr := range meterResource {
 		if mr == r {
@@ -753,6 +757,31 @@ func (a *Account) issuedFleetLocked(r Resource) int64 {
 		}
 	}
 	return 0
+}
+
+// cpuLeftLocked is how much more CPU time this process's runs of the
+// tenant may use under its lease (0 or less: none). Once half of the
+// lease is used, it asks the store for more: CPU time is counted after it
+// is spent, so it cannot wait for a lease the way a charge does.
+func (f *fleetState) cpuLeftLocked(a *Account) int64 {
+	if f.unboundLocked() {
+		return maxUsage
+	}
+	left := f.capLocked(CPUTime) - a.issuedFleetLocked(CPUTime)
+	if (left*2 < f.leaseAtSync.Get(CPUTime) || left <= 0) && !f.cpuAsk {
+		// Sync now, even when the last answer was short (runs cannot
+		// wait): at most once per sample of the CPU watchdog.
+		f.cpuAsk, f.wantSync = true, true
+		f.ledger.kickSyncer()
+	}
+	return left
+}
+
+// reserveCPULocked makes sure a run of the tenant may begin while its CPU
+// time is limited: this process holds some lease of it, waiting for one
+// as a charge does (see reserveLocked).
+func (f *fleetState) reserveCPULocked(a *Account) error {
+	return f.reserveLocked(a, CPUTime, 1, 1, -1, nil, func() int64 { return a.issuedFleetLocked(CPUTime) })
 }
 
 // reserveLocked makes sure this process may hand out want more of r
@@ -909,9 +938,10 @@ func (f *fleetState) reportLocked(a *Account, now time.Time) TenantSync {
 			ts.Return.Set(r, max(0, left))
 			ts.MinGrant.Set(r, need)
 			ts.Want.Set(r, max(target, need))
-		case idle && left > 0:
+		case idle && left > 0 && (r != CPUTime || len(a.live) == 0):
 			// Unused for a whole interval: give the lease back, so that
-			// the other replicas can have it.
+			// the other replicas can have it. (Live runs use CPU time
+			// that shows only when the watchdog samples it.)
 			ts.Return.Set(r, left)
 		default:
 			// (left < 0 only while reports the store lost are reported
@@ -921,6 +951,7 @@ func (f *fleetState) reportLocked(a *Account, now time.Time) TenantSync {
 		f.returning.Set(r, ts.Return.Get(r))
 	}
 	f.need = Totals{}
+	f.cpuAsk = false
 	f.builtNo++
 	f.pendingNo = f.builtNo
 	f.pending = &ts

@@ -69,9 +69,10 @@ func (t *Totals) Set(r Resource, v int64) {
 }
 
 // leasedResources are the fleet quantities a replica needs an allowance
-// (lease) for before it hands them out. CPU time is only reported: it is
-// measured after it is spent.
-var leasedResources = [...]Resource{Operations, Calls, TotalMemory, Evaluations}
+// (lease) for before it hands them out. CPU time, measured after it is
+// spent, is leased too: a replica stops its tenant's runs when their CPU
+// time passes its lease and the store has no more to give.
+var leasedResources = [...]Resource{Operations, Calls, TotalMemory, Evaluations, CPUTime}
 
 // TenantSync is one tenant's part of a SyncRequest.
 type TenantSync struct {
@@ -83,7 +84,7 @@ type TenantSync struct {
 	// Used is what the replica consumed since its last acknowledged report.
 	Used Totals
 	// Want is the extra allowance the replica asks for, per leased
-	// resource (Operations, Calls, TotalMemory, Evaluations).
+	// resource (Operations, Calls, TotalMemory, Evaluations, CPUTime).
 	Want Totals
 	// Limit is the tenant's cumulative limits (0 = no limit); the store
 	// never grants allowance past them, fleet-wide.

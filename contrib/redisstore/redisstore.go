@@ -51,11 +51,11 @@
 //
 //	reslimit:{tenant}         hash: committed totals ops, calls, mem,
 //	                          cpu_us, evals; out_ops, out_calls, out_mem,
-//	                          out_evals (the sum of the replicas' unused
-//	                          allowance); and per replica, "<kind>:<replica>"
+//	                          out_evals, out_cpu_us (the sum of the
+//	                          replicas' unused allowance); and per replica, "<kind>:<replica>"
 //	                          fields seq, ops, calls, mem, cpu_us, cpu_ns,
 //	                          evals (reported), u_ops, u_calls, u_mem,
-//	                          u_evals (unused allowance), acpu_us, acpu_ns.
+//	                          u_evals, u_cpu_us (unused allowance).
 //	                          Zero values are not stored.
 //	reslimit:{tenant}:leases  sorted set: replica → lease expiry, in ms of
 //	                          the Redis server's clock (live replicas;
@@ -315,7 +315,11 @@ func (s *Store) calls(req reslimit.SyncRequest) ([]call, error) {
 				itoa(c.Used.Operations), itoa(c.Used.Calls), itoa(c.Used.TotalMemory), itoa(c.Used.Evaluations),
 				itoa(cpu/1000), itoa(cpu%1000))
 		}
-		calls[i].args = append(calls[i].args, strconv.FormatUint(ts.LostBefore, 10))
+		calls[i].args = append(calls[i].args, strconv.FormatUint(ts.LostBefore, 10),
+			// CPU time's lease, in whole microseconds: ask for at least
+			// the nanoseconds wanted, never limit or give back more.
+			exact(usCeil(ts.Want.CPUTime)), exact(int64(ts.Limit.CPUTime/time.Microsecond)),
+			exact(int64(ts.Return.CPUTime/time.Microsecond)), exact(usCeil(ts.MinGrant.CPUTime)))
 	}
 	return calls, nil
 }
@@ -364,6 +368,15 @@ func nonNegative(ts reslimit.TenantSync) error {
 }
 
 func itoa(v int64) string { return strconv.FormatInt(v, 10) }
+
+// usCeil is d in whole microseconds, rounded up.
+func usCeil(d time.Duration) int64 {
+	us := int64(d / time.Microsecond)
+	if d%time.Microsecond > 0 {
+		us++
+	}
+	return us
+}
 
 // exact caps v at the largest integer the script computes with exactly.
 func exact(v int64) string { return itoa(min(v, maxExact)) }
@@ -447,25 +460,25 @@ func isRedisError(err error) bool {
 	return errors.As(err, &rerr) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled)
 }
 
-// parseState reads the script's 19 values: 17 counters, the last
+// parseState reads the script's 18 values: 16 counters, the last
 // sequence number applied for the replica, and the tenant's open period.
 func parseState(v any) (reslimit.TenantState, error) {
 	vals, ok := v.([]any)
-	if !ok || len(vals) != 19 {
+	if !ok || len(vals) != 18 {
 		return reslimit.TenantState{}, fmt.Errorf("unexpected script reply %#v", v)
 	}
-	period, err := parseInt(vals[18])
+	period, err := parseInt(vals[17])
 	if err != nil || period < 1 {
-		return reslimit.TenantState{}, fmt.Errorf("bad open period %#v: %v", vals[18], err)
+		return reslimit.TenantState{}, fmt.Errorf("bad open period %#v: %v", vals[17], err)
 	}
 	var seq uint64
-	if s, ok := vals[17].(string); ok {
+	if s, ok := vals[16].(string); ok {
 		var err error
 		if seq, err = strconv.ParseUint(s, 10, 64); err != nil {
 			return reslimit.TenantState{}, fmt.Errorf("bad stored seq %q: %w", s, err)
 		}
 	}
-	vals = vals[:17]
+	vals = vals[:16]
 	n := make([]int64, len(vals))
 	for i, x := range vals {
 		var err error
@@ -480,7 +493,7 @@ func parseState(v any) (reslimit.TenantState, error) {
 			CPUTime: time.Duration(n[8])*time.Microsecond + time.Duration(n[9]), Evaluations: n[10]},
 	}
 	st.Allowance = reslimit.Totals{Operations: n[5] + n[11], Calls: n[6] + n[12], TotalMemory: n[7] + n[13],
-		CPUTime: time.Duration(n[15])*time.Microsecond + time.Duration(n[16]), Evaluations: n[10] + n[14]}
+		CPUTime: st.Reported.CPUTime + time.Duration(n[15])*time.Microsecond, Evaluations: n[10] + n[14]}
 	st.Seq = seq
 	st.Period = uint64(period)
 	return st, nil

@@ -28,23 +28,21 @@
 --              evaluations, CPU time us, CPU time ns rest
 -- ARGV[30+7n]  lost before: periods before it lost reports (0: none); the
 --              tenant hash's field "lost" keeps the largest
+-- ARGV[31+7n..34+7n] want, limit, return and least grant of CPU time, whole
+--              microseconds: CPU time is leased like the others
 --
--- Returns 19 values (decimal strings, or nil for 0): the 17 below, then the
+-- Returns 18 values (decimal strings, or nil for 0): the 16 below, then the
 -- replica's last applied seq, then the tenant's open period:
 --   committed ops calls mem cpu_us evals,
 --   reported  ops calls mem cpu_us cpu_ns evals        (this replica)
---   unused    ops calls mem evals                      (allowance - reported)
---   allowance cpu_us cpu_ns                            (see below)
+--   unused    ops calls mem evals cpu_us               (allowance - reported)
 --
 -- Hash fields: the tenant's committed totals ops, calls, mem, cpu_us, evals;
 -- out_<r> = sum over replicas of unused_<r> (so a grant is O(1) in the number
 -- of replicas); per replica (field "<kind>:<replica>", kinds contain no ':'):
 -- seq, ops, calls, mem, cpu_us, cpu_ns, evals (reported), u_ops, u_calls,
--- u_mem, u_evals (unused allowance, never negative at rest), acpu_us and
--- acpu_ns (the allowance's CPU time: MemoryStore sets a replica's whole
--- allowance, CPU time included, to what it reported when its lease is
--- given back with Final), per (the period its unused allowance is for,
--- absent for 1). "lost": the periods before it lost reports (absent: none). "period" is the tenant's open period (absent for 1): the
+-- u_mem, u_evals, u_cpu_us (unused allowance, never negative at rest), per
+-- (the period its unused allowance is for, absent for 1). "lost": the periods before it lost reports (absent: none). "period" is the tenant's open period (absent for 1): the
 -- committed totals and out_* are the open period's. Zero values are not
 -- stored.
 --
@@ -70,12 +68,15 @@
 if redis.replicate_commands then redis.replicate_commands() end
 
 local h, z, pbase, me = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
-local R = {'ops', 'calls', 'mem', 'evals'} -- leased, ARGV 5..8, 11..14, 15..18
-local OUT = {'out_ops', 'out_calls', 'out_mem', 'out_evals'}
+-- Leased: ARGV 5..8, 11..14, 15..18, 19..22, 23..26, and CPU time's (used at
+-- ARGV 9, the rest at the end; see lease below).
+local R = {'ops', 'calls', 'mem', 'evals', 'cpu_us'}
+local NR = #R
+local OUT = {'out_ops', 'out_calls', 'out_mem', 'out_evals', 'out_cpu_us'}
 local TOT = {'ops', 'calls', 'mem', 'cpu_us', 'evals'}
 -- This replica's field names, built once.
 local M = {}
-for _, k in ipairs({'seq', 'ops', 'calls', 'mem', 'cpu_us', 'cpu_ns', 'evals', 'acpu_us', 'acpu_ns', 'per'}) do
+for _, k in ipairs({'seq', 'ops', 'calls', 'mem', 'cpu_us', 'cpu_ns', 'evals', 'per'}) do
   M[k] = k .. ':' .. me
 end
 local MU = {}
@@ -120,8 +121,20 @@ end
 
 -- The fields of the answer first (see the header), then what else is read.
 local fields = {'ops', 'calls', 'mem', 'cpu_us', 'evals',
-  M.ops, M.calls, M.mem, M.cpu_us, M.cpu_ns, M.evals, MU[1], MU[2], MU[3], MU[4], M.acpu_us, M.acpu_ns,
-  'out_ops', 'out_calls', 'out_mem', 'out_evals', M.seq, 'period', M.per, 'lost'}
+  M.ops, M.calls, M.mem, M.cpu_us, M.cpu_ns, M.evals, MU[1], MU[2], MU[3], MU[4], MU[5],
+  'out_ops', 'out_calls', 'out_mem', 'out_evals', 'out_cpu_us', M.seq, 'period', M.per, 'lost'}
+local NANS = 16 -- the answer's counters: fields[1..NANS]
+-- lease(k, i): the k-th lease argument (0 used, 1 want, 2 limit, 3 return,
+-- 4 least grant) of leased resource i.
+local tail = 31 + 7 * tonumber(ARGV[29])
+local function lease(k, i)
+  if i <= 4 then
+    if k == 0 then return ARGV[4 + i] end
+    return ARGV[6 + 4 * k + i]
+  end
+  if k == 0 then return ARGV[9] end
+  return ARGV[tail + k - 1]
+end
 local got = redis.call('HMGET', h, unpack(fields))
 for i, f in ipairs(fields) do
   if got[i] then val[f] = got[i] end
@@ -167,7 +180,8 @@ local function addUsed(p, used, us, ns)
   local function commit(f, v)
     if c then c[f] = add(c[f], v) else set(f, add(val[f] or '0', v)) end
   end
-  for i, r in ipairs(R) do
+  for i = 1, 4 do -- CPU time below, with its rest
+    local r = R[i]
     if used[i] ~= '0' then
       commit(r, used[i])
       set(M[r], add(val[M[r]] or '0', used[i]))
@@ -187,7 +201,7 @@ end
 
 -- 2. This replica's report, at most once per seq.
 local uOld, uNew = {}, {}
-for i = 1, 4 do
+for i = 1, NR do
   uOld[i] = num(val[MU[i]])
   uNew[i] = uOld[i]
 end
@@ -196,7 +210,7 @@ local inOld = false -- uOld counts in out_* (before this call)
 local zrem = {}     -- lease sets this replica leaves
 if applied then
   set(M.seq, ARGV[2])
-  local lostBefore = tonumber(ARGV[30 + 7 * tonumber(ARGV[29])])
+  local lostBefore = tonumber(ARGV[tail - 1])
   if lostBefore > num(val['lost']) then set('lost', int(lostBefore)) end
   if target > open then
     -- Close the open period: its totals go to its own keys, and the new
@@ -214,22 +228,22 @@ if applied then
   end
   inOld = myper == open and moved == nil
   local u = {}
-  for i = 1, 4 do u[i] = uOld[i] end
+  for i = 1, NR do u[i] = uOld[i] end
   -- Final reports of closed periods give their leases back.
   local n = tonumber(ARGV[29])
   for k = 0, n - 1 do
     local b = 29 + 7 * k
     local p = tonumber(ARGV[b + 1])
-    local used = {ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]}
+    local used = {ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]}
     addUsed(p, used, ARGV[b + 6], ARGV[b + 7])
     zrem[#zrem + 1] = p
-    for i = 1, 4 do
+    for i = 1, NR do
       if myper == p then u[i] = 0 else u[i] = u[i] - tonumber(used[i]) end
     end
   end
   if myper < target then
     -- A lease of an earlier period is no good in this one.
-    for i = 1, 4 do u[i] = 0 end
+    for i = 1, NR do u[i] = 0 end
     myper = target
   end
   addUsed(target, {ARGV[5], ARGV[6], ARGV[7], ARGV[8]}, ARGV[9], ARGV[10])
@@ -241,15 +255,15 @@ if applied then
   -- granted for a period that is not the open one.
   local grants = target == open and myper == target
   for i, r in ipairs(R) do
-    local raw = u[i] - tonumber(ARGV[4 + i])
-    local v = math.max(math.max(raw, 0) - tonumber(ARGV[18 + i]), 0)
-    local want, lim = tonumber(ARGV[10 + i]), tonumber(ARGV[14 + i])
+    local raw = u[i] - tonumber(lease(0, i))
+    local v = math.max(math.max(raw, 0) - tonumber(lease(3, i)), 0)
+    local want, lim = tonumber(lease(1, i)), tonumber(lease(2, i))
     if grants and lim > 0 and want > 0 then
       local others = num(val[OUT[i]])
       if inOld then others = others - uOld[i] end
       local held = num(val[r]) + others + v
       local grant = math.min(want, lim - held)
-      if grant < tonumber(ARGV[22 + i]) then grant = 0 end
+      if grant < tonumber(lease(4, i)) then grant = 0 end
       if grant > 0 then v = v + grant end
     end
     uNew[i] = v
@@ -260,13 +274,11 @@ end
 -- 4. Final gives back every unused allowance.
 local final = ARGV[4] == '1'
 if final then
-  for i = 1, 4 do uNew[i] = 0 end
-  set(M.acpu_us, val[M.cpu_us] or '0')
-  set(M.acpu_ns, val[M.cpu_ns] or '0')
+  for i = 1, NR do uNew[i] = 0 end
 end
 if not applied then inOld = myper == open end
 local inNew = myper == open
-for i = 1, 4 do
+for i = 1, NR do
   if uNew[i] ~= uOld[i] then set(MU[i], int(uNew[i])) end
   local d = 0
   if inNew then d = d + uNew[i] end
@@ -354,7 +366,7 @@ if retention > 0 then
 end
 
 local res = {}
-for i = 1, 17 do res[i] = val[fields[i]] or false end
-res[18] = val[M.seq] or false -- the last seq applied for this replica
-res[19] = int(open)
+for i = 1, NANS do res[i] = val[fields[i]] or false end
+res[NANS + 1] = val[M.seq] or false -- the last seq applied for this replica
+res[NANS + 2] = int(open)
 return res

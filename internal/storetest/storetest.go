@@ -100,7 +100,7 @@ func Run(t *testing.T, cfg Config) {
 		{"OverspendLiftsAllowance", s.testOverspendLiftsAllowance},
 		{"LimitLowered", s.testLimitLowered},
 		{"Unlimited", s.testUnlimited},
-		{"CPUTimeOnlyReported", s.testCPUTimeOnlyReported},
+		{"CPUTimeLeased", s.testCPUTimeLeased},
 		{"CPUTimeRoundTrip", s.testCPUTimeRoundTrip},
 		{"CPUTimeSubMicrosecond", s.testCPUTimeSubMicrosecond},
 		{"FinalGivesBack", s.testFinalGivesBack},
@@ -137,8 +137,8 @@ func leased(ops, calls, mem, evals int64) reslimit.Totals {
 // ops builds Totals with only Operations set.
 func ops(n int64) reslimit.Totals { return reslimit.Totals{Operations: n} }
 
-// leasedOf returns t without CPUTime, the part of an Allowance a store
-// grants.
+// leasedOf returns t without CPUTime: the part of an Allowance the tests
+// that do not lease CPU time check (CPUTimeLeased checks it).
 func leasedOf(t reslimit.Totals) reslimit.Totals {
 	t.CPUTime = 0
 	return t
@@ -411,14 +411,30 @@ func (s *suite) testUnlimited(t *testing.T) {
 	assert.Equal(t, tot, load(t, st, "t"))
 }
 
-func (s *suite) testCPUTimeOnlyReported(t *testing.T) {
+// testCPUTimeLeased: CPU time is leased like the other quantities (in
+// whole microseconds on stores that keep microseconds): granted up to the
+// limit fleet-wide, given back with Return and Final.
+func (s *suite) testCPUTimeLeased(t *testing.T) {
 	st := s.store(t)
-	u := reslimit.Totals{CPUTime: 3 * time.Millisecond}
+	ms := time.Millisecond
+	lim := reslimit.Totals{CPUTime: 2 * time.Second}
+	u := reslimit.Totals{CPUTime: 3 * ms}
 	a := one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Used: u,
-		Want: reslimit.Totals{CPUTime: time.Second}, Limit: reslimit.Totals{CPUTime: 2 * time.Second}})
+		Want: reslimit.Totals{CPUTime: time.Second}, Limit: lim})
 	assert.Equal(t, u, a.Reported)
-	assert.LessOrEqual(t, a.Allowance.CPUTime, a.Reported.CPUTime, "CPU time is never leased")
+	assert.Equal(t, 3*ms+time.Second, a.Allowance.CPUTime, "granted what was asked")
 	assert.Zero(t, leasedOf(a.Allowance))
+	b := one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1,
+		Want: reslimit.Totals{CPUTime: 1500 * ms}, Limit: lim})
+	assert.Equal(t, 997*ms, b.Allowance.CPUTime, "what the limit leaves: 2s - 3ms used - 1s leased to a")
+	a = one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 2, Used: reslimit.Totals{CPUTime: 100 * ms},
+		Return: reslimit.Totals{CPUTime: 400 * ms}, Limit: lim})
+	assert.Equal(t, 103*ms+500*ms, a.Allowance.CPUTime, "1s lease - 100ms used - 400ms given back")
+	b = one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 2,
+		Want: reslimit.Totals{CPUTime: time.Second}, Limit: lim})
+	assert.Equal(t, 997*ms+400*ms, b.Allowance.CPUTime, "the 400ms a gave back")
+	a = one(t, st, "a", long, true, reslimit.TenantSync{Tenant: "t", Seq: 3, Limit: lim})
+	assert.Equal(t, a.Reported.CPUTime, a.Allowance.CPUTime, "Final gives the lease back")
 }
 
 func (s *suite) testCPUTimeRoundTrip(t *testing.T) {
