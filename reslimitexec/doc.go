@@ -40,6 +40,12 @@
 //     sampled (see "Memory: sampling, and the rlimit option" below), so a
 //     child can be seen above the limit by what it allocates in one
 //     sampling interval; the interval shrinks as the child nears the limit.
+//     At exit the peak is also taken from the child's rusage, but only
+//     when it is above this process's own peak: Linux reports in a child's
+//     rusage the peak of the address space its execve replaced, which for
+//     a child started by Go (vfork) is this process's, so a smaller figure
+//     is not the child's and a short-lived child started by a large server
+//     is billed only what was sampled.
 //   - File size: RLIMIT_FSIZE is set to the run's MaxFileSize, so no file
 //     the child (or a descendant) writes grows past it; the writer gets
 //     SIGXFSZ (or EFBIG, if it ignores the signal, as Python and Go

@@ -36,7 +36,9 @@ type Usage struct {
 	// MemoryBytes is the resident memory held now (0 once it exited).
 	MemoryBytes int64
 	// PeakMemoryBytes is the most resident memory seen at once: the
-	// samples, and the child's peak RSS from its rusage at exit.
+	// samples, and the child's peak RSS from its rusage at exit when that
+	// figure is the child's own (on Linux a child's rusage may report the
+	// peak of the process that started it; such a figure is not used).
 	PeakMemoryBytes int64
 }
 

@@ -32,6 +32,10 @@ const (
 type platform struct {
 	pgid int
 	smp  sampler
+	// selfMaxRSS is this process's peak RSS (bytes) just after the child
+	// started (after its execve): a bound on the peak the child inherited
+	// in its rusage (see ownMaxRSS).
+	selfMaxRSS int64
 }
 
 // ptraceWorks probes once whether a child may be started stopped at its
@@ -85,6 +89,7 @@ func (p *Process) start() error {
 	}
 	pid := cmd.Process.Pid
 	p.plat.pgid = pid
+	p.plat.selfMaxRSS = selfMaxRSS()
 	var err error
 	if traced {
 		var stopped bool
@@ -150,6 +155,35 @@ func setRlimits(pid int, rl []rlimit) error {
 		}
 	}
 	return nil
+}
+
+// selfMaxRSS returns this process's peak resident memory in bytes
+// (getrusage RUSAGE_SELF), 0 if it cannot be read.
+func selfMaxRSS() int64 {
+	var ru unix.Rusage
+	if unix.Getrusage(unix.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return ru.Maxrss * 1024 // KiB on Linux
+}
+
+// ownMaxRSS returns the child's peak resident memory from its rusage's
+// maxrss (bytes), or 0 when that figure may not be the child's own.
+//
+// At execve Linux records the peak RSS of the address space being
+// replaced in the process's maxrss, and reports the larger of that and
+// the new program's peak at exit. The address space a child of this
+// process replaces is this process's: Go starts children with
+// CLONE_VM|CLONE_VFORK (and a fork's copy starts with the parent's
+// resident pages). So maxrss is at least what this process had held by
+// then: never more than selfMaxRSS, read after the execve. A maxrss above
+// it is the child's own peak (or a descendant's it reaped); one at or
+// below it says nothing about the child, and the samples stand alone.
+func (p *Process) ownMaxRSS(maxRSS int64) int64 {
+	if maxRSS <= p.plat.selfMaxRSS {
+		return 0
+	}
+	return maxRSS
 }
 
 // si_code values of SIGCHLD (linux/signal.h).
@@ -324,7 +358,7 @@ func (p *Process) wait() error {
 	if ps := p.cmd.ProcessState; ps != nil {
 		cpu = ps.UserTime() + ps.SystemTime()
 		if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
-			maxRSS = ru.Maxrss * 1024 // KiB on Linux
+			maxRSS = p.ownMaxRSS(ru.Maxrss * 1024) // KiB on Linux
 		}
 		ws, _ = ps.Sys().(syscall.WaitStatus)
 	}

@@ -653,3 +653,29 @@ func TestTimeoutKillsDescendantThatLeftTheGroup(t *testing.T) {
 	limitErr(t, err, reslimit.Timeout)
 	waitGone(t, gc)
 }
+
+// A child is billed what it held, not the peak of the process that started
+// it: Linux keeps the old address space's peak RSS in the child's rusage at
+// execve, and Go starts children with vfork, so the rusage peak of
+// /bin/true started by a process that once held 256 MiB is 256 MiB. The
+// starting process is a helper child, so that this test process's own
+// peak stays small for the other tests.
+func TestChildNotBilledParentPeak(t *testing.T) {
+	const hold, limit = 256, 64 // MiB
+	cmd := self("bigparent", strconv.Itoa(hold), strconv.Itoa(limit), "/bin/true")
+	out, err := cmd.Output()
+	t.Logf("a process holding %d MiB ran /bin/true under %d MiB: %q", hold, limit, out)
+	if err != nil {
+		t.Fatalf("/bin/true failed: %v", err)
+	}
+	f := strings.Fields(string(out))
+	if len(f) != 3 || f[2] != strconv.Itoa(hold) {
+		t.Fatalf("output %q, want the child's and the run's peaks and %d", out, hold)
+	}
+	for _, s := range f[:2] {
+		peak, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || peak < 0 || peak > 16<<20 {
+			t.Fatalf("/bin/true billed a peak of %s bytes (%v), want a small one", s, err)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package reslimitexec_test
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,6 +12,9 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/reslimit/reslimit"
+	"github.com/reslimit/reslimit/reslimitexec"
 )
 
 // childEnv names the mode in which the test binary runs as a child process.
@@ -76,6 +80,36 @@ func child(mode string, args []string) int {
 		signal.Notify(c, syscall.SIGTERM)
 		fmt.Println("ready")
 		<-c
+		return 0
+	case "bigparent": // bigparent MiB LIMIT_MiB PROGRAM: hold MiB, then run PROGRAM under LIMIT
+		n, _ := strconv.Atoi(args[0])
+		limit, _ := strconv.Atoi(args[1])
+		for range n {
+			b := make([]byte, 1<<20)
+			for i := 0; i < len(b); i += 4096 {
+				b[i] = 1
+			}
+			sink = append(sink, b)
+		}
+		var p *reslimitexec.Process
+		u, err := reslimit.Run(context.Background(), reslimit.Limits{MaxMemoryBytes: int64(limit) << 20, Timeout: time.Minute},
+			func(ctx context.Context) error {
+				var err error
+				if p, err = reslimitexec.Start(ctx, exec.Command(args[2])); err != nil {
+					return err
+				}
+				return p.Wait()
+			})
+		var cu reslimitexec.Usage
+		if p != nil {
+			cu = p.Usage()
+		}
+		// The child's and the run's peaks; then the error, if any.
+		fmt.Println(cu.PeakMemoryBytes, u.PeakMemoryBytes, len(sink))
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
 		return 0
 	case "ignoreterm":
 		signal.Ignore(syscall.SIGTERM)
