@@ -51,6 +51,7 @@ type Process struct {
 	b    bounds
 	plat platform
 
+	stdio    *stdio        // the copying of the caller's non-file stdio
 	exited   chan struct{} // the child has exited (not yet reaped)
 	watchEnd chan struct{} // the watchdog has returned
 
@@ -99,6 +100,11 @@ func Run(ctx context.Context, cmd *exec.Cmd, opts ...Option) error {
 // itself is refused. Call Process.Wait, not cmd.Wait: reaping the child
 // behind the watchdog's back could let it signal a reused process group.
 //
+// A cmd.Stdin, cmd.Stdout or cmd.Stderr that is not an *os.File is
+// copied by reslimitexec rather than by exec.Cmd, through pipes of its own
+// (the fields hold the caller's values again when Start returns), so that
+// Wait's wait for the copying is bounded (see DefaultWaitDelay).
+//
 // Run and Start may be called from any number of goroutines at once, each
 // with its own cmd.
 func Start(ctx context.Context, cmd *exec.Cmd, opts ...Option) (*Process, error) {
@@ -127,7 +133,12 @@ func Start(ctx context.Context, cmd *exec.Cmd, opts ...Option) (*Process, error)
 	}
 	b.dataLimit = c.dataLimit
 	p := &Process{cmd: cmd, ctx: ctx, t: t, b: b, exited: make(chan struct{}), watchEnd: make(chan struct{})}
-	if err := p.start(); err != nil {
+	if p.stdio, err = redirect(cmd); err != nil {
+		return nil, err
+	}
+	err = p.start()
+	p.stdio.started(cmd, err == nil)
+	if err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -194,16 +205,19 @@ func (p *Process) Usage() Usage {
 	return p.usage
 }
 
-// Wait waits for the child to exit (and, as exec.Cmd.Wait does, for its
-// output to be copied), gives back the memory it was holding, charges its
-// final CPU time and returns:
+// Wait waits for the child to exit and for its output to be copied (for
+// at most 2×DefaultWaitDelay after the child exited or was killed, or
+// 2×cmd.WaitDelay when that is set: see DefaultWaitDelay), gives back the
+// memory it was holding, charges its final CPU time and returns:
 //   - the *reslimit.LimitError that stopped it (CPUTime or Memory, found by
 //     the watchdog, or FileSize, when it was killed by SIGXFSZ);
 //   - context.Cause(ctx) when ctx was done before it exited (for a run's
 //     context: the run's timeout *LimitError, or its caller's cause);
 //   - a *LimitError found by the final accounting (CPU time over the
 //     limit by the child's rusage, or a peak RSS the run could not hold);
-//   - otherwise what exec.Cmd.Wait returned (nil, *exec.ExitError, ...).
+//   - otherwise what exec.Cmd.Wait returned (nil, *exec.ExitError, ...),
+//     or, if that is nil, the error of copying the child's standard input
+//     or output (exec.ErrWaitDelay when Wait stopped waiting for it).
 //
 // Calling Wait again returns the same error.
 func (p *Process) Wait() error {

@@ -352,6 +352,9 @@ func (p *Process) chargeSample(ts treeSample) error {
 func (p *Process) wait() error {
 	<-p.watchEnd
 	werr := p.cmd.Wait()
+	if ioErr := p.stdio.wait(p.cmd.WaitDelay); werr == nil {
+		werr = ioErr
+	}
 	var cpu time.Duration
 	var maxRSS int64
 	var ws syscall.WaitStatus

@@ -51,6 +51,9 @@ func (p *Process) wait() error {
 	werr := p.cmd.Wait()
 	close(p.exited)
 	<-p.watchEnd
+	if ioErr := p.stdio.wait(p.cmd.WaitDelay); werr == nil {
+		werr = ioErr
+	}
 	var cpu time.Duration
 	if ps := p.cmd.ProcessState; ps != nil {
 		cpu = ps.UserTime() + ps.SystemTime()

@@ -111,6 +111,27 @@ func child(mode string, args []string) int {
 			return 1
 		}
 		return 0
+	case "escape": // escape PIDFILE [MODE]: start a grandchild in MODE (sleep) in a
+		// session of its own, holding this process's stdout; write its pid
+		// to PIDFILE, print "done" and exit.
+		mode := "sleep"
+		if len(args) > 1 {
+			mode = args[1]
+		}
+		gc := exec.Command(os.Args[0])
+		gc.Env = append(os.Environ(), childEnv+"="+mode)
+		gc.Stdout, gc.Stderr = os.Stdout, os.Stderr
+		gc.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := gc.Start(); err != nil { // returns after its execve: it has left the group
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		if err := os.WriteFile(args[0], []byte(strconv.Itoa(gc.Process.Pid)), 0o600); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		fmt.Println("done")
+		return 0
 	case "ignoreterm":
 		signal.Ignore(syscall.SIGTERM)
 		fmt.Println("ready")
