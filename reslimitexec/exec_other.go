@@ -14,6 +14,9 @@ type platform struct{}
 // exits.
 func Enforcement() string { return "none" }
 
+// Enforcement names the backend that bounds this child: "none" here.
+func (p *Process) Enforcement() string { return "none" }
+
 func (p *Process) start() error {
 	if err := p.cmd.Start(); err != nil {
 		return err

@@ -3,6 +3,7 @@ package reslimitexec_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -131,6 +132,47 @@ func child(mode string, args []string) int {
 			return 2
 		}
 		fmt.Println("done")
+		return 0
+	case "burn": // burn MS: use MS milliseconds of CPU, then exit
+		ms, _ := strconv.Atoi(args[0])
+		for {
+			var ru syscall.Rusage
+			if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+				return 2
+			}
+			used := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+			if used >= time.Duration(ms)*time.Millisecond {
+				return 0
+			}
+		}
+	case "orphans": // orphans N MS: N processes that burn MS ms each, orphaned
+		// by an intermediate process; wait (without reaping them) until
+		// they have all exited, then exit.
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			return 2
+		}
+		mid := exec.Command(os.Args[0], args...)
+		mid.Env = append(os.Environ(), childEnv+"=spawn")
+		mid.Stdout, mid.Stderr = pw, os.Stderr
+		if err := mid.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		pw.Close()
+		_, _ = io.Copy(io.Discard, pr) // EOF: every burner has exited
+		return 0
+	case "spawn": // spawn N MS: start N burners holding stdout, exit at once
+		n, _ := strconv.Atoi(args[0])
+		for range n {
+			b := exec.Command(os.Args[0], args[1])
+			b.Env = append(os.Environ(), childEnv+"=burn")
+			b.Stdout, b.Stderr = os.Stdout, os.Stderr
+			if err := b.Start(); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 2
+			}
+		}
 		return 0
 	case "ignoreterm":
 		signal.Ignore(syscall.SIGTERM)
