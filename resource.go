@@ -41,8 +41,11 @@ const (
 	// OperationRate is the rate at which an Account's runs count
 	// operations (AccountLimits.OperationsPerSecond), a token bucket.
 	OperationRate
+	// Processes is a count of processes (and threads) at once in a child
+	// process's tree (reslimitexec.WithMaxProcesses).
+	Processes
 
-	numResources = int(OperationRate) + 1
+	numResources = int(Processes) + 1
 )
 
 var resourceNames = [numResources]string{
@@ -57,6 +60,7 @@ var resourceNames = [numResources]string{
 	Evaluations:    "evaluations",
 	EvaluationRate: "evaluation_rate",
 	OperationRate:  "operation_rate",
+	Processes:      "processes",
 }
 
 // Resources lists every valid Resource in a stable order.

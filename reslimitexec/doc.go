@@ -17,7 +17,39 @@
 // wall time. Without a tracker in ctx the child runs unlimited and
 // uncharged (the nil-tracker rule); only ctx's cancellation still kills it.
 //
-// # What is enforced, on Linux
+// # Backends, on Linux
+//
+// Where this process may make cgroups (root, or a delegated subtree), each
+// child runs in a cgroup of its own, made under this process's cgroup (or
+// WithCgroupParent's) and removed after it: "cgroup2" (the child is
+// cloned into it, CLONE_INTO_CGROUP) or "cgroup1" (the memory, pids,
+// cpuacct and freezer hierarchies; the child is moved in during the ptrace
+// stop after its execve, before its first instruction). Enforcement and
+// Process.Enforcement name the backend. Membership cannot be left, so with
+// a cgroup:
+//
+//   - CPU time is the cgroup's (cpuacct.usage, cpu.stat): every process
+//     that ever ran in it, orphans and setsid escapees included, charged
+//     live by the watchdog and exactly at the end;
+//   - memory held and its peak are the cgroup's (memory.usage_in_bytes and
+//     max_usage_in_bytes, memory.current and memory.peak), so page cache
+//     and tmpfs files (/dev/shm) the tree writes count; the kernel holds
+//     the tree to the memory the run (and its tenant) had left when it
+//     started (memory.limit_in_bytes, memory.max), and an OOM kill in the
+//     group is a *reslimit.LimitError{Resource: Memory};
+//   - the kernel caps the tasks (processes and threads) of the tree at
+//     WithMaxProcesses (DefaultMaxProcesses); a fork refused at the cap
+//     stops the run with a *reslimit.LimitError{Resource: Processes};
+//   - on a limit, the timeout, cancellation, or the child's exit, every
+//     process in the group is killed (cgroup.kill; v1: freeze, kill each,
+//     thaw, until empty), and Wait returns once the group is empty (at
+//     most 5 s after the kill: a process stuck in the kernel past that
+//     leaves its cgroup behind, named reslimitexec-<pid>-<n>).
+//
+// Without a cgroup (WithoutCgroup, or none can be made) the sampling
+// backend below applies ("ptrace" or "after-start").
+//
+// # What is enforced, on Linux (the sampling backend)
 //
 //   - CPU time: a watchdog samples the user+system CPU of the child and of
 //     its descendants (the process CPU clock of each process in the tree,
@@ -40,6 +72,12 @@
 //     sampled (see "Memory: sampling, and the rlimit option" below), so a
 //     child can be seen above the limit by what it allocates in one
 //     sampling interval; the interval shrinks as the child nears the limit.
+//     At exit the peak is also taken from the child's rusage, but only
+//     when it is above this process's own peak: Linux reports in a child's
+//     rusage the peak of the address space its execve replaced, which for
+//     a child started by Go (vfork) is this process's, so a smaller figure
+//     is not the child's and a short-lived child started by a large server
+//     is billed only what was sampled.
 //   - File size: RLIMIT_FSIZE is set to the run's MaxFileSize, so no file
 //     the child (or a descendant) writes grows past it; the writer gets
 //     SIGXFSZ (or EFBIG, if it ignores the signal, as Python and Go
@@ -93,10 +131,11 @@
 //
 // # Not a sandbox
 //
-// This is resource limiting, not isolation: the child can use the network,
-// read and write any file its user can, leave the process group with
-// setsid or setpgid (and, once its parent has exited, escape the watchdog
-// and the kill), and use memory that is not resident (swap) or not its
-// own (the page cache, tmpfs files). Run it under a separate user,
-// namespaces, seccomp or a VM when it must not do those things.
+// This is resource limiting, not isolation: the child can use the network
+// and read and write any file its user can. Without a cgroup it can also
+// leave the process group with setsid or setpgid (and, once its parent
+// has exited, escape the watchdog and the kill), and use memory that is
+// not resident (swap) or not its own (the page cache, tmpfs files). Run
+// it under a separate user, namespaces, seccomp or a VM when it must not
+// do those things.
 package reslimitexec

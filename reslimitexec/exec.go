@@ -15,7 +15,59 @@ import (
 type Option func(*config)
 
 type config struct {
-	dataLimit bool
+	dataLimit   bool
+	maxProcs    int64
+	maxProcsSet bool
+	noCgroup    bool
+	cgParent    string
+	err         error
+}
+
+// DefaultMaxProcesses is the cap on the processes and threads of a
+// child's tree when WithMaxProcesses is not given.
+const DefaultMaxProcesses = 1024
+
+// WithMaxProcesses caps the number of tasks (processes and threads, as
+// the kernel's pids controller counts them) in the child's tree at once at
+// n; 0 means no cap, and the default is DefaultMaxProcesses. With a cgroup
+// backend the kernel refuses a fork past the cap (the tree never holds
+// more than n); the run is then stopped, its tree killed, and the caller
+// gets a *reslimit.LimitError{Resource: reslimit.Processes}. With the
+// sampling backend the tree's tasks are counted at each sample, so it can
+// pass the cap between samples before it is killed. A negative n makes
+// Start fail with an error wrapping reslimit.ErrInvalidLimits.
+func WithMaxProcesses(n int64) Option {
+	return func(c *config) {
+		if n < 0 {
+			c.err = fmt.Errorf("%w: reslimitexec: WithMaxProcesses(%d): negative", reslimit.ErrInvalidLimits, n)
+			return
+		}
+		c.maxProcs, c.maxProcsSet = n, true
+	}
+}
+
+// WithoutCgroup runs the child without a cgroup even where one could be
+// made: the "ptrace" (or "after-start") sampling backend, as Enforcement
+// describes. For tests of that backend, and for callers that put the child
+// in a cgroup of their own.
+func WithoutCgroup() Option { return func(c *config) { c.noCgroup = true } }
+
+// WithCgroupParent makes the child's cgroup under the cgroup at path (as
+// /proc/self/cgroup writes it, e.g. "/system.slice/app.service/children")
+// in each hierarchy used, instead of under this process's own cgroup. With
+// it, Start fails with the reason when no cgroup can be made there (by
+// default it falls back to sampling). For cgroup v2 the parent must not
+// hold processes itself (the kernel's "no internal processes" rule) and
+// must have, or be allowed to enable, the memory and pids controllers for
+// its children: a systemd unit with Delegate=yes gives such a subtree.
+func WithCgroupParent(path string) Option {
+	return func(c *config) {
+		if path == "" || path[0] != '/' {
+			c.err = fmt.Errorf("%w: reslimitexec: WithCgroupParent(%q): want an absolute cgroup path", reslimit.ErrInvalidArgument, path)
+			return
+		}
+		c.cgParent = path
+	}
 }
 
 // WithDataLimit also sets the child's RLIMIT_DATA to the memory the run may
@@ -36,8 +88,14 @@ type Usage struct {
 	// MemoryBytes is the resident memory held now (0 once it exited).
 	MemoryBytes int64
 	// PeakMemoryBytes is the most resident memory seen at once: the
-	// samples, and the child's peak RSS from its rusage at exit.
+	// samples, and the child's peak RSS from its rusage at exit when that
+	// figure is the child's own (on Linux a child's rusage may report the
+	// peak of the process that started it; such a figure is not used).
 	PeakMemoryBytes int64
+	// PeakProcesses is the most tasks (processes and threads) seen at once
+	// in the child's tree: the cgroup's pids.peak with a cgroup backend,
+	// else the samples (0 where nothing was sampled).
+	PeakProcesses int64
 }
 
 // Process is a child started by Start. Wait must be called to release its
@@ -49,6 +107,7 @@ type Process struct {
 	b    bounds
 	plat platform
 
+	stdio    *stdio        // the copying of the caller's non-file stdio
 	exited   chan struct{} // the child has exited (not yet reaped)
 	watchEnd chan struct{} // the watchdog has returned
 
@@ -65,7 +124,11 @@ type Process struct {
 type bounds struct {
 	cpu, mem, file          int64 // ns, bytes, bytes
 	cpuSet, memSet, fileSet bool
+	memOwn                  bool // mem is bound by the run's own limit
 	dataLimit               bool
+	maxProcs                int64 // tasks in the tree; 0: no cap
+	noCgroup                bool
+	cgParent                string
 }
 
 // Run starts cmd under the limits of the run in ctx, as Start does, and
@@ -97,6 +160,11 @@ func Run(ctx context.Context, cmd *exec.Cmd, opts ...Option) error {
 // itself is refused. Call Process.Wait, not cmd.Wait: reaping the child
 // behind the watchdog's back could let it signal a reused process group.
 //
+// A cmd.Stdin, cmd.Stdout or cmd.Stderr that is not an *os.File is
+// copied by reslimitexec rather than by exec.Cmd, through pipes of its own
+// (the fields hold the caller's values again when Start returns), so that
+// Wait's wait for the copying is bounded (see DefaultWaitDelay).
+//
 // Run and Start may be called from any number of goroutines at once, each
 // with its own cmd.
 func Start(ctx context.Context, cmd *exec.Cmd, opts ...Option) (*Process, error) {
@@ -109,11 +177,14 @@ func Start(ctx context.Context, cmd *exec.Cmd, opts ...Option) (*Process, error)
 	if cmd.Process != nil {
 		return nil, fmt.Errorf("%w: reslimitexec: the command was already started", reslimit.ErrInvalidArgument)
 	}
-	var c config
+	c := config{maxProcs: DefaultMaxProcesses}
 	for _, o := range opts {
 		if o != nil {
 			o(&c)
 		}
+	}
+	if c.err != nil {
+		return nil, c.err
 	}
 	if ctx.Err() != nil {
 		return nil, context.Cause(ctx)
@@ -123,9 +194,14 @@ func Start(ctx context.Context, cmd *exec.Cmd, opts ...Option) (*Process, error)
 	if err != nil {
 		return nil, err
 	}
-	b.dataLimit = c.dataLimit
+	b.dataLimit, b.maxProcs, b.noCgroup, b.cgParent = c.dataLimit, c.maxProcs, c.noCgroup, c.cgParent
 	p := &Process{cmd: cmd, ctx: ctx, t: t, b: b, exited: make(chan struct{}), watchEnd: make(chan struct{})}
-	if err := p.start(); err != nil {
+	if p.stdio, err = redirect(cmd); err != nil {
+		return nil, err
+	}
+	err = p.start()
+	p.stdio.started(cmd, err == nil)
+	if err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -155,6 +231,9 @@ func admit(t *reslimit.Tracker) (bounds, error) {
 	}
 	b.cpu, b.cpuSet = t.Remaining(reslimit.CPUTime)
 	b.mem, b.memSet = t.Remaining(reslimit.Memory)
+	if l := t.Limits(); b.memSet && l.MaxMemoryBytes > 0 {
+		b.memOwn = l.MaxMemoryBytes-t.Usage().MemoryBytes <= b.mem
+	}
 	b.file, b.fileSet = t.Remaining(reslimit.FileSize)
 	if err := t.TrackCall(); err != nil {
 		return b, err
@@ -182,6 +261,11 @@ func usedUp(t *reslimit.Tracker, r reslimit.Resource) error {
 	return le
 }
 
+// procErr is the error for a tree that reached its process cap.
+func (p *Process) procErr() error {
+	return &reslimit.LimitError{Resource: reslimit.Processes, Limit: p.b.maxProcs, Used: p.b.maxProcs, Requested: 1}
+}
+
 // Pid returns the child's process id (and process group id).
 func (p *Process) Pid() int { return p.cmd.Process.Pid }
 
@@ -192,16 +276,19 @@ func (p *Process) Usage() Usage {
 	return p.usage
 }
 
-// Wait waits for the child to exit (and, as exec.Cmd.Wait does, for its
-// output to be copied), gives back the memory it was holding, charges its
-// final CPU time and returns:
+// Wait waits for the child to exit and for its output to be copied (for
+// at most 2×DefaultWaitDelay after the child exited or was killed, or
+// 2×cmd.WaitDelay when that is set: see DefaultWaitDelay), gives back the
+// memory it was holding, charges its final CPU time and returns:
 //   - the *reslimit.LimitError that stopped it (CPUTime or Memory, found by
 //     the watchdog, or FileSize, when it was killed by SIGXFSZ);
 //   - context.Cause(ctx) when ctx was done before it exited (for a run's
 //     context: the run's timeout *LimitError, or its caller's cause);
 //   - a *LimitError found by the final accounting (CPU time over the
 //     limit by the child's rusage, or a peak RSS the run could not hold);
-//   - otherwise what exec.Cmd.Wait returned (nil, *exec.ExitError, ...).
+//   - otherwise what exec.Cmd.Wait returned (nil, *exec.ExitError, ...),
+//     or, if that is nil, the error of copying the child's standard input
+//     or output (exec.ErrWaitDelay when Wait stopped waiting for it).
 //
 // Calling Wait again returns the same error.
 func (p *Process) Wait() error {
@@ -237,6 +324,13 @@ func (p *Process) getCause() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.cause
+}
+
+// notePeakProcesses records a count of tasks in the tree.
+func (p *Process) notePeakProcesses(n int64) {
+	p.mu.Lock()
+	p.usage.PeakProcesses = max(p.usage.PeakProcesses, n)
+	p.mu.Unlock()
 }
 
 // chargeCPU charges the child's CPU time up to total (cumulative, for the

@@ -32,6 +32,14 @@ const (
 type platform struct {
 	pgid int
 	smp  sampler
+	// cg is the child's cgroup (nil: the sampling backend); enforcement
+	// names the backend.
+	cg          *cgroup
+	enforcement string
+	// selfMaxRSS is this process's peak RSS (bytes) just after the child
+	// started (after its execve): a bound on the peak the child inherited
+	// in its rusage (see ownMaxRSS).
+	selfMaxRSS int64
 }
 
 // ptraceWorks probes once whether a child may be started stopped at its
@@ -46,17 +54,40 @@ var ptraceWorks = sync.OnceValue(func() bool {
 	return errors.Is(err, syscall.ENOENT)
 })
 
-// Enforcement says how the rlimits (file size, the CPU backstop, the
-// optional data limit) reach a child on this platform: "ptrace" when they
-// are in place before its first instruction, "after-start" when ptrace is
-// not permitted and they are set just after it starts, "none" where
-// there are no rlimits (not Linux). It may start a probe process once.
+// Enforcement names the backend that bounds a child started by default
+// (without WithoutCgroup or WithCgroupParent):
+//   - "cgroup2": each child runs in a cgroup v2 of its own, cloned into it
+//     (CLONE_INTO_CGROUP), with memory.max, pids.max and cgroup.kill;
+//   - "cgroup1": each child runs in a cgroup of its own in the v1 memory,
+//     pids, cpuacct and freezer hierarchies, moved in while it is stopped
+//     by ptrace after its execve, before its first instruction;
+//   - "ptrace": no cgroup can be made (not root, no delegated subtree);
+//     CPU and memory are sampled from /proc, and the rlimits are in place
+//     before the child's first instruction (ptrace);
+//   - "after-start": as "ptrace", but ptrace is not permitted, so the
+//     rlimits are set just after the child starts;
+//   - "none": not Linux (see the package doc).
+//
+// It finds the backend once (making and removing a probe cgroup, and
+// starting a probe process). Process.Enforcement says which one a given
+// child got. Safe for concurrent use.
 func Enforcement() string {
+	if b, err := defaultBackend(); err == nil {
+		return b.name()
+	}
+	return samplingEnforcement()
+}
+
+func samplingEnforcement() string {
 	if ptraceWorks() {
 		return "ptrace"
 	}
 	return "after-start"
 }
+
+// Enforcement names the backend that bounds this child (see the function
+// Enforcement).
+func (p *Process) Enforcement() string { return p.plat.enforcement }
 
 func (p *Process) start() error {
 	cmd := p.cmd
@@ -70,8 +101,22 @@ func (p *Process) start() error {
 	if !attr.Setsid { // a session leader leads its own group already
 		attr.Setpgid, attr.Pgid = true, 0
 	}
+	cg, err := p.makeCgroup(&attr)
+	if err != nil {
+		return err
+	}
+	p.plat.cg = cg
+	p.plat.enforcement = samplingEnforcement()
+	if cg != nil {
+		p.plat.enforcement = "cgroup1"
+		if cg.v2 {
+			p.plat.enforcement = "cgroup2"
+			attr.UseCgroupFD, attr.CgroupFD = true, cg.fd
+		}
+	}
 	rl := p.rlimits()
-	traced := len(rl) > 0 && ptraceWorks()
+	// cgroup1: the child is moved into its cgroup during the ptrace stop.
+	traced := (len(rl) > 0 || cg != nil && !cg.v2) && ptraceWorks()
 	attr.Ptrace = traced
 	cmd.SysProcAttr = &attr
 	if traced {
@@ -81,15 +126,24 @@ func (p *Process) start() error {
 		defer runtime.UnlockOSThread()
 	}
 	if err := cmd.Start(); err != nil {
+		if cg != nil {
+			cg.remove()
+		}
 		return err
 	}
 	pid := cmd.Process.Pid
 	p.plat.pgid = pid
-	var err error
+	p.plat.selfMaxRSS = selfMaxRSS()
 	if traced {
 		var stopped bool
 		if stopped, err = waitTrap(pid); err == nil && stopped {
-			if err = setRlimits(pid, rl); err == nil {
+			if cg != nil && !cg.v2 {
+				err = cg.join(pid)
+			}
+			if err == nil {
+				err = setRlimits(pid, rl)
+			}
+			if err == nil {
 				err = unix.PtraceDetach(pid)
 			}
 		}
@@ -102,11 +156,39 @@ func (p *Process) start() error {
 		_ = unix.Kill(-pid, unix.SIGKILL)
 		_ = unix.Kill(pid, unix.SIGKILL)
 		_ = cmd.Wait()
+		if cg != nil {
+			cg.kill(time.Now().Add(killBound))
+			cg.remove()
+		}
 		return fmt.Errorf("reslimitexec: setting the limits of the child: %w", err)
 	}
 	go p.waitExit()
 	go p.watch()
 	return nil
+}
+
+// makeCgroup makes the child's cgroup, or returns nil for the sampling
+// backend (WithoutCgroup, no backend here, or a caller's own
+// UseCgroupFD with cgroup2).
+func (p *Process) makeCgroup(attr *syscall.SysProcAttr) (*cgroup, error) {
+	if p.b.noCgroup {
+		return nil, nil
+	}
+	be, err := backendFor(p.b.cgParent)
+	if err != nil {
+		if p.b.cgParent != "" {
+			return nil, err
+		}
+		return nil, nil
+	}
+	if be.v2 && attr.UseCgroupFD {
+		return nil, nil
+	}
+	var mem int64
+	if p.b.memSet {
+		mem = max(p.b.mem, 1)
+	}
+	return newCgroup(be, mem, p.b.maxProcs)
 }
 
 type rlimit struct {
@@ -150,6 +232,35 @@ func setRlimits(pid int, rl []rlimit) error {
 		}
 	}
 	return nil
+}
+
+// selfMaxRSS returns this process's peak resident memory in bytes
+// (getrusage RUSAGE_SELF), 0 if it cannot be read.
+func selfMaxRSS() int64 {
+	var ru unix.Rusage
+	if unix.Getrusage(unix.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return ru.Maxrss * 1024 // KiB on Linux
+}
+
+// ownMaxRSS returns the child's peak resident memory from its rusage's
+// maxrss (bytes), or 0 when that figure may not be the child's own.
+//
+// At execve Linux records the peak RSS of the address space being
+// replaced in the process's maxrss, and reports the larger of that and
+// the new program's peak at exit. The address space a child of this
+// process replaces is this process's: Go starts children with
+// CLONE_VM|CLONE_VFORK (and a fork's copy starts with the parent's
+// resident pages). So maxrss is at least what this process had held by
+// then: never more than selfMaxRSS, read after the execve. A maxrss above
+// it is the child's own peak (or a descendant's it reaped); one at or
+// below it says nothing about the child, and the samples stand alone.
+func (p *Process) ownMaxRSS(maxRSS int64) int64 {
+	if maxRSS <= p.plat.selfMaxRSS {
+		return 0
+	}
+	return maxRSS
 }
 
 // si_code values of SIGCHLD (linux/signal.h).
@@ -201,6 +312,10 @@ func (p *Process) waitExit() {
 // killed (a pid from an older sample could belong to another process by
 // now).
 func (p *Process) killGroup() {
+	if cg := p.plat.cg; cg != nil {
+		cg.kill(time.Now().Add(killBound))
+		return
+	}
 	s := &p.plat.smp
 	s.walk(p.plat.pgid)
 	_ = unix.Kill(-p.plat.pgid, unix.SIGKILL)
@@ -242,7 +357,13 @@ func (p *Process) watch() {
 			if p.t != nil && p.getCause() == nil {
 				// The zombie's times include all it reaped. A limit they
 				// pass is reported by Wait (the child is gone already).
-				if err := p.chargeSample(p.plat.smp.walk(p.plat.pgid)); err != nil {
+				var err error
+				if cg := p.plat.cg; cg != nil {
+					err = p.chargeCgroup(cg.stats())
+				} else {
+					err = p.chargeSample(p.plat.smp.walk(p.plat.pgid))
+				}
+				if err != nil {
 					p.setLate(err)
 				}
 			}
@@ -288,14 +409,30 @@ func (p *Process) sample() (time.Duration, bool) {
 		p.limitKill(err)
 		return 0, false
 	}
-	ts := p.plat.smp.walk(p.plat.pgid)
-	if err := p.chargeSample(ts); err != nil {
-		p.limitKill(err)
-		return 0, false
+	var threads int
+	if cg := p.plat.cg; cg != nil {
+		st := cg.stats()
+		if err := p.chargeCgroup(st); err != nil {
+			p.limitKill(err)
+			return 0, false
+		}
+		threads = int(st.tasks)
+	} else {
+		ts := p.plat.smp.walk(p.plat.pgid)
+		if err := p.chargeSample(ts); err != nil {
+			p.limitKill(err)
+			return 0, false
+		}
+		p.notePeakProcesses(int64(ts.threads))
+		if p.b.maxProcs > 0 && int64(ts.threads) > p.b.maxProcs {
+			p.limitKill(p.procErr())
+			return 0, false
+		}
+		threads = ts.threads
 	}
 	next := maxInterval
 	if left, ok := p.t.Remaining(reslimit.CPUTime); ok {
-		n := min(max(ts.threads, 1), runtime.NumCPU())
+		n := min(max(threads, 1), runtime.NumCPU())
 		next = min(next, time.Duration(left)/time.Duration(n))
 	}
 	if left, ok := p.t.Remaining(reslimit.Memory); ok {
@@ -305,6 +442,39 @@ func (p *Process) sample() (time.Duration, bool) {
 		next = min(next, time.Duration(left)+time.Millisecond)
 	}
 	return max(next, minInterval), true
+}
+
+// chargeCgroup charges what the child's cgroup used to the run; an OOM
+// kill in it (the memory the run had left is used up) or a fork refused at
+// the task cap is a limit error.
+func (p *Process) chargeCgroup(st cgStats) error {
+	p.notePeakProcesses(st.tasksPeak)
+	if st.oomKills > 0 && p.b.memSet {
+		return p.memErr(st)
+	}
+	if st.pidsMax > 0 && p.b.maxProcs > 0 {
+		return p.procErr()
+	}
+	if err := p.chargeCPU(st.cpu); err != nil {
+		return err
+	}
+	return p.chargeMemory(st.mem)
+}
+
+// memErr is the error for a child whose cgroup met its memory limit, the
+// memory the run (and its tenant) had left when it started.
+func (p *Process) memErr(st cgStats) error {
+	le := &reslimit.LimitError{Resource: reslimit.Memory, Limit: p.b.mem, Used: st.peak, Requested: 1}
+	if p.b.memOwn {
+		le.Limit = p.t.Limits().MaxMemoryBytes
+		le.Used = le.Limit - p.b.mem + st.peak
+	} else if a := p.t.Account(); a != nil {
+		le.Tenant = a.Name()
+		if ls, ok := a.Stats().LimitStatus[reslimit.Memory]; ok {
+			le.Limit, le.Used = ls.Limit, ls.Limit-p.b.mem+st.peak
+		}
+	}
+	return le
 }
 
 // chargeSample charges a sample's CPU time and memory to the run.
@@ -318,19 +488,39 @@ func (p *Process) chargeSample(ts treeSample) error {
 func (p *Process) wait() error {
 	<-p.watchEnd
 	werr := p.cmd.Wait()
+	if ioErr := p.stdio.wait(p.cmd.WaitDelay); werr == nil {
+		werr = ioErr
+	}
 	var cpu time.Duration
 	var maxRSS int64
 	var ws syscall.WaitStatus
 	if ps := p.cmd.ProcessState; ps != nil {
 		cpu = ps.UserTime() + ps.SystemTime()
 		if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
-			maxRSS = ru.Maxrss * 1024 // KiB on Linux
+			maxRSS = p.ownMaxRSS(ru.Maxrss * 1024) // KiB on Linux
 		}
 		ws, _ = ps.Sys().(syscall.WaitStatus)
+	}
+	var cgErr error
+	if cg := p.plat.cg; cg != nil {
+		// The watchdog emptied the group when the child exited: these are
+		// its final figures, orphans' CPU and tmpfs pages included.
+		st := cg.stats()
+		p.notePeakProcesses(st.tasksPeak)
+		cpu, maxRSS = max(cpu, st.cpu), st.peak
+		if st.oomKills > 0 && p.b.memSet {
+			p.setCause(p.memErr(st))
+		} else if st.pidsMax > 0 && p.b.maxProcs > 0 {
+			p.setCause(p.procErr())
+		}
+		cgErr = cg.remove()
 	}
 	var ferr error
 	if p.t != nil {
 		ferr = p.finish(max(cpu, p.Usage().CPUTime), maxRSS)
+	}
+	if werr == nil {
+		werr = cgErr
 	}
 	if c := p.getCause(); c != nil {
 		return c

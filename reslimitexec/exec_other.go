@@ -14,6 +14,9 @@ type platform struct{}
 // exits.
 func Enforcement() string { return "none" }
 
+// Enforcement names the backend that bounds this child: "none" here.
+func (p *Process) Enforcement() string { return "none" }
+
 func (p *Process) start() error {
 	if err := p.cmd.Start(); err != nil {
 		return err
@@ -51,6 +54,9 @@ func (p *Process) wait() error {
 	werr := p.cmd.Wait()
 	close(p.exited)
 	<-p.watchEnd
+	if ioErr := p.stdio.wait(p.cmd.WaitDelay); werr == nil {
+		werr = ioErr
+	}
 	var cpu time.Duration
 	if ps := p.cmd.ProcessState; ps != nil {
 		cpu = ps.UserTime() + ps.SystemTime()

@@ -1,7 +1,9 @@
 package reslimitexec_test
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -11,6 +13,9 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/reslimit/reslimit"
+	"github.com/reslimit/reslimit/reslimitexec"
 )
 
 // childEnv names the mode in which the test binary runs as a child process.
@@ -76,6 +81,98 @@ func child(mode string, args []string) int {
 		signal.Notify(c, syscall.SIGTERM)
 		fmt.Println("ready")
 		<-c
+		return 0
+	case "bigparent": // bigparent MiB LIMIT_MiB PROGRAM: hold MiB, then run PROGRAM under LIMIT
+		n, _ := strconv.Atoi(args[0])
+		limit, _ := strconv.Atoi(args[1])
+		for range n {
+			b := make([]byte, 1<<20)
+			for i := 0; i < len(b); i += 4096 {
+				b[i] = 1
+			}
+			sink = append(sink, b)
+		}
+		var p *reslimitexec.Process
+		u, err := reslimit.Run(context.Background(), reslimit.Limits{MaxMemoryBytes: int64(limit) << 20, Timeout: time.Minute},
+			func(ctx context.Context) error {
+				var err error
+				if p, err = reslimitexec.Start(ctx, exec.Command(args[2])); err != nil {
+					return err
+				}
+				return p.Wait()
+			})
+		var cu reslimitexec.Usage
+		if p != nil {
+			cu = p.Usage()
+		}
+		// The child's and the run's peaks; then the error, if any.
+		fmt.Println(cu.PeakMemoryBytes, u.PeakMemoryBytes, len(sink))
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		return 0
+	case "escape": // escape PIDFILE [MODE]: start a grandchild in MODE (sleep) in a
+		// session of its own, holding this process's stdout; write its pid
+		// to PIDFILE, print "done" and exit.
+		mode := "sleep"
+		if len(args) > 1 {
+			mode = args[1]
+		}
+		gc := exec.Command(os.Args[0])
+		gc.Env = append(os.Environ(), childEnv+"="+mode)
+		gc.Stdout, gc.Stderr = os.Stdout, os.Stderr
+		gc.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := gc.Start(); err != nil { // returns after its execve: it has left the group
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		if err := os.WriteFile(args[0], []byte(strconv.Itoa(gc.Process.Pid)), 0o600); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		fmt.Println("done")
+		return 0
+	case "burn": // burn MS: use MS milliseconds of CPU, then exit
+		ms, _ := strconv.Atoi(args[0])
+		for {
+			var ru syscall.Rusage
+			if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+				return 2
+			}
+			used := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+			if used >= time.Duration(ms)*time.Millisecond {
+				return 0
+			}
+		}
+	case "orphans": // orphans N MS: N processes that burn MS ms each, orphaned
+		// by an intermediate process; wait (without reaping them) until
+		// they have all exited, then exit.
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			return 2
+		}
+		mid := exec.Command(os.Args[0], args...)
+		mid.Env = append(os.Environ(), childEnv+"=spawn")
+		mid.Stdout, mid.Stderr = pw, os.Stderr
+		if err := mid.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		pw.Close()
+		_, _ = io.Copy(io.Discard, pr) // EOF: every burner has exited
+		return 0
+	case "spawn": // spawn N MS: start N burners holding stdout, exit at once
+		n, _ := strconv.Atoi(args[0])
+		for range n {
+			b := exec.Command(os.Args[0], args[1])
+			b.Env = append(os.Environ(), childEnv+"=burn")
+			b.Stdout, b.Stderr = os.Stdout, os.Stderr
+			if err := b.Start(); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 2
+			}
+		}
 		return 0
 	case "ignoreterm":
 		signal.Ignore(syscall.SIGTERM)
