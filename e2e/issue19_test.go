@@ -297,7 +297,10 @@ func TestIssue19Item5RedisDataLossAfterAClose(t *testing.T) {
 		t.Errorf("period 1: replicas' lines %v, granted %v", got, p1)
 	}
 	sp1 := f.storePeriod("beta", 1)
-	t.Logf("after the flush, period 1 in the store: %v Final=%v (granted %v)", totalsOf(sp1.Totals), sp1.Final, p1)
+	t.Logf("after the flush, period 1 in the store: %v Final=%v Lost=%v (granted %v)", totalsOf(sp1.Totals), sp1.Final, sp1.Lost, p1)
+	if !sp1.Lost || sp1.Final {
+		t.Errorf("period 1 after the flush: Lost=%v Final=%v, want a lost period, never final", sp1.Lost, sp1.Final)
+	}
 	if sp1.Final && totalsOf(sp1.Totals) != p1 {
 		t.Errorf("period 1 reads Final with %v after the flush, but %v was charged in it (store - granted: %v)", totalsOf(sp1.Totals), p1, diff(totalsOf(sp1.Totals), p1))
 	}
