@@ -17,7 +17,7 @@ func TestResourceNames(t *testing.T) {
 		Memory: "memory", TotalMemory: "total_memory", CPUTime: "cpu_time",
 		FileSize: "file_size", Operations: "operations", Concurrency: "concurrent_operations",
 		Timeout: "timeout", Calls: "function_calls", Evaluations: "evaluations",
-		EvaluationRate: "evaluation_rate", OperationRate: "operation_rate",
+		EvaluationRate: "evaluation_rate", OperationRate: "operation_rate", Processes: "processes",
 	}
 	require.Len(t, Resources(), len(want))
 	for r, name := range want {
