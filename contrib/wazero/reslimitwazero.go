@@ -276,9 +276,15 @@ func stopReason(ctx context.Context) error {
 // Instantiate instantiates compiled in rt with WithTracker(ctx) (its
 // memory charged to the run of ctx) and maps its error with Err. A module
 // whose initial memory does not fit is refused with an *Error wrapping the
-// *reslimit.LimitError, and nothing stays allocated or charged.
+// *reslimit.LimitError, and nothing stays allocated or charged. A module
+// made by Instrument gets the host function it imports (InstantiateHost).
 func Instantiate(ctx context.Context, rt wazero.Runtime, compiled wazero.CompiledModule, cfg wazero.ModuleConfig) (mod api.Module, err error) {
 	ctx = WithTracker(ctx)
+	if importsRefuel(compiled) {
+		if err := InstantiateHost(ctx, rt); err != nil {
+			return nil, err
+		}
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			e, ok := r.(*Error)
