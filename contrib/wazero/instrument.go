@@ -40,39 +40,45 @@ var ErrInstrumented = errors.New("reslimitwazero: the module imports " + ImportM
 // stopped (its timeout, its CPU time, its caller's cancellation) stops
 // the guest within a batch of instructions, without Config.
 //
-// The instructions are counted per basic block: the module gets a mutable
-// i64 global, its fuel, from which each straight-line run of instructions
-// subtracts its length when it starts (at a function's start, at each
-// iteration of a loop, in each arm of an if, after a block or if ends,
-// after a br_if). When the fuel would go negative, the guest calls the
-// host function ImportModule.ImportName, which charges the run of the
-// call's context a batch of DefaultBatch operations (fewer when the run
-// or its tenant has less left, more when the block needs more) with
-// Tracker.TrackOperations. When that is refused, or the run was stopped,
-// the guest traps: the call's error wraps the *reslimit.LimitError (or
-// the stop's cause). Outside a run, the host function only checks the
-// call's context, so an instrumented guest also stops when its context is
-// done.
+// The instructions are counted per basic block: each straight-line run of
+// instructions (a function's start, a loop's body, each arm of an if, what
+// follows a block, an if or a br_if) subtracts its length from a fuel
+// counter when it starts. The counter lives in a local of the function
+// running and moves through a mutable i64 global that Instrument adds
+// around calls and returns. It is checked at the start of every function,
+// at every loop iteration and before every return; when it is negative,
+// the guest calls the host function ImportModule.ImportName, which charges
+// the run of the call's context a batch of operations with
+// Tracker.TrackOperations — DefaultBatch, fewer when the run or its
+// tenant has less left, at least what the guest ran past its fuel — and
+// traps when that is refused or the run was stopped: the call's error
+// wraps the *reslimit.LimitError (or the stop's cause). Outside a run the
+// host function only checks the call's context, so an instrumented guest
+// also stops when its context is done.
 //
-// What is exact and what is not: a block's instructions are charged when
-// the block starts, so a block that traps or exits midway was charged in
-// full; block, loop, if, else and end count as instructions when control
-// falls through them; calls of host functions count as one instruction
-// (the call), not their work. Operations are charged ahead, a batch at a
-// time: a guest never runs an instruction that was not charged, so it is
-// stopped before MaxOperations is passed (at the block that would pass
-// it), and its run is billed at most one batch more than it ran (the
-// fuel left in the module when it is closed). Instantiate per run: fuel
-// left in a module is spent by whoever calls it next.
+// The bound: operations are charged ahead, a batch at a time, so no
+// counter passes its limit; between two checks a guest may run past the
+// fuel it was charged by at most one path through a function's body (no
+// loop iteration, call or return on it), which the next check charges or
+// refuses. So a guest is stopped at most that path past MaxOperations (or
+// what MaxTotalOperations leaves it), and its run is billed at most one
+// batch more than it ran: the fuel left in the module when the guest
+// returns or traps is not given back (a later call of the same module
+// spends what a return left). Instantiate per run. What counts: every
+// instruction reached, a block's in full when the block starts (one that
+// traps or exits midway was counted whole); block, loop, if, else and end
+// count when control falls through them; a call of a host function is
+// one instruction, whatever the host does.
 //
-// The module must be well formed (Instrument checks its structure and
-// returns an error wrapping a description of the first flaw; it does not
-// validate types, which wazero does when it compiles the result). The
+// The module must be well formed: Instrument checks the structure of every
+// section and instruction and returns an error describing the first flaw;
+// it does not check types (wazero validates the result when it compiles
+// it, and a module wazero accepts gives a result wazero accepts). The
 // result imports one more function, so the indices of the module's own
-// functions move by one: calls, ref.func, exports, the start function,
-// element segments and the function names of the name section are
-// rewritten to match. A module that has no function bodies is returned as
-// it is, as is one that Instrument made (it imports ImportName already).
+// functions move up by one: calls, ref.func, exports, the start function,
+// element segments and the name section are rewritten to match. A module
+// with no function bodies is returned as it is, as is one that Instrument
+// made (it imports ImportName already).
 func Instrument(wasm []byte) ([]byte, error) {
 	out, err := instrument(wasm)
 	if err != nil {

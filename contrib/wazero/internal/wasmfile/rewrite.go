@@ -44,12 +44,16 @@ type Meter struct {
 // there) and puts it back around every call it makes and before it
 // returns, so that the fuel is in one place at a time and a trap loses
 // what the trapping frame held rather than leaving it to be spent again.
-// At the start of every straight-line run of instructions (the function's
-// start, a loop's body, each arm of an if, after the end of a block or if,
-// after br_if, and after br, br_table, return and unreachable) the run's
-// number of instructions is subtracted from the fuel; when it goes
+// Every straight-line run of instructions (the function's start, a loop's
+// body, each arm of an if, what follows the end of a block or if, a br_if,
+// a br, br_table, return or unreachable) subtracts its number of
+// instructions from the fuel when it starts. The fuel is checked — when
 // negative, the refuel function is called with it and returns the new
-// fuel. nparams is the number of the function's parameters.
+// fuel — at the function's start, at each loop iteration and before the
+// function returns. A loop whose back edges are all br has its header's
+// count added to the run that enters it and to each run that branches back
+// (which checks instead), so that an iteration costs one subtraction and
+// one check. nparams is the number of the function's parameters.
 func (mt *Meter) MeterBody(c Code, nparams int) (Code, error) {
 	fuel := uint64(nparams)
 	for _, l := range c.Locals {
