@@ -24,6 +24,13 @@
 //     slower; see BENCHMARKS.md). Without Config, memory and CPU
 //     accounting cost next to nothing, but the run's cancellation stops
 //     the guest only when it returns to or calls the host.
+//   - Instructions, as operations, for a module rewritten by Instrument:
+//     its guest charges its run a batch of operations at a time from
+//     inside its machine code, so MaxOperations and MaxTotalOperations
+//     bind it, and a stopped run (timeout, CPU time, cancellation) stops
+//     it within a batch of instructions (microseconds), without Config and
+//     at a fraction of Config's cost (BENCHMARKS.md). Instantiate provides
+//     the host function it imports.
 //   - Function calls, optionally: a module compiled with a context from
 //     CountCalls charges each call of one of its functions as one
 //     reslimit call (Tracker.TrackCall), so MaxCalls binds; this
@@ -276,9 +283,15 @@ func stopReason(ctx context.Context) error {
 // Instantiate instantiates compiled in rt with WithTracker(ctx) (its
 // memory charged to the run of ctx) and maps its error with Err. A module
 // whose initial memory does not fit is refused with an *Error wrapping the
-// *reslimit.LimitError, and nothing stays allocated or charged.
+// *reslimit.LimitError, and nothing stays allocated or charged. A module
+// made by Instrument gets the host function it imports (InstantiateHost).
 func Instantiate(ctx context.Context, rt wazero.Runtime, compiled wazero.CompiledModule, cfg wazero.ModuleConfig) (mod api.Module, err error) {
 	ctx = WithTracker(ctx)
+	if importsRefuel(compiled) {
+		if err := InstantiateHost(ctx, rt); err != nil {
+			return nil, err
+		}
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			e, ok := r.(*Error)

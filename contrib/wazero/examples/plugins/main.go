@@ -1,5 +1,6 @@
 // Command plugins: tenants run untrusted code in-process — a WebAssembly
-// plugin on wazero and a Starlark script — under reslimit.Strict()
+// plugin on wazero (instrumented: its instructions are operations) and a
+// Starlark script — under reslimit.Strict()
 // (tightened so the demo takes a few seconds). Some guests behave, some
 // spin, hoard memory, recurse or loop forever; none cooperates. The first
 // table shows which were stopped and by what, the second what each tenant
@@ -75,12 +76,18 @@ var requests = []request{
 func main() {
 	ctx := context.Background()
 
-	// One runtime for all tenants: Config lets a run's cancellation stop
-	// a guest that never returns; CountCalls (at compile time) bills each
-	// guest function call.
-	rt := wazero.NewRuntimeWithConfig(ctx, reslimitwazero.Config(wazero.NewRuntimeConfig()))
+	// One runtime for all tenants. The plugin is instrumented: each of its
+	// instructions is an operation charged to its run, so MaxOperations
+	// binds it and a run's timeout or CPU time stops it at its next block
+	// (no Config needed); CountCalls (at compile time) bills each guest
+	// function call.
+	rt := wazero.NewRuntime(ctx)
 	defer rt.Close(ctx)
-	plugin, err := rt.CompileModule(reslimitwazero.CountCalls(ctx), wasmbin.Guests().Bytes())
+	wasm, err := reslimitwazero.Instrument(wasmbin.Guests().Bytes())
+	if err != nil {
+		log.Fatal(err)
+	}
+	plugin, err := rt.CompileModule(reslimitwazero.CountCalls(ctx), wasm)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -92,9 +99,11 @@ func main() {
 	}
 
 	// Strict() is 10 MiB, 5 s CPU, 10,000 operations, 10 s timeout; the
-	// demo tightens memory and time.
+	// demo tightens memory and time, and allows 2,000,000 operations
+	// (Starlark steps, WebAssembly instructions).
 	limits := reslimit.Strict()
 	limits.MaxMemoryBytes = 1 << 20
+	limits.MaxOperations = 2_000_000
 	limits.MaxCPUTime = 300 * time.Millisecond
 	limits.Timeout = time.Second
 
