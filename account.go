@@ -42,6 +42,7 @@ package reslimit
 import (
 	"errors"
 	"fmt"
+	"github.com/reslimit/reslimit/store"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -450,7 +451,7 @@ type quota interface {
 	lostLocked(r Resource) int64
 	// periodClosedLocked is told that the account closed period n when its
 	// life totals were life.
-	periodClosedLocked(n uint64, life Totals)
+	periodClosedLocked(n uint64, life store.Totals)
 	// storePeriods reports whether the store numbers the account's periods.
 	storePeriods() bool
 	// retireLocked marks the account as removed from its ledger but still
@@ -485,7 +486,7 @@ func (localQuota) reserveRunLocked(*Account) error              { return nil }
 func (localQuota) usageLocked(*Account, Resource) (int64, bool) { return 0, false }
 func (localQuota) statsLocked(*Account) *FleetStats             { return nil }
 func (localQuota) lostLocked(Resource) int64                    { return 0 }
-func (localQuota) periodClosedLocked(uint64, Totals)            {}
+func (localQuota) periodClosedLocked(uint64, store.Totals)      {}
 func (localQuota) storePeriods() bool                           { return false }
 func (localQuota) retireLocked(bool) bool                       { return false }
 
@@ -609,8 +610,8 @@ func (a *Account) issuedLocked(i int) int64 {
 }
 
 // lifeLocked returns this process's usage of the fleet quantities, never Reset.
-func (a *Account) lifeLocked() Totals {
-	var l Totals
+func (a *Account) lifeLocked() store.Totals {
+	var l store.Totals
 	l.Evaluations = a.lifeEvals
 	l.CPUTime = a.lifeCPU
 	for t := range a.live {
@@ -621,7 +622,7 @@ func (a *Account) lifeLocked() Totals {
 		for t := range a.live {
 			v = satAdd(v, t.consumed(i))
 		}
-		l.Set(r, v)
+		tset(&l, r, v)
 	}
 	return l
 }

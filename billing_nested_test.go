@@ -2,6 +2,7 @@ package reslimit
 
 import (
 	"context"
+	"github.com/reslimit/reslimit/store"
 	"sync"
 	"testing"
 
@@ -16,8 +17,8 @@ import (
 // the room drawn ahead was reported as used, and never taken back).
 func TestFleetNestedRunsBilledExactly(t *testing.T) {
 	ctx := context.Background()
-	store := NewMemoryStore()
-	l := newFleetLedger(t, store, "r1", AccountLimits{MaxTotalOperations: 1_000_000, MaxCalls: 1_000_000})
+	shared := store.NewMemory()
+	l := newFleetLedger(t, shared, "r1", AccountLimits{MaxTotalOperations: 1_000_000, MaxCalls: 1_000_000})
 	acct := l.Account("acme")
 	tool := Limit(func(ctx context.Context, sync func()) (struct{}, error) {
 		tr := FromContext(ctx)
@@ -48,7 +49,7 @@ func TestFleetNestedRunsBilledExactly(t *testing.T) {
 		require.NoError(t, err)
 	}
 	require.NoError(t, l.Sync(ctx))
-	got, err := store.Load(ctx, "acme")
+	got, err := shared.Load(ctx, "acme")
 	require.NoError(t, err)
 	assert.Equal(t, int64(requests*36), got.Operations, "operations billed by the store")
 	assert.Equal(t, int64(requests*5), got.Calls, "calls billed by the store")
@@ -61,9 +62,9 @@ func TestFleetNestedRunsBilledExactly(t *testing.T) {
 // while: the store's totals are exactly what the tools used.
 func TestFleetNestedRunsBilledExactlyUnderContention(t *testing.T) {
 	ctx := context.Background()
-	store := NewMemoryStore()
+	shared := store.NewMemory()
 	lim := AccountLimits{MaxTotalOperations: 10_000_000}
-	replicas := []*Ledger{newFleetLedger(t, store, "r1", lim), newFleetLedger(t, store, "r2", lim)}
+	replicas := []*Ledger{newFleetLedger(t, shared, "r1", lim), newFleetLedger(t, shared, "r2", lim)}
 	type job struct {
 		ops  int
 		sync func() error // called while the tool's run is live, or nil
@@ -109,7 +110,7 @@ func TestFleetNestedRunsBilledExactlyUnderContention(t *testing.T) {
 	for _, l := range replicas {
 		require.NoError(t, l.Sync(ctx))
 	}
-	got, err := store.Load(ctx, "acme")
+	got, err := shared.Load(ctx, "acme")
 	require.NoError(t, err)
 	assert.Equal(t, int64(workers*requests*35), got.Operations)
 	assert.Equal(t, int64(workers*requests*2), got.Calls)

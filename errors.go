@@ -5,6 +5,8 @@ import (
 	"errors"
 	"strconv"
 	"time"
+
+	"github.com/reslimit/reslimit/store"
 )
 
 var (
@@ -19,7 +21,7 @@ var (
 	ErrClosed = errors.New("reslimit: use after close")
 	// ErrInvalidArgument is wrapped by errors about bad arguments other than
 	// limits: negative sizes, nil functions, empty names, over-release.
-	ErrInvalidArgument = errors.New("reslimit: invalid argument")
+	ErrInvalidArgument = store.ErrInvalidArgument
 	// ErrPanicked is why a run whose function (or a goroutine it started
 	// with Tracker.Go) panicked was stopped: Tracker.Err and the run's
 	// HistoryEntry.Err match it with errors.Is. The panic itself is

@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/reslimit/reslimit/store"
 	"log/slog"
 	"os"
 	"sort"
@@ -58,13 +59,13 @@ func (p FailurePolicy) String() string {
 // shared with the other replicas that use the same store: a background
 // syncer reports this replica's usage and leases allowance, while charges
 // stay local and lock-free. Close the ledger to stop the syncer.
-func WithStore(s Store) LedgerOption {
+func WithStore(s store.Store) LedgerOption {
 	return func(l *Ledger) {
 		if s == nil {
 			l.setErr(fmt.Errorf("%w: WithStore(nil)", ErrInvalidArgument))
 		}
 		l.store = s
-		_, l.periodStore = s.(PeriodLoader)
+		_, l.periodStore = s.(store.PeriodLoader)
 	}
 }
 
@@ -162,8 +163,8 @@ func (l *Ledger) setErr(err error) {
 
 // fleet is the store-backed part of a Ledger.
 type fleet struct {
-	store       Store
-	periodStore bool // the store keeps billing periods (a PeriodLoader)
+	store       store.Store
+	periodStore bool // the store keeps billing periods (a store.PeriodLoader)
 	replica     string
 	interval    time.Duration
 	ttl         time.Duration
@@ -256,7 +257,7 @@ func (l *Ledger) syncLoop(ctx context.Context) {
 // restarted without its data.
 func (l *Ledger) probeStore(ctx context.Context) {
 	var probe *Account
-	var seen Totals
+	var seen store.Totals
 	l.mu.RLock()
 	for _, a := range l.accts { // random order
 		a.mu.Lock()
@@ -279,7 +280,7 @@ func (l *Ledger) probeStore(ctx context.Context) {
 		return
 	}
 	for _, r := range [...]Resource{Operations, Calls, TotalMemory, CPUTime, Evaluations} {
-		if tot.Get(r) < seen.Get(r) {
+		if tget(tot, r) < tget(seen, r) {
 			l.resync.Store(true)
 			l.kickSyncer()
 			return
@@ -398,7 +399,7 @@ func (l *Ledger) syncRound(ctx context.Context, all, final bool) error {
 		all = true // the store lost data: every tenant reports again
 	}
 	now := time.Now()
-	req := SyncRequest{Replica: l.replica, LeaseTTL: l.ttl, Final: final}
+	req := store.SyncRequest{Replica: l.replica, LeaseTTL: l.ttl, Final: final}
 	var owners []*Account
 	for _, a := range accts {
 		a.mu.Lock()
@@ -472,15 +473,15 @@ type FleetStats struct {
 	Replica string
 	// Committed is the tenant's fleet-wide totals as of the last sync (or
 	// the Load made when this replica opened the tenant).
-	Committed Totals
+	Committed store.Totals
 	// Unreported is what this replica used that the store has not
 	// acknowledged yet.
-	Unreported Totals
+	Unreported store.Totals
 	// Lease is the allowance this replica holds and has not handed out,
 	// per leased resource with a limit (with FailLocal during an outage,
 	// the fallback share included; with FailOpen, what it would hold: no
 	// limit is enforced while Fallback is true).
-	Lease Totals
+	Lease store.Totals
 	// LastSync is when the last successful sync was sent (zero if none).
 	LastSync time.Time
 	// Syncs and SyncErrors count the sync round trips of this tenant.
@@ -506,23 +507,23 @@ type FleetStats struct {
 // (syncRound) builds reports from it and applies the store's answers.
 type fleetState struct {
 	ledger    *Ledger
-	committed Totals // fleet-wide, from the store
-	reported  Totals // this process's usage (life totals) the store has acknowledged
+	committed store.Totals // fleet-wide, from the store
+	reported  store.Totals // this process's usage (life totals) the store has acknowledged
 	// offset is what the store lost of this process's reports and was not
 	// reported again (usage of closed periods, which is never billed to
 	// another): the store's Reported for this replica plus offset is
 	// reported.
-	offset Totals
+	offset store.Totals
 	// lostBefore, when not 0, is sent with every report until one is
 	// acknowledged: the store lost reports of periods before it.
 	lostBefore  uint64
-	outstanding Totals // allowance beyond reported, from the store
-	returning   Totals // lease given back by the report in flight
-	leaseAtSync Totals
-	fallback    Totals
-	lastUsed    Totals // the last report's Used: the recent rate
-	need        Totals // the largest lease a waiting charge needs, since the last report
-	pending     *TenantSync
+	outstanding store.Totals // allowance beyond reported, from the store
+	returning   store.Totals // lease given back by the report in flight
+	leaseAtSync store.Totals
+	fallback    store.Totals
+	lastUsed    store.Totals // the last report's Used: the recent rate
+	need        store.Totals // the largest lease a waiting charge needs, since the last report
+	pending     *store.TenantSync
 	pendingNo   uint64 // the number of the report in pending
 	builtNo     uint64 // reports built so far
 	answeredNo  uint64 // the number of the last report the store answered
@@ -535,7 +536,7 @@ type fleetState struct {
 	syncs       int64
 	syncErrors  int64
 	resets      int64
-	lost        Totals // what the store lost of this replica's reports, cumulatively (Monitor's StoreReset)
+	lost        store.Totals // what the store lost of this replica's reports, cumulatively (Monitor's StoreReset)
 	lastErr     string
 	failing     bool
 	wantSync    bool
@@ -555,7 +556,7 @@ type fleetState struct {
 	// ledger to keep.
 	closes        []fleetClose
 	pendingCloses int
-	base          Totals
+	base          store.Totals
 	lines         []Period
 }
 
@@ -563,20 +564,20 @@ type fleetState struct {
 // process's life totals at the close.
 type fleetClose struct {
 	period uint64
-	life   Totals
+	life   store.Totals
 }
 
 // periodClosedLocked records a local close of period n at life totals life:
 // the usage up to it is reported to period n, the lease held for it is no
 // good in the next one, and the fleet-wide totals start over (the store
 // says how far the other replicas went at the next sync).
-func (f *fleetState) periodClosedLocked(n uint64, life Totals) {
+func (f *fleetState) periodClosedLocked(n uint64, life store.Totals) {
 	if !f.ledger.periodStore {
 		return
 	}
 	f.closes = append(f.closes, fleetClose{period: max(n, 1), life: life})
 	f.base = life
-	f.committed, f.outstanding, f.leaseAtSync, f.returning = Totals{}, Totals{}, Totals{}, Totals{}
+	f.committed, f.outstanding, f.leaseAtSync, f.returning = store.Totals{}, store.Totals{}, store.Totals{}, store.Totals{}
 	f.short = 0
 	f.wantSync = true
 	f.ledger.kickSyncer()
@@ -585,7 +586,7 @@ func (f *fleetState) periodClosedLocked(n uint64, life Totals) {
 // floorLocked is what of r this process used before its open period, or
 // reported, whichever is more: leases and unreported usage count from it.
 func (f *fleetState) floorLocked(r Resource) int64 {
-	return max(f.reported.Get(r), f.base.Get(r))
+	return max(tget(f.reported, r), tget(f.base, r))
 }
 
 func newFleetState(l *Ledger) *fleetState {
@@ -615,10 +616,10 @@ func (f *fleetState) reserveRunLocked(a *Account) error {
 // usageLocked is the fleet-wide usage of r: what the store committed for
 // every replica, plus what this process used and has not reported.
 func (f *fleetState) usageLocked(a *Account, r Resource) (int64, bool) {
-	return satAdd(f.committed.Get(r), max(0, a.lifeLocked().Get(r)-f.floorLocked(r))), true
+	return satAdd(tget(f.committed, r), max(0, tget(a.lifeLocked(), r)-f.floorLocked(r))), true
 }
 
-func (f *fleetState) lostLocked(r Resource) int64 { return f.lost.Get(r) }
+func (f *fleetState) lostLocked(r Resource) int64 { return tget(f.lost, r) }
 
 func (f *fleetState) storePeriods() bool { return f.ledger.periodStore }
 
@@ -640,11 +641,11 @@ func (l *Ledger) openFleet(a *Account) {
 	}
 	f.loadOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), l.syncTimeout)
-		var tot Totals
+		var tot store.Totals
 		var open uint64
 		var err error
-		if pl, ok := l.store.(PeriodLoader); ok {
-			var sp StorePeriod
+		if pl, ok := l.store.(store.PeriodLoader); ok {
+			var sp store.Period
 			sp, err = pl.LoadPeriod(ctx, a.name, 0)
 			tot, open = sp.Totals, sp.Open
 		} else {
@@ -713,9 +714,9 @@ func (f *fleetState) dueLocked(a *Account, now time.Time) bool {
 // lease (and, with FailLocal during an outage, the fallback share). The
 // store never reclaims a lease, so it stays good until given back.
 func (f *fleetState) leaseLocked(r Resource) int64 {
-	c := f.floorLocked(r) + f.outstanding.Get(r) - f.returning.Get(r)
+	c := f.floorLocked(r) + tget(f.outstanding, r) - tget(f.returning, r)
 	if f.failing && f.ledger.policy == FailLocal {
-		c += f.fallback.Get(r)
+		c += tget(f.fallback, r)
 	}
 	return c
 }
@@ -736,7 +737,7 @@ func (f *fleetState) unboundLocked() bool {
 
 // noteLeft asks for an early sync when less than a tenth of the lease is left.
 func (f *fleetState) noteLeft(r Resource, left int64) {
-	if left*10 < f.leaseAtSync.Get(r) || left <= 0 {
+	if left*10 < tget(f.leaseAtSync, r) || left <= 0 {
 		if !f.wantSync {
 			f.wantSync = true
 			f.ledger.kickSyncer()
@@ -768,7 +769,7 @@ func (f *fleetState) cpuLeftLocked(a *Account) int64 {
 		return maxUsage
 	}
 	left := f.capLocked(CPUTime) - a.issuedFleetLocked(CPUTime)
-	if (left*2 < f.leaseAtSync.Get(CPUTime) || left <= 0) && !f.cpuAsk {
+	if (left*2 < tget(f.leaseAtSync, CPUTime) || left <= 0) && !f.cpuAsk {
 		// Sync now, even when the last answer was short (runs cannot
 		// wait): at most once per sample of the CPU watchdog.
 		f.cpuAsk, f.wantSync = true, true
@@ -822,8 +823,8 @@ func (f *fleetState) reserveLocked(a *Account, r Resource, n, want int64, meter 
 			}
 		}
 		// Ask for a lease that covers this charge.
-		if w := want + max(0, issued()-f.capLocked(r)); w > f.need.Get(r) {
-			f.need.Set(r, w)
+		if w := want + max(0, issued()-f.capLocked(r)); w > tget(f.need, r) {
+			tset(&f.need, r, w)
 		}
 		f.wantSync = true
 		f.ledger.kickSyncer()
@@ -869,41 +870,41 @@ func (f *fleetState) reserveLocked(a *Account, r Resource, n, want int64, meter 
 // reportLocked returns the tenant's report: the unacknowledged one again,
 // or a new one with what was used since the last acknowledged report, the
 // lease it asks for, and the lease it gives back.
-func (f *fleetState) reportLocked(a *Account, now time.Time) TenantSync {
+func (f *fleetState) reportLocked(a *Account, now time.Time) store.TenantSync {
 	if f.pending != nil {
 		return *f.pending
 	}
 	// Split the report at the local closes: what was used up to a close
 	// is that period's final report.
 	prev := f.reported
-	var closed []ClosedReport
+	var closed []store.ClosedReport
 	for _, c := range f.closes {
 		u := c.life.Sub(prev)
 		for _, r := range [...]Resource{Operations, Calls, TotalMemory, CPUTime, Evaluations} {
-			if u.Get(r) < 0 { // reported past the close already
-				u.Set(r, 0)
+			if tget(u, r) < 0 { // reported past the close already
+				tset(&u, r, 0)
 			}
 		}
-		closed = append(closed, ClosedReport{Period: c.period, Used: u})
+		closed = append(closed, store.ClosedReport{Period: c.period, Used: u})
 		prev = prev.Add(u)
 	}
 	used := reportable(a.lifeLocked()).Sub(prev)
 	for _, r := range [...]Resource{Operations, Calls, TotalMemory, CPUTime, Evaluations} {
-		if used.Get(r) < 0 { // cannot happen: usage only grows; never send a negative report
-			used.Set(r, 0)
+		if tget(used, r) < 0 { // cannot happen: usage only grows; never send a negative report
+			tset(&used, r, 0)
 		}
 	}
-	ts := TenantSync{Tenant: a.name, Seq: f.ledger.seq.Add(1), Used: used, Closed: closed}
+	ts := store.TenantSync{Tenant: a.name, Seq: f.ledger.seq.Add(1), Used: used, Closed: closed}
 	if f.ledger.periodStore {
 		ts.Period = max(a.periodNo, 1)
 		ts.LostBefore = min(f.lostBefore, ts.Period)
 	}
 	f.pendingCloses = len(f.closes)
 	for _, r := range accountResources {
-		ts.Limit.Set(r, a.limits[r].Load())
+		tset(&ts.Limit, r, a.limits[r].Load())
 	}
 	for _, r := range leasedResources {
-		if used.Get(r) != 0 || f.need.Get(r) != 0 {
+		if tget(used, r) != 0 || tget(f.need, r) != 0 {
 			f.activeAt = now
 		}
 	}
@@ -916,13 +917,13 @@ func (f *fleetState) reportLocked(a *Account, now time.Time) TenantSync {
 			continue
 		}
 		left := f.leaseLocked(r) - a.issuedFleetLocked(r)
-		need := f.need.Get(r)
+		need := tget(f.need, r)
 		// Enough for about two intervals at the recent rate: the used
 		// since the last sync, scaled to an interval when syncs come
 		// sooner (a busy start-up), or the last report's.
-		target := max(leaseFloor[r], 2*f.lastUsed.Get(r), 2*used.Get(r))
+		target := max(leaseFloor[r], 2*tget(f.lastUsed, r), 2*tget(used, r))
 		if elapsed := now.Sub(f.lastSync); !f.lastSync.IsZero() && elapsed < f.ledger.interval {
-			scaled := 2 * float64(used.Get(r)) * float64(f.ledger.interval) / float64(max(elapsed, time.Millisecond))
+			scaled := 2 * float64(tget(used, r)) * float64(f.ledger.interval) / float64(max(elapsed, time.Millisecond))
 			target = max(target, int64(min(scaled, maxUsage)))
 		}
 		// Near the limit ask for a shrinking share, so that the other
@@ -930,27 +931,27 @@ func (f *fleetState) reportLocked(a *Account, now time.Time) TenantSync {
 		target = min(target, max(1, (lim-a.usageLocked(r))/4))
 		switch {
 		case grace:
-			ts.Return.Set(r, max(0, left))
+			tset(&ts.Return, r, max(0, left))
 		case need > left && f.short&bit(r) != 0:
 			// Stuck near the limit: a lease too small for the charge that
 			// waits strands quota. Give it back and ask for the charge
 			// whole or nothing, so that some replica gets it whole.
-			ts.Return.Set(r, max(0, left))
-			ts.MinGrant.Set(r, need)
-			ts.Want.Set(r, max(target, need))
+			tset(&ts.Return, r, max(0, left))
+			tset(&ts.MinGrant, r, need)
+			tset(&ts.Want, r, max(target, need))
 		case idle && left > 0 && (r != CPUTime || len(a.live) == 0):
 			// Unused for a whole interval: give the lease back, so that
 			// the other replicas can have it. (Live runs use CPU time
 			// that shows only when the watchdog samples it.)
-			ts.Return.Set(r, left)
+			tset(&ts.Return, r, left)
 		default:
 			// (left < 0 only while reports the store lost are reported
 			// again: they are not a reason to ask for more.)
-			ts.Want.Set(r, max(0, max(target, need)-max(left, 0)))
+			tset(&ts.Want, r, max(0, max(target, need)-max(left, 0)))
 		}
-		f.returning.Set(r, ts.Return.Get(r))
+		tset(&f.returning, r, tget(ts.Return, r))
 	}
-	f.need = Totals{}
+	f.need = store.Totals{}
 	f.cpuAsk = false
 	f.builtNo++
 	f.pendingNo = f.builtNo
@@ -959,12 +960,12 @@ func (f *fleetState) reportLocked(a *Account, now time.Time) TenantSync {
 }
 
 // reportable cuts CPU time to whole microseconds, the unit stores keep.
-func reportable(t Totals) Totals {
+func reportable(t store.Totals) store.Totals {
 	t.CPUTime = t.CPUTime.Truncate(time.Microsecond)
 	return t
 }
 
-func (f *fleetState) applyLocked(a *Account, ts TenantSync, st TenantState, sentAt time.Time) {
+func (f *fleetState) applyLocked(a *Account, ts store.TenantSync, st store.TenantState, sentAt time.Time) {
 	if st.Seq > ts.Seq {
 		// The store applied a later report of this replica and tenant (a
 		// restarted replica with the same id whose clock went back): ours
@@ -989,7 +990,7 @@ func (f *fleetState) applyLocked(a *Account, ts TenantSync, st TenantState, sent
 		expected = expected.Add(c.Used)
 	}
 	reported := expected
-	var lostNow Totals // what the store lost of this replica's reports
+	var lostNow store.Totals // what the store lost of this replica's reports
 	lost := false
 	// The answer is about the period the report was for, still open here
 	// and in the store.
@@ -1001,11 +1002,11 @@ func (f *fleetState) applyLocked(a *Account, ts TenantSync, st TenantState, sent
 	current := sent == max(a.periodNo, 1) && storePeriod == sent
 	if st.Seq != 0 {
 		for _, r := range [...]Resource{Operations, Calls, TotalMemory, CPUTime, Evaluations} {
-			if got := satAdd(st.Reported.Get(r), f.offset.Get(r)); got < expected.Get(r) {
-				lostNow.Set(r, expected.Get(r)-got)
+			if got := satAdd(tget(st.Reported, r), tget(f.offset, r)); got < tget(expected, r) {
+				tset(&lostNow, r, tget(expected, r)-got)
 				lost = true
 			}
-			if current && f.loaded && st.Committed.Get(r) < f.committed.Get(r) {
+			if current && f.loaded && tget(st.Committed, r) < tget(f.committed, r) {
 				lost = true
 			}
 		}
@@ -1016,15 +1017,15 @@ func (f *fleetState) applyLocked(a *Account, ts TenantSync, st TenantState, sent
 		// a closed one: that period is marked lost instead.
 		before := expected.Sub(ts.Used) // acknowledged before this report
 		for _, r := range [...]Resource{Operations, Calls, TotalMemory, CPUTime, Evaluations} {
-			again := min(lostNow.Get(r), max(0, before.Get(r)-f.base.Get(r)))
-			reported.Set(r, expected.Get(r)-again)
-			f.offset.Set(r, f.offset.Get(r)+lostNow.Get(r)-again)
+			again := min(tget(lostNow, r), max(0, tget(before, r)-tget(f.base, r)))
+			tset(&reported, r, tget(expected, r)-again)
+			tset(&f.offset, r, tget(f.offset, r)+tget(lostNow, r)-again)
 		}
 		f.lostBefore = sent
 	} else if lost {
 		// Without periods in the store, everything lost is reported again.
 		for _, r := range [...]Resource{Operations, Calls, TotalMemory, CPUTime, Evaluations} {
-			reported.Set(r, expected.Get(r)-lostNow.Get(r))
+			tset(&reported, r, tget(expected, r)-tget(lostNow, r))
 		}
 	} else if ts.LostBefore != 0 && ts.LostBefore >= f.lostBefore {
 		f.lostBefore = 0 // the store marked them
@@ -1033,9 +1034,9 @@ func (f *fleetState) applyLocked(a *Account, ts TenantSync, st TenantState, sent
 	// granted all it was asked.
 	var short uint32
 	for _, r := range leasedResources {
-		prev := max(0, f.outstanding.Get(r)-ts.Used.Get(r))
-		prev -= min(prev, ts.Return.Get(r))
-		if w := ts.Want.Get(r); current && w > 0 && st.Allowance.Get(r)-st.Reported.Get(r) < prev+w {
+		prev := max(0, tget(f.outstanding, r)-tget(ts.Used, r))
+		prev -= min(prev, tget(ts.Return, r))
+		if w := tget(ts.Want, r); current && w > 0 && tget(st.Allowance, r)-tget(st.Reported, r) < prev+w {
 			short |= bit(r)
 		}
 	}
@@ -1054,20 +1055,20 @@ func (f *fleetState) applyLocked(a *Account, ts TenantSync, st TenantState, sent
 	if storePeriod == max(a.periodNo, 1) {
 		f.committed = st.Committed
 	}
-	var out Totals
+	var out store.Totals
 	if current {
 		// (A lease granted for a period closed since is no good now.)
 		for _, r := range leasedResources {
-			out.Set(r, max(0, st.Allowance.Get(r)-st.Reported.Get(r)))
+			tset(&out, r, max(0, tget(st.Allowance, r)-tget(st.Reported, r)))
 		}
 	} else {
 		f.wantSync = true
 	}
-	f.outstanding, f.leaseAtSync, f.returning = out, out, Totals{}
+	f.outstanding, f.leaseAtSync, f.returning = out, out, store.Totals{}
 	f.short = short
 	f.lastSync = sentAt
 	f.syncs++
-	f.failing, f.fallback, f.lastErr, f.loaded = false, Totals{}, "", true
+	f.failing, f.fallback, f.lastErr, f.loaded = false, store.Totals{}, "", true
 	f.wantSync = !current
 	if lost {
 		// The store no longer knows reports this replica made (a Redis
@@ -1100,11 +1101,11 @@ func (f *fleetState) failLocked(a *Account, err error) {
 			if lim := a.limits[r].Load(); lim > 0 {
 				if !f.loaded {
 					// Never loaded: its usage elsewhere is unknown.
-					f.fallback.Set(r, min(leaseFloor[r], lim/100))
+					tset(&f.fallback, r, min(leaseFloor[r], lim/100))
 					continue
 				}
 				left := lim - a.usageLocked(r) - (f.leaseLocked(r) - a.issuedFleetLocked(r))
-				f.fallback.Set(r, max(0, left/10))
+				tset(&f.fallback, r, max(0, left/10))
 			}
 		}
 	}
@@ -1124,7 +1125,7 @@ func (f *fleetState) statsLocked(a *Account) *FleetStats {
 	fs.Unreported = a.lifeLocked().Sub(f.reported)
 	for _, r := range leasedResources {
 		if a.limits[r].Load() > 0 {
-			fs.Lease.Set(r, max(0, f.leaseLocked(r)-a.issuedFleetLocked(r)))
+			tset(&fs.Lease, r, max(0, f.leaseLocked(r)-a.issuedFleetLocked(r)))
 		}
 	}
 	return &fs
@@ -1134,9 +1135,9 @@ func (f *fleetState) statsLocked(a *Account) *FleetStats {
 // only those this replica opened) and its committed fleet-wide totals, for
 // invoices, without loading the tenants into the ledger or all at once
 // into memory. It stops at fn's first error and returns it. It needs a
-// store that implements TenantLister (MemoryStore and the Redis store do);
+// store that implements TenantLister (store.Memory and the Redis store do);
 // without a store it lists the ledger's own accounts and their totals.
-func (l *Ledger) StoreTenants(ctx context.Context, fn func(tenant string, committed Totals) error) error {
+func (l *Ledger) StoreTenants(ctx context.Context, fn func(tenant string, committed store.Totals) error) error {
 	if l.err != nil {
 		return l.err
 	}
@@ -1155,7 +1156,7 @@ func (l *Ledger) StoreTenants(ctx context.Context, fn func(tenant string, commit
 		}
 		return nil
 	}
-	lister, ok := l.store.(TenantLister)
+	lister, ok := l.store.(store.TenantLister)
 	if !ok {
 		return fmt.Errorf("reslimit: the ledger's store (%T) cannot list its tenants: %w", l.store, errors.ErrUnsupported)
 	}
@@ -1199,15 +1200,57 @@ func (l *Ledger) keepLines(lines []Period) {
 // (0: the open one) as the store keeps them, and whether they are final:
 // every replica that held a lease for the period has sent its final
 // report for it, or its lease expired. It needs a store that implements
-// PeriodLoader (MemoryStore and the Redis store do); without a Store, or
+// PeriodLoader (store.Memory and the Redis store do); without a Store, or
 // with another one, it returns an error wrapping errors.ErrUnsupported.
-func (l *Ledger) StorePeriod(ctx context.Context, tenant string, n uint64) (StorePeriod, error) {
+func (l *Ledger) StorePeriod(ctx context.Context, tenant string, n uint64) (store.Period, error) {
 	if l.err != nil {
-		return StorePeriod{}, l.err
+		return store.Period{}, l.err
 	}
-	pl, ok := l.store.(PeriodLoader)
+	pl, ok := l.store.(store.PeriodLoader)
 	if !ok {
-		return StorePeriod{}, fmt.Errorf("reslimit: the ledger's store (%T) keeps no billing periods: %w", l.store, errors.ErrUnsupported)
+		return store.Period{}, fmt.Errorf("reslimit: the ledger's store (%T) keeps no billing periods: %w", l.store, errors.ErrUnsupported)
 	}
 	return pl.LoadPeriod(ctx, tenant, n)
 }
+
+// tget returns t's quantity of r (CPU time in nanoseconds), or 0 for a
+// resource store.Totals does not hold.
+func tget(t store.Totals, r Resource) int64 {
+	switch r {
+	case Operations:
+		return t.Operations
+	case Calls:
+		return t.Calls
+	case TotalMemory:
+		return t.TotalMemory
+	case CPUTime:
+		return int64(t.CPUTime)
+	case Evaluations:
+		return t.Evaluations
+	}
+	return 0
+}
+
+// tset sets t's quantity of r (CPU time in nanoseconds); other resources
+// are ignored.
+func tset(t *store.Totals, r Resource, v int64) {
+	switch r {
+	case Operations:
+		t.Operations = v
+	case Calls:
+		t.Calls = v
+	case TotalMemory:
+		t.TotalMemory = v
+	case CPUTime:
+		t.CPUTime = time.Duration(v)
+	case Evaluations:
+		t.Evaluations = v
+	}
+}
+
+// leasedResources are the fleet quantities a replica needs an allowance
+// (lease) for before it hands them out (see package store). CPU time,
+// measured after it is spent, is leased too: a replica stops its tenant's
+// runs when their CPU time passes its lease and the store has no more to
+// give.
+var leasedResources = [...]Resource{Operations, Calls, TotalMemory, Evaluations, CPUTime}

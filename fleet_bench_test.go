@@ -3,6 +3,7 @@ package reslimit
 import (
 	"context"
 	"fmt"
+	"github.com/reslimit/reslimit/store"
 	"testing"
 	"time"
 )
@@ -16,7 +17,7 @@ func BenchmarkFleetTrackOperation(b *testing.B) {
 		b.Run(mode, func(b *testing.B) {
 			var l *Ledger
 			if mode == "store" {
-				l = mustLedger(b, limits, WithStore(NewMemoryStore()), WithReplica("bench"), WithSyncInterval(100*time.Millisecond))
+				l = mustLedger(b, limits, WithStore(store.NewMemory()), WithReplica("bench"), WithSyncInterval(100*time.Millisecond))
 				defer func() { _ = l.Close(context.Background()) }()
 			} else {
 				l = mustLedger(b, limits)
@@ -45,7 +46,7 @@ func BenchmarkFleetTrackOperation(b *testing.B) {
 // tenants to the in-memory store; ns/tenant is the cost per tenant on the
 // replica's side (the Redis store's own benchmark adds the network).
 func BenchmarkFleetSync100Tenants(b *testing.B) {
-	l := mustLedger(b, AccountLimits{MaxTotalOperations: 1 << 60}, WithStore(NewMemoryStore()), WithReplica("bench"), WithSyncInterval(time.Hour))
+	l := mustLedger(b, AccountLimits{MaxTotalOperations: 1 << 60}, WithStore(store.NewMemory()), WithReplica("bench"), WithSyncInterval(time.Hour))
 	defer func() { _ = l.Close(context.Background()) }()
 	runs := make([]*Tracker, 100)
 	for i := range runs {

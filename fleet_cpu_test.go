@@ -3,6 +3,7 @@ package reslimit
 import (
 	"context"
 	"errors"
+	"github.com/reslimit/reslimit/store"
 	"sync"
 	"testing"
 	"time"
@@ -19,9 +20,9 @@ import (
 // reported usage and the fleet passed the quota by ~50%.
 func TestFleetCPUQuotaHoldsAcrossReplicas(t *testing.T) {
 	const quota = 400 * time.Millisecond
-	store := NewMemoryStore()
+	shared := store.NewMemory()
 	lim := AccountLimits{MaxCPUTime: quota}
-	replicas := []*Ledger{newFleetLedger(t, store, "r1", lim), newFleetLedger(t, store, "r2", lim)}
+	replicas := []*Ledger{newFleetLedger(t, shared, "r1", lim), newFleetLedger(t, shared, "r2", lim)}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var refusals []error
@@ -63,7 +64,7 @@ func TestFleetCPUQuotaHoldsAcrossReplicas(t *testing.T) {
 	for _, l := range replicas {
 		require.NoError(t, l.Sync(ctx))
 	}
-	got, err := store.Load(ctx, "acme")
+	got, err := shared.Load(ctx, "acme")
 	require.NoError(t, err)
 	// One thread per replica: about minCPUSample each, plus timers' lateness.
 	bound := quota + 2*minCPUSample + 40*time.Millisecond

@@ -2,6 +2,7 @@ package reslimit
 
 import (
 	"context"
+	"github.com/reslimit/reslimit/store"
 	"sync"
 	"testing"
 	"time"
@@ -15,10 +16,10 @@ import (
 // to another replica, and the run's room takes the fleet past the limit.
 func TestFleetIdleRunRoomOutlivesLease(t *testing.T) {
 	const limit = 20_000
-	store := NewMemoryStore()
+	shared := store.NewMemory()
 	ttl := 40 * time.Millisecond
-	l1 := newFleetLedger(t, store, "r1", AccountLimits{MaxTotalOperations: limit}, WithLeaseTTL(ttl))
-	l2 := newFleetLedger(t, store, "r2", AccountLimits{MaxTotalOperations: limit}, WithLeaseTTL(ttl))
+	l1 := newFleetLedger(t, shared, "r1", AccountLimits{MaxTotalOperations: limit}, WithLeaseTTL(ttl))
+	l2 := newFleetLedger(t, shared, "r2", AccountLimits{MaxTotalOperations: limit}, WithLeaseTTL(ttl))
 	tr, err := l1.Account("t").Begin(Unlimited())
 	require.NoError(t, err)
 	var used int64
@@ -31,14 +32,14 @@ func TestFleetIdleRunRoomOutlivesLease(t *testing.T) {
 	require.Positive(t, room)
 	time.Sleep(10 * ttl) // the run waits (say, for an LLM answer); r1 never syncs "t" again
 
-	got2 := hammer(t, l2, 2)         // r2 gets everything the store thinks is left
+	got2 := hammer(t, l2, 2)         // r2 gets everything the shared thinks is left
 	for tr.TrackOperation() == nil { // the run resumes and spends its room
 		used++
 	}
 	tr.End()
 	require.NoError(t, l1.Close(context.Background()))
 	require.NoError(t, l2.Close(context.Background()))
-	c, _ := store.Load(context.Background(), "t")
+	c, _ := shared.Load(context.Background(), "t")
 	t.Logf("r1 %d + r2 %d = %d, committed %d, limit %d", used, got2, used+got2, c.Operations, limit)
 	assert.LessOrEqual(t, used+got2, int64(limit), "the fleet granted past the limit")
 }
@@ -46,8 +47,8 @@ func TestFleetIdleRunRoomOutlivesLease(t *testing.T) {
 // A removed tenant with nothing left to report is settled and forgotten by
 // the background syncer, not kept in l.retired for ever.
 func TestFleetRetiredIdleAccountNeverForgotten(t *testing.T) {
-	store := NewMemoryStore()
-	l := newFleetLedger(t, store, "r1", AccountLimits{}, WithSyncInterval(5*time.Millisecond))
+	shared := store.NewMemory()
+	l := newFleetLedger(t, shared, "r1", AccountLimits{}, WithSyncInterval(5*time.Millisecond))
 	tr, _ := l.Account("gone").Begin(Unlimited())
 	require.NoError(t, tr.TrackOperations(1))
 	tr.End()
@@ -66,27 +67,27 @@ func TestFleetRetiredIdleAccountNeverForgotten(t *testing.T) {
 // Close gives back the lease of a removed tenant too: it is settled only in
 // the Final round.
 func TestFleetCloseKeepsLeaseOfRemovedTenant(t *testing.T) {
-	store := NewMemoryStore()
-	l := newFleetLedger(t, store, "r1", AccountLimits{MaxTotalOperations: 1000}, WithLeaseTTL(time.Minute))
+	shared := store.NewMemory()
+	l := newFleetLedger(t, shared, "r1", AccountLimits{MaxTotalOperations: 1000}, WithLeaseTTL(time.Minute))
 	tr, _ := l.Account("t").Begin(Unlimited())
 	require.NoError(t, tr.TrackOperations(10))
 	tr.End()
 	require.NoError(t, l.Sync(context.Background()))
 	l.Remove("t")
 	require.NoError(t, l.Close(context.Background()))
-	l2 := newFleetLedger(t, store, "r2", AccountLimits{MaxTotalOperations: 1000})
+	l2 := newFleetLedger(t, shared, "r2", AccountLimits{MaxTotalOperations: 1000})
 	assert.Equal(t, int64(990), hammer(t, l2, 2), "Close gives back the allowance this replica holds")
 }
 
 // negStore records any report with a negative Used field (redisstore
 // rejects such a request whole, with ErrInvalidArgument).
 type negStore struct {
-	Store
+	store.Store
 	mu  sync.Mutex
-	neg []Totals
+	neg []store.Totals
 }
 
-func (s *negStore) Sync(ctx context.Context, req SyncRequest) (SyncResponse, error) {
+func (s *negStore) Sync(ctx context.Context, req store.SyncRequest) (store.SyncResponse, error) {
 	for _, ts := range req.Tenants {
 		u := ts.Used
 		if u.Operations < 0 || u.Calls < 0 || u.TotalMemory < 0 || u.CPUTime < 0 || u.Evaluations < 0 {
@@ -115,8 +116,8 @@ func (s *negStore) syncWhileClean(l *Ledger, d time.Duration) {
 // A TrackMemory refused by the account's MaxMemory, racing with syncs,
 // never makes a report with negative usage.
 func TestFleetRefusedTrackMemoryNeverReportsNegativeUsage(t *testing.T) {
-	store := &negStore{Store: NewMemoryStore()}
-	l := newFleetLedger(t, store, "r1", AccountLimits{MaxMemory: 10}, WithSyncInterval(time.Hour))
+	shared := &negStore{Store: store.NewMemory()}
+	l := newFleetLedger(t, shared, "r1", AccountLimits{MaxMemory: 10}, WithSyncInterval(time.Hour))
 	tr, _ := l.Account("t").Begin(Unlimited())
 	g, err := tr.AcquireMemory(10) // the tenant holds its MaxMemory
 	require.NoError(t, err)
@@ -134,19 +135,19 @@ func TestFleetRefusedTrackMemoryNeverReportsNegativeUsage(t *testing.T) {
 			_ = tr.TrackMemory(1) // refused with Memory: must change nothing
 		}
 	}()
-	store.syncWhileClean(l, time.Second)
+	shared.syncWhileClean(l, time.Second)
 	close(stop)
 	wg.Wait()
 	g.Release()
 	tr.End()
-	assert.Empty(t, store.neg, "reports with negative Used")
+	assert.Empty(t, shared.neg, "reports with negative Used")
 }
 
 // Concurrent CPU samples must never move a run's CPU time back, or a report
 // would carry a negative CPUTime.
 func TestFleetCPUSamplesNeverMoveBack(t *testing.T) {
-	store := &negStore{Store: NewMemoryStore()}
-	l := newFleetLedger(t, store, "r1", AccountLimits{}, WithSyncInterval(time.Hour))
+	shared := &negStore{Store: store.NewMemory()}
+	l := newFleetLedger(t, shared, "r1", AccountLimits{}, WithSyncInterval(time.Hour))
 	tr, _ := l.Account("t").Begin(Unlimited())
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -164,18 +165,18 @@ func TestFleetCPUSamplesNeverMoveBack(t *testing.T) {
 			}
 		}()
 	}
-	store.syncWhileClean(l, time.Second)
+	shared.syncWhileClean(l, time.Second)
 	close(stop)
 	wg.Wait()
 	tr.End()
-	assert.Empty(t, store.neg)
+	assert.Empty(t, shared.neg)
 }
 
 // With WithLeaseWait(0) a refusal for want of lease still asks the syncer
 // for one, so an idle tenant whose lease lapsed is served again soon.
 func TestFleetLeaseWaitZeroStillAsksForALease(t *testing.T) {
-	store := NewMemoryStore()
-	l := newFleetLedger(t, store, "r1", AccountLimits{MaxEvaluations: 100},
+	shared := store.NewMemory()
+	l := newFleetLedger(t, shared, "r1", AccountLimits{MaxEvaluations: 100},
 		WithSyncInterval(5*time.Millisecond), WithLeaseTTL(20*time.Millisecond), WithLeaseWait(0))
 	acct := l.Account("t")
 	require.Eventually(t, func() bool { return acct.Stats().Fleet.Syncs > 0 }, 5*time.Second, time.Millisecond)

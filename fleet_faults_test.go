@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/reslimit/reslimit/store"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -22,15 +23,15 @@ import (
 // restarted without its data is).
 type countingStore struct {
 	mu      sync.Mutex
-	mem     *MemoryStore
+	mem     *store.Memory
 	delay   time.Duration
 	calls   atomic.Int64
 	tenants atomic.Int64
 }
 
-func newCountingStore() *countingStore { return &countingStore{mem: NewMemoryStore()} }
+func newCountingStore() *countingStore { return &countingStore{mem: store.NewMemory()} }
 
-func (s *countingStore) store() *MemoryStore {
+func (s *countingStore) shared() *store.Memory {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.mem
@@ -39,35 +40,35 @@ func (s *countingStore) store() *MemoryStore {
 // reset loses everything the store held.
 func (s *countingStore) reset() {
 	s.mu.Lock()
-	s.mem = NewMemoryStore()
+	s.mem = store.NewMemory()
 	s.mu.Unlock()
 }
 
-func (s *countingStore) Sync(ctx context.Context, req SyncRequest) (SyncResponse, error) {
+func (s *countingStore) Sync(ctx context.Context, req store.SyncRequest) (store.SyncResponse, error) {
 	s.calls.Add(1)
 	s.tenants.Add(int64(len(req.Tenants)))
 	if s.delay > 0 {
 		time.Sleep(s.delay)
 	}
-	return s.store().Sync(ctx, req)
+	return s.shared().Sync(ctx, req)
 }
 
-func (s *countingStore) Load(ctx context.Context, tenant string) (Totals, error) {
-	return s.store().Load(ctx, tenant)
+func (s *countingStore) Load(ctx context.Context, tenant string) (store.Totals, error) {
+	return s.shared().Load(ctx, tenant)
 }
 
 // Item 1: a charge that finds no lease yet waits for it (within
 // WithLeaseWait) instead of being refused while the lease is in flight.
 func TestFleetNoFalseRefusalsAtStartup(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		store := newCountingStore()
-		store.delay = 2 * time.Millisecond // a round trip to the store
+		shared := newCountingStore()
+		shared.delay = 2 * time.Millisecond // a round trip to the shared
 		limits := AccountLimits{MaxTotalOperations: 1_000_000_000_000}
 		var refusals atomic.Int64
 		var last atomic.Value
 		var wg sync.WaitGroup
 		for _, id := range []string{"r1", "r2"} {
-			l := mustLedger(t, limits, WithStore(store), WithReplica(id), WithSyncInterval(time.Second))
+			l := mustLedger(t, limits, WithStore(shared), WithReplica(id), WithSyncInterval(time.Second))
 			for range 8 {
 				wg.Add(1)
 				go func() {
@@ -101,30 +102,30 @@ func TestFleetNoFalseRefusalsAtStartup(t *testing.T) {
 // it; a tenant it could never load gets a small fallback, not a tenth of
 // its limit.
 func TestFleetLoadsTotalsOnOpen(t *testing.T) {
-	store := &flakyStore{Store: NewMemoryStore()}
+	shared := &flakyStore{Store: store.NewMemory()}
 	const limit = 10_000
-	old := newFleetLedger(t, store, "old", AccountLimits{MaxTotalOperations: limit})
+	old := newFleetLedger(t, shared, "old", AccountLimits{MaxTotalOperations: limit})
 	assert.Equal(t, int64(limit), hammer(t, old, 2))
 	require.NoError(t, old.Close(context.Background()))
 
-	fresh := newFleetLedger(t, store, "fresh", AccountLimits{MaxTotalOperations: limit}, WithSyncInterval(time.Hour))
+	fresh := newFleetLedger(t, shared, "fresh", AccountLimits{MaxTotalOperations: limit}, WithSyncInterval(time.Hour))
 	s := fresh.Account("t").Stats()
 	assert.Equal(t, int64(limit), s.Operations, "the committed totals, before any sync")
 	assert.True(t, s.Exhausted)
 	assert.True(t, s.Fleet.Loaded)
 
 	// A pod started during an outage: it could load nothing.
-	store.down.Store(true)
+	shared.down.Store(true)
 	for i := range 3 {
-		pod := newFleetLedger(t, store, "pod-"+string(rune('a'+i)), AccountLimits{MaxTotalOperations: limit}, WithLeaseWait(time.Millisecond))
+		pod := newFleetLedger(t, shared, "pod-"+string(rune('a'+i)), AccountLimits{MaxTotalOperations: limit}, WithLeaseWait(time.Millisecond))
 		got := hammer(t, pod, 2)
 		assert.LessOrEqual(t, got, int64(limit/100), "a never-loaded tenant gets at most 1%% of its limit")
 		assert.False(t, pod.Account("t").Stats().Fleet.Loaded)
-		store.down.Store(false)
+		shared.down.Store(false)
 		require.NoError(t, pod.Close(context.Background()))
-		store.down.Store(true)
+		shared.down.Store(true)
 	}
-	store.down.Store(false)
+	shared.down.Store(false)
 }
 
 // Item 3: near the limit, leases too small for the charges that wait are
@@ -134,11 +135,11 @@ func TestFleetNearTheLimitReachesItAndBacksOff(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const limit, charge = 10_000, 7
 		const interval = 100 * time.Millisecond
-		store := newCountingStore()
+		shared := newCountingStore()
 		// The fleet has used 9,989: 11 are left, and each replica's first
 		// lease is a quarter of that at most (2), too small for a charge.
-		_, err := store.Sync(context.Background(), SyncRequest{Replica: "earlier", Final: true,
-			Tenants: []TenantSync{{Tenant: "t", Seq: 1, Used: Totals{Operations: limit - 11}}}})
+		_, err := shared.Sync(context.Background(), store.SyncRequest{Replica: "earlier", Final: true,
+			Tenants: []store.TenantSync{{Tenant: "t", Seq: 1, Used: store.Totals{Operations: limit - 11}}}})
 		require.NoError(t, err)
 		granted := atomic.Int64{}
 		granted.Store(limit - 11)
@@ -146,7 +147,7 @@ func TestFleetNearTheLimitReachesItAndBacksOff(t *testing.T) {
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
 		for _, id := range []string{"r1", "r2", "r3"} {
-			l := mustLedger(t, AccountLimits{MaxTotalOperations: limit}, WithStore(store), WithReplica(id), WithSyncInterval(interval))
+			l := mustLedger(t, AccountLimits{MaxTotalOperations: limit}, WithStore(shared), WithReplica(id), WithSyncInterval(interval))
 			ledgers = append(ledgers, l)
 			for range 2 {
 				wg.Add(1)
@@ -176,23 +177,23 @@ func TestFleetNearTheLimitReachesItAndBacksOff(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 		took := time.Since(start)
-		startCalls := store.calls.Load()
-		t.Logf("reached %d after %v, %d store calls", granted.Load(), took, startCalls)
+		startCalls := shared.calls.Load()
+		t.Logf("reached %d after %v, %d shared calls", granted.Load(), took, startCalls)
 		assert.Greater(t, granted.Load(), int64(limit-charge), "the fleet stalls short of the limit")
 		assert.LessOrEqual(t, took, 2*interval, "a charge that fits in what is left waits for leases to lapse")
 		assert.LessOrEqual(t, granted.Load(), int64(limit))
 		// At the limit, with clients still knocking every millisecond.
-		calls := store.calls.Load()
+		calls := shared.calls.Load()
 		time.Sleep(10 * interval)
-		perReplicaPerInterval := float64(store.calls.Load()-calls) / 3 / 10
-		t.Logf("granted %d of %d; %.1f store calls per replica per interval at the limit", granted.Load(), limit, perReplicaPerInterval)
+		perReplicaPerInterval := float64(shared.calls.Load()-calls) / 3 / 10
+		t.Logf("granted %d of %d; %.1f shared calls per replica per interval at the limit", granted.Load(), limit, perReplicaPerInterval)
 		assert.LessOrEqual(t, perReplicaPerInterval, 1.5, "a tenant at its limit storms the store")
 		close(stop)
 		wg.Wait()
 		for _, l := range ledgers {
 			require.NoError(t, l.Close(context.Background()))
 		}
-		c, _ := store.Load(context.Background(), "t")
+		c, _ := shared.Load(context.Background(), "t")
 		assert.Equal(t, granted.Load(), c.Operations)
 	})
 }
@@ -201,12 +202,11 @@ func TestFleetNearTheLimitReachesItAndBacksOff(t *testing.T) {
 // the quota after it expires (it may have used it), and the bill shows
 // only what it reported.
 func TestFleetCrashedReplicasLeaseStaysCounted(t *testing.T) {
-	store := NewMemoryStore()
 	var now atomic.Int64
 	now.Store(time.Now().UnixNano())
-	store.now = func() time.Time { return time.Unix(0, now.Load()) }
+	shared := store.NewMemoryAt(func() time.Time { return time.Unix(0, now.Load()) })
 	const limit = 10_000
-	dead := newFleetLedger(t, store, "dead", AccountLimits{MaxTotalOperations: limit}, WithLeaseTTL(time.Second), WithSyncInterval(time.Hour))
+	dead := newFleetLedger(t, shared, "dead", AccountLimits{MaxTotalOperations: limit}, WithLeaseTTL(time.Second), WithSyncInterval(time.Hour))
 	tr, err := dead.Account("t").Begin(Unlimited())
 	require.NoError(t, err)
 	require.NoError(t, tr.TrackOperations(100))
@@ -228,12 +228,12 @@ func TestFleetCrashedReplicasLeaseStaysCounted(t *testing.T) {
 	assert.Equal(t, lease, unreported)
 
 	now.Add(int64(time.Hour)) // long past its lease
-	live := newFleetLedger(t, store, "live", AccountLimits{MaxTotalOperations: limit})
+	live := newFleetLedger(t, shared, "live", AccountLimits{MaxTotalOperations: limit})
 	got := hammer(t, live, 2)
 	assert.LessOrEqual(t, 100+unreported+got, int64(limit), "the fleet passed the limit: %d reported + %d unreported + %d", 100, unreported, got)
 	assert.GreaterOrEqual(t, 100+got, int64(limit)-lease, "what is stranded is at most the dead replica's lease")
 	require.NoError(t, live.Close(context.Background()))
-	c, _ := store.Load(context.Background(), "t")
+	c, _ := shared.Load(context.Background(), "t")
 	assert.Equal(t, 100+got, c.Operations, "the bill shows what was reported")
 }
 
@@ -241,13 +241,13 @@ func TestFleetCrashedReplicasLeaseStaysCounted(t *testing.T) {
 // persistence) is detected, reported and restored from what the live
 // replicas reported.
 func TestFleetStoreResetIsDetectedAndRestored(t *testing.T) {
-	store := newCountingStore()
+	shared := newCountingStore()
 	const limit = 50_000
 	var logs bytes.Buffer
 	var logMu sync.Mutex
 	logger := slog.New(slog.NewTextHandler(lockedWriter{&logs, &logMu}, nil))
-	l1 := newFleetLedger(t, store, "r1", AccountLimits{MaxTotalOperations: limit}, WithLogger(logger))
-	l2 := newFleetLedger(t, store, "r2", AccountLimits{MaxTotalOperations: limit})
+	l1 := newFleetLedger(t, shared, "r1", AccountLimits{MaxTotalOperations: limit}, WithLogger(logger))
+	l2 := newFleetLedger(t, shared, "r2", AccountLimits{MaxTotalOperations: limit})
 	for _, l := range []*Ledger{l1, l2} {
 		tr, err := l.Account("t").Begin(Unlimited())
 		require.NoError(t, err)
@@ -255,12 +255,12 @@ func TestFleetStoreResetIsDetectedAndRestored(t *testing.T) {
 		tr.End()
 		require.NoError(t, l.Sync(context.Background()))
 	}
-	c, _ := store.Load(context.Background(), "t")
+	c, _ := shared.Load(context.Background(), "t")
 	require.Equal(t, int64(30_000), c.Operations)
 
-	store.reset()
+	shared.reset()
 	require.Eventually(t, func() bool {
-		c, _ := store.Load(context.Background(), "t")
+		c, _ := shared.Load(context.Background(), "t")
 		return c.Operations == 30_000
 	}, 10*time.Second, 5*time.Millisecond, "the live replicas report again what they had reported")
 	s := l1.Account("t").Stats()
@@ -274,7 +274,7 @@ func TestFleetStoreResetIsDetectedAndRestored(t *testing.T) {
 	assert.LessOrEqual(t, 30_000+got, int64(limit), "the quota came back")
 	require.NoError(t, l1.Close(context.Background()))
 	require.NoError(t, l2.Close(context.Background()))
-	c, _ = store.Load(context.Background(), "t")
+	c, _ = shared.Load(context.Background(), "t")
 	assert.Equal(t, 30_000+got, c.Operations, "nothing lost, nothing doubled")
 }
 
@@ -292,8 +292,8 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 // Item 6: FailOpen stops enforcing cumulative limits while the store
 // fails, also on a replica that synced; FleetStats reads as numbers.
 func TestFleetFailOpenFailsOpen(t *testing.T) {
-	store := &flakyStore{Store: NewMemoryStore()}
-	l := newFleetLedger(t, store, "r1", AccountLimits{MaxTotalOperations: 100, MaxEvaluations: 1},
+	shared := &flakyStore{Store: store.NewMemory()}
+	l := newFleetLedger(t, shared, "r1", AccountLimits{MaxTotalOperations: 100, MaxEvaluations: 1},
 		WithFailurePolicy(FailOpen), WithLeaseWait(time.Second))
 	acct := l.Account("t")
 	tr, err := acct.Begin(Unlimited())
@@ -303,10 +303,10 @@ func TestFleetFailOpenFailsOpen(t *testing.T) {
 	require.NoError(t, l.Sync(context.Background()))
 	require.True(t, exhausted(acct))
 
-	store.down.Store(true)
+	shared.down.Store(true)
 	require.Error(t, l.Sync(context.Background()))
 	tr, err = acct.Begin(Unlimited())
-	require.NoError(t, err, "FailOpen: no cumulative limit while the store fails")
+	require.NoError(t, err, "FailOpen: no cumulative limit while the shared fails")
 	assert.NoError(t, tr.TrackOperations(50))
 	tr.End()
 	s := acct.Stats()
@@ -315,21 +315,21 @@ func TestFleetFailOpenFailsOpen(t *testing.T) {
 		assert.Less(t, v, int64(1_000_000), "FleetStats.Lease: %+v", s.Fleet.Lease)
 	}
 
-	store.down.Store(false)
+	shared.down.Store(false)
 	require.NoError(t, l.Sync(context.Background()))
 	_, err = acct.Begin(Unlimited())
-	assert.ErrorIs(t, err, ErrLimitExceeded, "enforced again once the store answers")
+	assert.ErrorIs(t, err, ErrLimitExceeded, "enforced again once the shared answers")
 	require.NoError(t, l.Close(context.Background()))
-	c, _ := store.Load(context.Background(), "t")
+	c, _ := shared.Load(context.Background(), "t")
 	assert.Equal(t, int64(150), c.Operations, "billed in full")
 	assert.Equal(t, int64(2), c.Evaluations)
 }
 
 // StoreTenants lists every tenant the store holds, not only this replica's.
 func TestLedgerStoreTenants(t *testing.T) {
-	store := NewMemoryStore()
-	l1 := newFleetLedger(t, store, "r1", AccountLimits{})
-	l2 := newFleetLedger(t, store, "r2", AccountLimits{})
+	shared := store.NewMemory()
+	l1 := newFleetLedger(t, shared, "r1", AccountLimits{})
+	l2 := newFleetLedger(t, shared, "r2", AccountLimits{})
 	for i, name := range []string{"a", "b", "c"} {
 		l := []*Ledger{l1, l2}[i%2]
 		tr, _ := l.Account(name).Begin(Unlimited())
@@ -338,13 +338,13 @@ func TestLedgerStoreTenants(t *testing.T) {
 		require.NoError(t, l.Sync(context.Background()))
 	}
 	got := map[string]int64{}
-	require.NoError(t, l1.StoreTenants(context.Background(), func(tenant string, c Totals) error {
+	require.NoError(t, l1.StoreTenants(context.Background(), func(tenant string, c store.Totals) error {
 		got[tenant] = c.Operations
 		return nil
 	}))
 	assert.Equal(t, map[string]int64{"a": 1, "b": 2, "c": 3}, got)
 	stop := errors.New("stop")
-	assert.ErrorIs(t, l1.StoreTenants(context.Background(), func(string, Totals) error { return stop }), stop)
+	assert.ErrorIs(t, l1.StoreTenants(context.Background(), func(string, store.Totals) error { return stop }), stop)
 }
 
 // Item 3, the stall itself: 11 operations are left, two replicas hold
@@ -355,19 +355,19 @@ func TestFleetChargeThatFitsIsGrantedNearTheLimit(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const limit = 10_000
 		const interval = 100 * time.Millisecond
-		store := newCountingStore()
-		_, err := store.Sync(context.Background(), SyncRequest{Replica: "earlier", Final: true,
-			Tenants: []TenantSync{{Tenant: "t", Seq: 1, Used: Totals{Operations: limit - 11}}}})
+		shared := newCountingStore()
+		_, err := shared.Sync(context.Background(), store.SyncRequest{Replica: "earlier", Final: true,
+			Tenants: []store.TenantSync{{Tenant: "t", Seq: 1, Used: store.Totals{Operations: limit - 11}}}})
 		require.NoError(t, err)
 		var ledgers []*Ledger
 		for _, id := range []string{"r1", "r2"} {
-			l := mustLedger(t, AccountLimits{MaxTotalOperations: limit}, WithStore(store), WithReplica(id), WithSyncInterval(interval))
+			l := mustLedger(t, AccountLimits{MaxTotalOperations: limit}, WithStore(shared), WithReplica(id), WithSyncInterval(interval))
 			ledgers = append(ledgers, l)
 			l.Account("t")
 			require.NoError(t, l.Sync(context.Background()))
 			require.Equal(t, int64(2), l.Account("t").Stats().Fleet.Lease.Operations)
 		}
-		calls := store.calls.Load()
+		calls := shared.calls.Load()
 		start := time.Now()
 		var ok bool
 		for !ok && time.Since(start) < 10*interval {
@@ -378,10 +378,10 @@ func TestFleetChargeThatFitsIsGrantedNearTheLimit(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 		took := time.Since(start)
-		t.Logf("granted: %v after %v, %d store calls", ok, took, store.calls.Load()-calls)
+		t.Logf("granted: %v after %v, %d shared calls", ok, took, shared.calls.Load()-calls)
 		assert.True(t, ok, "a charge of 9 with 11 left is never granted")
 		assert.LessOrEqual(t, took, 2*interval)
-		assert.LessOrEqual(t, store.calls.Load()-calls, int64(10))
+		assert.LessOrEqual(t, shared.calls.Load()-calls, int64(10))
 		for _, l := range ledgers {
 			require.NoError(t, l.Close(context.Background()))
 		}
@@ -392,8 +392,8 @@ func TestFleetChargeThatFitsIsGrantedNearTheLimit(t *testing.T) {
 // lost this replica's reports (and the replica reported them again), with
 // how much was lost; once per loss, not every poll.
 func TestMonitorSeesStoreResets(t *testing.T) {
-	store := newCountingStore()
-	l := newFleetLedger(t, store, "r1", AccountLimits{MaxTotalOperations: 50_000})
+	shared := newCountingStore()
+	l := newFleetLedger(t, shared, "r1", AccountLimits{MaxTotalOperations: 50_000})
 	tr, err := l.Account("t").Begin(Unlimited())
 	require.NoError(t, err)
 	require.NoError(t, tr.TrackOperations(15_000))
@@ -404,9 +404,9 @@ func TestMonitorSeesStoreResets(t *testing.T) {
 	require.NoError(t, m.RegisterLedger("tenant/", l))
 	assert.Empty(t, pollKinds(t, m))
 
-	store.reset()
+	shared.reset()
 	require.Eventually(t, func() bool {
-		c, _ := store.Load(context.Background(), "t")
+		c, _ := shared.Load(context.Background(), "t")
 		return c.Operations == 15_000
 	}, 10*time.Second, 5*time.Millisecond, "the replica reports again what it had reported")
 	m.Poll()
@@ -424,7 +424,7 @@ func TestMonitorSeesStoreResets(t *testing.T) {
 			ops += ev.Used
 		}
 	}
-	assert.Equal(t, int64(15_000), ops, "the operations the store lost")
+	assert.Equal(t, int64(15_000), ops, "the operations the shared lost")
 	assert.Empty(t, pollKinds(t, m), "once per loss")
 	assert.Positive(t, m.Stats().StoreResets)
 	require.NoError(t, l.Close(context.Background()))

@@ -2,6 +2,7 @@ package reslimit
 
 import (
 	"context"
+	"github.com/reslimit/reslimit/store"
 	"sync"
 	"testing"
 
@@ -13,10 +14,10 @@ import (
 // restarted without persistence does; it keeps periods (PeriodLoader).
 type wipeableStore struct {
 	mu  sync.Mutex
-	mem *MemoryStore
+	mem *store.Memory
 }
 
-func (s *wipeableStore) store() *MemoryStore {
+func (s *wipeableStore) shared() *store.Memory {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.mem
@@ -24,20 +25,20 @@ func (s *wipeableStore) store() *MemoryStore {
 
 func (s *wipeableStore) wipe() {
 	s.mu.Lock()
-	s.mem = NewMemoryStore()
+	s.mem = store.NewMemory()
 	s.mu.Unlock()
 }
 
-func (s *wipeableStore) Sync(ctx context.Context, req SyncRequest) (SyncResponse, error) {
-	return s.store().Sync(ctx, req)
+func (s *wipeableStore) Sync(ctx context.Context, req store.SyncRequest) (store.SyncResponse, error) {
+	return s.shared().Sync(ctx, req)
 }
 
-func (s *wipeableStore) Load(ctx context.Context, tenant string) (Totals, error) {
-	return s.store().Load(ctx, tenant)
+func (s *wipeableStore) Load(ctx context.Context, tenant string) (store.Totals, error) {
+	return s.shared().Load(ctx, tenant)
 }
 
-func (s *wipeableStore) LoadPeriod(ctx context.Context, tenant string, n uint64) (StorePeriod, error) {
-	return s.store().LoadPeriod(ctx, tenant, n)
+func (s *wipeableStore) LoadPeriod(ctx context.Context, tenant string, n uint64) (store.Period, error) {
+	return s.shared().LoadPeriod(ctx, tenant, n)
 }
 
 // The store loses its data after a period closed (issue 19.5): the
@@ -47,10 +48,10 @@ func (s *wipeableStore) LoadPeriod(ctx context.Context, tenant string, n uint64)
 // unit of it is billed to the open period.
 func TestFleetStoreLossAfterACloseBillsNothingToTheOpenPeriod(t *testing.T) {
 	ctx := context.Background()
-	store := &wipeableStore{mem: NewMemoryStore()}
+	shared := &wipeableStore{mem: store.NewMemory()}
 	lim := AccountLimits{MaxTotalOperations: 1000}
-	r1 := newFleetLedger(t, store, "r1", lim)
-	r2 := newFleetLedger(t, store, "r2", lim)
+	r1 := newFleetLedger(t, shared, "r1", lim)
+	r2 := newFleetLedger(t, shared, "r2", lim)
 	syncAll := func() {
 		for range 3 {
 			require.NoError(t, r1.Sync(ctx))
@@ -73,7 +74,7 @@ func TestFleetStoreLossAfterACloseBillsNothingToTheOpenPeriod(t *testing.T) {
 	require.Equal(t, int64(500), sp.Operations)
 	require.True(t, sp.Final)
 
-	store.wipe()
+	shared.wipe()
 	syncAll()
 	assert.Positive(t, r1.Account("beta").Stats().Fleet.StoreResets)
 

@@ -3,6 +3,7 @@ package reslimit
 import (
 	"context"
 	"errors"
+	"github.com/reslimit/reslimit/store"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,11 +18,11 @@ import (
 // close from the store and closes its own; every unit is billed to the
 // period it was charged in, period 1 is final once both sent their final
 // reports, and the fleet-wide quota starts over in period 2.
-func testFleetPeriods(t *testing.T, store Store) {
+func testFleetPeriods(t *testing.T, shared store.Store) {
 	ctx := context.Background()
 	lim := AccountLimits{MaxTotalOperations: 100}
-	r1 := newFleetLedger(t, store, "r1", lim)
-	r2 := newFleetLedger(t, store, "r2", lim)
+	r1 := newFleetLedger(t, shared, "r1", lim)
+	r2 := newFleetLedger(t, shared, "r2", lim)
 	chargeOps(t, r1.Account("acme"), 60)
 	chargeOps(t, r2.Account("acme"), 30)
 	require.NoError(t, r1.Sync(ctx))
@@ -30,7 +31,7 @@ func testFleetPeriods(t *testing.T, store Store) {
 	require.Len(t, lines, 1)
 	assert.Equal(t, uint64(1), lines[0].Number)
 	assert.Equal(t, int64(60), lines[0].Operations)
-	require.NoError(t, r1.Sync(ctx)) // the store's period moves to 2
+	require.NoError(t, r1.Sync(ctx)) // the shared's period moves to 2
 	sp, err := r1.StorePeriod(ctx, "acme", 0)
 	require.NoError(t, err)
 	assert.Equal(t, uint64(2), sp.Open)
@@ -46,7 +47,7 @@ func testFleetPeriods(t *testing.T, store Store) {
 	assert.Equal(t, int64(30), kept[0].Operations)
 	sp, err = r2.StorePeriod(ctx, "acme", 1)
 	require.NoError(t, err)
-	assert.Equal(t, StorePeriod{Tenant: "acme", Number: 1, Open: 2, Totals: Totals{Operations: 60 + 30, Evaluations: 2}, Final: true},
+	assert.Equal(t, store.Period{Tenant: "acme", Number: 1, Open: 2, Totals: store.Totals{Operations: 60 + 30, Evaluations: 2}, Final: true},
 		withoutCPU(sp))
 
 	// The quota starts over: 90 were used in period 1, and 60 more fit in
@@ -60,13 +61,13 @@ func testFleetPeriods(t *testing.T, store Store) {
 	assert.False(t, sp.Final, "the open period")
 }
 
-func withoutCPU(sp StorePeriod) StorePeriod {
+func withoutCPU(sp store.Period) store.Period {
 	sp.CPUTime = 0
 	return sp
 }
 
 func TestFleetPeriodsMemoryStore(t *testing.T) {
-	testFleetPeriods(t, NewMemoryStore())
+	testFleetPeriods(t, store.NewMemory())
 }
 
 // A close that the store makes (another replica closed the tenant's
@@ -75,16 +76,16 @@ func TestFleetPeriodsMemoryStore(t *testing.T) {
 // Close delivers the closes its own final report makes before it returns.
 func TestFleetStoreClosesReachTheHook(t *testing.T) {
 	ctx := context.Background()
-	store := NewMemoryStore()
+	shared := store.NewMemory()
 	lim := AccountLimits{MaxTotalOperations: 100}
 	manual := WithSyncInterval(time.Hour) // syncs only when the test says
-	r1 := newFleetLedger(t, store, "r1", lim, manual)
+	r1 := newFleetLedger(t, shared, "r1", lim, manual)
 
 	var mu sync.Mutex
 	var got [][]Period
 	delivered := make(chan struct{}, 4)
 	var r2 *Ledger
-	r2 = newFleetLedger(t, store, "r2", lim, manual, WithPeriodClosed(func(lines []Period) {
+	r2 = newFleetLedger(t, shared, "r2", lim, manual, WithPeriodClosed(func(lines []Period) {
 		// The hook may use the ledger (during Close, Sync waits for Close's
 		// final report, or says the ledger is closed).
 		if err := r2.Sync(ctx); err != nil && !errors.Is(err, ErrClosed) {
@@ -99,12 +100,12 @@ func TestFleetStoreClosesReachTheHook(t *testing.T) {
 	chargeOps(t, r2.Account("acme"), 30)
 	require.NoError(t, r1.Sync(ctx))
 	r1.ClosePeriod()
-	require.NoError(t, r1.Sync(ctx)) // the store's period moves to 2
+	require.NoError(t, r1.Sync(ctx)) // the shared's period moves to 2
 	require.NoError(t, r2.Sync(ctx)) // r2 learns of the close and closes its own
 	select {
 	case <-delivered:
 	case <-time.After(10 * time.Second):
-		t.Fatal("the store's close never reached the hook")
+		t.Fatal("the shared's close never reached the hook")
 	}
 	mu.Lock()
 	require.Len(t, got, 1)
@@ -115,7 +116,7 @@ func TestFleetStoreClosesReachTheHook(t *testing.T) {
 
 	// r3 learns of the next close only from Close's final report.
 	var r3Lines [][]Period
-	r3 := newFleetLedger(t, store, "r3", lim, manual, WithPeriodClosed(func(lines []Period) {
+	r3 := newFleetLedger(t, shared, "r3", lim, manual, WithPeriodClosed(func(lines []Period) {
 		r3Lines = append(r3Lines, lines) // Close waits for the hook: no lock needed after it
 	}))
 	chargeOps(t, r3.Account("acme"), 5)
@@ -131,19 +132,19 @@ func TestFleetStoreClosesReachTheHook(t *testing.T) {
 // periodFaultStore is a MemoryStore (which keeps periods) that can be
 // taken down, and counts the final reports it is sent.
 type periodFaultStore struct {
-	*MemoryStore
+	*store.Memory
 	down   atomic.Bool
 	finals atomic.Int64
 }
 
-func (s *periodFaultStore) Sync(ctx context.Context, req SyncRequest) (SyncResponse, error) {
+func (s *periodFaultStore) Sync(ctx context.Context, req store.SyncRequest) (store.SyncResponse, error) {
 	if s.down.Load() {
-		return SyncResponse{}, errStoreDown
+		return store.SyncResponse{}, errStoreDown
 	}
 	if req.Final {
 		s.finals.Add(1)
 	}
-	return s.MemoryStore.Sync(ctx, req)
+	return s.Memory.Sync(ctx, req)
 }
 
 // A Close whose final report failed leaves the hook's goroutine running:
@@ -151,22 +152,22 @@ func (s *periodFaultStore) Sync(ctx context.Context, req SyncRequest) (SyncRespo
 // no second Close.
 func TestFleetHookAfterFailedClose(t *testing.T) {
 	ctx := context.Background()
-	mem := NewMemoryStore()
-	store := &periodFaultStore{MemoryStore: mem}
+	mem := store.NewMemory()
+	shared := &periodFaultStore{Memory: mem}
 	manual := WithSyncInterval(time.Hour)
 	r1 := newFleetLedger(t, mem, "r1", AccountLimits{}, manual)
 	delivered := make(chan []Period, 4)
-	r2 := newFleetLedger(t, store, "r2", AccountLimits{}, manual,
+	r2 := newFleetLedger(t, shared, "r2", AccountLimits{}, manual,
 		WithPeriodClosed(func(lines []Period) { delivered <- lines }))
 	chargeOps(t, r2.Account("acme"), 7)
 	require.NoError(t, r2.Sync(ctx))
 	r1.Account("acme")
 	r1.ClosePeriod()
-	require.NoError(t, r1.Sync(ctx)) // the store's period moves on
+	require.NoError(t, r1.Sync(ctx)) // the shared's period moves on
 
-	store.down.Store(true)
+	shared.down.Store(true)
 	require.ErrorIs(t, r2.Close(ctx), errStoreDown)
-	store.down.Store(false)
+	shared.down.Store(false)
 	require.NoError(t, r2.Sync(ctx), "the retry makes the final report")
 	select {
 	case lines := <-delivered:
@@ -183,12 +184,12 @@ func TestFleetHookAfterFailedClose(t *testing.T) {
 func TestFleetHookSyncDuringCloseMakesNoSecondFinalReport(t *testing.T) {
 	for range 10 {
 		ctx := context.Background()
-		mem := NewMemoryStore()
-		store := &periodFaultStore{MemoryStore: mem}
+		mem := store.NewMemory()
+		shared := &periodFaultStore{Memory: mem}
 		manual := WithSyncInterval(time.Hour)
 		r1 := newFleetLedger(t, mem, "r1", AccountLimits{}, manual)
 		var r2 *Ledger
-		r2 = newFleetLedger(t, store, "r2", AccountLimits{}, manual, WithPeriodClosed(func([]Period) {
+		r2 = newFleetLedger(t, shared, "r2", AccountLimits{}, manual, WithPeriodClosed(func([]Period) {
 			if err := r2.Sync(ctx); err != nil && !errors.Is(err, ErrClosed) {
 				t.Errorf("Sync from the hook: %v", err)
 			}
@@ -199,6 +200,6 @@ func TestFleetHookSyncDuringCloseMakesNoSecondFinalReport(t *testing.T) {
 		r1.ClosePeriod()
 		require.NoError(t, r1.Sync(ctx))
 		require.NoError(t, r2.Close(ctx)) // learns of the close in its final report
-		require.Equal(t, int64(1), store.finals.Load(), "one final report")
+		require.Equal(t, int64(1), shared.finals.Load(), "one final report")
 	}
 }

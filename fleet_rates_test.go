@@ -3,6 +3,7 @@ package reslimit
 import (
 	"context"
 	"fmt"
+	"github.com/reslimit/reslimit/store"
 	"os"
 	"sync/atomic"
 	"testing"
@@ -20,7 +21,7 @@ import (
 //	RESLIMIT_STORE_CALLS=1 go test -run TestFleetStoreCallRates -v .
 func TestFleetStoreCallRates(t *testing.T) {
 	if os.Getenv("RESLIMIT_STORE_CALLS") == "" {
-		t.Skip("set RESLIMIT_STORE_CALLS=1 to measure the store's call rates")
+		t.Skip("set RESLIMIT_STORE_CALLS=1 to measure the shared's call rates")
 	}
 	t.Logf("%-8s %-8s %14s %18s %12s", "tenants", "state", "Sync calls/s", "tenant reports/s", "Loads/s")
 	for _, n := range []int{1, 100, 10_000} {
@@ -38,15 +39,15 @@ type loadCountingStore struct {
 	loads atomic.Int64
 }
 
-func (s *loadCountingStore) Load(ctx context.Context, tenant string) (Totals, error) {
+func (s *loadCountingStore) Load(ctx context.Context, tenant string) (store.Totals, error) {
 	s.loads.Add(1)
 	return s.countingStore.Load(ctx, tenant)
 }
 
 func storeCallRate(t *testing.T, n int, state string) (calls, reports, loads float64) {
 	const limit = 1_000_000
-	store := &loadCountingStore{countingStore: newCountingStore()}
-	l := mustLedger(t, AccountLimits{MaxTotalOperations: limit}, WithStore(store), WithReplica("r1"))
+	shared := &loadCountingStore{countingStore: newCountingStore()}
+	l := mustLedger(t, AccountLimits{MaxTotalOperations: limit}, WithStore(shared), WithReplica("r1"))
 	defer func() { _ = l.Close(context.Background()) }()
 	names := make([]string, n)
 	for i := range names {
@@ -70,7 +71,7 @@ func storeCallRate(t *testing.T, n int, state string) (calls, reports, loads flo
 	}
 	time.Sleep(5 * time.Second)
 	synctest.Wait()
-	c0, r0, l0 := store.calls.Load(), store.tenants.Load(), store.loads.Load()
+	c0, r0, l0 := shared.calls.Load(), shared.tenants.Load(), shared.loads.Load()
 	const window = 20 * time.Second
 	for end := time.Now().Add(window); time.Now().Before(end); {
 		if state != "at rest" {
@@ -84,5 +85,5 @@ func storeCallRate(t *testing.T, n int, state string) (calls, reports, loads flo
 	}
 	synctest.Wait()
 	secs := window.Seconds()
-	return float64(store.calls.Load()-c0) / secs, float64(store.tenants.Load()-r0) / secs, float64(store.loads.Load()-l0) / secs
+	return float64(shared.calls.Load()-c0) / secs, float64(shared.tenants.Load()-r0) / secs, float64(shared.loads.Load()-l0) / secs
 }

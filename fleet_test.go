@@ -3,6 +3,7 @@ package reslimit
 import (
 	"context"
 	"errors"
+	"github.com/reslimit/reslimit/store"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,29 +15,29 @@ import (
 
 // flakyStore wraps a Store and fails every call while down is set.
 type flakyStore struct {
-	Store
+	store.Store
 	down  atomic.Bool
 	calls atomic.Int64
 }
 
 var errStoreDown = errors.New("store down")
 
-func (s *flakyStore) Load(ctx context.Context, tenant string) (Totals, error) {
+func (s *flakyStore) Load(ctx context.Context, tenant string) (store.Totals, error) {
 	if s.down.Load() {
-		return Totals{}, errStoreDown
+		return store.Totals{}, errStoreDown
 	}
 	return s.Store.Load(ctx, tenant)
 }
 
-func (s *flakyStore) Sync(ctx context.Context, req SyncRequest) (SyncResponse, error) {
+func (s *flakyStore) Sync(ctx context.Context, req store.SyncRequest) (store.SyncResponse, error) {
 	s.calls.Add(1)
 	if s.down.Load() {
-		return SyncResponse{}, errStoreDown
+		return store.SyncResponse{}, errStoreDown
 	}
 	return s.Store.Sync(ctx, req)
 }
 
-func newFleetLedger(t *testing.T, s Store, replica string, defaults AccountLimits, opts ...LedgerOption) *Ledger {
+func newFleetLedger(t *testing.T, s store.Store, replica string, defaults AccountLimits, opts ...LedgerOption) *Ledger {
 	t.Helper()
 	opts = append([]LedgerOption{WithStore(s), WithReplica(replica), WithSyncInterval(20 * time.Millisecond)}, opts...)
 	l := mustLedger(t, defaults, opts...)
@@ -77,10 +78,10 @@ func hammer(t *testing.T, l *Ledger, workers int) int64 {
 
 func TestFleetOfReplicasNeverPassesTheLimit(t *testing.T) {
 	const limit = 30_000
-	store := NewMemoryStore()
+	shared := store.NewMemory()
 	var ledgers []*Ledger
 	for _, id := range []string{"r1", "r2", "r3"} {
-		ledgers = append(ledgers, newFleetLedger(t, store, id, AccountLimits{MaxTotalOperations: limit}))
+		ledgers = append(ledgers, newFleetLedger(t, shared, id, AccountLimits{MaxTotalOperations: limit}))
 	}
 	var total atomic.Int64
 	var wg sync.WaitGroup
@@ -97,15 +98,15 @@ func TestFleetOfReplicasNeverPassesTheLimit(t *testing.T) {
 	for _, l := range ledgers {
 		require.NoError(t, l.Close(context.Background()))
 	}
-	committed, err := store.Load(context.Background(), "t")
+	committed, err := shared.Load(context.Background(), "t")
 	require.NoError(t, err)
 	assert.Equal(t, total.Load(), committed.Operations, "committed equals what the replicas granted")
 }
 
 func TestFleetStatsAreFleetWide(t *testing.T) {
-	store := NewMemoryStore()
-	l1 := newFleetLedger(t, store, "r1", AccountLimits{MaxTotalOperations: 1000})
-	l2 := newFleetLedger(t, store, "r2", AccountLimits{MaxTotalOperations: 1000})
+	shared := store.NewMemory()
+	l1 := newFleetLedger(t, shared, "r1", AccountLimits{MaxTotalOperations: 1000})
+	l2 := newFleetLedger(t, shared, "r2", AccountLimits{MaxTotalOperations: 1000})
 	for _, l := range []*Ledger{l1, l2} {
 		tr, err := l.Account("acme").Begin(Unlimited())
 		require.NoError(t, err)
@@ -121,7 +122,7 @@ func TestFleetStatsAreFleetWide(t *testing.T) {
 	assert.Equal(t, LimitStatus{Used: 200, Limit: 1000, Remaining: 800}, s.LimitStatus[Operations])
 	require.NotNil(t, s.Fleet)
 	assert.Equal(t, "r1", s.Fleet.Replica)
-	assert.Equal(t, Totals{}, Totals{Operations: s.Fleet.Unreported.Operations})
+	assert.Equal(t, store.Totals{}, store.Totals{Operations: s.Fleet.Unreported.Operations})
 	assert.Positive(t, s.Fleet.Syncs)
 
 	// Unreported local usage shows at once on its own replica.
@@ -132,9 +133,9 @@ func TestFleetStatsAreFleetWide(t *testing.T) {
 }
 
 func TestFleetEvaluationsLimitAcrossReplicas(t *testing.T) {
-	store := NewMemoryStore()
-	l1 := newFleetLedger(t, store, "r1", AccountLimits{MaxEvaluations: 5})
-	l2 := newFleetLedger(t, store, "r2", AccountLimits{MaxEvaluations: 5})
+	shared := store.NewMemory()
+	l1 := newFleetLedger(t, shared, "r1", AccountLimits{MaxEvaluations: 5})
+	l2 := newFleetLedger(t, shared, "r2", AccountLimits{MaxEvaluations: 5})
 	started := 0
 	for i := 0; i < 10; i++ {
 		l := []*Ledger{l1, l2}[i%2]
@@ -148,21 +149,21 @@ func TestFleetEvaluationsLimitAcrossReplicas(t *testing.T) {
 	assert.LessOrEqual(t, started, 5)
 	require.NoError(t, l1.Close(context.Background()))
 	require.NoError(t, l2.Close(context.Background()))
-	c, _ := store.Load(context.Background(), "t")
+	c, _ := shared.Load(context.Background(), "t")
 	assert.Equal(t, int64(started), c.Evaluations)
 }
 
 func TestFleetFailLocalKeepsServingAndBillsLater(t *testing.T) {
-	store := &flakyStore{Store: NewMemoryStore()}
+	shared := &flakyStore{Store: store.NewMemory()}
 	const limit = 100_000
-	l := newFleetLedger(t, store, "r1", AccountLimits{MaxTotalOperations: limit})
+	l := newFleetLedger(t, shared, "r1", AccountLimits{MaxTotalOperations: limit})
 	acct := l.Account("t")
 	tr, err := acct.Begin(Unlimited())
 	require.NoError(t, err)
 	require.NoError(t, tr.TrackOperations(1000))
 	require.NoError(t, l.Sync(context.Background()))
 
-	store.down.Store(true)
+	shared.down.Store(true)
 	require.ErrorIs(t, l.Sync(context.Background()), errStoreDown)
 	var granted int64 = 1000
 	for i := 0; i < 20_000; i++ {
@@ -179,10 +180,10 @@ func TestFleetFailLocalKeepsServingAndBillsLater(t *testing.T) {
 	assert.LessOrEqual(t, granted, int64(limit), "within bounds")
 	tr.End()
 
-	store.down.Store(false)
+	shared.down.Store(false)
 	require.NoError(t, l.Sync(context.Background()))
 	require.NoError(t, l.Close(context.Background()))
-	c, _ := store.Load(context.Background(), "t")
+	c, _ := shared.Load(context.Background(), "t")
 	assert.Equal(t, granted, c.Operations, "nothing lost, nothing double-counted")
 	assert.Equal(t, int64(1), c.Evaluations)
 }
@@ -193,9 +194,9 @@ func TestFleetFailClosedAndFailOpen(t *testing.T) {
 		wantOK bool
 	}{{FailClosed, false}, {FailOpen, true}} {
 		t.Run(tc.policy.String(), func(t *testing.T) {
-			store := &flakyStore{Store: NewMemoryStore()}
-			store.down.Store(true)
-			l := newFleetLedger(t, store, "r1", AccountLimits{MaxTotalOperations: 10}, WithFailurePolicy(tc.policy), WithLeaseWait(time.Millisecond))
+			shared := &flakyStore{Store: store.NewMemory()}
+			shared.down.Store(true)
+			l := newFleetLedger(t, shared, "r1", AccountLimits{MaxTotalOperations: 10}, WithFailurePolicy(tc.policy), WithLeaseWait(time.Millisecond))
 			_ = l.Sync(context.Background())
 			tr, err := l.Account("t").Begin(Unlimited())
 			require.NoError(t, err)
@@ -211,14 +212,14 @@ func TestFleetFailClosedAndFailOpen(t *testing.T) {
 }
 
 func TestFleetRemoveStillReports(t *testing.T) {
-	store := NewMemoryStore()
-	l := newFleetLedger(t, store, "r1", AccountLimits{})
+	shared := store.NewMemory()
+	l := newFleetLedger(t, shared, "r1", AccountLimits{})
 	tr, _ := l.Account("gone").Begin(Unlimited())
 	require.NoError(t, tr.TrackOperations(42))
 	tr.End()
 	l.Remove("gone")
 	require.NoError(t, l.Sync(context.Background()))
-	c, _ := store.Load(context.Background(), "gone")
+	c, _ := shared.Load(context.Background(), "gone")
 	assert.Equal(t, int64(42), c.Operations)
 	l.mu.RLock()
 	assert.Empty(t, l.retired, "forgotten once reported")
@@ -226,8 +227,8 @@ func TestFleetRemoveStillReports(t *testing.T) {
 }
 
 func TestFleetCloseIsFinal(t *testing.T) {
-	store := NewMemoryStore()
-	l := newFleetLedger(t, store, "r1", AccountLimits{MaxTotalOperations: 1000})
+	shared := store.NewMemory()
+	l := newFleetLedger(t, shared, "r1", AccountLimits{MaxTotalOperations: 1000})
 	tr, _ := l.Account("t").Begin(Unlimited())
 	require.NoError(t, tr.TrackOperations(10))
 	tr.End()
@@ -237,7 +238,7 @@ func TestFleetCloseIsFinal(t *testing.T) {
 	assert.ErrorIs(t, err, ErrClosed)
 	assert.ErrorIs(t, l.Sync(context.Background()), ErrClosed)
 	// The final report gave the lease back: another replica gets it all.
-	l2 := newFleetLedger(t, store, "r2", AccountLimits{MaxTotalOperations: 1000})
+	l2 := newFleetLedger(t, shared, "r2", AccountLimits{MaxTotalOperations: 1000})
 	assert.Equal(t, int64(990), hammer(t, l2, 2))
 }
 
@@ -249,28 +250,28 @@ func TestLedgerOptionErrors(t *testing.T) {
 		assert.Nil(t, l)
 	}
 	var in Ledger
-	assert.NoError(t, in.Sync(context.Background()), "no store: nothing to do")
+	assert.NoError(t, in.Sync(context.Background()), "no shared: nothing to do")
 }
 
 func TestFleetCloseRetriesAfterStoreFailure(t *testing.T) {
-	store := &flakyStore{Store: NewMemoryStore()}
-	l := newFleetLedger(t, store, "r1", AccountLimits{})
+	shared := &flakyStore{Store: store.NewMemory()}
+	l := newFleetLedger(t, shared, "r1", AccountLimits{})
 	tr, _ := l.Account("t").Begin(Unlimited())
 	require.NoError(t, tr.TrackOperations(42))
 	tr.End()
-	store.down.Store(true)
+	shared.down.Store(true)
 	require.ErrorIs(t, l.Close(context.Background()), errStoreDown)
-	store.down.Store(false)
+	shared.down.Store(false)
 	require.NoError(t, l.Sync(context.Background()), "Sync retries the final report")
-	c, _ := store.Load(context.Background(), "t")
+	c, _ := shared.Load(context.Background(), "t")
 	assert.Equal(t, int64(42), c.Operations)
 	assert.ErrorIs(t, l.Sync(context.Background()), ErrClosed)
 	require.NoError(t, l.Close(context.Background()))
 }
 
 func TestFleetCloseFreezesLiveRuns(t *testing.T) {
-	store := NewMemoryStore()
-	l := newFleetLedger(t, store, "r1", AccountLimits{MaxTotalOperations: 1000})
+	shared := store.NewMemory()
+	l := newFleetLedger(t, shared, "r1", AccountLimits{MaxTotalOperations: 1000})
 	tr, err := l.Account("t").Begin(Unlimited())
 	require.NoError(t, err)
 	require.NoError(t, tr.TrackOperations(5))
@@ -279,36 +280,36 @@ func TestFleetCloseFreezesLiveRuns(t *testing.T) {
 	assert.ErrorIs(t, tr.TrackOperations(100), ErrClosed)
 	assert.ErrorIs(t, tr.TrackCall(), ErrClosed, "unleased resources are frozen too")
 	tr.End()
-	c, _ := store.Load(context.Background(), "t")
+	c, _ := shared.Load(context.Background(), "t")
 	assert.Equal(t, int64(5), c.Operations)
 	assert.Equal(t, int64(1), c.Calls)
 }
 
 func TestFleetRemoveThenReopenRevives(t *testing.T) {
-	store := &flakyStore{Store: NewMemoryStore()}
-	l := newFleetLedger(t, store, "r1", AccountLimits{})
+	shared := &flakyStore{Store: store.NewMemory()}
+	l := newFleetLedger(t, shared, "r1", AccountLimits{})
 	old := l.Account("t")
 	tr, _ := old.Begin(Unlimited())
 	require.NoError(t, tr.TrackOperations(10))
 	tr.End()
-	store.down.Store(true)
+	shared.down.Store(true)
 	require.Error(t, l.Sync(context.Background()))
 	l.Remove("t")
 	assert.Same(t, old, l.Account("t"), "reopened before it was reported: the same account")
-	store.down.Store(false)
+	shared.down.Store(false)
 	tr, _ = l.Account("t").Begin(Unlimited())
 	require.NoError(t, tr.TrackOperations(5))
 	tr.End()
 	require.NoError(t, l.Sync(context.Background())) // the pending report, resent as it was
 	require.NoError(t, l.Sync(context.Background())) // then what came after it
-	c, _ := store.Load(context.Background(), "t")
+	c, _ := shared.Load(context.Background(), "t")
 	assert.Equal(t, int64(15), c.Operations)
 	assert.Equal(t, int64(2), c.Evaluations)
 }
 
 func TestFleetRetiredWithCPUIsForgotten(t *testing.T) {
-	store := NewMemoryStore()
-	l := newFleetLedger(t, store, "r1", AccountLimits{})
+	shared := store.NewMemory()
+	l := newFleetLedger(t, shared, "r1", AccountLimits{})
 	_, err := Run(context.Background(), Unlimited(), func(ctx context.Context) error {
 		return FromContext(ctx).AddCPUTime(1500 * time.Nanosecond)
 	}, WithAccount(l.Account("t")))
@@ -323,30 +324,30 @@ func TestFleetRetiredWithCPUIsForgotten(t *testing.T) {
 // A report the store ignored as stale (another report with a greater Seq
 // was applied for the same replica and tenant) is sent again, not dropped.
 func TestFleetStaleReportIsResent(t *testing.T) {
-	store := NewMemoryStore()
-	_, err := store.Sync(context.Background(), SyncRequest{Replica: "r1", LeaseTTL: time.Minute,
-		Tenants: []TenantSync{{Tenant: "t", Seq: 1 << 62, Used: Totals{Operations: 7}}}})
+	shared := store.NewMemory()
+	_, err := shared.Sync(context.Background(), store.SyncRequest{Replica: "r1", LeaseTTL: time.Minute,
+		Tenants: []store.TenantSync{{Tenant: "t", Seq: 1 << 62, Used: store.Totals{Operations: 7}}}})
 	require.NoError(t, err)
-	l := newFleetLedger(t, store, "r1", AccountLimits{})
+	l := newFleetLedger(t, shared, "r1", AccountLimits{})
 	tr, _ := l.Account("t").Begin(Unlimited())
 	require.NoError(t, tr.TrackOperations(3))
 	tr.End()
 	_ = l.Sync(context.Background()) // ignored as stale, renumbered
 	require.NoError(t, l.Sync(context.Background()))
-	c, _ := store.Load(context.Background(), "t")
+	c, _ := shared.Load(context.Background(), "t")
 	assert.Equal(t, int64(10), c.Operations)
 }
 
 // The zero MemoryStore is an empty store that ledgers can share.
 func TestZeroMemoryStoreIsUsable(t *testing.T) {
-	var store MemoryStore
-	l := newFleetLedger(t, &store, "r1", AccountLimits{MaxTotalOperations: 100})
+	var shared store.Memory
+	l := newFleetLedger(t, &shared, "r1", AccountLimits{MaxTotalOperations: 100})
 	tr, err := l.Account("t").Begin(Unlimited())
 	require.NoError(t, err)
 	require.NoError(t, tr.TrackOperations(42))
 	tr.End()
 	require.NoError(t, l.Sync(context.Background()))
-	c, err := store.Load(context.Background(), "t")
+	c, err := shared.Load(context.Background(), "t")
 	require.NoError(t, err)
 	assert.Equal(t, int64(42), c.Operations)
 }

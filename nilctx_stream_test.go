@@ -3,6 +3,7 @@ package reslimit
 import (
 	"bytes"
 	"context"
+	"github.com/reslimit/reslimit/store"
 	"io"
 	"strings"
 	"testing"
@@ -47,7 +48,7 @@ func TestNilContextIsAnError(t *testing.T) {
 	assert.ErrorIs(t, m.Start(nilCtx), ErrInvalidArgument)
 	m.Stop()
 
-	ledger := mustLedger(t, AccountLimits{}, WithStore(NewMemoryStore()))
+	ledger := mustLedger(t, AccountLimits{}, WithStore(store.NewMemory()))
 	assert.ErrorIs(t, ledger.Sync(nilCtx), ErrInvalidArgument)
 	assert.ErrorIs(t, ledger.Close(nilCtx), ErrInvalidArgument)
 	require.NoError(t, ledger.Close(context.Background()))

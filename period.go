@@ -3,6 +3,7 @@ package reslimit
 import (
 	"context"
 	"fmt"
+	"github.com/reslimit/reslimit/store"
 	"slices"
 	"sort"
 	"sync"
@@ -25,7 +26,7 @@ type Period struct {
 	// Totals are the cumulative quantities charged in the period:
 	// operations, calls, bytes charged (TotalMemory), CPU time and
 	// evaluations (runs started).
-	Totals
+	store.Totals
 	// PeakMemoryBytes is the most memory the tenant's runs held at once
 	// during the period.
 	PeakMemoryBytes int64
@@ -45,7 +46,7 @@ type Period struct {
 //
 // With a Store, the returned Period holds what this replica charged in
 // the period; summing the replicas' lines for a period gives the fleet's.
-// With a store that keeps periods (a PeriodLoader: MemoryStore, the Redis
+// With a store that keeps periods (a store.PeriodLoader: store.Memory, the Redis
 // store), the close is fleet-wide: the next sync moves the tenant's period
 // in the store on (the other replicas close theirs when the store tells
 // them, see Ledger.Periods), the usage charged before the close is billed
@@ -118,9 +119,9 @@ func (a *Account) closePeriodLocked(end time.Time, next uint64) Period {
 	}
 	// The split point of a store's reports: what this process used until
 	// now (its life totals) belongs to the closed period.
-	var lt Totals
+	var lt store.Totals
 	for i, r := range meterResource {
-		lt.Set(r, life[i])
+		tset(&lt, r, life[i])
 	}
 	lt.CPUTime, lt.Evaluations = lifeCPU, a.lifeEvals
 	a.quotaOf().periodClosedLocked(p.Number, reportable(lt))
@@ -207,7 +208,7 @@ type ledgerPeriods struct {
 	closeMu sync.Mutex // one close at a time
 	number  uint64     // the open period's number (0 reads as 1); guarded by Ledger.mu
 	kept    [][]Period // the latest closes; guarded by closeMu
-	removed []*Account // removed accounts (without a Store) still to bill; guarded by Ledger.mu
+	removed []*Account // removed accounts (without a store.Store) still to bill; guarded by Ledger.mu
 
 	// The closes for the hook, in the order they were made (the
 	// schedule's and the store's): deliverLoop calls the hook, so that it

@@ -2,6 +2,7 @@ package reslimit
 
 import (
 	"context"
+	"github.com/reslimit/reslimit/store"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -124,7 +125,7 @@ func TestPeriodsLoseNoUnitWhileRunsGo(t *testing.T) {
 			periods = append(periods, a.Reset())
 			require.Greater(t, len(periods), 2)
 
-			var sum Totals
+			var sum store.Totals
 			for k, p := range periods {
 				assert.Equal(t, "acme", p.Tenant)
 				assert.Equal(t, uint64(k+1), p.Number)
@@ -172,7 +173,7 @@ func TestResetReturnsTheClosedPeriod(t *testing.T) {
 	p := a.Reset()
 	assert.Equal(t, Period{
 		Tenant: "acme", Number: 1, Start: first, End: p.End, Final: true,
-		Totals:          Totals{Operations: 50, Calls: 1, TotalMemory: 64, CPUTime: time.Millisecond, Evaluations: 2},
+		Totals:          store.Totals{Operations: 50, Calls: 1, TotalMemory: 64, CPUTime: time.Millisecond, Evaluations: 2},
 		PeakMemoryBytes: 64,
 	}, p)
 	s := a.Stats()
@@ -183,7 +184,7 @@ func TestResetReturnsTheClosedPeriod(t *testing.T) {
 	require.NoError(t, live.AddCPUTime(time.Millisecond))
 	live.End()
 	p = a.Reset()
-	assert.Equal(t, Totals{Operations: 5, CPUTime: time.Millisecond}, p.Totals)
+	assert.Equal(t, store.Totals{Operations: 5, CPUTime: time.Millisecond}, p.Totals)
 	assert.Equal(t, int64(64), p.PeakMemoryBytes, "held at the close: the new period's peak starts there")
 	assert.Equal(t, uint64(2), p.Number)
 
@@ -241,7 +242,7 @@ func TestLedgerClosePeriodInvoicesEveryTenant(t *testing.T) {
 	lines = l.ClosePeriod()
 	require.Len(t, lines, 4, "the removed account is forgotten once its runs ended and it was billed")
 	for _, p := range lines {
-		assert.Equal(t, Totals{}, p.Totals)
+		assert.Equal(t, store.Totals{}, p.Totals)
 	}
 
 	kept := l.Periods()
@@ -288,7 +289,7 @@ func TestLedgerClosesPeriodsOnSchedule(t *testing.T) {
 		synctest.Wait()
 		lines := <-hooked
 		require.Len(t, lines, 1)
-		assert.Equal(t, Period{Tenant: "acme", Number: 1, Start: start, End: hour, Totals: Totals{Operations: 10, Evaluations: 1}, Final: true}, lines[0])
+		assert.Equal(t, Period{Tenant: "acme", Number: 1, Start: start, End: hour, Totals: store.Totals{Operations: 10, Evaluations: 1}, Final: true}, lines[0])
 		chargeOps(t, a, 10) // the quota starts over in the new period
 
 		time.Sleep(2 * time.Hour)
@@ -337,12 +338,12 @@ func TestLedgerPeriodScheduleCalendar(t *testing.T) {
 // final once both replicas have closed. So every unit is billed once, in
 // the period it was charged in, whenever it reached the store.
 func TestFleetReplicaPeriodsSumToTheStore(t *testing.T) {
-	store := NewMemoryStore()
+	shared := store.NewMemory()
 	var c [2]charged
 	var ledgers [2]*Ledger
 	var wg sync.WaitGroup
 	for k := range 2 {
-		l := newFleetLedger(t, store, []string{"r1", "r2"}[k], AccountLimits{MaxTotalOperations: 1 << 40}, WithPeriodsKept(1<<20))
+		l := newFleetLedger(t, shared, []string{"r1", "r2"}[k], AccountLimits{MaxTotalOperations: 1 << 40}, WithPeriodsKept(1<<20))
 		ledgers[k] = l
 		wg.Go(func() {
 			defer func() {
@@ -368,10 +369,10 @@ func TestFleetReplicaPeriodsSumToTheStore(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	byPeriod := map[uint64]Totals{}
+	byPeriod := map[uint64]store.Totals{}
 	var maxN uint64
 	for k := range 2 {
-		var sum Totals
+		var sum store.Totals
 		for _, p := range ledgers[k].Periods() {
 			sum = sum.Add(p.Totals)
 			byPeriod[p.Number] = byPeriod[p.Number].Add(p.Totals)
@@ -382,14 +383,14 @@ func TestFleetReplicaPeriodsSumToTheStore(t *testing.T) {
 		assert.Equal(t, c[k].total.Load(), sum.TotalMemory, "replica %d", k)
 		assert.Equal(t, c[k].calls.Load(), sum.Calls, "replica %d", k)
 	}
-	open, err := store.LoadPeriod(context.Background(), "acme", 0)
+	open, err := shared.LoadPeriod(context.Background(), "acme", 0)
 	require.NoError(t, err)
-	assert.Greater(t, open.Open, uint64(1), "the replicas' closes moved the store's period on")
+	assert.Greater(t, open.Open, uint64(1), "the replicas' closes moved the shared's period on")
 	for n := uint64(1); n <= maxN; n++ {
 		sp, err := ledgers[0].StorePeriod(context.Background(), "acme", n)
 		require.NoError(t, err)
 		want := byPeriod[n]
-		want.CPUTime = sp.CPUTime // the store keeps whole microseconds per report
+		want.CPUTime = sp.CPUTime // the shared keeps whole microseconds per report
 		assert.Equal(t, want, sp.Totals, "period %d", n)
 		if n < sp.Open {
 			assert.True(t, sp.Final, "period %d: both replicas sent their final reports", n)

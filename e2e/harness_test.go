@@ -24,6 +24,7 @@ import (
 	"github.com/reslimit/reslimit"
 	"github.com/reslimit/reslimit/contrib/redisstore"
 	"github.com/reslimit/reslimit/reslimithttp"
+	"github.com/reslimit/reslimit/store"
 )
 
 // The variables that point the tests at a real Redis server, as in
@@ -305,7 +306,7 @@ func (f *fleet) SyncAll() {
 }
 
 // storePeriod reads a tenant's period n from the store (0: the open one).
-func (f *fleet) storePeriod(tenant string, n uint64) reslimit.StorePeriod {
+func (f *fleet) storePeriod(tenant string, n uint64) store.Period {
 	f.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -331,7 +332,7 @@ func (g granted) String() string {
 }
 
 // totalsOf reads the deterministic part of t (CPU time is compared apart).
-func totalsOf(t reslimit.Totals) granted {
+func totalsOf(t store.Totals) granted {
 	return granted{t.Evaluations, t.Operations, t.Calls, t.TotalMemory}
 }
 
@@ -450,9 +451,9 @@ type periodKey struct {
 
 // sumLines sums every replica's lines per tenant and period, and reports
 // lines that appear twice for one replica, tenant and period.
-func (f *fleet) sumLines(t *testing.T) map[periodKey]reslimit.Totals {
+func (f *fleet) sumLines(t *testing.T) map[periodKey]store.Totals {
 	t.Helper()
-	sum := map[periodKey]reslimit.Totals{}
+	sum := map[periodKey]store.Totals{}
 	for _, r := range f.replicas {
 		seen := map[periodKey]bool{}
 		for _, p := range r.Lines() {

@@ -22,7 +22,8 @@ import (
 
 	"github.com/reslimit/reslimit"
 	"github.com/reslimit/reslimit/contrib/redisstore"
-	"github.com/reslimit/reslimit/internal/storetest"
+	"github.com/reslimit/reslimit/store"
+	"github.com/reslimit/reslimit/store/storetest"
 )
 
 // Regression tests of issue 10 on a real Redis (standalone and Cluster).
@@ -30,11 +31,11 @@ import (
 // counting counts the store's Sync round trips and script calls (one per
 // tenant).
 type counting struct {
-	reslimit.Store
+	store.Store
 	calls, scripts atomic.Int64
 }
 
-func (c *counting) Sync(ctx context.Context, req reslimit.SyncRequest) (reslimit.SyncResponse, error) {
+func (c *counting) Sync(ctx context.Context, req store.SyncRequest) (store.SyncResponse, error) {
 	c.calls.Add(1)
 	c.scripts.Add(int64(len(req.Tenants)))
 	return c.Store.Sync(ctx, req)
@@ -101,8 +102,8 @@ func TestFleetOnRedisNearTheLimit(t *testing.T) {
 	st := &counting{Store: base}
 	const limit, charge = 10_000, 7
 	const interval = 100 * time.Millisecond
-	_, err := base.Sync(context.Background(), reslimit.SyncRequest{Replica: "earlier", Final: true,
-		Tenants: []reslimit.TenantSync{{Tenant: "acme", Seq: 1, Used: reslimit.Totals{Operations: limit - 11}}}})
+	_, err := base.Sync(context.Background(), store.SyncRequest{Replica: "earlier", Final: true,
+		Tenants: []store.TenantSync{{Tenant: "acme", Seq: 1, Used: store.Totals{Operations: limit - 11}}}})
 	require.NoError(t, err)
 	var granted atomic.Int64
 	granted.Store(limit - 11)
@@ -272,7 +273,7 @@ func newClusterStore(t *testing.T, rdb *redis.ClusterClient) *redisstore.Store {
 func TestConformanceCluster(t *testing.T) {
 	rdb := clusterClient(t)
 	storetest.Run(t, storetest.Config{
-		New:           func(t *testing.T) reslimit.Store { return newClusterStore(t, rdb) },
+		New:           func(t *testing.T) store.Store { return newClusterStore(t, rdb) },
 		CPUResolution: time.Microsecond,
 	})
 }
@@ -317,7 +318,7 @@ func TestFleetOnClusterNeverPassesTheLimit(t *testing.T) {
 		masters[fmt.Sprint(slot*3/16384)] = true
 	}
 	listed := map[string]int64{}
-	require.NoError(t, ledgers[0].StoreTenants(context.Background(), func(tenant string, c reslimit.Totals) error {
+	require.NoError(t, ledgers[0].StoreTenants(context.Background(), func(tenant string, c store.Totals) error {
 		listed[tenant] = c.Operations
 		return nil
 	}))

@@ -17,11 +17,12 @@ import (
 
 	"github.com/reslimit/reslimit"
 	"github.com/reslimit/reslimit/contrib/redisstore"
+	"github.com/reslimit/reslimit/store"
 )
 
 // Ledger-level tests: several replicas (ledgers) share one real Redis.
 
-func replica(t *testing.T, st reslimit.Store, id string, limits reslimit.AccountLimits, opts ...reslimit.LedgerOption) *reslimit.Ledger {
+func replica(t *testing.T, st store.Store, id string, limits reslimit.AccountLimits, opts ...reslimit.LedgerOption) *reslimit.Ledger {
 	t.Helper()
 	opts = append([]reslimit.LedgerOption{reslimit.WithStore(st), reslimit.WithReplica(id),
 		reslimit.WithSyncInterval(50 * time.Millisecond)}, opts...)
@@ -100,9 +101,9 @@ func TestFleetOnRedisKeepsAStoppedReplicasLeaseCounted(t *testing.T) {
 	st, _ := newStore(t, rdb)
 	const limit = 20_000
 	// A replica takes a lease and stops without Close: it never syncs again.
-	resp, err := st.Sync(context.Background(), reslimit.SyncRequest{Replica: "dead", LeaseTTL: 100 * time.Millisecond,
-		Tenants: []reslimit.TenantSync{{Tenant: "acme", Seq: 1, Used: reslimit.Totals{Operations: 1000}, Want: reslimit.Totals{Operations: 5000},
-			Limit: reslimit.Totals{Operations: limit}}}})
+	resp, err := st.Sync(context.Background(), store.SyncRequest{Replica: "dead", LeaseTTL: 100 * time.Millisecond,
+		Tenants: []store.TenantSync{{Tenant: "acme", Seq: 1, Used: store.Totals{Operations: 1000}, Want: store.Totals{Operations: 5000},
+			Limit: store.Totals{Operations: limit}}}})
 	require.NoError(t, err)
 	require.Equal(t, int64(6000), resp.Tenants[0].Allowance.Operations)
 	time.Sleep(300 * time.Millisecond) // its lease expires, by Redis's clock

@@ -8,9 +8,9 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/reslimit/reslimit"
 	"github.com/reslimit/reslimit/contrib/redisstore"
-	"github.com/reslimit/reslimit/internal/storetest"
+	"github.com/reslimit/reslimit/store"
+	"github.com/reslimit/reslimit/store/storetest"
 )
 
 // TestConformanceMiniredis runs the suite on miniredis, in addition to (not
@@ -25,7 +25,7 @@ func TestConformanceMiniredis(t *testing.T) {
 	var mu sync.Mutex
 	servers := map[*testing.T]*fake{}
 	storetest.Run(t, storetest.Config{
-		New: func(t *testing.T) reslimit.Store {
+		New: func(t *testing.T) store.Store {
 			f := &fake{srv: miniredis.RunT(t), now: time.Now()}
 			f.srv.SetTime(f.now)
 			mu.Lock()

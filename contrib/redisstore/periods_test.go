@@ -11,6 +11,7 @@ import (
 
 	"github.com/reslimit/reslimit"
 	"github.com/reslimit/reslimit/contrib/redisstore"
+	"github.com/reslimit/reslimit/store"
 )
 
 // TestPeriodLayoutAndRetention checks the keys of a closed period on a
@@ -23,9 +24,9 @@ func TestPeriodLayoutAndRetention(t *testing.T) {
 	const retention = time.Hour
 	st, prefix := newStore(t, rdb, redisstore.WithPeriodRetention(retention))
 	ctx := context.Background()
-	syncOne(t, st, "a", reslimit.TenantSync{Tenant: "acme", Seq: 1, Used: reslimit.Totals{Operations: 3},
-		Want: reslimit.Totals{Operations: 10}, Limit: reslimit.Totals{Operations: 100}})
-	b := syncOne(t, st, "b", reslimit.TenantSync{Tenant: "acme", Seq: 1, Period: 2, Used: reslimit.Totals{Operations: 4}})
+	syncOne(t, st, "a", store.TenantSync{Tenant: "acme", Seq: 1, Used: store.Totals{Operations: 3},
+		Want: store.Totals{Operations: 10}, Limit: store.Totals{Operations: 100}})
+	b := syncOne(t, st, "b", store.TenantSync{Tenant: "acme", Seq: 1, Period: 2, Used: store.Totals{Operations: 4}})
 	assert.Equal(t, uint64(2), b.Period)
 	hash, leases := st.Keys("acme")
 	p1, p1leases := prefix+":{acme}:p1", prefix+":{acme}:p1:leases"
@@ -55,16 +56,16 @@ func TestPeriodLayoutAndRetention(t *testing.T) {
 	}
 	sp, err := st.LoadPeriod(ctx, "acme", 1)
 	require.NoError(t, err)
-	assert.Equal(t, reslimit.StorePeriod{Tenant: "acme", Number: 1, Open: 2, Totals: reslimit.Totals{Operations: 3}}, sp)
+	assert.Equal(t, store.Period{Tenant: "acme", Number: 1, Open: 2, Totals: store.Totals{Operations: 3}}, sp)
 
 	// a's final report for period 1: it is final, and expires after the
 	// retention.
-	a := syncOne(t, st, "a", reslimit.TenantSync{Tenant: "acme", Seq: 2, Period: 2,
-		Closed: []reslimit.ClosedReport{{Period: 1, Used: reslimit.Totals{Operations: 5}}}})
-	assert.Equal(t, reslimit.Totals{Operations: 4}, a.Committed)
+	a := syncOne(t, st, "a", store.TenantSync{Tenant: "acme", Seq: 2, Period: 2,
+		Closed: []store.ClosedReport{{Period: 1, Used: store.Totals{Operations: 5}}}})
+	assert.Equal(t, store.Totals{Operations: 4}, a.Committed)
 	sp, err = st.LoadPeriod(ctx, "acme", 1)
 	require.NoError(t, err)
-	assert.Equal(t, reslimit.StorePeriod{Tenant: "acme", Number: 1, Open: 2, Totals: reslimit.Totals{Operations: 8}, Final: true}, sp)
+	assert.Equal(t, store.Period{Tenant: "acme", Number: 1, Open: 2, Totals: store.Totals{Operations: 8}, Final: true}, sp)
 	ttl, err := rdb.PTTL(ctx, p1).Result()
 	require.NoError(t, err)
 	assert.InDelta(t, float64(retention), float64(ttl), float64(5*time.Second))
@@ -74,8 +75,8 @@ func TestPeriodLayoutAndRetention(t *testing.T) {
 
 	// Without a retention, closed periods are kept.
 	st2, prefix2 := newStore(t, rdb)
-	syncOne(t, st2, "a", reslimit.TenantSync{Tenant: "acme", Seq: 1, Used: reslimit.Totals{Operations: 3}})
-	syncOne(t, st2, "a", reslimit.TenantSync{Tenant: "acme", Seq: 2, Period: 2, Closed: []reslimit.ClosedReport{{Period: 1}}})
+	syncOne(t, st2, "a", store.TenantSync{Tenant: "acme", Seq: 1, Used: store.Totals{Operations: 3}})
+	syncOne(t, st2, "a", store.TenantSync{Tenant: "acme", Seq: 2, Period: 2, Closed: []store.ClosedReport{{Period: 1}}})
 	ttl, err = rdb.PTTL(ctx, prefix2+":{acme}:p1").Result()
 	require.NoError(t, err)
 	assert.Equal(t, time.Duration(-1), ttl)
@@ -122,8 +123,8 @@ func TestFleetPeriods(t *testing.T) {
 	sp, err := r2.StorePeriod(ctx, "acme", 1)
 	require.NoError(t, err)
 	sp.CPUTime = 0
-	assert.Equal(t, reslimit.StorePeriod{Tenant: "acme", Number: 1, Open: 2,
-		Totals: reslimit.Totals{Operations: 90, Evaluations: 2}, Final: true}, sp)
+	assert.Equal(t, store.Period{Tenant: "acme", Number: 1, Open: 2,
+		Totals: store.Totals{Operations: 90, Evaluations: 2}, Final: true}, sp)
 	ttl, err := rdb.PTTL(ctx, prefix+":{acme}:p1").Result()
 	require.NoError(t, err)
 	assert.InDelta(t, float64(time.Hour), float64(ttl), float64(time.Minute))

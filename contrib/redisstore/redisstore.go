@@ -1,4 +1,4 @@
-// Package redisstore is a reslimit.Store on Redis (standalone, Sentinel or
+// Package redisstore is a store.Store on Redis (standalone, Sentinel or
 // Cluster, through github.com/redis/go-redis/v9), so that a fleet of
 // replicas shares each tenant's cumulative quotas and bill:
 //
@@ -6,12 +6,12 @@
 //	store, err := redisstore.New(rdb)
 //	ledger, err := reslimit.NewLedger(defaults, reslimit.WithStore(store), reslimit.WithReplica(id))
 //
-// It behaves exactly like reslimit.MemoryStore (the conformance suite in
-// internal/storetest checks it against a real Redis server), with these
+// It behaves exactly like store.Memory (the conformance suite in
+// store/storetest checks it against a real Redis server), with these
 // differences, all at magnitudes a real fleet does not reach or inputs
-// MemoryStore takes silently:
+// store.Memory takes silently:
 //
-//   - CPU time is stored in whole microseconds. The sub-microsecond rest of
+//   - CPU time is stored (and leased) in whole microseconds. The sub-microsecond rest of
 //     each report is carried per (replica, tenant) and added once it makes a
 //     whole microsecond, so Reported.CPUTime is exactly the sum of what the
 //     replica sent, and Committed.CPUTime is short by less than 1µs per
@@ -25,7 +25,7 @@
 //     reslimit.ErrInvalidArgument, and nothing is applied.
 //   - The lease set keeps each replica's lease expiry in whole
 //     milliseconds of the Redis server's clock (TIME), for inspection:
-//     like MemoryStore, the store never reclaims allowance when a lease
+//     like store.Memory, the store never reclaims allowance when a lease
 //     expires (a vanished replica may have used it).
 //
 // # Round trips and failures
@@ -62,14 +62,14 @@
 //	                          expired entries are pruned on writes).
 //
 // These two keys hold the tenant's open billing period (see
-// reslimit.TenantSync.Period); the hash also holds "period", the open
+// store.TenantSync.Period); the hash also holds "period", the open
 // period's number (absent for 1), and per replica "per:<replica>", the
 // period its unused allowance is for (absent for 1). A deployment that
 // never closes a period keeps exactly these keys. When a replica reports
 // for a later period, the open one's committed totals move to
 // reslimit:{tenant}:p<N> (hash: ops, calls, mem, cpu_us, evals) and its
 // lease set is renamed reslimit:{tenant}:p<N>:leases; the replicas' final
-// reports for the period (reslimit.ClosedReport) are added there and take
+// reports for the period (store.ClosedReport) are added there and take
 // them out of its lease set. Period N is final when its lease set holds no
 // live lease. With WithPeriodRetention, these keys expire after the
 // retention once the period is final.
@@ -106,6 +106,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/reslimit/reslimit"
+	"github.com/reslimit/reslimit/store"
 )
 
 // DefaultPrefix is the key prefix of a Store made without WithKeyPrefix.
@@ -128,7 +129,7 @@ var syncSource string
 // syncScript applies one tenant's report; see sync.lua.
 var syncScript = redis.NewScript(syncSource)
 
-// Store is a reslimit.Store on Redis. It is safe for concurrent use. Its
+// Store is a store.Store on Redis. It is safe for concurrent use. Its
 // zero value is not usable: make one with New.
 type Store struct {
 	rdb       redis.UniversalClient
@@ -139,9 +140,9 @@ type Store struct {
 }
 
 var (
-	_ reslimit.Store        = (*Store)(nil)
-	_ reslimit.TenantLister = (*Store)(nil)
-	_ reslimit.PeriodLoader = (*Store)(nil)
+	_ store.Store        = (*Store)(nil)
+	_ store.TenantLister = (*Store)(nil)
+	_ store.PeriodLoader = (*Store)(nil)
 )
 
 // Option configures a Store made by New.
@@ -246,21 +247,21 @@ type call struct {
 	args []any
 }
 
-// Sync implements reslimit.Store: it applies each tenant's report and
+// Sync implements store.Store: it applies each tenant's report and
 // grant with one script call, all of them pipelined.
-func (s *Store) Sync(ctx context.Context, req reslimit.SyncRequest) (reslimit.SyncResponse, error) {
+func (s *Store) Sync(ctx context.Context, req store.SyncRequest) (store.SyncResponse, error) {
 	if err := ctx.Err(); err != nil {
-		return reslimit.SyncResponse{}, err
+		return store.SyncResponse{}, err
 	}
 	calls, err := s.calls(req)
 	if err != nil {
-		return reslimit.SyncResponse{}, err
+		return store.SyncResponse{}, err
 	}
-	resp := reslimit.SyncResponse{Tenants: make([]reslimit.TenantState, len(req.Tenants))}
+	resp := store.SyncResponse{Tenants: make([]store.TenantState, len(req.Tenants))}
 	for lo := 0; lo < len(calls); lo += s.maxBatch {
 		hi := min(lo+s.maxBatch, len(calls))
 		if err := s.run(ctx, calls[lo:hi], resp.Tenants[lo:hi]); err != nil {
-			return reslimit.SyncResponse{}, fmt.Errorf("redisstore: sync: %w", err)
+			return store.SyncResponse{}, fmt.Errorf("redisstore: sync: %w", err)
 		}
 		for i := lo; i < hi; i++ {
 			resp.Tenants[i].Tenant = req.Tenants[i].Tenant
@@ -270,7 +271,7 @@ func (s *Store) Sync(ctx context.Context, req reslimit.SyncRequest) (reslimit.Sy
 }
 
 // calls validates req and builds the script calls.
-func (s *Store) calls(req reslimit.SyncRequest) ([]call, error) {
+func (s *Store) calls(req store.SyncRequest) ([]call, error) {
 	if req.Replica == "" {
 		return nil, fmt.Errorf("%w: redisstore: sync without a replica id", reslimit.ErrInvalidArgument)
 	}
@@ -327,9 +328,9 @@ func (s *Store) calls(req reslimit.SyncRequest) ([]call, error) {
 // maxPeriod bounds period numbers, which the script keeps as float64.
 const maxPeriod = maxExact
 
-// validPeriods checks a report's periods as reslimit.MemoryStore does:
+// validPeriods checks a report's periods as store.Memory does:
 // its closed periods come before its period, each once.
-func validPeriods(ts reslimit.TenantSync) error {
+func validPeriods(ts store.TenantSync) error {
 	p := max(ts.Period, 1)
 	if p > maxPeriod {
 		return fmt.Errorf("%w: redisstore: tenant %q: period %d is too large", reslimit.ErrInvalidArgument, ts.Tenant, p)
@@ -354,10 +355,10 @@ func validPeriods(ts reslimit.TenantSync) error {
 	return nil
 }
 
-func nonNegative(ts reslimit.TenantSync) error {
+func nonNegative(ts store.TenantSync) error {
 	for _, f := range []struct {
 		name string
-		t    reslimit.Totals
+		t    store.Totals
 	}{{"Used", ts.Used}, {"Want", ts.Want}, {"Limit", ts.Limit}, {"Return", ts.Return}, {"MinGrant", ts.MinGrant}} {
 		t := f.t
 		if t.Operations < 0 || t.Calls < 0 || t.TotalMemory < 0 || t.CPUTime < 0 || t.Evaluations < 0 {
@@ -383,7 +384,7 @@ func exact(v int64) string { return itoa(min(v, maxExact)) }
 
 // run sends one pipeline of calls and fills out. Calls answered NOSCRIPT
 // (they did nothing) are sent again once the script is loaded.
-func (s *Store) run(ctx context.Context, calls []call, out []reslimit.TenantState) error {
+func (s *Store) run(ctx context.Context, calls []call, out []store.TenantState) error {
 	todo := make([]int, len(calls))
 	for i := range todo {
 		todo[i] = i
@@ -462,20 +463,20 @@ func isRedisError(err error) bool {
 
 // parseState reads the script's 18 values: 16 counters, the last
 // sequence number applied for the replica, and the tenant's open period.
-func parseState(v any) (reslimit.TenantState, error) {
+func parseState(v any) (store.TenantState, error) {
 	vals, ok := v.([]any)
 	if !ok || len(vals) != 18 {
-		return reslimit.TenantState{}, fmt.Errorf("unexpected script reply %#v", v)
+		return store.TenantState{}, fmt.Errorf("unexpected script reply %#v", v)
 	}
 	period, err := parseInt(vals[17])
 	if err != nil || period < 1 {
-		return reslimit.TenantState{}, fmt.Errorf("bad open period %#v: %v", vals[17], err)
+		return store.TenantState{}, fmt.Errorf("bad open period %#v: %v", vals[17], err)
 	}
 	var seq uint64
 	if s, ok := vals[16].(string); ok {
 		var err error
 		if seq, err = strconv.ParseUint(s, 10, 64); err != nil {
-			return reslimit.TenantState{}, fmt.Errorf("bad stored seq %q: %w", s, err)
+			return store.TenantState{}, fmt.Errorf("bad stored seq %q: %w", s, err)
 		}
 	}
 	vals = vals[:16]
@@ -483,16 +484,16 @@ func parseState(v any) (reslimit.TenantState, error) {
 	for i, x := range vals {
 		var err error
 		if n[i], err = parseInt(x); err != nil {
-			return reslimit.TenantState{}, err
+			return store.TenantState{}, err
 		}
 	}
-	st := reslimit.TenantState{
-		Committed: reslimit.Totals{Operations: n[0], Calls: n[1], TotalMemory: n[2],
+	st := store.TenantState{
+		Committed: store.Totals{Operations: n[0], Calls: n[1], TotalMemory: n[2],
 			CPUTime: time.Duration(n[3]) * time.Microsecond, Evaluations: n[4]},
-		Reported: reslimit.Totals{Operations: n[5], Calls: n[6], TotalMemory: n[7],
+		Reported: store.Totals{Operations: n[5], Calls: n[6], TotalMemory: n[7],
 			CPUTime: time.Duration(n[8])*time.Microsecond + time.Duration(n[9]), Evaluations: n[10]},
 	}
-	st.Allowance = reslimit.Totals{Operations: n[5] + n[11], Calls: n[6] + n[12], TotalMemory: n[7] + n[13],
+	st.Allowance = store.Totals{Operations: n[5] + n[11], Calls: n[6] + n[12], TotalMemory: n[7] + n[13],
 		CPUTime: st.Reported.CPUTime + time.Duration(n[15])*time.Microsecond, Evaluations: n[10] + n[14]}
 	st.Seq = seq
 	st.Period = uint64(period)
@@ -516,7 +517,7 @@ func parseInt(x any) (int64, error) {
 	return 0, fmt.Errorf("unexpected stored value %#v", x)
 }
 
-// ListTenants implements reslimit.TenantLister: it SCANs for the tenant
+// ListTenants implements store.TenantLister: it SCANs for the tenant
 // hashes (prefix:{*}, TYPE hash) on the server, or on every master of a
 // Cluster (every shard of a Ring) one after the other, calling fn from one
 // goroutine, and reads each batch's committed totals
@@ -524,7 +525,7 @@ func parseInt(x any) (int64, error) {
 // memory at a time. As SCAN guarantees, a tenant present for the whole
 // listing is listed, possibly twice (during a Cluster resharding or a
 // rehash); a tenant created or deleted meanwhile may or may not be.
-func (s *Store) ListTenants(ctx context.Context, fn func(tenant string, committed reslimit.Totals) error) error {
+func (s *Store) ListTenants(ctx context.Context, fn func(tenant string, committed store.Totals) error) error {
 	// The nodes are listed one after the other, so that fn is never called
 	// concurrently (ForEachMaster and ForEachShard run in parallel).
 	var mu sync.Mutex
@@ -560,7 +561,7 @@ func (s *Store) ListTenants(ctx context.Context, fn func(tenant string, committe
 // globEscaper escapes the glob characters of SCAN's MATCH.
 var globEscaper = strings.NewReplacer(`\`, `\\`, "*", `\*`, "?", `\?`, "[", `\[`, "]", `\]`)
 
-func (s *Store) listNode(ctx context.Context, c *redis.Client, fn func(string, reslimit.Totals) error) error {
+func (s *Store) listNode(ctx context.Context, c *redis.Client, fn func(string, store.Totals) error) error {
 	pattern := globEscaper.Replace(s.prefix) + ":{*}"
 	var cursor uint64
 	for {
@@ -615,34 +616,34 @@ func (s *Store) tenantOf(key string) (string, bool) {
 var tagUnescaper = strings.NewReplacer("%25", "%", "%7B", "{", "%7D", "}")
 
 // parseTotals reads HMGET ops calls mem cpu_us evals.
-func parseTotals(vals []any) (reslimit.Totals, error) {
+func parseTotals(vals []any) (store.Totals, error) {
 	var n [5]int64
 	for i, x := range vals {
 		var err error
 		if n[i], err = parseInt(x); err != nil {
-			return reslimit.Totals{}, err
+			return store.Totals{}, err
 		}
 	}
-	return reslimit.Totals{Operations: n[0], Calls: n[1], TotalMemory: n[2],
+	return store.Totals{Operations: n[0], Calls: n[1], TotalMemory: n[2],
 		CPUTime: time.Duration(n[3]) * time.Microsecond, Evaluations: n[4]}, nil
 }
 
-// Load implements reslimit.Store: it returns tenant's committed totals,
+// Load implements store.Store: it returns tenant's committed totals,
 // with one HMGET. A tenant that never synced has zero totals.
-func (s *Store) Load(ctx context.Context, tenant string) (reslimit.Totals, error) {
+func (s *Store) Load(ctx context.Context, tenant string) (store.Totals, error) {
 	if tenant == "" {
-		return reslimit.Totals{}, fmt.Errorf("%w: redisstore: load of an empty tenant name", reslimit.ErrInvalidArgument)
+		return store.Totals{}, fmt.Errorf("%w: redisstore: load of an empty tenant name", reslimit.ErrInvalidArgument)
 	}
 	lctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	hash, _ := s.Keys(tenant)
 	vals, err := s.rdb.HMGet(lctx, hash, "ops", "calls", "mem", "cpu_us", "evals").Result()
 	if err != nil {
-		return reslimit.Totals{}, fmt.Errorf("redisstore: load %q: %w", tenant, err)
+		return store.Totals{}, fmt.Errorf("redisstore: load %q: %w", tenant, err)
 	}
 	tot, err := parseTotals(vals)
 	if err != nil {
-		return reslimit.Totals{}, fmt.Errorf("redisstore: load %q: %w", tenant, err)
+		return store.Totals{}, fmt.Errorf("redisstore: load %q: %w", tenant, err)
 	}
 	return tot, nil
 }
@@ -653,36 +654,36 @@ var periodSource string
 // periodScript reads one billing period; see period.lua.
 var periodScript = redis.NewScript(periodSource)
 
-// LoadPeriod implements reslimit.PeriodLoader: it reads a tenant's
+// LoadPeriod implements store.PeriodLoader: it reads a tenant's
 // committed totals for a billing period (0: the open one), and whether
 // they are final, atomically, with one script call. A closed period whose
 // keys expired (WithPeriodRetention) reads as final with zero totals; one
-// charged before the store lost its data (reslimit.TenantSync.LostBefore)
+// charged before the store lost its data (store.TenantSync.LostBefore)
 // reads as lost, never final.
-func (s *Store) LoadPeriod(ctx context.Context, tenant string, period uint64) (reslimit.StorePeriod, error) {
+func (s *Store) LoadPeriod(ctx context.Context, tenant string, period uint64) (store.Period, error) {
 	if tenant == "" {
-		return reslimit.StorePeriod{}, fmt.Errorf("%w: redisstore: load of an empty tenant name", reslimit.ErrInvalidArgument)
+		return store.Period{}, fmt.Errorf("%w: redisstore: load of an empty tenant name", reslimit.ErrInvalidArgument)
 	}
 	if period > maxPeriod {
-		return reslimit.StorePeriod{}, fmt.Errorf("%w: redisstore: period %d is too large", reslimit.ErrInvalidArgument, period)
+		return store.Period{}, fmt.Errorf("%w: redisstore: period %d is too large", reslimit.ErrInvalidArgument, period)
 	}
 	lctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	hash, leases := s.Keys(tenant)
 	v, err := periodScript.Run(lctx, s.rdb, []string{hash, leases, hash + ":p"}, strconv.FormatUint(period, 10)).Result()
 	if err != nil {
-		return reslimit.StorePeriod{}, fmt.Errorf("redisstore: load period %d of %q: %w", period, tenant, err)
+		return store.Period{}, fmt.Errorf("redisstore: load period %d of %q: %w", period, tenant, err)
 	}
 	vals, ok := v.([]any)
 	if !ok || len(vals) != 9 {
-		return reslimit.StorePeriod{}, fmt.Errorf("redisstore: load period %d of %q: unexpected script reply %#v", period, tenant, v)
+		return store.Period{}, fmt.Errorf("redisstore: load period %d of %q: unexpected script reply %#v", period, tenant, v)
 	}
 	var n [9]int64
 	for i, x := range vals {
 		if n[i], err = parseInt(x); err != nil {
-			return reslimit.StorePeriod{}, fmt.Errorf("redisstore: load period %d of %q: %w", period, tenant, err)
+			return store.Period{}, fmt.Errorf("redisstore: load period %d of %q: %w", period, tenant, err)
 		}
 	}
 	tot, _ := parseTotals(vals[2:7])
-	return reslimit.StorePeriod{Tenant: tenant, Open: uint64(n[0]), Number: uint64(n[1]), Totals: tot, Final: n[7] == 1, Lost: n[8] == 1}, nil
+	return store.Period{Tenant: tenant, Open: uint64(n[0]), Number: uint64(n[1]), Totals: tot, Final: n[7] == 1, Lost: n[8] == 1}, nil
 }

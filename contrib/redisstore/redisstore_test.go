@@ -18,7 +18,8 @@ import (
 
 	"github.com/reslimit/reslimit"
 	"github.com/reslimit/reslimit/contrib/redisstore"
-	"github.com/reslimit/reslimit/internal/storetest"
+	"github.com/reslimit/reslimit/store"
+	"github.com/reslimit/reslimit/store/storetest"
 )
 
 func TestMain(m *testing.M) {
@@ -77,7 +78,7 @@ func newStore(tb testing.TB, rdb *redis.Client, opts ...redisstore.Option) (*red
 func TestConformance(t *testing.T) {
 	rdb := client(t)
 	storetest.Run(t, storetest.Config{
-		New: func(t *testing.T) reslimit.Store {
+		New: func(t *testing.T) store.Store {
 			st, _ := newStore(t, rdb)
 			return st
 		},
@@ -94,7 +95,7 @@ func TestConformanceSmallBatches(t *testing.T) {
 	}
 	rdb := client(t)
 	storetest.Run(t, storetest.Config{
-		New: func(t *testing.T) reslimit.Store {
+		New: func(t *testing.T) store.Store {
 			st, _ := newStore(t, rdb, redisstore.WithMaxBatch(2))
 			return st
 		},
@@ -102,10 +103,10 @@ func TestConformanceSmallBatches(t *testing.T) {
 	})
 }
 
-func syncOne(t *testing.T, st reslimit.Store, replica string, ts reslimit.TenantSync) reslimit.TenantState {
+func syncOne(t *testing.T, st store.Store, replica string, ts store.TenantSync) store.TenantState {
 	t.Helper()
-	resp, err := st.Sync(context.Background(), reslimit.SyncRequest{Replica: replica, LeaseTTL: time.Minute,
-		Tenants: []reslimit.TenantSync{ts}})
+	resp, err := st.Sync(context.Background(), store.SyncRequest{Replica: replica, LeaseTTL: time.Minute,
+		Tenants: []store.TenantSync{ts}})
 	require.NoError(t, err)
 	require.Len(t, resp.Tenants, 1)
 	return resp.Tenants[0]
@@ -119,10 +120,10 @@ func TestNoScript(t *testing.T) {
 	ctx := context.Background()
 	for seq := uint64(1); seq <= 3; seq++ {
 		require.NoError(t, rdb.ScriptFlush(ctx).Err())
-		resp, err := st.Sync(ctx, reslimit.SyncRequest{Replica: "r", LeaseTTL: time.Minute, Tenants: []reslimit.TenantSync{
-			{Tenant: "a", Seq: seq, Used: reslimit.Totals{Operations: 1}, Want: reslimit.Totals{Operations: 5}, Limit: reslimit.Totals{Operations: 100}},
-			{Tenant: "b", Seq: seq, Used: reslimit.Totals{Operations: 2}},
-			{Tenant: "a", Seq: seq, Used: reslimit.Totals{Operations: 1}}, // retry in the same pipeline
+		resp, err := st.Sync(ctx, store.SyncRequest{Replica: "r", LeaseTTL: time.Minute, Tenants: []store.TenantSync{
+			{Tenant: "a", Seq: seq, Used: store.Totals{Operations: 1}, Want: store.Totals{Operations: 5}, Limit: store.Totals{Operations: 100}},
+			{Tenant: "b", Seq: seq, Used: store.Totals{Operations: 2}},
+			{Tenant: "a", Seq: seq, Used: store.Totals{Operations: 1}}, // retry in the same pipeline
 		}})
 		require.NoError(t, err, "sync after SCRIPT FLUSH")
 		require.Len(t, resp.Tenants, 3)
@@ -136,7 +137,7 @@ func TestNoScript(t *testing.T) {
 	assert.Equal(t, []bool{true}, exists, "the script is loaded again")
 	tot, err := st.Load(ctx, "a")
 	require.NoError(t, err)
-	assert.Equal(t, reslimit.Totals{Operations: 3}, tot)
+	assert.Equal(t, store.Totals{Operations: 3}, tot)
 }
 
 func scriptSource(t *testing.T) string {
@@ -152,9 +153,9 @@ func TestLayout(t *testing.T) {
 	st, prefix := newStore(t, rdb)
 	ctx := context.Background()
 	tenant := "acme"
-	syncOne(t, st, "r:1", reslimit.TenantSync{Tenant: tenant, Seq: 7,
-		Used: reslimit.Totals{Operations: 3, TotalMemory: 10, CPUTime: 1500 * time.Nanosecond},
-		Want: reslimit.Totals{Operations: 10}, Limit: reslimit.Totals{Operations: 100}})
+	syncOne(t, st, "r:1", store.TenantSync{Tenant: tenant, Seq: 7,
+		Used: store.Totals{Operations: 3, TotalMemory: 10, CPUTime: 1500 * time.Nanosecond},
+		Want: store.Totals{Operations: 10}, Limit: store.Totals{Operations: 100}})
 	hash, leases := st.Keys(tenant)
 	assert.Equal(t, prefix+":{acme}", hash)
 	assert.Equal(t, prefix+":{acme}:leases", leases)
@@ -201,7 +202,7 @@ func TestTenantNames(t *testing.T) {
 	rdb := client(t)
 	st, _ = newStore(t, rdb)
 	for i, n := range names {
-		syncOne(t, st, "r", reslimit.TenantSync{Tenant: n, Seq: 1, Used: reslimit.Totals{Operations: int64(i + 1)}})
+		syncOne(t, st, "r", store.TenantSync{Tenant: n, Seq: 1, Used: store.Totals{Operations: int64(i + 1)}})
 	}
 	for i, n := range names {
 		tot, err := st.Load(context.Background(), n)
@@ -237,15 +238,15 @@ func TestValidation(t *testing.T) {
 	require.NoError(t, err)
 
 	ctx := context.Background()
-	good := reslimit.TenantSync{Tenant: "t", Seq: 1}
-	bad := []reslimit.SyncRequest{
-		{Tenants: []reslimit.TenantSync{good}},
-		{Replica: "r", LeaseTTL: -time.Second, Tenants: []reslimit.TenantSync{good}},
-		{Replica: "r", Tenants: []reslimit.TenantSync{good, {Seq: 1}}},
-		{Replica: "r", Tenants: []reslimit.TenantSync{{Tenant: "t", Used: reslimit.Totals{Operations: -1}}}},
-		{Replica: "r", Tenants: []reslimit.TenantSync{{Tenant: "t", Used: reslimit.Totals{CPUTime: -1}}}},
-		{Replica: "r", Tenants: []reslimit.TenantSync{{Tenant: "t", Want: reslimit.Totals{Evaluations: -1}}}},
-		{Replica: "r", Tenants: []reslimit.TenantSync{{Tenant: "t", Limit: reslimit.Totals{TotalMemory: -1}}}},
+	good := store.TenantSync{Tenant: "t", Seq: 1}
+	bad := []store.SyncRequest{
+		{Tenants: []store.TenantSync{good}},
+		{Replica: "r", LeaseTTL: -time.Second, Tenants: []store.TenantSync{good}},
+		{Replica: "r", Tenants: []store.TenantSync{good, {Seq: 1}}},
+		{Replica: "r", Tenants: []store.TenantSync{{Tenant: "t", Used: store.Totals{Operations: -1}}}},
+		{Replica: "r", Tenants: []store.TenantSync{{Tenant: "t", Used: store.Totals{CPUTime: -1}}}},
+		{Replica: "r", Tenants: []store.TenantSync{{Tenant: "t", Want: store.Totals{Evaluations: -1}}}},
+		{Replica: "r", Tenants: []store.TenantSync{{Tenant: "t", Limit: store.Totals{TotalMemory: -1}}}},
 	}
 	for i, req := range bad {
 		_, err := st.Sync(ctx, req)
@@ -292,8 +293,8 @@ func TestUnreachable(t *testing.T) {
 			st, err := redisstore.New(rdb, redisstore.WithTimeout(200*time.Millisecond))
 			require.NoError(t, err)
 			start := time.Now()
-			_, err = st.Sync(context.Background(), reslimit.SyncRequest{Replica: "r", LeaseTTL: time.Second,
-				Tenants: []reslimit.TenantSync{{Tenant: "t", Seq: 1, Used: reslimit.Totals{Operations: 1}}}})
+			_, err = st.Sync(context.Background(), store.SyncRequest{Replica: "r", LeaseTTL: time.Second,
+				Tenants: []store.TenantSync{{Tenant: "t", Seq: 1, Used: store.Totals{Operations: 1}}}})
 			require.Error(t, err)
 			assert.Less(t, time.Since(start), time.Second)
 			start = time.Now()
@@ -310,15 +311,15 @@ func TestOverflow(t *testing.T) {
 	rdb := client(t)
 	st, _ := newStore(t, rdb)
 	big := int64(1) << 62
-	syncOne(t, st, "r", reslimit.TenantSync{Tenant: "t", Seq: 1, Used: reslimit.Totals{Operations: big}})
-	_, err := st.Sync(context.Background(), reslimit.SyncRequest{Replica: "r", LeaseTTL: time.Minute,
-		Tenants: []reslimit.TenantSync{{Tenant: "t", Seq: 2, Used: reslimit.Totals{Operations: big, Evaluations: 1}}}})
+	syncOne(t, st, "r", store.TenantSync{Tenant: "t", Seq: 1, Used: store.Totals{Operations: big}})
+	_, err := st.Sync(context.Background(), store.SyncRequest{Replica: "r", LeaseTTL: time.Minute,
+		Tenants: []store.TenantSync{{Tenant: "t", Seq: 2, Used: store.Totals{Operations: big, Evaluations: 1}}}})
 	require.ErrorContains(t, err, "overflow")
 	tot, err := st.Load(context.Background(), "t")
 	require.NoError(t, err)
-	assert.Equal(t, reslimit.Totals{Operations: big}, tot, "nothing of the refused report is applied")
-	got := syncOne(t, st, "r", reslimit.TenantSync{Tenant: "t", Seq: 2, Used: reslimit.Totals{Evaluations: 1}})
-	assert.Equal(t, reslimit.Totals{Operations: big, Evaluations: 1}, got.Reported, "seq 2 was not used up")
+	assert.Equal(t, store.Totals{Operations: big}, tot, "nothing of the refused report is applied")
+	got := syncOne(t, st, "r", store.TenantSync{Tenant: "t", Seq: 2, Used: store.Totals{Evaluations: 1}})
+	assert.Equal(t, store.Totals{Operations: big, Evaluations: 1}, got.Reported, "seq 2 was not used up")
 }
 
 // TestHugeLimit checks that limits beyond float64's exact integers grant
@@ -326,12 +327,12 @@ func TestOverflow(t *testing.T) {
 func TestHugeLimit(t *testing.T) {
 	rdb := client(t)
 	st, _ := newStore(t, rdb)
-	lim := reslimit.Totals{Operations: 1<<63 - 1, TotalMemory: 1 << 60}
-	a := syncOne(t, st, "a", reslimit.TenantSync{Tenant: "t", Seq: 1, Used: reslimit.Totals{Operations: 3},
-		Want: reslimit.Totals{Operations: 1<<63 - 1, TotalMemory: 1e12 + 1}, Limit: lim})
+	lim := store.Totals{Operations: 1<<63 - 1, TotalMemory: 1 << 60}
+	a := syncOne(t, st, "a", store.TenantSync{Tenant: "t", Seq: 1, Used: store.Totals{Operations: 3},
+		Want: store.Totals{Operations: 1<<63 - 1, TotalMemory: 1e12 + 1}, Limit: lim})
 	assert.Equal(t, int64(1<<53-1), a.Allowance.Operations, "limits are capped at 2^53-1")
 	assert.Equal(t, int64(1e12+1), a.Allowance.TotalMemory)
-	b := syncOne(t, st, "b", reslimit.TenantSync{Tenant: "t", Seq: 1, Want: reslimit.Totals{Operations: 5, TotalMemory: 5}, Limit: lim})
+	b := syncOne(t, st, "b", store.TenantSync{Tenant: "t", Seq: 1, Want: store.Totals{Operations: 5, TotalMemory: 5}, Limit: lim})
 	assert.Equal(t, int64(0), b.Allowance.Operations)
 	assert.Equal(t, int64(5), b.Allowance.TotalMemory)
 }
@@ -343,16 +344,16 @@ func BenchmarkSync100Tenants(b *testing.B) {
 	rdb := client(b)
 	st, _ := newStore(b, rdb)
 	const n = 100
-	req := reslimit.SyncRequest{Replica: "bench", LeaseTTL: time.Minute, Tenants: make([]reslimit.TenantSync, n)}
+	req := store.SyncRequest{Replica: "bench", LeaseTTL: time.Minute, Tenants: make([]store.TenantSync, n)}
 	for i := range req.Tenants {
-		req.Tenants[i] = reslimit.TenantSync{Tenant: "tenant-" + strconv.Itoa(i),
-			Want:  reslimit.Totals{Operations: 10, Calls: 10, Evaluations: 1},
-			Limit: reslimit.Totals{Operations: 1 << 50, Calls: 1 << 50, Evaluations: 1 << 50}}
+		req.Tenants[i] = store.TenantSync{Tenant: "tenant-" + strconv.Itoa(i),
+			Want:  store.Totals{Operations: 10, Calls: 10, Evaluations: 1},
+			Limit: store.Totals{Operations: 1 << 50, Calls: 1 << 50, Evaluations: 1 << 50}}
 	}
 	// Another replica holds a lease on every tenant, as in a fleet.
 	other := req
 	other.Replica = "other"
-	other.Tenants = append([]reslimit.TenantSync(nil), req.Tenants...)
+	other.Tenants = append([]store.TenantSync(nil), req.Tenants...)
 	for i := range other.Tenants {
 		other.Tenants[i].Seq = 1
 	}
@@ -365,7 +366,7 @@ func BenchmarkSync100Tenants(b *testing.B) {
 		seq++
 		for i := range req.Tenants {
 			req.Tenants[i].Seq = seq
-			req.Tenants[i].Used = reslimit.Totals{Operations: 5, Calls: 3, CPUTime: 1234 * time.Nanosecond, Evaluations: 1}
+			req.Tenants[i].Used = store.Totals{Operations: 5, Calls: 3, CPUTime: 1234 * time.Nanosecond, Evaluations: 1}
 		}
 		if _, err := st.Sync(ctx, req); err != nil {
 			b.Fatal(err)
@@ -379,13 +380,13 @@ func BenchmarkSync100Tenants(b *testing.B) {
 func TestCPUCarry(t *testing.T) {
 	rdb := client(t)
 	st, _ := newStore(t, rdb)
-	var got reslimit.TenantState
+	var got store.TenantState
 	for seq := uint64(1); seq <= 10; seq++ {
-		got = syncOne(t, st, "r", reslimit.TenantSync{Tenant: "t", Seq: seq, Used: reslimit.Totals{CPUTime: 999}})
+		got = syncOne(t, st, "r", store.TenantSync{Tenant: "t", Seq: seq, Used: store.Totals{CPUTime: 999}})
 	}
 	assert.Equal(t, 9990*time.Nanosecond, got.Reported.CPUTime, "Reported is exact")
 	assert.Equal(t, 9*time.Microsecond, got.Committed.CPUTime, "committed in whole µs, the rest carried")
-	got = syncOne(t, st, "q", reslimit.TenantSync{Tenant: "t", Seq: 1, Used: reslimit.Totals{CPUTime: 1999}})
+	got = syncOne(t, st, "q", store.TenantSync{Tenant: "t", Seq: 1, Used: store.Totals{CPUTime: 1999}})
 	assert.Equal(t, 10*time.Microsecond, got.Committed.CPUTime)
 	tot, err := st.Load(context.Background(), "t")
 	require.NoError(t, err)
@@ -398,15 +399,15 @@ func TestBigCounters(t *testing.T) {
 	rdb := client(t)
 	st, _ := newStore(t, rdb)
 	big := int64(1)<<53 + 1
-	used := reslimit.Totals{Operations: big, TotalMemory: 3*big + 2, CPUTime: time.Duration(big)}
-	var got reslimit.TenantState
+	used := store.Totals{Operations: big, TotalMemory: 3*big + 2, CPUTime: time.Duration(big)}
+	var got store.TenantState
 	for seq := uint64(1); seq <= 3; seq++ {
-		got = syncOne(t, st, "r", reslimit.TenantSync{Tenant: "t", Seq: seq, Used: used,
-			Want: reslimit.Totals{Operations: 1}, Limit: reslimit.Totals{Operations: 10}})
+		got = syncOne(t, st, "r", store.TenantSync{Tenant: "t", Seq: seq, Used: used,
+			Want: store.Totals{Operations: 1}, Limit: store.Totals{Operations: 10}})
 	}
-	want := reslimit.Totals{Operations: 3 * big, TotalMemory: 3 * (3*big + 2), CPUTime: 3 * time.Duration(big)}
+	want := store.Totals{Operations: 3 * big, TotalMemory: 3 * (3*big + 2), CPUTime: 3 * time.Duration(big)}
 	assert.Equal(t, want, got.Reported)
-	assert.Equal(t, reslimit.Totals{Operations: 3 * big, TotalMemory: 3 * (3*big + 2), CPUTime: want.CPUTime}, got.Allowance,
+	assert.Equal(t, store.Totals{Operations: 3 * big, TotalMemory: 3 * (3*big + 2), CPUTime: want.CPUTime}, got.Allowance,
 		"the allowance of what is not limited: what was reported")
 	want.CPUTime = want.CPUTime / time.Microsecond * time.Microsecond
 	assert.Equal(t, want, got.Committed)
@@ -421,15 +422,15 @@ func TestBigCounters(t *testing.T) {
 func TestReclaimCopiesCPU(t *testing.T) {
 	rdb := client(t)
 	st, _ := newStore(t, rdb)
-	ref := reslimit.NewMemoryStore()
+	ref := store.NewMemory()
 	ctx := context.Background()
-	steps := []reslimit.SyncRequest{
-		{Replica: "o", Tenants: []reslimit.TenantSync{{Tenant: "t", Seq: 1, Used: reslimit.Totals{CPUTime: 1500}}}},
-		{Replica: "p", LeaseTTL: time.Hour, Tenants: []reslimit.TenantSync{{Tenant: "t", Seq: 1}}},
-		{Replica: "o", Tenants: []reslimit.TenantSync{{Tenant: "t", Seq: 1}}},
-		{Replica: "o", Tenants: []reslimit.TenantSync{{Tenant: "t", Seq: 2, Used: reslimit.Totals{CPUTime: 500}}}},
-		{Replica: "p", LeaseTTL: time.Hour, Tenants: []reslimit.TenantSync{{Tenant: "t", Seq: 2}}},
-		{Replica: "o", Tenants: []reslimit.TenantSync{{Tenant: "t", Seq: 2}}},
+	steps := []store.SyncRequest{
+		{Replica: "o", Tenants: []store.TenantSync{{Tenant: "t", Seq: 1, Used: store.Totals{CPUTime: 1500}}}},
+		{Replica: "p", LeaseTTL: time.Hour, Tenants: []store.TenantSync{{Tenant: "t", Seq: 1}}},
+		{Replica: "o", Tenants: []store.TenantSync{{Tenant: "t", Seq: 1}}},
+		{Replica: "o", Tenants: []store.TenantSync{{Tenant: "t", Seq: 2, Used: store.Totals{CPUTime: 500}}}},
+		{Replica: "p", LeaseTTL: time.Hour, Tenants: []store.TenantSync{{Tenant: "t", Seq: 2}}},
+		{Replica: "o", Tenants: []store.TenantSync{{Tenant: "t", Seq: 2}}},
 	}
 	for i, req := range steps {
 		want, err := ref.Sync(ctx, req)

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/reslimit/reslimit"
+	"github.com/reslimit/reslimit/store"
 )
 
 // analyze is the "tool": it touches memory, calls a sub-tool a few times
@@ -132,7 +133,7 @@ func main() {
 // invoice line and the fleet-wide invoice the store keeps.
 func fleet(tool func(context.Context, int) (int, error)) {
 	ctx := context.Background()
-	store := reslimit.NewMemoryStore()
+	store := store.NewMemory()
 	quota := reslimit.AccountLimits{MaxTotalOperations: 150_000}
 	var replicas []*reslimit.Ledger
 	for _, id := range []string{"replica-a", "replica-b"} {

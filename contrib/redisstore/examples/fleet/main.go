@@ -22,6 +22,7 @@ import (
 
 	"github.com/reslimit/reslimit"
 	"github.com/reslimit/reslimit/contrib/redisstore"
+	"github.com/reslimit/reslimit/store"
 )
 
 const (
@@ -30,7 +31,7 @@ const (
 )
 
 func main() {
-	var store reslimit.Store
+	var shared store.Store
 	if addr := os.Getenv("RESLIMIT_REDIS_ADDR"); addr != "" {
 		rdb := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
 		defer rdb.Close()
@@ -42,11 +43,11 @@ func main() {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
-		store = s
+		shared = s
 		fmt.Printf("store: Redis at %s, keys under %s:*\n", addr, prefix)
 		defer cleanup(rdb, prefix)
 	} else {
-		store = reslimit.NewMemoryStore()
+		shared = store.NewMemory()
 		fmt.Println("store: in-memory (set RESLIMIT_REDIS_ADDR=host:port to share a real Redis)")
 	}
 	fmt.Printf("tenant %q has a fleet-wide quota of %d operations; 3 replicas serve it\n\n", tenant, quota)
@@ -61,7 +62,7 @@ func main() {
 		id := fmt.Sprintf("replica-%d", i+1)
 		ledger, err := reslimit.NewLedger(
 			reslimit.AccountLimits{MaxTotalOperations: quota},
-			reslimit.WithStore(store), reslimit.WithReplica(id),
+			reslimit.WithStore(shared), reslimit.WithReplica(id),
 			reslimit.WithSyncInterval(100*time.Millisecond))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -119,7 +120,7 @@ func main() {
 			fmt.Fprintln(os.Stderr, "close:", err)
 		}
 	}
-	committed, err := store.Load(ctx, tenant)
+	committed, err := shared.Load(ctx, tenant)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)

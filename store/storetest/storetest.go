@@ -1,6 +1,6 @@
-// Package storetest is the conformance suite for reslimit.Store
+// Package storetest is the conformance suite for store.Store
 // implementations: it checks that a store behaves exactly like
-// reslimit.MemoryStore, the reference implementation, against the rules
+// store.Memory, the reference implementation, against the rules
 // of the Store contract:
 //
 //   - a report is applied at most once per (Replica, Tenant, Seq); a retry or
@@ -12,20 +12,22 @@
 //     only Return and Final give allowance back; a grant below MinGrant is
 //     not made;
 //   - a Final sync gives back every unused allowance;
-//   - resources without a limit (0) and CPU time are only reported;
+//   - resources without a limit (0) are only reported; CPU time is leased
+//     like the others (in whole microseconds at CPUResolution);
 //   - CPU time round-trips (within Config.CPUResolution per report);
 //   - Load returns the committed totals; a TenantLister lists every tenant;
-//   - billing periods (for a store that implements reslimit.PeriodLoader):
+//   - billing periods (for a store that implements store.PeriodLoader):
 //     a report for a later period closes the open one, and the committed
 //     totals and quotas start over; a late report is billed to its period;
 //     a closed period is final once every lease for it was given back by a
-//     final report (ClosedReport, Final) or expired.
+//     final report (ClosedReport, Final) or expired; a report's LostBefore
+//     marks the periods before it lost, never final.
 //
 // A store package runs it from a test:
 //
 //	func TestConformance(t *testing.T) {
 //		storetest.Run(t, storetest.Config{
-//			New: func(t *testing.T) reslimit.Store { return newIsolatedStore(t) },
+//			New: func(t *testing.T) store.Store { return newIsolatedStore(t) },
 //		})
 //	}
 package storetest
@@ -42,7 +44,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/reslimit/reslimit"
+	"github.com/reslimit/reslimit/store"
 )
 
 // Config tells Run how to make and age the stores under test.
@@ -51,7 +53,7 @@ type Config struct {
 	// returned (a Redis store, for example, on its own key prefix). It is
 	// called once per subtest, possibly from parallel subtests, and should
 	// register its own cleanup with t.Cleanup. Required.
-	New func(t *testing.T) reslimit.Store
+	New func(t *testing.T) store.Store
 
 	// LeaseTTL is the short lease the expiry subtest grants before it lets
 	// it pass (with Advance, or by sleeping LeaseTTL+50ms on the real
@@ -130,21 +132,21 @@ type suite struct{ cfg Config }
 const long = time.Hour
 
 // leased builds Totals of the leased resources (CPUTime 0).
-func leased(ops, calls, mem, evals int64) reslimit.Totals {
-	return reslimit.Totals{Operations: ops, Calls: calls, TotalMemory: mem, Evaluations: evals}
+func leased(ops, calls, mem, evals int64) store.Totals {
+	return store.Totals{Operations: ops, Calls: calls, TotalMemory: mem, Evaluations: evals}
 }
 
 // ops builds Totals with only Operations set.
-func ops(n int64) reslimit.Totals { return reslimit.Totals{Operations: n} }
+func ops(n int64) store.Totals { return store.Totals{Operations: n} }
 
 // leasedOf returns t without CPUTime: the part of an Allowance the tests
 // that do not lease CPU time check (CPUTimeLeased checks it).
-func leasedOf(t reslimit.Totals) reslimit.Totals {
+func leasedOf(t store.Totals) store.Totals {
 	t.CPUTime = 0
 	return t
 }
 
-func (s *suite) store(t *testing.T) reslimit.Store {
+func (s *suite) store(t *testing.T) store.Store {
 	t.Helper()
 	st := s.cfg.New(t)
 	require.NotNil(t, st, "Config.New returned nil")
@@ -152,7 +154,7 @@ func (s *suite) store(t *testing.T) reslimit.Store {
 }
 
 // sync runs one request and checks the shape of the answer.
-func syncReq(t *testing.T, st reslimit.Store, req reslimit.SyncRequest) []reslimit.TenantState {
+func syncReq(t *testing.T, st store.Store, req store.SyncRequest) []store.TenantState {
 	t.Helper()
 	resp, err := st.Sync(context.Background(), req)
 	require.NoError(t, err)
@@ -164,13 +166,13 @@ func syncReq(t *testing.T, st reslimit.Store, req reslimit.SyncRequest) []reslim
 }
 
 // one syncs a single tenant for replica and returns its state.
-func one(t *testing.T, st reslimit.Store, replica string, ttl time.Duration, final bool, ts reslimit.TenantSync) reslimit.TenantState {
+func one(t *testing.T, st store.Store, replica string, ttl time.Duration, final bool, ts store.TenantSync) store.TenantState {
 	t.Helper()
-	return syncReq(t, st, reslimit.SyncRequest{Replica: replica, LeaseTTL: ttl, Final: final,
-		Tenants: []reslimit.TenantSync{ts}})[0]
+	return syncReq(t, st, store.SyncRequest{Replica: replica, LeaseTTL: ttl, Final: final,
+		Tenants: []store.TenantSync{ts}})[0]
 }
 
-func load(t *testing.T, st reslimit.Store, tenant string) reslimit.Totals {
+func load(t *testing.T, st store.Store, tenant string) store.Totals {
 	t.Helper()
 	tot, err := st.Load(context.Background(), tenant)
 	require.NoError(t, err)
@@ -186,9 +188,9 @@ func (s *suite) advance(t *testing.T, d time.Duration) {
 
 func (s *suite) testInvalidArgument(t *testing.T) {
 	st := s.store(t)
-	_, err := st.Sync(context.Background(), reslimit.SyncRequest{LeaseTTL: long,
-		Tenants: []reslimit.TenantSync{{Tenant: "t", Seq: 1, Used: ops(1)}}})
-	require.ErrorIs(t, err, reslimit.ErrInvalidArgument, "a sync without a replica id")
+	_, err := st.Sync(context.Background(), store.SyncRequest{LeaseTTL: long,
+		Tenants: []store.TenantSync{{Tenant: "t", Seq: 1, Used: ops(1)}}})
+	require.ErrorIs(t, err, store.ErrInvalidArgument, "a sync without a replica id")
 	assert.Zero(t, load(t, st, "t"), "a refused sync must not be applied")
 }
 
@@ -196,18 +198,18 @@ func (s *suite) testCanceledContext(t *testing.T) {
 	st := s.store(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err := st.Sync(ctx, reslimit.SyncRequest{Replica: "r", LeaseTTL: long,
-		Tenants: []reslimit.TenantSync{{Tenant: "t", Seq: 1, Used: ops(1)}}})
+	_, err := st.Sync(ctx, store.SyncRequest{Replica: "r", LeaseTTL: long,
+		Tenants: []store.TenantSync{{Tenant: "t", Seq: 1, Used: ops(1)}}})
 	require.Error(t, err)
 	require.True(t, errors.Is(err, context.Canceled), "got %v", err)
 }
 
 func (s *suite) testEmptyRequest(t *testing.T) {
 	st := s.store(t)
-	resp, err := st.Sync(context.Background(), reslimit.SyncRequest{Replica: "r", LeaseTTL: long})
+	resp, err := st.Sync(context.Background(), store.SyncRequest{Replica: "r", LeaseTTL: long})
 	require.NoError(t, err)
 	assert.Empty(t, resp.Tenants)
-	resp, err = st.Sync(context.Background(), reslimit.SyncRequest{Replica: "r", LeaseTTL: long, Final: true})
+	resp, err = st.Sync(context.Background(), store.SyncRequest{Replica: "r", LeaseTTL: long, Final: true})
 	require.NoError(t, err)
 	assert.Empty(t, resp.Tenants)
 }
@@ -216,9 +218,9 @@ func (s *suite) testReportAndLoad(t *testing.T) {
 	st := s.store(t)
 	assert.Zero(t, load(t, st, "nobody"), "an unknown tenant has zero totals")
 
-	ua := reslimit.Totals{Operations: 1, Calls: 2, TotalMemory: 3, CPUTime: 4 * time.Microsecond, Evaluations: 5}
-	ub := reslimit.Totals{Operations: 10, Calls: 20, TotalMemory: 30, CPUTime: 40 * time.Millisecond, Evaluations: 50}
-	got := syncReq(t, st, reslimit.SyncRequest{Replica: "r1", LeaseTTL: long, Tenants: []reslimit.TenantSync{
+	ua := store.Totals{Operations: 1, Calls: 2, TotalMemory: 3, CPUTime: 4 * time.Microsecond, Evaluations: 5}
+	ub := store.Totals{Operations: 10, Calls: 20, TotalMemory: 30, CPUTime: 40 * time.Millisecond, Evaluations: 50}
+	got := syncReq(t, st, store.SyncRequest{Replica: "r1", LeaseTTL: long, Tenants: []store.TenantSync{
 		{Tenant: "a", Seq: 1, Used: ua},
 		{Tenant: "b", Seq: 1, Used: ub},
 	}})
@@ -228,7 +230,7 @@ func (s *suite) testReportAndLoad(t *testing.T) {
 	assert.Equal(t, ub, got[1].Committed)
 	assert.Equal(t, ub, got[1].Reported)
 
-	got2 := one(t, st, "r2", long, false, reslimit.TenantSync{Tenant: "a", Seq: 1, Used: ub})
+	got2 := one(t, st, "r2", long, false, store.TenantSync{Tenant: "a", Seq: 1, Used: ub})
 	assert.Equal(t, ua.Add(ub), got2.Committed, "committed totals are fleet-wide")
 	assert.Equal(t, ub, got2.Reported, "Reported is this replica's own")
 
@@ -236,7 +238,7 @@ func (s *suite) testReportAndLoad(t *testing.T) {
 	assert.Equal(t, ub, load(t, st, "b"))
 	assert.Zero(t, load(t, st, "nobody"))
 
-	got3 := one(t, st, "r1", long, false, reslimit.TenantSync{Tenant: "a", Seq: 2, Used: ua})
+	got3 := one(t, st, "r1", long, false, store.TenantSync{Tenant: "a", Seq: 2, Used: ua})
 	assert.Equal(t, ua.Add(ua), got3.Reported, "Reported is cumulative")
 	assert.Equal(t, ua.Add(ua).Add(ub), got3.Committed)
 	assert.Equal(t, got3.Committed, load(t, st, "a"))
@@ -245,7 +247,7 @@ func (s *suite) testReportAndLoad(t *testing.T) {
 func (s *suite) testResponseOrder(t *testing.T) {
 	st := s.store(t)
 	lim := ops(100)
-	got := syncReq(t, st, reslimit.SyncRequest{Replica: "r", LeaseTTL: long, Tenants: []reslimit.TenantSync{
+	got := syncReq(t, st, store.SyncRequest{Replica: "r", LeaseTTL: long, Tenants: []store.TenantSync{
 		{Tenant: "z", Seq: 1, Used: ops(1)},
 		{Tenant: "a", Seq: 1, Used: ops(2), Want: ops(10), Limit: lim},
 		{Tenant: "m", Seq: 1, Used: ops(3)},
@@ -267,7 +269,7 @@ func (s *suite) testResponseOrder(t *testing.T) {
 func (s *suite) testRetrySameSeq(t *testing.T) {
 	st := s.store(t)
 	lim := leased(100, 50, 1000, 10)
-	ts := reslimit.TenantSync{Tenant: "t", Seq: 1, Used: reslimit.Totals{Operations: 5, TotalMemory: 7, CPUTime: time.Millisecond},
+	ts := store.TenantSync{Tenant: "t", Seq: 1, Used: store.Totals{Operations: 5, TotalMemory: 7, CPUTime: time.Millisecond},
 		Want: leased(20, 20, 20, 20), Limit: lim}
 	first := one(t, st, "r", long, false, ts)
 	assert.Equal(t, leased(25, 20, 27, 10), leasedOf(first.Allowance))
@@ -284,8 +286,8 @@ func (s *suite) testRetrySameSeq(t *testing.T) {
 	assert.Equal(t, first.Committed, load(t, st, "t"))
 
 	// Another replica's retry is independent of this one's.
-	o1 := one(t, st, "other", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Used: ops(1), Want: ops(10), Limit: lim})
-	o2 := one(t, st, "other", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Used: ops(1), Want: ops(10), Limit: lim})
+	o1 := one(t, st, "other", long, false, store.TenantSync{Tenant: "t", Seq: 1, Used: ops(1), Want: ops(10), Limit: lim})
+	o2 := one(t, st, "other", long, false, store.TenantSync{Tenant: "t", Seq: 1, Used: ops(1), Want: ops(10), Limit: lim})
 	assert.Equal(t, o1, o2)
 	assert.Equal(t, first.Committed.Add(ops(1)), o2.Committed)
 	// The first replica's retry now sees the new committed totals but its
@@ -299,15 +301,15 @@ func (s *suite) testRetrySameSeq(t *testing.T) {
 func (s *suite) testStaleSeq(t *testing.T) {
 	st := s.store(t)
 	lim := ops(100)
-	one(t, st, "r", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Used: ops(1), Want: ops(10), Limit: lim})
-	s5 := one(t, st, "r", long, false, reslimit.TenantSync{Tenant: "t", Seq: 5, Used: ops(2), Want: ops(10), Limit: lim})
+	one(t, st, "r", long, false, store.TenantSync{Tenant: "t", Seq: 1, Used: ops(1), Want: ops(10), Limit: lim})
+	s5 := one(t, st, "r", long, false, store.TenantSync{Tenant: "t", Seq: 5, Used: ops(2), Want: ops(10), Limit: lim})
 	assert.Equal(t, ops(3), s5.Reported)
 	assert.Equal(t, ops(21), leasedOf(s5.Allowance))
 	for _, seq := range []uint64{0, 1, 4, 5} {
-		got := one(t, st, "r", long, false, reslimit.TenantSync{Tenant: "t", Seq: seq, Used: ops(50), Want: ops(10), Limit: lim})
+		got := one(t, st, "r", long, false, store.TenantSync{Tenant: "t", Seq: seq, Used: ops(50), Want: ops(10), Limit: lim})
 		assert.Equal(t, s5, got, "seq %d is not above the last applied 5", seq)
 	}
-	s6 := one(t, st, "r", long, false, reslimit.TenantSync{Tenant: "t", Seq: 6, Used: ops(1), Limit: lim})
+	s6 := one(t, st, "r", long, false, store.TenantSync{Tenant: "t", Seq: 6, Used: ops(1), Limit: lim})
 	assert.Equal(t, ops(4), s6.Reported)
 	assert.Equal(t, ops(4), load(t, st, "t"))
 }
@@ -319,9 +321,9 @@ func (s *suite) testLargeSeq(t *testing.T) {
 	var want int64
 	for i, seq := range seqs {
 		want += int64(i + 1)
-		got := one(t, st, "r", long, false, reslimit.TenantSync{Tenant: "t", Seq: seq, Used: ops(int64(i + 1))})
+		got := one(t, st, "r", long, false, store.TenantSync{Tenant: "t", Seq: seq, Used: ops(int64(i + 1))})
 		require.Equal(t, ops(want), got.Reported, "seq %d", seq)
-		stale := one(t, st, "r", long, false, reslimit.TenantSync{Tenant: "t", Seq: seq - 1, Used: ops(100)})
+		stale := one(t, st, "r", long, false, store.TenantSync{Tenant: "t", Seq: seq - 1, Used: ops(100)})
 		require.Equal(t, got, stale, "seq %d after %d", seq-1, seq)
 	}
 	assert.Equal(t, ops(want), load(t, st, "t"))
@@ -330,30 +332,30 @@ func (s *suite) testLargeSeq(t *testing.T) {
 func (s *suite) testGrantWithinLimit(t *testing.T) {
 	st := s.store(t)
 	lim := leased(100, 0, 1<<20, 0)
-	sync := func(r string, seq uint64, final bool, used, want reslimit.Totals) reslimit.TenantState {
-		return one(t, st, r, long, final, reslimit.TenantSync{Tenant: "t", Seq: seq, Used: used, Want: want, Limit: lim})
+	sync := func(r string, seq uint64, final bool, used, want store.Totals) store.TenantState {
+		return one(t, st, r, long, final, store.TenantSync{Tenant: "t", Seq: seq, Used: used, Want: want, Limit: lim})
 	}
-	a := sync("a", 1, false, reslimit.Totals{}, leased(30, 5, 1<<19, 5))
+	a := sync("a", 1, false, store.Totals{}, leased(30, 5, 1<<19, 5))
 	assert.Equal(t, leased(30, 0, 1<<19, 0), leasedOf(a.Allowance), "grant up to Want; nothing without a limit")
-	a = sync("a", 2, false, reslimit.Totals{}, leased(30, 0, 1<<19, 0))
+	a = sync("a", 2, false, store.Totals{}, leased(30, 0, 1<<19, 0))
 	assert.Equal(t, leased(60, 0, 1<<20, 0), leasedOf(a.Allowance), "grants add up")
-	b := sync("b", 1, false, reslimit.Totals{}, leased(50, 0, 1, 0))
+	b := sync("b", 1, false, store.Totals{}, leased(50, 0, 1, 0))
 	assert.Equal(t, leased(40, 0, 0, 0), leasedOf(b.Allowance), "only what is left under the limit")
-	c := sync("c", 1, false, reslimit.Totals{}, leased(10, 0, 10, 0))
+	c := sync("c", 1, false, store.Totals{}, leased(10, 0, 10, 0))
 	assert.Zero(t, leasedOf(c.Allowance), "nothing is left")
 
-	a = sync("a", 3, false, leased(60, 0, 100, 0), reslimit.Totals{})
+	a = sync("a", 3, false, leased(60, 0, 100, 0), store.Totals{})
 	assert.Equal(t, leased(60, 0, 100, 0), a.Reported)
 	assert.Equal(t, leased(60, 0, 1<<20, 0), leasedOf(a.Allowance), "using an allowance does not change it")
 	assert.Equal(t, leased(60, 0, 100, 0), a.Committed)
-	b = sync("b", 2, false, leased(10, 0, 0, 0), reslimit.Totals{})
+	b = sync("b", 2, false, leased(10, 0, 0, 0), store.Totals{})
 	assert.Equal(t, leased(40, 0, 0, 0), leasedOf(b.Allowance))
-	c = sync("c", 2, false, reslimit.Totals{}, leased(10, 0, 10, 0))
+	c = sync("c", 2, false, store.Totals{}, leased(10, 0, 10, 0))
 	assert.Zero(t, leasedOf(c.Allowance), "reported usage still counts against the limit")
 
-	b = sync("b", 3, true, leased(20, 0, 0, 0), reslimit.Totals{})
+	b = sync("b", 3, true, leased(20, 0, 0, 0), store.Totals{})
 	assert.Equal(t, leased(30, 0, 0, 0), leasedOf(b.Allowance), "Final gives back the unused 10")
-	c = sync("c", 3, false, reslimit.Totals{}, leased(100, 0, 10, 0))
+	c = sync("c", 3, false, store.Totals{}, leased(100, 0, 10, 0))
 	assert.Equal(t, leased(10, 0, 0, 0), leasedOf(c.Allowance), "what b gave back")
 	assert.Equal(t, leased(90, 0, 100, 0), load(t, st, "t"))
 }
@@ -361,49 +363,49 @@ func (s *suite) testGrantWithinLimit(t *testing.T) {
 func (s *suite) testOverspendLiftsAllowance(t *testing.T) {
 	st := s.store(t)
 	lim := ops(100)
-	a := one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Want: ops(10), Limit: lim})
+	a := one(t, st, "a", long, false, store.TenantSync{Tenant: "t", Seq: 1, Want: ops(10), Limit: lim})
 	assert.Equal(t, ops(10), leasedOf(a.Allowance))
 	// A replica may report more than it was granted (it measured usage
 	// after the fact): the store counts it all and lifts the allowance.
-	a = one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 2, Used: ops(25), Limit: lim})
+	a = one(t, st, "a", long, false, store.TenantSync{Tenant: "t", Seq: 2, Used: ops(25), Limit: lim})
 	assert.Equal(t, ops(25), a.Reported)
 	assert.Equal(t, ops(25), leasedOf(a.Allowance), "the allowance never stays below what was reported")
 	assert.Equal(t, ops(25), a.Committed)
-	b := one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Want: ops(1000), Limit: lim})
+	b := one(t, st, "b", long, false, store.TenantSync{Tenant: "t", Seq: 1, Want: ops(1000), Limit: lim})
 	assert.Equal(t, ops(75), leasedOf(b.Allowance))
 	// Overspending in the same sync as a Want: the grant counts the
 	// overspend.
-	a = one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 3, Used: ops(5), Want: ops(10), Limit: lim})
+	a = one(t, st, "a", long, false, store.TenantSync{Tenant: "t", Seq: 3, Used: ops(5), Want: ops(10), Limit: lim})
 	assert.Equal(t, ops(30), leasedOf(a.Allowance), "no room left: lifted to reported only")
 	assert.Equal(t, ops(30), a.Committed)
 }
 
 func (s *suite) testLimitLowered(t *testing.T) {
 	st := s.store(t)
-	a := one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Used: ops(50), Want: ops(10), Limit: ops(100)})
+	a := one(t, st, "a", long, false, store.TenantSync{Tenant: "t", Seq: 1, Used: ops(50), Want: ops(10), Limit: ops(100)})
 	assert.Equal(t, ops(60), leasedOf(a.Allowance))
 	// The limit drops below what is already committed: no grant, and the
 	// allowance already granted stays.
-	a = one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 2, Used: ops(1), Want: ops(10), Limit: ops(40)})
+	a = one(t, st, "a", long, false, store.TenantSync{Tenant: "t", Seq: 2, Used: ops(1), Want: ops(10), Limit: ops(40)})
 	assert.Equal(t, ops(51), a.Reported)
 	assert.Equal(t, ops(60), leasedOf(a.Allowance))
-	b := one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Want: ops(10), Limit: ops(40)})
+	b := one(t, st, "b", long, false, store.TenantSync{Tenant: "t", Seq: 1, Want: ops(10), Limit: ops(40)})
 	assert.Zero(t, leasedOf(b.Allowance))
 	// Raised again: grants resume from committed + outstanding.
-	b = one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 2, Want: ops(100), Limit: ops(70)})
+	b = one(t, st, "b", long, false, store.TenantSync{Tenant: "t", Seq: 2, Want: ops(100), Limit: ops(70)})
 	assert.Equal(t, ops(10), leasedOf(b.Allowance))
 }
 
 func (s *suite) testUnlimited(t *testing.T) {
 	st := s.store(t)
-	used := reslimit.Totals{Operations: 1e6, Calls: 1e5, TotalMemory: 1 << 40, CPUTime: time.Hour, Evaluations: 1e4}
+	used := store.Totals{Operations: 1e6, Calls: 1e5, TotalMemory: 1 << 40, CPUTime: time.Hour, Evaluations: 1e4}
 	for i := range uint64(3) {
-		a := one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: i + 1, Used: used, Want: leased(1, 2, 3, 4)})
+		a := one(t, st, "a", long, false, store.TenantSync{Tenant: "t", Seq: i + 1, Used: used, Want: leased(1, 2, 3, 4)})
 		assert.Equal(t, leasedOf(a.Reported), leasedOf(a.Allowance), "no limit: nothing granted, allowance = reported")
 	}
-	b := one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Used: used, Want: leased(1, 2, 3, 4)})
+	b := one(t, st, "b", long, false, store.TenantSync{Tenant: "t", Seq: 1, Used: used, Want: leased(1, 2, 3, 4)})
 	assert.Equal(t, leasedOf(used), leasedOf(b.Allowance))
-	tot := reslimit.Totals{}
+	tot := store.Totals{}
 	for range 4 {
 		tot = tot.Add(used)
 	}
@@ -417,23 +419,23 @@ func (s *suite) testUnlimited(t *testing.T) {
 func (s *suite) testCPUTimeLeased(t *testing.T) {
 	st := s.store(t)
 	ms := time.Millisecond
-	lim := reslimit.Totals{CPUTime: 2 * time.Second}
-	u := reslimit.Totals{CPUTime: 3 * ms}
-	a := one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Used: u,
-		Want: reslimit.Totals{CPUTime: time.Second}, Limit: lim})
+	lim := store.Totals{CPUTime: 2 * time.Second}
+	u := store.Totals{CPUTime: 3 * ms}
+	a := one(t, st, "a", long, false, store.TenantSync{Tenant: "t", Seq: 1, Used: u,
+		Want: store.Totals{CPUTime: time.Second}, Limit: lim})
 	assert.Equal(t, u, a.Reported)
 	assert.Equal(t, 3*ms+time.Second, a.Allowance.CPUTime, "granted what was asked")
 	assert.Zero(t, leasedOf(a.Allowance))
-	b := one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1,
-		Want: reslimit.Totals{CPUTime: 1500 * ms}, Limit: lim})
+	b := one(t, st, "b", long, false, store.TenantSync{Tenant: "t", Seq: 1,
+		Want: store.Totals{CPUTime: 1500 * ms}, Limit: lim})
 	assert.Equal(t, 997*ms, b.Allowance.CPUTime, "what the limit leaves: 2s - 3ms used - 1s leased to a")
-	a = one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 2, Used: reslimit.Totals{CPUTime: 100 * ms},
-		Return: reslimit.Totals{CPUTime: 400 * ms}, Limit: lim})
+	a = one(t, st, "a", long, false, store.TenantSync{Tenant: "t", Seq: 2, Used: store.Totals{CPUTime: 100 * ms},
+		Return: store.Totals{CPUTime: 400 * ms}, Limit: lim})
 	assert.Equal(t, 103*ms+500*ms, a.Allowance.CPUTime, "1s lease - 100ms used - 400ms given back")
-	b = one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 2,
-		Want: reslimit.Totals{CPUTime: time.Second}, Limit: lim})
+	b = one(t, st, "b", long, false, store.TenantSync{Tenant: "t", Seq: 2,
+		Want: store.Totals{CPUTime: time.Second}, Limit: lim})
 	assert.Equal(t, 997*ms+400*ms, b.Allowance.CPUTime, "the 400ms a gave back")
-	a = one(t, st, "a", long, true, reslimit.TenantSync{Tenant: "t", Seq: 3, Limit: lim})
+	a = one(t, st, "a", long, true, store.TenantSync{Tenant: "t", Seq: 3, Limit: lim})
 	assert.Equal(t, a.Reported.CPUTime, a.Allowance.CPUTime, "Final gives the lease back")
 }
 
@@ -444,11 +446,11 @@ func (s *suite) testCPUTimeRoundTrip(t *testing.T) {
 	var sum time.Duration
 	for i, d := range reports {
 		sum += d
-		got := one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: uint64(i + 1), Used: reslimit.Totals{CPUTime: d}})
+		got := one(t, st, "a", long, false, store.TenantSync{Tenant: "t", Seq: uint64(i + 1), Used: store.Totals{CPUTime: d}})
 		require.Equal(t, sum, got.Reported.CPUTime)
 		require.Equal(t, sum, got.Committed.CPUTime)
 	}
-	b := one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Used: reslimit.Totals{CPUTime: 7 * time.Microsecond}})
+	b := one(t, st, "b", long, false, store.TenantSync{Tenant: "t", Seq: 1, Used: store.Totals{CPUTime: 7 * time.Microsecond}})
 	assert.Equal(t, sum+7*time.Microsecond, b.Committed.CPUTime)
 	assert.Equal(t, 7*time.Microsecond, b.Reported.CPUTime)
 	assert.Equal(t, sum+7*time.Microsecond, load(t, st, "t").CPUTime)
@@ -461,7 +463,7 @@ func (s *suite) testCPUTimeSubMicrosecond(t *testing.T) {
 	var sum time.Duration
 	for i, d := range reports {
 		sum += d
-		got := one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: uint64(i + 1), Used: reslimit.Totals{CPUTime: d}})
+		got := one(t, st, "a", long, false, store.TenantSync{Tenant: "t", Seq: uint64(i + 1), Used: store.Totals{CPUTime: d}})
 		n := time.Duration(i + 1)
 		for what, v := range map[string]time.Duration{"reported": got.Reported.CPUTime, "committed": got.Committed.CPUTime} {
 			require.LessOrEqual(t, v, sum, "%s CPU time above what was sent", what)
@@ -484,26 +486,26 @@ func (s *suite) testCPUTimeSubMicrosecond(t *testing.T) {
 func (s *suite) testFinalGivesBack(t *testing.T) {
 	st := s.store(t)
 	lim := leased(100, 10, 0, 0)
-	a := one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Want: leased(100, 10, 0, 0), Limit: lim})
+	a := one(t, st, "a", long, false, store.TenantSync{Tenant: "t", Seq: 1, Want: leased(100, 10, 0, 0), Limit: lim})
 	assert.Equal(t, leased(100, 10, 0, 0), leasedOf(a.Allowance))
-	b := one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Want: leased(100, 10, 0, 0), Limit: lim})
+	b := one(t, st, "b", long, false, store.TenantSync{Tenant: "t", Seq: 1, Want: leased(100, 10, 0, 0), Limit: lim})
 	assert.Zero(t, leasedOf(b.Allowance))
 
-	used := reslimit.Totals{Operations: 30, Calls: 1, CPUTime: 9 * time.Microsecond}
-	a = one(t, st, "a", long, true, reslimit.TenantSync{Tenant: "t", Seq: 2, Used: used, Want: leased(5, 5, 0, 0), Limit: lim})
+	used := store.Totals{Operations: 30, Calls: 1, CPUTime: 9 * time.Microsecond}
+	a = one(t, st, "a", long, true, store.TenantSync{Tenant: "t", Seq: 2, Used: used, Want: leased(5, 5, 0, 0), Limit: lim})
 	assert.Equal(t, used, a.Reported)
 	assert.Equal(t, leasedOf(used), leasedOf(a.Allowance), "Final leaves no unused allowance")
 	assert.Equal(t, used, a.Committed)
 
-	b = one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 2, Want: leased(100, 10, 0, 0), Limit: lim})
+	b = one(t, st, "b", long, false, store.TenantSync{Tenant: "t", Seq: 2, Want: leased(100, 10, 0, 0), Limit: lim})
 	assert.Equal(t, leased(70, 9, 0, 0), leasedOf(b.Allowance), "what a gave back")
 
 	// The replica may come back after a Final and lease again.
-	a = one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 3, Want: leased(5, 5, 0, 0), Limit: lim})
+	a = one(t, st, "a", long, false, store.TenantSync{Tenant: "t", Seq: 3, Want: leased(5, 5, 0, 0), Limit: lim})
 	assert.Equal(t, leasedOf(used), leasedOf(a.Allowance), "nothing left for a")
-	b = one(t, st, "b", long, true, reslimit.TenantSync{Tenant: "t", Seq: 3, Used: ops(20), Limit: lim})
+	b = one(t, st, "b", long, true, store.TenantSync{Tenant: "t", Seq: 3, Used: ops(20), Limit: lim})
 	assert.Equal(t, ops(20), leasedOf(b.Allowance))
-	a = one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 4, Want: leased(100, 100, 0, 0), Limit: lim})
+	a = one(t, st, "a", long, false, store.TenantSync{Tenant: "t", Seq: 4, Want: leased(100, 100, 0, 0), Limit: lim})
 	assert.Equal(t, leased(80, 10, 0, 0), leasedOf(a.Allowance))
 	assert.Equal(t, used.Add(ops(20)), load(t, st, "t"))
 }
@@ -511,15 +513,15 @@ func (s *suite) testFinalGivesBack(t *testing.T) {
 func (s *suite) testFinalOnRetry(t *testing.T) {
 	st := s.store(t)
 	lim := ops(100)
-	a := one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Used: ops(10), Want: ops(50), Limit: lim})
+	a := one(t, st, "a", long, false, store.TenantSync{Tenant: "t", Seq: 1, Used: ops(10), Want: ops(50), Limit: lim})
 	assert.Equal(t, ops(60), leasedOf(a.Allowance))
 	// The final sync retries the last acknowledged Seq: its report is not
 	// applied again, but the unused allowance is given back.
-	a = one(t, st, "a", long, true, reslimit.TenantSync{Tenant: "t", Seq: 1, Used: ops(10), Want: ops(50), Limit: lim})
+	a = one(t, st, "a", long, true, store.TenantSync{Tenant: "t", Seq: 1, Used: ops(10), Want: ops(50), Limit: lim})
 	assert.Equal(t, ops(10), a.Reported)
 	assert.Equal(t, ops(10), leasedOf(a.Allowance))
 	assert.Equal(t, ops(10), a.Committed)
-	b := one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Want: ops(1000), Limit: lim})
+	b := one(t, st, "b", long, false, store.TenantSync{Tenant: "t", Seq: 1, Want: ops(1000), Limit: lim})
 	assert.Equal(t, ops(90), leasedOf(b.Allowance))
 }
 
@@ -531,19 +533,19 @@ func (s *suite) testExpiredLeaseStaysCounted(t *testing.T) {
 	st := s.store(t)
 	ttl := s.cfg.LeaseTTL
 	lim := leased(100, 0, 50, 0)
-	a := one(t, st, "a", ttl, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Used: ops(10), Want: leased(1000, 0, 1000, 0), Limit: lim})
+	a := one(t, st, "a", ttl, false, store.TenantSync{Tenant: "t", Seq: 1, Used: ops(10), Want: leased(1000, 0, 1000, 0), Limit: lim})
 	assert.Equal(t, leased(100, 0, 50, 0), leasedOf(a.Allowance))
 	if s.cfg.Advance != nil {
 		s.advance(t, ttl+time.Millisecond)
 	} else {
 		time.Sleep(ttl + 50*time.Millisecond)
 	}
-	b := one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Want: leased(1000, 0, 1000, 0), Limit: lim})
+	b := one(t, st, "b", long, false, store.TenantSync{Tenant: "t", Seq: 1, Want: leased(1000, 0, 1000, 0), Limit: lim})
 	assert.Zero(t, leasedOf(b.Allowance), "a's expired lease still counts against the limit")
 	assert.Equal(t, ops(10), load(t, st, "t"), "the bill shows only what a reported")
 
 	// a comes back: its allowance is still its own.
-	a = one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 2, Used: ops(30), Limit: lim})
+	a = one(t, st, "a", long, false, store.TenantSync{Tenant: "t", Seq: 2, Used: ops(30), Limit: lim})
 	assert.Equal(t, ops(40), a.Reported)
 	assert.Equal(t, leased(100, 0, 50, 0), leasedOf(a.Allowance))
 }
@@ -554,45 +556,45 @@ func (s *suite) testExpiredLeaseStaysCounted(t *testing.T) {
 func (s *suite) testReturnAndMinGrant(t *testing.T) {
 	st := s.store(t)
 	lim := leased(100, 0, 0, 10)
-	a := one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Used: ops(10), Want: leased(60, 0, 0, 6), Limit: lim})
+	a := one(t, st, "a", long, false, store.TenantSync{Tenant: "t", Seq: 1, Used: ops(10), Want: leased(60, 0, 0, 6), Limit: lim})
 	assert.Equal(t, leased(70, 0, 0, 6), leasedOf(a.Allowance))
-	b := one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 1, Want: leased(50, 0, 0, 5), MinGrant: leased(31, 0, 0, 4), Limit: lim})
+	b := one(t, st, "b", long, false, store.TenantSync{Tenant: "t", Seq: 1, Want: leased(50, 0, 0, 5), MinGrant: leased(31, 0, 0, 4), Limit: lim})
 	assert.Equal(t, leased(0, 0, 0, 4), leasedOf(b.Allowance), "30 ops left < MinGrant 31: none; 4 evaluations left >= 4: all")
 	// a used 5 more and gives back 40 of its 55 unused.
-	a = one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 2, Used: ops(5), Return: leased(40, 0, 0, 100), Limit: lim})
+	a = one(t, st, "a", long, false, store.TenantSync{Tenant: "t", Seq: 2, Used: ops(5), Return: leased(40, 0, 0, 100), Limit: lim})
 	assert.Equal(t, leased(30, 0, 0, 0), leasedOf(a.Allowance), "what it gave back, never below what it reported")
-	b = one(t, st, "b", long, false, reslimit.TenantSync{Tenant: "t", Seq: 2, Want: ops(80), MinGrant: ops(31), Limit: lim})
+	b = one(t, st, "b", long, false, store.TenantSync{Tenant: "t", Seq: 2, Want: ops(80), MinGrant: ops(31), Limit: lim})
 	assert.Equal(t, leased(70, 0, 0, 4), leasedOf(b.Allowance))
 	// A retry gives back nothing more.
-	a = one(t, st, "a", long, false, reslimit.TenantSync{Tenant: "t", Seq: 2, Used: ops(5), Return: leased(40, 0, 0, 100), Limit: lim})
+	a = one(t, st, "a", long, false, store.TenantSync{Tenant: "t", Seq: 2, Used: ops(5), Return: leased(40, 0, 0, 100), Limit: lim})
 	assert.Equal(t, leased(30, 0, 0, 0), leasedOf(a.Allowance))
 	assert.Equal(t, ops(15), load(t, st, "t"))
 }
 
 // testListTenants lists every tenant with its committed totals, if the
-// store is a reslimit.TenantLister.
+// store is a store.TenantLister.
 func (s *suite) testListTenants(t *testing.T) {
 	st := s.store(t)
-	lister, ok := st.(reslimit.TenantLister)
+	lister, ok := st.(store.TenantLister)
 	if !ok {
 		t.Skip("the store is not a TenantLister")
 	}
-	want := map[string]reslimit.Totals{}
+	want := map[string]store.Totals{}
 	for i, name := range []string{"plain", "with {braces} and %", "*glob?[x]", "ünïcode"} {
 		tot := leased(int64(i+1), 2, 3, 4)
 		tot.CPUTime = time.Duration(i) * time.Millisecond
-		one(t, st, "r", long, false, reslimit.TenantSync{Tenant: name, Seq: 1, Used: tot})
+		one(t, st, "r", long, false, store.TenantSync{Tenant: name, Seq: 1, Used: tot})
 		want[name] = tot
 	}
-	got := map[string]reslimit.Totals{}
-	require.NoError(t, lister.ListTenants(context.Background(), func(tenant string, c reslimit.Totals) error {
+	got := map[string]store.Totals{}
+	require.NoError(t, lister.ListTenants(context.Background(), func(tenant string, c store.Totals) error {
 		got[tenant] = c
 		return nil
 	}))
 	assert.Equal(t, want, got)
 	stop := errors.New("stop")
 	n := 0
-	err := lister.ListTenants(context.Background(), func(string, reslimit.Totals) error { n++; return stop })
+	err := lister.ListTenants(context.Background(), func(string, store.Totals) error { n++; return stop })
 	assert.ErrorIs(t, err, stop)
 	assert.Equal(t, 1, n, "stops at fn's first error")
 }
@@ -601,15 +603,15 @@ func (s *suite) testListTenants(t *testing.T) {
 type hammerReplica struct {
 	id        string
 	seq       uint64
-	reported  map[string]reslimit.Totals // per tenant, as acknowledged
-	allowance map[string]reslimit.Totals
+	reported  map[string]store.Totals // per tenant, as acknowledged
+	allowance map[string]store.Totals
 	reports   int64 // reports applied, for the CPU tolerance
 }
 
 func (s *suite) testHammer(t *testing.T) {
 	st := s.store(t)
 	tenants := []string{"h1", "h2"}
-	limits := map[string]reslimit.Totals{
+	limits := map[string]store.Totals{
 		"h1": leased(5000, 2000, 1<<22, 0),
 		"h2": leased(0, 3000, 0, 1500),
 	}
@@ -619,7 +621,7 @@ func (s *suite) testHammer(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range replicas {
 		wg.Go(func() {
-			r := &hammerReplica{id: fmt.Sprintf("r%d", i), reported: map[string]reslimit.Totals{}, allowance: map[string]reslimit.Totals{}}
+			r := &hammerReplica{id: fmt.Sprintf("r%d", i), reported: map[string]store.Totals{}, allowance: map[string]store.Totals{}}
 			done[i] = r
 			errs <- s.hammer(st, r, tenants, limits, rand.New(rand.NewPCG(uint64(i), 42)), maxRounds)
 		})
@@ -631,14 +633,14 @@ func (s *suite) testHammer(t *testing.T) {
 	}
 
 	// A newcomer syncs without usage to read the committed totals.
-	probe := syncReq(t, st, reslimit.SyncRequest{Replica: "probe", LeaseTTL: long,
-		Tenants: []reslimit.TenantSync{{Tenant: "h1", Seq: 1}, {Tenant: "h2", Seq: 1}}})
+	probe := syncReq(t, st, store.SyncRequest{Replica: "probe", LeaseTTL: long,
+		Tenants: []store.TenantSync{{Tenant: "h1", Seq: 1}, {Tenant: "h2", Seq: 1}}})
 	var reports int64
 	for _, r := range done {
 		reports += r.reports
 	}
 	for k, tn := range tenants {
-		var sum reslimit.Totals
+		var sum store.Totals
 		for _, r := range done {
 			sum = sum.Add(r.reported[tn])
 		}
@@ -648,12 +650,12 @@ func (s *suite) testHammer(t *testing.T) {
 		assert.Greater(t, committed.CPUTime, sum.CPUTime-time.Duration(reports)*s.cfg.CPUResolution-1)
 		assert.Equal(t, committed, load(t, st, tn), "%s: Load returns the committed totals", tn)
 		lim := limits[tn]
-		for _, res := range []reslimit.Resource{reslimit.Operations, reslimit.Calls, reslimit.TotalMemory, reslimit.Evaluations} {
-			l := lim.Get(res)
+		for _, res := range leasedFields {
+			l := get(lim, res)
 			if l == 0 {
 				continue
 			}
-			got := committed.Get(res)
+			got := get(committed, res)
 			assert.LessOrEqual(t, got, l, "%s %v: the fleet never passes the limit", tn, res)
 			assert.GreaterOrEqual(t, got*100, l*95, "%s %v: at least 95%% of the limit is granted", tn, res)
 		}
@@ -665,36 +667,36 @@ func (s *suite) testHammer(t *testing.T) {
 // retrying a report whose answer it pretends to have lost. It stops when
 // every limited resource is used up and the store grants no more, and
 // gives back with a Final sync.
-func (s *suite) hammer(st reslimit.Store, r *hammerReplica, tenants []string, limits map[string]reslimit.Totals, rng *rand.Rand, maxRounds int) error {
+func (s *suite) hammer(st store.Store, r *hammerReplica, tenants []string, limits map[string]store.Totals, rng *rand.Rand, maxRounds int) error {
 	ctx := context.Background()
-	res := []reslimit.Resource{reslimit.Operations, reslimit.Calls, reslimit.TotalMemory, reslimit.Evaluations}
+	res := leasedFields
 	idle := 0
 	for round := 0; ; round++ {
 		if round == maxRounds {
 			return fmt.Errorf("%s: not done after %d rounds", r.id, maxRounds)
 		}
 		r.seq++
-		req := reslimit.SyncRequest{Replica: r.id, LeaseTTL: long}
+		req := store.SyncRequest{Replica: r.id, LeaseTTL: long}
 		for _, tn := range tenants {
-			var used, want reslimit.Totals
+			var used, want store.Totals
 			lim := limits[tn]
 			for _, x := range res {
-				if lim.Get(x) == 0 {
-					used.Set(x, rng.Int64N(3)) // unlimited: only reported
+				if get(lim, x) == 0 {
+					set(&used, x, rng.Int64N(3)) // unlimited: only reported
 					continue
 				}
-				unused := r.allowance[tn].Get(x) - r.reported[tn].Get(x)
+				unused := get(r.allowance[tn], x) - get(r.reported[tn], x)
 				if unused > 0 {
 					n := unused
 					if rng.IntN(2) == 0 {
 						n = 1 + rng.Int64N(unused)
 					}
-					used.Set(x, n)
+					set(&used, x, n)
 				}
-				want.Set(x, 1+rng.Int64N(lim.Get(x)/20))
+				set(&want, x, 1+rng.Int64N(get(lim, x)/20))
 			}
 			used.CPUTime = time.Duration(rng.Int64N(5000))
-			req.Tenants = append(req.Tenants, reslimit.TenantSync{Tenant: tn, Seq: r.seq, Used: used, Want: want, Limit: lim})
+			req.Tenants = append(req.Tenants, store.TenantSync{Tenant: tn, Seq: r.seq, Used: used, Want: want, Limit: lim})
 		}
 		resp, err := st.Sync(ctx, req)
 		if err != nil {
@@ -727,10 +729,10 @@ func (s *suite) hammer(st reslimit.Store, r *hammerReplica, tenants []string, li
 				return fmt.Errorf("%s: %s reported CPU %v, want %v", r.id, ts.Tenant, got.Reported.CPUTime, want.CPUTime)
 			}
 			for _, x := range res {
-				if ts.Limit.Get(x) > 0 && got.Allowance.Get(x) > r.allowance[ts.Tenant].Get(x) {
+				if get(ts.Limit, x) > 0 && get(got.Allowance, x) > get(r.allowance[ts.Tenant], x) {
 					granted = true
 				}
-				if got.Allowance.Get(x) < got.Reported.Get(x) {
+				if get(got.Allowance, x) < get(got.Reported, x) {
 					return fmt.Errorf("%s: %s allowance %+v below reported %+v", r.id, ts.Tenant, got.Allowance, got.Reported)
 				}
 			}
@@ -753,9 +755,9 @@ func (s *suite) hammer(st reslimit.Store, r *hammerReplica, tenants []string, li
 		}
 	}
 	r.seq++
-	req := reslimit.SyncRequest{Replica: r.id, LeaseTTL: long, Final: true}
+	req := store.SyncRequest{Replica: r.id, LeaseTTL: long, Final: true}
 	for _, tn := range tenants {
-		req.Tenants = append(req.Tenants, reslimit.TenantSync{Tenant: tn, Seq: r.seq, Limit: limits[tn]})
+		req.Tenants = append(req.Tenants, store.TenantSync{Tenant: tn, Seq: r.seq, Limit: limits[tn]})
 	}
 	resp, err := st.Sync(ctx, req)
 	if err != nil {
@@ -769,10 +771,10 @@ func (s *suite) hammer(st reslimit.Store, r *hammerReplica, tenants []string, li
 	return nil
 }
 
-func (r *hammerReplica) hasUnused(tenants []string, limits map[string]reslimit.Totals) bool {
+func (r *hammerReplica) hasUnused(tenants []string, limits map[string]store.Totals) bool {
 	for _, tn := range tenants {
-		for _, x := range []reslimit.Resource{reslimit.Operations, reslimit.Calls, reslimit.TotalMemory, reslimit.Evaluations} {
-			if limits[tn].Get(x) > 0 && r.allowance[tn].Get(x) > r.reported[tn].Get(x) {
+		for _, x := range leasedFields {
+			if get(limits[tn], x) > 0 && get(r.allowance[tn], x) > get(r.reported[tn], x) {
 				return true
 			}
 		}
@@ -788,25 +790,25 @@ func (r *hammerReplica) hasUnused(tenants []string, limits map[string]reslimit.T
 // time is sent in whole microseconds, which every store keeps exactly.
 func (s *suite) testMatchesMemoryStore(t *testing.T) {
 	st := s.store(t)
-	ref := reslimit.NewMemoryStore()
+	ref := store.NewMemory()
 	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(7, 11))
 	replicas := []string{"a", "b", "c"}
 	tenants := []string{"t1", "t2", "t3"}
-	limits := map[string]reslimit.Totals{
+	limits := map[string]store.Totals{
 		"t1": leased(1000, 300, 1<<16, 50),
 		"t2": leased(500, 0, 0, 0),
 		"t3": {},
 	}
 	type key struct{ replica, tenant string }
 	seqs := map[key]uint64{}
-	last := map[key]reslimit.TenantSync{}
-	allowance := map[key]reslimit.Totals{}
-	reported := map[key]reslimit.Totals{}
+	last := map[key]store.TenantSync{}
+	allowance := map[key]store.Totals{}
+	reported := map[key]store.Totals{}
 	rv := func(n int64) int64 { return rng.Int64N(n) }
 	for step := range 400 {
 		replica := replicas[rng.IntN(len(replicas))]
-		req := reslimit.SyncRequest{Replica: replica, LeaseTTL: long, Final: rng.IntN(15) == 0}
+		req := store.SyncRequest{Replica: replica, LeaseTTL: long, Final: rng.IntN(15) == 0}
 		if rng.IntN(8) == 0 {
 			// A lease that has expired by the next step (both stores keep
 			// time at least to the millisecond): nothing is reclaimed.
@@ -820,36 +822,36 @@ func (s *suite) testMatchesMemoryStore(t *testing.T) {
 				l.Operations = max(0, l.Operations+rv(200)-100)
 				limits[tn] = l
 			}
-			var ts reslimit.TenantSync
+			var ts store.TenantSync
 			switch p := rng.IntN(20); {
 			case p == 0 && seqs[k] > 0: // retry of the last report
 				ts = last[k]
 			case p == 1 && seqs[k] > 1: // stale
-				ts = reslimit.TenantSync{Tenant: tn, Seq: seqs[k] - 1 - uint64(rv(int64(seqs[k]-1))), Used: ops(rv(5))}
+				ts = store.TenantSync{Tenant: tn, Seq: seqs[k] - 1 - uint64(rv(int64(seqs[k]-1))), Used: ops(rv(5))}
 			default:
 				seqs[k] += 1 + uint64(rng.IntN(2)*rng.IntN(3)) // sometimes skip
-				var used, want, ret, minGrant reslimit.Totals
-				for _, x := range []reslimit.Resource{reslimit.Operations, reslimit.Calls, reslimit.TotalMemory, reslimit.Evaluations} {
-					unused := allowance[k].Get(x) - reported[k].Get(x)
+				var used, want, ret, minGrant store.Totals
+				for _, x := range leasedFields {
+					unused := get(allowance[k], x) - get(reported[k], x)
 					switch {
 					case rng.IntN(10) == 0:
-						used.Set(x, rv(50)) // overspend, or unlimited use
+						set(&used, x, rv(50)) // overspend, or unlimited use
 					case unused > 0:
-						used.Set(x, rv(unused+1))
+						set(&used, x, rv(unused+1))
 					}
 					if rng.IntN(3) > 0 {
-						want.Set(x, rv(limits[tn].Get(x)/4+3))
+						set(&want, x, rv(get(limits[tn], x)/4+3))
 					}
 					if rng.IntN(4) == 0 {
-						ret.Set(x, rv(unused+3))
+						set(&ret, x, rv(unused+3))
 					}
 					if rng.IntN(4) == 0 {
-						minGrant.Set(x, rv(limits[tn].Get(x)/4+3))
+						set(&minGrant, x, rv(get(limits[tn], x)/4+3))
 					}
 				}
 				used.CPUTime = time.Duration(rv(1e6)) * time.Microsecond
 				want.CPUTime = time.Duration(rv(1e6))
-				ts = reslimit.TenantSync{Tenant: tn, Seq: seqs[k], Used: used, Want: want, Limit: limits[tn], Return: ret, MinGrant: minGrant}
+				ts = store.TenantSync{Tenant: tn, Seq: seqs[k], Used: used, Want: want, Limit: limits[tn], Return: ret, MinGrant: minGrant}
 			}
 			last[k] = ts
 			req.Tenants = append(req.Tenants, ts)
@@ -875,5 +877,47 @@ func (s *suite) testMatchesMemoryStore(t *testing.T) {
 				require.Equal(t, w, load(t, st, tn), "step %d: Load(%s)", step, tn)
 			}
 		}
+	}
+}
+
+// field names a quantity of store.Totals, for the checks that treat the
+// leased ones alike.
+type field int
+
+const (
+	fOps field = iota
+	fCalls
+	fMem
+	fEvals
+)
+
+// leasedFields are the quantities the random checks lease (CPU time has
+// tests of its own: it is kept in microseconds by some stores).
+var leasedFields = []field{fOps, fCalls, fMem, fEvals}
+
+func get(t store.Totals, f field) int64 {
+	switch f {
+	case fOps:
+		return t.Operations
+	case fCalls:
+		return t.Calls
+	case fMem:
+		return t.TotalMemory
+	case fEvals:
+		return t.Evaluations
+	}
+	return 0
+}
+
+func set(t *store.Totals, f field, v int64) {
+	switch f {
+	case fOps:
+		t.Operations = v
+	case fCalls:
+		t.Calls = v
+	case fMem:
+		t.TotalMemory = v
+	case fEvals:
+		t.Evaluations = v
 	}
 }
