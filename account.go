@@ -73,7 +73,7 @@ type AccountLimits struct {
 	// (0: one second's worth, at least 1). A run started too soon is
 	// refused with an EvaluationRate *LimitError whose RetryAfter says
 	// when a retry can succeed. 0 means no rate. Rates are per process:
-	// see the package's README for fleets.
+	// see docs/fleet.md for fleets.
 	EvaluationsPerSecond float64
 	EvaluationBurst      int
 	// OperationsPerSecond bounds the rate at which the tenant's runs

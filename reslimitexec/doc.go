@@ -118,8 +118,8 @@
 // raises MemoryError) before any page is touched; the child then fails in
 // its own way (an *exec.ExitError), and programs that reserve large
 // writable mappings up front (binaries built with -race, some runtimes)
-// cannot start under it. See the README section "Running untrusted
-// programs" for the measurements.
+// cannot start under it. See docs/untrusted-code.md in the reslimit
+// repository for the measurements.
 //
 // # Elsewhere
 //

@@ -217,7 +217,7 @@ type SyncResponse struct {
 // gives it back (Return, Final). The unused allowance of a replica that
 // stopped without Close keeps counting against the limit, as it may have
 // been used without being reported; it is the price of a crash (see the
-// README's fleet section for the bound).
+// bound in docs/fleet.md of the reslimit repository).
 type Store interface {
 	Sync(ctx context.Context, req SyncRequest) (SyncResponse, error)
 	// Load returns a tenant's committed fleet-wide totals.
