@@ -263,4 +263,3 @@ type TenantLister interface {
 	// listed twice (see the store's documentation).
 	ListTenants(ctx context.Context, fn func(tenant string, committed Totals) error) error
 }
-
