@@ -38,24 +38,24 @@ type Source interface {
 
 // Monitor defaults: a zero field of MonitorConfig takes these.
 const (
-	// DefaultWarningThreshold is the fraction of a limit at which a
+	// defaultWarningThreshold is the fraction of a limit at which a
 	// Monitor sends HighUsage.
-	DefaultWarningThreshold = 0.8
-	// DefaultCheckInterval is how often a started Monitor polls.
-	DefaultCheckInterval = time.Second
-	// DefaultMonitorHistory is how many events a Monitor's History keeps.
-	DefaultMonitorHistory = 1000
-	// DefaultEventBuffer is the capacity of a Monitor's Events channel.
-	DefaultEventBuffer = 256
+	defaultWarningThreshold = 0.8
+	// defaultCheckInterval is how often a started Monitor polls.
+	defaultCheckInterval = time.Second
+	// defaultMonitorHistory is how many events a Monitor's History keeps.
+	defaultMonitorHistory = 1000
+	// defaultEventBuffer is the capacity of a Monitor's Events channel.
+	defaultEventBuffer = 256
 )
 
-// MonitorHysteresis is the margin, as a fraction of the limit, that keeps a
+// monitorHysteresis is the margin, as a fraction of the limit, that keeps a
 // usage hovering at a threshold from sending an event on every poll.
 //
 // After HighUsage, Recovered is sent only once the usage falls below
-// WarningThreshold − h of the limit, where h is MonitorHysteresis or half
+// WarningThreshold − h of the limit, where h is monitorHysteresis or half
 // the WarningThreshold, whichever is smaller.
-const MonitorHysteresis = 0.05
+const monitorHysteresis = 0.05
 
 // ProcessComponent is the name under which a Monitor with
 // MonitorConfig.WatchProcess registers its process memory backstop.
@@ -112,7 +112,7 @@ const (
 	// previous poll: something did not run, or stopped, for want of it.
 	LimitExceeded
 	// Recovered: after HighUsage, the usage fell back below the threshold
-	// (less MonitorHysteresis).
+	// (less a hysteresis of 5% of the limit).
 	Recovered
 	// StoreReset: a fleet store lost reports of this replica for the
 	// resource (a Redis restarted without its data, say) and the replica
@@ -313,7 +313,7 @@ type registry struct {
 //   - HighUsage when Used/Limit reaches WarningThreshold from below (a
 //     usage at its limit is allowed: it is HighUsage, at Ratio 1);
 //   - Recovered when, after HighUsage, Used/Limit falls below
-//     WarningThreshold less MonitorHysteresis;
+//     WarningThreshold less a hysteresis of 5% of the limit;
 //   - LimitExceeded, with Event.Refusals set, when the source refused
 //     requests for the resource since the previous poll, and the poll
 //     before found none: one event per streak of refusals, carrying the
@@ -324,7 +324,7 @@ type registry struct {
 //     (8 of 8 concurrent calls) is HighUsage.
 //
 // Usage events are edge-triggered: each fires once per crossing, not on
-// every poll, and MonitorHysteresis keeps a usage hovering at a threshold
+// every poll, and a hysteresis of 5% of the limit keeps a usage hovering at a threshold
 // from flapping. A resource whose Limit is 0 never sends usage events
 // (refusals still send LimitExceeded); a limit that is removed forgets the
 // resource's level without an event.
@@ -407,13 +407,13 @@ func (cfg *MonitorConfig) validate() error {
 
 // setup configures m from a valid cfg, filling in the defaults.
 func (m *Monitor) setup(cfg MonitorConfig) {
-	th := cmp.Or(cfg.WarningThreshold, DefaultWarningThreshold)
+	th := cmp.Or(cfg.WarningThreshold, defaultWarningThreshold)
 	m.threshold = th
-	m.recoverBelow = th - min(MonitorHysteresis, th/2)
-	m.interval = cmp.Or(cfg.CheckInterval, DefaultCheckInterval)
+	m.recoverBelow = th - min(monitorHysteresis, th/2)
+	m.interval = cmp.Or(cfg.CheckInterval, defaultCheckInterval)
 	m.logger = cfg.Logger
-	m.events = make(chan Event, cmp.Or(cfg.EventBuffer, DefaultEventBuffer))
-	m.histCap = cmp.Or(cfg.HistorySize, DefaultMonitorHistory)
+	m.events = make(chan Event, cmp.Or(cfg.EventBuffer, defaultEventBuffer))
+	m.histCap = cmp.Or(cfg.HistorySize, defaultMonitorHistory)
 	m.quit = make(chan struct{})
 	m.reg.Store(&registry{})
 	if cfg.WatchProcess {

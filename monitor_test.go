@@ -88,10 +88,10 @@ func pollKinds(t *testing.T, m *Monitor) []string {
 
 func TestNewMonitorDefaults(t *testing.T) {
 	m := newTestMonitor(t, MonitorConfig{})
-	assert.Equal(t, DefaultWarningThreshold, m.threshold)
+	assert.Equal(t, defaultWarningThreshold, m.threshold)
 	assert.Equal(t, time.Second, m.interval)
-	assert.Equal(t, DefaultMonitorHistory, m.histCap)
-	assert.Equal(t, DefaultEventBuffer, cap(m.Events()))
+	assert.Equal(t, defaultMonitorHistory, m.histCap)
+	assert.Equal(t, defaultEventBuffer, cap(m.Events()))
 	assert.Equal(t, 0, m.Stats().Components)
 
 	m2 := newTestMonitor(t, MonitorConfig{WarningThreshold: 1, CheckInterval: time.Minute, HistorySize: 3, EventBuffer: 7})
@@ -882,7 +882,7 @@ func TestMonitorWatchesEveryTenantOfALedger(t *testing.T) {
 // and stops.
 func TestZeroMonitorIsUsable(t *testing.T) {
 	var m Monitor
-	assert.Equal(t, DefaultEventBuffer, cap(m.Events()))
+	assert.Equal(t, defaultEventBuffer, cap(m.Events()))
 	require.NoError(t, m.Register("svc", newFake(Reading{Resource: Memory, Used: 90, Limit: 100})))
 	m.Poll()
 	assert.Equal(t, []string{"svc/memory/high_usage"}, kinds(drain(t, &m)))

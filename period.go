@@ -129,9 +129,9 @@ func (a *Account) closePeriodLocked(end time.Time, next uint64) Period {
 	return p
 }
 
-// DefaultPeriodsKept is how many closed periods a Ledger keeps readable
+// defaultPeriodsKept is how many closed periods a Ledger keeps readable
 // by default (see WithPeriodsKept).
-const DefaultPeriodsKept = 12
+const defaultPeriodsKept = 12
 
 // WithPeriod makes the ledger close the period of every tenant every d,
 // at the multiples of d since the zero time (time.Time.Truncate): with d =
@@ -170,7 +170,7 @@ func WithPeriodSchedule(next func(now time.Time) time.Time) LedgerOption {
 
 // WithPeriodsKept sets how many closed periods (closes of every tenant's
 // period, by ClosePeriod or the schedule) Periods returns: the latest n
-// (default DefaultPeriodsKept; 0 keeps none; negative is invalid).
+// (default 12; 0 keeps none; negative is invalid).
 func WithPeriodsKept(n int) LedgerOption {
 	return func(l *Ledger) {
 		if n < 0 {
@@ -435,7 +435,7 @@ func (l *Ledger) closePeriodFor(end time.Time, hook bool) []Period {
 func (p *ledgerPeriods) keepLocked(lines []Period) {
 	keep := p.keep
 	if !p.keepSet {
-		keep = DefaultPeriodsKept
+		keep = defaultPeriodsKept
 	}
 	if keep > 0 {
 		if len(p.kept) >= keep {

@@ -10,15 +10,15 @@ import (
 	"github.com/reslimit/reslimit/internal/threadcpu"
 )
 
-// DefaultMaxMeasuredRuns is how many runs may have their CPU time measured
+// defaultMaxMeasuredRuns is how many runs may have their CPU time measured
 // at once by default (see SetMaxMeasuredRuns).
-const DefaultMaxMeasuredRuns = 1000
+const defaultMaxMeasuredRuns = 1000
 
 // SetMaxMeasuredRuns sets how many goroutines of the whole process may be
 // pinned to an OS thread at once for measuring CPU time (a run of Run or
 // Limit whose CPU time is measured, and each goroutine started with
 // Tracker.Go), and returns the previous setting. n below 1 is taken as 1.
-// The default, DefaultMaxMeasuredRuns, keeps a process far from Go's limit
+// The default, 1000, keeps a process far from Go's limit
 // of 10,000 threads however many runs sleep at once.
 //
 // Where CPU time is measured a run's goroutine is pinned to its thread
@@ -66,7 +66,7 @@ const (
 )
 
 // pins bounds the goroutines pinned to threads at once.
-var pins = pinPool{limit: DefaultMaxMeasuredRuns, byTid: map[int]int{}}
+var pins = pinPool{limit: defaultMaxMeasuredRuns, byTid: map[int]int{}}
 
 type pinPool struct {
 	mu    sync.Mutex

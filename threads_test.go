@@ -179,7 +179,7 @@ func TestMeasuredRunsNestedDoNotDeadlock(t *testing.T) {
 func TestSetMaxMeasuredRuns(t *testing.T) {
 	prev := SetMaxMeasuredRuns(7)
 	defer SetMaxMeasuredRuns(prev)
-	assert.Equal(t, DefaultMaxMeasuredRuns, prev)
+	assert.Equal(t, defaultMaxMeasuredRuns, prev)
 	assert.Equal(t, 7, SetMaxMeasuredRuns(0))
 	assert.Equal(t, 1, SetMaxMeasuredRuns(7), "below 1 is taken as 1")
 }

@@ -226,7 +226,7 @@ func TestHistoryRing(t *testing.T) {
 	tr, _ := none.Begin(Unlimited())
 	tr.End()
 	assert.Empty(t, none.History())
-	assert.Len(t, newAcct(t, AccountLimits{}).hist, DefaultHistorySize)
+	assert.Len(t, newAcct(t, AccountLimits{}).hist, defaultHistorySize)
 }
 
 func TestSetLimitTakesEffectAtOnce(t *testing.T) {

@@ -142,8 +142,8 @@ type accountConfig struct {
 	err     error
 }
 
-// DefaultHistorySize is the number of runs an Account remembers by default.
-const DefaultHistorySize = 100
+// defaultHistorySize is the number of runs an Account remembers by default.
+const defaultHistorySize = 100
 
 // WithHistorySize sets how many of the latest runs History keeps (default
 // 100; 0 keeps none; negative is invalid).
@@ -303,7 +303,7 @@ func NewAccount(name string, l AccountLimits, opts ...AccountOption) (*Account, 
 	if err := l.Validate(); err != nil {
 		return nil, err
 	}
-	cfg := accountConfig{history: DefaultHistorySize}
+	cfg := accountConfig{history: defaultHistorySize}
 	for _, o := range opts {
 		if o != nil {
 			o(&cfg)
