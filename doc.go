@@ -50,6 +50,17 @@
 // run refuses every further charge; a panic in a run is re-raised after
 // its Go helpers have returned.
 //
+// # Options
+//
+// Every package of reslimit follows one rule for its options (Option,
+// AccountOption, LedgerOption and those of the sub-packages): an invalid
+// value is an error at construction, wrapping [ErrInvalidArgument] or
+// [ErrInvalidLimits], never clamped or ignored; an option that configures
+// the fleet ([WithReplica], [WithSyncInterval], [WithLeaseTTL],
+// [WithLeaseWait], [WithSyncTimeout], [WithFailurePolicy], [WithLogger])
+// is an error without [WithStore]. A zero field of a config struct
+// ([MonitorConfig]) takes the default its doc names.
+//
 // # Tenants
 //
 // An [Account] holds one tenant's cumulative totals, history and limit

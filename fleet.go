@@ -73,6 +73,7 @@ func WithStore(s store.Store) LedgerOption {
 // id and a random suffix). Every process sharing a store needs its own.
 func WithReplica(id string) LedgerOption {
 	return func(l *Ledger) {
+		l.needStore("WithReplica")
 		if id == "" {
 			l.setErr(fmt.Errorf("%w: WithReplica(\"\")", ErrInvalidArgument))
 		}
@@ -84,6 +85,7 @@ func WithReplica(id string) LedgerOption {
 // least (default 1s). A tenant whose lease runs low is synced sooner.
 func WithSyncInterval(d time.Duration) LedgerOption {
 	return func(l *Ledger) {
+		l.needStore("WithSyncInterval")
 		if d <= 0 {
 			l.setErr(fmt.Errorf("%w: WithSyncInterval(%v): not positive", ErrInvalidArgument, d))
 		}
@@ -98,6 +100,7 @@ func WithSyncInterval(d time.Duration) LedgerOption {
 // counting against the limit (it may have been used).
 func WithLeaseTTL(d time.Duration) LedgerOption {
 	return func(l *Ledger) {
+		l.needStore("WithLeaseTTL")
 		if d <= 0 {
 			l.setErr(fmt.Errorf("%w: WithLeaseTTL(%v): not positive", ErrInvalidArgument, d))
 		}
@@ -109,6 +112,7 @@ func WithLeaseTTL(d time.Duration) LedgerOption {
 // FailLocal).
 func WithFailurePolicy(p FailurePolicy) LedgerOption {
 	return func(l *Ledger) {
+		l.needStore("WithFailurePolicy")
 		if p > FailClosed {
 			l.setErr(fmt.Errorf("%w: unknown %v", ErrInvalidArgument, p))
 		}
@@ -119,6 +123,7 @@ func WithFailurePolicy(p FailurePolicy) LedgerOption {
 // WithSyncTimeout bounds one sync round trip (default 2s).
 func WithSyncTimeout(d time.Duration) LedgerOption {
 	return func(l *Ledger) {
+		l.needStore("WithSyncTimeout")
 		if d <= 0 {
 			l.setErr(fmt.Errorf("%w: WithSyncTimeout(%v): not positive", ErrInvalidArgument, d))
 		}
@@ -133,6 +138,7 @@ func WithSyncTimeout(d time.Duration) LedgerOption {
 // happens on the slow path only.
 func WithLeaseWait(d time.Duration) LedgerOption {
 	return func(l *Ledger) {
+		l.needStore("WithLeaseWait")
 		if d < 0 {
 			l.setErr(fmt.Errorf("%w: WithLeaseWait(%v): negative", ErrInvalidArgument, d))
 		}
@@ -146,7 +152,10 @@ func WithLeaseWait(d time.Duration) LedgerOption {
 // replica made (Error), which the replica then makes again. Nil logs
 // nothing (the default).
 func WithLogger(logger *slog.Logger) LedgerOption {
-	return func(l *Ledger) { l.logger = logger }
+	return func(l *Ledger) {
+		l.needStore("WithLogger")
+		l.logger = logger
+	}
 }
 
 func (l *Ledger) logf(level slog.Level, msg string, args ...any) {
@@ -155,9 +164,17 @@ func (l *Ledger) logf(level slog.Level, msg string, args ...any) {
 	}
 }
 
+// needStore records that option name configures the fleet: NewLedger
+// refuses it without WithStore.
+func (l *Ledger) needStore(name string) {
+	if l.storeOpt == "" {
+		l.storeOpt = name
+	}
+}
+
 func (l *Ledger) setErr(err error) {
-	if l.err == nil {
-		l.err = err
+	if l.optErr == nil {
+		l.optErr = err
 	}
 }
 
@@ -297,7 +314,7 @@ func (l *Ledger) Sync(ctx context.Context) error {
 		return errNilContext
 	}
 	if l.store == nil || l.done == nil {
-		return l.err
+		return nil
 	}
 	if l.closed.Load() {
 		if l.finalDone.Load() {
@@ -1138,9 +1155,6 @@ func (f *fleetState) statsLocked(a *Account) *FleetStats {
 // store that implements TenantLister (store.Memory and the Redis store do);
 // without a store it lists the ledger's own accounts and their totals.
 func (l *Ledger) StoreTenants(ctx context.Context, fn func(tenant string, committed store.Totals) error) error {
-	if l.err != nil {
-		return l.err
-	}
 	if l.store == nil {
 		for _, name := range l.Tenants() {
 			a, ok := l.Lookup(name)
@@ -1203,9 +1217,6 @@ func (l *Ledger) keepLines(lines []Period) {
 // PeriodLoader (store.Memory and the Redis store do); without a Store, or
 // with another one, it returns an error wrapping errors.ErrUnsupported.
 func (l *Ledger) StorePeriod(ctx context.Context, tenant string, n uint64) (store.Period, error) {
-	if l.err != nil {
-		return store.Period{}, l.err
-	}
 	pl, ok := l.store.(store.PeriodLoader)
 	if !ok {
 		return store.Period{}, fmt.Errorf("reslimit: the ledger's store (%T) keeps no billing periods: %w", l.store, errors.ErrUnsupported)

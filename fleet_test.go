@@ -41,7 +41,7 @@ func newFleetLedger(t *testing.T, s store.Store, replica string, defaults Accoun
 	t.Helper()
 	opts = append([]LedgerOption{WithStore(s), WithReplica(replica), WithSyncInterval(20 * time.Millisecond)}, opts...)
 	l := mustLedger(t, defaults, opts...)
-	require.NoError(t, l.err)
+	require.NoError(t, l.optErr)
 	t.Cleanup(func() { _ = l.Close(context.Background()) })
 	return l
 }

@@ -31,9 +31,13 @@ type Ledger struct {
 	defaults  AccountLimits
 	acctOpts  []AccountOption
 	limitsFor func(string) AccountLimits
-	err       error
-	fleet     // the store-backed part; zero without WithStore
-	periods   ledgerPeriods
+	// optErr is the first invalid option's error and storeOpt the first
+	// option that needs a store: NewLedger refuses them, so a ledger in use
+	// has neither.
+	optErr   error
+	storeOpt string
+	fleet    // the store-backed part; zero without WithStore
+	periods  ledgerPeriods
 
 	mu    sync.RWMutex
 	accts map[string]*Account
@@ -53,7 +57,10 @@ func NewLedger(defaults AccountLimits, opts ...LedgerOption) (*Ledger, error) {
 			o(l)
 		}
 	}
-	if l.err == nil {
+	if l.optErr == nil && l.storeOpt != "" && l.store == nil {
+		l.optErr = fmt.Errorf("%w: %s needs WithStore", ErrInvalidArgument, l.storeOpt)
+	}
+	if l.optErr == nil {
 		// Account options are checked once here, not at every account.
 		var cfg accountConfig
 		for _, o := range l.acctOpts {
@@ -61,10 +68,10 @@ func NewLedger(defaults AccountLimits, opts ...LedgerOption) (*Ledger, error) {
 				o(&cfg)
 			}
 		}
-		l.err = cfg.err
+		l.optErr = cfg.err
 	}
-	if l.err != nil {
-		return nil, l.err
+	if l.optErr != nil {
+		return nil, l.optErr
 	}
 	if l.store != nil {
 		l.startFleet()
@@ -79,9 +86,6 @@ func NewLedger(defaults AccountLimits, opts ...LedgerOption) (*Ledger, error) {
 func (l *Ledger) open(tenant string) (*Account, error) {
 	if tenant == "" {
 		return nil, fmt.Errorf("%w: empty tenant name", ErrInvalidArgument)
-	}
-	if l.err != nil {
-		return nil, l.err
 	}
 	l.mu.RLock()
 	a := l.accts[tenant]
