@@ -412,12 +412,12 @@ func (a *Account) begin(l Limits, name string, cancel func(error), parent *Track
 // grant adds room for meter i to t (whose refill needs want more to take
 // n), checking the account's limit, if any, through its quota. It is
 // called with t.mu held.
-func (a *Account) grant(t *Tracker, i int, n, want, room int64) (bool, error) {
+func (a *Account) grant(t *Tracker, i int, n, want, room int64) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	q := a.quotaOf()
 	if err := q.errLocked(); err != nil {
-		return false, err
+		return err
 	}
 	if a.limits[meterResource[i]].Load() == 0 {
 		return a.grantUnlimitedLocked(t, i, n, want, room)
@@ -441,7 +441,7 @@ type quota interface {
 	reserveRunLocked(a *Account) error
 	// grantLocked adds room for meter i, whose limit is set, to t (see
 	// Account.grant).
-	grantLocked(a *Account, t *Tracker, i int, n, want, room int64) (bool, error)
+	grantLocked(a *Account, t *Tracker, i int, n, want, room int64) error
 	// usageLocked returns the usage of cumulative resource r the limit is
 	// checked against, when it is not the account's own (fleet-wide).
 	usageLocked(a *Account, r Resource) (int64, bool)
@@ -490,7 +490,7 @@ func (localQuota) periodClosedLocked(uint64, store.Totals)      {}
 func (localQuota) storePeriods() bool                           { return false }
 func (localQuota) retireLocked(bool) bool                       { return false }
 
-func (localQuota) grantLocked(a *Account, t *Tracker, i int, n, want, room int64) (bool, error) {
+func (localQuota) grantLocked(a *Account, t *Tracker, i int, n, want, room int64) error {
 	res := meterResource[i]
 	free := a.limits[res].Load() - a.reserved[i]
 	if free < want {
@@ -499,33 +499,33 @@ func (localQuota) grantLocked(a *Account, t *Tracker, i int, n, want, room int64
 	}
 	if free < want {
 		a.refused[res].Add(1)
-		return false, &LimitError{Resource: res, Limit: a.limits[res].Load(), Used: a.usageLocked(res), Requested: n, Tenant: a.name}
+		return &LimitError{Resource: res, Limit: a.limits[res].Load(), Used: a.usageLocked(res), Requested: n, Tenant: a.name}
 	}
 	g, err := a.fillLocked(t, i, n, want, want+chunk(t, i, free-want, room-want, len(a.live)))
 	if err != nil {
-		return false, err
+		return err
 	}
 	a.reserved[i] += g
-	return true, nil
+	return nil
 }
 
 // grantUnlimitedLocked adds room to t when the account does not limit
 // meter i: under a.mu, so that a SetLimit that races with this refill
 // revokes the room it adds.
-func (a *Account) grantUnlimitedLocked(t *Tracker, i int, n, want, room int64) (bool, error) {
+func (a *Account) grantUnlimitedLocked(t *Tracker, i int, n, want, room int64) error {
 	if want > maxUsage-t.filled[i].Load() {
 		// The limit was removed since refill looked: nothing limits this
 		// request, and it would overflow the run's counter.
-		return false, fmt.Errorf("%w: %s request %d overflows usage", ErrInvalidArgument, meterResource[i], n)
+		return fmt.Errorf("%w: %s request %d overflows usage", ErrInvalidArgument, meterResource[i], n)
 	}
 	g := max(room, want)
 	if i == mOps && a.rates.ops != nil {
 		g = want + rateChunk(t, i, room-want)
 	}
 	if _, err := a.fillLocked(t, i, n, want, g); err != nil {
-		return false, err
+		return err
 	}
-	return true, nil
+	return nil
 }
 
 // chunk returns the room a grant adds beyond what the run needs: a share

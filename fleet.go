@@ -1181,11 +1181,11 @@ func (l *Ledger) StoreTenants(ctx context.Context, fn func(tenant string, commit
 // out of this replica's lease of the fleet-wide quota, waiting for (or
 // fetching) a lease within WithLeaseWait when it is short. Called with
 // a.mu and t.mu held.
-func (f *fleetState) grantLocked(a *Account, t *Tracker, i int, n, want, room int64) (bool, error) {
+func (f *fleetState) grantLocked(a *Account, t *Tracker, i int, n, want, room int64) error {
 	res := meterResource[i]
 	issued := func() int64 { return a.issuedLocked(i) }
 	if err := f.reserveLocked(a, res, n, want, i, t, issued); err != nil {
-		return false, err
+		return err
 	}
 	if a.limits[res].Load() == 0 { // removed while we waited for a lease
 		return a.grantUnlimitedLocked(t, i, n, want, room)
@@ -1193,10 +1193,10 @@ func (f *fleetState) grantLocked(a *Account, t *Tracker, i int, n, want, room in
 	free := f.capLocked(res) - issued()
 	g, err := a.fillLocked(t, i, n, want, want+chunk(t, i, free-want, room-want, len(a.live)))
 	if err != nil {
-		return false, err
+		return err
 	}
 	f.noteLeft(res, free-g)
-	return true, nil
+	return nil
 }
 
 // keepLines keeps the lines of periods closed because the store said that

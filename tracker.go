@@ -385,27 +385,19 @@ func (t *Tracker) refill(i int, n int64, take bool) error {
 			if err != nil {
 				return err
 			}
-			if t.acct != nil {
-				granted, err := t.acct.grant(t, i, n, g, g)
-				if err != nil {
-					p.unlend(i, g) // give the parent back what it lent
-					return err
-				}
-				if granted {
-					continue
-				}
+			if t.acct == nil {
+				t.addRoom(i, g)
+			} else if err := t.acct.grant(t, i, n, g, g); err != nil {
+				p.unlend(i, g) // give the parent back what it lent
+				return err
 			}
-			t.addRoom(i, g)
 			continue
 		}
 		if t.acct != nil {
-			granted, err := t.acct.grant(t, i, n, want, room)
-			if err != nil {
+			if err := t.acct.grant(t, i, n, want, room); err != nil {
 				return err
 			}
-			if granted {
-				continue
-			}
+			continue
 		}
 		if room < want {
 			room = want // only for requests larger than unlimitedFill
