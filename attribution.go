@@ -337,7 +337,7 @@ var (
 )
 
 // Begin starts a run bounded by l and charged to the account; finish it
-// with End (or Finish). It is refused, before anything runs and without
+// with End (or EndWithError). It is refused, before anything runs and without
 // counting an evaluation, with an Evaluations *LimitError when
 // MaxEvaluations runs have started, with Concurrency when MaxConcurrent
 // runs are in progress, and with the exhausted resource when some other

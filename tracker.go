@@ -1164,7 +1164,7 @@ func (t *Tracker) cpuTick() {
 //
 // A panic in fn stops the run (its context is cancelled and TrackOperation, Err
 // report an error saying so) and is re-raised where the run ends: by Run,
-// or by End (or Finish) on a tracker that is not inside Run. On such a
+// or by End (or EndWithError) on a tracker that is not inside Run. On such a
 // tracker call End only after those goroutines are done: a panic of a
 // goroutine still running when End has re-raised nothing, or has
 // returned, is not recovered and crashes the program, as any goroutine's
@@ -1265,7 +1265,7 @@ func (t *Tracker) End() Usage {
 	return u
 }
 
-// Finish is End for a run that failed: err (if not nil) is recorded with
+// EndWithError is End for a run that failed: err (if not nil) is recorded with
 // the run in its account's history. A run stopped by its own limits records
 // that *LimitError even when err is nil.
 func (t *Tracker) EndWithError(err error) Usage {
