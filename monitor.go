@@ -128,14 +128,14 @@ var eventKindNames = [...]string{
 	StoreReset:    "store_reset",
 }
 
-// Valid reports whether k is one of the defined kinds.
-func (k EventKind) Valid() bool { return k >= HighUsage && k <= StoreReset }
+// valid reports whether k is one of the defined kinds.
+func (k EventKind) valid() bool { return k >= HighUsage && k <= StoreReset }
 
 // String returns the kind's stable snake_case name ("high_usage",
 // "limit_exceeded", "recovered", "store_reset"), or "event_kind(N)" for
 // an invalid value.
 func (k EventKind) String() string {
-	if k.Valid() {
+	if k.valid() {
 		return eventKindNames[k]
 	}
 	return "event_kind(" + strconv.Itoa(int(k)) + ")"
@@ -144,7 +144,7 @@ func (k EventKind) String() string {
 // MarshalText implements encoding.TextMarshaler with the String name. It
 // fails for an invalid kind.
 func (k EventKind) MarshalText() ([]byte, error) {
-	if !k.Valid() {
+	if !k.valid() {
 		return nil, errors.New("reslimit: cannot marshal invalid " + k.String())
 	}
 	return []byte(eventKindNames[k]), nil
@@ -479,7 +479,7 @@ func (m *Monitor) RegisterLedger(prefix string, l *Ledger) error {
 func newComponent(name string, s Source) *component {
 	c := &component{name: name, src: s}
 	for _, r := range s.AppendReadings(nil) {
-		if r.Resource.Valid() {
+		if r.Resource.valid() {
 			c.state[r.Resource].refusals = r.Refusals
 			c.state[r.Resource].lost = r.StoreLost
 		}
@@ -684,7 +684,7 @@ func (m *Monitor) Poll() {
 // check updates the edge state of one reading and emits the events due.
 // Called with pollMu held.
 func (m *Monitor) check(c *component, r *Reading, now time.Time) {
-	if !r.Resource.Valid() {
+	if !r.Resource.valid() {
 		return
 	}
 	st := &c.state[r.Resource]

@@ -72,13 +72,13 @@ func Resources() []Resource {
 	return out
 }
 
-// Valid reports whether r is one of the defined resources.
-func (r Resource) Valid() bool { return r >= Memory && int(r) < numResources }
+// valid reports whether r is one of the defined resources.
+func (r Resource) valid() bool { return r >= Memory && int(r) < numResources }
 
 // String returns the resource's stable snake_case name, such as "cpu_time",
 // or "resource(N)" for an invalid value.
 func (r Resource) String() string {
-	if r.Valid() {
+	if r.valid() {
 		return resourceNames[r]
 	}
 	return "resource(" + strconv.Itoa(int(r)) + ")"
@@ -87,7 +87,7 @@ func (r Resource) String() string {
 // MarshalText implements encoding.TextMarshaler with the String name. It
 // fails for an invalid resource.
 func (r Resource) MarshalText() ([]byte, error) {
-	if !r.Valid() {
+	if !r.valid() {
 		return nil, errors.New("reslimit: cannot marshal invalid " + r.String())
 	}
 	return []byte(resourceNames[r]), nil

@@ -228,7 +228,7 @@ func (t *Tracker) halt(err error) {
 		return
 	}
 	t.drain()
-	if le, ok := err.(*LimitError); ok && le.Resource.Valid() {
+	if le, ok := err.(*LimitError); ok && le.Resource.valid() {
 		if le.Tenant == "" {
 			t.refused[le.Resource].Add(1)
 		} else if t.acct != nil {
