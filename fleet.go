@@ -296,7 +296,7 @@ func (l *Ledger) probeStore(ctx context.Context) {
 	if err != nil {
 		return
 	}
-	for _, r := range [...]Resource{Operations, Calls, TotalMemory, CPUTime, Evaluations} {
+	for _, r := range reportedResources {
 		if tget(tot, r) < tget(seen, r) {
 			l.resync.Store(true)
 			l.kickSyncer()
@@ -897,7 +897,7 @@ func (f *fleetState) reportLocked(a *Account, now time.Time) store.TenantSync {
 	var closed []store.ClosedReport
 	for _, c := range f.closes {
 		u := c.life.Sub(prev)
-		for _, r := range [...]Resource{Operations, Calls, TotalMemory, CPUTime, Evaluations} {
+		for _, r := range reportedResources {
 			if tget(u, r) < 0 { // reported past the close already
 				tset(&u, r, 0)
 			}
@@ -906,7 +906,7 @@ func (f *fleetState) reportLocked(a *Account, now time.Time) store.TenantSync {
 		prev = prev.Add(u)
 	}
 	used := reportable(a.lifeLocked()).Sub(prev)
-	for _, r := range [...]Resource{Operations, Calls, TotalMemory, CPUTime, Evaluations} {
+	for _, r := range reportedResources {
 		if tget(used, r) < 0 { // cannot happen: usage only grows; never send a negative report
 			tset(&used, r, 0)
 		}
@@ -984,19 +984,7 @@ func reportable(t store.Totals) store.Totals {
 
 func (f *fleetState) applyLocked(a *Account, ts store.TenantSync, st store.TenantState, sentAt time.Time) {
 	if st.Seq > ts.Seq {
-		// The store applied a later report of this replica and tenant (a
-		// restarted replica with the same id whose clock went back): ours
-		// was ignored. Send it again under a greater number.
-		for {
-			cur := f.ledger.seq.Load()
-			if cur >= st.Seq || f.ledger.seq.CompareAndSwap(cur, st.Seq) {
-				break
-			}
-		}
-		f.pending.Seq = f.ledger.seq.Add(1)
-		f.wantSync = true
-		close(f.refreshed)
-		f.refreshed = make(chan struct{})
+		f.resendStaleLocked(st.Seq)
 		return
 	}
 	// A healthy store never forgets: what it says this replica reported is
@@ -1006,57 +994,16 @@ func (f *fleetState) applyLocked(a *Account, ts store.TenantSync, st store.Tenan
 	for _, c := range ts.Closed {
 		expected = expected.Add(c.Used)
 	}
-	reported := expected
-	var lostNow store.Totals // what the store lost of this replica's reports
-	lost := false
 	// The answer is about the period the report was for, still open here
 	// and in the store.
-	sent := max(ts.Period, 1)
-	storePeriod := max(st.Period, 1)
+	sent, storePeriod := max(ts.Period, 1), max(st.Period, 1)
 	if !f.ledger.periodStore {
 		sent, storePeriod = max(a.periodNo, 1), max(a.periodNo, 1)
 	}
 	current := sent == max(a.periodNo, 1) && storePeriod == sent
-	if st.Seq != 0 {
-		for _, r := range [...]Resource{Operations, Calls, TotalMemory, CPUTime, Evaluations} {
-			if got := satAdd(tget(st.Reported, r), tget(f.offset, r)); got < tget(expected, r) {
-				tset(&lostNow, r, tget(expected, r)-got)
-				lost = true
-			}
-			if current && f.loaded && tget(st.Committed, r) < tget(f.committed, r) {
-				lost = true
-			}
-		}
-	}
-	if lost && f.ledger.periodStore {
-		// Report again what the store lost of the open period (what was
-		// acknowledged beyond the latest close), never what was charged in
-		// a closed one: that period is marked lost instead.
-		before := expected.Sub(ts.Used) // acknowledged before this report
-		for _, r := range [...]Resource{Operations, Calls, TotalMemory, CPUTime, Evaluations} {
-			again := min(tget(lostNow, r), max(0, tget(before, r)-tget(f.base, r)))
-			tset(&reported, r, tget(expected, r)-again)
-			tset(&f.offset, r, tget(f.offset, r)+tget(lostNow, r)-again)
-		}
-		f.lostBefore = sent
-	} else if lost {
-		// Without periods in the store, everything lost is reported again.
-		for _, r := range [...]Resource{Operations, Calls, TotalMemory, CPUTime, Evaluations} {
-			tset(&reported, r, tget(expected, r)-tget(lostNow, r))
-		}
-	} else if ts.LostBefore != 0 && ts.LostBefore >= f.lostBefore {
-		f.lostBefore = 0 // the store marked them
-	}
-	// What the store should hold unused for this replica now, had it
-	// granted all it was asked.
-	var short uint32
-	for _, r := range leasedResources {
-		prev := max(0, tget(f.outstanding, r)-tget(ts.Used, r))
-		prev -= min(prev, tget(ts.Return, r))
-		if w := tget(ts.Want, r); current && w > 0 && tget(st.Allowance, r)-tget(st.Reported, r) < prev+w {
-			short |= bit(r)
-		}
-	}
+	lostNow, lost := f.storeLostLocked(expected, st, current)
+	reported := f.reportAgainLocked(ts, expected, lostNow, lost, sent)
+	short := f.shortLocked(ts, st, current)
 	f.pending = nil
 	f.answeredNo = f.pendingNo
 	f.reported = reported
@@ -1078,8 +1025,6 @@ func (f *fleetState) applyLocked(a *Account, ts store.TenantSync, st store.Tenan
 		for _, r := range leasedResources {
 			tset(&out, r, max(0, tget(st.Allowance, r)-tget(st.Reported, r)))
 		}
-	} else {
-		f.wantSync = true
 	}
 	f.outstanding, f.leaseAtSync, f.returning = out, out, store.Totals{}
 	f.short = short
@@ -1088,29 +1033,120 @@ func (f *fleetState) applyLocked(a *Account, ts store.TenantSync, st store.Tenan
 	f.failing, f.fallback, f.lastErr, f.loaded = false, store.Totals{}, "", true
 	f.wantSync = !current
 	if lost {
-		// The store no longer knows reports this replica made (a Redis
-		// restarted without its data): report them again at once, and
-		// every other tenant too, so that the committed totals and the
-		// quota come back to what the live replicas granted.
-		f.resets++
-		f.lastReset = time.Now()
-		f.lost = f.lost.Add(lostNow)
-		f.wantSync = true
-		f.short = 0
-		// For an interval, while the other replicas report again, ask for
-		// no lease and give back what was granted against the totals the
-		// store had lost.
-		f.graceUntil = sentAt.Add(f.ledger.interval)
-		f.ledger.resync.Store(true)
-		f.ledger.kickSyncer()
-		f.ledger.logf(slog.LevelError, "reslimit: fleet: the store lost reports of this replica; reporting them again",
-			"tenant", a.name, "replica", f.ledger.replica,
-			"operations", lostNow.Operations, "function_calls", lostNow.Calls,
-			"total_memory", lostNow.TotalMemory, "evaluations", lostNow.Evaluations)
+		f.storeResetLocked(a, lostNow, sentAt)
 	}
+	f.refreshLocked()
+}
+
+// refreshLocked wakes the charges waiting for a sync of the tenant.
+func (f *fleetState) refreshLocked() {
 	close(f.refreshed)
 	f.refreshed = make(chan struct{})
 }
+
+// resendStaleLocked handles a store that applied a later report of this
+// replica and tenant (seq; a restarted replica with the same id whose
+// clock went back): ours was ignored, and is sent again under a greater
+// number.
+func (f *fleetState) resendStaleLocked(seq uint64) {
+	for {
+		cur := f.ledger.seq.Load()
+		if cur >= seq || f.ledger.seq.CompareAndSwap(cur, seq) {
+			break
+		}
+	}
+	f.pending.Seq = f.ledger.seq.Add(1)
+	f.wantSync = true
+	f.refreshLocked()
+}
+
+// storeLostLocked compares the store's answer with what this replica
+// expects it to hold (expected, its life totals reported): it returns what
+// the store lost of this replica's reports, and whether it lost anything
+// (also the committed totals of the current period going back).
+func (f *fleetState) storeLostLocked(expected store.Totals, st store.TenantState, current bool) (store.Totals, bool) {
+	var lostNow store.Totals
+	lost := false
+	if st.Seq == 0 {
+		return lostNow, false // a store that does not track sequence numbers
+	}
+	for _, r := range reportedResources {
+		if got := satAdd(tget(st.Reported, r), tget(f.offset, r)); got < tget(expected, r) {
+			tset(&lostNow, r, tget(expected, r)-got)
+			lost = true
+		}
+		if current && f.loaded && tget(st.Committed, r) < tget(f.committed, r) {
+			lost = true
+		}
+	}
+	return lostNow, lost
+}
+
+// reportAgainLocked returns what this replica counts as reported after
+// the answer to ts: expected, less what the store lost and is to be
+// reported again. With periods in the store that is only what was
+// acknowledged in the open period (beyond the latest close): usage of a
+// closed period is never billed to another, the period is marked lost
+// instead (and the store's count stays behind by offset).
+func (f *fleetState) reportAgainLocked(ts store.TenantSync, expected, lostNow store.Totals, lost bool, sent uint64) store.Totals {
+	reported := expected
+	switch {
+	case lost && f.ledger.periodStore:
+		before := expected.Sub(ts.Used) // acknowledged before this report
+		for _, r := range reportedResources {
+			again := min(tget(lostNow, r), max(0, tget(before, r)-tget(f.base, r)))
+			tset(&reported, r, tget(expected, r)-again)
+			tset(&f.offset, r, tget(f.offset, r)+tget(lostNow, r)-again)
+		}
+		f.lostBefore = sent
+	case lost:
+		// Without periods in the store, everything lost is reported again.
+		reported = expected.Sub(lostNow)
+	case ts.LostBefore != 0 && ts.LostBefore >= f.lostBefore:
+		f.lostBefore = 0 // the store marked them
+	}
+	return reported
+}
+
+// shortLocked returns the leased resources of which the store granted
+// less than ts asked for (bit r), judged by what it should hold unused
+// for this replica now had it granted all.
+func (f *fleetState) shortLocked(ts store.TenantSync, st store.TenantState, current bool) uint32 {
+	var short uint32
+	for _, r := range leasedResources {
+		prev := max(0, tget(f.outstanding, r)-tget(ts.Used, r))
+		prev -= min(prev, tget(ts.Return, r))
+		if w := tget(ts.Want, r); current && w > 0 && tget(st.Allowance, r)-tget(st.Reported, r) < prev+w {
+			short |= bit(r)
+		}
+	}
+	return short
+}
+
+// storeResetLocked records that the store no longer knows reports this
+// replica made (a Redis restarted without its data, lostNow of them): they
+// are reported again at once, and every other tenant is synced too, so
+// that the committed totals and the quota come back to what the live
+// replicas granted. For an interval, while the other replicas report
+// again, no lease is asked for and what was granted against the totals
+// the store had lost is given back.
+func (f *fleetState) storeResetLocked(a *Account, lostNow store.Totals, sentAt time.Time) {
+	f.resets++
+	f.lastReset = time.Now()
+	f.lost = f.lost.Add(lostNow)
+	f.wantSync = true
+	f.short = 0
+	f.graceUntil = sentAt.Add(f.ledger.interval)
+	f.ledger.resync.Store(true)
+	f.ledger.kickSyncer()
+	f.ledger.logf(slog.LevelError, "reslimit: fleet: the store lost reports of this replica; reporting them again",
+		"tenant", a.name, "replica", f.ledger.replica,
+		"operations", lostNow.Operations, "function_calls", lostNow.Calls,
+		"total_memory", lostNow.TotalMemory, "evaluations", lostNow.Evaluations)
+}
+
+// reportedResources are the quantities a replica reports to the store.
+var reportedResources = [...]Resource{Operations, Calls, TotalMemory, CPUTime, Evaluations}
 
 func (f *fleetState) failLocked(a *Account, err error) {
 	if !f.failing && f.ledger.policy == FailLocal {
@@ -1129,8 +1165,7 @@ func (f *fleetState) failLocked(a *Account, err error) {
 	f.failing = true
 	f.syncErrors++
 	f.lastErr = err.Error()
-	close(f.refreshed)
-	f.refreshed = make(chan struct{})
+	f.refreshLocked()
 }
 
 func (f *fleetState) statsLocked(a *Account) *FleetStats {
