@@ -891,26 +891,8 @@ func (f *fleetState) reportLocked(a *Account, now time.Time) store.TenantSync {
 	if f.pending != nil {
 		return *f.pending
 	}
-	// Split the report at the local closes: what was used up to a close
-	// is that period's final report.
-	prev := f.reported
-	var closed []store.ClosedReport
-	for _, c := range f.closes {
-		u := c.life.Sub(prev)
-		for _, r := range reportedResources {
-			if tget(u, r) < 0 { // reported past the close already
-				tset(&u, r, 0)
-			}
-		}
-		closed = append(closed, store.ClosedReport{Period: c.period, Used: u})
-		prev = prev.Add(u)
-	}
-	used := reportable(a.lifeLocked()).Sub(prev)
-	for _, r := range reportedResources {
-		if tget(used, r) < 0 { // cannot happen: usage only grows; never send a negative report
-			tset(&used, r, 0)
-		}
-	}
+	closed, prev := f.closedReportsLocked()
+	used := nonNegative(reportable(a.lifeLocked()).Sub(prev)) // usage only grows: never send a negative report
 	ts := store.TenantSync{Tenant: a.name, Seq: f.ledger.seq.Add(1), Used: used, Closed: closed}
 	if f.ledger.periodStore {
 		ts.Period = max(a.periodNo, 1)
@@ -920,8 +902,45 @@ func (f *fleetState) reportLocked(a *Account, now time.Time) store.TenantSync {
 	for _, r := range accountResources {
 		tset(&ts.Limit, r, a.limits[r].Load())
 	}
+	f.leaseRequestLocked(a, &ts, now)
+	f.need = store.Totals{}
+	f.cpuAsk = false
+	f.builtNo++
+	f.pendingNo = f.builtNo
+	f.pending = &ts
+	return ts
+}
+
+// closedReportsLocked splits what this replica has not reported at its
+// local closes: what was used up to a close is that period's final
+// report. It returns the reports and the life totals they bring the
+// reported ones to.
+func (f *fleetState) closedReportsLocked() ([]store.ClosedReport, store.Totals) {
+	prev := f.reported
+	var closed []store.ClosedReport
+	for _, c := range f.closes {
+		u := nonNegative(c.life.Sub(prev)) // (negative: reported past the close already)
+		closed = append(closed, store.ClosedReport{Period: c.period, Used: u})
+		prev = prev.Add(u)
+	}
+	return closed, prev
+}
+
+// nonNegative returns t with every negative field set to 0.
+func nonNegative(t store.Totals) store.Totals {
+	for _, r := range reportedResources {
+		if tget(t, r) < 0 {
+			tset(&t, r, 0)
+		}
+	}
+	return t
+}
+
+// leaseRequestLocked sets what ts asks for and gives back of each leased
+// resource the tenant limits.
+func (f *fleetState) leaseRequestLocked(a *Account, ts *store.TenantSync, now time.Time) {
 	for _, r := range leasedResources {
-		if tget(used, r) != 0 || tget(f.need, r) != 0 {
+		if tget(ts.Used, r) != 0 || tget(f.need, r) != 0 {
 			f.activeAt = now
 		}
 	}
@@ -935,17 +954,7 @@ func (f *fleetState) reportLocked(a *Account, now time.Time) store.TenantSync {
 		}
 		left := f.leaseLocked(r) - a.issuedFleetLocked(r)
 		need := tget(f.need, r)
-		// Enough for about two intervals at the recent rate: the used
-		// since the last sync, scaled to an interval when syncs come
-		// sooner (a busy start-up), or the last report's.
-		target := max(leaseFloor[r], 2*tget(f.lastUsed, r), 2*tget(used, r))
-		if elapsed := now.Sub(f.lastSync); !f.lastSync.IsZero() && elapsed < f.ledger.interval {
-			scaled := 2 * float64(tget(used, r)) * float64(f.ledger.interval) / float64(max(elapsed, time.Millisecond))
-			target = max(target, int64(min(scaled, maxUsage)))
-		}
-		// Near the limit ask for a shrinking share, so that the other
-		// replicas still find some and the last grants are small and exact.
-		target = min(target, max(1, (lim-a.usageLocked(r))/4))
+		target := f.leaseTargetLocked(a, r, tget(ts.Used, r), now)
 		switch {
 		case grace:
 			tset(&ts.Return, r, max(0, left))
@@ -968,12 +977,21 @@ func (f *fleetState) reportLocked(a *Account, now time.Time) store.TenantSync {
 		}
 		tset(&f.returning, r, tget(ts.Return, r))
 	}
-	f.need = store.Totals{}
-	f.cpuAsk = false
-	f.builtNo++
-	f.pendingNo = f.builtNo
-	f.pending = &ts
-	return ts
+}
+
+// leaseTargetLocked is the lease of r this replica aims to hold: enough
+// for about two intervals at the recent rate (used since the last sync,
+// scaled to an interval when syncs come sooner, as in a busy start-up, or
+// the last report's), at least the floor; near the limit a shrinking
+// share, so that the other replicas still find some and the last grants
+// are small and exact.
+func (f *fleetState) leaseTargetLocked(a *Account, r Resource, used int64, now time.Time) int64 {
+	target := max(leaseFloor[r], 2*tget(f.lastUsed, r), 2*used)
+	if elapsed := now.Sub(f.lastSync); !f.lastSync.IsZero() && elapsed < f.ledger.interval {
+		scaled := 2 * float64(used) * float64(f.ledger.interval) / float64(max(elapsed, time.Millisecond))
+		target = max(target, int64(min(scaled, maxUsage)))
+	}
+	return min(target, max(1, (a.limits[r].Load()-a.usageLocked(r))/4))
 }
 
 // reportable cuts CPU time to whole microseconds, the unit stores keep.
