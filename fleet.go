@@ -404,29 +404,8 @@ func (l *Ledger) finalReport(ctx context.Context) error {
 func (l *Ledger) syncRound(ctx context.Context, all, final bool) error {
 	l.syncMu.Lock()
 	defer l.syncMu.Unlock()
-	l.mu.RLock()
-	accts := make([]*Account, 0, len(l.accts)+len(l.retired))
-	for _, a := range l.accts {
-		accts = append(accts, a)
-	}
-	accts = append(accts, l.retired...)
-	l.mu.RUnlock()
-
-	if l.resync.Swap(false) {
-		all = true // the store lost data: every tenant reports again
-	}
 	now := time.Now()
-	req := store.SyncRequest{Replica: l.replica, LeaseTTL: l.ttl, Final: final}
-	var owners []*Account
-	for _, a := range accts {
-		a.mu.Lock()
-		if f := a.fleetState(); all || f.dueLocked(a, now) {
-			req.Tenants = append(req.Tenants, f.reportLocked(a, now))
-			f.inFlight = true
-			owners = append(owners, a)
-		}
-		a.mu.Unlock()
-	}
+	req, owners := l.buildRequest(all, final, now)
 	if len(owners) == 0 {
 		return nil
 	}
@@ -441,6 +420,48 @@ func (l *Ledger) syncRound(ctx context.Context, all, final bool) error {
 	} else if err == nil && l.storeFailing.Swap(false) {
 		l.logf(slog.LevelInfo, "reslimit: fleet: the store answers again", "replica", l.replica)
 	}
+	lines, settled := l.applyAnswers(req, resp, owners, err, final, now)
+	if len(lines) > 0 {
+		l.keepLines(lines)
+	}
+	if settled {
+		l.forgetSettled()
+	}
+	return err
+}
+
+// buildRequest returns the report of every tenant due for a sync (every
+// tenant with all, or after the store lost data), and their accounts.
+func (l *Ledger) buildRequest(all, final bool, now time.Time) (store.SyncRequest, []*Account) {
+	l.mu.RLock()
+	accts := make([]*Account, 0, len(l.accts)+len(l.retired))
+	for _, a := range l.accts {
+		accts = append(accts, a)
+	}
+	accts = append(accts, l.retired...)
+	l.mu.RUnlock()
+	if l.resync.Swap(false) {
+		all = true // the store lost data: every tenant reports again
+	}
+	req := store.SyncRequest{Replica: l.replica, LeaseTTL: l.ttl, Final: final}
+	var owners []*Account
+	for _, a := range accts {
+		a.mu.Lock()
+		if f := a.fleetState(); all || f.dueLocked(a, now) {
+			req.Tenants = append(req.Tenants, f.reportLocked(a, now))
+			f.inFlight = true
+			owners = append(owners, a)
+		}
+		a.mu.Unlock()
+	}
+	return req, owners
+}
+
+// applyAnswers applies the store's answer (or its failure, err) to each
+// account that reported, and returns the invoice lines of the closes the
+// store made and whether a removed account is settled (all reported:
+// during Close, only in the Final round, which gives its lease back).
+func (l *Ledger) applyAnswers(req store.SyncRequest, resp store.SyncResponse, owners []*Account, err error, final bool, now time.Time) ([]Period, bool) {
 	settled := false
 	var lines []Period
 	for k, a := range owners {
@@ -454,8 +475,6 @@ func (l *Ledger) syncRound(ctx context.Context, all, final bool) error {
 			f.applyLocked(a, req.Tenants[k], resp.Tenants[k], now)
 			lines = append(lines, f.lines...)
 			f.lines = nil
-			// Settle a removed account once all is reported (during Close,
-			// only in the Final round, which gives its lease back).
 			if f.retired && (final || !l.closed.Load()) && len(a.live) == 0 && reportable(a.lifeLocked()) == f.reported {
 				f.retired = false // all reported: the ledger can forget it
 				settled = true
@@ -463,24 +482,23 @@ func (l *Ledger) syncRound(ctx context.Context, all, final bool) error {
 		}
 		a.mu.Unlock()
 	}
-	if len(lines) > 0 {
-		l.keepLines(lines)
-	}
-	if settled {
-		l.mu.Lock()
-		kept := l.retired[:0]
-		for _, a := range l.retired {
-			a.mu.Lock()
-			if a.fleetState().retired {
-				kept = append(kept, a)
-			}
-			a.mu.Unlock()
+	return lines, settled
+}
+
+// forgetSettled drops the removed accounts whose usage is all reported.
+func (l *Ledger) forgetSettled() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	kept := l.retired[:0]
+	for _, a := range l.retired {
+		a.mu.Lock()
+		if a.fleetState().retired {
+			kept = append(kept, a)
 		}
-		clear(l.retired[len(kept):])
-		l.retired = kept
-		l.mu.Unlock()
+		a.mu.Unlock()
 	}
-	return err
+	clear(l.retired[len(kept):])
+	l.retired = kept
 }
 
 // FleetStats is an account's store-backed state on this replica. Every
