@@ -828,10 +828,7 @@ func (f *fleetState) reserveCPULocked(a *Account) error {
 // request) with less than asked; or when no lease came in time. Called
 // with a.mu held; it may release and retake it while waiting.
 func (f *fleetState) reserveLocked(a *Account, r Resource, n, want int64, meter int, except *Tracker, issued func() int64) error {
-	var deadline time.Time
-	var myNo uint64
-	var attempts int64
-	registered, extended := false, false
+	var w leaseWaiter
 	for {
 		if f.ledger.closed.Load() {
 			return ErrClosed
@@ -863,32 +860,9 @@ func (f *fleetState) reserveLocked(a *Account, r Resource, n, want int64, meter 
 		}
 		f.wantSync = true
 		f.ledger.kickSyncer()
-		if f.short&bit(r) != 0 && (!registered || f.answeredNo > myNo) {
-			// The store had less to give than this replica asked for: the
-			// fleet is short now. The next sync (within an interval) asks
-			// for this charge whole, giving back the lease that is too
-			// small for it.
+		wait, ok := w.next(f, r)
+		if !ok {
 			return refuse()
-		}
-		now := time.Now()
-		if !registered {
-			registered, myNo, deadline = true, f.builtNo, now.Add(f.ledger.leaseWait)
-			attempts = f.syncs + f.syncErrors
-		}
-		if f.failing && f.syncs+f.syncErrors > attempts {
-			// The store failed a sync made since this charge asked: the
-			// failure policy ruled on it.
-			return refuse()
-		}
-		wait := deadline.Sub(now)
-		if wait <= 0 {
-			if !(f.inFlight || f.wantSync) || extended || f.ledger.leaseWait == 0 {
-				return refuse() // no lease in time
-			}
-			// A lease is in flight (or asked for, the syncer about to send
-			// the request): its answer, or failure, comes within the sync
-			// timeout. Do not refuse for want of it; wait once more.
-			extended, wait = true, f.ledger.syncTimeout
 		}
 		ch := f.refreshed
 		a.mu.Unlock()
@@ -900,6 +874,45 @@ func (f *fleetState) reserveLocked(a *Account, r Resource, n, want int64, meter 
 		timer.Stop()
 		a.mu.Lock()
 	}
+}
+
+// leaseWaiter is the state of a charge waiting for a lease in
+// reserveLocked.
+type leaseWaiter struct {
+	registered, extended bool
+	myNo                 uint64 // the reports built when it began to wait
+	attempts             int64  // the sync attempts made then
+	deadline             time.Time
+}
+
+// next decides, with f's mu held, whether the charge waits for a lease of
+// r any longer, and for how long; false: it is refused. It is refused when
+// the store had less to give than this replica asked for (the fleet is
+// short now; the next sync, within an interval, asks for the charge whole,
+// giving back the lease that is too small for it), when the store failed a
+// sync made since the charge asked (the failure policy ruled on it), or
+// when no lease came within WithLeaseWait — once more within the sync
+// timeout if a lease is in flight or about to be asked for.
+func (w *leaseWaiter) next(f *fleetState, r Resource) (time.Duration, bool) {
+	if f.short&bit(r) != 0 && (!w.registered || f.answeredNo > w.myNo) {
+		return 0, false
+	}
+	now := time.Now()
+	if !w.registered {
+		w.registered, w.myNo, w.deadline = true, f.builtNo, now.Add(f.ledger.leaseWait)
+		w.attempts = f.syncs + f.syncErrors
+	}
+	if f.failing && f.syncs+f.syncErrors > w.attempts {
+		return 0, false
+	}
+	wait := w.deadline.Sub(now)
+	if wait <= 0 {
+		if !(f.inFlight || f.wantSync) || w.extended || f.ledger.leaseWait == 0 {
+			return 0, false // no lease in time
+		}
+		w.extended, wait = true, f.ledger.syncTimeout
+	}
+	return wait, true
 }
 
 // reportLocked returns the tenant's report: the unacknowledged one again,
