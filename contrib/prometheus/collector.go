@@ -1,9 +1,11 @@
-// Package prometheus exports the accounts of a reslimit.Ledger, and the
+// Package reslimitprom exports the accounts of a reslimit.Ledger, and the
 // counters of a reslimit.Monitor, as Prometheus metrics.
 //
 //	reg.MustRegister(reslimitprom.NewCollector(ledger, reslimitprom.WithMonitor(monitor)))
 //
-// (imported as reslimitprom "github.com/reslimit/reslimit/contrib/prometheus").
+// The import path is github.com/reslimit/reslimit/contrib/prometheus; the
+// package is named reslimitprom, so that it does not collide with the
+// client library's package prometheus in the files that import both.
 //
 // # Metrics
 //
@@ -58,7 +60,7 @@
 // atomics and never waits for a scrape; only its slow path (Begin, End,
 // refilling its allowance from the account) takes the account's mutex. The
 // collector's own lock is taken only by Collect.
-package prometheus
+package reslimitprom
 
 import (
 	"sort"

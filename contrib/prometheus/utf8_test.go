@@ -1,4 +1,4 @@
-package prometheus_test
+package reslimitprom_test
 
 import (
 	"net/http"
