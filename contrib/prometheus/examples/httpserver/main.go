@@ -187,8 +187,12 @@ func newApp(period time.Duration) (*app, error) {
 		}
 	}
 
+	collector, err := reslimitprom.NewCollector(a.ledger, reslimitprom.WithMonitor(mon))
+	if err != nil {
+		return nil, err
+	}
 	reg := prom.NewRegistry()
-	reg.MustRegister(reslimitprom.NewCollector(a.ledger, reslimitprom.WithMonitor(mon)))
+	reg.MustRegister(collector)
 
 	limited, err := reslimithttp.Middleware(a.ledger, tenantFromKey, requestLimits,
 		reslimithttp.WithResetTime(func(string) time.Time { return a.resetTime() }))
