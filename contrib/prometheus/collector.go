@@ -65,8 +65,9 @@
 //
 // Invalid values are errors at construction: NewCollector returns an error
 // wrapping reslimit.ErrInvalidArgument (a negative WithMaxTenants, a nil
-// WithMonitor, a WithOtherTenant name that is not valid UTF-8), and no
-// collector, rather than ignoring the value. A nil Option is skipped.
+// WithMonitor or WithTenantFilter, a WithOtherTenant name that is not valid
+// UTF-8), and no collector, rather than ignoring the value. A nil Option
+// is skipped.
 package reslimitprom
 
 import (
@@ -135,9 +136,16 @@ func WithAllowList(tenants ...string) Option {
 // WithTenantFilter lets only the tenants for which allow returns true get
 // series of their own (still within WithMaxTenants); the others count as
 // overflow. allow must be fast and safe for concurrent use. It replaces
-// any WithAllowList; nil allows every tenant.
+// any WithAllowList. A nil allow is invalid (without the option every
+// tenant is allowed).
 func WithTenantFilter(allow func(tenant string) bool) Option {
-	return func(c *collector) { c.allow = allow }
+	return func(c *collector) {
+		if allow == nil {
+			c.setErr(fmt.Errorf("%w: reslimitprom: WithTenantFilter(nil)", reslimit.ErrInvalidArgument))
+			return
+		}
+		c.allow = allow
+	}
 }
 
 // WithOtherTenant sets the tenant label under which the tenants that do not

@@ -18,9 +18,10 @@ func TestInvalidOptions(t *testing.T) {
 		opt  reslimitprom.Option
 		want string
 	}{
-		"WithMaxTenants":  {reslimitprom.WithMaxTenants(-1), "WithMaxTenants(-1)"},
-		"WithMonitor":     {reslimitprom.WithMonitor(nil), "WithMonitor(nil)"},
-		"WithOtherTenant": {reslimitprom.WithOtherTenant("x\xff"), "WithOtherTenant"},
+		"WithMaxTenants":   {reslimitprom.WithMaxTenants(-1), "WithMaxTenants(-1)"},
+		"WithMonitor":      {reslimitprom.WithMonitor(nil), "WithMonitor(nil)"},
+		"WithOtherTenant":  {reslimitprom.WithOtherTenant("x\xff"), "WithOtherTenant"},
+		"WithTenantFilter": {reslimitprom.WithTenantFilter(nil), "WithTenantFilter(nil)"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			c, err := reslimitprom.NewCollector(ledger, tc.opt)
@@ -42,12 +43,12 @@ func TestFirstInvalidOptionReported(t *testing.T) {
 }
 
 // The edge values that are valid stay valid: 0 tenants is no cap, ""
-// drops the other tenant, a nil filter allows every tenant, a nil Option
-// is skipped.
+// drops the other tenant, an empty allow list allows no tenant, a nil
+// Option is skipped.
 func TestValidEdgeOptions(t *testing.T) {
 	c, err := reslimitprom.NewCollector(nil,
 		reslimitprom.WithMaxTenants(0), reslimitprom.WithOtherTenant(""),
-		reslimitprom.WithTenantFilter(nil), reslimitprom.WithAllowList(), nil)
+		reslimitprom.WithAllowList(), nil)
 	require.NoError(t, err)
 	assert.NotNil(t, c)
 }
