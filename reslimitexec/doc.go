@@ -138,4 +138,13 @@
 // not resident (swap) or not its own (the page cache, tmpfs files). Run
 // it under a separate user, namespaces, seccomp or a VM when it must not
 // do those things.
+//
+// # Options
+//
+// Invalid values are errors at construction, which for this package is
+// Start (and Run): before anything is started or charged it returns an
+// error wrapping reslimit.ErrInvalidLimits (a negative WithMaxProcesses) or
+// reslimit.ErrInvalidArgument (a WithCgroupParent path that is not
+// absolute, a nil context or command), rather than ignoring the value. A
+// nil Option is skipped.
 package reslimitexec

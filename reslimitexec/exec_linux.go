@@ -91,29 +91,15 @@ func (p *Process) Enforcement() string { return p.plat.enforcement }
 
 func (p *Process) start() error {
 	cmd := p.cmd
-	var attr syscall.SysProcAttr
-	if cmd.SysProcAttr != nil {
-		if cmd.SysProcAttr.Ptrace {
-			return fmt.Errorf("%w: reslimitexec: cmd.SysProcAttr.Ptrace is set: the child cannot be traced by its caller", reslimit.ErrInvalidArgument)
-		}
-		attr = *cmd.SysProcAttr
-	}
-	if !attr.Setsid { // a session leader leads its own group already
-		attr.Setpgid, attr.Pgid = true, 0
+	attr, err := childAttr(cmd.SysProcAttr)
+	if err != nil {
+		return err
 	}
 	cg, err := p.makeCgroup(&attr)
 	if err != nil {
 		return err
 	}
-	p.plat.cg = cg
-	p.plat.enforcement = samplingEnforcement()
-	if cg != nil {
-		p.plat.enforcement = "cgroup1"
-		if cg.v2 {
-			p.plat.enforcement = "cgroup2"
-			attr.UseCgroupFD, attr.CgroupFD = true, cg.fd
-		}
-	}
+	p.useBackend(cg, &attr)
 	rl := p.rlimits()
 	// cgroup1: the child is moved into its cgroup during the ptrace stop.
 	traced := (len(rl) > 0 || cg != nil && !cg.v2) && ptraceWorks()
@@ -121,7 +107,7 @@ func (p *Process) start() error {
 	cmd.SysProcAttr = &attr
 	if traced {
 		// The tracer is the thread that forks: the ptrace calls must come
-		// from it.
+		// from it (limitChild's included).
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
 	}
@@ -134,37 +120,86 @@ func (p *Process) start() error {
 	pid := cmd.Process.Pid
 	p.plat.pgid = pid
 	p.plat.selfMaxRSS = selfMaxRSS()
-	if traced {
-		var stopped bool
-		if stopped, err = waitTrap(pid); err == nil && stopped {
-			if cg != nil && !cg.v2 {
-				err = cg.join(pid)
-			}
-			if err == nil {
-				err = setRlimits(pid, rl)
-			}
-			if err == nil {
-				err = unix.PtraceDetach(pid)
-			}
-		}
-	} else if len(rl) > 0 {
-		if err = setRlimits(pid, rl); errors.Is(err, unix.ESRCH) {
-			err = nil // exited already
-		}
-	}
-	if err != nil {
-		_ = unix.Kill(-pid, unix.SIGKILL)
-		_ = unix.Kill(pid, unix.SIGKILL)
-		_ = cmd.Wait()
-		if cg != nil {
-			cg.kill(time.Now().Add(killBound))
-			cg.remove()
-		}
+	if err := limitChild(pid, traced, cg, rl); err != nil {
+		p.abortStart(pid, cg)
 		return fmt.Errorf("reslimitexec: setting the limits of the child: %w", err)
 	}
 	go p.waitExit()
 	go p.watch()
 	return nil
+}
+
+// childAttr returns the SysProcAttr of the child: a copy of the caller's
+// (which must not ask for Ptrace), in a new process group unless Setsid
+// makes the child lead one.
+func childAttr(caller *syscall.SysProcAttr) (syscall.SysProcAttr, error) {
+	var attr syscall.SysProcAttr
+	if caller != nil {
+		if caller.Ptrace {
+			return attr, fmt.Errorf("%w: reslimitexec: cmd.SysProcAttr.Ptrace is set: the child cannot be traced by its caller", reslimit.ErrInvalidArgument)
+		}
+		attr = *caller
+	}
+	if !attr.Setsid { // a session leader leads its own group already
+		attr.Setpgid, attr.Pgid = true, 0
+	}
+	return attr, nil
+}
+
+// useBackend records the backend that bounds the child (cg, or sampling
+// when cg is nil) and, for cgroup2, clones the child into cg.
+func (p *Process) useBackend(cg *cgroup, attr *syscall.SysProcAttr) {
+	p.plat.cg = cg
+	p.plat.enforcement = samplingEnforcement()
+	if cg != nil {
+		p.plat.enforcement = "cgroup1"
+		if cg.v2 {
+			p.plat.enforcement = "cgroup2"
+			attr.UseCgroupFD, attr.CgroupFD = true, cg.fd
+		}
+	}
+}
+
+// limitChild puts the just-started child pid under its limits: when traced,
+// during the ptrace stop after its execve (joining cg for cgroup1, setting
+// the rlimits rl, detaching), which must be called from the thread that
+// started it; otherwise by setting rl at once (a child that exited already
+// is not an error).
+func limitChild(pid int, traced bool, cg *cgroup, rl []rlimit) error {
+	if !traced {
+		if len(rl) == 0 {
+			return nil
+		}
+		if err := setRlimits(pid, rl); err != nil && !errors.Is(err, unix.ESRCH) {
+			return err
+		}
+		return nil
+	}
+	stopped, err := waitTrap(pid)
+	if err != nil || !stopped {
+		return err
+	}
+	if cg != nil && !cg.v2 {
+		if err := cg.join(pid); err != nil {
+			return err
+		}
+	}
+	if err := setRlimits(pid, rl); err != nil {
+		return err
+	}
+	return unix.PtraceDetach(pid)
+}
+
+// abortStart kills a child that could not be put under its limits, with
+// its group, reaps it and removes its cgroup.
+func (p *Process) abortStart(pid int, cg *cgroup) {
+	_ = unix.Kill(-pid, unix.SIGKILL)
+	_ = unix.Kill(pid, unix.SIGKILL)
+	_ = p.cmd.Wait()
+	if cg != nil {
+		cg.kill(time.Now().Add(killBound))
+		cg.remove()
+	}
 }
 
 // makeCgroup makes the child's cgroup, or returns nil for the sampling

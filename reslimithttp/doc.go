@@ -44,4 +44,13 @@
 // documented there: snake_case names, resources by their String names,
 // bytes in bytes, and every duration in seconds as a JSON number with a
 // fraction.
+//
+// # Options
+//
+// Invalid values are errors at construction: Middleware returns an error
+// wrapping reslimit.ErrInvalidArgument (a nil WithErrorHandler or
+// WithResetTime, a nil ledger or tenant function) or
+// reslimit.ErrInvalidLimits (invalid limits), and no middleware, rather
+// than ignoring the value or falling back to a default. A nil Option is
+// skipped.
 package reslimithttp

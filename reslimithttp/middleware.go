@@ -25,17 +25,26 @@ type Option func(*config)
 type config struct {
 	onError ErrorHandler
 	reset   func(tenant string) time.Time
+	err     error // the first invalid option
+}
+
+func (c *config) setErr(err error) {
+	if c.err == nil {
+		c.err = err
+	}
 }
 
 // WithErrorHandler sets the function that writes the response of every
 // request the middleware refuses or that was stopped by a limit, and of
-// every call of Error. The default is DefaultErrorHandler. A nil h keeps
-// the default.
+// every call of Error. The default is DefaultErrorHandler. A nil h is
+// invalid.
 func WithErrorHandler(h ErrorHandler) Option {
 	return func(c *config) {
-		if h != nil {
-			c.onError = h
+		if h == nil {
+			c.setErr(fmt.Errorf("%w: reslimithttp.WithErrorHandler(nil)", reslimit.ErrInvalidArgument))
+			return
 		}
+		c.onError = h
 	}
 }
 
@@ -45,12 +54,14 @@ func WithErrorHandler(h ErrorHandler) Option {
 // the tenant's cumulative limits (evaluations, operations, CPU time, total
 // memory, function calls) carries a Retry-After header with the seconds
 // until then (at least 1). A zero time means "unknown": no header. fn must
-// be safe for concurrent use; a nil fn is ignored.
+// be safe for concurrent use; a nil fn is invalid.
 func WithResetTime(fn func(tenant string) time.Time) Option {
 	return func(c *config) {
-		if fn != nil {
-			c.reset = fn
+		if fn == nil {
+			c.setErr(fmt.Errorf("%w: reslimithttp.WithResetTime(nil)", reslimit.ErrInvalidArgument))
+			return
 		}
+		c.reset = fn
 	}
 }
 
@@ -90,9 +101,10 @@ func WithResetTime(fn func(tenant string) time.Time) Option {
 //     CPU time), from the body reader (file size), and from Error, which
 //     handlers call with the error a tracker method returned;
 //
-// A nil ledger or tenant function, or invalid limits, are reported here,
-// when the middleware is built (an error wrapping reslimit.ErrInvalidArgument
-// or reslimit.ErrInvalidLimits), not on every request.
+// A nil ledger or tenant function, invalid limits or an invalid option
+// value are reported here, when the middleware is built (an error wrapping
+// reslimit.ErrInvalidArgument or reslimit.ErrInvalidLimits), not on every
+// request.
 //
 // A response the handler already started is left as it is. The
 // ResponseWriter the handler gets supports http.Flusher and
@@ -113,6 +125,9 @@ func Middleware(ledger *reslimit.Ledger, tenant func(*http.Request) (string, err
 		if o != nil {
 			o(cfg)
 		}
+	}
+	if cfg.err != nil {
+		return nil, cfg.err
 	}
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

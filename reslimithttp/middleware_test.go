@@ -450,6 +450,27 @@ func TestMiddlewareSetupErrors(t *testing.T) {
 	}
 }
 
+// Invalid option values are errors when the middleware is built, never
+// ignored; a nil Option is skipped.
+func TestMiddlewareInvalidOptions(t *testing.T) {
+	ledger := mustLedger(t, reslimit.AccountLimits{})
+	for name, tc := range map[string]struct {
+		opt  reslimithttp.Option
+		want string
+	}{
+		"WithErrorHandler": {reslimithttp.WithErrorHandler(nil), "WithErrorHandler(nil)"},
+		"WithResetTime":    {reslimithttp.WithResetTime(nil), "WithResetTime(nil)"},
+	} {
+		mw, err := reslimithttp.Middleware(ledger, byHeader, reslimit.Limits{}, tc.opt)
+		assert.ErrorIs(t, err, reslimit.ErrInvalidArgument, name)
+		assert.ErrorContains(t, err, tc.want, name)
+		assert.Nil(t, mw, name)
+	}
+	mw, err := reslimithttp.Middleware(ledger, byHeader, reslimit.Limits{}, nil)
+	assert.NoError(t, err)
+	assert.NotNil(t, mw)
+}
+
 func TestMiddlewareEscapesTenantInJSON(t *testing.T) {
 	ledger := mustLedger(t, reslimit.AccountLimits{MaxEvaluations: 1})
 	h := mustMiddleware(t, ledger, byHeader, reslimit.Limits{})(http.HandlerFunc(okHandler))

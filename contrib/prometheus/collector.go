@@ -1,9 +1,11 @@
-// Package prometheus exports the accounts of a reslimit.Ledger, and the
+// Package reslimitprom exports the accounts of a reslimit.Ledger, and the
 // counters of a reslimit.Monitor, as Prometheus metrics.
 //
 //	reg.MustRegister(reslimitprom.NewCollector(ledger, reslimitprom.WithMonitor(monitor)))
 //
-// (imported as reslimitprom "github.com/reslimit/reslimit/contrib/prometheus").
+// The import path is github.com/reslimit/reslimit/contrib/prometheus; the
+// package is named reslimitprom, so that it does not collide with the
+// client library's package prometheus in the files that import both.
 //
 // # Metrics
 //
@@ -58,9 +60,18 @@
 // atomics and never waits for a scrape; only its slow path (Begin, End,
 // refilling its allowance from the account) takes the account's mutex. The
 // collector's own lock is taken only by Collect.
-package prometheus
+//
+// # Options
+//
+// Invalid values are errors at construction: NewCollector returns an error
+// wrapping reslimit.ErrInvalidArgument (a negative WithMaxTenants, a nil
+// WithMonitor or WithTenantFilter, a WithOtherTenant name that is not valid
+// UTF-8), and no collector, rather than ignoring the value. A nil Option
+// is skipped.
+package reslimitprom
 
 import (
+	"fmt"
 	"sort"
 	"strings"
 	"sync"
@@ -81,19 +92,28 @@ const DefaultOtherTenant = "_other"
 // Option configures NewCollector.
 type Option func(*collector)
 
-// WithMonitor also exports the counters of m (reslimit.Monitor.Stats).
+// WithMonitor also exports the counters of m (reslimit.Monitor.Stats). A
+// nil m is invalid.
 func WithMonitor(m *reslimit.Monitor) Option {
-	return func(c *collector) { c.monitor = m }
+	return func(c *collector) {
+		if m == nil {
+			c.setErr(fmt.Errorf("%w: reslimitprom: WithMonitor(nil)", reslimit.ErrInvalidArgument))
+			return
+		}
+		c.monitor = m
+	}
 }
 
 // WithMaxTenants sets how many tenants get series of their own (default
 // DefaultMaxTenants). 0 removes the cap: only do that when the tenants are
-// few and known. A negative n keeps the default.
+// few and known. A negative n is invalid.
 func WithMaxTenants(n int) Option {
 	return func(c *collector) {
-		if n >= 0 {
-			c.max = n
+		if n < 0 {
+			c.setErr(fmt.Errorf("%w: reslimitprom: WithMaxTenants(%d): negative", reslimit.ErrInvalidArgument, n))
+			return
 		}
+		c.max = n
 	}
 }
 
@@ -116,18 +136,31 @@ func WithAllowList(tenants ...string) Option {
 // WithTenantFilter lets only the tenants for which allow returns true get
 // series of their own (still within WithMaxTenants); the others count as
 // overflow. allow must be fast and safe for concurrent use. It replaces
-// any WithAllowList; nil allows every tenant.
+// any WithAllowList. A nil allow is invalid (without the option every
+// tenant is allowed).
 func WithTenantFilter(allow func(tenant string) bool) Option {
-	return func(c *collector) { c.allow = allow }
+	return func(c *collector) {
+		if allow == nil {
+			c.setErr(fmt.Errorf("%w: reslimitprom: WithTenantFilter(nil)", reslimit.ErrInvalidArgument))
+			return
+		}
+		c.allow = allow
+	}
 }
 
 // WithOtherTenant sets the tenant label under which the tenants that do not
 // get series of their own are summed (default DefaultOtherTenant). "" drops
 // them; reslimit_tenants_overflow still counts them. A real tenant with that
-// name counts as overflow. A name that is not valid UTF-8 is sanitized as
-// tenant labels are (see NewCollector).
+// name counts as overflow. A name that is not valid UTF-8 is invalid (it
+// could not be a label value).
 func WithOtherTenant(name string) Option {
-	return func(c *collector) { c.other = strings.ToValidUTF8(name, "\uFFFD") }
+	return func(c *collector) {
+		if !utf8.ValidString(name) {
+			c.setErr(fmt.Errorf("%w: reslimitprom: WithOtherTenant(%q): not valid UTF-8", reslimit.ErrInvalidArgument, name))
+			return
+		}
+		c.other = name
+	}
 }
 
 // NewCollector returns a Prometheus collector of ledger's accounts (see the
@@ -137,14 +170,20 @@ func WithOtherTenant(name string) Option {
 // if that label is already another tenant's, it is summed into the other
 // tenant (and counted in reslimit_tenants_overflow), so one odd name never
 // makes a scrape fail.
-func NewCollector(ledger *reslimit.Ledger, opts ...Option) prom.Collector {
+//
+// An invalid option value is reported here, as an error wrapping
+// reslimit.ErrInvalidArgument, and no collector is returned.
+func NewCollector(ledger *reslimit.Ledger, opts ...Option) (prom.Collector, error) {
 	c := &collector{ledger: ledger, max: DefaultMaxTenants, other: DefaultOtherTenant, known: map[string]struct{}{}}
 	for _, o := range opts {
 		if o != nil {
 			o(c)
 		}
 	}
-	return c
+	if c.err != nil {
+		return nil, c.err
+	}
+	return c, nil
 }
 
 type collector struct {
@@ -153,6 +192,7 @@ type collector struct {
 	max     int
 	allow   func(string) bool
 	other   string
+	err     error // the first invalid option
 
 	mu    sync.Mutex          // taken only by Collect
 	known map[string]struct{} // tenants with series of their own
@@ -201,6 +241,13 @@ var (
 	descPolls = prom.NewDesc("reslimit_monitor_polls_total",
 		"Polls the monitor completed.", nil, nil)
 )
+
+// setErr records the first invalid option.
+func (c *collector) setErr(err error) {
+	if c.err == nil {
+		c.err = err
+	}
+}
 
 // Describe implements prometheus.Collector.
 func (c *collector) Describe(ch chan<- *prom.Desc) {

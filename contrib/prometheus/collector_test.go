@@ -1,4 +1,4 @@
-package prometheus_test
+package reslimitprom_test
 
 import (
 	"fmt"
@@ -44,7 +44,7 @@ func twoTenants(t *testing.T) *reslimit.Ledger {
 }
 
 func TestCollectAndCompare(t *testing.T) {
-	c := reslimitprom.NewCollector(twoTenants(t))
+	c := mustCollector(t, twoTenants(t))
 	expected := `
 # HELP reslimit_tenant_usage What the tenant used, by resource, in base units (bytes, seconds for cpu_time, counts); memory and concurrent_operations are held now, the rest cumulative since the account's last reset.
 # TYPE reslimit_tenant_usage gauge
@@ -154,7 +154,7 @@ func TestLint(t *testing.T) {
 	mon, err := reslimit.NewMonitor(reslimit.MonitorConfig{})
 	require.NoError(t, err)
 	defer mon.Stop()
-	problems, err := testutil.CollectAndLint(reslimitprom.NewCollector(ledger, reslimitprom.WithMonitor(mon)))
+	problems, err := testutil.CollectAndLint(mustCollector(t, ledger, reslimitprom.WithMonitor(mon)))
 	require.NoError(t, err)
 	assert.Empty(t, problems)
 }
@@ -166,7 +166,7 @@ func TestPedanticRegistry(t *testing.T) {
 	require.NoError(t, err)
 	defer mon.Stop()
 	reg := prom.NewPedanticRegistry()
-	require.NoError(t, reg.Register(reslimitprom.NewCollector(ledger, reslimitprom.WithMonitor(mon), reslimitprom.WithMaxTenants(1))))
+	require.NoError(t, reg.Register(mustCollector(t, ledger, reslimitprom.WithMonitor(mon), reslimitprom.WithMaxTenants(1))))
 	mfs, err := reg.Gather()
 	require.NoError(t, err)
 	assert.NotEmpty(t, mfs)
@@ -192,7 +192,7 @@ func TestMonitorCounters(t *testing.T) {
 	require.Positive(t, st.LimitsExceeded)
 	require.Positive(t, st.DroppedEvents)
 
-	c := reslimitprom.NewCollector(ledger, reslimitprom.WithMonitor(mon))
+	c := mustCollector(t, ledger, reslimitprom.WithMonitor(mon))
 	expected := fmt.Sprintf(`
 # HELP reslimit_monitor_components Components registered with the monitor.
 # TYPE reslimit_monitor_components gauge
@@ -254,7 +254,7 @@ func gather(t *testing.T, c prom.Collector) map[string]float64 {
 func TestCapAggregatesIntoOther(t *testing.T) {
 	const n = 10_000
 	ledger := manyTenants(t, n)
-	c := reslimitprom.NewCollector(ledger, reslimitprom.WithMaxTenants(100))
+	c := mustCollector(t, ledger, reslimitprom.WithMaxTenants(100))
 
 	start := time.Now()
 	got := gather(t, c)
@@ -284,7 +284,7 @@ func TestCapKeepsKnownTenants(t *testing.T) {
 	for _, n := range []string{"m", "n"} {
 		ledger.Account(n)
 	}
-	c := reslimitprom.NewCollector(ledger, reslimitprom.WithMaxTenants(2))
+	c := mustCollector(t, ledger, reslimitprom.WithMaxTenants(2))
 	tenants := func() []string {
 		var out []string
 		for _, n := range []string{"a", "b", "m", "n", "_other"} {
@@ -308,26 +308,26 @@ func TestAllowListAndDrop(t *testing.T) {
 	ledger := manyTenants(t, 5)
 	ledger.Account("_other") // a real tenant with the overflow name
 
-	c := reslimitprom.NewCollector(ledger, reslimitprom.WithAllowList("t00001", "t00003", "unknown"))
+	c := mustCollector(t, ledger, reslimitprom.WithAllowList("t00001", "t00003", "unknown"))
 	assert.Equal(t, 3, testutil.CollectAndCount(c, "reslimit_tenant_running"), "2 allowed and _other")
 	assert.Equal(t, 1.0, value(t, c, "reslimit_tenant_evaluations_total", "t00001"))
 	assert.Equal(t, 4.0, value(t, c, "reslimit_tenants_overflow"))
 	assert.Equal(t, 3.0, value(t, c, "reslimit_tenant_evaluations_total", "_other"))
 
-	c = reslimitprom.NewCollector(ledger,
+	c = mustCollector(t, ledger,
 		reslimitprom.WithTenantFilter(func(t string) bool { return strings.HasSuffix(t, "2") }),
 		reslimitprom.WithOtherTenant(""))
 	assert.Equal(t, 1, testutil.CollectAndCount(c, "reslimit_tenant_running"), "the others are dropped")
 	assert.Equal(t, 5.0, value(t, c, "reslimit_tenants_overflow"))
 
 	// With no cap every tenant is exported, a real "_other" as overflow.
-	c = reslimitprom.NewCollector(ledger, reslimitprom.WithMaxTenants(0))
+	c = mustCollector(t, ledger, reslimitprom.WithMaxTenants(0))
 	assert.Equal(t, 6, testutil.CollectAndCount(c, "reslimit_tenant_running"))
 	assert.Equal(t, 1.0, value(t, c, "reslimit_tenants_overflow"))
 }
 
 func TestNilLedger(t *testing.T) {
-	c := reslimitprom.NewCollector(nil)
+	c := mustCollector(t, nil)
 	assert.Equal(t, 0.0, value(t, c, "reslimit_tenants"))
 	problems, err := testutil.CollectAndLint(c)
 	require.NoError(t, err)
@@ -338,7 +338,7 @@ func TestNilLedger(t *testing.T) {
 // race detector, and checks that the hot path is not held up by a scrape.
 func TestCollectWhileBusy(t *testing.T) {
 	ledger := manyTenants(t, 300)
-	c := reslimitprom.NewCollector(ledger, reslimitprom.WithMaxTenants(100))
+	c := mustCollector(t, ledger, reslimitprom.WithMaxTenants(100))
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	var ops [2]int64
@@ -374,7 +374,7 @@ func TestCollectWhileBusy(t *testing.T) {
 
 func BenchmarkCollect10kTenants(b *testing.B) {
 	ledger := manyTenants(b, 10_000)
-	c := reslimitprom.NewCollector(ledger)
+	c := mustCollector(b, ledger)
 	reg := prom.NewRegistry()
 	reg.MustRegister(c)
 	b.ResetTimer()
@@ -394,4 +394,15 @@ func mustLedger(tb testing.TB, defaults reslimit.AccountLimits, opts ...reslimit
 		tb.Fatal(err)
 	}
 	return l
+}
+
+// mustCollector returns reslimitprom.NewCollector(ledger, opts...),
+// failing tb on an error.
+func mustCollector(tb testing.TB, ledger *reslimit.Ledger, opts ...reslimitprom.Option) prom.Collector {
+	tb.Helper()
+	c, err := reslimitprom.NewCollector(ledger, opts...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
 }

@@ -1,4 +1,4 @@
-package prometheus_test
+package reslimitprom_test
 
 import (
 	"net/http"
@@ -27,9 +27,9 @@ func TestTenantNamesThatAreNotUTF8(t *testing.T) {
 		require.NoError(t, tr.TrackOperations(7))
 		tr.End()
 	}
-	for _, opts := range [][]reslimitprom.Option{nil, {reslimitprom.WithOtherTenant("x\xff")}} {
+	for _, opts := range [][]reslimitprom.Option{nil, {reslimitprom.WithOtherTenant("bad\uFFFD")}} {
 		reg := prom.NewRegistry()
-		require.NoError(t, reg.Register(reslimitprom.NewCollector(ledger, opts...)))
+		require.NoError(t, reg.Register(mustCollector(t, ledger, opts...)))
 		mfs, err := reg.Gather()
 		require.NoError(t, err)
 

@@ -33,6 +33,13 @@
 //
 // Outside a run (reslimit.FromContext(ctx) == nil) nothing is charged; the
 // thread is still cancelled when ctx is done.
+//
+// # Options
+//
+// Invalid values are errors at construction: Thread (and so ExecFile and
+// Call) returns an error wrapping reslimit.ErrInvalidArgument for a zero
+// WithBatch, a nil WithPrint or a nil context, and runs nothing, rather
+// than ignoring the value. A nil Option is skipped.
 package reslimitstarlark
 
 import (
@@ -57,16 +64,25 @@ type config struct {
 	batch uint64
 	name  string
 	print func(*starlark.Thread, string)
+	err   error // the first invalid option
 }
 
-// WithBatch sets the number of steps charged at once (n > 0; at most n
-// steps run past a limit when the script shares its run or tenant with
-// concurrent work).
+func (c *config) setErr(err error) {
+	if c.err == nil {
+		c.err = err
+	}
+}
+
+// WithBatch sets the number of steps charged at once (at most n steps run
+// past a limit when the script shares its run or tenant with concurrent
+// work). 0 is invalid.
 func WithBatch(n uint64) Option {
 	return func(c *config) {
-		if n > 0 {
-			c.batch = n
+		if n == 0 {
+			c.setErr(fmt.Errorf("%w: reslimitstarlark: WithBatch(0)", reslimit.ErrInvalidArgument))
+			return
 		}
+		c.batch = n
 	}
 }
 
@@ -74,9 +90,15 @@ func WithBatch(n uint64) Option {
 func WithName(name string) Option { return func(c *config) { c.name = name } }
 
 // WithPrint sets the thread's print function (by default print writes to
-// standard error, as in go.starlark.net).
+// standard error, as in go.starlark.net). A nil print is invalid.
 func WithPrint(print func(thread *starlark.Thread, msg string)) Option {
-	return func(c *config) { c.print = print }
+	return func(c *config) {
+		if print == nil {
+			c.setErr(fmt.Errorf("%w: reslimitstarlark: WithPrint(nil)", reslimit.ErrInvalidArgument))
+			return
+		}
+		c.print = print
+	}
 }
 
 // localKey is the thread-local key of a thread's *state.
@@ -100,10 +122,21 @@ type state struct {
 // cancelled when ctx is done. Call Finish when done with it: it charges
 // the last partial batch and stops watching ctx. (ExecFile and Call do
 // both.) The thread is one goroutine's, like any starlark.Thread.
-func Thread(ctx context.Context, opts ...Option) *starlark.Thread {
+//
+// A nil ctx or an invalid option value is reported as an error wrapping
+// reslimit.ErrInvalidArgument, and no thread is returned.
+func Thread(ctx context.Context, opts ...Option) (*starlark.Thread, error) {
+	if ctx == nil {
+		return nil, fmt.Errorf("%w: reslimitstarlark: nil context", reslimit.ErrInvalidArgument)
+	}
 	c := config{batch: DefaultBatch}
 	for _, o := range opts {
-		o(&c)
+		if o != nil {
+			o(&c)
+		}
+	}
+	if c.err != nil {
+		return nil, c.err
 	}
 	thread := &starlark.Thread{Name: c.name, Print: c.print}
 	st := &state{ctx: ctx, tr: reslimit.FromContext(ctx), batch: c.batch}
@@ -119,7 +152,7 @@ func Thread(ctx context.Context, opts ...Option) *starlark.Thread {
 			st.cancel(thread, stopReason(ctx))
 		})
 	}
-	return thread
+	return thread, nil
 }
 
 func stateOf(thread *starlark.Thread) *state {
@@ -269,12 +302,16 @@ func Err(thread *starlark.Thread, err error) error {
 // ExecFile runs a Starlark file (as starlark.ExecFileOptions) on a new
 // Thread of ctx, charged to ctx's run, and returns its globals. A script
 // stopped by a limit returns an *Error wrapping the *reslimit.LimitError.
-// A nil opts means syntax.LegacyFileOptions().
+// A nil opts means syntax.LegacyFileOptions(). A nil ctx or an invalid
+// option value is an error, as for Thread, and nothing runs.
 func ExecFile(ctx context.Context, opts *syntax.FileOptions, filename string, src any, predeclared starlark.StringDict, o ...Option) (starlark.StringDict, error) {
 	if opts == nil {
 		opts = syntax.LegacyFileOptions()
 	}
-	thread := Thread(ctx, o...)
+	thread, err := Thread(ctx, o...)
+	if err != nil {
+		return nil, err
+	}
 	globals, err := starlark.ExecFileOptions(opts, thread, filename, src, predeclared)
 	return globals, finish(thread, err)
 }
@@ -282,7 +319,10 @@ func ExecFile(ctx context.Context, opts *syntax.FileOptions, filename string, sr
 // Call calls a Starlark callable (a function of a script's globals, say)
 // on a new Thread of ctx, charged to ctx's run, like ExecFile.
 func Call(ctx context.Context, fn starlark.Value, args starlark.Tuple, kwargs []starlark.Tuple, o ...Option) (starlark.Value, error) {
-	thread := Thread(ctx, o...)
+	thread, err := Thread(ctx, o...)
+	if err != nil {
+		return nil, err
+	}
 	v, err := starlark.Call(thread, fn, args, kwargs)
 	return v, finish(thread, err)
 }

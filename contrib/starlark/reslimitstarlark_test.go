@@ -100,8 +100,11 @@ func TestMaxOperationsBindsExactly(t *testing.T) {
 	for _, batch := range []uint64{1, 100, reslimitstarlark.DefaultBatch} {
 		var steps uint64
 		u, err := reslimit.Run(context.Background(), reslimit.Limits{MaxOperations: limit}, func(ctx context.Context) error {
-			thread := reslimitstarlark.Thread(ctx, reslimitstarlark.WithBatch(batch))
-			_, err := starlark.ExecFileOptions(fileOpts, thread, "behaves.star", behaves, nil)
+			thread, err := reslimitstarlark.Thread(ctx, reslimitstarlark.WithBatch(batch))
+			if err != nil {
+				return err
+			}
+			_, err = starlark.ExecFileOptions(fileOpts, thread, "behaves.star", behaves, nil)
 			_ = reslimitstarlark.Finish(thread)
 			steps = thread.ExecutionSteps()
 			return reslimitstarlark.Err(thread, err)
@@ -253,7 +256,10 @@ func TestCall(t *testing.T) {
 
 // Outside a run nothing is charged and a script runs as without reslimit.
 func TestNoRun(t *testing.T) {
-	thread := reslimitstarlark.Thread(context.Background())
+	thread, err := reslimitstarlark.Thread(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
 	if thread.OnMaxSteps != nil {
 		t.Error("a thread outside a run has an OnMaxSteps")
 	}

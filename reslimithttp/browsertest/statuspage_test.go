@@ -143,13 +143,7 @@ const readPage = `(() => {
 })()`
 
 func TestStatusPageInBrowser(t *testing.T) {
-	browser := findBrowser()
-	if browser == "" && os.Getenv("RESLIMIT_REQUIRE_BROWSER") != "" {
-		t.Fatalf("RESLIMIT_REQUIRE_BROWSER is set but no Chromium or Chrome binary was found; looked for %v", browserCandidates)
-	}
-	if browser == "" {
-		t.Skipf("no Chromium or Chrome binary found (set RESLIMIT_CHROMIUM, or install one, e.g. apt-get install chromium); looked for %v", browserCandidates)
-	}
+	browser := requireBrowser(t)
 	f := newFixture(t)
 	mux := http.NewServeMux()
 	mux.Handle("/debug/reslimit/", http.StripPrefix("/debug/reslimit", reslimithttp.Handler(f.ledger, f.monitor)))
@@ -158,6 +152,45 @@ func TestStatusPageInBrowser(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
 	defer cancel()
+	bctx, cancelBrowser := startBrowser(t, ctx, browser)
+	defer cancelBrowser()
+	w := watchPage(bctx)
+	defer w.stop()
+
+	// The bare mount point redirects to the page; wait for the bars.
+	require.NoError(t, chromedp.Do(bctx,
+		chromedp.Navigate(srv.URL+"/debug/reslimit"),
+		chromedp.WaitVisible(chromedp.CSS(`#tenants tr.tenant .bar .fill`)),
+	))
+	info, err := chromedp.Run(bctx, chromedp.Evaluate[pageInfo](readPage))
+	require.NoError(t, err)
+	location, err := chromedp.Run(bctx, chromedp.Location())
+	require.NoError(t, err)
+	assert.Equal(t, srv.URL+"/debug/reslimit/", location)
+
+	checkTenantRows(t, info)
+	checkMonitor(t, info)
+	checkRefresh(t, bctx, f, info)
+	saveScreenshot(t, bctx)
+	w.check(t)
+}
+
+// requireBrowser returns the browser to run, skipping the test when there
+// is none (failing it instead when RESLIMIT_REQUIRE_BROWSER is set).
+func requireBrowser(t *testing.T) string {
+	browser := findBrowser()
+	if browser == "" && os.Getenv("RESLIMIT_REQUIRE_BROWSER") != "" {
+		t.Fatalf("RESLIMIT_REQUIRE_BROWSER is set but no Chromium or Chrome binary was found; looked for %v", browserCandidates)
+	}
+	if browser == "" {
+		t.Skipf("no Chromium or Chrome binary found (set RESLIMIT_CHROMIUM, or install one, e.g. apt-get install chromium); looked for %v", browserCandidates)
+	}
+	return browser
+}
+
+// startBrowser starts a headless browser and returns its context, and the
+// function that stops it.
+func startBrowser(t *testing.T, ctx context.Context, browser string) (context.Context, context.CancelFunc) {
 	actx, cancelAlloc := chromedp.NewExecAllocator(ctx,
 		chromedp.ExecPath(browser),
 		chromedp.Headless,
@@ -174,70 +207,82 @@ func TestStatusPageInBrowser(t *testing.T) {
 		chromedp.UserDataDir(t.TempDir()),
 		chromedp.WindowSize(1280, 900),
 	)
-	defer cancelAlloc()
 	bctx, cancelBrowser := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
-	defer cancelBrowser()
+	return bctx, func() { cancelBrowser(); cancelAlloc() }
+}
 
-	// Watch for dialogs (an alert from an injected script) and dismiss them
-	// so the page does not hang, and for console errors and exceptions.
-	var mu sync.Mutex
-	var dialogs []string
-	var console []string
-	var wg sync.WaitGroup
+// pageWatch records the page's dialogs (an alert from an injected script),
+// which it dismisses so that the page does not hang, and its console
+// errors and exceptions.
+type pageWatch struct {
+	stopListening context.CancelFunc
+	wg            sync.WaitGroup
+
+	mu       sync.Mutex
+	dialogs  []string
+	messages []string
+}
+
+// watchPage starts watching the page of bctx; stop ends it.
+func watchPage(bctx context.Context) *pageWatch {
+	w := &pageWatch{}
 	lctx, stopListening := context.WithCancel(bctx)
-	defer func() { stopListening(); wg.Wait() }()
+	w.stopListening = stopListening
 	dialogEvents := chromedp.Events(lctx, page.JavascriptDialogOpening)
 	messages := chromedp.Console(lctx)
-	wg.Go(func() {
+	w.wg.Go(func() {
 		for ev, err := range dialogEvents {
 			if err != nil {
 				return
 			}
-			mu.Lock()
-			dialogs = append(dialogs, ev.Message)
-			mu.Unlock()
+			w.mu.Lock()
+			w.dialogs = append(w.dialogs, ev.Message)
+			w.mu.Unlock()
 			_, _ = chromedp.Call(lctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: false})
 		}
 	})
-	wg.Go(func() {
+	w.wg.Go(func() {
 		for m, err := range messages {
 			if err != nil {
 				return
 			}
 			if m.IsException() || m.Type == chromedp.ConsoleError {
-				mu.Lock()
-				console = append(console, m.String())
-				mu.Unlock()
+				w.mu.Lock()
+				w.messages = append(w.messages, m.String())
+				w.mu.Unlock()
 			}
 		}
 	})
+	return w
+}
 
-	// The bare mount point redirects to the page; wait for the bars.
-	require.NoError(t, chromedp.Do(bctx,
-		chromedp.Navigate(srv.URL+"/debug/reslimit"),
-		chromedp.WaitVisible(chromedp.CSS(`#tenants tr.tenant .bar .fill`)),
-	))
-	info, err := chromedp.Run(bctx, chromedp.Evaluate[pageInfo](readPage))
-	require.NoError(t, err)
-	location, err := chromedp.Run(bctx, chromedp.Location())
-	require.NoError(t, err)
-	assert.Equal(t, srv.URL+"/debug/reslimit/", location)
+func (w *pageWatch) stop() {
+	w.stopListening()
+	w.wg.Wait()
+}
 
-	// Tenant rows, sorted by name, the evil name shown as plain text.
+// check asserts that no alert fired and nothing was logged as an error.
+func (w *pageWatch) check(t *testing.T) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	assert.Empty(t, w.dialogs, "no alert fired")
+	assert.Empty(t, w.messages, "no console error or exception")
+}
+
+// checkTenantRows: tenant rows, sorted by name, the evil name shown as
+// plain text, and their bars.
+func checkTenantRows(t *testing.T, info pageInfo) {
 	require.Len(t, info.Rows, 3, "%+v", info.Rows)
 	assert.Equal(t, []string{evilTenant, "acme", "beta"}, []string{info.Rows[0].Name, info.Rows[1].Name, info.Rows[2].Name})
 	assert.Equal(t, 1, info.Scripts, "no script element was injected")
 	assert.True(t, info.EscapedInHTML, "the tenant name is serialised as escaped text")
 
-	evil, acme, beta := info.Rows[0], info.Rows[1], info.Rows[2]
+	evil, acme := info.Rows[0], info.Rows[1]
 	assert.True(t, evil.Exhausted)
 	assert.False(t, acme.Exhausted)
 	assert.Equal(t, "3", acme.Evaluations)
 
-	bars := map[string]barInfo{}
-	for _, b := range acme.Bars {
-		bars[b.Resource] = b
-	}
+	bars := barsByResource(acme)
 	assert.Equal(t, barInfo{Resource: "operations", Used: "900", Limit: "1000", Level: "high", Text: "900 / 1,000 (90%)", Width: "90%"}, bars["operations"])
 	assert.Equal(t, barInfo{Resource: "evaluations", Used: "3", Limit: "10", Level: "ok", Text: "3 / 10 (30%)", Width: "30%"}, bars["evaluations"])
 	assert.Equal(t, "3.0 MiB / 4.0 MiB (75%)", bars["total_memory"].Text)
@@ -245,15 +290,22 @@ func TestStatusPageInBrowser(t *testing.T) {
 	assert.Equal(t, "1.20 s / 2.00 s (60%)", bars["cpu_time"].Text)
 	assert.Equal(t, "ok", bars["cpu_time"].Level)
 
-	evilBars := map[string]barInfo{}
-	for _, b := range evil.Bars {
-		evilBars[b.Resource] = b
-	}
+	evilBars := barsByResource(evil)
 	assert.Equal(t, "full", evilBars["evaluations"].Level)
 	assert.Equal(t, "100%", evilBars["evaluations"].Width)
 	assert.Equal(t, "2 / 2 (100%)", evilBars["evaluations"].Text)
+}
 
-	// Monitor statistics and events.
+func barsByResource(row rowInfo) map[string]barInfo {
+	bars := map[string]barInfo{}
+	for _, b := range row.Bars {
+		bars[b.Resource] = b
+	}
+	return bars
+}
+
+// checkMonitor: the monitor's statistics and events.
+func checkMonitor(t *testing.T, info pageInfo) {
 	assert.Equal(t, "3", info.Stats["components"])
 	assert.NotEqual(t, "0", info.Stats["warnings"], "%v", info.Stats)
 	assert.NotEqual(t, "0", info.Stats["limits exceeded"], "%v", info.Stats)
@@ -265,8 +317,11 @@ func TestStatusPageInBrowser(t *testing.T) {
 		}
 	}
 	assert.True(t, sawEvil, "an event names the evil tenant, as text: %q", info.Events)
+}
 
-	// The page refreshes by itself: new usage shows up without a reload.
+// checkRefresh: the page refreshes by itself, so new usage shows up
+// without a reload. before is the page read before the new usage.
+func checkRefresh(t *testing.T, bctx context.Context, f *fixture, before pageInfo) {
 	bAcct, _ := f.ledger.Lookup("beta")
 	run(t, bAcct, 400, 0, 0)
 	used, err := chromedp.Run(bctx, chromedp.Poll[string](
@@ -274,8 +329,12 @@ func TestStatusPageInBrowser(t *testing.T) {
 		chromedp.WithPollingTimeout(15*time.Second)))
 	require.NoError(t, err, "the page did not refresh")
 	assert.Equal(t, "500", used)
-	assert.Equal(t, "1", beta.Evaluations, "before the refresh")
+	assert.Equal(t, "1", before.Rows[2].Evaluations, "before the refresh")
+}
 
+// saveScreenshot takes a screenshot of the page, into the test's temporary
+// directory and RESLIMIT_SCREENSHOT when set.
+func saveScreenshot(t *testing.T, bctx context.Context) {
 	shot, err := chromedp.Run(bctx, chromedp.FullScreenshot(100))
 	require.NoError(t, err)
 	require.Greater(t, len(shot), 1000)
@@ -286,11 +345,6 @@ func TestStatusPageInBrowser(t *testing.T) {
 		require.NoError(t, os.WriteFile(p, shot, 0o644))
 		t.Logf("screenshot: %s", p)
 	}
-
-	mu.Lock()
-	defer mu.Unlock()
-	assert.Empty(t, dialogs, "no alert fired")
-	assert.Empty(t, console, "no console error or exception")
 }
 
 // mustLedger returns reslimit.NewLedger(defaults, opts...), failing tb on

@@ -187,8 +187,12 @@ func newApp(period time.Duration) (*app, error) {
 		}
 	}
 
+	collector, err := reslimitprom.NewCollector(a.ledger, reslimitprom.WithMonitor(mon))
+	if err != nil {
+		return nil, err
+	}
 	reg := prom.NewRegistry()
-	reg.MustRegister(reslimitprom.NewCollector(a.ledger, reslimitprom.WithMonitor(mon)))
+	reg.MustRegister(collector)
 
 	limited, err := reslimithttp.Middleware(a.ledger, tenantFromKey, requestLimits,
 		reslimithttp.WithResetTime(func(string) time.Time { return a.resetTime() }))
@@ -331,73 +335,103 @@ func driveDemo(ctx context.Context, base string, d time.Duration, out io.Writer)
 	client := &http.Client{Timeout: 10 * time.Second}
 	defer client.CloseIdleConnections()
 	deadline := time.Now().Add(d)
-	type tally struct {
-		codes      map[int]int
-		retryAfter string
-		lastError  string
-	}
-	var mu sync.Mutex
-	results := map[string]*tally{}
+	res := &demoResults{tallies: map[string]*tally{}}
 	var wg sync.WaitGroup
-	var firstErr error
 	for i, sc := range scenarios {
-		results[sc.name] = &tally{codes: map[int]int{}}
+		res.tallies[sc.name] = &tally{codes: map[int]int{}}
 		for w := range sc.workers {
 			rng := rand.New(rand.NewPCG(uint64(i), uint64(w)))
-			wg.Go(func() {
-				for range 400 {
-					if time.Now().After(deadline) || ctx.Err() != nil {
-						return
-					}
-					q, size := sc.next(rng)
-					req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/api/work?"+q, strings.NewReader(strings.Repeat("x", size)))
-					if err != nil {
-						return
-					}
-					req.Header.Set("X-API-Key", sc.key)
-					resp, err := client.Do(req)
-					if err != nil {
-						mu.Lock()
-						if firstErr == nil && ctx.Err() == nil {
-							firstErr = err
-						}
-						mu.Unlock()
-						return
-					}
-					b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
-					_ = resp.Body.Close()
-					mu.Lock()
-					t := results[sc.name]
-					t.codes[resp.StatusCode]++
-					if ra := resp.Header.Get("Retry-After"); ra != "" {
-						t.retryAfter = ra
-					}
-					if resp.StatusCode != http.StatusOK {
-						var eb reslimithttp.ErrorBody
-						if json.Unmarshal(b, &eb) == nil {
-							t.lastError = fmt.Sprintf("%d %s", resp.StatusCode, describe(eb))
-						}
-					}
-					mu.Unlock()
-					pause := time.Duration(5+rng.IntN(15)) * time.Millisecond
-					if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusUnauthorized {
-						pause = 100 * time.Millisecond // a polite client backs off
-					}
-					time.Sleep(pause)
-				}
-			})
+			wg.Go(func() { demoClient(ctx, client, base, sc, rng, deadline, res) })
 		}
 	}
 	wg.Wait()
-	if firstErr != nil {
-		return firstErr
+	if res.firstErr != nil {
+		return res.firstErr
 	}
+	if err := res.print(out); err != nil {
+		return err
+	}
+	fmt.Fprintln(out, "\nfrom /metrics:")
+	return printMetrics(ctx, client, base, out)
+}
 
+// tally is what one scenario's clients got.
+type tally struct {
+	codes      map[int]int
+	retryAfter string
+	lastError  string
+}
+
+// demoResults is what every scenario's clients got, by scenario name.
+type demoResults struct {
+	mu       sync.Mutex
+	tallies  map[string]*tally
+	firstErr error // the first request that failed (not by ctx)
+}
+
+// demoClient sends sc's requests until deadline or ctx ends (at most
+// 400), pausing between them, and records the answers in res.
+func demoClient(ctx context.Context, client *http.Client, base string, sc scenario, rng *rand.Rand, deadline time.Time, res *demoResults) {
+	for range 400 {
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return
+		}
+		q, size := sc.next(rng)
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/api/work?"+q, strings.NewReader(strings.Repeat("x", size)))
+		if err != nil {
+			return
+		}
+		req.Header.Set("X-API-Key", sc.key)
+		resp, err := client.Do(req)
+		if err != nil {
+			res.fail(ctx, err)
+			return
+		}
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		_ = resp.Body.Close()
+		res.record(sc.name, resp, b)
+		pause := time.Duration(5+rng.IntN(15)) * time.Millisecond
+		if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusUnauthorized {
+			pause = 100 * time.Millisecond // a polite client backs off
+		}
+		time.Sleep(pause)
+	}
+}
+
+// fail records a request that got no answer, unless ctx ended.
+func (r *demoResults) fail(ctx context.Context, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.firstErr == nil && ctx.Err() == nil {
+		r.firstErr = err
+	}
+}
+
+// record counts an answer to scenario name: its status, its Retry-After,
+// and, for a refusal, its ErrorBody.
+func (r *demoResults) record(name string, resp *http.Response, body []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.tallies[name]
+	t.codes[resp.StatusCode]++
+	if ra := resp.Header.Get("Retry-After"); ra != "" {
+		t.retryAfter = ra
+	}
+	if resp.StatusCode != http.StatusOK {
+		var eb reslimithttp.ErrorBody
+		if json.Unmarshal(body, &eb) == nil {
+			t.lastError = fmt.Sprintf("%d %s", resp.StatusCode, describe(eb))
+		}
+	}
+}
+
+// print writes the responses by client, as a table, and a refusal of each.
+func (r *demoResults) print(out io.Writer) error {
 	fmt.Fprintln(out, "\nresponses by client:")
 	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "client\trequests\t200\t401\t413\t429\t503\tRetry-After\t")
 	for _, sc := range scenarios {
-		t := results[sc.name]
+		t := r.tallies[sc.name]
 		total := 0
 		for _, n := range t.codes {
 			total += n
@@ -416,13 +450,11 @@ func driveDemo(ctx context.Context, base string, d time.Duration, out io.Writer)
 	}
 	fmt.Fprintln(out, "\nan example refusal per client:")
 	for _, sc := range scenarios {
-		if e := results[sc.name].lastError; e != "" {
+		if e := r.tallies[sc.name].lastError; e != "" {
 			fmt.Fprintf(out, "  %-12s %s\n", sc.name, e)
 		}
 	}
-
-	fmt.Fprintln(out, "\nfrom /metrics:")
-	return printMetrics(ctx, client, base, out)
+	return nil
 }
 
 func describe(eb reslimithttp.ErrorBody) string {
