@@ -371,39 +371,42 @@ func (t *Tracker) refill(i int, n int64, take bool) error {
 		if lim > 0 {
 			room = lim - filled
 		}
-		want := n - a
-		if p := t.parent; p != nil && i != mTotal {
-			// A child run: what it counts is drawn from its parent first.
-			// With an account of its own as well, exactly what is needed
-			// is drawn from both; otherwise some room ahead, as the
-			// parent can spare it.
-			extra := int64(0)
-			if t.acct == nil {
-				extra = min(chunkCap[i], 2*filled+64, room-want)
-			}
-			g, err := p.lend(i, want, extra)
-			if err != nil {
-				return err
-			}
-			if t.acct == nil {
-				t.addRoom(i, g)
-			} else if err := t.acct.grant(t, i, n, g, g); err != nil {
-				p.unlend(i, g) // give the parent back what it lent
-				return err
-			}
-			continue
+		if err := t.addRoomFor(i, n, n-a, room, filled); err != nil {
+			return err
 		}
-		if t.acct != nil {
-			if err := t.acct.grant(t, i, n, want, room); err != nil {
-				return err
-			}
-			continue
-		}
-		if room < want {
-			room = want // only for requests larger than unlimitedFill
-		}
-		t.addRoom(i, room)
 	}
+}
+
+// addRoomFor adds room to meter i for a request of n that needs want more
+// than the run has at hand, up to room (what the run's own limit leaves):
+// from the run's parent, its account or, with neither, all of room.
+func (t *Tracker) addRoomFor(i int, n, want, room, filled int64) error {
+	if p := t.parent; p != nil && i != mTotal {
+		// A child run: what it counts is drawn from its parent first.
+		// With an account of its own as well, exactly what is needed is
+		// drawn from both; otherwise some room ahead, as the parent can
+		// spare it.
+		extra := int64(0)
+		if t.acct == nil {
+			extra = min(chunkCap[i], 2*filled+64, room-want)
+		}
+		g, err := p.lend(i, want, extra)
+		if err != nil {
+			return err
+		}
+		if t.acct == nil {
+			t.addRoom(i, g)
+		} else if err := t.acct.grant(t, i, n, g, g); err != nil {
+			p.unlend(i, g) // give the parent back what it lent
+			return err
+		}
+		return nil
+	}
+	if t.acct != nil {
+		return t.acct.grant(t, i, n, want, room)
+	}
+	t.addRoom(i, max(room, want)) // want > room only for requests larger than unlimitedFill
+	return nil
 }
 
 // maxUsage caps every counter far below overflow.
@@ -639,39 +642,9 @@ func (t *Tracker) TrackMemory(n int64) error {
 	a, p := t.acct, t.parent
 	var acctHeld int64
 	if a != nil || p != nil {
-		// Refused by the run's own limit before the account is asked. A
-		// run's bytes are charged to its account before the run, and given
-		// back after, so the account holds at least what the run holds:
-		// when the request fits under that bound (read on the line the
-		// account's charge takes next), it fits; only otherwise (and for
-		// every child run, kept simple) are the run's own bytes read,
-		// exactly.
-		if lim > 0 && (p != nil || n > lim-a.held.Load()) {
-			if h := t.heldNow(); n > lim-h {
-				t.refused[Memory].Add(1)
-				return &LimitError{Resource: Memory, Limit: lim, Used: h, Requested: n}
-			}
-		}
-		if p != nil {
-			// What a child run holds, the runs it is nested in hold too.
-			if err := p.TrackMemory(n); err != nil {
-				return err
-			}
-		}
-		if a != nil {
-			var err error
-			if acctHeld, err = a.holdMemory(n); err != nil {
-				t.releaseUp(n)
-				if err == errHeldOverflow {
-					// Nothing limits the bytes held: the account's
-					// MaxTotalMemory may still refuse the request.
-					if err := t.refill(mTotal, n, false); err != nil {
-						return err
-					}
-					return fmt.Errorf("%w: memory request %d overflows the account's %d", ErrInvalidArgument, n, a.held.Load())
-				}
-				return err
-			}
+		var err error
+		if acctHeld, err = t.holdAbove(n, lim); err != nil {
+			return err
 		}
 	}
 	held, err := t.acquire(n, lim)
@@ -698,6 +671,48 @@ func (t *Tracker) TrackMemory(n int64) error {
 		raiseMax(&a.peak, acctHeld)
 	}
 	return nil
+}
+
+// holdAbove charges n bytes to the runs t is nested in and to its
+// account, after checking the run's own limit lim; it returns what the
+// account holds with them. On a refusal nothing stays charged.
+func (t *Tracker) holdAbove(n, lim int64) (int64, error) {
+	a, p := t.acct, t.parent
+	// Refused by the run's own limit before the account is asked. A run's
+	// bytes are charged to its account before the run, and given back
+	// after, so the account holds at least what the run holds: when the
+	// request fits under that bound (read on the line the account's charge
+	// takes next), it fits; only otherwise (and for every child run, kept
+	// simple) are the run's own bytes read, exactly.
+	if lim > 0 && (p != nil || n > lim-a.held.Load()) {
+		if h := t.heldNow(); n > lim-h {
+			t.refused[Memory].Add(1)
+			return 0, &LimitError{Resource: Memory, Limit: lim, Used: h, Requested: n}
+		}
+	}
+	if p != nil {
+		// What a child run holds, the runs it is nested in hold too.
+		if err := p.TrackMemory(n); err != nil {
+			return 0, err
+		}
+	}
+	if a == nil {
+		return 0, nil
+	}
+	acctHeld, err := a.holdMemory(n)
+	if err == nil {
+		return acctHeld, nil
+	}
+	t.releaseUp(n)
+	if err == errHeldOverflow {
+		// Nothing limits the bytes held: the account's MaxTotalMemory may
+		// still refuse the request.
+		if err := t.refill(mTotal, n, false); err != nil {
+			return 0, err
+		}
+		return 0, fmt.Errorf("%w: memory request %d overflows the account's %d", ErrInvalidArgument, n, a.held.Load())
+	}
+	return 0, err
 }
 
 // memCharged reads the memory meter's room and the bytes charged
