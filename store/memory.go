@@ -232,58 +232,7 @@ func (s *Memory) Sync(ctx context.Context, req SyncRequest) (SyncResponse, error
 		}
 		target := max(ts.Period, 1)
 		if ts.Seq > me.seq {
-			me.seq = ts.Seq
-			t.lostBefore = max(t.lostBefore, ts.LostBefore)
-			if target > t.openNo() {
-				t.moveTo(target)
-			}
-			// Final reports of closed periods give their leases back.
-			for _, c := range ts.Closed {
-				me.reported = me.reported.Add(c.Used)
-				committed, leases := t.period(c.Period)
-				*committed = committed.Add(c.Used)
-				delete(leases, req.Replica)
-				if max(me.period, 1) == c.Period {
-					me.giveBack()
-				}
-			}
-			if max(me.period, 1) < target {
-				// A lease of an earlier period is no good in this one.
-				me.giveBack()
-				me.period = target
-			}
-			me.reported = me.reported.Add(ts.Used)
-			committed, leases := t.period(target)
-			*committed = committed.Add(ts.Used)
-			for _, r := range leased {
-				if ret := ts.Return.get(r); ret > 0 {
-					unused := max(0, me.allowance.get(r)-me.reported.get(r))
-					me.allowance.set(r, me.reported.get(r)+max(0, unused-ret))
-				}
-			}
-			for _, r := range leased {
-				lim, want := ts.Limit.get(r), ts.Want.get(r)
-				if lim <= 0 || want <= 0 || target != t.openNo() || max(me.period, 1) != target {
-					continue
-				}
-				held := t.committed.get(r)
-				for _, o := range t.replicas {
-					if max(o.period, 1) == target {
-						held += max(0, o.allowance.get(r)-o.reported.get(r))
-					}
-				}
-				grant := min(want, lim-held)
-				if grant < ts.MinGrant.get(r) {
-					grant = 0
-				}
-				if grant > 0 {
-					base := max(me.allowance.get(r), me.reported.get(r))
-					me.allowance.set(r, base+grant)
-				}
-			}
-			if !req.Final {
-				leases[req.Replica] = now.Add(req.LeaseTTL)
-			}
+			t.apply(req, ts, me, now)
 		}
 		for _, r := range leased {
 			if me.allowance.get(r) < me.reported.get(r) {
@@ -298,4 +247,71 @@ func (s *Memory) Sync(ctx context.Context, req SyncRequest) (SyncResponse, error
 		resp.Tenants[k] = TenantState{Tenant: ts.Tenant, Committed: t.committed, Reported: me.reported, Allowance: me.allowance, Seq: me.seq, Period: t.openNo()}
 	}
 	return resp, nil
+}
+
+// apply applies a new report ts of replica me (of req) to the tenant: the
+// periods it closes, its usage, the allowance it gives back and the grant.
+func (t *memTenant) apply(req SyncRequest, ts TenantSync, me *memReplica, now time.Time) {
+	target := max(ts.Period, 1)
+	me.seq = ts.Seq
+	t.lostBefore = max(t.lostBefore, ts.LostBefore)
+	if target > t.openNo() {
+		t.moveTo(target)
+	}
+	// Final reports of closed periods give their leases back.
+	for _, c := range ts.Closed {
+		me.reported = me.reported.Add(c.Used)
+		committed, leases := t.period(c.Period)
+		*committed = committed.Add(c.Used)
+		delete(leases, req.Replica)
+		if max(me.period, 1) == c.Period {
+			me.giveBack()
+		}
+	}
+	if max(me.period, 1) < target {
+		// A lease of an earlier period is no good in this one.
+		me.giveBack()
+		me.period = target
+	}
+	me.reported = me.reported.Add(ts.Used)
+	committed, leases := t.period(target)
+	*committed = committed.Add(ts.Used)
+	for _, r := range leased {
+		if ret := ts.Return.get(r); ret > 0 {
+			unused := max(0, me.allowance.get(r)-me.reported.get(r))
+			me.allowance.set(r, me.reported.get(r)+max(0, unused-ret))
+		}
+	}
+	if target == t.openNo() && max(me.period, 1) == target {
+		for _, r := range leased {
+			t.grant(ts, me, r)
+		}
+	}
+	if !req.Final {
+		leases[req.Replica] = now.Add(req.LeaseTTL)
+	}
+}
+
+// grant grants replica me up to what ts wants of r in the open period
+// (nothing below its MinGrant) while the committed totals and every
+// replica's unused allowance stay within the limit.
+func (t *memTenant) grant(ts TenantSync, me *memReplica, r quantity) {
+	lim, want := ts.Limit.get(r), ts.Want.get(r)
+	if lim <= 0 || want <= 0 {
+		return
+	}
+	held := t.committed.get(r)
+	for _, o := range t.replicas {
+		if max(o.period, 1) == t.openNo() {
+			held += max(0, o.allowance.get(r)-o.reported.get(r))
+		}
+	}
+	grant := min(want, lim-held)
+	if grant < ts.MinGrant.get(r) {
+		grant = 0
+	}
+	if grant > 0 {
+		base := max(me.allowance.get(r), me.reported.get(r))
+		me.allowance.set(r, base+grant)
+	}
 }
