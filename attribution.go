@@ -372,6 +372,10 @@ func (a *Account) begin(l Limits, name string, cancel func(error), parent *Track
 			a.refused[Evaluations].Add(1)
 			return nil, &LimitError{Resource: Evaluations, Limit: lim, Used: used, Requested: 1, Tenant: a.name}
 		}
+	}
+	if !open {
+		// (It may wait for a lease, releasing a.mu: before the checks
+		// that hold until the run is added.)
 		if err := q.reserveRunLocked(a); err != nil {
 			return nil, err
 		}
@@ -383,13 +387,6 @@ func (a *Account) begin(l Limits, name string, cancel func(error), parent *Track
 	if r, used, lim, ok := a.exhaustedLocked(); ok && !open {
 		a.refused[r].Add(1)
 		return nil, &LimitError{Resource: r, Limit: lim, Used: used, Tenant: a.name}
-	}
-	if f, ok := q.(*fleetState); ok && a.limits[CPUTime].Load() > 0 && !open {
-		// A run may begin once this process holds some of the fleet's
-		// CPU time (see cpuTick).
-		if err := f.reserveCPULocked(a); err != nil {
-			return nil, err
-		}
 	}
 	var now time.Time // the run's start: read once for the rate too
 	if a.rates.evals != nil {
@@ -436,9 +433,14 @@ type quota interface {
 	// unboundLocked reports whether no cumulative limit binds now (a store
 	// that fails under FailOpen).
 	unboundLocked() bool
-	// reserveRunLocked makes sure one more evaluation may begin while
-	// Evaluations is limited and the account's own count allows it.
+	// reserveRunLocked makes sure one more run may begin: with a store,
+	// that this process holds a lease for one more evaluation (while
+	// Evaluations is limited) and some CPU time (while CPUTime is). It
+	// may release a.mu while it waits for a lease.
 	reserveRunLocked(a *Account) error
+	// cpuLeftLocked is how much more CPU time this process's runs may use
+	// under its lease (maxUsage: no lease binds them).
+	cpuLeftLocked(a *Account) int64
 	// grantLocked adds room for meter i, whose limit is set, to t (see
 	// Account.grant).
 	grantLocked(a *Account, t *Tracker, i int, n, want, room int64) error
@@ -452,12 +454,6 @@ type quota interface {
 	// periodClosedLocked is told that the account closed period n when its
 	// life totals were life.
 	periodClosedLocked(n uint64, life store.Totals)
-	// storePeriods reports whether the store numbers the account's periods.
-	storePeriods() bool
-	// retireLocked marks the account as removed from its ledger but still
-	// to be reported (v true) or brought back (v false), and reports
-	// whether it has a store to report to.
-	retireLocked(v bool) bool
 }
 
 // quotaOf returns the account's quota: a local one unless its ledger has
@@ -487,8 +483,7 @@ func (localQuota) usageLocked(*Account, Resource) (int64, bool) { return 0, fals
 func (localQuota) statsLocked(*Account) *FleetStats             { return nil }
 func (localQuota) lostLocked(Resource) int64                    { return 0 }
 func (localQuota) periodClosedLocked(uint64, store.Totals)      {}
-func (localQuota) storePeriods() bool                           { return false }
-func (localQuota) retireLocked(bool) bool                       { return false }
+func (localQuota) cpuLeftLocked(*Account) int64                 { return maxUsage }
 
 func (localQuota) grantLocked(a *Account, t *Tracker, i int, n, want, room int64) error {
 	res := meterResource[i]
@@ -730,12 +725,11 @@ func (a *Account) cpuTick() {
 	used := a.usageLocked(CPUTime)
 	left := lim - used
 	stop := left < 0
-	if f, ok := a.quotaOf().(*fleetState); ok {
+	if l := a.quotaOf().cpuLeftLocked(a); l < maxUsage {
 		// With a store, this process's runs use the fleet's CPU time
 		// under the lease it holds: they stop when it is used up. The
 		// next sample comes when half of what is left is used, so that
 		// more is asked for before it runs out.
-		l := f.cpuLeftLocked(a)
 		stop = stop || l <= 0
 		left = min(left, l/2)
 	}

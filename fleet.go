@@ -645,7 +645,18 @@ func (f *fleetState) errLocked() error {
 }
 
 func (f *fleetState) reserveRunLocked(a *Account) error {
-	return f.reserveLocked(a, Evaluations, 1, 1, -1, nil, func() int64 { return a.lifeEvals })
+	if a.limits[CPUTime].Load() > 0 {
+		// A run may begin once this process holds some of the fleet's CPU
+		// time (see Account.cpuTick). (First: the evaluation's lease,
+		// which the run takes, is the one not to wait for after.)
+		if err := f.reserveLocked(a, CPUTime, 1, 1, -1, nil, func() int64 { return a.issuedFleetLocked(CPUTime) }); err != nil {
+			return err
+		}
+	}
+	if a.limits[Evaluations].Load() > 0 {
+		return f.reserveLocked(a, Evaluations, 1, 1, -1, nil, func() int64 { return a.lifeEvals })
+	}
+	return nil
 }
 
 // usageLocked is the fleet-wide usage of r: what the store committed for
@@ -655,13 +666,6 @@ func (f *fleetState) usageLocked(a *Account, r Resource) (int64, bool) {
 }
 
 func (f *fleetState) lostLocked(r Resource) int64 { return tget(f.lost, r) }
-
-func (f *fleetState) storePeriods() bool { return f.ledger.periodStore }
-
-func (f *fleetState) retireLocked(v bool) bool {
-	f.retired = v
-	return true
-}
 
 // openFleet loads a's committed totals from the store the first time the
 // account is opened (later callers wait for that first load), so that a
@@ -811,13 +815,6 @@ func (f *fleetState) cpuLeftLocked(a *Account) int64 {
 		f.ledger.kickSyncer()
 	}
 	return left
-}
-
-// reserveCPULocked makes sure a run of the tenant may begin while its CPU
-// time is limited: this process holds some lease of it, waiting for one
-// as a charge does (see reserveLocked).
-func (f *fleetState) reserveCPULocked(a *Account) error {
-	return f.reserveLocked(a, CPUTime, 1, 1, -1, nil, func() int64 { return a.issuedFleetLocked(CPUTime) })
 }
 
 // reserveLocked makes sure this process may hand out want more of r

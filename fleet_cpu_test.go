@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"github.com/reslimit/reslimit/store"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -71,4 +73,45 @@ func TestFleetCPUQuotaHoldsAcrossReplicas(t *testing.T) {
 	t.Logf("fleet CPU time %v of a %v quota (bound %v)", got.CPUTime, quota, bound)
 	assert.LessOrEqual(t, got.CPUTime, bound)
 	assert.GreaterOrEqual(t, got.CPUTime, quota*3/4, "the quota is used, not refused early")
+}
+
+// A run that waits for a CPU or evaluation lease (a.mu released) does so
+// before MaxConcurrent is checked, so the check and the run's start stay
+// one step: under a slow store, concurrent Begins never pass the limit.
+func TestFleetLeaseWaitKeepsMaxConcurrentExact(t *testing.T) {
+	slow := newCountingStore()
+	slow.delay = 5 * time.Millisecond
+	l := newFleetLedger(t, slow, "r1", AccountLimits{MaxConcurrent: 1, MaxCPUTime: time.Hour},
+		WithLeaseWait(time.Second))
+	acct := l.Account("acme")
+	var live, most atomic.Int64
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 20 {
+				tr, err := acct.Begin(Limits{})
+				if err != nil {
+					continue // refused: MaxConcurrent
+				}
+				live.Add(1)
+				for range 10 {
+					// The account's own count of runs in progress, while
+					// this one is: never more than the limit.
+					st := acct.Stats()
+					n := st.Used(Concurrency)
+					for {
+						m := most.Load()
+						if n <= m || most.CompareAndSwap(m, n) {
+							break
+						}
+					}
+					runtime.Gosched()
+				}
+				live.Add(-1)
+				tr.End()
+			}
+		})
+	}
+	wg.Wait()
+	assert.Equal(t, int64(1), most.Load(), "runs in progress at once")
 }

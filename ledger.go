@@ -119,7 +119,7 @@ func (l *Ledger) openLocked(tenant string, limits AccountLimits) (*Account, erro
 			// Removed but not yet fully reported: bring it back, so that one
 			// account per tenant reports for this replica.
 			r.mu.Lock()
-			r.quotaOf().retireLocked(false)
+			r.fleetState().retired = false
 			r.mu.Unlock()
 			l.retired = append(l.retired[:i], l.retired[i+1:]...)
 			l.accts[tenant] = r
@@ -186,9 +186,12 @@ func (l *Ledger) Remove(tenant string) {
 	l.mu.Lock()
 	if a := l.accts[tenant]; a != nil {
 		a.mu.Lock()
-		stored := a.quotaOf().retireLocked(true)
+		f := a.fleetState()
+		if f != nil {
+			f.retired = true
+		}
 		a.mu.Unlock()
-		if stored {
+		if f != nil {
 			// Synced until everything it used has been reported.
 			l.retired = append(l.retired, a)
 		} else if l.periods.next != nil || l.periods.number > 0 {

@@ -393,7 +393,7 @@ func (l *Ledger) closePeriodFor(end time.Time, hook bool) []Period {
 	lines := make([]Period, 0, len(accts))
 	for _, a := range accts {
 		var p Period
-		if a.quotaOf().storePeriods() {
+		if l.periodStore {
 			// A fleet tenant's periods are numbered by the store.
 			p = a.closePeriod(end, 0)
 		} else {
