@@ -907,7 +907,11 @@ func (w *leaseWaiter) next(f *fleetState, r Resource) (time.Duration, bool) {
 		if !(f.inFlight || f.wantSync) || w.extended || f.ledger.leaseWait == 0 {
 			return 0, false // no lease in time
 		}
+		// The extension is a deadline of its own: an answer that brings
+		// no lease (one for a period closed meanwhile) wakes the charge,
+		// which waits on for the sync that follows.
 		w.extended, wait = true, f.ledger.syncTimeout
+		w.deadline = now.Add(wait)
 	}
 	return wait, true
 }

@@ -429,3 +429,49 @@ func TestMonitorSeesStoreResets(t *testing.T) {
 	assert.Positive(t, m.Stats().StoreResets)
 	require.NoError(t, l.Close(context.Background()))
 }
+
+// gateStore holds the first Sync in the store until gate is closed, and
+// answers every later one after a delay (a slow store).
+type gateStore struct {
+	*store.Memory
+	once    sync.Once
+	entered chan struct{}
+	gate    chan struct{}
+	delay   time.Duration
+}
+
+func (g *gateStore) Sync(ctx context.Context, req store.SyncRequest) (store.SyncResponse, error) {
+	first := false
+	g.once.Do(func() {
+		first = true
+		close(g.entered)
+		<-g.gate
+	})
+	if !first {
+		time.Sleep(g.delay)
+	}
+	return g.Memory.Sync(ctx, req)
+}
+
+// A charge waiting for a lease past WithLeaseWait, while the lease it
+// asked for is on its way, is woken by an answer that brings none (the
+// period closed meanwhile, so the answer's lease is no good): it waits on
+// for the sync that follows, within WithSyncTimeout, and is not refused
+// (it was: the extension had no deadline of its own).
+func TestFleetChargeWaitsOnPastAnAnswerWithoutLease(t *testing.T) {
+	gs := &gateStore{Memory: store.NewMemory(), entered: make(chan struct{}), gate: make(chan struct{}), delay: 50 * time.Millisecond}
+	l := newFleetLedger(t, gs, "r1", AccountLimits{MaxTotalOperations: 1_000_000},
+		WithLeaseWait(time.Millisecond), WithSyncTimeout(10*time.Second))
+	tr, err := l.Account("acme").Begin(Limits{})
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { done <- tr.TrackOperation() }()
+	<-gs.entered // the sync that carries the charge's lease request is in the store
+	// (Give the charge time to pass its 1ms WithLeaseWait and wait on for
+	// the lease in flight; if it has not, the test only checks less.)
+	time.Sleep(50 * time.Millisecond)
+	l.ClosePeriod()
+	close(gs.gate)
+	require.NoError(t, <-done, "a false refusal: the lease came with the next sync")
+	tr.End()
+}

@@ -73,11 +73,13 @@ func NewLedger(defaults AccountLimits, opts ...LedgerOption) (*Ledger, error) {
 	if l.optErr != nil {
 		return nil, l.optErr
 	}
+	// The hook's delivery first: the syncer and the schedule queue closes
+	// for it as soon as they run.
+	l.startHooks()
 	if l.store != nil {
 		l.startFleet()
 	}
 	l.startPeriods()
-	l.startHooks()
 	return l, nil
 }
 
