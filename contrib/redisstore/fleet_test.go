@@ -25,7 +25,7 @@ import (
 func replica(t *testing.T, st store.Store, id string, limits reslimit.AccountLimits, opts ...reslimit.LedgerOption) *reslimit.Ledger {
 	t.Helper()
 	opts = append([]reslimit.LedgerOption{reslimit.WithStore(st), reslimit.WithReplica(id),
-		reslimit.WithSyncInterval(50 * time.Millisecond)}, opts...)
+		reslimit.WithSyncInterval(fleetInterval)}, opts...)
 	l := mustLedger(t, limits, opts...)
 	err := l.Account("probe-options").Err()
 	require.NoError(t, err)
@@ -43,26 +43,49 @@ func hammer(l *reslimit.Ledger, tenant string, workers int) int64 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			// A refusal near the limit says the fleet is short now: other
+			// replicas may hold leases they give back once idle (within a
+			// sync interval). A worker stops only when every try for a
+			// while (a few intervals, syncing between) is refused.
+			var refusedSince time.Time
 			for {
-				tr, err := l.Account(tenant).Begin(reslimit.Limits{MaxOperations: 900})
-				if err != nil {
-					return
-				}
-				n := 0
-				for tr.TrackOperation() == nil {
-					n++
-				}
+				n := run(l, tenant)
 				granted.Add(int64(n))
-				tr.End()
-				if n == 0 {
+				if n > 0 {
+					refusedSince = time.Time{}
+					continue
+				}
+				if refusedSince.IsZero() {
+					refusedSince = time.Now()
+				} else if time.Since(refusedSince) > 5*fleetInterval {
 					return
 				}
+				_ = l.Sync(context.Background())
+				time.Sleep(fleetInterval / 5) // the time the other replicas need to give back idle leases
 			}
 		}()
 	}
 	wg.Wait()
 	return granted.Load()
 }
+
+// run charges operations on a fresh run of tenant until it is refused, and
+// returns how many were granted.
+func run(l *reslimit.Ledger, tenant string) int {
+	tr, err := l.Account(tenant).Begin(reslimit.Limits{MaxOperations: 900})
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for tr.TrackOperation() == nil {
+		n++
+	}
+	tr.End()
+	return n
+}
+
+// fleetInterval is the sync interval of the replicas these tests make.
+const fleetInterval = 50 * time.Millisecond
 
 func TestFleetOnRedisNeverPassesTheLimit(t *testing.T) {
 	rdb := client(t)
