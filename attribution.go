@@ -42,10 +42,11 @@ package reslimit
 import (
 	"errors"
 	"fmt"
-	"github.com/reslimit/reslimit/store"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/reslimit/reslimit/store"
 )
 
 // AccountLimits bounds what one tenant may consume over many runs. A field

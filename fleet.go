@@ -10,13 +10,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/reslimit/reslimit/store"
 	"log/slog"
 	"os"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/reslimit/reslimit/store"
 )
 
 // FailurePolicy says what a store-backed ledger's accounts do while the

@@ -3,9 +3,10 @@ package reslimit
 import (
 	"context"
 	"fmt"
-	"github.com/reslimit/reslimit/store"
 	"testing"
 	"time"
+
+	"github.com/reslimit/reslimit/store"
 )
 
 // BenchmarkFleetTrackOperation compares the hot path on runs of an account

@@ -3,13 +3,13 @@ package reslimit
 import (
 	"context"
 	"errors"
-	"github.com/reslimit/reslimit/store"
 	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/reslimit/reslimit/store"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )

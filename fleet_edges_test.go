@@ -2,11 +2,11 @@ package reslimit
 
 import (
 	"context"
-	"github.com/reslimit/reslimit/store"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/reslimit/reslimit/store"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )

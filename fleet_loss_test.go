@@ -2,10 +2,10 @@ package reslimit
 
 import (
 	"context"
-	"github.com/reslimit/reslimit/store"
 	"sync"
 	"testing"
 
+	"github.com/reslimit/reslimit/store"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )

@@ -3,12 +3,12 @@ package reslimit
 import (
 	"context"
 	"errors"
-	"github.com/reslimit/reslimit/store"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/reslimit/reslimit/store"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )

@@ -3,12 +3,13 @@ package reslimit
 import (
 	"context"
 	"fmt"
-	"github.com/reslimit/reslimit/store"
 	"os"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/reslimit/reslimit/store"
 )
 
 // TestFleetStoreCallRates measures what one replica costs the store: Sync

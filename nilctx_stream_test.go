@@ -3,11 +3,11 @@ package reslimit
 import (
 	"bytes"
 	"context"
-	"github.com/reslimit/reslimit/store"
 	"io"
 	"strings"
 	"testing"
 
+	"github.com/reslimit/reslimit/store"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )

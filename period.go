@@ -3,11 +3,12 @@ package reslimit
 import (
 	"context"
 	"fmt"
-	"github.com/reslimit/reslimit/store"
 	"slices"
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/reslimit/reslimit/store"
 )
 
 // Period is one closed billing period of one tenant: what its runs were

@@ -2,7 +2,6 @@ package reslimit
 
 import (
 	"context"
-	"github.com/reslimit/reslimit/store"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -10,6 +9,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/reslimit/reslimit/store"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
