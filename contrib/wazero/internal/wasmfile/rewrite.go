@@ -62,87 +62,130 @@ func (mt *Meter) MeterBody(c Code, nparams int) (Code, error) {
 	if fuel >= 1<<31 {
 		return c, fmt.Errorf("%w: too many locals", ErrMalformed)
 	}
-	body := c.Body
+	ins, err := decodeBody(c.Body)
+	if err != nil {
+		return c, err
+	}
+	f := analyze(c.Body, ins)
+	runs := splitRuns(ins, f)
+	e := mt.sequences(fuel)
+	c.Body = e.emit(c.Body, ins, f, runs)
+	c.Locals = append(c.Locals[:len(c.Locals):len(c.Locals)], Local{N: 1, Type: I64})
+	return c, nil
+}
+
+// decodeBody decodes every instruction of a function body.
+func decodeBody(body []byte) ([]Instr, error) {
 	var ins []Instr
 	for pos := 0; pos < len(body); {
 		in, err := Decode(body, pos, 0)
 		if err != nil {
-			return c, err
+			return nil, err
 		}
 		ins = append(ins, in)
 		pos = in.End
 	}
-	// leader[i]: instruction i starts a run. exits[i]: instruction i may
-	// leave the function (put the fuel back first).
-	leader := make([]bool, len(ins)+1)
-	exits := make([]bool, len(ins))
-	leader[0] = true
-	type block struct {
-		at     int  // index of its instruction
-		loop   bool // a loop
-		merge  bool // a loop all of whose branches are br
-		brs    []int
-		header int // index of its header run
-	}
-	var open []*block // the open blocks, innermost last
-	var loops []*block
+	return ins, nil
+}
+
+// block is a block, loop or if of a body being analysed.
+type block struct {
+	at     int  // index of its instruction
+	loop   bool // a loop
+	merge  bool // a loop all of whose branches are br
+	brs    []int
+	header int // index of its header run
+}
+
+// flow is the control flow of a body: leader[i] tells that instruction i
+// starts a run, exits[i] that instruction i may leave the function (the
+// fuel is put back first); loops lists the body's loops.
+type flow struct {
+	leader, exits []bool
+	loops         []*block
+	open          []*block // while analysing: the open blocks, innermost last
+}
+
+// analyze finds the runs' leaders, the exits and the loops of a body.
+func analyze(body []byte, ins []Instr) *flow {
+	f := &flow{leader: make([]bool, len(ins)+1), exits: make([]bool, len(ins))}
+	f.leader[0] = true
 	for i, in := range ins {
 		switch in.Op {
 		case OpBlock, OpIf:
-			open = append(open, &block{at: i})
+			f.open = append(f.open, &block{at: i})
 		case OpLoop:
 			l := &block{at: i, loop: true, merge: true}
-			open = append(open, l)
-			loops = append(loops, l)
+			f.open = append(f.open, l)
+			f.loops = append(f.loops, l)
 		}
 		switch in.Op {
 		case OpLoop, OpIf, OpElse, OpUnreachable:
-			leader[i+1] = true
+			f.leader[i+1] = true
 		case OpReturn:
-			leader[i+1] = true
-			exits[i] = true
+			f.leader[i+1] = true
+			f.exits[i] = true
 		case OpBr, OpBrIf, OpBrTable:
-			leader[i+1] = true
-			for _, l := range labels(body, in) {
-				if uint64(l) >= uint64(len(open)) {
-					exits[i] = true
-					continue
-				}
-				t := open[len(open)-1-int(l)]
-				if !t.loop {
-					continue
-				}
-				if in.Op == OpBr {
-					t.brs = append(t.brs, i)
-				} else {
-					t.merge = false
-				}
-			}
+			f.leader[i+1] = true
+			f.branch(i, in, labels(body, in))
 		case OpEnd:
-			if len(open) > 0 {
-				// After a block or if: a branch target. After a loop
-				// only the loop's last run falls through.
-				leader[i+1] = !open[len(open)-1].loop
-				open = open[:len(open)-1]
-			} else {
-				exits[i] = true
-			}
+			f.end(i)
 		}
 	}
-	// The runs: [start, end) of instructions, their cost, and whether the
-	// fuel is checked at their start (at the function's start and at each
-	// iteration of every loop).
-	type run struct {
-		start, end int
-		cost       int64
-		check      bool
-		header     bool
+	return f
+}
+
+// branch records the targets of branch instruction i: the function (an
+// exit) or the loops it branches back to.
+func (f *flow) branch(i int, in Instr, targets []uint32) {
+	for _, l := range targets {
+		if uint64(l) >= uint64(len(f.open)) {
+			f.exits[i] = true
+			continue
+		}
+		t := f.open[len(f.open)-1-int(l)]
+		if !t.loop {
+			continue
+		}
+		if in.Op == OpBr {
+			t.brs = append(t.brs, i)
+		} else {
+			t.merge = false
+		}
 	}
+}
+
+// end closes the innermost open block at instruction i, or is the
+// function's end.
+func (f *flow) end(i int) {
+	if len(f.open) == 0 {
+		f.exits[i] = true
+		return
+	}
+	// After a block or if: a branch target. After a loop only the loop's
+	// last run falls through.
+	f.leader[i+1] = !f.open[len(f.open)-1].loop
+	f.open = f.open[:len(f.open)-1]
+}
+
+// run is a straight-line run of instructions [start, end), its cost, and
+// whether the fuel is checked at its start (at the function's start and
+// at each iteration of every loop).
+type run struct {
+	start, end int
+	cost       int64
+	check      bool
+	header     bool
+}
+
+// splitRuns cuts a body into its runs, marks those that check the fuel
+// and merges loop headers into their predecessors where it can.
+func splitRuns(ins []Instr, f *flow) []run {
 	var runs []run
 	runOf := make([]int, len(ins))
 	for i := 0; i < len(ins); {
 		j := i + 1
-		for j < len(ins) && !leader[j] {
+		for j < len(ins) && !f.leader[j] {
 			j++
 		}
 		for k := i; k < j; k++ {
@@ -152,7 +195,7 @@ func (mt *Meter) MeterBody(c Code, nparams int) (Code, error) {
 		i = j
 	}
 	runs[0].check = true
-	for _, l := range loops {
+	for _, l := range f.loops {
 		if l.at+1 < len(ins) {
 			l.header = runOf[l.at+1]
 			runs[l.header].check, runs[l.header].header = true, true
@@ -160,89 +203,119 @@ func (mt *Meter) MeterBody(c Code, nparams int) (Code, error) {
 			l.merge = false
 		}
 	}
-	// A loop whose every back edge is a br: its header's cost is charged
-	// by the run that enters the loop and by each run that branches back
-	// (which then checks the fuel), so that an iteration is one check.
-	for _, l := range loops {
-		if !l.merge {
-			continue
+	for _, l := range f.loops {
+		if l.merge {
+			mergeHeader(runs, runOf, l)
 		}
-		preds := []int{runOf[l.at]}
-		for _, b := range l.brs {
-			preds = append(preds, runOf[b])
-		}
-		ok := true
-		for _, p := range preds {
-			if p == l.header || runs[p].header {
-				ok = false
-			}
-		}
-		if !ok {
-			continue
-		}
-		for k, p := range preds {
-			runs[p].cost += runs[l.header].cost
-			if k > 0 {
-				runs[p].check = true
-			}
-		}
-		runs[l.header].cost, runs[l.header].check = 0, false
 	}
+	return runs
+}
+
+// mergeHeader: for a loop whose every back edge is a br, its header's cost
+// is charged by the run that enters the loop and by each run that
+// branches back (which then checks the fuel), so that an iteration is one
+// check — unless one of those runs is a loop header itself.
+func mergeHeader(runs []run, runOf []int, l *block) {
+	preds := []int{runOf[l.at]}
+	for _, b := range l.brs {
+		preds = append(preds, runOf[b])
+	}
+	for _, p := range preds {
+		if p == l.header || runs[p].header {
+			return
+		}
+	}
+	for k, p := range preds {
+		runs[p].cost += runs[l.header].cost
+		if k > 0 {
+			runs[p].check = true
+		}
+	}
+	runs[l.header].cost, runs[l.header].check = 0, false
+}
+
+// emitter holds the instruction sequences MeterBody inserts, for one
+// function (whose fuel local they name).
+type emitter struct {
+	mt *Meter
+	// put: global = fuel. take: fuel = global; global = 0. zero: global = 0.
+	put, take, zero []byte
+	// A run: pre, i64.const N, then post when it checks (fuel -= N; if
+	// fuel < 0 { fuel = refuel(fuel) }), else sub (fuel -= N). check: the
+	// check alone.
+	pre, post, sub, check []byte
+}
+
+// sequences returns the sequences for a function whose fuel is local fuel.
+func (mt *Meter) sequences(fuel uint64) *emitter {
 	idx := func(b []byte, op byte, x uint64) []byte { return AppendU32(append(b, op), uint32(x)) }
-	// put: global = fuel. take: fuel = global; global = 0.
-	put := idx(idx(nil, OpLocalGet, fuel), OpGlobalSet, uint64(mt.Global))
-	take := idx(idx(nil, OpGlobalGet, uint64(mt.Global)), OpLocalSet, fuel)
-	zero := idx([]byte{OpI64Const, 0}, OpGlobalSet, uint64(mt.Global))
-	take = append(take, zero...)
-	// A run: fuel -= N, and when it checks: if fuel < 0 { fuel = refuel(fuel) }.
-	pre := idx(nil, OpLocalGet, fuel)
+	e := &emitter{mt: mt}
+	e.put = idx(idx(nil, OpLocalGet, fuel), OpGlobalSet, uint64(mt.Global))
+	e.zero = idx([]byte{OpI64Const, 0}, OpGlobalSet, uint64(mt.Global))
+	e.take = append(idx(idx(nil, OpGlobalGet, uint64(mt.Global)), OpLocalSet, fuel), e.zero...)
+	e.pre = idx(nil, OpLocalGet, fuel)
 	refill := []byte{OpI64Const, 0, OpI64LtS, OpIf, BlockEmpty}
 	refill = idx(refill, OpLocalGet, fuel)
 	refill = idx(refill, OpCall, uint64(mt.Refuel))
 	refill = idx(refill, OpLocalSet, fuel)
 	refill = append(refill, OpEnd)
-	post := append(idx([]byte{OpI64Sub}, OpLocalTee, fuel), refill...)
-	sub := idx([]byte{OpI64Sub}, OpLocalSet, fuel)
-	check := append(idx(nil, OpLocalGet, fuel), refill...)
-	out := make([]byte, 0, 2*len(body)+len(take)+len(pre)+len(post)+8)
-	out = append(out, take...)
+	e.post = append(idx([]byte{OpI64Sub}, OpLocalTee, fuel), refill...)
+	e.sub = idx([]byte{OpI64Sub}, OpLocalSet, fuel)
+	e.check = append(idx(nil, OpLocalGet, fuel), refill...)
+	return e
+}
+
+// emit returns the metered body: the fuel taken, then each run's charge
+// followed by its instructions.
+func (e *emitter) emit(body []byte, ins []Instr, f *flow, runs []run) []byte {
+	out := make([]byte, 0, 2*len(body)+len(e.take)+len(e.pre)+len(e.post)+8)
+	out = append(out, e.take...)
 	for _, r := range runs {
-		switch {
-		case r.cost > 0 && r.check:
-			out = append(out, pre...)
-			out = append(out, OpI64Const)
-			out = AppendS64(out, r.cost)
-			out = append(out, post...)
-		case r.cost > 0:
-			out = append(out, pre...)
-			out = append(out, OpI64Const)
-			out = AppendS64(out, r.cost)
-			out = append(out, sub...)
-		case r.check:
-			out = append(out, check...)
-		}
+		out = e.charge(out, r)
 		for i := r.start; i < r.end; i++ {
-			in := ins[i]
-			switch {
-			case in.Op == OpCall || in.Op == OpCallIndirect:
-				out = append(out, put...)
-				out = appendInstr(out, body, in, mt.Remap)
-				out = append(out, take...)
-			case exits[i]:
-				out = append(out, check...)
-				out = append(out, put...)
-				out = appendInstr(out, body, in, mt.Remap)
-				if in.Op == OpBrIf {
-					out = append(out, zero...) // not taken: the frame keeps the fuel
-				}
-			default:
-				out = appendInstr(out, body, in, mt.Remap)
-			}
+			out = e.instr(out, body, ins[i], f.exits[i])
 		}
 	}
-	c.Body = out
-	c.Locals = append(c.Locals[:len(c.Locals):len(c.Locals)], Local{N: 1, Type: I64})
-	return c, nil
+	return out
+}
+
+// charge appends what starts run r: its cost subtracted, the fuel checked.
+func (e *emitter) charge(out []byte, r run) []byte {
+	switch {
+	case r.cost > 0 && r.check:
+		out = append(out, e.pre...)
+		out = append(out, OpI64Const)
+		out = AppendS64(out, r.cost)
+		out = append(out, e.post...)
+	case r.cost > 0:
+		out = append(out, e.pre...)
+		out = append(out, OpI64Const)
+		out = AppendS64(out, r.cost)
+		out = append(out, e.sub...)
+	case r.check:
+		out = append(out, e.check...)
+	}
+	return out
+}
+
+// instr appends instruction in of body: a call with the fuel put back
+// around it, an exit with the fuel checked and put back first.
+func (e *emitter) instr(out, body []byte, in Instr, exit bool) []byte {
+	switch {
+	case in.Op == OpCall || in.Op == OpCallIndirect:
+		out = append(out, e.put...)
+		out = appendInstr(out, body, in, e.mt.Remap)
+		return append(out, e.take...)
+	case exit:
+		out = append(out, e.check...)
+		out = append(out, e.put...)
+		out = appendInstr(out, body, in, e.mt.Remap)
+		if in.Op == OpBrIf {
+			out = append(out, e.zero...) // not taken: the frame keeps the fuel
+		}
+		return out
+	}
+	return appendInstr(out, body, in, e.mt.Remap)
 }
 
 // labels returns the labels of a br, br_if or br_table.
