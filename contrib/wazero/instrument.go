@@ -87,99 +87,160 @@ func Instrument(wasm []byte) ([]byte, error) {
 	return out, nil
 }
 
+// fuelType is the type of the host function: (i64) -> i64.
+var fuelType = wasmfile.FuncType{Params: []byte{wasmfile.I64}, Results: []byte{wasmfile.I64}}
+
 func instrument(wasm []byte) ([]byte, error) {
 	m, err := wasmfile.Parse(wasm)
 	if err != nil {
 		return nil, err
 	}
-	fuelType := wasmfile.FuncType{Params: []byte{wasmfile.I64}, Results: []byte{wasmfile.I64}}
-	for _, im := range m.Imports {
-		if im.Module == ImportModule && im.Name == ImportName {
-			if im.Kind == wasmfile.KindFunc && int(im.Type) < len(m.Types) &&
-				bytes.Equal(m.Types[im.Type].Params, fuelType.Params) && bytes.Equal(m.Types[im.Type].Results, fuelType.Results) {
-				return wasm, nil // instrumented already
-			}
-			return nil, ErrInstrumented
+	if done, err := instrumented(m); done || err != nil {
+		if err != nil {
+			return nil, err
 		}
+		return wasm, nil
 	}
 	if len(m.Codes) == 0 {
 		return wasm, nil
 	}
+	rw, err := newRewriter(m)
+	if err != nil {
+		return nil, err
+	}
+	if err := rw.remapRefs(); err != nil {
+		return nil, err
+	}
+	codes, err := rw.meterCodes()
+	if err != nil {
+		return nil, err
+	}
+	return rw.encode(codes)
+}
+
+// instrumented tells whether m imports the host function already (it is
+// instrumented), or returns ErrInstrumented when it imports it with
+// another type.
+func instrumented(m *wasmfile.Module) (bool, error) {
+	for _, im := range m.Imports {
+		if im.Module != ImportModule || im.Name != ImportName {
+			continue
+		}
+		if im.Kind == wasmfile.KindFunc && int(im.Type) < len(m.Types) &&
+			bytes.Equal(m.Types[im.Type].Params, fuelType.Params) && bytes.Equal(m.Types[im.Type].Results, fuelType.Results) {
+			return true, nil
+		}
+		return false, ErrInstrumented
+	}
+	return false, nil
+}
+
+// rewriter instruments a parsed module: the host function is imported
+// after the module's function imports, so its own functions' indices move
+// up by one, and the fuel global is added after its globals.
+type rewriter struct {
+	m     *wasmfile.Module
+	meter *wasmfile.Meter
+}
+
+func newRewriter(m *wasmfile.Module) (*rewriter, error) {
 	nfuncs := uint64(m.NumFuncImports) + uint64(len(m.Funcs))
 	nglobals := uint64(m.NumGlobalImports) + uint64(len(m.Globals))
 	if nfuncs >= math.MaxUint32 || nglobals >= math.MaxUint32 || len(m.Types) >= math.MaxUint32 {
 		return nil, fmt.Errorf("%w: too many functions, globals or types", wasmfile.ErrMalformed)
 	}
-	imported := m.NumFuncImports
-	remap := func(f uint32) uint32 {
-		if f < imported {
-			return f
-		}
-		return f + 1
-	}
-	mt := &wasmfile.Meter{Global: uint32(nglobals), Refuel: imported, Remap: remap}
+	rw := &rewriter{m: m}
+	rw.meter = &wasmfile.Meter{Global: uint32(nglobals), Refuel: m.NumFuncImports, Remap: rw.remap}
+	return rw, nil
+}
 
-	types := append(m.Types[:len(m.Types):len(m.Types)], fuelType)
-	imports := append(m.Imports[:len(m.Imports):len(m.Imports)], wasmfile.Import{
-		Module: ImportModule, Name: ImportName, Kind: wasmfile.KindFunc,
-		Desc: wasmfile.AppendU32(nil, uint32(len(m.Types))),
-	})
-	globals := make([]wasmfile.Global, 0, len(m.Globals)+1)
-	for _, g := range m.Globals {
-		if g.Init, err = wasmfile.RemapFuncs(g.Init, remap); err != nil {
-			return nil, err
-		}
-		globals = append(globals, g)
+// remap is the new index of function f.
+func (rw *rewriter) remap(f uint32) uint32 {
+	if f < rw.m.NumFuncImports {
+		return f
 	}
-	globals = append(globals, wasmfile.Global{Type: wasmfile.I64, Mut: 1, Init: []byte{wasmfile.OpI64Const, 0, wasmfile.OpEnd}})
+	return f + 1
+}
+
+// remapRefs remaps the function indices of the globals' initial values,
+// the exports and the element segments.
+func (rw *rewriter) remapRefs() error {
+	m := rw.m
+	var err error
+	for i := range m.Globals {
+		if m.Globals[i].Init, err = wasmfile.RemapFuncs(m.Globals[i].Init, rw.remap); err != nil {
+			return err
+		}
+	}
 	for i := range m.Exports {
 		if m.Exports[i].Kind == wasmfile.KindFunc {
-			m.Exports[i].Index = remap(m.Exports[i].Index)
+			m.Exports[i].Index = rw.remap(m.Exports[i].Index)
 		}
 	}
 	for i := range m.Elems {
 		e := &m.Elems[i]
 		for k, f := range e.Funcs {
-			e.Funcs[k] = remap(f)
+			e.Funcs[k] = rw.remap(f)
 		}
 		for k, x := range e.Exprs {
-			if e.Exprs[k], err = wasmfile.RemapFuncs(x, remap); err != nil {
-				return nil, err
+			if e.Exprs[k], err = wasmfile.RemapFuncs(x, rw.remap); err != nil {
+				return err
 			}
 		}
 	}
+	return nil
+}
+
+// meterCodes returns the module's function bodies metered.
+func (rw *rewriter) meterCodes() ([]wasmfile.Code, error) {
+	m := rw.m
 	codes := make([]wasmfile.Code, len(m.Codes))
 	for i, c := range m.Codes {
 		t := m.Funcs[i]
 		if int64(t) >= int64(len(m.Types)) {
 			return nil, fmt.Errorf("%w: function %d has type %d of %d", wasmfile.ErrMalformed, i, t, len(m.Types))
 		}
-		if codes[i], err = mt.MeterBody(c, len(m.Types[t].Params)); err != nil {
+		var err error
+		if codes[i], err = rw.meter.MeterBody(c, len(m.Types[t].Params)); err != nil {
 			return nil, err
 		}
 	}
+	return codes, nil
+}
 
+// encode writes the instrumented module: the sections rewritten, the
+// type, import and global sections with what Instrument adds.
+func (rw *rewriter) encode(codes []wasmfile.Code) ([]byte, error) {
+	m := rw.m
 	sections := make([]wasmfile.Section, 0, len(m.Sections)+3)
 	for _, s := range m.Sections {
 		switch s.ID {
 		case wasmfile.SecExport:
 			s = wasmfile.ExportSection(m.Exports)
 		case wasmfile.SecStart:
-			s = wasmfile.StartSection(remap(*m.Start))
+			s = wasmfile.StartSection(rw.remap(*m.Start))
 		case wasmfile.SecElement:
 			s = wasmfile.ElementSection(m.Elems)
 		case wasmfile.SecCode:
+			var err error
 			if s, err = wasmfile.CodeSection(codes); err != nil {
 				return nil, err
 			}
 		case wasmfile.SecCustom:
 			var keep bool
-			if s, keep = renameSection(s, remap); !keep {
+			if s, keep = renameSection(s, rw.remap); !keep {
 				continue
 			}
 		}
 		sections = append(sections, s)
 	}
+	types := append(m.Types[:len(m.Types):len(m.Types)], fuelType)
+	imports := append(m.Imports[:len(m.Imports):len(m.Imports)], wasmfile.Import{
+		Module: ImportModule, Name: ImportName, Kind: wasmfile.KindFunc,
+		Desc: wasmfile.AppendU32(nil, uint32(len(m.Types))),
+	})
+	globals := append(m.Globals[:len(m.Globals):len(m.Globals)],
+		wasmfile.Global{Type: wasmfile.I64, Mut: 1, Init: []byte{wasmfile.OpI64Const, 0, wasmfile.OpEnd}})
 	sections = wasmfile.Put(sections, wasmfile.TypeSection(types))
 	sections = wasmfile.Put(sections, wasmfile.ImportSection(imports))
 	sections = wasmfile.Put(sections, wasmfile.GlobalSection(globals))
