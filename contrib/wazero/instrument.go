@@ -87,8 +87,8 @@ func Instrument(wasm []byte) ([]byte, error) {
 	return out, nil
 }
 
-// fuelType is the type of the host function: (i64) -> i64.
-var fuelType = wasmfile.FuncType{Params: []byte{wasmfile.I64}, Results: []byte{wasmfile.I64}}
+// fuelType is the type of the host function: (i64, i64) -> i64.
+var fuelType = wasmfile.FuncType{Params: []byte{wasmfile.I64, wasmfile.I64}, Results: []byte{wasmfile.I64}}
 
 func instrument(wasm []byte) ([]byte, error) {
 	m, err := wasmfile.Parse(wasm)
@@ -115,7 +115,7 @@ func instrument(wasm []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return rw.encode(codes)
+	return rw.encode(append(codes, rw.settlers()...))
 }
 
 // instrumented tells whether m imports the host function already (it is
@@ -137,21 +137,61 @@ func instrumented(m *wasmfile.Module) (bool, error) {
 
 // rewriter instruments a parsed module: the host function is imported
 // after the module's function imports, so its own functions' indices move
-// up by one, and the fuel global is added after its globals.
+// up by one; the fuel and mark globals are added after its globals; a
+// settling wrapper of each exported function and of the start function
+// is added after its functions, and exported (or started) in its place.
 type rewriter struct {
 	m     *wasmfile.Module
 	meter *wasmfile.Meter
+	// wrapped lists the (remapped) functions that get a wrapper, the k-th
+	// wrapper's index being first+k; wrapper maps a function to its wrapper.
+	wrapped []uint32
+	wrapper map[uint32]uint32
+	first   uint32
+	named   bool // the module's name section was kept (and names the wrappers)
 }
 
 func newRewriter(m *wasmfile.Module) (*rewriter, error) {
 	nfuncs := uint64(m.NumFuncImports) + uint64(len(m.Funcs))
 	nglobals := uint64(m.NumGlobalImports) + uint64(len(m.Globals))
-	if nfuncs >= math.MaxUint32 || nglobals >= math.MaxUint32 || len(m.Types) >= math.MaxUint32 {
+	if nfuncs+uint64(len(m.Exports))+2 >= math.MaxUint32 || nglobals+1 >= math.MaxUint32 || len(m.Types) >= math.MaxUint32 {
 		return nil, fmt.Errorf("%w: too many functions, globals or types", wasmfile.ErrMalformed)
 	}
-	rw := &rewriter{m: m}
-	rw.meter = &wasmfile.Meter{Global: uint32(nglobals), Refuel: m.NumFuncImports, Remap: rw.remap}
+	rw := &rewriter{m: m, wrapper: map[uint32]uint32{}, first: uint32(nfuncs) + 1}
+	rw.meter = &wasmfile.Meter{
+		Global: uint32(nglobals), Mark: uint32(nglobals) + 1,
+		Refuel: m.NumFuncImports, Imported: m.NumFuncImports, Remap: rw.remap,
+	}
 	return rw, nil
+}
+
+// wrap returns the wrapper of function f (remapped), adding one when f
+// is the module's own and has none yet; f itself for an import (or an
+// index out of range, which wazero refuses).
+func (rw *rewriter) wrap(f uint32) uint32 {
+	if f < rw.m.NumFuncImports || f >= rw.first {
+		return f
+	}
+	w, ok := rw.wrapper[f]
+	if !ok {
+		w = rw.first + uint32(len(rw.wrapped))
+		rw.wrapper[f] = w
+		rw.wrapped = append(rw.wrapped, f)
+	}
+	return w
+}
+
+// settlers returns the wrappers' bodies, and adds their types to the
+// function section.
+func (rw *rewriter) settlers() []wasmfile.Code {
+	m := rw.m
+	codes := make([]wasmfile.Code, 0, len(rw.wrapped))
+	for _, f := range rw.wrapped {
+		t := m.Funcs[f-m.NumFuncImports-1]
+		m.Funcs = append(m.Funcs, t)
+		codes = append(codes, rw.meter.Settle(f, len(m.Types[t].Params)))
+	}
+	return codes
 }
 
 // remap is the new index of function f.
@@ -163,7 +203,8 @@ func (rw *rewriter) remap(f uint32) uint32 {
 }
 
 // remapRefs remaps the function indices of the globals' initial values,
-// the exports and the element segments.
+// the exports and the start function (to their wrappers) and the element
+// segments.
 func (rw *rewriter) remapRefs() error {
 	m := rw.m
 	var err error
@@ -174,8 +215,12 @@ func (rw *rewriter) remapRefs() error {
 	}
 	for i := range m.Exports {
 		if m.Exports[i].Kind == wasmfile.KindFunc {
-			m.Exports[i].Index = rw.remap(m.Exports[i].Index)
+			m.Exports[i].Index = rw.wrap(rw.remap(m.Exports[i].Index))
 		}
+	}
+	if m.Start != nil {
+		s := rw.wrap(rw.remap(*m.Start))
+		m.Start = &s
 	}
 	for i := range m.Elems {
 		e := &m.Elems[i]
@@ -218,9 +263,9 @@ func (rw *rewriter) encode(codes []wasmfile.Code) ([]byte, error) {
 		case wasmfile.SecExport:
 			s = wasmfile.ExportSection(m.Exports)
 		case wasmfile.SecStart:
-			s = wasmfile.StartSection(rw.remap(*m.Start))
+			s = wasmfile.StartSection(*m.Start)
 		case wasmfile.SecElement:
-			s = wasmfile.ElementSection(m.Elems)
+			s = wasmfile.ElementSection(rw.elems())
 		case wasmfile.SecCode:
 			var err error
 			if s, err = wasmfile.CodeSection(codes); err != nil {
@@ -228,38 +273,78 @@ func (rw *rewriter) encode(codes []wasmfile.Code) ([]byte, error) {
 			}
 		case wasmfile.SecCustom:
 			var keep bool
-			if s, keep = renameSection(s, rw.remap); !keep {
+			if s, keep = rw.renameSection(s); !keep {
 				continue
 			}
 		}
 		sections = append(sections, s)
+	}
+	if !rw.named && len(rw.wrapped) > 0 {
+		content, _ := wasmfile.NameFuncs(nil, rw.wrappers(), SettleName)
+		sections = append(sections, wasmfile.Section{ID: wasmfile.SecCustom, Content: append([]byte(nameSection), content...)})
 	}
 	types := append(m.Types[:len(m.Types):len(m.Types)], fuelType)
 	imports := append(m.Imports[:len(m.Imports):len(m.Imports)], wasmfile.Import{
 		Module: ImportModule, Name: ImportName, Kind: wasmfile.KindFunc,
 		Desc: wasmfile.AppendU32(nil, uint32(len(m.Types))),
 	})
-	globals := append(m.Globals[:len(m.Globals):len(m.Globals)],
-		wasmfile.Global{Type: wasmfile.I64, Mut: 1, Init: []byte{wasmfile.OpI64Const, 0, wasmfile.OpEnd}})
+	zero := wasmfile.Global{Type: wasmfile.I64, Mut: 1, Init: []byte{wasmfile.OpI64Const, 0, wasmfile.OpEnd}}
+	globals := append(m.Globals[:len(m.Globals):len(m.Globals)], zero, zero) // the fuel, the mark
 	sections = wasmfile.Put(sections, wasmfile.TypeSection(types))
+	sections = wasmfile.Put(sections, wasmfile.FunctionSection(m.Funcs))
+	if len(rw.wrapped) > 0 {
+		sections = wasmfile.Put(sections, wasmfile.ElementSection(rw.elems()))
+	}
 	sections = wasmfile.Put(sections, wasmfile.ImportSection(imports))
 	sections = wasmfile.Put(sections, wasmfile.GlobalSection(globals))
 	return wasmfile.Encode(sections)
 }
 
-// renameSection remaps the function indices of a name section; a
-// malformed one is dropped. Other custom sections are kept as they are.
-func renameSection(s wasmfile.Section, remap func(uint32) uint32) (wasmfile.Section, bool) {
-	const name = "\x04name"
-	if !bytes.HasPrefix(s.Content, []byte(name)) {
+// nameSection is the name of the name section, as it starts its content.
+const nameSection = "\x04name"
+
+// SettleName is the name the wrappers that Instrument exports in place of
+// the module's own functions have in its name section: each calls the
+// function it wraps and settles the bill of what it ran. CountCalls does
+// not count their calls.
+const SettleName = "reslimit.settle"
+
+// renameSection remaps the function indices of a name section and names
+// the wrappers; a malformed one is dropped. Other custom sections are
+// kept as they are.
+func (rw *rewriter) renameSection(s wasmfile.Section) (wasmfile.Section, bool) {
+	if !bytes.HasPrefix(s.Content, []byte(nameSection)) {
 		return s, true
 	}
-	content, ok := wasmfile.RemapNames(s.Content[len(name):], remap)
-	if !ok {
+	content, ok := wasmfile.RemapNames(s.Content[len(nameSection):], rw.remap)
+	if ok && len(rw.wrapped) > 0 {
+		content, ok = wasmfile.NameFuncs(content, rw.wrappers(), SettleName)
+	}
+	if !ok || rw.named {
 		return s, false
 	}
-	s.Content = append([]byte(name), content...)
+	rw.named = true
+	s.Content = append([]byte(nameSection), content...)
 	return s, true
+}
+
+// wrappers lists the wrappers' indices.
+func (rw *rewriter) wrappers() []uint32 {
+	ws := make([]uint32, len(rw.wrapped))
+	for k := range ws {
+		ws[k] = rw.first + uint32(k)
+	}
+	return ws
+}
+
+// elems returns the element segments, with a declarative one for the
+// wrapped functions: a function that ref.func names must be declared, and
+// an export (now the wrapper's) no longer declares it.
+func (rw *rewriter) elems() []wasmfile.Elem {
+	if len(rw.wrapped) == 0 {
+		return rw.m.Elems
+	}
+	return append(rw.m.Elems[:len(rw.m.Elems):len(rw.m.Elems)], wasmfile.Elem{Flags: 3, Funcs: rw.wrapped})
 }
 
 // InstantiateHost instantiates in rt the host module that instrumented
@@ -274,7 +359,7 @@ func InstantiateHost(ctx context.Context, rt wazero.Runtime) error {
 	}
 	_, err := rt.NewHostModuleBuilder(ImportModule).
 		NewFunctionBuilder().
-		WithGoModuleFunction(api.GoModuleFunc(refuel), []api.ValueType{api.ValueTypeI64}, []api.ValueType{api.ValueTypeI64}).
+		WithGoModuleFunction(api.GoModuleFunc(refuel), []api.ValueType{api.ValueTypeI64, api.ValueTypeI64}, []api.ValueType{api.ValueTypeI64}).
 		WithName(ImportName).
 		Export(ImportName).
 		Instantiate(context.WithoutCancel(ctx))
@@ -297,36 +382,52 @@ func importsRefuel(compiled wazero.CompiledModule) bool {
 	return false
 }
 
-// refuel is the host function: stack[0] is the fuel left, negative (its
-// opposite is what the block starting needs); it charges the run of ctx
-// a batch that covers it and returns the fuel after, or stops the guest.
+// refuel is the host function. stack[0] is the number of instructions
+// the guest counted since its bill was last settled, stack[1] how many of
+// them are the block about to start (0 at a call of the host or the end of
+// an exported call). It bills them to the run of ctx and returns the
+// guest's new fuel: what it may run before it calls again, DefaultBatch or
+// what the run and its tenant have left if less. When the bill is refused
+// (the guest ran past the limit, or the run was stopped) it stops the
+// guest.
 func refuel(ctx context.Context, _ api.Module, stack []uint64) {
-	fuel := int64(stack[0])
-	need := int64(1)
-	if fuel < 0 {
-		need = -fuel
-	}
 	tr := reslimit.FromContext(ctx)
 	if tr == nil {
 		if ctx.Err() != nil {
 			panic(context.Cause(ctx))
 		}
-		stack[0] = uint64(fuel + max(need, DefaultBatch))
+		stack[0] = DefaultBatch
 		return
 	}
-	g := int64(DefaultBatch)
-	if left, ok := tr.Remaining(reslimit.Operations); ok && left < g {
-		g = left
-	}
-	g = max(g, need)
-	err := tr.TrackOperations(g)
-	if err != nil && g > need {
-		// Another charge took the room meanwhile: what the block needs.
-		g = need
-		err = tr.TrackOperations(g)
-	}
-	if err != nil {
+	if err := bill(tr, int64(stack[0]), int64(stack[1])); err != nil {
 		panic(err) // wazero makes it the call's error
 	}
-	stack[0] = uint64(fuel + g)
+	fuel := int64(DefaultBatch)
+	if left, ok := tr.Remaining(reslimit.Operations); ok && left < fuel {
+		fuel = left
+	}
+	stack[0] = uint64(fuel)
+}
+
+// bill charges tr the spent instructions the guest counted, need of which
+// are a block it has not started. When that is refused it charges what
+// the guest ran (spent - need), up to the limit, and returns the refusal.
+func bill(tr *reslimit.Tracker, spent, need int64) error {
+	err := tr.TrackOperations(spent)
+	if err == nil {
+		return nil
+	}
+	ran := min(spent-need, spent)
+	left, ok := tr.Remaining(reslimit.Operations)
+	if !ok || left <= 0 || ran <= 0 {
+		return err
+	}
+	n := min(left, ran)
+	if tr.TrackOperations(n) != nil {
+		return err
+	}
+	if again := tr.TrackOperations(spent - n); again != nil {
+		return again // the refusal, with what was charged
+	}
+	return nil
 }

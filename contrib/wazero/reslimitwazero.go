@@ -334,8 +334,13 @@ func CountCalls(ctx context.Context) context.Context {
 // callCounter is the FunctionListenerFactory of CountCalls and its listener.
 type callCounter struct{}
 
-// NewFunctionListener implements experimental.FunctionListenerFactory.
-func (callCounter) NewFunctionListener(api.FunctionDefinition) experimental.FunctionListener {
+// NewFunctionListener implements experimental.FunctionListenerFactory:
+// a call of the wrapper that Instrument exports in place of a function is
+// not counted (the function's is).
+func (callCounter) NewFunctionListener(def api.FunctionDefinition) experimental.FunctionListener {
+	if def.Name() == SettleName {
+		return nil
+	}
 	return callCounter{}
 }
 
