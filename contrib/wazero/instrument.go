@@ -15,18 +15,19 @@ import (
 )
 
 // The host function an instrumented module imports: ImportModule's
-// ImportName, of type (i64) -> i64. Instantiate (or InstantiateHost)
+// ImportName, of type (i64, i64) -> i64. Instantiate (or InstantiateHost)
 // provides it.
 const (
 	ImportModule = "reslimit"
 	ImportName   = "refuel"
 )
 
-// DefaultBatch is the number of guest instructions an instrumented module
-// is given (and its run charged) at a time: at a few instructions per
-// nanosecond, some microseconds of work, so the host's check costs the
-// guest about a percent and a stopped run stops its guest within
-// microseconds.
+// DefaultBatch is the most guest instructions an instrumented module may
+// run on credit, before it bills them and asks again: at a few
+// instructions per nanosecond, some microseconds of work, so the host's
+// check costs the guest about a percent and a stopped run stops its guest
+// within microseconds. The credit is smaller when the run or its tenant
+// has fewer operations left.
 const DefaultBatch = 10_000
 
 // ErrInstrumented is returned by Instrument for a module that imports
@@ -46,29 +47,43 @@ var ErrInstrumented = errors.New("reslimitwazero: the module imports " + ImportM
 // counter when it starts. The counter lives in a local of the function
 // running and moves through a mutable i64 global that Instrument adds
 // around calls and returns. It is checked at the start of every function,
-// at every loop iteration and before every return; when it is negative,
-// the guest calls the host function ImportModule.ImportName, which charges
-// the run of the call's context a batch of operations with
-// Tracker.TrackOperations — DefaultBatch, fewer when the run or its
-// tenant has less left, at least what the guest ran past its fuel — and
-// traps when that is refused or the run was stopped: the call's error
-// wraps the *reslimit.LimitError (or the stop's cause). Outside a run the
-// host function only checks the call's context, so an instrumented guest
-// also stops when its context is done.
+// at every loop iteration and before every return; when it is negative
+// (the guest has used its credit), the guest calls the host function
+// ImportModule.ImportName, which bills the run of the call's context,
+// with Tracker.TrackOperations, the instructions the guest counted since
+// its last bill, and gives it a new credit: DefaultBatch, fewer when the
+// run or its tenant has less left. The guest also bills what it counted
+// before each call of a host function and when a call from the host
+// returns (each exported function, and the start function, is exported
+// through a wrapper that settles the bill; its name is SettleName). When
+// a bill is refused (the guest ran past the limit, or the run was
+// stopped: timeout, CPU time, cancellation), the host charges what the
+// guest ran up to the limit and the guest traps: the call's error wraps
+// the *reslimit.LimitError (or the stop's cause). Outside a run the host
+// function only checks the call's context, so an instrumented guest also
+// stops when its context is done.
 //
-// The bound: operations are charged ahead, a batch at a time, so no
-// counter passes its limit; between two checks a guest may run past the
-// fuel it was charged by at most one path through a function's body (no
-// loop iteration, call or return on it), which the next check charges or
-// refuses. So a guest is stopped at most that path past MaxOperations (or
-// what MaxTotalOperations leaves it), and its run is billed at most one
-// batch more than it ran: the fuel left in the module when the guest
-// returns or traps is not given back (a later call of the same module
-// spends what a return left). Instantiate per run. What counts: every
+// The bound: every operation billed was run by the guest, and after each
+// call from the host (reslimitwazero.Call or wazero's) returns, or when
+// the guest is stopped by a host function (WASI's proc_exit, a host
+// function that panics), its run was billed exactly the instructions it
+// ran. Nothing is billed ahead, so nothing is given back. A guest runs at
+// most its credit before it bills, and its credit is at most what the run
+// and its tenant have left, so it is stopped at most one path through a
+// function's body (no loop iteration, call or return on it) past
+// MaxOperations, or what MaxTotalOperations leaves it; when other work
+// charges the same run or tenant at the same time, at most DefaultBatch
+// and that path past it. What a guest ran and could not be billed: past
+// the limit (that path); after its run was stopped (a stopped run refuses
+// every charge: at most DefaultBatch and a path); and when it traps of its
+// own (unreachable, an access out of bounds, a division by zero, a stack
+// overflow), what it ran since its last bill, at most DefaultBatch and a
+// path, which the trapping frame's counter held. What counts: every
 // instruction reached, a block's in full when the block starts (one that
 // traps or exits midway was counted whole); block, loop, if, else and end
 // count when control falls through them; a call of a host function is
-// one instruction, whatever the host does.
+// one instruction, whatever the host does; a wrapper's instructions do not
+// count.
 //
 // The module must be well formed: Instrument checks the structure of every
 // section and instruction and returns an error describing the first flaw;
@@ -76,7 +91,10 @@ var ErrInstrumented = errors.New("reslimitwazero: the module imports " + ImportM
 // it, and a module wazero accepts gives a result wazero accepts). The
 // result imports one more function, so the indices of the module's own
 // functions move up by one: calls, ref.func, exports, the start function,
-// element segments and the name section are rewritten to match. A module
+// element segments and the name section are rewritten to match. It has
+// two more globals, and one more function per function exported or
+// started (the wrappers, after the module's own), with a declarative
+// element segment for the functions wrapped. A module
 // with no function bodies is returned as it is, as is one that Instrument
 // made (it imports ImportName already).
 func Instrument(wasm []byte) ([]byte, error) {
