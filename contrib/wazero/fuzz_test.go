@@ -62,23 +62,45 @@ func checkInstrumented(t testing.TB, rt wazero.Runtime, name string, wasm []byte
 	if len(bc.ImportedFunctions())+len(bc.ImportedMemories()) > 0 || len(ic.ImportedFunctions()) > 1 {
 		return true
 	}
+	bm, im, ok := instantiatePair(t, rt, name, bc, ic)
+	if ok {
+		defer bm.Close(ctx)
+		defer im.Close(ctx)
+		compareExports(t, name, bc.ExportedFunctions(), bm, im)
+	}
+	return true
+}
+
+// instantiatePair instantiates the bare and the instrumented module
+// (without running a start function); both or neither must succeed. ok is
+// false unless both did.
+func instantiatePair(t testing.TB, rt wazero.Runtime, name string, bc, ic wazero.CompiledModule) (bm, im api.Module, ok bool) {
+	t.Helper()
+	ctx := context.Background()
 	cfg := wazero.NewModuleConfig().WithName("").WithStartFunctions()
 	bm, berr := rt.InstantiateModule(ctx, bc, cfg)
 	im, ierr := rt.InstantiateModule(ctx, ic, cfg)
-	if bm != nil {
-		defer bm.Close(ctx)
-	}
-	if im != nil {
-		defer im.Close(ctx)
-	}
 	if (berr == nil) != (ierr == nil) {
 		t.Errorf("%s: instantiation bare: %v, instrumented: %v", name, berr, ierr)
 	}
-	if berr != nil || ierr != nil {
-		return true
+	if berr == nil && ierr == nil {
+		return bm, im, true
 	}
-	// Run the start function if any, then each export.
-	fns := bc.ExportedFunctions()
+	if bm != nil {
+		bm.Close(ctx)
+	}
+	if im != nil {
+		im.Close(ctx)
+	}
+	return nil, nil, false
+}
+
+// compareExports calls each exported function with numeric parameters and
+// results (in name order, with the arguments 0, then 1, then 7) in both
+// instances and compares what they return, until one loops, overflows
+// its stack or differs.
+func compareExports(t testing.TB, name string, fns map[string]api.FunctionDefinition, bm, im api.Module) {
+	t.Helper()
 	names := make([]string, 0, len(fns))
 	for n := range fns {
 		names = append(names, n)
@@ -94,30 +116,38 @@ func checkInstrumented(t testing.TB, rt wazero.Runtime, name string, wasm []byte
 			for i := range args {
 				args[i] = arg
 			}
-			cctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
-			bres, berr := bm.ExportedFunction(n).Call(cctx, args...)
-			looped := cctx.Err() != nil
-			cancel()
-			if looped {
-				return true // it loops (or the machine is slow): states may differ from here
-			}
-			cctx, cancel = context.WithTimeout(ctx, 10*time.Second)
-			ires, ierr := im.ExportedFunction(n).Call(cctx, args...)
-			cancel()
-			diffCalls.Add(1)
-			if (berr == nil) != (ierr == nil) {
-				t.Errorf("%s: %s%v: bare %v, instrumented %v", name, n, args, berr, ierr)
-				return true
-			}
-			if !sameResults(def.ResultTypes(), bres, ires) {
-				t.Errorf("%s: %s%v = %v bare, %v instrumented", name, n, args, bres, ires)
-			}
-			if berr != nil && strings.Contains(berr.Error(), "stack overflow") {
-				return true
+			if !compareCall(t, name+": "+n, def, args, bm.ExportedFunction(n), im.ExportedFunction(n)) {
+				return
 			}
 		}
 	}
-	return true
+}
+
+// compareCall calls bare and instrumented with args and compares their
+// results; it reports whether the comparison may go on (false when the
+// bare call loops, overflows its stack, or the two differ in failing).
+func compareCall(t testing.TB, what string, def api.FunctionDefinition, args []uint64, bare, instrumented api.Function) bool {
+	t.Helper()
+	ctx := context.Background()
+	cctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	bres, berr := bare.Call(cctx, args...)
+	looped := cctx.Err() != nil
+	cancel()
+	if looped {
+		return false // it loops (or the machine is slow): states may differ from here
+	}
+	cctx, cancel = context.WithTimeout(ctx, 10*time.Second)
+	ires, ierr := instrumented.Call(cctx, args...)
+	cancel()
+	diffCalls.Add(1)
+	if (berr == nil) != (ierr == nil) {
+		t.Errorf("%s%v: bare %v, instrumented %v", what, args, berr, ierr)
+		return false
+	}
+	if !sameResults(def.ResultTypes(), bres, ires) {
+		t.Errorf("%s%v = %v bare, %v instrumented", what, args, bres, ires)
+	}
+	return berr == nil || !strings.Contains(berr.Error(), "stack overflow")
 }
 
 func notNumeric(t api.ValueType) bool {

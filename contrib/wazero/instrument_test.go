@@ -113,7 +113,8 @@ func TestInstrumentChargesEveryInstruction(t *testing.T) {
 
 // A tenant's MaxTotalOperations binds its guests: runs are refused once
 // the tenant's operations are used up, never charged past the limit; each
-// run is billed at most one batch more than its guest ran.
+// run is billed exactly what its guest ran (the refused one what it ran
+// before it was stopped).
 func TestInstrumentTenantTotal(t *testing.T) {
 	rt, compiled := compileWith(t, instrumentedGuests(t), false, false)
 	const total = 100_000
@@ -142,10 +143,94 @@ func TestInstrumentTenantTotal(t *testing.T) {
 		t.Errorf("the tenant was charged %d operations, past its %d", st.Operations, total)
 	}
 	runs := ran / sumOps(1000)
-	if ran > total || st.Operations < ran || st.Operations-ran > (runs+1)*reslimitwazero.DefaultBatch {
+	if ran > total || st.Operations < ran || st.Operations-ran >= sumOps(1000) {
 		t.Errorf("guests ran %d instructions in %d runs, the tenant was charged %d (limit %d)", ran, runs, st.Operations, total)
 	}
 	t.Logf("%d runs of sum(1000) (%d instructions each) under a total of %d: charged %d", runs, sumOps(1000), total, st.Operations)
+}
+
+// Each call is billed exactly the instructions it ran when it returns,
+// whether it is made with Call or wazero's Call, many on one module.
+func TestInstrumentBillsEachCall(t *testing.T) {
+	rt, compiled := compileWith(t, instrumentedGuests(t), false, false)
+	for _, limit := range []int64{0, 4 * sumOps(1000)} {
+		var after []int64
+		u, err := reslimit.Run(context.Background(), reslimit.Limits{MaxOperations: limit}, func(ctx context.Context) error {
+			ctx = reslimitwazero.WithTracker(ctx)
+			mod := instantiate(t, ctx, rt, compiled)
+			defer mod.Close(ctx)
+			sum := mod.ExportedFunction("sum")
+			for i := range 4 {
+				var err error
+				if i%2 == 0 {
+					_, err = reslimitwazero.Call(ctx, sum, 1000)
+				} else {
+					_, err = sum.Call(ctx, 1000)
+				}
+				if err != nil {
+					return err
+				}
+				after = append(after, reslimit.FromContext(ctx).Usage().Operations)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("MaxOperations %d: %v", limit, err)
+		}
+		for i, ops := range after {
+			if want := int64(i+1) * sumOps(1000); ops != want {
+				t.Errorf("MaxOperations %d: after call %d, %d operations billed, want %d", limit, i+1, ops, want)
+			}
+		}
+		if u.Operations != 4*sumOps(1000) {
+			t.Errorf("MaxOperations %d: %d operations billed, want %d", limit, u.Operations, 4*sumOps(1000))
+		}
+	}
+}
+
+// A guest stopped by a host function (as WASI's proc_exit stops it) is
+// billed exactly what it ran: the bill is settled before every call of
+// the host. charge_forever runs its loop instruction, then 3 per
+// iteration (i32.const, call, br), counted when the iteration starts.
+func TestInstrumentBillsHostExit(t *testing.T) {
+	ctx := context.Background()
+	rt := wazero.NewRuntime(ctx)
+	t.Cleanup(func() { _ = rt.Close(ctx) })
+	stop := errors.New("host: enough")
+	var calls, exitAt int
+	_, err := rt.NewHostModuleBuilder("env").NewFunctionBuilder().
+		WithFunc(func(context.Context, int32) {
+			if calls++; calls == exitAt {
+				panic(stop)
+			}
+		}).Export("charge").Instantiate(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wasm, err := reslimitwazero.Instrument(wasmbin.HostCaller().Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	compiled, err := rt.CompileModule(ctx, wasm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []int{1, 2, 100, 5000} {
+		calls, exitAt = 0, k
+		u, err := reslimit.Run(ctx, reslimit.Limits{MaxOperations: 1 << 40}, func(ctx context.Context) error {
+			ctx = reslimitwazero.WithTracker(ctx)
+			mod := instantiate(t, ctx, rt, compiled)
+			defer mod.Close(ctx)
+			_, err := reslimitwazero.Call(ctx, mod.ExportedFunction("charge_forever"))
+			return err
+		})
+		if !errors.Is(err, stop) {
+			t.Fatalf("exit at call %d: %v", k, err)
+		}
+		if want := int64(1 + 3*k); u.Operations != want {
+			t.Errorf("exit at call %d: %d operations billed, want %d", k, u.Operations, want)
+		}
+	}
 }
 
 // A spinning instrumented guest is stopped by its run's timeout, CPU time

@@ -25,12 +25,13 @@
 //     accounting cost next to nothing, but the run's cancellation stops
 //     the guest only when it returns to or calls the host.
 //   - Instructions, as operations, for a module rewritten by Instrument:
-//     its guest charges its run a batch of operations at a time from
-//     inside its machine code, so MaxOperations and MaxTotalOperations
-//     bind it, and a stopped run (timeout, CPU time, cancellation) stops
-//     it within a batch of instructions (microseconds), without Config and
-//     at a fraction of Config's cost (BENCHMARKS.md). Instantiate provides
-//     the host function it imports.
+//     its guest counts them inside its machine code and bills its run
+//     what it ran, a batch at most at a time and exactly when each call
+//     returns, so MaxOperations and MaxTotalOperations bind it, and a
+//     stopped run (timeout, CPU time, cancellation) stops it within a
+//     batch of instructions (microseconds), without Config and at a
+//     fraction of Config's cost (BENCHMARKS.md). Instantiate provides the
+//     host function it imports.
 //   - Function calls, optionally: a module compiled with a context from
 //     CountCalls charges each call of one of its functions as one
 //     reslimit call (Tracker.TrackCall), so MaxCalls binds; this
@@ -334,8 +335,13 @@ func CountCalls(ctx context.Context) context.Context {
 // callCounter is the FunctionListenerFactory of CountCalls and its listener.
 type callCounter struct{}
 
-// NewFunctionListener implements experimental.FunctionListenerFactory.
-func (callCounter) NewFunctionListener(api.FunctionDefinition) experimental.FunctionListener {
+// NewFunctionListener implements experimental.FunctionListenerFactory:
+// a call of the wrapper that Instrument exports in place of a function is
+// not counted (the function's is).
+func (callCounter) NewFunctionListener(def api.FunctionDefinition) experimental.FunctionListener {
+	if def.Name() == SettleName {
+		return nil
+	}
 	return callCounter{}
 }
 

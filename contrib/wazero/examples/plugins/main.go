@@ -76,13 +76,38 @@ var requests = []request{
 func main() {
 	ctx := context.Background()
 
-	// One runtime for all tenants. The plugin is instrumented: each of its
-	// instructions is an operation charged to its run, so MaxOperations
-	// binds it and a run's timeout or CPU time stops it at its next block
-	// (no Config needed); CountCalls (at compile time) bills each guest
-	// function call.
+	// One runtime for all tenants.
 	rt := wazero.NewRuntime(ctx)
 	defer rt.Close(ctx)
+	plugin := compilePlugin(ctx, rt)
+
+	// Every tenant's plan: at most 50,000 guest function calls in all.
+	ledger, err := reslimit.NewLedger(reslimit.AccountLimits{MaxCalls: 50000})
+	if err != nil {
+		log.Fatal(err)
+	}
+	tool := reslimit.Limit(func(ctx context.Context, r request) (string, error) {
+		if r.kind == "wasm" {
+			return runPlugin(ctx, rt, plugin, r)
+		}
+		return runScript(ctx, r)
+	}, limits())
+
+	printOutcomes(ctx, ledger, tool)
+	fmt.Println()
+	printBills(ledger)
+
+	// The host is healthy: every guest's memory was given back and no
+	// goroutine was left behind.
+	fmt.Printf("\nhost: %d goroutine(s), guest memory held by all tenants: %d bytes\n",
+		runtime.NumGoroutine(), heldByAll(ledger))
+}
+
+// compilePlugin instruments the plugin: each of its instructions is an
+// operation charged to its run, so MaxOperations binds it and a run's
+// timeout or CPU time stops it at its next block (no Config needed);
+// CountCalls (at compile time) bills each guest function call.
+func compilePlugin(ctx context.Context, rt wazero.Runtime) wazero.CompiledModule {
 	wasm, err := reslimitwazero.Instrument(wasmbin.Guests().Bytes())
 	if err != nil {
 		log.Fatal(err)
@@ -91,56 +116,61 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	return plugin
+}
 
-	// Every tenant's plan: at most 50,000 guest function calls in all.
-	ledger, err := reslimit.NewLedger(reslimit.AccountLimits{MaxCalls: 50000})
+// limits: Strict() is 10 MiB, 5 s CPU, 10,000 operations, 10 s timeout;
+// the demo tightens memory and time, and allows 2,000,000 operations
+// (Starlark steps, WebAssembly instructions).
+func limits() reslimit.Limits {
+	l := reslimit.Strict()
+	l.MaxMemoryBytes = 1 << 20
+	l.MaxOperations = 2_000_000
+	l.MaxCPUTime = 300 * time.Millisecond
+	l.Timeout = time.Second
+	return l
+}
+
+// runPlugin instantiates the plugin for this run and calls the function
+// the request names.
+func runPlugin(ctx context.Context, rt wazero.Runtime, plugin wazero.CompiledModule, r request) (string, error) {
+	ctx = reslimitwazero.WithTracker(ctx) // for the instantiation and the calls
+	mod, err := reslimitwazero.Instantiate(ctx, rt, plugin, wazero.NewModuleConfig().WithName(""))
 	if err != nil {
-		log.Fatal(err)
+		return "", err
 	}
+	defer mod.Close(ctx) // gives the guest's memory back
+	args := []uint64{}
+	if r.name == "fib" || r.name == "sum" {
+		args = append(args, r.arg)
+	}
+	res, err := reslimitwazero.Call(ctx, mod.ExportedFunction(r.name), args...)
+	if err != nil {
+		return "", err
+	}
+	if len(res) > 0 {
+		return fmt.Sprint(res[0]), nil
+	}
+	return "", nil
+}
 
-	// Strict() is 10 MiB, 5 s CPU, 10,000 operations, 10 s timeout; the
-	// demo tightens memory and time, and allows 2,000,000 operations
-	// (Starlark steps, WebAssembly instructions).
-	limits := reslimit.Strict()
-	limits.MaxMemoryBytes = 1 << 20
-	limits.MaxOperations = 2_000_000
-	limits.MaxCPUTime = 300 * time.Millisecond
-	limits.Timeout = time.Second
+var fileOpts = &syntax.FileOptions{While: true, TopLevelControl: true, GlobalReassign: true}
 
-	fileOpts := &syntax.FileOptions{While: true, TopLevelControl: true, GlobalReassign: true}
-	tool := reslimit.Limit(func(ctx context.Context, r request) (string, error) {
-		switch r.kind {
-		case "wasm":
-			ctx = reslimitwazero.WithTracker(ctx) // for the instantiation and the calls
-			mod, err := reslimitwazero.Instantiate(ctx, rt, plugin, wazero.NewModuleConfig().WithName(""))
-			if err != nil {
-				return "", err
-			}
-			defer mod.Close(ctx) // gives the guest's memory back
-			args := []uint64{}
-			if r.name == "fib" || r.name == "sum" {
-				args = append(args, r.arg)
-			}
-			res, err := reslimitwazero.Call(ctx, mod.ExportedFunction(r.name), args...)
-			if err != nil {
-				return "", err
-			}
-			if len(res) > 0 {
-				return fmt.Sprint(res[0]), nil
-			}
-			return "", nil
-		default:
-			globals, err := reslimitstarlark.ExecFile(ctx, fileOpts, r.name+".star", scripts[r.name], nil)
-			if err != nil {
-				return "", err
-			}
-			if v, ok := globals["result"]; ok {
-				return v.String(), nil
-			}
-			return "", nil
-		}
-	}, limits)
+// runScript runs the Starlark script the request names.
+func runScript(ctx context.Context, r request) (string, error) {
+	globals, err := reslimitstarlark.ExecFile(ctx, fileOpts, r.name+".star", scripts[r.name], nil)
+	if err != nil {
+		return "", err
+	}
+	if v, ok := globals["result"]; ok {
+		return v.String(), nil
+	}
+	return "", nil
+}
 
+// printOutcomes runs every request as its tenant and prints which guests
+// were stopped and by what.
+func printOutcomes(ctx context.Context, ledger *reslimit.Ledger, tool func(context.Context, request) (string, error)) {
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "TENANT\tGUEST\tOUTCOME\tDETAIL")
 	for _, r := range requests {
@@ -158,9 +188,11 @@ func main() {
 		fmt.Fprintf(w, "%s\t%s %s\t%s\t%s\n", r.tenant, r.kind, r.name, outcome, detail)
 	}
 	w.Flush()
+}
 
-	fmt.Println()
-	w = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+// printBills prints what each tenant was charged.
+func printBills(ledger *reslimit.Ledger) {
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "TENANT\tEVALUATIONS\tOPERATIONS\tCALLS\tPEAK MEMORY\tCPU\tHELD NOW\t")
 	for _, name := range ledger.Tenants() {
 		s := ledger.Account(name).Stats()
@@ -168,11 +200,6 @@ func main() {
 			s.Calls, s.PeakMemoryBytes>>10, s.CPUTime.Round(time.Millisecond), s.MemoryBytes)
 	}
 	w.Flush()
-
-	// The host is healthy: every guest's memory was given back and no
-	// goroutine was left behind.
-	fmt.Printf("\nhost: %d goroutine(s), guest memory held by all tenants: %d bytes\n",
-		runtime.NumGoroutine(), heldByAll(ledger))
 }
 
 func limitText(le *reslimit.LimitError) string {

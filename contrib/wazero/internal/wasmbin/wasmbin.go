@@ -75,8 +75,20 @@ type Module struct {
 // Bytes assembles m into the binary format.
 func (m *Module) Bytes() []byte {
 	out := []byte{0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00}
+	out = appendSection(out, 1, m.typeSection())
+	if len(m.Imports) > 0 {
+		out = appendSection(out, 2, m.importSection())
+	}
+	out = appendSection(out, 3, m.functionSection())
+	if m.HasMemory {
+		out = appendSection(out, 5, m.memorySection())
+	}
+	out = appendSection(out, 7, m.exportSection())
+	return appendSection(out, 10, m.codeSection())
+}
 
-	// Type section: one type per import and per function, in that order.
+// typeSection: one type per import and per function, in that order.
+func (m *Module) typeSection() []byte {
 	var types []byte
 	n := 0
 	addType := func(params, results []byte) {
@@ -91,38 +103,41 @@ func (m *Module) Bytes() []byte {
 	for _, f := range m.Funcs {
 		addType(f.Params, f.Results)
 	}
-	out = appendSection(out, 1, append(U32(nil, uint32(n)), types...))
+	return append(U32(nil, uint32(n)), types...)
+}
 
-	if len(m.Imports) > 0 {
-		sec := U32(nil, uint32(len(m.Imports)))
-		for i, im := range m.Imports {
-			sec = appendName(sec, im.Module)
-			sec = appendName(sec, im.Name)
-			sec = append(sec, 0x00) // a function
-			sec = U32(sec, uint32(i))
-		}
-		out = appendSection(out, 2, sec)
+func (m *Module) importSection() []byte {
+	sec := U32(nil, uint32(len(m.Imports)))
+	for i, im := range m.Imports {
+		sec = appendName(sec, im.Module)
+		sec = appendName(sec, im.Name)
+		sec = append(sec, 0x00) // a function
+		sec = U32(sec, uint32(i))
 	}
+	return sec
+}
 
+func (m *Module) functionSection() []byte {
 	sec := U32(nil, uint32(len(m.Funcs)))
 	for i := range m.Funcs {
 		sec = U32(sec, uint32(len(m.Imports)+i))
 	}
-	out = appendSection(out, 3, sec)
+	return sec
+}
 
-	if m.HasMemory {
-		sec := []byte{0x01}
-		if m.MemoryMax > 0 {
-			sec = append(sec, 0x01)
-			sec = U32(sec, m.MemoryMin)
-			sec = U32(sec, m.MemoryMax)
-		} else {
-			sec = append(sec, 0x00)
-			sec = U32(sec, m.MemoryMin)
-		}
-		out = appendSection(out, 5, sec)
+func (m *Module) memorySection() []byte {
+	sec := []byte{0x01}
+	if m.MemoryMax > 0 {
+		sec = append(sec, 0x01)
+		sec = U32(sec, m.MemoryMin)
+		return U32(sec, m.MemoryMax)
 	}
+	sec = append(sec, 0x00)
+	return U32(sec, m.MemoryMin)
+}
 
+// exportSection: the functions with an export name, then the memory.
+func (m *Module) exportSection() []byte {
 	var exports []byte
 	ne := 0
 	for i, f := range m.Funcs {
@@ -138,8 +153,10 @@ func (m *Module) Bytes() []byte {
 		exports = append(exports, 0x02, 0x00)
 		ne++
 	}
-	out = appendSection(out, 7, append(U32(nil, uint32(ne)), exports...))
+	return append(U32(nil, uint32(ne)), exports...)
+}
 
+func (m *Module) codeSection() []byte {
 	code := U32(nil, uint32(len(m.Funcs)))
 	for _, f := range m.Funcs {
 		var body []byte
@@ -152,7 +169,7 @@ func (m *Module) Bytes() []byte {
 		code = U32(code, uint32(len(body)))
 		code = append(code, body...)
 	}
-	return appendSection(out, 10, code)
+	return code
 }
 
 // U32 appends v as an unsigned LEB128.

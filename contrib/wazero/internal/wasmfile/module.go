@@ -191,222 +191,242 @@ func Parse(b []byte) (*Module, error) {
 	return m, nil
 }
 
+// parseSection parses the content of section id (a known one) into m.
 func (m *Module) parseSection(id byte, r *reader) error {
-	switch id {
-	case SecCustom:
-		_, err := r.name()
-		r.pos = len(r.b)
+	return sectionParsers[id](m, r)
+}
+
+// sectionParsers parses the content of each known section, by id.
+var sectionParsers = [...]func(m *Module, r *reader) error{
+	SecCustom:    (*Module).parseCustom,
+	SecType:      (*Module).parseTypes,
+	SecImport:    (*Module).parseImports,
+	SecFunction:  (*Module).parseFunctions,
+	SecTable:     (*Module).parseTables,
+	SecMemory:    (*Module).parseMemories,
+	SecGlobal:    (*Module).parseGlobals,
+	SecExport:    (*Module).parseExports,
+	SecStart:     (*Module).parseStart,
+	SecElement:   (*Module).parseElems,
+	SecDataCount: (*Module).parseDataCount,
+	SecCode:      (*Module).parseCodes,
+	SecData:      (*Module).parseData,
+}
+
+// vec reads a vector of items, each read by item and taking at least min
+// bytes.
+func vec[T any](r *reader, min int, item func(*reader) (T, error)) ([]T, error) {
+	n, err := r.vecLen(min)
+	if err != nil {
+		return nil, err
+	}
+	items := make([]T, 0, n)
+	for range n {
+		x, err := item(r)
+		if err != nil {
+			return nil, err
+		}
+		items = append(items, x)
+	}
+	return items, nil
+}
+
+// each reads a vector of items that are checked, not kept: each is read
+// by item and takes at least min bytes.
+func each(r *reader, min int, item func(*reader) error) error {
+	n, err := r.vecLen(min)
+	if err != nil {
 		return err
-	case SecType:
-		n, err := r.vecLen(3)
-		if err != nil {
+	}
+	for range n {
+		if err := item(r); err != nil {
 			return err
-		}
-		m.Types = make([]FuncType, 0, n)
-		for range n {
-			c, err := r.byte()
-			if err != nil {
-				return err
-			}
-			if c != 0x60 {
-				return r.errorf("type form 0x%02x is not a function type", c)
-			}
-			var ft FuncType
-			if ft.Params, err = valTypes(r); err != nil {
-				return err
-			}
-			if ft.Results, err = valTypes(r); err != nil {
-				return err
-			}
-			m.Types = append(m.Types, ft)
-		}
-	case SecImport:
-		n, err := r.vecLen(4)
-		if err != nil {
-			return err
-		}
-		m.Imports = make([]Import, 0, n)
-		for range n {
-			var im Import
-			if im.Module, err = r.name(); err != nil {
-				return err
-			}
-			if im.Name, err = r.name(); err != nil {
-				return err
-			}
-			if im.Kind, err = r.byte(); err != nil {
-				return err
-			}
-			start := r.pos
-			switch im.Kind {
-			case KindFunc:
-				im.Type, err = r.u32()
-				m.NumFuncImports++
-			case KindTable:
-				err = tableType(r)
-			case KindMemory:
-				err = limits(r, true)
-			case KindGlobal:
-				err = globalType(r, nil, nil)
-				m.NumGlobalImports++
-			default:
-				err = r.errorf("unknown import kind 0x%02x", im.Kind)
-			}
-			if err != nil {
-				return err
-			}
-			im.Desc = r.b[start:r.pos]
-			m.Imports = append(m.Imports, im)
-		}
-	case SecFunction:
-		n, err := r.vecLen(1)
-		if err != nil {
-			return err
-		}
-		m.Funcs = make([]uint32, 0, n)
-		for range n {
-			t, err := r.u32()
-			if err != nil {
-				return err
-			}
-			m.Funcs = append(m.Funcs, t)
-		}
-	case SecTable:
-		n, err := r.vecLen(3)
-		if err != nil {
-			return err
-		}
-		for range n {
-			if err := tableType(r); err != nil {
-				return err
-			}
-		}
-	case SecMemory:
-		n, err := r.vecLen(2)
-		if err != nil {
-			return err
-		}
-		for range n {
-			if err := limits(r, true); err != nil {
-				return err
-			}
-		}
-	case SecGlobal:
-		n, err := r.vecLen(3)
-		if err != nil {
-			return err
-		}
-		m.Globals = make([]Global, 0, n)
-		for range n {
-			var g Global
-			if err := globalType(r, &g.Type, &g.Mut); err != nil {
-				return err
-			}
-			if g.Init, err = constExpr(r); err != nil {
-				return err
-			}
-			m.Globals = append(m.Globals, g)
-		}
-	case SecExport:
-		n, err := r.vecLen(3)
-		if err != nil {
-			return err
-		}
-		m.Exports = make([]Export, 0, n)
-		for range n {
-			var e Export
-			if e.Name, err = r.name(); err != nil {
-				return err
-			}
-			if e.Kind, err = r.byte(); err != nil {
-				return err
-			}
-			if e.Kind > KindGlobal {
-				return r.errorf("unknown export kind 0x%02x", e.Kind)
-			}
-			if e.Index, err = r.u32(); err != nil {
-				return err
-			}
-			m.Exports = append(m.Exports, e)
-		}
-	case SecStart:
-		s, err := r.u32()
-		if err != nil {
-			return err
-		}
-		m.Start = &s
-	case SecElement:
-		n, err := r.vecLen(2)
-		if err != nil {
-			return err
-		}
-		m.Elems = make([]Elem, 0, n)
-		for range n {
-			e, err := elem(r)
-			if err != nil {
-				return err
-			}
-			m.Elems = append(m.Elems, e)
-		}
-	case SecDataCount:
-		_, err := r.u32()
-		return err
-	case SecCode:
-		n, err := r.vecLen(2)
-		if err != nil {
-			return err
-		}
-		m.Codes = make([]Code, 0, n)
-		for range n {
-			size, err := r.u32()
-			if err != nil {
-				return err
-			}
-			start := r.pos
-			body, err := r.bytes(size)
-			if err != nil {
-				return err
-			}
-			c, err := code(&reader{b: body, base: r.base + start})
-			if err != nil {
-				return err
-			}
-			m.Codes = append(m.Codes, c)
-		}
-	case SecData:
-		n, err := r.vecLen(2)
-		if err != nil {
-			return err
-		}
-		for range n {
-			flags, err := r.u32()
-			if err != nil {
-				return err
-			}
-			switch flags {
-			case 0:
-				_, err = constExpr(r)
-			case 1:
-			case 2:
-				if _, err = r.u32(); err == nil {
-					_, err = constExpr(r)
-				}
-			default:
-				err = r.errorf("unknown data segment flags %d", flags)
-			}
-			if err != nil {
-				return err
-			}
-			size, err := r.u32()
-			if err != nil {
-				return err
-			}
-			if _, err := r.bytes(size); err != nil {
-				return err
-			}
 		}
 	}
 	return nil
+}
+
+// parseCustom checks a custom section's name and skips its content.
+func (m *Module) parseCustom(r *reader) error {
+	_, err := r.name()
+	r.pos = len(r.b)
+	return err
+}
+
+func (m *Module) parseTypes(r *reader) (err error) {
+	m.Types, err = vec(r, 3, funcType)
+	return err
+}
+
+func funcType(r *reader) (FuncType, error) {
+	var ft FuncType
+	c, err := r.byte()
+	if err != nil {
+		return ft, err
+	}
+	if c != 0x60 {
+		return ft, r.errorf("type form 0x%02x is not a function type", c)
+	}
+	if ft.Params, err = valTypes(r); err != nil {
+		return ft, err
+	}
+	ft.Results, err = valTypes(r)
+	return ft, err
+}
+
+func (m *Module) parseImports(r *reader) (err error) {
+	m.Imports, err = vec(r, 4, m.importEntry)
+	return err
+}
+
+// importEntry reads an import and counts it among m's imports of its
+// kind.
+func (m *Module) importEntry(r *reader) (Import, error) {
+	var im Import
+	var err error
+	if im.Module, err = r.name(); err != nil {
+		return im, err
+	}
+	if im.Name, err = r.name(); err != nil {
+		return im, err
+	}
+	if im.Kind, err = r.byte(); err != nil {
+		return im, err
+	}
+	start := r.pos
+	switch im.Kind {
+	case KindFunc:
+		im.Type, err = r.u32()
+		m.NumFuncImports++
+	case KindTable:
+		err = tableType(r)
+	case KindMemory:
+		err = memType(r)
+	case KindGlobal:
+		err = globalType(r, nil, nil)
+		m.NumGlobalImports++
+	default:
+		err = r.errorf("unknown import kind 0x%02x", im.Kind)
+	}
+	if err != nil {
+		return im, err
+	}
+	im.Desc = r.b[start:r.pos]
+	return im, nil
+}
+
+func (m *Module) parseFunctions(r *reader) (err error) {
+	m.Funcs, err = vec(r, 1, (*reader).u32)
+	return err
+}
+
+func (m *Module) parseTables(r *reader) error { return each(r, 3, tableType) }
+
+func (m *Module) parseMemories(r *reader) error { return each(r, 2, memType) }
+
+func (m *Module) parseGlobals(r *reader) (err error) {
+	m.Globals, err = vec(r, 3, global)
+	return err
+}
+
+func global(r *reader) (Global, error) {
+	var g Global
+	if err := globalType(r, &g.Type, &g.Mut); err != nil {
+		return g, err
+	}
+	var err error
+	g.Init, err = constExpr(r)
+	return g, err
+}
+
+func (m *Module) parseExports(r *reader) (err error) {
+	m.Exports, err = vec(r, 3, export)
+	return err
+}
+
+func export(r *reader) (Export, error) {
+	var e Export
+	var err error
+	if e.Name, err = r.name(); err != nil {
+		return e, err
+	}
+	if e.Kind, err = r.byte(); err != nil {
+		return e, err
+	}
+	if e.Kind > KindGlobal {
+		return e, r.errorf("unknown export kind 0x%02x", e.Kind)
+	}
+	e.Index, err = r.u32()
+	return e, err
+}
+
+func (m *Module) parseStart(r *reader) error {
+	s, err := r.u32()
+	if err != nil {
+		return err
+	}
+	m.Start = &s
+	return nil
+}
+
+func (m *Module) parseElems(r *reader) (err error) {
+	m.Elems, err = vec(r, 2, elem)
+	return err
+}
+
+func (m *Module) parseDataCount(r *reader) error {
+	_, err := r.u32()
+	return err
+}
+
+func (m *Module) parseCodes(r *reader) (err error) {
+	m.Codes, err = vec(r, 2, codeEntry)
+	return err
+}
+
+// codeEntry reads a function body with its size.
+func codeEntry(r *reader) (Code, error) {
+	size, err := r.u32()
+	if err != nil {
+		return Code{}, err
+	}
+	start := r.pos
+	body, err := r.bytes(size)
+	if err != nil {
+		return Code{}, err
+	}
+	return code(&reader{b: body, base: r.base + start})
+}
+
+func (m *Module) parseData(r *reader) error { return each(r, 2, dataSegment) }
+
+// dataSegment checks a data segment: its flags, its memory and offset when
+// active, and its bytes.
+func dataSegment(r *reader) error {
+	flags, err := r.u32()
+	if err != nil {
+		return err
+	}
+	switch flags {
+	case 0:
+		_, err = constExpr(r)
+	case 1:
+	case 2:
+		if _, err = r.u32(); err == nil {
+			_, err = constExpr(r)
+		}
+	default:
+		err = r.errorf("unknown data segment flags %d", flags)
+	}
+	if err != nil {
+		return err
+	}
+	size, err := r.u32()
+	if err != nil {
+		return err
+	}
+	_, err = r.bytes(size)
+	return err
 }
 
 func valTypes(r *reader) ([]byte, error) {
@@ -450,6 +470,9 @@ func limits(r *reader, memory bool) error {
 	}
 	return r.errorf("unknown limits flag 0x%02x", flag)
 }
+
+// memType checks a memory's limits.
+func memType(r *reader) error { return limits(r, true) }
 
 func tableType(r *reader) error {
 	t, err := r.byte()

@@ -141,3 +141,13 @@ func CodeSection(codes []Code) (Section, error) {
 	}
 	return Section{ID: SecCode, Content: b}, nil
 }
+
+// FunctionSection encodes a function section: the type index of each
+// function defined.
+func FunctionSection(funcs []uint32) Section {
+	b := AppendU32(nil, uint32(len(funcs)))
+	for _, t := range funcs {
+		b = AppendU32(b, t)
+	}
+	return Section{ID: SecFunction, Content: b}
+}
