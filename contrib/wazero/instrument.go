@@ -31,8 +31,10 @@ const (
 const DefaultBatch = 10_000
 
 // ErrInstrumented is returned by Instrument for a module that imports
-// ImportModule's ImportName with another type than Instrument gives it.
-var ErrInstrumented = errors.New("reslimitwazero: the module imports " + ImportModule + "." + ImportName + " with another type")
+// anything from ImportModule: one it instrumented already (instrument the
+// original instead), or one crafted to call the host function itself and
+// run unmetered. Instrument never passes such a module through.
+var ErrInstrumented = errors.New("reslimitwazero: the module imports from " + ImportModule + ": instrumented already, or crafted to escape metering")
 
 // Instrument returns wasm (a module in the WebAssembly binary format)
 // rewritten to charge the run it is called in one operation per
@@ -94,9 +96,12 @@ var ErrInstrumented = errors.New("reslimitwazero: the module imports " + ImportM
 // element segments and the name section are rewritten to match. It has
 // two more globals, and one more function per function exported or
 // started (the wrappers, after the module's own), with a declarative
-// element segment for the functions wrapped. A module
-// with no function bodies is returned as it is, as is one that Instrument
-// made (it imports ImportName already).
+// element segment for the functions wrapped. A module with no function
+// bodies is returned as it is. A module that imports from ImportModule
+// (one Instrument made, or one crafted to call the host function itself)
+// is refused with ErrInstrumented, and so is one whose code names a local,
+// global or function it does not have (which after the rewrite would name
+// what Instrument added): Instrument is safe on untrusted input.
 func Instrument(wasm []byte) ([]byte, error) {
 	out, err := instrument(wasm)
 	if err != nil {
@@ -113,11 +118,8 @@ func instrument(wasm []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if done, err := instrumented(m); done || err != nil {
-		if err != nil {
-			return nil, err
-		}
-		return wasm, nil
+	if err := checkModule(m); err != nil {
+		return nil, err
 	}
 	if len(m.Codes) == 0 {
 		return wasm, nil
@@ -136,21 +138,26 @@ func instrument(wasm []byte) ([]byte, error) {
 	return rw.encode(append(codes, rw.settlers()...))
 }
 
-// instrumented tells whether m imports the host function already (it is
-// instrumented), or returns ErrInstrumented when it imports it with
-// another type.
-func instrumented(m *wasmfile.Module) (bool, error) {
+// checkModule refuses a module that imports from ImportModule, or whose
+// exports name a function or global it does not have (after the rewrite
+// they would name what Instrument adds: the fuel global, say).
+func checkModule(m *wasmfile.Module) error {
 	for _, im := range m.Imports {
-		if im.Module != ImportModule || im.Name != ImportName {
-			continue
+		if im.Module == ImportModule {
+			return ErrInstrumented
 		}
-		if im.Kind == wasmfile.KindFunc && int(im.Type) < len(m.Types) &&
-			bytes.Equal(m.Types[im.Type].Params, fuelType.Params) && bytes.Equal(m.Types[im.Type].Results, fuelType.Results) {
-			return true, nil
-		}
-		return false, ErrInstrumented
 	}
-	return false, nil
+	nfuncs := uint64(m.NumFuncImports) + uint64(len(m.Funcs))
+	nglobals := uint64(m.NumGlobalImports) + uint64(len(m.Globals))
+	for _, e := range m.Exports {
+		if (e.Kind == wasmfile.KindFunc && uint64(e.Index) >= nfuncs) || (e.Kind == wasmfile.KindGlobal && uint64(e.Index) >= nglobals) {
+			return fmt.Errorf("%w: export %q names index %d, which the module does not have", wasmfile.ErrMalformed, e.Name, e.Index)
+		}
+	}
+	if m.Start != nil && uint64(*m.Start) >= nfuncs {
+		return fmt.Errorf("%w: start function %d of %d", wasmfile.ErrMalformed, *m.Start, nfuncs)
+	}
+	return nil
 }
 
 // rewriter instruments a parsed module: the host function is imported
@@ -177,7 +184,7 @@ func newRewriter(m *wasmfile.Module) (*rewriter, error) {
 	}
 	rw := &rewriter{m: m, wrapper: map[uint32]uint32{}, first: uint32(nfuncs) + 1}
 	rw.meter = &wasmfile.Meter{
-		Global: uint32(nglobals), Mark: uint32(nglobals) + 1,
+		Global: uint32(nglobals), Mark: uint32(nglobals) + 1, Funcs: uint32(nfuncs),
 		Refuel: m.NumFuncImports, Imported: m.NumFuncImports, Remap: rw.remap,
 	}
 	return rw, nil

@@ -308,8 +308,9 @@ func TestInstrumentWithCountCallsAndConfig(t *testing.T) {
 	}
 }
 
-// Instrument refuses what is not a module with an error, and leaves alone
-// a module it made.
+// Instrument refuses what is not a module with an error, and a module
+// that imports from the host's module: one it made, or one crafted to
+// call the host function itself and run unmetered.
 func TestInstrumentErrors(t *testing.T) {
 	for _, b := range [][]byte{nil, []byte("\x00asm"), []byte("\x00asm\x02\x00\x00\x00"), []byte("\x00asm\x01\x00\x00\x00\x0a\x05\x01\x03\x00\xff\x0b")} {
 		if _, err := reslimitwazero.Instrument(b); err == nil {
@@ -317,9 +318,8 @@ func TestInstrumentErrors(t *testing.T) {
 		}
 	}
 	once := instrumentedGuests(t)
-	twice, err := reslimitwazero.Instrument(once)
-	if err != nil || !bytes.Equal(once, twice) {
-		t.Errorf("instrumenting twice: %v", err)
+	if _, err := reslimitwazero.Instrument(once); !errors.Is(err, reslimitwazero.ErrInstrumented) {
+		t.Errorf("instrumenting twice: %v, want ErrInstrumented", err)
 	}
 }
 
@@ -430,5 +430,48 @@ func TestInstrumentGoProgram(t *testing.T) {
 	limitErr(t, err, reslimit.Operations)
 	if u.Operations > limit {
 		t.Errorf("%d operations charged past the limit %d", u.Operations, limit)
+	}
+}
+
+// A crafted module cannot reach what Instrument adds: an import from the
+// host's module (to call the host function itself), or code or exports
+// naming a local, global or function the module does not have (after the
+// rewrite they would name the fuel local, the fuel global or a wrapper,
+// and the guest could set its own fuel) are refused. wazero refuses each
+// of these modules uninstrumented; Instrument must not make them valid.
+func TestInstrumentRefusesEscapes(t *testing.T) {
+	head := []byte("\x00asm\x01\x00\x00\x00")
+	types := []byte("\x01\x04\x01\x60\x00\x00") // one type: () -> ()
+	funcs := []byte("\x03\x02\x01\x00")         // one function of type 0
+	code := func(body string) []byte {          // one body, no locals
+		b := append([]byte{0x00}, body...)
+		e := append([]byte{byte(len(b))}, b...)
+		s := append([]byte{0x01}, e...)
+		return append([]byte{0x0a, byte(len(s))}, s...)
+	}
+	module := func(sections ...[]byte) []byte {
+		m := append([]byte(nil), head...)
+		for _, s := range sections {
+			m = append(m, s...)
+		}
+		return m
+	}
+	importRefuel := append([]byte{0x02, 0x13, 0x01, 0x08}, "reslimit\x06refuel\x00\x00"...)
+	for name, wasm := range map[string][]byte{
+		"imports reslimit.refuel": module(types, importRefuel, funcs, code("\x0b")),
+		"sets global 0 of 0":      module(types, funcs, code("\x42\x00\x24\x00\x0b")),
+		"gets global 1 of 0":      module(types, funcs, code("\x23\x01\x1a\x0b")),
+		"sets local 0 of 0":       module(types, funcs, code("\x42\x00\x21\x00\x0b")),
+		"calls function 1 of 1":   module(types, funcs, code("\x10\x01\x0b")),
+		"exports global 0 of 0":   module(types, funcs, []byte("\x07\x05\x01\x01g\x03\x00"), code("\x0b")),
+	} {
+		if _, err := reslimitwazero.Instrument(wasm); err == nil {
+			t.Errorf("%s: Instrument succeeded", name)
+		}
+	}
+	// The same shapes within range are instrumented.
+	ok := module(types, funcs, code("\x0b"))
+	if _, err := reslimitwazero.Instrument(ok); err != nil {
+		t.Errorf("a valid module: %v", err)
 	}
 }

@@ -32,13 +32,15 @@ const (
 
 // Instr is one decoded instruction: Op (and Sub for the 0xFC and 0xFD
 // prefixes) and where it lies in its body: [Start, End). For call and
-// ref.func, Func is the function index and FuncAt where its LEB128 starts.
+// ref.func, Func is the function index and FuncAt where its LEB128 starts;
+// for local.* and global.* Idx is the local's or global's index.
 type Instr struct {
 	Op         byte
 	Sub        uint32
 	Start, End int
 	Func       uint32
 	FuncAt     int
+	Idx        uint32
 }
 
 // Decode decodes the instruction at b[pos:]; base is the offset of b[0]
@@ -75,7 +77,7 @@ func Decode(b []byte, pos, base int) (Instr, error) {
 	case op == 0x1c: // select t*
 		_, err = valTypes(r)
 	case op >= 0x20 && op <= 0x26: // local.*, global.*, table.get/set
-		_, err = r.u32()
+		in.Idx, err = r.u32()
 	case op >= 0x28 && op <= 0x3e: // loads and stores
 		err = memArg(r)
 	case op == 0x3f, op == 0x40: // memory.size, memory.grow

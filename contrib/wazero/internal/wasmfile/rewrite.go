@@ -40,8 +40,9 @@ func appendInstr(out, body []byte, in Instr, remap func(uint32) uint32) []byte {
 // and how many of them are the block about to start, bills them, and
 // returns the new fuel (not negative), which becomes the mark too.
 type Meter struct {
-	Global   uint32 // the fuel
+	Global   uint32 // the fuel; the module's own globals come before it
 	Mark     uint32
+	Funcs    uint32 // the module's functions (imported and its own), before the rewrite
 	Refuel   uint32
 	Imported uint32
 	Remap    func(uint32) uint32
@@ -76,12 +77,35 @@ func (mt *Meter) MeterBody(c Code, nparams int) (Code, error) {
 	if err != nil {
 		return c, err
 	}
+	if err := mt.checkIndices(ins, fuel); err != nil {
+		return c, err
+	}
 	f := analyze(c.Body, ins)
 	runs := splitRuns(ins, f)
 	e := mt.sequences(fuel)
 	c.Body = e.emit(c.Body, ins, f, runs)
 	c.Locals = append(c.Locals[:len(c.Locals):len(c.Locals)], Local{N: 1, Type: I64})
 	return c, nil
+}
+
+// checkIndices refuses a body that names a local, global or function the
+// module does not have: after the rewrite such an index would name the
+// fuel local, the fuel or mark global or a wrapper, and let a crafted
+// guest set its own fuel. (wazero refuses such a module when it is not
+// instrumented; Instrument must refuse it too.) nlocals is the number of
+// the function's locals, parameters included.
+func (mt *Meter) checkIndices(ins []Instr, nlocals uint64) error {
+	for _, in := range ins {
+		switch {
+		case in.Op >= OpLocalGet && in.Op <= 0x22 && uint64(in.Idx) >= nlocals:
+			return fmt.Errorf("%w: local %d of %d", ErrMalformed, in.Idx, nlocals)
+		case (in.Op == OpGlobalGet || in.Op == 0x24) && in.Idx >= mt.Global:
+			return fmt.Errorf("%w: global %d of %d", ErrMalformed, in.Idx, mt.Global)
+		case (in.Op == OpCall || in.Op == OpRefFunc) && in.Func >= mt.Funcs:
+			return fmt.Errorf("%w: function %d of %d", ErrMalformed, in.Func, mt.Funcs)
+		}
+	}
+	return nil
 }
 
 // Settle returns the body of a function of nparams parameters that calls
