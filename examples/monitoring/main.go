@@ -31,36 +31,67 @@ func run() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 
-	m, err := reslimit.NewMonitor(reslimit.MonitorConfig{
-		WarningThreshold: 0.8,
-		CheckInterval:    50 * time.Millisecond,
-		// The process backstop: the Go runtime's memory against 1 GiB.
-		WatchProcess:       true,
-		ProcessMemoryLimit: 1024 * mib,
-	})
+	m, err := newMonitor()
 	if err != nil {
 		return err
 	}
-
-	// Two long-lived components, each with its own tracker.
-	search, err := reslimit.NewTracker(reslimit.Limits{MaxOperations: 2000, MaxMemoryBytes: 64 * mib})
+	search, runner, err := newComponents()
 	if err != nil {
 		return err
 	}
 	defer search.End()
-	runner, err := reslimit.NewTracker(reslimit.Limits{MaxConcurrent: 4})
-	if err != nil {
-		return err
-	}
 	defer runner.End()
-
 	// Two tenants with cumulative quotas.
 	ledger, err := reslimit.NewLedger(reslimit.AccountLimits{MaxTotalOperations: 3000, MaxEvaluations: 150})
 	if err != nil {
 		return err
 	}
 	acme, globex := ledger.Account("acme"), ledger.Account("globex")
+	if err := register(m, search, runner, ledger); err != nil {
+		return err
+	}
 
+	consumer := logEvents(log, m)
+	if err := m.Start(ctx); err != nil {
+		return err
+	}
+	work(ctx, search, runner, acme, globex)
+	m.Poll() // a last check before stopping
+	m.Stop() // waits for the polling goroutine, then closes Events
+	consumer.Wait()
+
+	logStats(log, m.Stats())
+	return nil
+}
+
+// newMonitor watches at a warning threshold of 80%, every 50ms.
+func newMonitor() (*reslimit.Monitor, error) {
+	return reslimit.NewMonitor(reslimit.MonitorConfig{
+		WarningThreshold: 0.8,
+		CheckInterval:    50 * time.Millisecond,
+		// The process backstop: the Go runtime's memory against 1 GiB.
+		WatchProcess:       true,
+		ProcessMemoryLimit: 1024 * mib,
+	})
+}
+
+// newComponents makes two long-lived components, each with its own tracker.
+func newComponents() (search, runner *reslimit.Tracker, err error) {
+	search, err = reslimit.NewTracker(reslimit.Limits{MaxOperations: 2000, MaxMemoryBytes: 64 * mib})
+	if err != nil {
+		return nil, nil, err
+	}
+	runner, err = reslimit.NewTracker(reslimit.Limits{MaxConcurrent: 4})
+	if err != nil {
+		search.End()
+		return nil, nil, err
+	}
+	return search, runner, nil
+}
+
+// register puts the two components and every tenant of the ledger under
+// the monitor's watch.
+func register(m *reslimit.Monitor, search, runner *reslimit.Tracker, ledger *reslimit.Ledger) error {
 	for name, src := range map[string]reslimit.Source{
 		"search_tool": search,
 		"code_runner": runner,
@@ -70,11 +101,12 @@ func run() error {
 		}
 	}
 	// Every tenant of the ledger, as "tenant/acme", "tenant/globex", ...
-	if err := m.RegisterLedger("tenant/", ledger); err != nil {
-		return err
-	}
+	return m.RegisterLedger("tenant/", ledger)
+}
 
-	// Print the events as they arrive, until Stop closes the channel.
+// logEvents logs the monitor's events as they arrive, until Stop closes
+// the channel; the returned group is done when the last one is logged.
+func logEvents(log *slog.Logger, m *reslimit.Monitor) *sync.WaitGroup {
 	var consumer sync.WaitGroup
 	consumer.Go(func() {
 		for ev := range m.Events() {
@@ -88,23 +120,22 @@ func run() error {
 			log.LogAttrs(context.Background(), level, "monitor event", slog.Any("event", ev))
 		}
 	})
+	return &consumer
+}
 
-	if err := m.Start(ctx); err != nil {
-		return err
-	}
-
+// work runs the two components and the two tenants, acme with bigger runs
+// than globex, until ctx ends.
+func work(ctx context.Context, search, runner *reslimit.Tracker, acme, globex *reslimit.Account) {
 	var work sync.WaitGroup
 	work.Go(func() { searchTool(ctx, search) })
 	work.Go(func() { codeRunner(ctx, runner) })
 	work.Go(func() { tenant(ctx, acme, 40) })
 	work.Go(func() { tenant(ctx, globex, 15) })
 	work.Wait()
+}
 
-	m.Poll() // a last check before stopping
-	m.Stop() // waits for the polling goroutine, then closes Events
-	consumer.Wait()
-
-	st := m.Stats()
+// logStats logs the monitor's statistics at the end.
+func logStats(log *slog.Logger, st reslimit.MonitorStats) {
 	log.Info("monitor statistics",
 		"components", st.Components,
 		"polls", st.Polls,
@@ -115,7 +146,6 @@ func run() error {
 		"total_operations", st.TotalOperations,
 		"process_memory_bytes", st.PerComponent[reslimit.ProcessComponent].MemoryBytes,
 	)
-	return nil
 }
 
 // tick calls fn every 10ms until ctx ends.

@@ -48,27 +48,38 @@ func main() {
 	limits.MaxCPUTime = 500 * time.Millisecond
 	limits.Timeout = 1500 * time.Millisecond
 
-	// alice has no quota of her own; bob's plan allows 300 ms of CPU in
-	// all, less than one run may use: his spinner is stopped by his plan.
+	ledger, err := newLedger()
+	if err != nil {
+		fatal(err)
+	}
+	tmp, err := os.MkdirTemp("", "sandbox")
+	if err != nil {
+		fatal(err)
+	}
+	defer os.RemoveAll(tmp)
+
+	results := runAll(limits, ledger, tmp)
+	printRuns(limits, results)
+	fmt.Println()
+	printCharges(ledger)
+}
+
+// newLedger bills the two tenants. alice has no quota of her own; bob's
+// plan allows 300 ms of CPU in all, less than one run may use: his spinner
+// is stopped by his plan.
+func newLedger() (*reslimit.Ledger, error) {
 	plans := map[string]reslimit.AccountLimits{
 		"alice": {},
 		"bob":   {MaxCPUTime: 300 * time.Millisecond},
 	}
-	ledger, err := reslimit.NewLedger(reslimit.AccountLimits{}, reslimit.WithTenantLimits(func(tenant string) reslimit.AccountLimits {
+	return reslimit.NewLedger(reslimit.AccountLimits{}, reslimit.WithTenantLimits(func(tenant string) reslimit.AccountLimits {
 		return plans[tenant]
 	}))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
+}
 
-	tmp, err := os.MkdirTemp("", "sandbox")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	defer os.RemoveAll(tmp)
-
+// runAll runs every script for both tenants at once, each in a directory of
+// its own under tmp, and returns the results sorted by tenant and script.
+func runAll(limits reslimit.Limits, ledger *reslimit.Ledger, tmp string) []result {
 	var (
 		mu      sync.Mutex
 		results []result
@@ -76,33 +87,17 @@ func main() {
 	)
 	for _, tenant := range []string{"alice", "bob"} {
 		for _, s := range scripts {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
+			wg.Go(func() {
 				dir := filepath.Join(tmp, tenant+"-"+s.name)
 				if err := os.Mkdir(dir, 0o755); err != nil {
-					fmt.Fprintln(os.Stderr, err)
-					os.Exit(1)
+					fatal(err)
 				}
-				r := result{tenant: tenant, script: s.name}
-				start := time.Now()
-				_, r.err = reslimit.Run(context.Background(), limits, func(ctx context.Context) error {
-					p, err := reslimitexec.Start(ctx, exec.Command("/bin/sh", "-c", s.code, "sh", dir))
-					if err != nil {
-						return err
-					}
-					err = p.Wait()
-					r.child = p.Usage()
-					return err
-				}, reslimit.WithAccount(ledger.Account(tenant)))
-				r.wall = time.Since(start)
-				if fi, err := os.Stat(filepath.Join(dir, "big")); err == nil {
-					r.file = fi.Size()
-				}
+				r := runScript(limits, ledger.Account(tenant), s.code, dir)
+				r.tenant, r.script = tenant, s.name
 				mu.Lock()
 				results = append(results, r)
 				mu.Unlock()
-			}()
+			})
 		}
 	}
 	wg.Wait()
@@ -112,7 +107,33 @@ func main() {
 		}
 		return results[i].script < results[j].script
 	})
+	return results
+}
 
+// runScript runs one script in dir under limits, charged to acct, and
+// records what stopped it, how long it ran, what the child used and how
+// big a file it left.
+func runScript(limits reslimit.Limits, acct *reslimit.Account, code, dir string) result {
+	var r result
+	start := time.Now()
+	_, r.err = reslimit.Run(context.Background(), limits, func(ctx context.Context) error {
+		p, err := reslimitexec.Start(ctx, exec.Command("/bin/sh", "-c", code, "sh", dir))
+		if err != nil {
+			return err
+		}
+		err = p.Wait()
+		r.child = p.Usage()
+		return err
+	}, reslimit.WithAccount(acct))
+	r.wall = time.Since(start)
+	if fi, err := os.Stat(filepath.Join(dir, "big")); err == nil {
+		r.file = fi.Size()
+	}
+	return r
+}
+
+// printRuns prints the limits and one line per run.
+func printRuns(limits reslimit.Limits, results []result) {
 	fmt.Printf("limits per run: CPU %v, memory %d MiB, file %d MiB, timeout %v; rlimits applied by: %s\n\n",
 		limits.MaxCPUTime, limits.MaxMemoryBytes>>20, limits.MaxFileSize>>20, limits.Timeout, reslimitexec.Enforcement())
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
@@ -123,9 +144,12 @@ func main() {
 			float64(r.child.PeakMemoryBytes)/(1<<20), fileSize(r.file))
 	}
 	w.Flush()
+}
 
-	fmt.Println()
-	w = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+// printCharges prints what each tenant was charged and whether its quota
+// is used up.
+func printCharges(ledger *reslimit.Ledger) {
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "TENANT\tRUNS\tCHILDREN\tCPU CHARGED\tPEAK MEMORY HELD\tMEMORY HELD NOW\tEXHAUSTED")
 	for _, tenant := range ledger.Tenants() {
 		st := ledger.Account(tenant).Stats()
@@ -137,6 +161,11 @@ func main() {
 			st.CPUTime.Round(time.Millisecond), float64(st.PeakMemoryBytes)/(1<<20), st.MemoryBytes, exhausted)
 	}
 	w.Flush()
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, err)
+	os.Exit(1)
 }
 
 func stoppedBy(err error) string {

@@ -30,33 +30,56 @@ const (
 	quota  = 200_000 // operations, fleet-wide
 )
 
+// A replica is one instance of the service, with its own ledger, and what
+// its workers were granted and refused.
+type replica struct {
+	id               string
+	workers          int
+	ledger           *reslimit.Ledger
+	granted, refused atomic.Int64
+}
+
 func main() {
-	var shared store.Store
-	if addr := os.Getenv("RESLIMIT_REDIS_ADDR"); addr != "" {
-		rdb := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
-		defer rdb.Close()
-		var b [4]byte
-		_, _ = rand.Read(b[:])
-		prefix := "reslimit-example-" + hex.EncodeToString(b[:]) // a fresh billing period per run
-		s, err := redisstore.New(rdb, redisstore.WithKeyPrefix(prefix))
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		shared = s
-		fmt.Printf("store: Redis at %s, keys under %s:*\n", addr, prefix)
-		defer cleanup(rdb, prefix)
-	} else {
-		shared = store.NewMemory()
-		fmt.Println("store: in-memory (set RESLIMIT_REDIS_ADDR=host:port to share a real Redis)")
-	}
+	shared, closeStore := openStore()
+	defer closeStore()
 	fmt.Printf("tenant %q has a fleet-wide quota of %d operations; 3 replicas serve it\n\n", tenant, quota)
 
-	type replica struct {
-		id               string
-		ledger           *reslimit.Ledger
-		granted, refused atomic.Int64
+	replicas := startReplicas(shared)
+	serve(replicas)
+	total := printShares(replicas)
+	closeReplicas(replicas)
+	checkCommitted(shared, total)
+}
+
+// openStore returns the store the replicas share, says which it is, and
+// returns a function that removes what this run wrote to Redis and closes
+// the client.
+func openStore() (store.Store, func()) {
+	addr := os.Getenv("RESLIMIT_REDIS_ADDR")
+	if addr == "" {
+		fmt.Println("store: in-memory (set RESLIMIT_REDIS_ADDR=host:port to share a real Redis)")
+		return store.NewMemory(), func() {}
 	}
+	rdb := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	prefix := "reslimit-example-" + hex.EncodeToString(b[:]) // a fresh billing period per run
+	s, err := redisstore.New(rdb, redisstore.WithKeyPrefix(prefix))
+	if err != nil {
+		rdb.Close()
+		fatal(err)
+	}
+	fmt.Printf("store: Redis at %s, keys under %s:*\n", addr, prefix)
+	return s, func() {
+		cleanup(rdb, prefix)
+		rdb.Close()
+	}
+}
+
+// startReplicas starts three replicas on the shared store, each enforcing
+// the tenant's quota; replica 1 gets the most workers, replica 3 the
+// fewest.
+func startReplicas(shared store.Store) []*replica {
 	replicas := make([]*replica, 3)
 	for i := range replicas {
 		id := fmt.Sprintf("replica-%d", i+1)
@@ -65,65 +88,85 @@ func main() {
 			reslimit.WithStore(shared), reslimit.WithReplica(id),
 			reslimit.WithSyncInterval(100*time.Millisecond))
 		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
+			fatal(err)
 		}
-		replicas[i] = &replica{id: id, ledger: ledger}
+		replicas[i] = &replica{id: id, workers: 3 - i, ledger: ledger}
 	}
+	return replicas
+}
 
-	// Replica 1 is busiest, replica 3 the least: leases follow each one's rate.
+// serve runs every replica's workers until the tenant is out of quota
+// fleet-wide. Replica 1 is busiest, replica 3 the least: leases follow each
+// one's rate.
+func serve(replicas []*replica) {
 	var wg sync.WaitGroup
-	for i, r := range replicas {
-		for w := 0; w < 3-i; w++ {
-			wg.Add(1)
-			go func(r *replica) {
-				defer wg.Done()
-				acct := r.ledger.Account(tenant)
-				for {
-					tr, err := acct.Begin(reslimit.Limits{MaxOperations: 2000})
-					if err != nil {
-						r.refused.Add(1)
-						return // the tenant is out of quota fleet-wide
-					}
-					n := int64(0)
-					for tr.TrackOperation() == nil {
-						n++
-						if n%200 == 0 {
-							time.Sleep(time.Millisecond) // some real work between checks
-						}
-					}
-					tr.End()
-					r.granted.Add(n)
-					if n == 0 {
-						r.refused.Add(1)
-						return
-					}
-				}
-			}(r)
+	for _, r := range replicas {
+		for range r.workers {
+			wg.Go(func() { work(r) })
 		}
 	}
 	wg.Wait()
+}
 
+// work is one worker of replica r: it runs for the tenant, up to 2000
+// operations a run, until a run is refused or granted nothing.
+func work(r *replica) {
+	acct := r.ledger.Account(tenant)
+	for {
+		tr, err := acct.Begin(reslimit.Limits{MaxOperations: 2000})
+		if err != nil {
+			r.refused.Add(1)
+			return // the tenant is out of quota fleet-wide
+		}
+		n := int64(0)
+		for tr.TrackOperation() == nil {
+			n++
+			if n%200 == 0 {
+				time.Sleep(time.Millisecond) // some real work between checks
+			}
+		}
+		tr.End()
+		r.granted.Add(n)
+		if n == 0 {
+			r.refused.Add(1)
+			return
+		}
+	}
+}
+
+// printShares prints how the quota was shared between the replicas and
+// returns the operations granted by the fleet.
+func printShares(replicas []*replica) int64 {
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "replica\tworkers\toperations granted\tshare\tsyncs\tlease left\t")
 	var total int64
-	for i, r := range replicas {
+	for _, r := range replicas {
 		s := r.ledger.Account(tenant).Stats()
 		total += r.granted.Load()
-		fmt.Fprintf(w, "%s\t%d\t%d\t%.0f%%\t%d\t%d\t\n", r.id, 3-i, r.granted.Load(),
+		fmt.Fprintf(w, "%s\t%d\t%d\t%.0f%%\t%d\t%d\t\n", r.id, r.workers, r.granted.Load(),
 			100*float64(r.granted.Load())/quota, s.Fleet.Syncs, s.Fleet.Lease.Operations)
 	}
 	w.Flush()
-	ctx := context.Background()
+	return total
+}
+
+// closeReplicas closes the replicas' ledgers, which commits what they
+// charged to the store.
+func closeReplicas(replicas []*replica) {
 	for _, r := range replicas {
-		if err := r.ledger.Close(ctx); err != nil {
+		if err := r.ledger.Close(context.Background()); err != nil {
 			fmt.Fprintln(os.Stderr, "close:", err)
 		}
 	}
-	committed, err := shared.Load(ctx, tenant)
+}
+
+// checkCommitted prints what the store committed for the tenant and exits
+// with MISMATCH if the fleet granted more than the quota or the store does
+// not hold what the fleet granted.
+func checkCommitted(shared store.Store, total int64) {
+	committed, err := shared.Load(context.Background(), tenant)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		fatal(err)
 	}
 	fmt.Printf("\ngranted by the fleet: %d of %d (%.1f%%); committed in the store: %d operations, %d runs\n",
 		total, quota, 100*float64(total)/quota, committed.Operations, committed.Evaluations)
@@ -131,6 +174,11 @@ func main() {
 		fmt.Println("MISMATCH")
 		os.Exit(1)
 	}
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, err)
+	os.Exit(1)
 }
 
 func cleanup(rdb *redis.Client, prefix string) {
