@@ -209,12 +209,15 @@ func (p *Process) makeCgroup(attr *syscall.SysProcAttr) (*cgroup, error) {
 	if p.b.noCgroup {
 		return nil, nil
 	}
-	be, err := backendFor(p.b.cgParent)
-	if err != nil {
-		if p.b.cgParent != "" {
-			return nil, err
+	be := p.b.backend
+	if be == nil {
+		var err error
+		if be, err = backendFor(p.b.cgParent); err != nil {
+			if p.b.cgParent != "" {
+				return nil, err
+			}
+			return nil, nil
 		}
-		return nil, nil
 	}
 	if be.v2 && attr.UseCgroupFD {
 		return nil, nil
@@ -225,6 +228,10 @@ func (p *Process) makeCgroup(attr *syscall.SysProcAttr) (*cgroup, error) {
 	}
 	return newCgroup(be, mem, p.b.maxProcs)
 }
+
+// backendRef is a cgroup backend picked for a child by the package's
+// tests (nil: the one found for this process).
+type backendRef = *cgBackend
 
 type rlimit struct {
 	res int
