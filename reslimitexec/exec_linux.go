@@ -37,6 +37,9 @@ type platform struct {
 	// names the backend.
 	cg          *cgroup
 	enforcement string
+	// xfsz counts the SIGXFSZ the child's tree raised (see
+	// xfsz_linux.go); -1: not counted.
+	xfsz int
 	// selfMaxRSS is this process's peak RSS (bytes) just after the child
 	// started (after its execve): a bound on the peak the child inherited
 	// in its rusage (see ownMaxRSS).
@@ -91,6 +94,7 @@ func samplingEnforcement() string {
 func (p *Process) Enforcement() string { return p.plat.enforcement }
 
 func (p *Process) start() error {
+	p.plat.xfsz = -1
 	cmd := p.cmd
 	attr, err := childAttr(cmd.SysProcAttr)
 	if err != nil {
@@ -121,7 +125,7 @@ func (p *Process) start() error {
 	pid := cmd.Process.Pid
 	p.plat.pgid = pid
 	p.plat.selfMaxRSS = selfMaxRSS()
-	if err := limitChild(pid, traced, cg, rl); err != nil {
+	if p.plat.xfsz, err = limitChild(pid, traced, cg, rl, p.b.fileSet); err != nil {
 		p.abortStart(pid, cg)
 		return fmt.Errorf("reslimitexec: setting the limits of the child: %w", err)
 	}
@@ -163,32 +167,46 @@ func (p *Process) useBackend(cg *cgroup, attr *syscall.SysProcAttr) {
 
 // limitChild puts the just-started child pid under its limits: when traced,
 // during the ptrace stop after its execve (joining cg for cgroup1, setting
-// the rlimits rl, detaching), which must be called from the thread that
-// started it; otherwise by setting rl at once (a child that exited already
-// is not an error).
-func limitChild(pid int, traced bool, cg *cgroup, rl []rlimit) error {
+// the rlimits rl, opening the SIGXFSZ counter when countXfsz, detaching),
+// which must be called from the thread that started it; otherwise by
+// setting rl at once (a child that exited already is not an error). It
+// returns the SIGXFSZ counter (-1: none; counting is best effort).
+func limitChild(pid int, traced bool, cg *cgroup, rl []rlimit, countXfsz bool) (xfsz int, err error) {
+	xfsz = -1
+	defer func() {
+		if err != nil && xfsz >= 0 {
+			unix.Close(xfsz)
+			xfsz = -1
+		}
+	}()
 	if !traced {
+		if countXfsz {
+			xfsz, _ = openXfszCounter(pid)
+		}
 		if len(rl) == 0 {
-			return nil
+			return xfsz, nil
 		}
 		if err := setRlimits(pid, rl); err != nil && !errors.Is(err, unix.ESRCH) {
-			return err
+			return xfsz, err
 		}
-		return nil
+		return xfsz, nil
 	}
 	stopped, err := waitTrap(pid)
 	if err != nil || !stopped {
-		return err
+		return xfsz, err
 	}
 	if cg != nil && !cg.v2 {
 		if err := cg.join(pid); err != nil {
-			return err
+			return xfsz, err
 		}
 	}
 	if err := setRlimits(pid, rl); err != nil {
-		return err
+		return xfsz, err
 	}
-	return unix.PtraceDetach(pid)
+	if countXfsz {
+		xfsz, _ = openXfszCounter(pid)
+	}
+	return xfsz, unix.PtraceDetach(pid)
 }
 
 // abortStart kills a child that could not be put under its limits, with
@@ -548,6 +566,14 @@ func (p *Process) wait() error {
 		}
 		ws, _ = ps.Sys().(syscall.WaitStatus)
 	}
+	var xfsz int64
+	if p.plat.xfsz >= 0 {
+		// The child and its tree are gone (but for descendants that left
+		// the group under the sampling backend): their counts are in.
+		xfsz = readXfszCounter(p.plat.xfsz)
+		unix.Close(p.plat.xfsz)
+		p.plat.xfsz = -1
+	}
 	var cgErr error
 	if cg := p.plat.cg; cg != nil {
 		// The watchdog emptied the group when the child exited: these are
@@ -572,7 +598,7 @@ func (p *Process) wait() error {
 	if c := p.getCause(); c != nil {
 		return c
 	}
-	if p.b.fileSet && (ws.Signaled() && ws.Signal() == syscall.SIGXFSZ ||
+	if p.b.fileSet && (xfsz > 0 || ws.Signaled() && ws.Signal() == syscall.SIGXFSZ ||
 		ws.Exited() && ws.ExitStatus() == 128+int(syscall.SIGXFSZ)) {
 		return p.fileErr()
 	}
