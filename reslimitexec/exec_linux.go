@@ -40,6 +40,9 @@ type platform struct {
 	// xfsz counts the SIGXFSZ the child's tree raised (see
 	// xfsz_linux.go); -1: not counted.
 	xfsz int
+	// pidfd is the child's pidfd in the runtime's poller (nil: kernel
+	// before 5.10), for waitExit to wait without a thread of its own.
+	pidfd *os.File
 	// selfMaxRSS is this process's peak RSS (bytes) just after the child
 	// started (after its execve): a bound on the peak the child inherited
 	// in its rusage (see ownMaxRSS).
@@ -129,9 +132,20 @@ func (p *Process) start() error {
 		p.abortStart(pid, cg)
 		return fmt.Errorf("reslimitexec: setting the limits of the child: %w", err)
 	}
+	p.plat.pidfd = openPidfd(pid)
 	go p.waitExit()
 	go p.watch()
 	return nil
+}
+
+// openPidfd returns a non-blocking pidfd of process pid, in the runtime's
+// network poller (epoll), or nil if there is none.
+func openPidfd(pid int) *os.File {
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		return nil
+	}
+	return os.NewFile(uintptr(fd), "pidfd")
 }
 
 // childAttr returns the SysProcAttr of the child: a copy of the caller's
@@ -359,15 +373,39 @@ func waitTrap(pid int) (bool, error) {
 
 // waitExit closes p.exited when the child has exited, leaving it to be
 // reaped by cmd.Wait (so its process group id cannot be reused while the
-// watchdog may still kill the group).
+// watchdog may still kill the group). With a pidfd it parks in the
+// runtime's poller until the pidfd is readable (the child exited), which
+// holds no OS thread; without one it blocks a thread in waitid.
 func (p *Process) waitExit() {
 	defer close(p.exited)
+	if f := p.plat.pidfd; f != nil {
+		defer f.Close()
+		if rc, err := f.SyscallConn(); err == nil {
+			err = rc.Read(func(uintptr) bool { return exitedNow(p.plat.pgid) })
+			if err == nil {
+				return
+			}
+		}
+	}
 	for {
 		var info unix.Siginfo
 		err := unix.Waitid(unix.P_PID, p.plat.pgid, &info, unix.WEXITED|unix.WNOWAIT, nil)
 		if err != unix.EINTR {
 			return
 		}
+	}
+}
+
+// exitedNow reports whether the child pid has exited (without reaping it);
+// an error (it was reaped) counts as exited.
+func exitedNow(pid int) bool {
+	for {
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT|unix.WNOHANG, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		return err != nil || (*sigchld)(unsafe.Pointer(&info)).pid != 0
 	}
 }
 
