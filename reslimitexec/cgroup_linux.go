@@ -240,7 +240,10 @@ var cgSeq atomic.Int64
 // cgPrefix starts the name of every cgroup this process makes.
 func cgPrefix() string { return "reslimitexec-" + strconv.Itoa(os.Getpid()) + "-" }
 
-// cgroup is one child run's cgroup (one directory per v1 controller).
+// cgroup is one child run's cgroup (one directory per v1 controller),
+// made for it and removed after it: never reused, which cgroup2 needs
+// (Linux 6.18, at least, kills a child cloned into a cgroup that was
+// killed through cgroup.kill before).
 type cgroup struct {
 	v2                  bool
 	dir                 string // v2
@@ -266,18 +269,8 @@ func newCgroup(b *cgBackend, memLimit, maxProcs int64) (_ *cgroup, err error) {
 		if err := unix.Mkdir(c.dir, 0o755); err != nil {
 			return c, err
 		}
-		if memLimit > 0 {
-			if err := writeFile(filepath.Join(c.dir, "memory.max"), strconv.FormatInt(memLimit, 10)); err != nil {
-				return c, err
-			}
-			_ = writeFile(filepath.Join(c.dir, "memory.swap.max"), "0")
-			// An OOM kill takes the whole group.
-			_ = writeFile(filepath.Join(c.dir, "memory.oom.group"), "1")
-		}
-		if maxProcs > 0 {
-			if err := writeFile(filepath.Join(c.dir, "pids.max"), strconv.FormatInt(maxProcs, 10)); err != nil {
-				return c, err
-			}
+		if err := c.limitV2(memLimit, maxProcs); err != nil {
+			return c, err
 		}
 		fd, err := unix.Open(c.dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if err != nil {
@@ -316,6 +309,25 @@ func newCgroup(b *cgBackend, memLimit, maxProcs int64) (_ *cgroup, err error) {
 		}
 	}
 	return c, nil
+}
+
+// limitV2 writes the limits of a cgroup v2: memory.max (with no swap,
+// and an OOM kill taking the whole group) when memLimit > 0, pids.max
+// when maxProcs > 0.
+func (c *cgroup) limitV2(memLimit, maxProcs int64) error {
+	if memLimit > 0 {
+		if err := writeFile(filepath.Join(c.dir, "memory.max"), strconv.FormatInt(memLimit, 10)); err != nil {
+			return err
+		}
+		_ = writeFile(filepath.Join(c.dir, "memory.swap.max"), "0")
+		_ = writeFile(filepath.Join(c.dir, "memory.oom.group"), "1")
+	}
+	if maxProcs > 0 {
+		if err := writeFile(filepath.Join(c.dir, "pids.max"), strconv.FormatInt(maxProcs, 10)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // join moves process pid into the cgroup (v1: the child, stopped after

@@ -81,11 +81,18 @@
 //   - File size: RLIMIT_FSIZE is set to the run's MaxFileSize, so no file
 //     the child (or a descendant) writes grows past it; the writer gets
 //     SIGXFSZ (or EFBIG, if it ignores the signal, as Python and Go
-//     programs do). A child
-//     killed by SIGXFSZ, or exiting with status 153 (128+SIGXFSZ: a shell
-//     reporting a command killed by it) when a file size limit was set,
-//     yields a *reslimit.LimitError{Resource: FileSize}; a child that
-//     handles EFBIG itself reports it its own way.
+//     programs do). A child killed by SIGXFSZ, or exiting with status 153
+//     (128+SIGXFSZ: a shell reporting a command killed by it), yields a
+//     *reslimit.LimitError{Resource: FileSize}. So does a tree that raised
+//     SIGXFSZ and ignored it, whatever its exit status, where a tracefs is
+//     mounted (systemd mounts /sys/kernel/tracing) and perf events are
+//     permitted (root, CAP_PERFMON): a perf counter of the
+//     signal:signal_generate tracepoint, filtered to SIGXFSZ, is opened on
+//     the child before its first instruction and inherited by every thread
+//     and process it starts (the kernel fires the tracepoint before it
+//     finds the signal ignored). Elsewhere a child that ignores the signal
+//     reports EFBIG its own way. (Either way, a SIGXFSZ the tree sends with
+//     kill counts as one raised.)
 //   - Wall time and cancellation: when ctx is done (the run's Timeout, its
 //     caller's cancellation, its tenant stopping it) the whole process
 //     group is killed with SIGKILL: the child, its descendants in the group,

@@ -20,6 +20,7 @@ type config struct {
 	maxProcsSet bool
 	noCgroup    bool
 	cgParent    string
+	backend     backendRef // a backend chosen by the package's tests
 	err         error
 }
 
@@ -129,6 +130,7 @@ type bounds struct {
 	maxProcs                int64 // tasks in the tree; 0: no cap
 	noCgroup                bool
 	cgParent                string
+	backend                 backendRef
 }
 
 // Run starts cmd under the limits of the run in ctx, as Start does, and
@@ -195,6 +197,7 @@ func Start(ctx context.Context, cmd *exec.Cmd, opts ...Option) (*Process, error)
 		return nil, err
 	}
 	b.dataLimit, b.maxProcs, b.noCgroup, b.cgParent = c.dataLimit, c.maxProcs, c.noCgroup, c.cgParent
+	b.backend = c.backend
 	p := &Process{cmd: cmd, ctx: ctx, t: t, b: b, exited: make(chan struct{}), watchEnd: make(chan struct{})}
 	if p.stdio, err = redirect(cmd); err != nil {
 		return nil, err

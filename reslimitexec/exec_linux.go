@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -36,6 +37,12 @@ type platform struct {
 	// names the backend.
 	cg          *cgroup
 	enforcement string
+	// xfsz counts the SIGXFSZ the child's tree raised (see
+	// xfsz_linux.go); -1: not counted.
+	xfsz int
+	// pidfd is the child's pidfd in the runtime's poller (nil: kernel
+	// before 5.10), for waitExit to wait without a thread of its own.
+	pidfd *os.File
 	// selfMaxRSS is this process's peak RSS (bytes) just after the child
 	// started (after its execve): a bound on the peak the child inherited
 	// in its rusage (see ownMaxRSS).
@@ -90,6 +97,7 @@ func samplingEnforcement() string {
 func (p *Process) Enforcement() string { return p.plat.enforcement }
 
 func (p *Process) start() error {
+	p.plat.xfsz = -1
 	cmd := p.cmd
 	attr, err := childAttr(cmd.SysProcAttr)
 	if err != nil {
@@ -120,13 +128,24 @@ func (p *Process) start() error {
 	pid := cmd.Process.Pid
 	p.plat.pgid = pid
 	p.plat.selfMaxRSS = selfMaxRSS()
-	if err := limitChild(pid, traced, cg, rl); err != nil {
+	if p.plat.xfsz, err = limitChild(pid, traced, cg, rl, p.b.fileSet); err != nil {
 		p.abortStart(pid, cg)
 		return fmt.Errorf("reslimitexec: setting the limits of the child: %w", err)
 	}
+	p.plat.pidfd = openPidfd(pid)
 	go p.waitExit()
 	go p.watch()
 	return nil
+}
+
+// openPidfd returns a non-blocking pidfd of process pid, in the runtime's
+// network poller (epoll), or nil if there is none.
+func openPidfd(pid int) *os.File {
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		return nil
+	}
+	return os.NewFile(uintptr(fd), "pidfd")
 }
 
 // childAttr returns the SysProcAttr of the child: a copy of the caller's
@@ -162,32 +181,46 @@ func (p *Process) useBackend(cg *cgroup, attr *syscall.SysProcAttr) {
 
 // limitChild puts the just-started child pid under its limits: when traced,
 // during the ptrace stop after its execve (joining cg for cgroup1, setting
-// the rlimits rl, detaching), which must be called from the thread that
-// started it; otherwise by setting rl at once (a child that exited already
-// is not an error).
-func limitChild(pid int, traced bool, cg *cgroup, rl []rlimit) error {
+// the rlimits rl, opening the SIGXFSZ counter when countXfsz, detaching),
+// which must be called from the thread that started it; otherwise by
+// setting rl at once (a child that exited already is not an error). It
+// returns the SIGXFSZ counter (-1: none; counting is best effort).
+func limitChild(pid int, traced bool, cg *cgroup, rl []rlimit, countXfsz bool) (xfsz int, err error) {
+	xfsz = -1
+	defer func() {
+		if err != nil && xfsz >= 0 {
+			unix.Close(xfsz)
+			xfsz = -1
+		}
+	}()
 	if !traced {
+		if countXfsz {
+			xfsz, _ = openXfszCounter(pid)
+		}
 		if len(rl) == 0 {
-			return nil
+			return xfsz, nil
 		}
 		if err := setRlimits(pid, rl); err != nil && !errors.Is(err, unix.ESRCH) {
-			return err
+			return xfsz, err
 		}
-		return nil
+		return xfsz, nil
 	}
 	stopped, err := waitTrap(pid)
 	if err != nil || !stopped {
-		return err
+		return xfsz, err
 	}
 	if cg != nil && !cg.v2 {
 		if err := cg.join(pid); err != nil {
-			return err
+			return xfsz, err
 		}
 	}
 	if err := setRlimits(pid, rl); err != nil {
-		return err
+		return xfsz, err
 	}
-	return unix.PtraceDetach(pid)
+	if countXfsz {
+		xfsz, _ = openXfszCounter(pid)
+	}
+	return xfsz, unix.PtraceDetach(pid)
 }
 
 // abortStart kills a child that could not be put under its limits, with
@@ -206,15 +239,18 @@ func (p *Process) abortStart(pid int, cg *cgroup) {
 // backend (WithoutCgroup, no backend here, or a caller's own
 // UseCgroupFD with cgroup2).
 func (p *Process) makeCgroup(attr *syscall.SysProcAttr) (*cgroup, error) {
-	if p.b.noCgroup {
+	if p.b.noCgroup || forceSampling.Load() {
 		return nil, nil
 	}
-	be, err := backendFor(p.b.cgParent)
-	if err != nil {
-		if p.b.cgParent != "" {
-			return nil, err
+	be := p.b.backend
+	if be == nil {
+		var err error
+		if be, err = backendFor(p.b.cgParent); err != nil {
+			if p.b.cgParent != "" {
+				return nil, err
+			}
+			return nil, nil
 		}
-		return nil, nil
 	}
 	if be.v2 && attr.UseCgroupFD {
 		return nil, nil
@@ -225,6 +261,14 @@ func (p *Process) makeCgroup(attr *syscall.SysProcAttr) (*cgroup, error) {
 	}
 	return newCgroup(be, mem, p.b.maxProcs)
 }
+
+// forceSampling puts every child on the sampling backend, as
+// WithoutCgroup does: for the package's tests of that backend.
+var forceSampling atomic.Bool
+
+// backendRef is a cgroup backend picked for a child by the package's
+// tests (nil: the one found for this process).
+type backendRef = *cgBackend
 
 type rlimit struct {
 	res int
@@ -329,15 +373,39 @@ func waitTrap(pid int) (bool, error) {
 
 // waitExit closes p.exited when the child has exited, leaving it to be
 // reaped by cmd.Wait (so its process group id cannot be reused while the
-// watchdog may still kill the group).
+// watchdog may still kill the group). With a pidfd it parks in the
+// runtime's poller until the pidfd is readable (the child exited), which
+// holds no OS thread; without one it blocks a thread in waitid.
 func (p *Process) waitExit() {
 	defer close(p.exited)
+	if f := p.plat.pidfd; f != nil {
+		defer f.Close()
+		if rc, err := f.SyscallConn(); err == nil {
+			err = rc.Read(func(uintptr) bool { return exitedNow(p.plat.pgid) })
+			if err == nil {
+				return
+			}
+		}
+	}
 	for {
 		var info unix.Siginfo
 		err := unix.Waitid(unix.P_PID, p.plat.pgid, &info, unix.WEXITED|unix.WNOWAIT, nil)
 		if err != unix.EINTR {
 			return
 		}
+	}
+}
+
+// exitedNow reports whether the child pid has exited (without reaping it);
+// an error (it was reaped) counts as exited.
+func exitedNow(pid int) bool {
+	for {
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT|unix.WNOHANG, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		return err != nil || (*sigchld)(unsafe.Pointer(&info)).pid != 0
 	}
 }
 
@@ -536,6 +604,14 @@ func (p *Process) wait() error {
 		}
 		ws, _ = ps.Sys().(syscall.WaitStatus)
 	}
+	var xfsz int64
+	if p.plat.xfsz >= 0 {
+		// The child and its tree are gone (but for descendants that left
+		// the group under the sampling backend): their counts are in.
+		xfsz = readXfszCounter(p.plat.xfsz)
+		unix.Close(p.plat.xfsz)
+		p.plat.xfsz = -1
+	}
 	var cgErr error
 	if cg := p.plat.cg; cg != nil {
 		// The watchdog emptied the group when the child exited: these are
@@ -560,7 +636,7 @@ func (p *Process) wait() error {
 	if c := p.getCause(); c != nil {
 		return c
 	}
-	if p.b.fileSet && (ws.Signaled() && ws.Signal() == syscall.SIGXFSZ ||
+	if p.b.fileSet && (xfsz > 0 || ws.Signaled() && ws.Signal() == syscall.SIGXFSZ ||
 		ws.Exited() && ws.ExitStatus() == 128+int(syscall.SIGXFSZ)) {
 		return p.fileErr()
 	}

@@ -8,6 +8,9 @@ import (
 
 type platform struct{}
 
+// backendRef is a cgroup backend: there is none here.
+type backendRef = *struct{}
+
 // Enforcement says how the rlimits reach a child on this platform: "none"
 // here (not Linux): no rlimits and no sampling; only the wall time is
 // enforced (ctx kills the child) and its CPU time is charged after it

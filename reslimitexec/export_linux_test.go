@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"testing"
 	"time"
 )
 
@@ -48,3 +49,14 @@ func RemoveCgroup(dir string) error {
 	c.kill(time.Now().Add(killBound))
 	return os.Remove(dir)
 }
+
+// ForceSampling puts every child started until the test ends on the
+// sampling backend, as WithoutCgroup does.
+func ForceSampling(t testing.TB) {
+	forceSampling.Store(true)
+	t.Cleanup(func() { forceSampling.Store(false) })
+}
+
+// PtraceWorks reports whether a child can be started stopped at its first
+// instruction here.
+func PtraceWorks() bool { return ptraceWorks() }
