@@ -136,9 +136,13 @@ func TestThreadsPerChild(t *testing.T) {
 					t.Fatalf("output %q: %v", out, err)
 				}
 				t.Logf("%d children running, started %s: %d threads before, %d with them (%.2f per child)", n, how, before, during, float64(during-before)/n)
-				limit := slack
+				// Serial: a running child that held a thread would add n;
+				// the runtime adds a few more under load (threads left
+				// from system calls), so allow half. Concurrent: at most
+				// one per child, while they start.
+				limit := slack + n/2
 				if how == "concurrent" {
-					limit += n
+					limit = slack + n
 				}
 				if during-before > limit {
 					t.Fatalf("%d children made %d threads, want at most %d", n, during-before, limit)
