@@ -556,11 +556,28 @@ func (c *cgroup) remove() error {
 		if d == "" {
 			continue
 		}
-		if err := unix.Rmdir(d); err != nil && err != unix.ENOENT && first == nil {
+		if err := rmdirCgroup(d); err != nil && first == nil {
 			first = fmt.Errorf("reslimitexec: removing cgroup %s: %w", d, err)
 		}
 	}
 	return first
+}
+
+// rmdirCgroup removes the cgroup directory d. A process that was killed
+// leaves cgroup.procs as soon as it starts exiting, but the cgroup for a
+// moment longer (EBUSY): that is retried for up to a second.
+func rmdirCgroup(d string) error {
+	deadline := time.Now().Add(time.Second)
+	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
+		err := unix.Rmdir(d)
+		if err == nil || err == unix.ENOENT {
+			return nil
+		}
+		if err != unix.EBUSY || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(delay)
+	}
 }
 
 // writeFile writes s to an existing (cgroupfs) file.
