@@ -143,6 +143,41 @@ const readPage = `(() => {
 })()`
 
 func TestStatusPageInBrowser(t *testing.T) {
+	browser := requireBrowser(t)
+	f := newFixture(t)
+	mux := http.NewServeMux()
+	mux.Handle("/debug/reslimit/", http.StripPrefix("/debug/reslimit", reslimithttp.Handler(f.ledger, f.monitor)))
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	bctx := startBrowser(t, browser)
+	w := watchPage(t, bctx)
+
+	// The bare mount point redirects to the page; wait for the bars.
+	require.NoError(t, chromedp.Do(bctx,
+		chromedp.Navigate(srv.URL+"/debug/reslimit"),
+		chromedp.WaitVisible(chromedp.CSS(`#tenants tr.tenant .bar .fill`)),
+	))
+	info, err := chromedp.Run(bctx, chromedp.Evaluate[pageInfo](readPage))
+	require.NoError(t, err)
+	location, err := chromedp.Run(bctx, chromedp.Location())
+	require.NoError(t, err)
+	assert.Equal(t, srv.URL+"/debug/reslimit/", location)
+
+	checkTenantRows(t, info)
+	checkMonitorPanel(t, info)
+	checkRefresh(t, bctx, f, info.Rows[2])
+	keepScreenshot(t, bctx)
+
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	assert.Empty(t, w.dialogs, "no alert fired")
+	assert.Empty(t, w.console, "no console error or exception")
+}
+
+// requireBrowser returns the browser binary to run, or skips t when there
+// is none (fails it under RESLIMIT_REQUIRE_BROWSER).
+func requireBrowser(t *testing.T) string {
+	t.Helper()
 	browser := findBrowser()
 	if browser == "" && os.Getenv("RESLIMIT_REQUIRE_BROWSER") != "" {
 		t.Fatalf("RESLIMIT_REQUIRE_BROWSER is set but no Chromium or Chrome binary was found; looked for %v", browserCandidates)
@@ -150,14 +185,14 @@ func TestStatusPageInBrowser(t *testing.T) {
 	if browser == "" {
 		t.Skipf("no Chromium or Chrome binary found (set RESLIMIT_CHROMIUM, or install one, e.g. apt-get install chromium); looked for %v", browserCandidates)
 	}
-	f := newFixture(t)
-	mux := http.NewServeMux()
-	mux.Handle("/debug/reslimit/", http.StripPrefix("/debug/reslimit", reslimithttp.Handler(f.ledger, f.monitor)))
-	srv := httptest.NewServer(mux)
-	defer srv.Close()
+	return browser
+}
 
-	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
-	defer cancel()
+// startBrowser starts a headless browser, closed when t ends (within 90s
+// of its start at most), and returns its context.
+func startBrowser(t *testing.T, browser string) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	t.Cleanup(cancel)
 	actx, cancelAlloc := chromedp.NewExecAllocator(ctx,
 		chromedp.ExecPath(browser),
 		chromedp.Headless,
@@ -174,70 +209,70 @@ func TestStatusPageInBrowser(t *testing.T) {
 		chromedp.UserDataDir(t.TempDir()),
 		chromedp.WindowSize(1280, 900),
 	)
-	defer cancelAlloc()
+	t.Cleanup(cancelAlloc)
 	bctx, cancelBrowser := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
-	defer cancelBrowser()
+	t.Cleanup(cancelBrowser)
+	return bctx
+}
 
-	// Watch for dialogs (an alert from an injected script) and dismiss them
-	// so the page does not hang, and for console errors and exceptions.
-	var mu sync.Mutex
-	var dialogs []string
-	var console []string
-	var wg sync.WaitGroup
+// pageWatch is what the page raised: dialogs (an alert from an injected
+// script) and console errors and exceptions.
+type pageWatch struct {
+	mu       sync.Mutex
+	dialogs  []string
+	console  []string
+	listenWG sync.WaitGroup
+}
+
+// watchPage records the dialogs (dismissing them so the page does not
+// hang) and console errors of the browser at bctx until t ends.
+func watchPage(t *testing.T, bctx context.Context) *pageWatch {
+	w := &pageWatch{}
 	lctx, stopListening := context.WithCancel(bctx)
-	defer func() { stopListening(); wg.Wait() }()
+	t.Cleanup(func() { stopListening(); w.listenWG.Wait() })
 	dialogEvents := chromedp.Events(lctx, page.JavascriptDialogOpening)
 	messages := chromedp.Console(lctx)
-	wg.Go(func() {
+	w.listenWG.Go(func() {
 		for ev, err := range dialogEvents {
 			if err != nil {
 				return
 			}
-			mu.Lock()
-			dialogs = append(dialogs, ev.Message)
-			mu.Unlock()
+			w.mu.Lock()
+			w.dialogs = append(w.dialogs, ev.Message)
+			w.mu.Unlock()
 			_, _ = chromedp.Call(lctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: false})
 		}
 	})
-	wg.Go(func() {
+	w.listenWG.Go(func() {
 		for m, err := range messages {
 			if err != nil {
 				return
 			}
 			if m.IsException() || m.Type == chromedp.ConsoleError {
-				mu.Lock()
-				console = append(console, m.String())
-				mu.Unlock()
+				w.mu.Lock()
+				w.console = append(w.console, m.String())
+				w.mu.Unlock()
 			}
 		}
 	})
+	return w
+}
 
-	// The bare mount point redirects to the page; wait for the bars.
-	require.NoError(t, chromedp.Do(bctx,
-		chromedp.Navigate(srv.URL+"/debug/reslimit"),
-		chromedp.WaitVisible(chromedp.CSS(`#tenants tr.tenant .bar .fill`)),
-	))
-	info, err := chromedp.Run(bctx, chromedp.Evaluate[pageInfo](readPage))
-	require.NoError(t, err)
-	location, err := chromedp.Run(bctx, chromedp.Location())
-	require.NoError(t, err)
-	assert.Equal(t, srv.URL+"/debug/reslimit/", location)
-
-	// Tenant rows, sorted by name, the evil name shown as plain text.
+// checkTenantRows checks the tenant rows, sorted by name, the evil name
+// shown as plain text, and their bars.
+func checkTenantRows(t *testing.T, info pageInfo) {
+	t.Helper()
 	require.Len(t, info.Rows, 3, "%+v", info.Rows)
 	assert.Equal(t, []string{evilTenant, "acme", "beta"}, []string{info.Rows[0].Name, info.Rows[1].Name, info.Rows[2].Name})
 	assert.Equal(t, 1, info.Scripts, "no script element was injected")
 	assert.True(t, info.EscapedInHTML, "the tenant name is serialised as escaped text")
 
-	evil, acme, beta := info.Rows[0], info.Rows[1], info.Rows[2]
+	evil, acme := info.Rows[0], info.Rows[1]
 	assert.True(t, evil.Exhausted)
 	assert.False(t, acme.Exhausted)
 	assert.Equal(t, "3", acme.Evaluations)
 
-	bars := map[string]barInfo{}
-	for _, b := range acme.Bars {
-		bars[b.Resource] = b
-	}
+	bars := barsOf(acme)
 	assert.Equal(t, barInfo{Resource: "operations", Used: "900", Limit: "1000", Level: "high", Text: "900 / 1,000 (90%)", Width: "90%"}, bars["operations"])
 	assert.Equal(t, barInfo{Resource: "evaluations", Used: "3", Limit: "10", Level: "ok", Text: "3 / 10 (30%)", Width: "30%"}, bars["evaluations"])
 	assert.Equal(t, "3.0 MiB / 4.0 MiB (75%)", bars["total_memory"].Text)
@@ -245,15 +280,25 @@ func TestStatusPageInBrowser(t *testing.T) {
 	assert.Equal(t, "1.20 s / 2.00 s (60%)", bars["cpu_time"].Text)
 	assert.Equal(t, "ok", bars["cpu_time"].Level)
 
-	evilBars := map[string]barInfo{}
-	for _, b := range evil.Bars {
-		evilBars[b.Resource] = b
-	}
+	evilBars := barsOf(evil)
 	assert.Equal(t, "full", evilBars["evaluations"].Level)
 	assert.Equal(t, "100%", evilBars["evaluations"].Width)
 	assert.Equal(t, "2 / 2 (100%)", evilBars["evaluations"].Text)
+}
 
-	// Monitor statistics and events.
+// barsOf returns a row's bars by resource.
+func barsOf(row rowInfo) map[string]barInfo {
+	bars := map[string]barInfo{}
+	for _, b := range row.Bars {
+		bars[b.Resource] = b
+	}
+	return bars
+}
+
+// checkMonitorPanel checks the Monitor's statistics and events: one names
+// the evil tenant, as text.
+func checkMonitorPanel(t *testing.T, info pageInfo) {
+	t.Helper()
 	assert.Equal(t, "3", info.Stats["components"])
 	assert.NotEqual(t, "0", info.Stats["warnings"], "%v", info.Stats)
 	assert.NotEqual(t, "0", info.Stats["limits exceeded"], "%v", info.Stats)
@@ -265,8 +310,12 @@ func TestStatusPageInBrowser(t *testing.T) {
 		}
 	}
 	assert.True(t, sawEvil, "an event names the evil tenant, as text: %q", info.Events)
+}
 
-	// The page refreshes by itself: new usage shows up without a reload.
+// checkRefresh checks that the page refreshes by itself: new usage of beta
+// (whose row read before was beta) shows up without a reload.
+func checkRefresh(t *testing.T, bctx context.Context, f *fixture, beta rowInfo) {
+	t.Helper()
 	bAcct, _ := f.ledger.Lookup("beta")
 	run(t, bAcct, 400, 0, 0)
 	used, err := chromedp.Run(bctx, chromedp.Poll[string](
@@ -275,7 +324,12 @@ func TestStatusPageInBrowser(t *testing.T) {
 	require.NoError(t, err, "the page did not refresh")
 	assert.Equal(t, "500", used)
 	assert.Equal(t, "1", beta.Evaluations, "before the refresh")
+}
 
+// keepScreenshot takes a screenshot of the page into t's temporary
+// directory, and to $RESLIMIT_SCREENSHOT when it is set.
+func keepScreenshot(t *testing.T, bctx context.Context) {
+	t.Helper()
 	shot, err := chromedp.Run(bctx, chromedp.FullScreenshot(100))
 	require.NoError(t, err)
 	require.Greater(t, len(shot), 1000)
@@ -286,11 +340,6 @@ func TestStatusPageInBrowser(t *testing.T) {
 		require.NoError(t, os.WriteFile(p, shot, 0o644))
 		t.Logf("screenshot: %s", p)
 	}
-
-	mu.Lock()
-	defer mu.Unlock()
-	assert.Empty(t, dialogs, "no alert fired")
-	assert.Empty(t, console, "no console error or exception")
 }
 
 // mustLedger returns reslimit.NewLedger(defaults, opts...), failing tb on
