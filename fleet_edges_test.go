@@ -190,7 +190,7 @@ func TestFleetLeaseWaitZeroStillAsksForALease(t *testing.T) {
 			WithSyncInterval(5*time.Millisecond), WithLeaseTTL(20*time.Millisecond), WithLeaseWait(0))
 		acct := l.Account("t")
 		for acct.Stats().Fleet.Syncs == 0 {
-			time.Sleep(time.Millisecond)
+			time.Sleep(time.Millisecond) // the fake clock moves on to the first sync
 		}
 		require.NoError(t, beginWithin(acct, time.Second), "never served at first")
 		time.Sleep(100 * time.Millisecond) // idle on the fake clock: the lease is given back
@@ -201,7 +201,8 @@ func TestFleetLeaseWaitZeroStillAsksForALease(t *testing.T) {
 }
 
 // beginWithin begins (and ends) a run on acct every 5ms of the clock until
-// one is granted or d has passed, and returns the last refusal.
+// one is granted or d has passed, and returns the last refusal. In a
+// synctest bubble, the clock is the bubble's fake one.
 func beginWithin(acct *Account, d time.Duration) error {
 	var last error
 	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {

@@ -303,14 +303,14 @@ func TestLedgerClosesPeriodsOnSchedule(t *testing.T) {
 		_, err := a.Begin(Limits{})
 		require.ErrorIs(t, err, ErrLimitExceeded, "the period's quota is used up")
 
-		time.Sleep(hour.Sub(start) + time.Minute)
+		time.Sleep(hour.Sub(start) + time.Minute) // the fake clock passes the hour
 		synctest.Wait()
 		lines := <-hooked
 		require.Len(t, lines, 1)
 		assert.Equal(t, Period{Tenant: "acme", Number: 1, Start: start, End: hour, Totals: store.Totals{Operations: 10, Evaluations: 1}, Final: true}, lines[0])
 		chargeOps(t, a, 10) // the quota starts over in the new period
 
-		time.Sleep(2 * time.Hour)
+		time.Sleep(2 * time.Hour) // two more hours of the fake clock
 		synctest.Wait()
 		<-hooked
 		lines = <-hooked
@@ -324,7 +324,7 @@ func TestLedgerClosesPeriodsOnSchedule(t *testing.T) {
 
 		require.NoError(t, l.Close(context.Background()))
 		require.NoError(t, l.Close(context.Background()), "Close again is fine")
-		time.Sleep(3 * time.Hour)
+		time.Sleep(3 * time.Hour) // hours of the fake clock after Close
 		synctest.Wait()
 		assert.Empty(t, hooked, "no close after Close")
 	})
@@ -338,7 +338,7 @@ func TestLedgerPeriodScheduleCalendar(t *testing.T) {
 		}
 		l := mustLedger(t, AccountLimits{}, WithPeriodSchedule(monthly))
 		chargeOps(t, l.Account("acme"), 1)
-		time.Sleep(time.Until(monthly(time.Now())) + time.Second)
+		time.Sleep(time.Until(monthly(time.Now())) + time.Second) // the fake clock passes the month
 		synctest.Wait()
 		kept := l.Periods()
 		require.Len(t, kept, 1)
