@@ -104,7 +104,7 @@ func (s *suite) testPeriodFinalByExpiry(t *testing.T) {
 	if s.cfg.Advance != nil {
 		s.advance(t, ttl+time.Millisecond)
 	} else {
-		time.Sleep(ttl + 50*time.Millisecond)
+		time.Sleep(ttl + 50*time.Millisecond) // a store on the real clock: its lease expires only in real time
 	}
 	assert.Equal(t, store.Period{Tenant: "t", Number: 1, Open: 2, Totals: ops(4), Final: true}, loadPeriod(t, pl, "t", 1))
 }

@@ -538,7 +538,7 @@ func (s *suite) testExpiredLeaseStaysCounted(t *testing.T) {
 	if s.cfg.Advance != nil {
 		s.advance(t, ttl+time.Millisecond)
 	} else {
-		time.Sleep(ttl + 50*time.Millisecond)
+		time.Sleep(ttl + 50*time.Millisecond) // a store on the real clock: its lease expires only in real time
 	}
 	b := one(t, st, "b", long, false, store.TenantSync{Tenant: "t", Seq: 1, Want: leased(1000, 0, 1000, 0), Limit: lim})
 	assert.Zero(t, leasedOf(b.Allowance), "a's expired lease still counts against the limit")
