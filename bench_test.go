@@ -55,37 +55,9 @@ func benchTracker(b *testing.B, l Limits) *Tracker {
 // one counter (or one tracker), "own" gives each goroutine its own padded
 // counter (or its own tracker).
 func BenchmarkOp(b *testing.B) {
-	b.Run("atomic/serial", func(b *testing.B) {
-		b.ReportAllocs()
-		var c atomic.Int64
-		for i := 0; i < b.N; i++ {
-			c.Add(1)
-		}
-		benchSinkInt = c.Load()
-	})
-	b.Run("atomic/parallel-shared", func(b *testing.B) {
-		b.ReportAllocs()
-		var c benchPadded
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				c.Add(1)
-			}
-		})
-		benchSinkInt = c.Load()
-	})
-	b.Run("atomic/parallel-own", func(b *testing.B) {
-		b.ReportAllocs()
-		var total atomic.Int64
-		b.RunParallel(func(pb *testing.PB) {
-			c := new(benchPadded)
-			for pb.Next() {
-				c.Add(1)
-			}
-			total.Add(c.Load())
-		})
-		benchSinkInt = total.Load()
-	})
-
+	b.Run("atomic/serial", benchAtomicSerial)
+	b.Run("atomic/parallel-shared", benchAtomicParallelShared)
+	b.Run("atomic/parallel-own", benchAtomicParallelOwn)
 	variants := []struct {
 		name string
 		l    Limits
@@ -94,165 +66,224 @@ func BenchmarkOp(b *testing.B) {
 		{"limit", Limits{MaxOperations: benchHuge, Timeout: time.Hour}},
 	}
 	for _, v := range variants {
-		b.Run("TrackOperation-"+v.name+"/serial", func(b *testing.B) {
-			b.ReportAllocs()
-			tr := benchTracker(b, v.l)
-			defer tr.End()
-			for i := 0; i < b.N; i++ {
-				if err := tr.TrackOperation(); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-		b.Run("TrackOperation-"+v.name+"/parallel-shared", func(b *testing.B) {
-			b.ReportAllocs()
-			tr := benchTracker(b, v.l)
-			defer tr.End()
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					if err := tr.TrackOperation(); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
-		})
-		b.Run("TrackOperation-"+v.name+"/parallel-own", func(b *testing.B) {
-			b.ReportAllocs()
-			b.RunParallel(func(pb *testing.PB) {
-				tr, err := NewTracker(v.l)
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				defer tr.End()
-				for pb.Next() {
-					if err := tr.TrackOperation(); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
-		})
+		b.Run("TrackOperation-"+v.name+"/serial", func(b *testing.B) { benchTrackOperationSerial(b, v.l) })
+		b.Run("TrackOperation-"+v.name+"/parallel-shared", func(b *testing.B) { benchTrackOperationParallelShared(b, v.l) })
+		b.Run("TrackOperation-"+v.name+"/parallel-own", func(b *testing.B) { benchTrackOperationParallelOwn(b, v.l) })
 	}
+}
+
+func benchAtomicSerial(b *testing.B) {
+	b.ReportAllocs()
+	var c atomic.Int64
+	for i := 0; i < b.N; i++ {
+		c.Add(1)
+	}
+	benchSinkInt = c.Load()
+}
+
+func benchAtomicParallelShared(b *testing.B) {
+	b.ReportAllocs()
+	var c benchPadded
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			c.Add(1)
+		}
+	})
+	benchSinkInt = c.Load()
+}
+
+func benchAtomicParallelOwn(b *testing.B) {
+	b.ReportAllocs()
+	var total atomic.Int64
+	b.RunParallel(func(pb *testing.PB) {
+		c := new(benchPadded)
+		for pb.Next() {
+			c.Add(1)
+		}
+		total.Add(c.Load())
+	})
+	benchSinkInt = total.Load()
+}
+
+func benchTrackOperationSerial(b *testing.B, l Limits) {
+	b.ReportAllocs()
+	tr := benchTracker(b, l)
+	defer tr.End()
+	for i := 0; i < b.N; i++ {
+		if err := tr.TrackOperation(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func benchTrackOperationParallelShared(b *testing.B, l Limits) {
+	b.ReportAllocs()
+	tr := benchTracker(b, l)
+	defer tr.End()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := tr.TrackOperation(); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+func benchTrackOperationParallelOwn(b *testing.B, l Limits) {
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		tr, err := NewTracker(l)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		defer tr.End()
+		for pb.Next() {
+			if err := tr.TrackOperation(); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// benchGuardMemN is the bytes each memory guard of BenchmarkGuard holds.
+const benchGuardMemN = 64
+
+// guardBenchCase is one variant of BenchmarkGuard: new makes the thing
+// acquired (a semaphore, a tracker) and returns one acquire+release of it.
+type guardBenchCase struct {
+	name string
+	new  func(b *testing.B) func() error
 }
 
 // BenchmarkGuard compares acquiring and releasing through a Guard with
 // golang.org/x/sync/semaphore's TryAcquire(1)+Release(1). Limits are set
 // and never reached.
 func BenchmarkGuard(b *testing.B) {
-	const memN = 64
-	cases := []struct {
-		name string
-		new  func(b *testing.B) func() error
-	}{
-		{"semaphore", func(b *testing.B) func() error {
-			s := semaphore.NewWeighted(benchHuge)
-			return func() error {
-				if !s.TryAcquire(1) {
-					return fmt.Errorf("semaphore full")
-				}
-				s.Release(1)
-				return nil
-			}
-		}},
-		{"AcquireMemory", func(b *testing.B) func() error {
-			tr := benchTracker(b, Limits{MaxMemoryBytes: benchHuge})
-			b.Cleanup(func() { tr.End() })
-			return func() error {
-				g, err := tr.AcquireMemory(memN)
-				if err != nil {
-					return err
-				}
-				g.Release()
-				return nil
-			}
-		}},
+	cases := []guardBenchCase{
+		{"semaphore", newSemaphoreAcquire},
+		{"AcquireMemory", newAcquireMemory},
 		// The same charge and release without a Guard: what a guard's
 		// identity (its copy-safe release) costs on top is the difference.
-		{"TrackMemory+ReleaseMemory", func(b *testing.B) func() error {
-			tr := benchTracker(b, Limits{MaxMemoryBytes: benchHuge})
-			b.Cleanup(func() { tr.End() })
-			return func() error {
-				if err := tr.TrackMemory(memN); err != nil {
-					return err
-				}
-				return tr.ReleaseMemory(memN)
-			}
-		}},
+		{"TrackMemory+ReleaseMemory", newTrackReleaseMemory},
 		// The general path, which the memory fast path skips: a run
 		// charged to an account (whose MaxMemory is checked too).
-		{"AcquireMemory-account", func(b *testing.B) func() error {
-			a, err := NewAccount("bench", AccountLimits{MaxMemory: benchHuge})
-			if err != nil {
-				b.Fatal(err)
-			}
-			tr, err := a.Begin(Limits{MaxMemoryBytes: benchHuge})
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(func() { tr.End() })
-			return func() error {
-				g, err := tr.AcquireMemory(memN)
-				if err != nil {
-					return err
-				}
-				g.Release()
-				return nil
-			}
-		}},
-		{"TryAcquireSlot", func(b *testing.B) func() error {
-			tr := benchTracker(b, Limits{MaxConcurrent: benchHuge})
-			b.Cleanup(func() { tr.End() })
-			return func() error {
-				g, err := tr.TryAcquireSlot()
-				if err != nil {
-					return err
-				}
-				g.Release()
-				return nil
-			}
-		}},
+		{"AcquireMemory-account", newAcquireMemoryAccount},
+		{"TryAcquireSlot", newTryAcquireSlot},
 	}
 	for _, c := range cases {
-		b.Run(c.name+"/serial", func(b *testing.B) {
-			b.ReportAllocs()
-			f := c.new(b)
-			for b.Loop() {
-				if err := f(); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-		b.Run(c.name+"/parallel", func(b *testing.B) {
-			b.ReportAllocs()
-			f := c.new(b)
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					if err := f(); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
-		})
+		b.Run(c.name+"/serial", func(b *testing.B) { benchGuardSerial(b, c.new) })
+		b.Run(c.name+"/parallel", func(b *testing.B) { benchGuardParallel(b, c.new) })
 		// Each goroutine its own semaphore or tracker: no shared line.
-		b.Run(c.name+"/parallel-own", func(b *testing.B) {
-			b.ReportAllocs()
-			var mu sync.Mutex
-			b.RunParallel(func(pb *testing.PB) {
-				mu.Lock()
-				f := c.new(b)
-				mu.Unlock()
-				for pb.Next() {
-					if err := f(); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
-		})
+		b.Run(c.name+"/parallel-own", func(b *testing.B) { benchGuardParallelOwn(b, c.new) })
 	}
+}
+
+func newSemaphoreAcquire(b *testing.B) func() error {
+	s := semaphore.NewWeighted(benchHuge)
+	return func() error {
+		if !s.TryAcquire(1) {
+			return fmt.Errorf("semaphore full")
+		}
+		s.Release(1)
+		return nil
+	}
+}
+
+// acquireMemoryOnce returns one AcquireMemory+Release on tr.
+func acquireMemoryOnce(tr *Tracker) func() error {
+	return func() error {
+		g, err := tr.AcquireMemory(benchGuardMemN)
+		if err != nil {
+			return err
+		}
+		g.Release()
+		return nil
+	}
+}
+
+func newAcquireMemory(b *testing.B) func() error {
+	tr := benchTracker(b, Limits{MaxMemoryBytes: benchHuge})
+	b.Cleanup(func() { tr.End() })
+	return acquireMemoryOnce(tr)
+}
+
+func newTrackReleaseMemory(b *testing.B) func() error {
+	tr := benchTracker(b, Limits{MaxMemoryBytes: benchHuge})
+	b.Cleanup(func() { tr.End() })
+	return func() error {
+		if err := tr.TrackMemory(benchGuardMemN); err != nil {
+			return err
+		}
+		return tr.ReleaseMemory(benchGuardMemN)
+	}
+}
+
+func newAcquireMemoryAccount(b *testing.B) func() error {
+	a, err := NewAccount("bench", AccountLimits{MaxMemory: benchHuge})
+	if err != nil {
+		b.Fatal(err)
+	}
+	tr, err := a.Begin(Limits{MaxMemoryBytes: benchHuge})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { tr.End() })
+	return acquireMemoryOnce(tr)
+}
+
+func newTryAcquireSlot(b *testing.B) func() error {
+	tr := benchTracker(b, Limits{MaxConcurrent: benchHuge})
+	b.Cleanup(func() { tr.End() })
+	return func() error {
+		g, err := tr.TryAcquireSlot()
+		if err != nil {
+			return err
+		}
+		g.Release()
+		return nil
+	}
+}
+
+func benchGuardSerial(b *testing.B, newOp func(*testing.B) func() error) {
+	b.ReportAllocs()
+	f := newOp(b)
+	for b.Loop() {
+		if err := f(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func benchGuardParallel(b *testing.B, newOp func(*testing.B) func() error) {
+	b.ReportAllocs()
+	f := newOp(b)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := f(); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+func benchGuardParallelOwn(b *testing.B, newOp func(*testing.B) func() error) {
+	b.ReportAllocs()
+	var mu sync.Mutex
+	b.RunParallel(func(pb *testing.PB) {
+		mu.Lock()
+		f := newOp(b)
+		mu.Unlock()
+		for pb.Next() {
+			if err := f(); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }
 
 // BenchmarkAccountOp compares TrackOperation on runs of one shared Account
@@ -316,61 +347,30 @@ func BenchmarkAccountOp(b *testing.B) {
 	}
 }
 
+// benchLimited is an account with six limits set, none ever reached.
+var benchLimited = AccountLimits{
+	MaxMemory: 1 << 40, MaxTotalMemory: benchHuge, MaxTotalOperations: benchHuge,
+	MaxCalls: benchHuge, MaxCPUTime: time.Duration(benchHuge), MaxEvaluations: benchHuge,
+}
+
 // BenchmarkAccount measures Begin+End of a run on one account, Stats, and
 // a Ledger Snapshot of 10,000 tenants.
 func BenchmarkAccount(b *testing.B) {
-	limited := AccountLimits{
-		MaxMemory: 1 << 40, MaxTotalMemory: benchHuge, MaxTotalOperations: benchHuge,
-		MaxCalls: benchHuge, MaxCPUTime: time.Duration(benchHuge), MaxEvaluations: benchHuge,
-	}
 	for _, c := range []struct {
 		name string
 		al   AccountLimits
 	}{
-		{"nolimit", AccountLimits{}}, {"limit", limited},
-		// A rate that never refuses: the cost of the token bucket.
+		{"nolimit", AccountLimits{}}, {"limit", benchLimited},
 		// Rates that never refuse: the cost of the token bucket, taken in
 		// batches (burst 1e6) and one token at a time (burst 16).
 		{"rate", AccountLimits{EvaluationsPerSecond: 1e9}},
 		{"rate-burst16", AccountLimits{EvaluationsPerSecond: 1e12, EvaluationBurst: 16}},
 	} {
-		b.Run("BeginEnd-"+c.name+"/serial", func(b *testing.B) {
-			b.ReportAllocs()
-			acct, err := NewAccount("bench", c.al)
-			if err != nil {
-				b.Fatal(err)
-			}
-			for b.Loop() {
-				tr, err := acct.Begin(Limits{})
-				if err != nil {
-					b.Fatal(err)
-				}
-				tr.End()
-			}
-		})
-		b.Run("BeginEnd-"+c.name+"/parallel", func(b *testing.B) {
-			b.ReportAllocs()
-			acct, err := NewAccount("bench", c.al)
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					tr, err := acct.Begin(Limits{})
-					if err != nil {
-						b.Error(err)
-						return
-					}
-					tr.End()
-				}
-			})
-		})
+		b.Run("BeginEnd-"+c.name+"/serial", func(b *testing.B) { benchBeginEndSerial(b, c.al) })
+		b.Run("BeginEnd-"+c.name+"/parallel", func(b *testing.B) { benchBeginEndParallel(b, c.al) })
 	}
-
-	// The part of Begin that a rate adds, alone: the evaluation token,
-	// under the account's lock as Begin takes it, at the run's start time,
-	// which Begin reads anyway (here a clock that moves 1µs per call;
-	// none: the nil check of an account without a rate).
+	// The part of Begin that a rate adds, alone (none: the nil check of an
+	// account without a rate).
 	for _, c := range []struct {
 		name string
 		al   AccountLimits
@@ -379,84 +379,124 @@ func BenchmarkAccount(b *testing.B) {
 		{"batched", AccountLimits{EvaluationsPerSecond: 1e9}},
 		{"burst16", AccountLimits{EvaluationsPerSecond: 1e12, EvaluationBurst: 16}},
 	} {
-		b.Run("EvaluationToken-"+c.name, func(b *testing.B) {
-			b.ReportAllocs()
-			acct, err := NewAccount("bench", c.al)
-			if err != nil {
-				b.Fatal(err)
-			}
-			now := time.Now()
-			for b.Loop() {
-				now = now.Add(time.Microsecond)
-				acct.mu.Lock()
-				if acct.rates.evals != nil {
-					if err := acct.takeEvaluationLocked(now); err != nil {
-						b.Fatal(err)
-					}
-				}
-				acct.mu.Unlock()
-			}
-		})
+		b.Run("EvaluationToken-"+c.name, func(b *testing.B) { benchEvaluationToken(b, c.al) })
 	}
+	b.Run("Stats/serial", benchStatsSerial)
+	b.Run("Stats/parallel", benchStatsParallel)
+	b.Run("LedgerSnapshot-10000", benchLedgerSnapshot)
+}
 
-	// Stats of an account with six limits set and three live runs that
-	// have counted some operations.
-	statsAccount := func(b *testing.B) *Account {
-		acct, err := NewAccount("bench", limited)
+func benchAccount(b *testing.B, al AccountLimits) *Account {
+	b.Helper()
+	acct, err := NewAccount("bench", al)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return acct
+}
+
+func benchBeginEndSerial(b *testing.B, al AccountLimits) {
+	b.ReportAllocs()
+	acct := benchAccount(b, al)
+	for b.Loop() {
+		tr, err := acct.Begin(Limits{})
 		if err != nil {
 			b.Fatal(err)
 		}
-		for range 3 {
-			tr, err := acct.Begin(Limits{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := tr.TrackOperations(1000); err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(func() { tr.End() })
-		}
-		return acct
+		tr.End()
 	}
-	b.Run("Stats/serial", func(b *testing.B) {
-		b.ReportAllocs()
-		acct := statsAccount(b)
-		for b.Loop() {
-			s := acct.Stats()
-			benchSinkInt = s.Operations
-		}
-	})
-	b.Run("Stats/parallel", func(b *testing.B) {
-		b.ReportAllocs()
-		acct := statsAccount(b)
-		b.RunParallel(func(pb *testing.PB) {
-			var sum int64
-			for pb.Next() {
-				sum += acct.Stats().Operations
-			}
-			atomic.AddInt64(&benchSinkInt, sum)
-		})
-	})
+}
 
-	b.Run("LedgerSnapshot-10000", func(b *testing.B) {
-		b.ReportAllocs()
-		ledger := mustLedger(b, AccountLimits{MaxTotalOperations: 1_000_000, MaxEvaluations: 100})
-		for i := range 10_000 {
-			acct := ledger.Account(fmt.Sprintf("tenant-%05d", i))
+func benchBeginEndParallel(b *testing.B, al AccountLimits) {
+	b.ReportAllocs()
+	acct := benchAccount(b, al)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
 			tr, err := acct.Begin(Limits{})
 			if err != nil {
-				b.Fatal(err)
-			}
-			if err := tr.TrackOperations(int64(i)); err != nil {
-				b.Fatal(err)
+				b.Error(err)
+				return
 			}
 			tr.End()
 		}
-		for b.Loop() {
-			snap := ledger.Snapshot()
-			benchSinkInt = int64(len(snap))
-		}
 	})
+}
+
+// benchEvaluationToken takes the evaluation token alone, under the
+// account's lock as Begin takes it, at the run's start time, which Begin
+// reads anyway (here a clock that moves 1µs per call).
+func benchEvaluationToken(b *testing.B, al AccountLimits) {
+	b.ReportAllocs()
+	acct := benchAccount(b, al)
+	now := time.Now()
+	for b.Loop() {
+		now = now.Add(time.Microsecond)
+		acct.mu.Lock()
+		if acct.rates.evals != nil {
+			if err := acct.takeEvaluationLocked(now); err != nil {
+				b.Fatal(err)
+			}
+		}
+		acct.mu.Unlock()
+	}
+}
+
+// benchStatsAccount returns an account with six limits set and three live
+// runs that have counted some operations.
+func benchStatsAccount(b *testing.B) *Account {
+	acct := benchAccount(b, benchLimited)
+	for range 3 {
+		tr, err := acct.Begin(Limits{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := tr.TrackOperations(1000); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { tr.End() })
+	}
+	return acct
+}
+
+func benchStatsSerial(b *testing.B) {
+	b.ReportAllocs()
+	acct := benchStatsAccount(b)
+	for b.Loop() {
+		s := acct.Stats()
+		benchSinkInt = s.Operations
+	}
+}
+
+func benchStatsParallel(b *testing.B) {
+	b.ReportAllocs()
+	acct := benchStatsAccount(b)
+	b.RunParallel(func(pb *testing.PB) {
+		var sum int64
+		for pb.Next() {
+			sum += acct.Stats().Operations
+		}
+		atomic.AddInt64(&benchSinkInt, sum)
+	})
+}
+
+func benchLedgerSnapshot(b *testing.B) {
+	b.ReportAllocs()
+	ledger := mustLedger(b, AccountLimits{MaxTotalOperations: 1_000_000, MaxEvaluations: 100})
+	for i := range 10_000 {
+		acct := ledger.Account(fmt.Sprintf("tenant-%05d", i))
+		tr, err := acct.Begin(Limits{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := tr.TrackOperations(int64(i)); err != nil {
+			b.Fatal(err)
+		}
+		tr.End()
+	}
+	for b.Loop() {
+		snap := ledger.Snapshot()
+		benchSinkInt = int64(len(snap))
+	}
 }
 
 // BenchmarkClock measures the clocks a limited call reads: the calling

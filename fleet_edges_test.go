@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/reslimit/reslimit/store"
@@ -15,53 +16,61 @@ import (
 // tenant's lease renewed; otherwise the store reclaims the lease, grants it
 // to another replica, and the run's room takes the fleet past the limit.
 func TestFleetIdleRunRoomOutlivesLease(t *testing.T) {
-	const limit = 20_000
-	shared := store.NewMemory()
-	ttl := 40 * time.Millisecond
-	l1 := newFleetLedger(t, shared, "r1", AccountLimits{MaxTotalOperations: limit}, WithLeaseTTL(ttl))
-	l2 := newFleetLedger(t, shared, "r2", AccountLimits{MaxTotalOperations: limit}, WithLeaseTTL(ttl))
-	tr, err := l1.Account("t").Begin(Unlimited())
-	require.NoError(t, err)
-	var used int64
-	for i := 0; i < 3000; i++ { // grow the run's chunk
-		require.NoError(t, tr.TrackOperation())
-		used++
-	}
-	room := tr.room(mOps).Load()
-	t.Logf("idle run holds %d ops of room", room)
-	require.Positive(t, room)
-	time.Sleep(10 * ttl) // the run waits (say, for an LLM answer); r1 never syncs "t" again
+	synctest.Test(t, func(t *testing.T) {
+		const limit = 20_000
+		shared := store.NewMemory()
+		ttl := 40 * time.Millisecond
+		l1 := newFleetLedger(t, shared, "r1", AccountLimits{MaxTotalOperations: limit}, WithLeaseTTL(ttl))
+		l2 := newFleetLedger(t, shared, "r2", AccountLimits{MaxTotalOperations: limit}, WithLeaseTTL(ttl))
+		tr, err := l1.Account("t").Begin(Unlimited())
+		require.NoError(t, err)
+		var used int64
+		for i := 0; i < 3000; i++ { // grow the run's chunk
+			require.NoError(t, tr.TrackOperation())
+			used++
+		}
+		room := tr.room(mOps).Load()
+		t.Logf("idle run holds %d ops of room", room)
+		require.Positive(t, room)
+		// The run waits (say, for an LLM answer) for ten lease TTLs on the
+		// bubble's fake clock, the store's and the syncers' clock too; r1
+		// never syncs "t" again.
+		time.Sleep(10 * ttl)
+		synctest.Wait()
 
-	got2 := hammer(t, l2, 2)         // r2 gets everything the shared thinks is left
-	for tr.TrackOperation() == nil { // the run resumes and spends its room
-		used++
-	}
-	tr.End()
-	require.NoError(t, l1.Close(context.Background()))
-	require.NoError(t, l2.Close(context.Background()))
-	c, _ := shared.Load(context.Background(), "t")
-	t.Logf("r1 %d + r2 %d = %d, committed %d, limit %d", used, got2, used+got2, c.Operations, limit)
-	assert.LessOrEqual(t, used+got2, int64(limit), "the fleet granted past the limit")
+		got2 := hammer(t, l2, 2)         // r2 gets everything the shared thinks is left
+		for tr.TrackOperation() == nil { // the run resumes and spends its room
+			used++
+		}
+		tr.End()
+		require.NoError(t, l1.Close(context.Background()))
+		require.NoError(t, l2.Close(context.Background()))
+		c, _ := shared.Load(context.Background(), "t")
+		t.Logf("r1 %d + r2 %d = %d, committed %d, limit %d", used, got2, used+got2, c.Operations, limit)
+		assert.LessOrEqual(t, used+got2, int64(limit), "the fleet granted past the limit")
+	})
 }
 
 // A removed tenant with nothing left to report is settled and forgotten by
 // the background syncer, not kept in l.retired for ever.
 func TestFleetRetiredIdleAccountNeverForgotten(t *testing.T) {
-	shared := store.NewMemory()
-	l := newFleetLedger(t, shared, "r1", AccountLimits{}, WithSyncInterval(5*time.Millisecond))
-	tr, _ := l.Account("gone").Begin(Unlimited())
-	require.NoError(t, tr.TrackOperations(1))
-	tr.End()
-	require.Eventually(t, func() bool {
-		s := l.Account("gone").Stats()
-		return s.Fleet.Unreported.Operations == 0 && s.Fleet.Syncs > 0
-	}, time.Second, time.Millisecond)
-	l.Remove("gone")
-	time.Sleep(200 * time.Millisecond) // 40 sync intervals
-	l.mu.RLock()
-	n := len(l.retired)
-	l.mu.RUnlock()
-	assert.Zero(t, n, "a removed, fully reported account stays in l.retired forever")
+	synctest.Test(t, func(t *testing.T) {
+		shared := store.NewMemory()
+		l := newFleetLedger(t, shared, "r1", AccountLimits{}, WithSyncInterval(5*time.Millisecond))
+		tr, _ := l.Account("gone").Begin(Unlimited())
+		require.NoError(t, tr.TrackOperations(1))
+		tr.End()
+		for s := l.Account("gone").Stats(); s.Fleet.Unreported.Operations != 0 || s.Fleet.Syncs == 0; s = l.Account("gone").Stats() {
+			time.Sleep(5 * time.Millisecond) // a sync interval of the fake clock
+		}
+		l.Remove("gone")
+		time.Sleep(200 * time.Millisecond) // 40 sync intervals of the fake clock
+		synctest.Wait()
+		l.mu.RLock()
+		n := len(l.retired)
+		l.mu.RUnlock()
+		assert.Zero(t, n, "a removed, fully reported account stays in l.retired forever")
+	})
 }
 
 // Close gives back the lease of a removed tenant too: it is settled only in
@@ -175,28 +184,34 @@ func TestFleetCPUSamplesNeverMoveBack(t *testing.T) {
 // With WithLeaseWait(0) a refusal for want of lease still asks the syncer
 // for one, so an idle tenant whose lease lapsed is served again soon.
 func TestFleetLeaseWaitZeroStillAsksForALease(t *testing.T) {
-	shared := store.NewMemory()
-	l := newFleetLedger(t, shared, "r1", AccountLimits{MaxEvaluations: 100},
-		WithSyncInterval(5*time.Millisecond), WithLeaseTTL(20*time.Millisecond), WithLeaseWait(0))
-	acct := l.Account("t")
-	require.Eventually(t, func() bool { return acct.Stats().Fleet.Syncs > 0 }, 5*time.Second, time.Millisecond)
-	require.Eventually(t, func() bool {
-		tr, err := acct.Begin(Unlimited())
-		if err == nil {
-			tr.End()
+	synctest.Test(t, func(t *testing.T) {
+		shared := store.NewMemory()
+		l := newFleetLedger(t, shared, "r1", AccountLimits{MaxEvaluations: 100},
+			WithSyncInterval(5*time.Millisecond), WithLeaseTTL(20*time.Millisecond), WithLeaseWait(0))
+		acct := l.Account("t")
+		for acct.Stats().Fleet.Syncs == 0 {
+			time.Sleep(time.Millisecond) // the fake clock moves on to the first sync
 		}
-		return err == nil
-	}, 5*time.Second, time.Millisecond)
-	time.Sleep(100 * time.Millisecond) // idle: the lease is given back
-	var ok bool
+		require.NoError(t, beginWithin(acct, time.Second), "never served at first")
+		time.Sleep(100 * time.Millisecond) // idle on the fake clock: the lease is given back
+		synctest.Wait()
+		err := beginWithin(acct, 500*time.Millisecond)
+		assert.NoError(t, err, "1 of 100 evaluations used, refused for 500ms")
+	})
+}
+
+// beginWithin begins (and ends) a run on acct every 5ms of the clock until
+// one is granted or d has passed, and returns the last refusal. In a
+// synctest bubble, the clock is the bubble's fake one.
+func beginWithin(acct *Account, d time.Duration) error {
 	var last error
-	for deadline := time.Now().Add(500 * time.Millisecond); time.Now().Before(deadline) && !ok; time.Sleep(5 * time.Millisecond) {
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		tr, err := acct.Begin(Unlimited())
 		if err == nil {
-			ok = true
 			tr.End()
+			return nil
 		}
 		last = err
 	}
-	assert.True(t, ok, "1 of 100 evaluations used, refused for 500ms: %v", last)
+	return last
 }

@@ -48,7 +48,7 @@ func (s *countingStore) Sync(ctx context.Context, req store.SyncRequest) (store.
 	s.calls.Add(1)
 	s.tenants.Add(int64(len(req.Tenants)))
 	if s.delay > 0 {
-		time.Sleep(s.delay)
+		time.Sleep(s.delay) // the round trip's latency (set only in synctest bubbles: fake time)
 	}
 	return s.shared().Sync(ctx, req)
 }
@@ -166,7 +166,7 @@ func TestFleetNearTheLimitReachesItAndBacksOff(t *testing.T) {
 							}
 							tr.End()
 						}
-						time.Sleep(time.Millisecond) // a client's next request
+						time.Sleep(time.Millisecond) // a client's next request, 1ms later on the fake clock
 					}
 				}()
 			}
@@ -174,7 +174,7 @@ func TestFleetNearTheLimitReachesItAndBacksOff(t *testing.T) {
 		// Within about an interval the fleet grants all it can.
 		start := time.Now()
 		for granted.Load() <= limit-charge && time.Since(start) < 30*interval {
-			time.Sleep(time.Millisecond)
+			time.Sleep(time.Millisecond) // how long it takes is measured on the fake clock
 		}
 		took := time.Since(start)
 		startCalls := shared.calls.Load()
@@ -184,7 +184,7 @@ func TestFleetNearTheLimitReachesItAndBacksOff(t *testing.T) {
 		assert.LessOrEqual(t, granted.Load(), int64(limit))
 		// At the limit, with clients still knocking every millisecond.
 		calls := shared.calls.Load()
-		time.Sleep(10 * interval)
+		time.Sleep(10 * interval) // ten sync intervals of the fake clock
 		perReplicaPerInterval := float64(shared.calls.Load()-calls) / 3 / 10
 		t.Logf("granted %d of %d; %.1f shared calls per replica per interval at the limit", granted.Load(), limit, perReplicaPerInterval)
 		assert.LessOrEqual(t, perReplicaPerInterval, 1.5, "a tenant at its limit storms the store")
@@ -375,7 +375,7 @@ func TestFleetChargeThatFitsIsGrantedNearTheLimit(t *testing.T) {
 			require.NoError(t, err)
 			ok = tr.TrackOperations(9) == nil
 			tr.End()
-			time.Sleep(time.Millisecond)
+			time.Sleep(time.Millisecond) // a client's next try, on the fake clock
 		}
 		took := time.Since(start)
 		t.Logf("granted: %v after %v, %d shared calls", ok, took, shared.calls.Load()-calls)

@@ -70,7 +70,7 @@ func storeCallRate(t *testing.T, n int, state string) (calls, reports, loads flo
 			charge(name, 10)
 		}
 	}
-	time.Sleep(5 * time.Second)
+	time.Sleep(5 * time.Second) // the fleet settles: 5 fake seconds of syncs
 	synctest.Wait()
 	c0, r0, l0 := shared.calls.Load(), shared.tenants.Load(), shared.loads.Load()
 	const window = 20 * time.Second
@@ -82,7 +82,7 @@ func storeCallRate(t *testing.T, n int, state string) (calls, reports, loads flo
 				charge(name, 10)
 			}
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond) // the clients' pace, on the fake clock
 	}
 	synctest.Wait()
 	secs := window.Seconds()

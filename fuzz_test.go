@@ -27,170 +27,266 @@ func FuzzTrackerAgainstModel(f *testing.F) {
 	f.Add([]byte{3, 5, 2, 1, 4, 0}, uint8(0), uint8(0), uint8(4), uint8(0))
 	f.Add([]byte{3, 5, 2, 1, 4, 0}, uint8(0), uint8(0), uint8(0), uint8(0))
 	f.Fuzz(func(t *testing.T, prog []byte, maxOps, maxMem, maxConc, acctOps uint8) {
-		// Bit 2 of maxConc runs a detached tracker (no account), whose
-		// guards take the fast paths.
-		detached := maxConc&4 != 0
-		m := model{
-			l:  Limits{MaxOperations: int64(maxOps), MaxMemoryBytes: int64(maxMem), MaxConcurrent: int64(maxConc % 4), MaxFileSize: 100},
-			al: AccountLimits{MaxTotalOperations: int64(acctOps), MaxTotalMemory: 3 * int64(maxMem)},
-		}
-		if detached {
-			m.al = AccountLimits{}
-		}
-		acct, err := NewAccount("fuzz", m.al)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var tr *Tracker
-		if detached {
-			tr, err = NewTracker(m.l)
-		} else {
-			tr, err = acct.Begin(m.l)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		var guards []Guard
-		var slotGuards []Guard
-		refused := func(err error, want bool, what string) {
-			t.Helper()
-			if want != (err != nil) {
-				t.Fatalf("%s: err = %v, model expects refusal = %v", what, err, want)
-			}
-			if err != nil && !errors.Is(err, ErrLimitExceeded) && !errors.Is(err, ErrInvalidArgument) {
-				t.Fatalf("%s: unexpected error kind %v", what, err)
-			}
-		}
-		over := func(used, n, lim int64) bool { return lim > 0 && used+n > lim }
+		r := newFuzzRun(t, maxOps, maxMem, maxConc, acctOps)
 		for i := 0; i+1 < len(prog); i += 2 {
-			op, n := prog[i]%8, int64(prog[i+1])
-			switch op {
-			case 0: // TrackOperations
-				bad := over(m.ops, n, m.l.MaxOperations) || over(m.acctOps, n, m.al.MaxTotalOperations)
-				refused(tr.TrackOperations(n), bad, "TrackOperations")
-				if !bad {
-					m.ops += n
-					m.acctOps += n
-				}
-			case 1: // TrackMemory
-				if n == 0 {
-					continue
-				}
-				bad := over(m.held, n, m.l.MaxMemoryBytes) || over(m.acctTotal, n, m.al.MaxTotalMemory)
-				refused(tr.TrackMemory(n), bad, "TrackMemory")
-				if !bad {
-					m.held += n
-					m.total += n
-					m.acctTotal += n
-					m.peak = max(m.peak, m.held)
-				}
-			case 2: // ReleaseMemory
-				if n == 0 {
-					continue
-				}
-				bad := n > m.held
-				err := tr.ReleaseMemory(n)
-				refused(err, bad, "ReleaseMemory")
-				if bad && !errors.Is(err, ErrInvalidArgument) {
-					t.Fatalf("over-release error %v", err)
-				}
-				if !bad {
-					m.held -= n
-				}
-			case 3: // AcquireMemory guard
-				if n == 0 {
-					continue
-				}
-				bad := over(m.held, n, m.l.MaxMemoryBytes) || over(m.acctTotal, n, m.al.MaxTotalMemory)
-				g, err := tr.AcquireMemory(n)
-				refused(err, bad, "AcquireMemory")
-				if !bad {
-					guards = append(guards, g)
-					m.held += n
-					m.total += n
-					m.acctTotal += n
-					m.peak = max(m.peak, m.held)
-				}
-			case 4: // release the newest memory guard (twice: idempotent)
-				if len(guards) == 0 {
-					continue
-				}
-				g := &guards[len(guards)-1]
-				if g.n > m.held { // its bytes were given back with ReleaseMemory
-					func() {
-						defer func() {
-							if r := recover(); r == nil {
-								t.Fatal("over-releasing guard did not panic")
-							}
-						}()
-						g.Release()
-					}()
-				} else {
-					m.held -= g.n
-					g.Release()
-				}
-				g.Release()
-				guards = guards[:len(guards)-1]
-			case 5: // TryAcquireSlot
-				bad := over(m.slotsHeld, 1, m.l.MaxConcurrent)
-				g, err := tr.TryAcquireSlot()
-				refused(err, bad, "TryAcquireSlot")
-				if !bad {
-					slotGuards = append(slotGuards, g)
-					m.slotsHeld++
-				}
-			case 6: // release a slot
-				if len(slotGuards) == 0 {
-					continue
-				}
-				slotGuards[0].Release()
-				slotGuards = slotGuards[1:]
-				m.slotsHeld--
-			case 7: // CheckFileSize and TrackCall
-				refused(tr.CheckFileSize(n), n > 100, "CheckFileSize")
-				refused(tr.TrackCall(), false, "TrackCall")
-				m.calls++
-			}
-			u := tr.Usage()
-			if u.Operations != m.ops || u.MemoryBytes != m.held || u.TotalMemoryBytes != m.total ||
-				u.PeakMemoryBytes != m.peak || u.Concurrent != m.slotsHeld || u.Calls != m.calls {
-				t.Fatalf("step %d: usage %+v, model %+v", i/2, u, m)
-			}
-			if s := acct.Stats(); !detached && (s.Operations != m.acctOps || s.MemoryBytes != m.held || s.TotalMemoryBytes != m.acctTotal) {
-				t.Fatalf("step %d: account %+v, model %+v", i/2, s, m)
+			if r.step(prog[i]%8, int64(prog[i+1])) {
+				r.check(i / 2)
 			}
 		}
-		for i := range slotGuards {
-			slotGuards[i].Release()
-		}
-		end := tr.End()
-		if end.Operations != m.ops {
-			t.Fatalf("End: %+v, model %+v", end, m)
-		}
-		if detached {
-			if end.MemoryBytes != m.held || end.TotalMemoryBytes != m.total {
-				t.Fatalf("End: %+v, model %+v", end, m)
-			}
-			for i := range guards { // after End, releasing changes nothing
-				guards[i].Release()
-			}
-			if u := tr.Usage(); u != end {
-				t.Fatalf("usage changed after End: %+v, was %+v", u, end)
-			}
-			return
-		}
-		s := acct.Stats()
-		if s.MemoryBytes != 0 || s.Operations != m.ops || s.TotalMemoryBytes != m.total {
-			t.Fatalf("after End: account %+v, model %+v", s, m)
-		}
-		acct.mu.Lock()
-		for i, r := range meterResource {
-			if acct.limits[r].Load() > 0 && acct.reserved[i] != acct.committed[i] {
-				t.Errorf("%s: reservations left behind: reserved %d committed %d", r, acct.reserved[i], acct.committed[i])
-			}
-		}
-		acct.mu.Unlock()
+		r.end()
 	})
+}
+
+// fuzzRun is one fuzzed run: the Tracker under test, the account it is
+// charged to, the guards it holds, and the model it must agree with.
+type fuzzRun struct {
+	t          *testing.T
+	m          model
+	detached   bool // a tracker with no account, whose guards take the fast paths
+	acct       *Account
+	tr         *Tracker
+	guards     []Guard
+	slotGuards []Guard
+}
+
+// newFuzzRun begins the run the fuzzer's limits describe. Bit 2 of maxConc
+// runs a detached tracker (no account).
+func newFuzzRun(t *testing.T, maxOps, maxMem, maxConc, acctOps uint8) *fuzzRun {
+	r := &fuzzRun{t: t, detached: maxConc&4 != 0}
+	r.m = model{
+		l:  Limits{MaxOperations: int64(maxOps), MaxMemoryBytes: int64(maxMem), MaxConcurrent: int64(maxConc % 4), MaxFileSize: 100},
+		al: AccountLimits{MaxTotalOperations: int64(acctOps), MaxTotalMemory: 3 * int64(maxMem)},
+	}
+	if r.detached {
+		r.m.al = AccountLimits{}
+	}
+	var err error
+	r.acct, err = NewAccount("fuzz", r.m.al)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.detached {
+		r.tr, err = NewTracker(r.m.l)
+	} else {
+		r.tr, err = r.acct.Begin(r.m.l)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// refused fails the test unless err is a refusal exactly when the model
+// wants one, and of a kind a refusal may be.
+func (r *fuzzRun) refused(err error, want bool, what string) {
+	r.t.Helper()
+	if want != (err != nil) {
+		r.t.Fatalf("%s: err = %v, model expects refusal = %v", what, err, want)
+	}
+	if err != nil && !errors.Is(err, ErrLimitExceeded) && !errors.Is(err, ErrInvalidArgument) {
+		r.t.Fatalf("%s: unexpected error kind %v", what, err)
+	}
+}
+
+// modelOver reports whether n more on top of used passes lim (0: no limit).
+func modelOver(used, n, lim int64) bool { return lim > 0 && used+n > lim }
+
+// step runs one operation of the program on the tracker and the model; it
+// reports false for an operation skipped (nothing to do), after which
+// nothing need be checked.
+func (r *fuzzRun) step(op byte, n int64) bool {
+	switch op {
+	case 0:
+		r.trackOperations(n)
+	case 1:
+		return r.trackMemory(n)
+	case 2:
+		return r.releaseMemory(n)
+	case 3:
+		return r.acquireMemory(n)
+	case 4:
+		return r.releaseGuard()
+	case 5:
+		r.tryAcquireSlot()
+	case 6:
+		return r.releaseSlot()
+	case 7:
+		r.checkFileSizeAndCall(n)
+	}
+	return true
+}
+
+func (r *fuzzRun) trackOperations(n int64) {
+	m := &r.m
+	bad := modelOver(m.ops, n, m.l.MaxOperations) || modelOver(m.acctOps, n, m.al.MaxTotalOperations)
+	r.refused(r.tr.TrackOperations(n), bad, "TrackOperations")
+	if !bad {
+		m.ops += n
+		m.acctOps += n
+	}
+}
+
+// hold adds n bytes held (by TrackMemory or a guard) to the model.
+func (m *model) hold(n int64) {
+	m.held += n
+	m.total += n
+	m.acctTotal += n
+	m.peak = max(m.peak, m.held)
+}
+
+// memoryRefused reports whether the model refuses n more bytes held.
+func (m *model) memoryRefused(n int64) bool {
+	return modelOver(m.held, n, m.l.MaxMemoryBytes) || modelOver(m.acctTotal, n, m.al.MaxTotalMemory)
+}
+
+func (r *fuzzRun) trackMemory(n int64) bool {
+	if n == 0 {
+		return false
+	}
+	bad := r.m.memoryRefused(n)
+	r.refused(r.tr.TrackMemory(n), bad, "TrackMemory")
+	if !bad {
+		r.m.hold(n)
+	}
+	return true
+}
+
+func (r *fuzzRun) releaseMemory(n int64) bool {
+	if n == 0 {
+		return false
+	}
+	bad := n > r.m.held
+	err := r.tr.ReleaseMemory(n)
+	r.refused(err, bad, "ReleaseMemory")
+	if bad && !errors.Is(err, ErrInvalidArgument) {
+		r.t.Fatalf("over-release error %v", err)
+	}
+	if !bad {
+		r.m.held -= n
+	}
+	return true
+}
+
+func (r *fuzzRun) acquireMemory(n int64) bool {
+	if n == 0 {
+		return false
+	}
+	bad := r.m.memoryRefused(n)
+	g, err := r.tr.AcquireMemory(n)
+	r.refused(err, bad, "AcquireMemory")
+	if !bad {
+		r.guards = append(r.guards, g)
+		r.m.hold(n)
+	}
+	return true
+}
+
+// releaseGuard releases the newest memory guard, twice (Release is
+// idempotent). A guard whose bytes were given back with ReleaseMemory must
+// panic rather than take the bytes held below zero.
+func (r *fuzzRun) releaseGuard() bool {
+	if len(r.guards) == 0 {
+		return false
+	}
+	g := &r.guards[len(r.guards)-1]
+	if g.n > r.m.held {
+		func() {
+			defer func() {
+				if p := recover(); p == nil {
+					r.t.Fatal("over-releasing guard did not panic")
+				}
+			}()
+			g.Release()
+		}()
+	} else {
+		r.m.held -= g.n
+		g.Release()
+	}
+	g.Release()
+	r.guards = r.guards[:len(r.guards)-1]
+	return true
+}
+
+func (r *fuzzRun) tryAcquireSlot() {
+	bad := modelOver(r.m.slotsHeld, 1, r.m.l.MaxConcurrent)
+	g, err := r.tr.TryAcquireSlot()
+	r.refused(err, bad, "TryAcquireSlot")
+	if !bad {
+		r.slotGuards = append(r.slotGuards, g)
+		r.m.slotsHeld++
+	}
+}
+
+// releaseSlot releases the oldest slot held.
+func (r *fuzzRun) releaseSlot() bool {
+	if len(r.slotGuards) == 0 {
+		return false
+	}
+	r.slotGuards[0].Release()
+	r.slotGuards = r.slotGuards[1:]
+	r.m.slotsHeld--
+	return true
+}
+
+func (r *fuzzRun) checkFileSizeAndCall(n int64) {
+	r.refused(r.tr.CheckFileSize(n), n > 100, "CheckFileSize")
+	r.refused(r.tr.TrackCall(), false, "TrackCall")
+	r.m.calls++
+}
+
+// check compares the tracker's usage, and the account's stats, with the
+// model after step i.
+func (r *fuzzRun) check(i int) {
+	m := &r.m
+	u := r.tr.Usage()
+	if u.Operations != m.ops || u.MemoryBytes != m.held || u.TotalMemoryBytes != m.total ||
+		u.PeakMemoryBytes != m.peak || u.Concurrent != m.slotsHeld || u.Calls != m.calls {
+		r.t.Fatalf("step %d: usage %+v, model %+v", i, u, *m)
+	}
+	if s := r.acct.Stats(); !r.detached && (s.Operations != m.ops || s.MemoryBytes != m.held || s.TotalMemoryBytes != m.acctTotal) {
+		r.t.Fatalf("step %d: account %+v, model %+v", i, s, *m)
+	}
+}
+
+// end releases the slots, ends the run and checks what End and the account
+// say against the model.
+func (r *fuzzRun) end() {
+	for i := range r.slotGuards {
+		r.slotGuards[i].Release()
+	}
+	end := r.tr.End()
+	if end.Operations != r.m.ops {
+		r.t.Fatalf("End: %+v, model %+v", end, r.m)
+	}
+	if r.detached {
+		r.endDetached(end)
+		return
+	}
+	s := r.acct.Stats()
+	if s.MemoryBytes != 0 || s.Operations != r.m.ops || s.TotalMemoryBytes != r.m.total {
+		r.t.Fatalf("after End: account %+v, model %+v", s, r.m)
+	}
+	r.acct.mu.Lock()
+	defer r.acct.mu.Unlock()
+	for i, res := range meterResource {
+		if r.acct.limits[res].Load() > 0 && r.acct.reserved[i] != r.acct.committed[i] {
+			r.t.Errorf("%s: reservations left behind: reserved %d committed %d", res, r.acct.reserved[i], r.acct.committed[i])
+		}
+	}
+}
+
+// endDetached checks a detached run after End: its memory totals, and that
+// releasing its guards afterwards changes nothing.
+func (r *fuzzRun) endDetached(end Usage) {
+	if end.MemoryBytes != r.m.held || end.TotalMemoryBytes != r.m.total {
+		r.t.Fatalf("End: %+v, model %+v", end, r.m)
+	}
+	for i := range r.guards {
+		r.guards[i].Release()
+	}
+	if u := r.tr.Usage(); u != end {
+		r.t.Fatalf("usage changed after End: %+v, was %+v", u, end)
+	}
 }
 
 // FuzzLimitedStreams checks that a limited reader and writer pass exactly

@@ -574,24 +574,24 @@ func TestMonitorPollsEveryInterval(t *testing.T) {
 		assert.Equal(t, int64(1), m.Stats().Polls, "the first poll happens at once")
 
 		src.set(Memory, 85, 100, 0)
-		time.Sleep(999 * time.Millisecond)
+		time.Sleep(999 * time.Millisecond) // the fake clock, just short of the next tick
 		synctest.Wait()
 		assert.Empty(t, drain(t, m), "no poll before the interval")
 
-		time.Sleep(time.Millisecond)
+		time.Sleep(time.Millisecond) // the fake clock reaches the tick
 		synctest.Wait()
 		evs := drain(t, m)
 		require.Len(t, evs, 1)
 		assert.Equal(t, HighUsage, evs[0].Kind)
 		assert.Equal(t, start.Add(time.Second), evs[0].Time)
 
-		time.Sleep(10 * time.Second)
+		time.Sleep(10 * time.Second) // ten more ticks of the fake clock
 		synctest.Wait()
 		assert.Empty(t, drain(t, m), "once per crossing, not every tick")
 		assert.Equal(t, int64(12), m.Stats().Polls)
 
 		src.set(Memory, 10, 100, 0)
-		time.Sleep(time.Second)
+		time.Sleep(time.Second) // one more tick of the fake clock
 		synctest.Wait()
 		assert.Equal(t, []string{"svc/memory/recovered"}, kinds(drain(t, m)))
 
@@ -620,7 +620,7 @@ func TestMonitorContextCancelStops(t *testing.T) {
 		}
 		synctest.Wait()
 		polls := m.Stats().Polls
-		time.Sleep(5 * time.Second)
+		time.Sleep(5 * time.Second) // five ticks of the fake clock, had the monitor still run
 		synctest.Wait()
 		assert.Equal(t, polls, m.Stats().Polls, "no poll after the context ended")
 		require.ErrorIs(t, m.Start(t.Context()), ErrClosed)

@@ -95,65 +95,83 @@ func TestPeriodsLoseNoUnitWhileRunsGo(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			a := newAcct(t, tc.limits)
 			var c charged
-			var wg sync.WaitGroup
-			for g := range 8 {
-				wg.Go(func() {
-					rng := rand.New(rand.NewPCG(uint64(g), 15))
-					for range 300 {
-						hammerRun(a, rng, g%2 == 1, &c)
-					}
-				})
-			}
-			stop := make(chan struct{})
-			var periods []Period
-			closer := make(chan struct{})
-			go func() {
-				defer close(closer)
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					periods = append(periods, a.Reset())
-				}
-			}()
-			wg.Wait()
-			close(stop)
-			<-closer
-			open := a.Stats()
-			periods = append(periods, a.Reset())
+			periods, open := chargeWhileClosing(a, &c)
 			require.Greater(t, len(periods), 2)
-
-			var sum store.Totals
-			for k, p := range periods {
-				assert.Equal(t, "acme", p.Tenant)
-				assert.Equal(t, uint64(k+1), p.Number)
-				assert.True(t, p.Final)
-				assert.False(t, p.End.Before(p.Start))
-				if k > 0 {
-					assert.Equal(t, periods[k-1].End, p.Start, "periods follow each other")
-				}
-				assert.GreaterOrEqual(t, p.Evaluations, int64(0))
-				assert.GreaterOrEqual(t, p.TotalMemory, int64(0))
-				assert.GreaterOrEqual(t, p.CPUTime, time.Duration(0))
-				sum = sum.Add(p.Totals)
-			}
-			last := periods[len(periods)-1]
-			assert.Equal(t, open.Operations, last.Operations, "the open period's Stats is what closes")
-			assert.Equal(t, open.Evaluations, last.Evaluations)
-			assert.Equal(t, c.ops.Load(), sum.Operations, "operations")
-			assert.Equal(t, c.calls.Load(), sum.Calls, "calls")
-			assert.Equal(t, c.total.Load(), sum.TotalMemory, "bytes charged")
-			assert.Equal(t, c.evals.Load(), sum.Evaluations, "evaluations")
-			assert.Equal(t, time.Duration(c.cpu.Load()), sum.CPUTime, "CPU time")
-			t.Logf("%d periods, %+v", len(periods), sum)
-
+			requirePeriodsHoldAll(t, periods, open, &c)
 			a.mu.Lock()
 			defer a.mu.Unlock()
 			assert.Equal(t, a.committed, a.reserved, "no reservation left behind")
 		})
 	}
+}
+
+// chargeWhileClosing has 8 goroutines charge a with hammerRun (half of them
+// nested) while another closes a's period again and again; the runs go on
+// past their 300 each until at least 3 periods closed while they ran, so
+// that the closes race with them however the goroutines are scheduled. It
+// returns the closed periods, the last of them the open period closed
+// afterwards, and the open period's Stats just before that close.
+func chargeWhileClosing(a *Account, c *charged) ([]Period, AccountStats) {
+	var closes atomic.Int64
+	stop := make(chan struct{})
+	var periods []Period
+	closer := make(chan struct{})
+	go func() {
+		defer close(closer)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			periods = append(periods, a.Reset())
+			closes.Add(1)
+		}
+	}()
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(g), 15))
+			for i := 0; i < 300 || closes.Load() < 3; i++ {
+				hammerRun(a, rng, g%2 == 1, c)
+			}
+		})
+	}
+	wg.Wait()
+	close(stop)
+	<-closer
+	open := a.Stats()
+	return append(periods, a.Reset()), open
+}
+
+// requirePeriodsHoldAll checks that periods are numbered from 1 and follow
+// each other without a gap, that the last is the open period whose Stats
+// were open, and that together they hold every unit c counted.
+func requirePeriodsHoldAll(t *testing.T, periods []Period, open AccountStats, c *charged) {
+	t.Helper()
+	var sum store.Totals
+	for k, p := range periods {
+		assert.Equal(t, "acme", p.Tenant)
+		assert.Equal(t, uint64(k+1), p.Number)
+		assert.True(t, p.Final)
+		assert.False(t, p.End.Before(p.Start))
+		if k > 0 {
+			assert.Equal(t, periods[k-1].End, p.Start, "periods follow each other")
+		}
+		assert.GreaterOrEqual(t, p.Evaluations, int64(0))
+		assert.GreaterOrEqual(t, p.TotalMemory, int64(0))
+		assert.GreaterOrEqual(t, p.CPUTime, time.Duration(0))
+		sum = sum.Add(p.Totals)
+	}
+	last := periods[len(periods)-1]
+	assert.Equal(t, open.Operations, last.Operations, "the open period's Stats is what closes")
+	assert.Equal(t, open.Evaluations, last.Evaluations)
+	assert.Equal(t, c.ops.Load(), sum.Operations, "operations")
+	assert.Equal(t, c.calls.Load(), sum.Calls, "calls")
+	assert.Equal(t, c.total.Load(), sum.TotalMemory, "bytes charged")
+	assert.Equal(t, c.evals.Load(), sum.Evaluations, "evaluations")
+	assert.Equal(t, time.Duration(c.cpu.Load()), sum.CPUTime, "CPU time")
+	t.Logf("%d periods, %+v", len(periods), sum)
 }
 
 func TestResetReturnsTheClosedPeriod(t *testing.T) {
@@ -285,14 +303,14 @@ func TestLedgerClosesPeriodsOnSchedule(t *testing.T) {
 		_, err := a.Begin(Limits{})
 		require.ErrorIs(t, err, ErrLimitExceeded, "the period's quota is used up")
 
-		time.Sleep(hour.Sub(start) + time.Minute)
+		time.Sleep(hour.Sub(start) + time.Minute) // the fake clock passes the hour
 		synctest.Wait()
 		lines := <-hooked
 		require.Len(t, lines, 1)
 		assert.Equal(t, Period{Tenant: "acme", Number: 1, Start: start, End: hour, Totals: store.Totals{Operations: 10, Evaluations: 1}, Final: true}, lines[0])
 		chargeOps(t, a, 10) // the quota starts over in the new period
 
-		time.Sleep(2 * time.Hour)
+		time.Sleep(2 * time.Hour) // two more hours of the fake clock
 		synctest.Wait()
 		<-hooked
 		lines = <-hooked
@@ -306,7 +324,7 @@ func TestLedgerClosesPeriodsOnSchedule(t *testing.T) {
 
 		require.NoError(t, l.Close(context.Background()))
 		require.NoError(t, l.Close(context.Background()), "Close again is fine")
-		time.Sleep(3 * time.Hour)
+		time.Sleep(3 * time.Hour) // hours of the fake clock after Close
 		synctest.Wait()
 		assert.Empty(t, hooked, "no close after Close")
 	})
@@ -320,7 +338,7 @@ func TestLedgerPeriodScheduleCalendar(t *testing.T) {
 		}
 		l := mustLedger(t, AccountLimits{}, WithPeriodSchedule(monthly))
 		chargeOps(t, l.Account("acme"), 1)
-		time.Sleep(time.Until(monthly(time.Now())) + time.Second)
+		time.Sleep(time.Until(monthly(time.Now())) + time.Second) // the fake clock passes the month
 		synctest.Wait()
 		kept := l.Periods()
 		require.Len(t, kept, 1)

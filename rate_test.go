@@ -62,10 +62,10 @@ func TestEvaluationRate(t *testing.T) {
 		assert.Equal(t, int64(2), s.Evaluations, "a refused run is no evaluation")
 		assert.Equal(t, int64(1), s.Refusals[EvaluationRate])
 
-		time.Sleep(400 * time.Millisecond)
+		time.Sleep(400 * time.Millisecond) // the bucket refills 0.8 token on the fake clock
 		_, err = a.Begin(Limits{})
 		requireRate(t, err, EvaluationRate, 2, 2, 1, 100*time.Millisecond) // 0.8 token: none whole
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond)                                 // RetryAfter, on the fake clock
 		tr, err := a.Begin(Limits{})
 		require.NoError(t, err, "the retry after RetryAfter succeeds")
 		tr.End()
@@ -76,7 +76,7 @@ func TestEvaluationRate(t *testing.T) {
 
 		// Raising the rate takes effect at once, with the tokens left.
 		require.NoError(t, a.SetLimits(AccountLimits{EvaluationsPerSecond: 100, EvaluationBurst: 100}))
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond) // one token at the new rate, on the fake clock
 		tr, err = a.Begin(Limits{})
 		require.NoError(t, err)
 		tr.End()
@@ -99,7 +99,7 @@ func TestEvaluationRateBatches(t *testing.T) {
 			n++
 		}
 		assert.Equal(t, 160, n, "the burst, exactly")
-		time.Sleep(time.Second)
+		time.Sleep(time.Second) // a second of refill on the fake clock
 		n = 0
 		for {
 			tr, err := a.Begin(Limits{})
@@ -127,7 +127,7 @@ func TestOperationRate(t *testing.T) {
 		require.NoError(t, tr.TrackOperations(30), "the refusal took no token")
 		requireRate(t, tr.TrackOperation(), OperationRate, 100, 100, 1, 10*time.Millisecond)
 		requireRate(t, tr.TrackOperations(101), OperationRate, 100, 100, 101, 0) // never: past the burst
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)                                        // RetryAfter, on the fake clock
 		require.NoError(t, tr.TrackOperation())
 		assert.Equal(t, int64(0), tr.Usage().Refusals, "no per-run refusal: the account's")
 		tr.End()
@@ -137,7 +137,7 @@ func TestOperationRate(t *testing.T) {
 		// Short runs that each take a chunk ahead give it back: ten runs of
 		// one operation each fit in a burst of 10.
 		require.NoError(t, a.SetLimits(AccountLimits{OperationsPerSecond: 10}))
-		time.Sleep(time.Second)
+		time.Sleep(time.Second) // the bucket refills, on the fake clock
 		for k := range 10 {
 			tr, err := a.Begin(Limits{})
 			require.NoError(t, err)
@@ -150,7 +150,7 @@ func TestOperationRate(t *testing.T) {
 		tr.End()
 
 		// A live run's unused chunk is taken back for another run.
-		time.Sleep(time.Second)
+		time.Sleep(time.Second) // the bucket refills, on the fake clock
 		hog, err := a.Begin(Limits{})
 		require.NoError(t, err)
 		require.NoError(t, hog.TrackOperation()) // takes the whole bucket as room
@@ -190,7 +190,7 @@ func TestOperationRateHammer(t *testing.T) {
 							require.ErrorAs(t, err, &le)
 							require.Equal(t, OperationRate, le.Resource)
 							require.Positive(t, le.RetryAfter)
-							time.Sleep(le.RetryAfter)
+							time.Sleep(le.RetryAfter) // as a client would, on the fake clock
 						}
 					}
 					tr.End()

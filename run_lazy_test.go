@@ -47,7 +47,7 @@ func TestRunWithoutTrackerReportsWallTime(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		boom := errors.New("boom")
 		u, err := Run(context.Background(), Limits{MaxOperations: 1}, func(ctx context.Context) error {
-			time.Sleep(time.Second)
+			time.Sleep(time.Second) // the run's wall time, on the fake clock
 			return boom
 		})
 		assert.Same(t, boom, err)
@@ -110,7 +110,7 @@ func TestRunCallerCancellationBeforeTimeoutWins(t *testing.T) {
 		_, err := Run(ctx, Limits{Timeout: time.Second}, func(ctx context.Context) error {
 			cancel()
 			<-ctx.Done()
-			time.Sleep(2 * time.Second) // the timeout passes while fn is still busy
+			time.Sleep(2 * time.Second) // the timeout passes (fake clock) while fn is still busy
 			return ctx.Err()
 		})
 		assert.ErrorIs(t, err, context.Canceled)
@@ -233,7 +233,7 @@ func TestRunNestedInTimedOutRunReturnsItsLimitError(t *testing.T) {
 							_ = FromContext(ctx)
 						}
 						<-ctx.Done()
-						time.Sleep(time.Millisecond)
+						time.Sleep(time.Millisecond) // busy a moment after the cancellation (fake clock)
 						return ctx.Err()
 					}, opts...)
 					return nil
@@ -260,7 +260,7 @@ func TestRunKeptContextAfterTimeoutWithoutTracker(t *testing.T) {
 		require.ErrorAs(t, err, &le)
 		tr := FromContext(kept)
 		assert.Same(t, tr, FromContext(kept), "one tracker, also after the run")
-		time.Sleep(time.Hour)
+		time.Sleep(time.Hour) // long after the run, on the fake clock
 		assert.Same(t, le, tr.Err())
 		u := tr.Usage()
 		assert.Equal(t, time.Second, u.WallTime, "the run's wall time, not the time since")

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
@@ -302,21 +303,17 @@ func TestAddCPUTime(t *testing.T) {
 }
 
 func TestStandaloneTimeoutStopsTheRun(t *testing.T) {
-	tr := newT(t, Limits{Timeout: 20 * time.Millisecond})
-	require.NoError(t, tr.TrackOperation())
-	deadline := time.After(5 * time.Second)
-	for tr.Err() == nil {
-		select {
-		case <-deadline:
-			t.Fatal("timeout never fired")
-		default:
-			time.Sleep(time.Millisecond) // polling an asynchronous timer, not synchronising
-		}
-	}
-	var le *LimitError
-	require.ErrorAs(t, tr.TrackOperation(), &le)
-	assert.Equal(t, Timeout, le.Resource)
-	assert.GreaterOrEqual(t, le.Used, int64(20*time.Millisecond))
+	synctest.Test(t, func(t *testing.T) {
+		tr := newT(t, Limits{Timeout: 20 * time.Millisecond})
+		require.NoError(t, tr.TrackOperation())
+		time.Sleep(20 * time.Millisecond) // the timeout passes on the bubble's fake clock
+		synctest.Wait()                   // and its timer has fired
+		var le *LimitError
+		require.ErrorAs(t, tr.Err(), &le, "the timeout stopped the run by itself")
+		require.ErrorAs(t, tr.TrackOperation(), &le)
+		assert.Equal(t, Timeout, le.Resource)
+		assert.GreaterOrEqual(t, le.Used, int64(20*time.Millisecond))
+	})
 }
 
 func TestReadingsReportUsageAndRefusals(t *testing.T) {

@@ -249,25 +249,7 @@ func TestIssue19Item5RedisDataLossAfterAClose(t *testing.T) {
 	plans := map[string]reslimit.AccountLimits{"beta": {MaxTotalOperations: quota}}
 	f := newFleet(t, fleetConfig{replicas: 2, plans: plans, rdb: rdb, request: reslimit.Limits{Timeout: 20 * time.Second}})
 	r1 := f.replicas[0]
-
-	// Period 1: 2×100 requests of 35 operations.
-	var p1 granted
-	for _, rep := range f.replicas {
-		g, _ := f.send(t, rep, "beta", "ops", 100, false)
-		p1 = p1.add(g)
-	}
-	r1.ClosePeriod()
-	f.SyncAll() // r2 closes its own; both send their final reports for period 1
-	deadline := time.Now().Add(10 * time.Second)
-	for !f.storePeriod("beta", 1).Final {
-		if time.Now().After(deadline) {
-			t.Fatalf("period 1 not Final before the flush: %+v", f.storePeriod("beta", 1))
-		}
-		f.SyncAll()
-	}
-	if sp := f.storePeriod("beta", 1); totalsOf(sp.Totals) != p1 {
-		t.Errorf("before the flush, period 1 in the store: %v, granted %v", totalsOf(sp.Totals), p1)
-	}
+	p1 := closeFinalPeriod(t, f, "beta", 100)
 
 	// Period 2: 2×20 requests, reported; then Redis loses everything.
 	var p2 granted
@@ -278,7 +260,7 @@ func TestIssue19Item5RedisDataLossAfterAClose(t *testing.T) {
 	f.SyncAll()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := rdb.FlushAll(ctx).Err(); err != nil {
+	if err := rdb.FlushAll(ctx).Err(); err != nil { // the test's own redis-server
 		t.Fatal(err)
 	}
 
@@ -292,18 +274,7 @@ func TestIssue19Item5RedisDataLossAfterAClose(t *testing.T) {
 	}
 	f.Close()
 
-	lines := f.sumLines(t)
-	if got := totalsOf(lines[periodKey{"beta", 1}]); got != p1 {
-		t.Errorf("period 1: replicas' lines %v, granted %v", got, p1)
-	}
-	sp1 := f.storePeriod("beta", 1)
-	t.Logf("after the flush, period 1 in the store: %v Final=%v Lost=%v (granted %v)", totalsOf(sp1.Totals), sp1.Final, sp1.Lost, p1)
-	if !sp1.Lost || sp1.Final {
-		t.Errorf("period 1 after the flush: Lost=%v Final=%v, want a lost period, never final", sp1.Lost, sp1.Final)
-	}
-	if sp1.Final && totalsOf(sp1.Totals) != p1 {
-		t.Errorf("period 1 reads Final with %v after the flush, but %v was charged in it (store - granted: %v)", totalsOf(sp1.Totals), p1, diff(totalsOf(sp1.Totals), p1))
-	}
+	checkLostPeriod(t, f, "beta", p1)
 	sp2 := f.storePeriod("beta", 0)
 	t.Logf("period %d (open) in the store: %v (granted in it %v)", sp2.Number, totalsOf(sp2.Totals), p2)
 	if sp2.Number != 2 {
@@ -316,5 +287,50 @@ func TestIssue19Item5RedisDataLossAfterAClose(t *testing.T) {
 	if p2.Operations < quota-2*floor || p2.Operations > quota+quota/4 {
 		t.Errorf("period 2: %d operations granted before the quota of %d refused, want within [%d, %d]: %s",
 			p2.Operations, quota, quota-2*floor, quota+quota/4, fmt.Sprint(last.raw))
+	}
+}
+
+// closeFinalPeriod sends n requests of the ops tool for tenant on every
+// replica of f, closes the period (by hand on the first replica; the
+// others at their next sync), syncs until the closed period is Final in
+// the store and checks that it holds what was granted, which it returns.
+func closeFinalPeriod(t *testing.T, f *fleet, tenant string, n int) granted {
+	t.Helper()
+	var p1 granted
+	for _, rep := range f.replicas {
+		g, _ := f.send(t, rep, tenant, "ops", n, false)
+		p1 = p1.add(g)
+	}
+	f.replicas[0].ClosePeriod()
+	f.SyncAll() // the others close their own; all send their final reports for period 1
+	deadline := time.Now().Add(10 * time.Second)
+	for !f.storePeriod(tenant, 1).Final {
+		if time.Now().After(deadline) {
+			t.Fatalf("period 1 not Final before the flush: %+v", f.storePeriod(tenant, 1))
+		}
+		f.SyncAll()
+	}
+	if sp := f.storePeriod(tenant, 1); totalsOf(sp.Totals) != p1 {
+		t.Errorf("before the flush, period 1 in the store: %v, granted %v", totalsOf(sp.Totals), p1)
+	}
+	return p1
+}
+
+// checkLostPeriod checks period 1 of tenant after the store lost its data:
+// the replicas' invoice lines hold what was granted in it (p1), and the
+// store reads it as lost, never Final (and never Final with other totals).
+func checkLostPeriod(t *testing.T, f *fleet, tenant string, p1 granted) {
+	t.Helper()
+	lines := f.sumLines(t)
+	if got := totalsOf(lines[periodKey{tenant, 1}]); got != p1 {
+		t.Errorf("period 1: replicas' lines %v, granted %v", got, p1)
+	}
+	sp1 := f.storePeriod(tenant, 1)
+	t.Logf("after the flush, period 1 in the store: %v Final=%v Lost=%v (granted %v)", totalsOf(sp1.Totals), sp1.Final, sp1.Lost, p1)
+	if !sp1.Lost || sp1.Final {
+		t.Errorf("period 1 after the flush: Lost=%v Final=%v, want a lost period, never final", sp1.Lost, sp1.Final)
+	}
+	if sp1.Final && totalsOf(sp1.Totals) != p1 {
+		t.Errorf("period 1 reads Final with %v after the flush, but %v was charged in it (store - granted: %v)", totalsOf(sp1.Totals), p1, diff(totalsOf(sp1.Totals), p1))
 	}
 }

@@ -135,44 +135,67 @@ type tools struct {
 	wasmCalls int64
 }
 
+// toolLimits are the limits of each Limit'ed tool but overrun and spin.
+var toolLimits = reslimit.Limits{Timeout: 20 * time.Second}
+
 // newTools builds the tools; the WebAssembly runtime is closed when tb ends.
 func newTools(tb testing.TB) *tools {
 	tb.Helper()
-	ctx := context.Background()
-	rt := wazero.NewRuntimeWithConfig(ctx, reslimitwazero.Config(wazero.NewRuntimeConfig()))
-	tb.Cleanup(func() { _ = rt.Close(context.Background()) })
-	compiled, err := rt.CompileModule(reslimitwazero.CountCalls(ctx), fibModule())
-	if err != nil {
-		tb.Fatalf("compiling the guest: %v", err)
-	}
 	tl := &tools{starSteps: starSteps(tb), wasmCalls: wasmCalls(wasmN)}
-	limited := reslimit.Limits{Timeout: 20 * time.Second}
-
-	// count charges n operations and m calls one at a time, counting
-	// what was granted.
-	count := func(tr *reslimit.Tracker, g *granted, n, m int) error {
-		for range n {
-			if err := tr.TrackOperation(); err != nil {
-				return err
-			}
-			g.Operations++
-		}
-		for range m {
-			if err := tr.TrackCall(); err != nil {
-				return err
-			}
-			g.Calls++
-		}
-		return nil
+	tl.byName = map[string]tool{
+		"host":    hostTool,
+		"ops":     opsTool(),
+		"overrun": overrunTool(),
+		"star":    tl.starTool(),
+		"wasm":    tl.wasmTool(tb),
+		"exec":    reslimit.Limit(execTool, toolLimits),
+		"spin":    reslimit.Limit(spinTool, reslimit.Limits{}),
 	}
+	return tl
+}
+
+// countGranted charges n operations and m calls one at a time on tr,
+// counting in g what was granted.
+func countGranted(tr *reslimit.Tracker, g *granted, n, m int) error {
+	for range n {
+		if err := tr.TrackOperation(); err != nil {
+			return err
+		}
+		g.Operations++
+	}
+	for range m {
+		if err := tr.TrackCall(); err != nil {
+			return err
+		}
+		g.Calls++
+	}
+	return nil
+}
+
+// toolUsage is what the tool's own run was charged: the guests' partial
+// work when they are stopped is known only from it.
+func toolUsage(ctx context.Context) granted {
+	u := reslimit.FromContext(ctx).Usage()
+	return granted{Operations: u.Operations, Calls: u.Calls, TotalMemory: u.TotalMemoryBytes}
+}
+
+// hostTool is charged on the request's own run, no nesting.
+func hostTool(ctx context.Context, _ struct{}) (granted, error) {
+	var g granted
+	return g, countGranted(reslimit.FromContext(ctx), &g, hostOps, hostCalls)
+}
+
+// opsTool is a Limit'ed tool that counts, acquires and releases memory,
+// and calls another Limit'ed tool.
+func opsTool() tool {
 	inner := reslimit.Limit(func(ctx context.Context, _ struct{}) (granted, error) {
 		var g granted
-		return g, count(reslimit.FromContext(ctx), &g, innerOps, innerCalls)
-	}, limited)
-	outer := reslimit.Limit(func(ctx context.Context, in struct{}) (granted, error) {
+		return g, countGranted(reslimit.FromContext(ctx), &g, innerOps, innerCalls)
+	}, toolLimits)
+	return reslimit.Limit(func(ctx context.Context, in struct{}) (granted, error) {
 		var g granted
 		tr := reslimit.FromContext(ctx)
-		if err := count(tr, &g, outerOps, outerCalls); err != nil {
+		if err := countGranted(tr, &g, outerOps, outerCalls); err != nil {
 			return g, err
 		}
 		guard, err := tr.AcquireMemory(toolMem)
@@ -183,71 +206,77 @@ func newTools(tb testing.TB) *tools {
 		guard.Release()
 		h, err := inner(ctx, in) // a tool calling a tool
 		return g.add(h), err
-	}, limited)
-	overrun := reslimit.Limit(func(ctx context.Context, _ struct{}) (granted, error) {
+	}, toolLimits)
+}
+
+// overrunTool asks for more operations than its own limit allows.
+func overrunTool() tool {
+	return reslimit.Limit(func(ctx context.Context, _ struct{}) (granted, error) {
 		var g granted
-		return g, count(reslimit.FromContext(ctx), &g, overrunAsks, 0)
+		return g, countGranted(reslimit.FromContext(ctx), &g, overrunAsks, 0)
 	}, reslimit.Limits{MaxOperations: overrunLimit, Timeout: 20 * time.Second})
-	// The guests' partial work when they are stopped is known only from
-	// their run: usage reads what the tool's own run was charged.
-	usage := func(ctx context.Context) granted {
-		u := reslimit.FromContext(ctx).Usage()
-		return granted{Operations: u.Operations, Calls: u.Calls, TotalMemory: u.TotalMemoryBytes}
-	}
-	star := reslimit.Limit(func(ctx context.Context, _ struct{}) (granted, error) {
+}
+
+// starTool runs starSrc under contrib/starlark.
+func (tl *tools) starTool() tool {
+	return reslimit.Limit(func(ctx context.Context, _ struct{}) (granted, error) {
 		_, err := reslimitstarlark.ExecFile(ctx, &syntax.FileOptions{}, "tool.star", starSrc, nil)
 		if err != nil {
-			return usage(ctx), err
+			return toolUsage(ctx), err
 		}
 		return granted{Operations: tl.starSteps}, nil
-	}, limited)
-	wasm := reslimit.Limit(func(ctx context.Context, _ struct{}) (granted, error) {
+	}, toolLimits)
+}
+
+// wasmTool instantiates fibModule under contrib/wazero and calls
+// fib(wasmN); its runtime is closed when tb ends.
+func (tl *tools) wasmTool(tb testing.TB) tool {
+	tb.Helper()
+	ctx := context.Background()
+	rt := wazero.NewRuntimeWithConfig(ctx, reslimitwazero.Config(wazero.NewRuntimeConfig()))
+	tb.Cleanup(func() { _ = rt.Close(context.Background()) })
+	compiled, err := rt.CompileModule(reslimitwazero.CountCalls(ctx), fibModule())
+	if err != nil {
+		tb.Fatalf("compiling the guest: %v", err)
+	}
+	return reslimit.Limit(func(ctx context.Context, _ struct{}) (granted, error) {
 		ctx = reslimitwazero.WithTracker(ctx)
 		mod, err := reslimitwazero.Instantiate(ctx, rt, compiled, wazero.NewModuleConfig().WithName(""))
 		if err != nil {
-			return usage(ctx), err
+			return toolUsage(ctx), err
 		}
 		defer mod.Close(ctx)
 		res, err := reslimitwazero.Call(ctx, mod.ExportedFunction("fib"), wasmN)
 		if err != nil {
-			return usage(ctx), err
+			return toolUsage(ctx), err
 		}
 		if res[0] != 55 {
-			return usage(ctx), fmt.Errorf("fib(%d) = %d", wasmN, res[0])
+			return toolUsage(ctx), fmt.Errorf("fib(%d) = %d", wasmN, res[0])
 		}
 		return granted{Calls: tl.wasmCalls, TotalMemory: wasmMem}, nil
-	}, limited)
-	execTool := reslimit.Limit(func(ctx context.Context, _ struct{}) (granted, error) {
-		err := reslimitexec.Run(ctx, exec.Command("/bin/true"))
-		g := usage(ctx) // the child's resident memory is charged as sampled: only its run knows
-		if err == nil && g.Calls != execCalls {
-			return g, fmt.Errorf("the child's run counted %d calls, want %d", g.Calls, execCalls)
-		}
-		return g, err
-	}, limited)
-	spin := reslimit.Limit(func(ctx context.Context, _ struct{}) (granted, error) {
-		var g granted
-		tr := reslimit.FromContext(ctx)
-		for {
-			if err := tr.TrackOperation(); err != nil {
-				return g, err
-			}
-			g.Operations++
-		}
-	}, reslimit.Limits{})
-	tl.byName = map[string]tool{
-		"host": func(ctx context.Context, _ struct{}) (granted, error) {
-			var g granted
-			return g, count(reslimit.FromContext(ctx), &g, hostOps, hostCalls)
-		},
-		"ops":     outer,
-		"overrun": overrun,
-		"star":    star,
-		"wasm":    wasm,
-		"exec":    execTool,
-		"spin":    spin,
+	}, toolLimits)
+}
+
+// execTool runs one child under reslimitexec.
+func execTool(ctx context.Context, _ struct{}) (granted, error) {
+	err := reslimitexec.Run(ctx, exec.Command("/bin/true"))
+	g := toolUsage(ctx) // the child's resident memory is charged as sampled: only its run knows
+	if err == nil && g.Calls != execCalls {
+		return g, fmt.Errorf("the child's run counted %d calls, want %d", g.Calls, execCalls)
 	}
-	return tl
+	return g, err
+}
+
+// spinTool counts operations until it is refused.
+func spinTool(ctx context.Context, _ struct{}) (granted, error) {
+	var g granted
+	tr := reslimit.FromContext(ctx)
+	for {
+		if err := tr.TrackOperation(); err != nil {
+			return g, err
+		}
+		g.Operations++
+	}
 }
 
 // cost returns what a request running plan costs when it succeeds, but

@@ -129,7 +129,7 @@ func TestFleetOnRedisNearTheLimit(t *testing.T) {
 						}
 						tr.End()
 					}
-					time.Sleep(100 * time.Microsecond)
+					time.Sleep(100 * time.Microsecond) // a client's pace: Redis keeps real time
 				}
 			}()
 		}
@@ -139,10 +139,10 @@ func TestFleetOnRedisNearTheLimit(t *testing.T) {
 		"the fleet stalls at %d of %d", granted.Load(), limit)
 	took := time.Since(start)
 	t.Logf("the fleet reached %d of %d in %v with %d script calls", granted.Load(), limit, took, st.scripts.Load())
-	time.Sleep(2 * interval)
+	time.Sleep(2 * interval) // the replicas settle at the limit (real time: Redis's clock)
 	scripts := st.scripts.Load()
 	const window = 2 * time.Second
-	time.Sleep(window)
+	time.Sleep(window) // the rate of script calls is measured over this real-time window
 	perReplica := float64(st.scripts.Load()-scripts) / 3 / float64(window/interval)
 	t.Logf("at the limit: %.2f script calls per replica per sync interval", perReplica)
 	assert.LessOrEqual(t, perReplica, 2.0, "a tenant at its limit storms Redis")

@@ -26,7 +26,7 @@ func TestThreadClockCountsCPUNotSleep(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(50 * time.Millisecond)
+	time.Sleep(50 * time.Millisecond) // the behaviour under test: a sleeping thread uses no CPU
 	afterSleep, _ := c.Read()
 	if d := afterSleep - before; d > 20*time.Millisecond {
 		t.Fatalf("sleeping 50ms used %v of CPU", d)

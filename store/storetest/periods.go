@@ -3,7 +3,6 @@ package storetest
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -105,7 +104,7 @@ func (s *suite) testPeriodFinalByExpiry(t *testing.T) {
 	if s.cfg.Advance != nil {
 		s.advance(t, ttl+time.Millisecond)
 	} else {
-		time.Sleep(ttl + 50*time.Millisecond)
+		time.Sleep(ttl + 50*time.Millisecond) // a store on the real clock: its lease expires only in real time
 	}
 	assert.Equal(t, store.Period{Tenant: "t", Number: 1, Open: 2, Totals: ops(4), Final: true}, loadPeriod(t, pl, "t", 1))
 }
@@ -170,77 +169,106 @@ func (s *suite) testPeriodLost(t *testing.T) {
 // MemoryStore, and requires the same answers and the same period totals.
 func (s *suite) testPeriodsMatchMemoryStore(t *testing.T) {
 	st, pl := s.periodStore(t)
-	ref := store.NewMemory()
-	ctx := context.Background()
-	rng := rand.New(rand.NewPCG(3, 5))
-	replicas := []string{"a", "b", "c"}
-	tenants := []string{"t1", "t2"}
-	lim := leased(1000, 100, 0, 30)
-	type key struct{ replica, tenant string }
-	seqs := map[key]uint64{}
-	period := map[key]uint64{}
-	last := map[key]store.TenantSync{}
-	rv := func(n int64) int64 { return rng.Int64N(n) }
-	maxPeriod := uint64(1)
+	m := &periodReplay{
+		replay:    newReplay(3, 5),
+		replicas:  []string{"a", "b", "c"},
+		tenants:   []string{"t1", "t2"},
+		lim:       leased(1000, 100, 0, 30),
+		period:    map[replayKey]uint64{},
+		maxPeriod: 1,
+	}
 	for step := range 300 {
-		replica := replicas[rng.IntN(len(replicas))]
-		req := store.SyncRequest{Replica: replica, LeaseTTL: long, Final: rng.IntN(15) == 0}
-		if rng.IntN(8) == 0 {
-			req.LeaseTTL = 0
-		}
-		for _, tn := range tenants {
-			if rng.IntN(2) == 0 {
-				continue
-			}
-			k := key{replica, tn}
-			if seqs[k] > 0 && rng.IntN(15) == 0 {
-				req.Tenants = append(req.Tenants, last[k]) // a retry
-				continue
-			}
-			seqs[k]++
-			p := max(period[k], 1)
-			ts := store.TenantSync{Tenant: tn, Seq: seqs[k], Limit: lim, Period: p,
-				Used: store.Totals{Operations: rv(60), Calls: rv(5), Evaluations: rv(3), CPUTime: time.Duration(rv(1e6)) * time.Microsecond},
-				Want: leased(rv(300), rv(30), 0, rv(10)), Return: ops(rv(20))}
-			if rng.IntN(6) == 0 { // the replica closes its period (or more)
-				for range 1 + rng.IntN(2) {
-					ts.Closed = append(ts.Closed, store.ClosedReport{Period: p, Used: ops(rv(40))})
-					p++
-				}
-				ts.Period = p
-			}
-			period[k] = ts.Period
-			last[k] = ts
-			req.Tenants = append(req.Tenants, ts)
-		}
+		req := m.request()
 		if len(req.Tenants) == 0 {
 			continue
 		}
-		wantResp, err := ref.Sync(ctx, req)
-		require.NoError(t, err)
-		gotResp, err := st.Sync(ctx, req)
-		require.NoError(t, err, "step %d", step)
-		require.Equal(t, wantResp, gotResp, "step %d: %+v", step, req)
-		for i, ts := range req.Tenants {
-			// A replica learns of a later period from the answer.
-			k := key{replica, ts.Tenant}
-			maxPeriod = max(maxPeriod, gotResp.Tenants[i].Period)
-			if p := gotResp.Tenants[i].Period; p > period[k] && rng.IntN(2) == 0 {
-				period[k] = p // closes its own at its next report
-			}
-		}
+		resp := m.syncBoth(t, st, step, req)
+		m.learn(req, resp)
 		if req.LeaseTTL == 0 {
-			time.Sleep(2 * time.Millisecond)
-			s.advance(t, 2*time.Millisecond)
+			m.expire(t, s)
 		}
 		if step%25 == 0 {
-			for _, tn := range tenants {
-				for n := uint64(1); n <= maxPeriod+1; n++ {
-					w, err := ref.LoadPeriod(ctx, tn, n)
-					require.NoError(t, err)
-					require.Equal(t, w, loadPeriod(t, pl, tn, n), "step %d: LoadPeriod(%s, %d)", step, tn, n)
-				}
-			}
+			m.comparePeriods(t, pl, step)
+		}
+	}
+}
+
+// periodReplay is the replay of PeriodsMatchMemoryStore: each replica
+// reports to the period it is in (period), and the highest period any
+// answer named is maxPeriod.
+type periodReplay struct {
+	*replay
+	replicas, tenants []string
+	lim               store.Totals
+	period            map[replayKey]uint64
+	maxPeriod         uint64
+}
+
+// request makes the next random request: one replica's sync of some of
+// the tenants (maybe none), each a retry or a new report, sometimes Final,
+// sometimes with a lease of 0.
+func (m *periodReplay) request() store.SyncRequest {
+	replica := m.replicaOf(m.replicas)
+	req := store.SyncRequest{Replica: replica, LeaseTTL: long, Final: m.rng.IntN(15) == 0}
+	if m.rng.IntN(8) == 0 {
+		req.LeaseTTL = 0
+	}
+	for _, tn := range m.tenants {
+		if m.rng.IntN(2) == 0 {
+			continue
+		}
+		k := replayKey{replica, tn}
+		if m.seqs[k] > 0 && m.rng.IntN(15) == 0 {
+			req.Tenants = append(req.Tenants, m.last[k]) // a retry
+			continue
+		}
+		ts := m.report(k)
+		m.period[k] = ts.Period
+		m.last[k] = ts
+		req.Tenants = append(req.Tenants, ts)
+	}
+	return req
+}
+
+// report is k's next report, to its period; now and then the replica
+// closes that period (or more) in it.
+func (m *periodReplay) report(k replayKey) store.TenantSync {
+	m.seqs[k]++
+	p := max(m.period[k], 1)
+	ts := store.TenantSync{Tenant: k.tenant, Seq: m.seqs[k], Limit: m.lim, Period: p,
+		Used: store.Totals{Operations: m.rv(60), Calls: m.rv(5), Evaluations: m.rv(3), CPUTime: time.Duration(m.rv(1e6)) * time.Microsecond},
+		Want: leased(m.rv(300), m.rv(30), 0, m.rv(10)), Return: ops(m.rv(20))}
+	if m.rng.IntN(6) == 0 {
+		for range 1 + m.rng.IntN(2) {
+			ts.Closed = append(ts.Closed, store.ClosedReport{Period: p, Used: ops(m.rv(40))})
+			p++
+		}
+		ts.Period = p
+	}
+	return ts
+}
+
+// learn takes in an answer: a replica that learns of a later period moves
+// to it half the time (it closes its own at its next report).
+func (m *periodReplay) learn(req store.SyncRequest, resp store.SyncResponse) {
+	for i, ts := range req.Tenants {
+		k := replayKey{req.Replica, ts.Tenant}
+		m.maxPeriod = max(m.maxPeriod, resp.Tenants[i].Period)
+		if p := resp.Tenants[i].Period; p > m.period[k] && m.rng.IntN(2) == 0 {
+			m.period[k] = p
+		}
+	}
+}
+
+// comparePeriods requires the same periods of every tenant, up to one
+// past the highest known, from pl as from the reference.
+func (m *periodReplay) comparePeriods(t *testing.T, pl store.PeriodLoader, step int) {
+	t.Helper()
+	for _, tn := range m.tenants {
+		for n := uint64(1); n <= m.maxPeriod+1; n++ {
+			w, err := m.ref.LoadPeriod(context.Background(), tn, n)
+			require.NoError(t, err)
+			require.Equal(t, w, loadPeriod(t, pl, tn, n), "step %d: LoadPeriod(%s, %d)", step, tn, n)
 		}
 	}
 }

@@ -538,7 +538,7 @@ func (s *suite) testExpiredLeaseStaysCounted(t *testing.T) {
 	if s.cfg.Advance != nil {
 		s.advance(t, ttl+time.Millisecond)
 	} else {
-		time.Sleep(ttl + 50*time.Millisecond)
+		time.Sleep(ttl + 50*time.Millisecond) // a store on the real clock: its lease expires only in real time
 	}
 	b := one(t, st, "b", long, false, store.TenantSync{Tenant: "t", Seq: 1, Want: leased(1000, 0, 1000, 0), Limit: lim})
 	assert.Zero(t, leasedOf(b.Allowance), "a's expired lease still counts against the limit")
@@ -665,101 +665,141 @@ func (s *suite) testHammer(t *testing.T) {
 // hammer drives one replica: each round it uses part of its unused
 // allowance (never more), reports it and asks for more, sometimes
 // retrying a report whose answer it pretends to have lost. It stops when
-// every limited resource is used up and the store grants no more, and
-// gives back with a Final sync.
+// every limited resource is used up and the store grants no more (three
+// rounds in a row), and gives back with a Final sync.
 func (s *suite) hammer(st store.Store, r *hammerReplica, tenants []string, limits map[string]store.Totals, rng *rand.Rand, maxRounds int) error {
-	ctx := context.Background()
-	res := leasedFields
 	idle := 0
-	for round := 0; ; round++ {
+	for round := 0; idle < 3; round++ {
 		if round == maxRounds {
 			return fmt.Errorf("%s: not done after %d rounds", r.id, maxRounds)
 		}
-		r.seq++
-		req := store.SyncRequest{Replica: r.id, LeaseTTL: long}
-		for _, tn := range tenants {
-			var used, want store.Totals
-			lim := limits[tn]
-			for _, x := range res {
-				if get(lim, x) == 0 {
-					set(&used, x, rng.Int64N(3)) // unlimited: only reported
-					continue
-				}
-				unused := get(r.allowance[tn], x) - get(r.reported[tn], x)
-				if unused > 0 {
-					n := unused
-					if rng.IntN(2) == 0 {
-						n = 1 + rng.Int64N(unused)
-					}
-					set(&used, x, n)
-				}
-				set(&want, x, 1+rng.Int64N(get(lim, x)/20))
-			}
-			used.CPUTime = time.Duration(rng.Int64N(5000))
-			req.Tenants = append(req.Tenants, store.TenantSync{Tenant: tn, Seq: r.seq, Used: used, Want: want, Limit: lim})
-		}
-		resp, err := st.Sync(ctx, req)
+		granted, err := s.hammerRound(st, r, tenants, limits, rng)
 		if err != nil {
 			return err
 		}
-		if rng.IntN(10) == 0 { // the answer was "lost": retry
-			again, err := st.Sync(ctx, req)
-			if err != nil {
-				return err
-			}
-			for k := range resp.Tenants {
-				a, b := resp.Tenants[k], again.Tenants[k]
-				if a.Reported != b.Reported || a.Allowance != b.Allowance {
-					return fmt.Errorf("%s: retry of seq %d changed %s: %+v then %+v", r.id, r.seq, a.Tenant, a, b)
-				}
-			}
-			resp = again
-		}
-		granted := false
-		for k, ts := range req.Tenants {
-			got := resp.Tenants[k]
-			if got.Tenant != ts.Tenant {
-				return fmt.Errorf("%s: answer %d is for %q, not %q", r.id, k, got.Tenant, ts.Tenant)
-			}
-			want := r.reported[ts.Tenant].Add(ts.Used)
-			if leasedOf(got.Reported) != leasedOf(want) {
-				return fmt.Errorf("%s: %s reported %+v, want %+v", r.id, ts.Tenant, got.Reported, want)
-			}
-			if got.Reported.CPUTime > want.CPUTime || got.Reported.CPUTime <= want.CPUTime-s.cfg.CPUResolution*time.Duration(r.reports+1)-1 {
-				return fmt.Errorf("%s: %s reported CPU %v, want %v", r.id, ts.Tenant, got.Reported.CPUTime, want.CPUTime)
-			}
-			for _, x := range res {
-				if get(ts.Limit, x) > 0 && get(got.Allowance, x) > get(r.allowance[ts.Tenant], x) {
-					granted = true
-				}
-				if get(got.Allowance, x) < get(got.Reported, x) {
-					return fmt.Errorf("%s: %s allowance %+v below reported %+v", r.id, ts.Tenant, got.Allowance, got.Reported)
-				}
-			}
-			r.reported[ts.Tenant] = got.Reported
-			r.allowance[ts.Tenant] = got.Allowance
-		}
-		r.reports++
-		if granted {
+		switch {
+		case granted:
 			idle = 0
-			continue
-		}
-		if !r.hasUnused(tenants, limits) {
+		case !r.hasUnused(tenants, limits):
 			idle++
 		}
-		if idle == 3 {
-			break
-		}
-		if idle > 0 {
-			time.Sleep(time.Millisecond) // let the others use what they hold
+		if idle > 0 && idle < 3 {
+			// A back-off between polls while the others use what they
+			// hold: how soon this replica asks again, never what it is
+			// granted (on a real store the others' round trips take
+			// real time too).
+			time.Sleep(time.Millisecond)
 		}
 	}
+	return r.giveBack(st, tenants, limits)
+}
+
+// hammerRound is one round of hammer: one sync of every tenant (retried
+// now and then), whose answer is checked and taken in. It reports whether
+// the store granted more of a limited resource.
+func (s *suite) hammerRound(st store.Store, r *hammerReplica, tenants []string, limits map[string]store.Totals, rng *rand.Rand) (granted bool, err error) {
+	r.seq++
+	req := store.SyncRequest{Replica: r.id, LeaseTTL: long}
+	for _, tn := range tenants {
+		req.Tenants = append(req.Tenants, r.report(tn, limits[tn], rng))
+	}
+	resp, err := r.syncRetrying(st, req, rng)
+	if err != nil {
+		return false, err
+	}
+	for k, ts := range req.Tenants {
+		g, err := s.takeAnswer(r, ts, resp.Tenants[k])
+		if err != nil {
+			return false, err
+		}
+		granted = granted || g
+	}
+	r.reports++
+	return granted, nil
+}
+
+// report is the replica's report of tenant tn this round: of each limited
+// resource it uses part or all of its unused allowance and wants more; of
+// each unlimited one it reports a little; and some CPU time.
+func (r *hammerReplica) report(tn string, lim store.Totals, rng *rand.Rand) store.TenantSync {
+	var used, want store.Totals
+	for _, x := range leasedFields {
+		if get(lim, x) == 0 {
+			set(&used, x, rng.Int64N(3)) // unlimited: only reported
+			continue
+		}
+		unused := get(r.allowance[tn], x) - get(r.reported[tn], x)
+		if unused > 0 {
+			n := unused
+			if rng.IntN(2) == 0 {
+				n = 1 + rng.Int64N(unused)
+			}
+			set(&used, x, n)
+		}
+		set(&want, x, 1+rng.Int64N(get(lim, x)/20))
+	}
+	used.CPUTime = time.Duration(rng.Int64N(5000))
+	return store.TenantSync{Tenant: tn, Seq: r.seq, Used: used, Want: want, Limit: lim}
+}
+
+// syncRetrying sends req; one time in ten it pretends the answer was lost
+// and sends it again, which must answer the same.
+func (r *hammerReplica) syncRetrying(st store.Store, req store.SyncRequest, rng *rand.Rand) (store.SyncResponse, error) {
+	ctx := context.Background()
+	resp, err := st.Sync(ctx, req)
+	if err != nil || rng.IntN(10) != 0 {
+		return resp, err
+	}
+	again, err := st.Sync(ctx, req)
+	if err != nil {
+		return again, err
+	}
+	for k := range resp.Tenants {
+		a, b := resp.Tenants[k], again.Tenants[k]
+		if a.Reported != b.Reported || a.Allowance != b.Allowance {
+			return again, fmt.Errorf("%s: retry of seq %d changed %s: %+v then %+v", r.id, r.seq, a.Tenant, a, b)
+		}
+	}
+	return again, nil
+}
+
+// takeAnswer checks the store's answer got to the report ts (for the
+// tenant, reported what was sent on top of what it had, within the CPU
+// resolution; an allowance never below what was reported) and keeps it.
+// It reports whether the answer grants more of a limited resource.
+func (s *suite) takeAnswer(r *hammerReplica, ts store.TenantSync, got store.TenantState) (granted bool, err error) {
+	if got.Tenant != ts.Tenant {
+		return false, fmt.Errorf("%s: answer is for %q, not %q", r.id, got.Tenant, ts.Tenant)
+	}
+	want := r.reported[ts.Tenant].Add(ts.Used)
+	if leasedOf(got.Reported) != leasedOf(want) {
+		return false, fmt.Errorf("%s: %s reported %+v, want %+v", r.id, ts.Tenant, got.Reported, want)
+	}
+	if got.Reported.CPUTime > want.CPUTime || got.Reported.CPUTime <= want.CPUTime-s.cfg.CPUResolution*time.Duration(r.reports+1)-1 {
+		return false, fmt.Errorf("%s: %s reported CPU %v, want %v", r.id, ts.Tenant, got.Reported.CPUTime, want.CPUTime)
+	}
+	for _, x := range leasedFields {
+		if get(ts.Limit, x) > 0 && get(got.Allowance, x) > get(r.allowance[ts.Tenant], x) {
+			granted = true
+		}
+		if get(got.Allowance, x) < get(got.Reported, x) {
+			return false, fmt.Errorf("%s: %s allowance %+v below reported %+v", r.id, ts.Tenant, got.Allowance, got.Reported)
+		}
+	}
+	r.reported[ts.Tenant] = got.Reported
+	r.allowance[ts.Tenant] = got.Allowance
+	return granted, nil
+}
+
+// giveBack sends the replica's Final sync, which must give back every
+// unused allowance.
+func (r *hammerReplica) giveBack(st store.Store, tenants []string, limits map[string]store.Totals) error {
 	r.seq++
 	req := store.SyncRequest{Replica: r.id, LeaseTTL: long, Final: true}
 	for _, tn := range tenants {
 		req.Tenants = append(req.Tenants, store.TenantSync{Tenant: tn, Seq: r.seq, Limit: limits[tn]})
 	}
-	resp, err := st.Sync(ctx, req)
+	resp, err := st.Sync(context.Background(), req)
 	if err != nil {
 		return err
 	}
@@ -780,104 +820,6 @@ func (r *hammerReplica) hasUnused(tenants []string, limits map[string]store.Tota
 		}
 	}
 	return false
-}
-
-// testMatchesMemoryStore replays a random sequence of syncs (several
-// replicas and tenants, retries, stale and skipped sequence numbers,
-// overspending, changing limits, Final syncs, returns, least grants,
-// leases of an hour or of 0 that expire by the next step)
-// on the store and on a MemoryStore, and requires the same answers. CPU
-// time is sent in whole microseconds, which every store keeps exactly.
-func (s *suite) testMatchesMemoryStore(t *testing.T) {
-	st := s.store(t)
-	ref := store.NewMemory()
-	ctx := context.Background()
-	rng := rand.New(rand.NewPCG(7, 11))
-	replicas := []string{"a", "b", "c"}
-	tenants := []string{"t1", "t2", "t3"}
-	limits := map[string]store.Totals{
-		"t1": leased(1000, 300, 1<<16, 50),
-		"t2": leased(500, 0, 0, 0),
-		"t3": {},
-	}
-	type key struct{ replica, tenant string }
-	seqs := map[key]uint64{}
-	last := map[key]store.TenantSync{}
-	allowance := map[key]store.Totals{}
-	reported := map[key]store.Totals{}
-	rv := func(n int64) int64 { return rng.Int64N(n) }
-	for step := range 400 {
-		replica := replicas[rng.IntN(len(replicas))]
-		req := store.SyncRequest{Replica: replica, LeaseTTL: long, Final: rng.IntN(15) == 0}
-		if rng.IntN(8) == 0 {
-			// A lease that has expired by the next step (both stores keep
-			// time at least to the millisecond): nothing is reclaimed.
-			req.LeaseTTL = 0
-		}
-		for range 1 + rng.IntN(4) {
-			tn := tenants[rng.IntN(len(tenants))]
-			k := key{replica, tn}
-			if rng.IntN(30) == 0 { // limits change now and then
-				l := limits[tn]
-				l.Operations = max(0, l.Operations+rv(200)-100)
-				limits[tn] = l
-			}
-			var ts store.TenantSync
-			switch p := rng.IntN(20); {
-			case p == 0 && seqs[k] > 0: // retry of the last report
-				ts = last[k]
-			case p == 1 && seqs[k] > 1: // stale
-				ts = store.TenantSync{Tenant: tn, Seq: seqs[k] - 1 - uint64(rv(int64(seqs[k]-1))), Used: ops(rv(5))}
-			default:
-				seqs[k] += 1 + uint64(rng.IntN(2)*rng.IntN(3)) // sometimes skip
-				var used, want, ret, minGrant store.Totals
-				for _, x := range leasedFields {
-					unused := get(allowance[k], x) - get(reported[k], x)
-					switch {
-					case rng.IntN(10) == 0:
-						set(&used, x, rv(50)) // overspend, or unlimited use
-					case unused > 0:
-						set(&used, x, rv(unused+1))
-					}
-					if rng.IntN(3) > 0 {
-						set(&want, x, rv(get(limits[tn], x)/4+3))
-					}
-					if rng.IntN(4) == 0 {
-						set(&ret, x, rv(unused+3))
-					}
-					if rng.IntN(4) == 0 {
-						set(&minGrant, x, rv(get(limits[tn], x)/4+3))
-					}
-				}
-				used.CPUTime = time.Duration(rv(1e6)) * time.Microsecond
-				want.CPUTime = time.Duration(rv(1e6))
-				ts = store.TenantSync{Tenant: tn, Seq: seqs[k], Used: used, Want: want, Limit: limits[tn], Return: ret, MinGrant: minGrant}
-			}
-			last[k] = ts
-			req.Tenants = append(req.Tenants, ts)
-		}
-		wantResp, err := ref.Sync(ctx, req)
-		require.NoError(t, err)
-		gotResp, err := st.Sync(ctx, req)
-		require.NoError(t, err, "step %d", step)
-		require.Equal(t, wantResp, gotResp, "step %d: %+v", step, req)
-		if req.LeaseTTL == 0 {
-			time.Sleep(2 * time.Millisecond)
-			s.advance(t, 2*time.Millisecond)
-		}
-		for i, ts := range req.Tenants {
-			k := key{replica, ts.Tenant}
-			allowance[k] = gotResp.Tenants[i].Allowance
-			reported[k] = gotResp.Tenants[i].Reported
-		}
-		if step%50 == 0 {
-			for _, tn := range tenants {
-				w, err := ref.Load(ctx, tn)
-				require.NoError(t, err)
-				require.Equal(t, w, load(t, st, tn), "step %d: Load(%s)", step, tn)
-			}
-		}
-	}
 }
 
 // field names a quantity of store.Totals, for the checks that treat the
