@@ -177,30 +177,52 @@ func TestCgroup2KillAndWaitEmpty(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(c.dir, "cgroup.kill")); err != nil {
 		t.Skipf("no cgroup.kill (Linux < 5.14): %v", err)
 	}
-	start := func(c *cgroup, script string) (*exec.Cmd, int) {
-		cmd := exec.Command("/bin/sh", "-c", script)
-		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: c.fd}
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		line, err := bufio.NewReader(out).ReadString('\n')
-		pid, perr := strconv.Atoi(strings.TrimSpace(line))
-		if err != nil || perr != nil {
-			t.Fatalf("reading a pid: %q %v %v; the shell: %v", line, err, perr, waitStatus(cmd))
-		}
-		return cmd, pid
+	checkKillsTheGroup(t, c)
+	if err := c.remove(); err != nil {
+		t.Fatal(err)
 	}
-	// A shell holding a setsid sleep, which would escape its process group.
-	cmd, escapee := start(c, `setsid sleep 3600 >/dev/null & echo $!; exec sleep 3600`)
+	// A new cgroup: Linux 6.18 kills a child cloned into one that was
+	// killed before (reslimitexec never reuses one).
+	c, err = newCgroup(&cgBackend{v2: true, parent: parent}, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkWaitsUntilEmpty(t, c)
+	if err := c.remove(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startInCgroup starts /bin/sh -c script cloned into c and returns it with
+// the pid the script prints first.
+func startInCgroup(t *testing.T, c *cgroup, script string) (*exec.Cmd, int) {
+	t.Helper()
+	cmd := exec.Command("/bin/sh", "-c", script)
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: c.fd}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	pid, perr := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil || perr != nil {
+		t.Fatalf("reading a pid: %q %v %v; the shell: %v", line, err, perr, waitStatus(cmd))
+	}
+	return cmd, pid
+}
+
+// checkKillsTheGroup: a shell holding a setsid sleep (which would escape
+// its process group) in c: waitEmptyV2 waits to its deadline while it is
+// populated, and kill (cgroup.kill) empties it, escapee included.
+func checkKillsTheGroup(t *testing.T, c *cgroup) {
+	cmd, escapee := startInCgroup(t, c, `setsid sleep 3600 >/dev/null & echo $!; exec sleep 3600`)
 	defer cmd.Wait()
 	if n := len(c.procs()); n != 2 {
 		t.Fatalf("%d processes in the cgroup, want 2: %v", n, c.procs())
 	}
-	// Still populated: waitEmptyV2 waits to its deadline and says so.
 	begin := time.Now()
 	if c.waitEmptyV2(time.Now().Add(100 * time.Millisecond)) {
 		t.Fatal("waitEmptyV2 returned true for a populated cgroup")
@@ -221,21 +243,14 @@ func TestCgroup2KillAndWaitEmpty(t *testing.T) {
 	if ws := waitStatus(cmd); !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
 		t.Fatalf("the child ended with %v, want SIGKILL", ws)
 	}
+}
 
-	if err := c.remove(); err != nil {
-		t.Fatal(err)
-	}
-
-	// A group that empties on its own: waitEmptyV2 returns when it does,
-	// long before its deadline (cgroup.events notifies the change). A new
-	// cgroup: Linux 6.18 kills a child cloned into one that was killed
-	// before (reslimitexec never reuses one).
-	c, err = newCgroup(&cgBackend{v2: true, parent: parent}, 0, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd2, _ := start(c, `echo $$; exec sleep 0.2`)
-	begin = time.Now()
+// checkWaitsUntilEmpty: a group that empties on its own: waitEmptyV2
+// returns when it does, long before its deadline (cgroup.events notifies
+// the change).
+func checkWaitsUntilEmpty(t *testing.T, c *cgroup) {
+	cmd, _ := startInCgroup(t, c, `echo $$; exec sleep 0.2`)
+	begin := time.Now()
 	if !c.waitEmptyV2(time.Now().Add(30 * time.Second)) {
 		t.Fatal("waitEmptyV2: still populated")
 	}
@@ -244,10 +259,7 @@ func TestCgroup2KillAndWaitEmpty(t *testing.T) {
 	if took > 10*time.Second {
 		t.Fatalf("waitEmptyV2 took %v for a 0.2 s sleep", took)
 	}
-	_ = cmd2.Wait()
-	if err := c.remove(); err != nil {
-		t.Fatal(err)
-	}
+	_ = cmd.Wait()
 }
 
 func waitStatus(cmd *exec.Cmd) syscall.WaitStatus {

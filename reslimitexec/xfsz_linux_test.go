@@ -86,6 +86,27 @@ func buildGoWriter(t *testing.T) string {
 // run's file_size *LimitError, whatever its own exit status: a Go program
 // (exits 3), a Python one that catches the OSError (exits 0), and the
 // same Python under a shell.
+// xfszWriter is a child that writes a file past MaxFileSize, ignoring
+// SIGXFSZ.
+type xfszWriter struct {
+	name string
+	cmd  func(path string) *exec.Cmd
+}
+
+// xfszWriters returns the Go writer, and Python ones (bare and under sh)
+// where python3 is installed.
+func xfszWriters(goWriter, pyCode string) []xfszWriter {
+	cases := []xfszWriter{{"go", func(path string) *exec.Cmd { return exec.Command(goWriter, path, "-1") }}}
+	if py, err := exec.LookPath("python3"); err == nil {
+		cases = append(cases,
+			xfszWriter{"python", func(path string) *exec.Cmd { return exec.Command(py, "-c", pyCode, path) }},
+			xfszWriter{"python under sh", func(path string) *exec.Cmd {
+				return exec.Command("/bin/sh", "-c", `"$0" -c "$1" "$2"; echo "python exited $?" >&2`, py, pyCode, path)
+			}})
+	}
+	return cases
+}
+
 func TestFileSizeIgnoredSIGXFSZ(t *testing.T) {
 	reslimitexec.NeedXfszCounter(t)
 	const limit = 1 << 20
@@ -100,25 +121,7 @@ except OSError as e:
     print(e, file=sys.stderr)
 `
 	goWriter := buildGoWriter(t)
-	cases := []struct {
-		name string
-		cmd  func(path string) *exec.Cmd
-	}{
-		{"go", func(path string) *exec.Cmd { return exec.Command(goWriter, path, "-1") }},
-	}
-	if py, err := exec.LookPath("python3"); err == nil {
-		cases = append(cases,
-			struct {
-				name string
-				cmd  func(path string) *exec.Cmd
-			}{"python", func(path string) *exec.Cmd { return exec.Command(py, "-c", pyCode, path) }},
-			struct {
-				name string
-				cmd  func(path string) *exec.Cmd
-			}{"python under sh", func(path string) *exec.Cmd {
-				return exec.Command("/bin/sh", "-c", `"$0" -c "$1" "$2"; echo "python exited $?" >&2`, py, pyCode, path)
-			}})
-	}
+	cases := xfszWriters(goWriter, pyCode)
 	for _, backend := range []struct {
 		name string
 		opts []reslimitexec.Option
