@@ -243,7 +243,7 @@ func TestEndToEnd(t *testing.T) {
 		f: f,
 		plans: []string{
 			"host,ops", "host,ops,star", "ops,wasm", "host,exec",
-			"ops,overrun", "star,wasm,ops", "host,star",
+			"ops,overrun", "star,wasm,ops", "host,star", "host,wasmi",
 		},
 		workers:    2,
 		maxReqs:    400,

@@ -133,6 +133,7 @@ type tools struct {
 	byName    map[string]tool
 	starSteps int64
 	wasmCalls int64
+	wasmiOps  int64 // the instructions fib(wasmN) executes, instrumented
 }
 
 // toolLimits are the limits of each Limit'ed tool but overrun and spin.
@@ -148,6 +149,7 @@ func newTools(tb testing.TB) *tools {
 		"overrun": overrunTool(),
 		"star":    tl.starTool(),
 		"wasm":    tl.wasmTool(tb),
+		"wasmi":   tl.wasmiTool(tb),
 		"exec":    reslimit.Limit(execTool, toolLimits),
 		"spin":    reslimit.Limit(spinTool, reslimit.Limits{}),
 	}
@@ -257,6 +259,55 @@ func (tl *tools) wasmTool(tb testing.TB) tool {
 	}, toolLimits)
 }
 
+// wasmiTool instantiates fibModule instrumented (reslimitwazero.Instrument:
+// one operation per guest instruction, billed exactly at each call's
+// return) without reslimitwazero.Config, and calls fib(wasmN). It measures
+// once how many instructions that is (wasmiOps).
+func (tl *tools) wasmiTool(tb testing.TB) tool {
+	tb.Helper()
+	ctx := context.Background()
+	wasm, err := reslimitwazero.Instrument(fibModule())
+	if err != nil {
+		tb.Fatalf("instrumenting the guest: %v", err)
+	}
+	rt := wazero.NewRuntime(ctx)
+	tb.Cleanup(func() { _ = rt.Close(context.Background()) })
+	compiled, err := rt.CompileModule(ctx, wasm)
+	if err != nil {
+		tb.Fatalf("compiling the instrumented guest: %v", err)
+	}
+	call := func(ctx context.Context) (granted, error) {
+		mod, err := reslimitwazero.Instantiate(ctx, rt, compiled, wazero.NewModuleConfig().WithName(""))
+		if err != nil {
+			return toolUsage(ctx), err
+		}
+		defer mod.Close(ctx)
+		res, err := reslimitwazero.Call(ctx, mod.ExportedFunction("fib"), wasmN)
+		if err != nil {
+			return toolUsage(ctx), err
+		}
+		if res[0] != 55 {
+			return toolUsage(ctx), fmt.Errorf("fib(%d) = %d", wasmN, res[0])
+		}
+		return granted{Operations: reslimit.FromContext(ctx).Usage().Operations, TotalMemory: wasmMem}, nil
+	}
+	u, err := reslimit.Run(ctx, reslimit.Limits{}, func(ctx context.Context) error {
+		_, err := call(ctx)
+		return err
+	})
+	if err != nil || u.Operations == 0 {
+		tb.Fatalf("measuring the instrumented guest: %v (%d operations)", err, u.Operations)
+	}
+	tl.wasmiOps = u.Operations
+	return reslimit.Limit(func(ctx context.Context, _ struct{}) (granted, error) {
+		g, err := call(ctx)
+		if err == nil && g.Operations != tl.wasmiOps {
+			return g, fmt.Errorf("the guest ran %d instructions, %d before", g.Operations, tl.wasmiOps)
+		}
+		return g, err
+	}, toolLimits)
+}
+
 // execTool runs one child under reslimitexec.
 func execTool(ctx context.Context, _ struct{}) (granted, error) {
 	err := reslimitexec.Run(ctx, exec.Command("/bin/true"))
@@ -293,6 +344,8 @@ func (tl *tools) cost(plan string) granted {
 			g = g.add(granted{Operations: tl.starSteps})
 		case "wasm":
 			g = g.add(granted{Calls: tl.wasmCalls, TotalMemory: wasmMem})
+		case "wasmi":
+			g = g.add(granted{Operations: tl.wasmiOps, TotalMemory: wasmMem})
 		case "exec":
 			g = g.add(granted{Calls: execCalls})
 		}
@@ -344,7 +397,7 @@ func TestToolCosts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"host", "ops", "star", "wasm", "exec"} {
+	for _, name := range []string{"host", "ops", "star", "wasm", "wasmi", "exec"} {
 		acct := ledger.Account(name)
 		var g granted
 		_, err := reslimit.Run(context.Background(), reslimit.Limits{}, func(ctx context.Context) error {
