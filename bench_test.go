@@ -555,3 +555,53 @@ func BenchmarkLimit(b *testing.B) {
 		})
 	}
 }
+
+// benchParallel runs body with b.RunParallel and reports, besides ns/op,
+// how many CPUs the process kept busy meanwhile ("CPUs": process CPU time
+// over wall time). A mutex whose waiters park can leave one of the two Ps
+// idle, so that the goroutines take turns on one core instead of
+// contending from two: "CPUs" near 1 says the measurement was serial.
+func benchParallel(b *testing.B, body func(*testing.PB)) {
+	b.ReportAllocs()
+	c0 := benchProcessCPU()
+	b.ResetTimer()
+	b.RunParallel(body)
+	b.StopTimer()
+	if c0 >= 0 && b.Elapsed() > 0 {
+		b.ReportMetric(float64(benchProcessCPU()-c0)/float64(b.Elapsed().Nanoseconds()), "CPUs")
+	}
+}
+
+// BenchmarkGuardShared is the review's measurement of issue 20.8, written
+// out without a function value in between: b.RunParallel on one tracker
+// with MaxMemoryBytes 1<<40, AcquireMemory(64)+Release, against
+// x/sync/semaphore's TryAcquire(1)+Release(1) on one semaphore, in the
+// same run.
+func BenchmarkGuardShared(b *testing.B) {
+	b.Run("semaphore", func(b *testing.B) {
+		s := semaphore.NewWeighted(1 << 40)
+		benchParallel(b, func(pb *testing.PB) {
+			for pb.Next() {
+				if !s.TryAcquire(1) {
+					b.Error("semaphore full")
+					return
+				}
+				s.Release(1)
+			}
+		})
+	})
+	b.Run("AcquireMemory", func(b *testing.B) {
+		tr := benchTracker(b, Limits{MaxMemoryBytes: 1 << 40})
+		defer tr.End()
+		benchParallel(b, func(pb *testing.PB) {
+			for pb.Next() {
+				g, err := tr.AcquireMemory(64)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				g.Release()
+			}
+		})
+	})
+}
