@@ -758,22 +758,44 @@ func (t *Tracker) memAcquireState() (room, charged, released int64) {
 // returns a bound: no more than was held at some instant, and no more than
 // the run's limit.
 func (t *Tracker) memHeld() (charged, held int64) {
+	m := t.readMeters()
+	return m.charged, m.held
+}
+
+// meterReading is what readMeters reads: the operations and calls used,
+// and the bytes of memory charged and held.
+type meterReading struct {
+	ops, calls, charged, held int64
+}
+
+// readMeters reads the meters without a lock, each pair of filled and
+// room consistently (a sequence-lock read: every change of a filled count
+// bumps mem.gen around it) and the bytes held as they were at one instant
+// (see memHeld). It is what Usage and the Monitor's readings cost.
+func (t *Tracker) readMeters() meterReading {
 	for try := 0; ; try++ {
 		r1 := t.mem.rel.Load()
-		_, c := t.memCharged()
+		g := t.mem.gen.Load()
+		var m meterReading
+		m.ops = t.filled[mOps].Load() - t.meters[mOps].avail.Load()
+		m.calls = t.filled[mCalls].Load() - t.meters[mCalls].avail.Load()
+		m.charged = t.filled[mTotal].Load() - t.mem.room.Load()
+		stable := g&1 == 0 && t.mem.gen.Load() == g
 		r2 := t.mem.rel.Load()
-		if r1 == r2 {
-			return c, c - r1
+		if !stable {
+			continue // a refill or revoke in progress: a short wait
 		}
-		if try == memHeldTries {
-			// c - r1 is no less than was held when r1 was read, but may
-			// count bytes charged and released since as held: bound it
-			// by the limit, which the bytes held never pass.
-			h := c - r1
-			if lim := t.limits.MaxMemoryBytes; lim > 0 && h > lim {
-				h = lim
+		m.held = m.charged - r1
+		if r1 == r2 || try >= memHeldTries {
+			if r1 != r2 {
+				// m.held is no less than was held when r1 was read, but
+				// may count bytes charged and released since as held:
+				// bound it by the limit, which the bytes held never pass.
+				if lim := t.limits.MaxMemoryBytes; lim > 0 && m.held > lim {
+					m.held = lim
+				}
 			}
-			return c, h
+			return m
 		}
 	}
 }
@@ -1249,11 +1271,9 @@ func (t *Tracker) Usage() Usage {
 
 func (t *Tracker) snapshot(cpu, wall time.Duration) Usage {
 	var u Usage
-	t.meterMu.Lock()
-	u.Operations = t.filled[mOps].Load() - t.room(mOps).Load()
-	u.Calls = t.filled[mCalls].Load() - t.room(mCalls).Load()
-	t.meterMu.Unlock()
-	u.TotalMemoryBytes, u.MemoryBytes = t.memHeld()
+	m := t.readMeters()
+	u.Operations, u.Calls = m.ops, m.calls
+	u.TotalMemoryBytes, u.MemoryBytes = m.charged, m.held
 	u.PeakMemoryBytes = t.mem.peak.Load()
 	u.CPUTime = cpu
 	u.WallTime = wall
@@ -1337,11 +1357,8 @@ func (t *Tracker) AppendReadings(dst []Reading) []Reading {
 	if t == nil {
 		return dst
 	}
-	t.meterMu.Lock()
-	ops := t.filled[mOps].Load() - t.room(mOps).Load()
-	calls := t.filled[mCalls].Load() - t.room(mCalls).Load()
-	t.meterMu.Unlock()
-	total, held := t.memHeld()
+	m := t.readMeters()
+	ops, calls, total, held := m.ops, m.calls, m.charged, m.held
 	l := &t.limits
 	r := &t.refused
 	var elapsed int64
