@@ -59,30 +59,41 @@ type stopState struct{ err error }
 // Tracker counts with no limits, like NewTracker(Limits{}), except that it
 // never started: its wall time reads 0.
 type Tracker struct {
+	// The hot lines, one each: the operations and calls meters, the
+	// memory line and the slots.
 	meters [mTotal]meter // operations, calls
-	// The memory line: what TrackMemory and the guards touch, together, so
+	// The memory line: what TrackMemory and the guards write, together, so
 	// that a contended acquire moves one cache line between cores. The bytes
 	// held are derived: charged (the TotalMemory meter's usage, filled -
-	// total) minus released, so an acquire is one CAS on total and a release
+	// room) minus released, so an acquire is one CAS on room and a release
 	// one CAS on rel. gen is a sequence lock (odd while a refill or revoke
-	// changes filled and total together) that lets the hot path read filled
-	// and total consistently without a lock.
+	// changes a meter's filled and room together) that lets the hot path
+	// and the readings read filled and room consistently without a lock.
 	mem struct {
 		room atomic.Int64 // room of the TotalMemory meter: what may be charged without a refill
 		rel  atomic.Int64 // bytes released, cumulatively
-		peak atomic.Int64
 		gen  atomic.Uint64
-		_    [cacheLine - 32]byte
+		_    [cacheLine - 24]byte
 	}
+	slots slots // one line
 
-	maxFile  atomic.Int64
-	cpuLast  atomic.Int64 // last sampled CPU time, ns, including cpuExtra
-	cpuExtra atomic.Int64 // AddCPUTime, ns
-	closed   atomic.Bool
-	refused  [numResources]atomic.Int64
-	slots    slots
-
+	// Read by every reading (Usage, the Monitor's polls) and by charges,
+	// seldom written: three lines after the hot ones, so that a poll of
+	// a tracker reads seven lines (192 bytes: limits, filled, refused,
+	// maxFile and cpuLast).
 	limits  Limits
+	filled  [numMeters]atomic.Int64 // room ever added, less what was revoked
+	refused [numResources]atomic.Int64
+	maxFile atomic.Int64
+	cpuLast atomic.Int64 // last sampled CPU time, ns, including cpuExtra
+
+	// Read by every memory charge, written when it rises: away from the
+	// memory line, whose owner changes with every contended charge.
+	peak     atomic.Int64
+	closed   atomic.Bool
+	cause    atomic.Pointer[stopState] // first reason the run was stopped
+	cpuExtra atomic.Int64              // AddCPUTime, ns
+
 	skipCPU bool          // Run/Limit with nothing that needs CPU time: no thread clock
 	pinRes  atomic.Uint32 // pinKind reserved by Run for its own goroutine (see reservePin)
 	name    string
@@ -100,9 +111,8 @@ type Tracker struct {
 	// tracker made by a runCtx.
 	stopAfter func() bool
 
-	mu      sync.Mutex              // serialises refills and End
-	meterMu sync.Mutex              // leaf lock: writes of filled and lent, consistent reads of meters
-	filled  [numMeters]atomic.Int64 // room ever added, less what was revoked
+	mu      sync.Mutex // serialises refills and End
+	meterMu sync.Mutex // leaf lock: writes of filled and lent, consistent reads of meters
 	// lent is the room of operations and calls drawn by child runs that
 	// are still live: counted as used by this run's meters (it is
 	// reserved), but not consumed until a child uses it. Guarded by
@@ -117,7 +127,6 @@ type Tracker struct {
 	cpuDone    time.Duration // CPU of threads that have finished
 	cpuTimer   *time.Timer
 	timeoutTmr *time.Timer
-	cause      atomic.Pointer[stopState] // first reason the run was stopped
 
 	goWG    sync.WaitGroup
 	goPanic atomic.Pointer[panicValue]
@@ -666,7 +675,7 @@ func (t *Tracker) TrackMemory(n int64) error {
 		}
 		return ErrClosed
 	}
-	raiseMax(&t.mem.peak, held)
+	raiseMax(&t.peak, held)
 	if a != nil {
 		raiseMax(&a.peak, acctHeld)
 	}
@@ -1274,7 +1283,7 @@ func (t *Tracker) snapshot(cpu, wall time.Duration) Usage {
 	m := t.readMeters()
 	u.Operations, u.Calls = m.ops, m.calls
 	u.TotalMemoryBytes, u.MemoryBytes = m.charged, m.held
-	u.PeakMemoryBytes = t.mem.peak.Load()
+	u.PeakMemoryBytes = t.peak.Load()
 	u.CPUTime = cpu
 	u.WallTime = wall
 	u.Concurrent = t.slots.count.Load()
