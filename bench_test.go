@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"runtime/metrics"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -594,4 +595,66 @@ func BenchmarkLimit(b *testing.B) {
 			})
 		})
 	}
+}
+
+// benchParallel runs body with b.RunParallel and reports, besides ns/op,
+// how many CPUs the process kept busy meanwhile ("CPUs": process CPU time
+// over wall time) and how many goroutines were parked on a sync.Mutex on
+// average ("parked"). A mutex whose waiters park can leave one of the two
+// Ps idle, so that the goroutines take turns on one core instead of
+// contending from two: "CPUs" near 1 with "parked" near 1 on an otherwise
+// idle machine says the measurement was serial.
+func benchParallel(b *testing.B, body func(*testing.PB)) {
+	b.ReportAllocs()
+	wait := []metrics.Sample{{Name: "/sync/mutex/wait/total:seconds"}}
+	metrics.Read(wait)
+	w0 := wait[0].Value.Float64()
+	c0 := benchProcessCPU()
+	b.ResetTimer()
+	b.RunParallel(body)
+	b.StopTimer()
+	if b.Elapsed() <= 0 {
+		return
+	}
+	if c0 >= 0 {
+		b.ReportMetric(float64(benchProcessCPU()-c0)/float64(b.Elapsed().Nanoseconds()), "CPUs")
+	}
+	metrics.Read(wait)
+	if wait[0].Value.Kind() == metrics.KindFloat64 {
+		b.ReportMetric((wait[0].Value.Float64()-w0)/b.Elapsed().Seconds(), "parked")
+	}
+}
+
+// BenchmarkGuardShared is the review's measurement of issue 20.8, written
+// out without a function value in between: b.RunParallel on one tracker
+// with MaxMemoryBytes 1<<40, AcquireMemory(64)+Release, against
+// x/sync/semaphore's TryAcquire(1)+Release(1) on one semaphore, in the
+// same run.
+func BenchmarkGuardShared(b *testing.B) {
+	b.Run("semaphore", func(b *testing.B) {
+		s := semaphore.NewWeighted(1 << 40)
+		benchParallel(b, func(pb *testing.PB) {
+			for pb.Next() {
+				if !s.TryAcquire(1) {
+					b.Error("semaphore full")
+					return
+				}
+				s.Release(1)
+			}
+		})
+	})
+	b.Run("AcquireMemory", func(b *testing.B) {
+		tr := benchTracker(b, Limits{MaxMemoryBytes: 1 << 40})
+		defer tr.End()
+		benchParallel(b, func(pb *testing.PB) {
+			for pb.Next() {
+				g, err := tr.AcquireMemory(64)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				g.Release()
+			}
+		})
+	})
 }

@@ -159,7 +159,7 @@ func (t *Tracker) AcquireMemory(n int64) (Guard, error) {
 				continue // lost a race: look again
 			}
 			if !t.closed.Load() {
-				raiseMax(&t.mem.peak, held+n)
+				raiseMax(&t.peak, held+n)
 				return t.memGuard(n), nil
 			}
 			// End ran meanwhile: give the bytes back unless End took them,
@@ -230,11 +230,11 @@ func (t *Tracker) AcquireSlot(ctx context.Context) (Guard, error) {
 type slots struct {
 	count   atomic.Int64
 	waiting atomic.Int64
-	_       [cacheLine - 16]byte
 	limit   int64
 
 	mu    sync.Mutex
 	queue []*slotWaiter
+	_     [cacheLine - 56]byte // one cache line in all
 }
 
 type slotWaiter struct {

@@ -265,12 +265,13 @@ type ComponentStats struct {
 }
 
 // resState is the edge state of one resource of one component. It is
-// accessed only by the poll in progress (under Monitor.pollMu).
+// accessed only by the poll in progress (under Monitor.pollMu). It is 16
+// bytes, so that the states a tracker's eight readings check span two or
+// three cache lines: a poll of many sources waits mostly for memory.
 type resState struct {
+	refusals int64
 	high     bool // at or above the warning threshold (HighUsage sent)
 	refusing bool // the previous poll found new refusals
-	refusals int64
-	lost     int64 // the StoreLost last read
 }
 
 // component is one registered source and its edge state. It is allocated
@@ -281,6 +282,7 @@ type component struct {
 	builtin bool
 	removed atomic.Bool
 	state   [numResources]resState
+	lost    [numResources]int64 // the StoreLost last read, per resource
 
 	warnings atomic.Int64
 	exceeded atomic.Int64
@@ -481,7 +483,7 @@ func newComponent(name string, s Source) *component {
 	for _, r := range s.AppendReadings(nil) {
 		if r.Resource.valid() {
 			c.state[r.Resource].refusals = r.Refusals
-			c.state[r.Resource].lost = r.StoreLost
+			c.lost[r.Resource] = r.StoreLost
 		}
 	}
 	return c
@@ -687,12 +689,16 @@ func (m *Monitor) check(c *component, r *Reading, now time.Time) {
 	if !r.Resource.valid() {
 		return
 	}
+	// The state is written only when it changes: a poll of sources at
+	// rest then only reads their components.
 	st := &c.state[r.Resource]
 	var refused int64
-	if r.Refusals > st.refusals {
-		refused = r.Refusals - st.refusals
+	if r.Refusals != st.refusals {
+		if r.Refusals > st.refusals {
+			refused = r.Refusals - st.refusals
+		}
+		st.refusals = r.Refusals // a source that reset its count starts a new baseline
 	}
-	st.refusals = r.Refusals // a source that reset its count starts a new baseline
 
 	var ratio float64
 	if r.Limit > 0 {
@@ -705,18 +711,20 @@ func (m *Monitor) check(c *component, r *Reading, now time.Time) {
 			st.high = false
 			m.emit(c, r, Recovered, ratio, 0, now)
 		}
-	} else {
+	} else if st.high {
 		st.high = false // no limit (any more): no usage events
 	}
-	streak := refused > 0 && !st.refusing
-	st.refusing = refused > 0
-	if streak {
-		m.emit(c, r, LimitExceeded, ratio, refused, now)
+	if refused > 0 || st.refusing {
+		streak := refused > 0 && !st.refusing
+		st.refusing = refused > 0
+		if streak {
+			m.emit(c, r, LimitExceeded, ratio, refused, now)
+		}
 	}
-	if r.StoreLost > st.lost {
+	if r.StoreLost != 0 && r.StoreLost > c.lost[r.Resource] {
 		lost := *r
-		lost.Used = r.StoreLost - st.lost
-		st.lost = r.StoreLost
+		lost.Used = r.StoreLost - c.lost[r.Resource]
+		c.lost[r.Resource] = r.StoreLost
 		m.emit(c, &lost, StoreReset, 0, 0, now)
 	}
 }

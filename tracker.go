@@ -59,30 +59,41 @@ type stopState struct{ err error }
 // Tracker counts with no limits, like NewTracker(Limits{}), except that it
 // never started: its wall time reads 0.
 type Tracker struct {
+	// The hot lines, one each: the operations and calls meters, the
+	// memory line and the slots.
 	meters [mTotal]meter // operations, calls
-	// The memory line: what TrackMemory and the guards touch, together, so
+	// The memory line: what TrackMemory and the guards write, together, so
 	// that a contended acquire moves one cache line between cores. The bytes
 	// held are derived: charged (the TotalMemory meter's usage, filled -
-	// total) minus released, so an acquire is one CAS on total and a release
+	// room) minus released, so an acquire is one CAS on room and a release
 	// one CAS on rel. gen is a sequence lock (odd while a refill or revoke
-	// changes filled and total together) that lets the hot path read filled
-	// and total consistently without a lock.
+	// changes a meter's filled and room together) that lets the hot path
+	// and the readings read filled and room consistently without a lock.
 	mem struct {
 		room atomic.Int64 // room of the TotalMemory meter: what may be charged without a refill
 		rel  atomic.Int64 // bytes released, cumulatively
-		peak atomic.Int64
 		gen  atomic.Uint64
-		_    [cacheLine - 32]byte
+		_    [cacheLine - 24]byte
 	}
+	slots slots // one line
 
-	maxFile  atomic.Int64
-	cpuLast  atomic.Int64 // last sampled CPU time, ns, including cpuExtra
-	cpuExtra atomic.Int64 // AddCPUTime, ns
-	closed   atomic.Bool
-	refused  [numResources]atomic.Int64
-	slots    slots
-
+	// Read by every reading (Usage, the Monitor's polls) and by charges,
+	// seldom written: three lines after the hot ones, so that a poll of
+	// a tracker reads seven lines (192 bytes: limits, filled, refused,
+	// maxFile and cpuLast).
 	limits  Limits
+	filled  [numMeters]atomic.Int64 // room ever added, less what was revoked
+	refused [numResources]atomic.Int64
+	maxFile atomic.Int64
+	cpuLast atomic.Int64 // last sampled CPU time, ns, including cpuExtra
+
+	// Read by every memory charge, written when it rises: away from the
+	// memory line, whose owner changes with every contended charge.
+	peak     atomic.Int64
+	closed   atomic.Bool
+	cause    atomic.Pointer[stopState] // first reason the run was stopped
+	cpuExtra atomic.Int64              // AddCPUTime, ns
+
 	skipCPU bool          // Run/Limit with nothing that needs CPU time: no thread clock
 	pinRes  atomic.Uint32 // pinKind reserved by Run for its own goroutine (see reservePin)
 	name    string
@@ -100,9 +111,8 @@ type Tracker struct {
 	// tracker made by a runCtx.
 	stopAfter func() bool
 
-	mu      sync.Mutex              // serialises refills and End
-	meterMu sync.Mutex              // leaf lock: writes of filled and lent, consistent reads of meters
-	filled  [numMeters]atomic.Int64 // room ever added, less what was revoked
+	mu      sync.Mutex // serialises refills and End
+	meterMu sync.Mutex // leaf lock: writes of filled and lent, consistent reads of meters
 	// lent is the room of operations and calls drawn by child runs that
 	// are still live: counted as used by this run's meters (it is
 	// reserved), but not consumed until a child uses it. Guarded by
@@ -117,7 +127,6 @@ type Tracker struct {
 	cpuDone    time.Duration // CPU of threads that have finished
 	cpuTimer   *time.Timer
 	timeoutTmr *time.Timer
-	cause      atomic.Pointer[stopState] // first reason the run was stopped
 
 	goWG    sync.WaitGroup
 	goPanic atomic.Pointer[panicValue]
@@ -666,7 +675,7 @@ func (t *Tracker) TrackMemory(n int64) error {
 		}
 		return ErrClosed
 	}
-	raiseMax(&t.mem.peak, held)
+	raiseMax(&t.peak, held)
 	if a != nil {
 		raiseMax(&a.peak, acctHeld)
 	}
@@ -758,22 +767,44 @@ func (t *Tracker) memAcquireState() (room, charged, released int64) {
 // returns a bound: no more than was held at some instant, and no more than
 // the run's limit.
 func (t *Tracker) memHeld() (charged, held int64) {
+	m := t.readMeters()
+	return m.charged, m.held
+}
+
+// meterReading is what readMeters reads: the operations and calls used,
+// and the bytes of memory charged and held.
+type meterReading struct {
+	ops, calls, charged, held int64
+}
+
+// readMeters reads the meters without a lock, each pair of filled and
+// room consistently (a sequence-lock read: every change of a filled count
+// bumps mem.gen around it) and the bytes held as they were at one instant
+// (see memHeld). It is what Usage and the Monitor's readings cost.
+func (t *Tracker) readMeters() meterReading {
 	for try := 0; ; try++ {
 		r1 := t.mem.rel.Load()
-		_, c := t.memCharged()
+		g := t.mem.gen.Load()
+		var m meterReading
+		m.ops = t.filled[mOps].Load() - t.meters[mOps].avail.Load()
+		m.calls = t.filled[mCalls].Load() - t.meters[mCalls].avail.Load()
+		m.charged = t.filled[mTotal].Load() - t.mem.room.Load()
+		stable := g&1 == 0 && t.mem.gen.Load() == g
 		r2 := t.mem.rel.Load()
-		if r1 == r2 {
-			return c, c - r1
+		if !stable {
+			continue // a refill or revoke in progress: a short wait
 		}
-		if try == memHeldTries {
-			// c - r1 is no less than was held when r1 was read, but may
-			// count bytes charged and released since as held: bound it
-			// by the limit, which the bytes held never pass.
-			h := c - r1
-			if lim := t.limits.MaxMemoryBytes; lim > 0 && h > lim {
-				h = lim
+		m.held = m.charged - r1
+		if r1 == r2 || try >= memHeldTries {
+			if r1 != r2 {
+				// m.held is no less than was held when r1 was read, but
+				// may count bytes charged and released since as held:
+				// bound it by the limit, which the bytes held never pass.
+				if lim := t.limits.MaxMemoryBytes; lim > 0 && m.held > lim {
+					m.held = lim
+				}
 			}
-			return c, h
+			return m
 		}
 	}
 }
@@ -1249,12 +1280,10 @@ func (t *Tracker) Usage() Usage {
 
 func (t *Tracker) snapshot(cpu, wall time.Duration) Usage {
 	var u Usage
-	t.meterMu.Lock()
-	u.Operations = t.filled[mOps].Load() - t.room(mOps).Load()
-	u.Calls = t.filled[mCalls].Load() - t.room(mCalls).Load()
-	t.meterMu.Unlock()
-	u.TotalMemoryBytes, u.MemoryBytes = t.memHeld()
-	u.PeakMemoryBytes = t.mem.peak.Load()
+	m := t.readMeters()
+	u.Operations, u.Calls = m.ops, m.calls
+	u.TotalMemoryBytes, u.MemoryBytes = m.charged, m.held
+	u.PeakMemoryBytes = t.peak.Load()
 	u.CPUTime = cpu
 	u.WallTime = wall
 	u.Concurrent = t.slots.count.Load()
@@ -1337,11 +1366,8 @@ func (t *Tracker) AppendReadings(dst []Reading) []Reading {
 	if t == nil {
 		return dst
 	}
-	t.meterMu.Lock()
-	ops := t.filled[mOps].Load() - t.room(mOps).Load()
-	calls := t.filled[mCalls].Load() - t.room(mCalls).Load()
-	t.meterMu.Unlock()
-	total, held := t.memHeld()
+	m := t.readMeters()
+	ops, calls, total, held := m.ops, m.calls, m.charged, m.held
 	l := &t.limits
 	r := &t.refused
 	var elapsed int64
