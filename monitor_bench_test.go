@@ -103,36 +103,7 @@ func BenchmarkMonitorPoll(b *testing.B) {
 	})
 	// The trackers' side of the poll alone: AppendReadings of 10,000
 	// trackers into one buffer, without the Monitor's edge states.
-	b.Run("trackers-10000-readings-only", func(b *testing.B) {
-		l := Limits{MaxMemoryBytes: 1 << 30, MaxCPUTime: time.Hour, MaxFileSize: 1 << 30,
-			MaxOperations: 1 << 40, MaxConcurrent: 1 << 20}
-		trs := make([]*Tracker, monitorBenchSources)
-		for i := range trs {
-			tr, err := NewTracker(l)
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(func() { tr.End() })
-			if err := tr.TrackMemory(int64(i + 1)); err != nil {
-				b.Fatal(err)
-			}
-			trs[i] = tr
-		}
-		buf := make([]Reading, 0, 16)
-		b.ReportAllocs()
-		cpu0 := benchProcessCPU()
-		passes := 0
-		for b.Loop() {
-			for _, tr := range trs {
-				buf = tr.AppendReadings(buf[:0])
-			}
-			passes++
-		}
-		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(passes)/monitorBenchSources, "ns/source")
-		if cpu0 >= 0 {
-			b.ReportMetric(float64(benchProcessCPU()-cpu0)/float64(passes)/monitorBenchSources, "cpu-ns/source")
-		}
-	})
+	b.Run("trackers-10000-readings-only", benchmarkReadingsOnly)
 	b.Run("accounts-10000", func(b *testing.B) {
 		m := newBenchMonitor(b)
 		al := AccountLimits{MaxMemory: 1 << 30, MaxTotalMemory: 1 << 40, MaxTotalOperations: 1 << 40,
@@ -148,4 +119,37 @@ func BenchmarkMonitorPoll(b *testing.B) {
 		}
 		benchmarkPoll(b, m)
 	})
+}
+
+// benchmarkReadingsOnly reads 10,000 trackers with AppendReadings into one
+// buffer: the trackers' side of a poll.
+func benchmarkReadingsOnly(b *testing.B) {
+	l := Limits{MaxMemoryBytes: 1 << 30, MaxCPUTime: time.Hour, MaxFileSize: 1 << 30,
+		MaxOperations: 1 << 40, MaxConcurrent: 1 << 20}
+	trs := make([]*Tracker, monitorBenchSources)
+	for i := range trs {
+		tr, err := NewTracker(l)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { tr.End() })
+		if err := tr.TrackMemory(int64(i + 1)); err != nil {
+			b.Fatal(err)
+		}
+		trs[i] = tr
+	}
+	buf := make([]Reading, 0, 16)
+	b.ReportAllocs()
+	cpu0 := benchProcessCPU()
+	passes := 0
+	for b.Loop() {
+		for _, tr := range trs {
+			buf = tr.AppendReadings(buf[:0])
+		}
+		passes++
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(passes)/monitorBenchSources, "ns/source")
+	if cpu0 >= 0 {
+		b.ReportMetric(float64(benchProcessCPU()-cpu0)/float64(passes)/monitorBenchSources, "cpu-ns/source")
+	}
 }
