@@ -346,3 +346,45 @@ func testBwrapLimitsAndBill(t *testing.T, enf string) {
 		t.Fatalf("sandboxed processes %v outlived their run", left)
 	}
 }
+
+// The sandbox's private /tmp is a tmpfs: with a cgroup backend what the
+// child writes there is memory it holds, so 200 MiB under 64 MiB is
+// stopped with memory. (On the sampling backend it is not counted: bound
+// it with bwrap's --size instead, tested in TestBwrapTmpfsSize.)
+func TestBwrapTmpfsCounted(t *testing.T) {
+	needBwrap(t)
+	needCgroup(t)
+	const limit = 64 << 20
+	u, err := runIn(t, reslimit.Limits{MaxMemoryBytes: limit, Timeout: time.Minute}, nil, func(ctx context.Context) error {
+		return reslimitexec.Run(ctx, bwrapCmd(nil, "/bin/sh", "-c", `head -c 200M /dev/zero > /tmp/big`))
+	})
+	le := limitErr(t, err, reslimit.Memory)
+	t.Logf("200 MiB to the sandbox's /tmp under 64 MiB: %v; run peak %d MiB", le, u.PeakMemoryBytes>>20)
+	if u.PeakMemoryBytes > limit || u.MemoryBytes != 0 {
+		t.Fatalf("run memory: peak %d (limit %d), held %d after the child", u.PeakMemoryBytes, limit, u.MemoryBytes)
+	}
+}
+
+// bwrap's --size bounds the private /tmp on any backend: the writer gets
+// ENOSPC.
+func TestBwrapTmpfsSize(t *testing.T) {
+	needBwrap(t)
+	if help, _ := exec.Command("bwrap", "--help").CombinedOutput(); !strings.Contains(string(help), "--size") {
+		t.Skip("this bwrap has no --size (bubblewrap 0.7 added it)")
+	}
+	reslimitexec.ForceSampling(t)
+	var out strings.Builder
+	_, err := runIn(t, reslimit.Limits{MaxMemoryBytes: 256 << 20, Timeout: time.Minute}, nil, func(ctx context.Context) error {
+		cmd := bwrapCmd([]string{"--size", strconv.Itoa(16 << 20), "--tmpfs", "/tmp"},
+			"/bin/sh", "-c", `head -c 200M /dev/zero > /tmp/big; echo $?; wc -c < /tmp/big`)
+		cmd.Stdout = &out
+		return reslimitexec.Run(ctx, cmd)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(out.String())
+	if len(f) != 2 || f[0] == "0" || f[1] != strconv.Itoa(16<<20) {
+		t.Fatalf("output %q: want head's failure and a file of exactly %d bytes", out.String(), 16<<20)
+	}
+}
