@@ -370,7 +370,7 @@ func TestBwrapTmpfsCounted(t *testing.T) {
 func TestBwrapTmpfsSize(t *testing.T) {
 	needBwrap(t)
 	if help, _ := exec.Command("bwrap", "--help").CombinedOutput(); !strings.Contains(string(help), "--size") {
-		t.Skip("this bwrap has no --size (bubblewrap 0.7 added it)")
+		t.Skip("this bwrap has no --size (an older bubblewrap)")
 	}
 	reslimitexec.ForceSampling(t)
 	var out strings.Builder
