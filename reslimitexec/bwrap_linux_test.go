@@ -245,12 +245,13 @@ func procCgroup(t *testing.T, pid int) string {
 	return unified
 }
 
-// A spinner in a session of its own inside bwrap's PID namespace, a
-// grandchild of bwrap, is stopped by the run's MaxCPUTime with a cpu_time
-// *LimitError, billed about the limit, killed with its run, and the child
-// counts one call; with the cgroup backend it is in the child's cgroup.
-// The spinner waits on stdin until the test has found it, so nothing
-// depends on how fast it spins.
+// A spinner in a session of its own inside bwrap's PID namespace, whose
+// parent exited (it is reparented to bwrap's init, still in the child's
+// tree), is stopped by the run's MaxCPUTime with a cpu_time *LimitError,
+// billed about the limit and killed with its run, and the child counts one
+// call, on both backends; with a cgroup backend it is in the child's
+// cgroup. The spinner waits on stdin until the test has found it, so
+// nothing depends on how fast it spins.
 func TestBwrapLimitsAndBill(t *testing.T) {
 	needBwrap(t)
 	t.Run("default", func(t *testing.T) { testBwrapLimitsAndBill(t, reslimitexec.Enforcement()) })
@@ -288,9 +289,11 @@ func testBwrapLimitsAndBill(t *testing.T, enf string) {
 	var spinners []int // the sandbox's processes, host pids
 	u, err := runIn(t, reslimit.Limits{MaxCPUTime: limit, Timeout: time.Minute}, nil, func(ctx context.Context) error {
 		// sh (pid 2 in the sandbox) starts a spinner in a session of
-		// its own, which says it is ready, then waits for a line before
-		// it spins.
-		cmd := bwrapCmd(nil, "/bin/sh", "-c", `setsid /bin/sh -c 'echo ready; read go; while :; do :; done' "$0" & wait`, marker)
+		// its own from a subshell that exits at once (so the spinner's
+		// parent is bwrap's init, pid 1 in the sandbox), then sleeps. The
+		// spinner says it is ready, then waits for a line before it
+		// spins.
+		cmd := bwrapCmd(nil, "/bin/sh", "-c", `(setsid /bin/sh -c 'echo ready; read go; while :; do :; done' "$0" &); exec sleep 3600`, marker)
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, os.Stderr
 		var err error
 		if p, err = reslimitexec.Start(ctx, cmd); err != nil {
@@ -302,9 +305,9 @@ func testBwrapLimitsAndBill(t *testing.T, enf string) {
 			inW.Close()
 			return fmt.Errorf("the sandbox said %q (%v), want ready; then: %v", line, err, p.Wait())
 		}
-		// Every process of the sandbox carries the marker: bwrap, its
-		// init in the sandbox (pid 1), sh (pid 2) and the spinner, which
-		// has run its echo.
+		// Every process of the sandbox but sleep carries the marker:
+		// bwrap, its init in the sandbox (pid 1), sh (pid 2, until it
+		// execs sleep) and the spinner, which has run its echo.
 		spinners = markedProcs(t, marker)
 		if cgroup {
 			want := procCgroup(t, p.Pid())
