@@ -143,7 +143,7 @@ func TestBwrapNoNetwork(t *testing.T) {
 		cmd.Stdout = &out
 		return reslimitexec.Run(ctx, cmd)
 	})
-	t.Logf("under bwrap: %v; child said %q; run CPU %v, peak %d KiB", err, bytesTrim([]byte(out.String())), u.CPUTime, u.PeakMemoryBytes>>10)
+	t.Logf("under bwrap: %v; child said %q; run CPU %v, peak %d KiB", err, strings.TrimSpace(out.String()), u.CPUTime, u.PeakMemoryBytes>>10)
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 3 || !strings.HasPrefix(out.String(), "failed: ") {
 		t.Fatalf("under bwrap: error %v, output %q; want the child's exit 3 after its dial failed", err, out.String())
