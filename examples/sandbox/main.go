@@ -1,14 +1,25 @@
-// Command sandbox runs four small untrusted shell scripts — one spins, one
-// allocates, one writes a big file, one sleeps forever — for two tenants
-// under reslimit.Strict() (with a tighter CPU time and timeout, so it
-// finishes in a few seconds), and prints what stopped each script and what
-// each tenant was charged.
+// Command sandbox runs five small untrusted shell scripts — one spins, one
+// allocates, one writes a big file, one sleeps forever, one leaves a
+// spinner behind in a session of its own (setsid) and lets its parent
+// exit — for two tenants under reslimit.Strict() (with a tighter CPU time
+// and timeout, so it finishes in a few seconds), and prints the backend in
+// force (reslimitexec.Enforcement()), what stopped each script, whether
+// the escapee outlived its run, and what each tenant was charged.
 //
 //	go run ./examples/sandbox
 //
 // The scripts are /bin/sh, so it runs wherever a POSIX shell does; the
 // limits bind on Linux (elsewhere only the timeout does: see the
 // reslimitexec package doc).
+//
+// With a cgroup backend ("cgroup1", "cgroup2": root, or a delegated
+// cgroup subtree) the escapee stays in its run's cgroup: its CPU is billed,
+// the run's CPU limit stops it, and it is gone when its run returns. On the
+// sampling backend ("ptrace", "after-start") it escapes: once its parent
+// has exited it is outside the child's tree and process group, so it is
+// neither billed nor killed, and spins on after its run (about 2 s of CPU,
+// then it stops on its own). Run the untrusted program under bwrap to keep
+// it in the tree there too: see docs/untrusted-code.md.
 package main
 
 import (
@@ -19,7 +30,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -33,6 +47,10 @@ var scripts = []struct{ name, code string }{
 	{"allocate", `x=a; while :; do x=$x$x; done`},
 	{"write", `head -c 100000000 /dev/zero > "$1/big"`},
 	{"sleep", `sleep 3600`},
+	// A spinner in a session of its own (setsid) whose parent exits at
+	// once; it writes its pid to $1/pid and stops by itself after about
+	// 2 s of CPU. (Where there is no setsid command, it just finishes.)
+	{"escape", `command -v setsid >/dev/null || exit 0; (setsid /bin/sh -c 'i=0; while [ $i -lt 2000000 ]; do i=$((i+1)); done' & echo $! > "$1/pid"); exec sleep 3600`},
 }
 
 type result struct {
@@ -41,6 +59,8 @@ type result struct {
 	wall           time.Duration
 	child          reslimitexec.Usage
 	file           int64
+	escapee        int  // the pid the script left in $1/pid, if any
+	escaped        bool // whether that process still ran after the run
 }
 
 func main() {
@@ -129,12 +149,17 @@ func runScript(limits reslimit.Limits, acct *reslimit.Account, code, dir string)
 	if fi, err := os.Stat(filepath.Join(dir, "big")); err == nil {
 		r.file = fi.Size()
 	}
+	if b, err := os.ReadFile(filepath.Join(dir, "pid")); err == nil {
+		if r.escapee, err = strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			r.escaped = running(r.escapee)
+		}
+	}
 	return r
 }
 
 // printRuns prints the limits and one line per run.
 func printRuns(limits reslimit.Limits, results []result) {
-	fmt.Printf("limits per run: CPU %v, memory %d MiB, file %d MiB, timeout %v; rlimits applied by: %s\n\n",
+	fmt.Printf("limits per run: CPU %v, memory %d MiB, file %d MiB, timeout %v; backend: %s\n\n",
 		limits.MaxCPUTime, limits.MaxMemoryBytes>>20, limits.MaxFileSize>>20, limits.Timeout, reslimitexec.Enforcement())
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "TENANT\tSCRIPT\tSTOPPED BY\tWALL\tCHILD CPU\tCHILD PEAK RSS\tFILE")
@@ -144,6 +169,25 @@ func printRuns(limits reslimit.Limits, results []result) {
 			float64(r.child.PeakMemoryBytes)/(1<<20), fileSize(r.file))
 	}
 	w.Flush()
+	for _, r := range results {
+		switch {
+		case r.escapee == 0:
+		case r.escaped:
+			fmt.Printf("%s's setsid escapee (pid %d) outlived its run, unbilled (it stops by itself)\n", r.tenant, r.escapee)
+		default:
+			fmt.Printf("%s's setsid escapee (pid %d) was killed with its run, its CPU billed\n", r.tenant, r.escapee)
+		}
+	}
+}
+
+// running reports whether process pid exists and is not a zombie (an
+// escapee killed with its run may wait as one to be reaped by init).
+func running(pid int) bool {
+	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		return !strings.Contains(string(st), ") Z ")
+	}
+	p, err := os.FindProcess(pid)
+	return err == nil && p.Signal(syscall.Signal(0)) == nil
 }
 
 // printCharges prints what each tenant was charged and whether its quota
