@@ -144,7 +144,9 @@
 // has exited, escape the watchdog and the kill), and use memory that is
 // not resident (swap) or not its own (the page cache, tmpfs files). Run
 // it under a separate user, namespaces, seccomp or a VM when it must not
-// do those things.
+// do those things: docs/untrusted-code.md in the reslimit repository has a
+// recipe that runs the child as bwrap (bubblewrap) under Run, so that
+// bwrap cuts the network and the files while Run bounds and bills it.
 //
 // # Options
 //
