@@ -272,18 +272,8 @@ func testBwrapLimitsAndBill(t *testing.T, enf string) {
 	const limit = 300 * time.Millisecond
 	bwrapMarkers++
 	marker := fmt.Sprintf("reslimitexec-bwrap-spin-%d-%d", os.Getpid(), bwrapMarkers)
-	inR, inW, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer inR.Close()
-	defer inW.Close()
-	outR, outW, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer outR.Close()
-	defer outW.Close()
+	inR, inW := pipe(t)
+	outR, outW := pipe(t)
 
 	var p *reslimitexec.Process
 	var spinners []int // the sandbox's processes, host pids
@@ -329,7 +319,20 @@ func testBwrapLimitsAndBill(t *testing.T, enf string) {
 		t.Fatalf("found %d processes marked %s, want at least sh and the spinner; run: %v", len(spinners), marker, err)
 	}
 	limitErr(t, err, reslimit.CPUTime)
-	cu := p.Usage()
+	checkBwrapBill(t, enf, err, u, p.Usage(), limit, spinners)
+	for _, pid := range spinners {
+		waitGone(t, pid)
+	}
+	if left := markedProcs(t, marker); len(left) > 0 {
+		t.Fatalf("sandboxed processes %v outlived their run", left)
+	}
+}
+
+// checkBwrapBill checks the bill of a sandboxed spinner stopped by the
+// run's CPU limit: the run's CPU about the limit, most of it the child's,
+// and one call.
+func checkBwrapBill(t *testing.T, enf string, err error, u reslimit.Usage, cu reslimitexec.Usage, limit time.Duration, spinners []int) {
+	t.Helper()
 	t.Logf("%s: stopped by %v; run CPU %v, child CPU %v (limit %v), calls %d; sandboxed pids %v",
 		enf, err, u.CPUTime, cu.CPUTime, limit, u.Calls, spinners)
 	if u.CPUTime < limit || u.CPUTime > 2*limit {
@@ -341,12 +344,6 @@ func testBwrapLimitsAndBill(t *testing.T, enf string) {
 	}
 	if u.Calls != 1 {
 		t.Errorf("run calls %d, want 1 (the child)", u.Calls)
-	}
-	for _, pid := range spinners {
-		waitGone(t, pid)
-	}
-	if left := markedProcs(t, marker); len(left) > 0 {
-		t.Fatalf("sandboxed processes %v outlived their run", left)
 	}
 }
 
@@ -390,4 +387,18 @@ func TestBwrapTmpfsSize(t *testing.T) {
 	if len(f) != 2 || f[0] == "0" || f[1] != strconv.Itoa(16<<20) {
 		t.Fatalf("output %q: want head's failure and a file of exactly %d bytes", out.String(), 16<<20)
 	}
+}
+
+// pipe returns an os.Pipe closed when t ends.
+func pipe(t *testing.T) (*os.File, *os.File) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		r.Close()
+		w.Close()
+	})
+	return r, w
 }
