@@ -33,11 +33,20 @@ package reslimit
 //     drained so that every later charge takes the slow path and is
 //     refused with that reason.
 //
-// Lock order: Tracker.mu → Account.mu → Tracker.childMu → Tracker.meterMu
-// (a leaf), and Account.mu → Tracker.cpuMu. A child run's Tracker.mu comes
-// before its parent's (a child's refill draws from its parent). Nothing
-// takes a Ledger's mu while holding an account's. The hot paths (take, the guards' fast
-// paths, TrackOperation) take no lock.
+// Lock order, first to last (a lock is never taken while holding one
+// after it):
+//
+//	Ledger.periods.hookMu (a WithPeriodClosed call; the hook may Sync)
+//	→ Ledger.finalMu (one final report) → Ledger.syncMu (one sync round)
+//	→ Ledger.periods.closeMu (a close, the kept lines, the hook's queue)
+//	→ Ledger.mu → Tracker.mu (a child run's before its parent's: a
+//	child's refill draws from its parent) → Account.mu → Tracker.childMu
+//	(a parent's before its children's) → Tracker.meterMu (a leaf), and
+//	Account.mu → Tracker.cpuMu.
+//
+// Leaves taken alone: slots.mu (a run's concurrency slots and their
+// queue), pins.mu (the measured-thread cap), the Monitor's locks. The hot
+// paths (take, the guards' fast paths, TrackOperation) take no lock.
 
 import (
 	"errors"
