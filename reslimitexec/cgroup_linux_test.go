@@ -127,7 +127,7 @@ func TestCgroupSetsidSpinnerBilled(t *testing.T) {
 // not by anything in the child's tree).
 func TestCgroupOrphansBilled(t *testing.T) {
 	needCgroup(t)
-	const n, ms = 50, 20
+	const n, ms = 100, 20 // as issue 21 measures it
 	u, err := runIn(t, reslimit.Limits{MaxCPUTime: time.Minute, Timeout: time.Minute}, nil, func(ctx context.Context) error {
 		return reslimitexec.Run(ctx, self("orphans", strconv.Itoa(n), strconv.Itoa(ms)))
 	})
