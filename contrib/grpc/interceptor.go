@@ -28,7 +28,8 @@
 // billed, and carries an errdetails.ErrorInfo (Reason
 // ReasonLimitExceeded, Domain Domain, Metadata "scope" ("tenant" or
 // "call"), "resource", "unit", "limit", "used", "requested" in the unit,
-// "billed" ("true" or "false") and "tenant") and an errdetails.QuotaFailure
+// "billed" ("true" or "false") and, for a limit of the tenant, "tenant")
+// and an errdetails.QuotaFailure
 // naming the resource, besides the RetryInfo above.
 package reslimitgrpc
 
@@ -171,8 +172,8 @@ func UnaryServerInterceptor(ledger *reslimit.Ledger, tenant func(ctx context.Con
 // UnaryServerInterceptor says holds for it, with the stream's Context in
 // place of the handler's ctx: it is the run's context.
 //
-// A stream held open for long holds its OS thread, and an evaluation of
-// its tenant (AccountLimits.MaxConcurrent), all that time.
+// A stream held open for long holds its OS thread, and one of its
+// tenant's AccountLimits.MaxConcurrent places, all that time.
 func StreamServerInterceptor(ledger *reslimit.Ledger, tenant func(ctx context.Context, fullMethod string) (string, error), limits reslimit.Limits, opts ...Option) (grpc.StreamServerInterceptor, error) {
 	ic, err := newInterceptor("StreamServerInterceptor", ledger, tenant, limits, opts)
 	if err != nil {
