@@ -4,6 +4,7 @@ go 1.26.8
 
 replace (
 	github.com/reslimit/reslimit => ../
+	github.com/reslimit/reslimit/contrib/grpc => ../contrib/grpc
 	github.com/reslimit/reslimit/contrib/redisstore => ../contrib/redisstore
 	github.com/reslimit/reslimit/contrib/starlark => ../contrib/starlark
 	github.com/reslimit/reslimit/contrib/wazero => ../contrib/wazero
@@ -12,16 +13,22 @@ replace (
 require (
 	github.com/redis/go-redis/v9 v9.23.0
 	github.com/reslimit/reslimit v0.0.0-00010101000000-000000000000
+	github.com/reslimit/reslimit/contrib/grpc v0.0.0-00010101000000-000000000000
 	github.com/reslimit/reslimit/contrib/redisstore v0.0.0-00010101000000-000000000000
 	github.com/reslimit/reslimit/contrib/starlark v0.0.0-00010101000000-000000000000
 	github.com/reslimit/reslimit/contrib/wazero v0.0.0-00010101000000-000000000000
 	github.com/tetratelabs/wazero v1.12.0
 	go.starlark.net v0.0.0-20260908191801-89a6a09411d5
+	google.golang.org/grpc v1.85.0
+	google.golang.org/protobuf v1.36.12
 )
 
 require (
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	go.uber.org/atomic v1.12.0 // indirect
+	golang.org/x/net v0.60.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect
+	golang.org/x/text v0.42.0 // indirect
 	golang.org/x/time v0.16.0 // indirect
+	google.golang.org/genproto/googleapis/rpc v0.0.0-20261123191846-1e707ab9fbc2 // indirect
 )
