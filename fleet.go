@@ -65,8 +65,8 @@ func WithStore(s store.Store) LedgerOption {
 		if s == nil {
 			l.setErr(fmt.Errorf("%w: WithStore(nil)", ErrInvalidArgument))
 		}
-		l.store = s
-		_, l.periodStore = s.(store.PeriodLoader)
+		l.fleet.store = s
+		_, l.fleet.periodStore = s.(store.PeriodLoader)
 	}
 }
 
@@ -78,7 +78,7 @@ func WithReplica(id string) LedgerOption {
 		if id == "" {
 			l.setErr(fmt.Errorf("%w: WithReplica(\"\")", ErrInvalidArgument))
 		}
-		l.replica = id
+		l.fleet.replica = id
 	}
 }
 
@@ -90,7 +90,7 @@ func WithSyncInterval(d time.Duration) LedgerOption {
 		if d <= 0 {
 			l.setErr(fmt.Errorf("%w: WithSyncInterval(%v): not positive", ErrInvalidArgument, d))
 		}
-		l.interval = d
+		l.fleet.interval = d
 	}
 }
 
@@ -105,7 +105,7 @@ func WithLeaseTTL(d time.Duration) LedgerOption {
 		if d <= 0 {
 			l.setErr(fmt.Errorf("%w: WithLeaseTTL(%v): not positive", ErrInvalidArgument, d))
 		}
-		l.ttl = d
+		l.fleet.ttl = d
 	}
 }
 
@@ -117,7 +117,7 @@ func WithFailurePolicy(p FailurePolicy) LedgerOption {
 		if p > FailClosed {
 			l.setErr(fmt.Errorf("%w: unknown %v", ErrInvalidArgument, p))
 		}
-		l.policy = p
+		l.fleet.policy = p
 	}
 }
 
@@ -128,7 +128,7 @@ func WithSyncTimeout(d time.Duration) LedgerOption {
 		if d <= 0 {
 			l.setErr(fmt.Errorf("%w: WithSyncTimeout(%v): not positive", ErrInvalidArgument, d))
 		}
-		l.syncTimeout = d
+		l.fleet.syncTimeout = d
 	}
 }
 
@@ -143,7 +143,7 @@ func WithLeaseWait(d time.Duration) LedgerOption {
 		if d < 0 {
 			l.setErr(fmt.Errorf("%w: WithLeaseWait(%v): negative", ErrInvalidArgument, d))
 		}
-		l.leaseWait, l.leaseWaitSet = d, true
+		l.fleet.leaseWait, l.fleet.leaseWaitSet = d, true
 	}
 }
 
@@ -155,13 +155,13 @@ func WithLeaseWait(d time.Duration) LedgerOption {
 func WithLogger(logger *slog.Logger) LedgerOption {
 	return func(l *Ledger) {
 		l.needStore("WithLogger")
-		l.logger = logger
+		l.fleet.logger = logger
 	}
 }
 
 func (l *Ledger) logf(level slog.Level, msg string, args ...any) {
-	if l.logger != nil {
-		l.logger.Log(context.Background(), level, msg, args...)
+	if l.fleet.logger != nil {
+		l.fleet.logger.Log(context.Background(), level, msg, args...)
 	}
 }
 
@@ -208,28 +208,28 @@ type fleet struct {
 }
 
 func (l *Ledger) startFleet() {
-	if l.replica == "" {
-		l.replica = defaultReplicaID()
+	if l.fleet.replica == "" {
+		l.fleet.replica = defaultReplicaID()
 	}
-	if l.interval == 0 {
-		l.interval = time.Second
+	if l.fleet.interval == 0 {
+		l.fleet.interval = time.Second
 	}
-	if l.ttl == 0 {
-		l.ttl = max(3*l.interval, 100*time.Millisecond)
+	if l.fleet.ttl == 0 {
+		l.fleet.ttl = max(3*l.fleet.interval, 100*time.Millisecond)
 	}
-	if l.syncTimeout == 0 {
-		l.syncTimeout = 2 * time.Second
+	if l.fleet.syncTimeout == 0 {
+		l.fleet.syncTimeout = 2 * time.Second
 	}
-	if !l.leaseWaitSet {
-		l.leaseWait = 100 * time.Millisecond
+	if !l.fleet.leaseWaitSet {
+		l.fleet.leaseWait = 100 * time.Millisecond
 	}
 	// Sequence numbers start at the clock so that a restarted replica with
 	// the same id keeps increasing them.
-	l.seq.Store(uint64(time.Now().UnixNano()))
-	l.kick = make(chan struct{}, 1)
-	l.done = make(chan struct{})
+	l.fleet.seq.Store(uint64(time.Now().UnixNano()))
+	l.fleet.kick = make(chan struct{}, 1)
+	l.fleet.done = make(chan struct{})
 	ctx, cancel := context.WithCancel(context.Background())
-	l.stopLoop = cancel
+	l.fleet.stopLoop = cancel
 	go l.syncLoop(ctx)
 }
 
@@ -242,14 +242,14 @@ func defaultReplicaID() string {
 
 func (l *Ledger) kickSyncer() {
 	select {
-	case l.kick <- struct{}{}:
+	case l.fleet.kick <- struct{}{}:
 	default:
 	}
 }
 
 func (l *Ledger) syncLoop(ctx context.Context) {
-	defer close(l.done)
-	tick := time.NewTicker(max(l.interval/4, time.Millisecond))
+	defer close(l.fleet.done)
+	tick := time.NewTicker(max(l.fleet.interval/4, time.Millisecond))
 	defer tick.Stop()
 	lastProbe := time.Now()
 	for {
@@ -257,10 +257,10 @@ func (l *Ledger) syncLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-		case <-l.kick:
+		case <-l.fleet.kick:
 		}
 		_ = l.syncRound(ctx, false, false)
-		if now := time.Now(); now.Sub(lastProbe) >= l.interval {
+		if now := time.Now(); now.Sub(lastProbe) >= l.fleet.interval {
 			lastProbe = now
 			l.probeStore(ctx)
 		}
@@ -291,15 +291,15 @@ func (l *Ledger) probeStore(ctx context.Context) {
 	if probe == nil {
 		return
 	}
-	lctx, cancel := context.WithTimeout(ctx, l.syncTimeout)
-	tot, err := l.store.Load(lctx, probe.name)
+	lctx, cancel := context.WithTimeout(ctx, l.fleet.syncTimeout)
+	tot, err := l.fleet.store.Load(lctx, probe.name)
 	cancel()
 	if err != nil {
 		return
 	}
 	for _, r := range reportedResources {
 		if tget(tot, r) < tget(seen, r) {
-			l.resync.Store(true)
+			l.fleet.resync.Store(true)
 			l.kickSyncer()
 			return
 		}
@@ -314,11 +314,11 @@ func (l *Ledger) Sync(ctx context.Context) error {
 	if ctx == nil {
 		return errNilContext
 	}
-	if l.store == nil || l.done == nil {
+	if l.fleet.store == nil || l.fleet.done == nil {
 		return nil
 	}
-	if l.closed.Load() {
-		if l.finalDone.Load() {
+	if l.fleet.closed.Load() {
+		if l.fleet.finalDone.Load() {
 			return ErrClosed
 		}
 		if err := l.finalReport(ctx); err != nil {
@@ -353,11 +353,11 @@ func (l *Ledger) Close(ctx context.Context) error {
 	if err := l.stopPeriods(ctx); err != nil {
 		return err
 	}
-	if l.store != nil && l.done != nil {
-		l.closed.Store(true)
-		l.stopOnce.Do(l.stopLoop)
+	if l.fleet.store != nil && l.fleet.done != nil {
+		l.fleet.closed.Store(true)
+		l.fleet.stopOnce.Do(l.fleet.stopLoop)
 		select {
-		case <-l.done:
+		case <-l.fleet.done:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -370,17 +370,17 @@ func (l *Ledger) Close(ctx context.Context) error {
 
 // finalReport freezes live runs, reports everything and gives the leases back.
 func (l *Ledger) finalReport(ctx context.Context) error {
-	l.finalMu.Lock()
-	defer l.finalMu.Unlock()
-	if l.finalDone.Load() {
+	l.fleet.finalMu.Lock()
+	defer l.fleet.finalMu.Unlock()
+	if l.fleet.finalDone.Load() {
 		return nil
 	}
 	l.mu.RLock()
-	accts := make([]*Account, 0, len(l.accts)+len(l.retired))
+	accts := make([]*Account, 0, len(l.accts)+len(l.fleet.retired))
 	for _, a := range l.accts {
 		accts = append(accts, a)
 	}
-	accts = append(accts, l.retired...)
+	accts = append(accts, l.fleet.retired...)
 	l.mu.RUnlock()
 	for _, a := range accts {
 		a.mu.Lock()
@@ -397,29 +397,29 @@ func (l *Ledger) finalReport(ctx context.Context) error {
 	if err := l.syncRound(ctx, true, true); err != nil {
 		return err
 	}
-	l.finalDone.Store(true)
+	l.fleet.finalDone.Store(true)
 	return nil
 }
 
 // syncRound syncs the due tenants (all of them with all) in one Store.Sync.
 func (l *Ledger) syncRound(ctx context.Context, all, final bool) error {
-	l.syncMu.Lock()
-	defer l.syncMu.Unlock()
+	l.fleet.syncMu.Lock()
+	defer l.fleet.syncMu.Unlock()
 	now := time.Now()
 	req, owners := l.buildRequest(all, final, now)
 	if len(owners) == 0 {
 		return nil
 	}
-	sctx, cancel := context.WithTimeout(ctx, l.syncTimeout)
-	resp, err := l.store.Sync(sctx, req)
+	sctx, cancel := context.WithTimeout(ctx, l.fleet.syncTimeout)
+	resp, err := l.fleet.store.Sync(sctx, req)
 	cancel()
 	if err == nil && len(resp.Tenants) != len(req.Tenants) {
 		err = fmt.Errorf("reslimit: store answered %d tenants for %d", len(resp.Tenants), len(req.Tenants))
 	}
-	if err != nil && !l.storeFailing.Swap(true) {
-		l.logf(slog.LevelWarn, "reslimit: fleet: the store fails; the failure policy rules", "replica", l.replica, "policy", l.policy.String(), "err", err)
-	} else if err == nil && l.storeFailing.Swap(false) {
-		l.logf(slog.LevelInfo, "reslimit: fleet: the store answers again", "replica", l.replica)
+	if err != nil && !l.fleet.storeFailing.Swap(true) {
+		l.logf(slog.LevelWarn, "reslimit: fleet: the store fails; the failure policy rules", "replica", l.fleet.replica, "policy", l.fleet.policy.String(), "err", err)
+	} else if err == nil && l.fleet.storeFailing.Swap(false) {
+		l.logf(slog.LevelInfo, "reslimit: fleet: the store answers again", "replica", l.fleet.replica)
 	}
 	lines, settled := l.applyAnswers(req, resp, owners, err, final, now)
 	if len(lines) > 0 {
@@ -435,16 +435,16 @@ func (l *Ledger) syncRound(ctx context.Context, all, final bool) error {
 // tenant with all, or after the store lost data), and their accounts.
 func (l *Ledger) buildRequest(all, final bool, now time.Time) (store.SyncRequest, []*Account) {
 	l.mu.RLock()
-	accts := make([]*Account, 0, len(l.accts)+len(l.retired))
+	accts := make([]*Account, 0, len(l.accts)+len(l.fleet.retired))
 	for _, a := range l.accts {
 		accts = append(accts, a)
 	}
-	accts = append(accts, l.retired...)
+	accts = append(accts, l.fleet.retired...)
 	l.mu.RUnlock()
-	if l.resync.Swap(false) {
+	if l.fleet.resync.Swap(false) {
 		all = true // the store lost data: every tenant reports again
 	}
-	req := store.SyncRequest{Replica: l.replica, LeaseTTL: l.ttl, Final: final}
+	req := store.SyncRequest{Replica: l.fleet.replica, LeaseTTL: l.fleet.ttl, Final: final}
 	var owners []*Account
 	for _, a := range accts {
 		a.mu.Lock()
@@ -476,7 +476,7 @@ func (l *Ledger) applyAnswers(req store.SyncRequest, resp store.SyncResponse, ow
 			f.applyLocked(a, req.Tenants[k], resp.Tenants[k], now)
 			lines = append(lines, f.lines...)
 			f.lines = nil
-			if f.retired && (final || !l.closed.Load()) && len(a.live) == 0 && reportable(a.lifeLocked()) == f.reported {
+			if f.retired && (final || !l.fleet.closed.Load()) && len(a.live) == 0 && reportable(a.lifeLocked()) == f.reported {
 				f.retired = false // all reported: the ledger can forget it
 				settled = true
 			}
@@ -490,16 +490,16 @@ func (l *Ledger) applyAnswers(req store.SyncRequest, resp store.SyncResponse, ow
 func (l *Ledger) forgetSettled() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	kept := l.retired[:0]
-	for _, a := range l.retired {
+	kept := l.fleet.retired[:0]
+	for _, a := range l.fleet.retired {
 		a.mu.Lock()
 		if a.fleetState().retired {
 			kept = append(kept, a)
 		}
 		a.mu.Unlock()
 	}
-	clear(l.retired[len(kept):])
-	l.retired = kept
+	clear(l.fleet.retired[len(kept):])
+	l.fleet.retired = kept
 }
 
 // FleetStats is an account's store-backed state on this replica. Every
@@ -608,7 +608,7 @@ type fleetClose struct {
 // good in the next one, and the fleet-wide totals start over (the store
 // says how far the other replicas went at the next sync).
 func (f *fleetState) periodClosedLocked(n uint64, life store.Totals) {
-	if !f.ledger.periodStore {
+	if !f.ledger.fleet.periodStore {
 		return
 	}
 	f.closes = append(f.closes, fleetClose{period: max(n, 1), life: life})
@@ -639,7 +639,7 @@ func (a *Account) fleetState() *fleetState {
 // The quota interface (account.go).
 
 func (f *fleetState) errLocked() error {
-	if f.ledger.closed.Load() {
+	if f.ledger.fleet.closed.Load() {
 		return ErrClosed // the ledger made its final report
 	}
 	return nil
@@ -680,16 +680,16 @@ func (l *Ledger) openFleet(a *Account) {
 		return
 	}
 	f.loadOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), l.syncTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), l.fleet.syncTimeout)
 		var tot store.Totals
 		var open uint64
 		var err error
-		if pl, ok := l.store.(store.PeriodLoader); ok {
+		if pl, ok := l.fleet.store.(store.PeriodLoader); ok {
 			var sp store.Period
 			sp, err = pl.LoadPeriod(ctx, a.name, 0)
 			tot, open = sp.Totals, sp.Open
 		} else {
-			tot, err = l.store.Load(ctx, a.name)
+			tot, err = l.fleet.store.Load(ctx, a.name)
 		}
 		cancel()
 		if err != nil {
@@ -726,13 +726,13 @@ func bit(r Resource) uint32 { return 1 << uint(r) }
 // it gives back). A tenant idle on this replica costs the store nothing
 // after that.
 func (f *fleetState) dueLocked(a *Account, now time.Time) bool {
-	if f.failing && now.Sub(f.lastAttempt) < f.ledger.interval/4 {
+	if f.failing && now.Sub(f.lastAttempt) < f.ledger.fleet.interval/4 {
 		return false // the store fails: retry at the syncer's pace, not per charge
 	}
 	if f.pending != nil || f.retired || f.lastSync.IsZero() || len(f.closes) > 0 {
 		return true
 	}
-	elapsed := now.Sub(f.lastSync) >= f.ledger.interval
+	elapsed := now.Sub(f.lastSync) >= f.ledger.fleet.interval
 	if f.wantSync {
 		return f.short == 0 || elapsed || f.cpuAsk
 	}
@@ -755,7 +755,7 @@ func (f *fleetState) dueLocked(a *Account, now time.Time) bool {
 // store never reclaims a lease, so it stays good until given back.
 func (f *fleetState) leaseLocked(r Resource) int64 {
 	c := f.floorLocked(r) + tget(f.outstanding, r) - tget(f.returning, r)
-	if f.failing && f.ledger.policy == FailLocal {
+	if f.failing && f.ledger.fleet.policy == FailLocal {
 		c += tget(f.fallback, r)
 	}
 	return c
@@ -763,7 +763,7 @@ func (f *fleetState) leaseLocked(r Resource) int64 {
 
 // capLocked is how much of r this process may hand out in all.
 func (f *fleetState) capLocked(r Resource) int64 {
-	if f.failing && f.ledger.policy == FailOpen {
+	if f.failing && f.ledger.fleet.policy == FailOpen {
 		return maxUsage
 	}
 	return f.leaseLocked(r)
@@ -772,7 +772,7 @@ func (f *fleetState) capLocked(r Resource) int64 {
 // unboundLocked reports whether the account enforces no cumulative
 // limit now: the store fails and the policy is FailOpen.
 func (f *fleetState) unboundLocked() bool {
-	return f.failing && f.ledger.policy == FailOpen
+	return f.failing && f.ledger.fleet.policy == FailOpen
 }
 
 // noteLeft asks for an early sync when less than a tenth of the lease is left.
@@ -828,7 +828,7 @@ func (f *fleetState) cpuLeftLocked(a *Account) int64 {
 func (f *fleetState) reserveLocked(a *Account, r Resource, n, want int64, meter int, except *Tracker, issued func() int64) error {
 	var w leaseWaiter
 	for {
-		if f.ledger.closed.Load() {
+		if f.ledger.fleet.closed.Load() {
 			return ErrClosed
 		}
 		lim := a.limits[r].Load()
@@ -897,7 +897,7 @@ func (w *leaseWaiter) next(f *fleetState, r Resource) (time.Duration, bool) {
 	}
 	now := time.Now()
 	if !w.registered {
-		w.registered, w.myNo, w.deadline = true, f.builtNo, now.Add(f.ledger.leaseWait)
+		w.registered, w.myNo, w.deadline = true, f.builtNo, now.Add(f.ledger.fleet.leaseWait)
 		w.attempts = f.syncs + f.syncErrors
 	}
 	if f.failing && f.syncs+f.syncErrors > w.attempts {
@@ -905,13 +905,13 @@ func (w *leaseWaiter) next(f *fleetState, r Resource) (time.Duration, bool) {
 	}
 	wait := w.deadline.Sub(now)
 	if wait <= 0 {
-		if !(f.inFlight || f.wantSync) || w.extended || f.ledger.leaseWait == 0 {
+		if !(f.inFlight || f.wantSync) || w.extended || f.ledger.fleet.leaseWait == 0 {
 			return 0, false // no lease in time
 		}
 		// The extension is a deadline of its own: an answer that brings
 		// no lease (one for a period closed meanwhile) wakes the charge,
 		// which waits on for the sync that follows.
-		w.extended, wait = true, f.ledger.syncTimeout
+		w.extended, wait = true, f.ledger.fleet.syncTimeout
 		w.deadline = now.Add(wait)
 	}
 	return wait, true
@@ -926,8 +926,8 @@ func (f *fleetState) reportLocked(a *Account, now time.Time) store.TenantSync {
 	}
 	closed, prev := f.closedReportsLocked()
 	used := nonNegative(reportable(a.lifeLocked()).Sub(prev)) // usage only grows: never send a negative report
-	ts := store.TenantSync{Tenant: a.name, Seq: f.ledger.seq.Add(1), Used: used, Closed: closed}
-	if f.ledger.periodStore {
+	ts := store.TenantSync{Tenant: a.name, Seq: f.ledger.fleet.seq.Add(1), Used: used, Closed: closed}
+	if f.ledger.fleet.periodStore {
 		ts.Period = max(a.periodNo, 1)
 		ts.LostBefore = min(f.lostBefore, ts.Period)
 	}
@@ -978,7 +978,7 @@ func (f *fleetState) leaseRequestLocked(a *Account, ts *store.TenantSync, now ti
 		}
 	}
 	// Idle: nothing used nor asked for in a whole interval.
-	idle := now.Sub(f.activeAt) >= f.ledger.interval
+	idle := now.Sub(f.activeAt) >= f.ledger.fleet.interval
 	grace := now.Before(f.graceUntil)
 	for _, r := range leasedResources {
 		lim := a.limits[r].Load()
@@ -1020,8 +1020,8 @@ func (f *fleetState) leaseRequestLocked(a *Account, ts *store.TenantSync, now ti
 // are small and exact.
 func (f *fleetState) leaseTargetLocked(a *Account, r Resource, used int64, now time.Time) int64 {
 	target := max(leaseFloor[r], 2*tget(f.lastUsed, r), 2*used)
-	if elapsed := now.Sub(f.lastSync); !f.lastSync.IsZero() && elapsed < f.ledger.interval {
-		scaled := 2 * float64(used) * float64(f.ledger.interval) / float64(max(elapsed, time.Millisecond))
+	if elapsed := now.Sub(f.lastSync); !f.lastSync.IsZero() && elapsed < f.ledger.fleet.interval {
+		scaled := 2 * float64(used) * float64(f.ledger.fleet.interval) / float64(max(elapsed, time.Millisecond))
 		target = max(target, int64(min(scaled, maxUsage)))
 	}
 	return min(target, max(1, (a.limits[r].Load()-a.usageLocked(r))/4))
@@ -1048,7 +1048,7 @@ func (f *fleetState) applyLocked(a *Account, ts store.TenantSync, st store.Tenan
 	// The answer is about the period the report was for, still open here
 	// and in the store.
 	sent, storePeriod := max(ts.Period, 1), max(st.Period, 1)
-	if !f.ledger.periodStore {
+	if !f.ledger.fleet.periodStore {
 		sent, storePeriod = max(a.periodNo, 1), max(a.periodNo, 1)
 	}
 	current := sent == max(a.periodNo, 1) && storePeriod == sent
@@ -1101,12 +1101,12 @@ func (f *fleetState) refreshLocked() {
 // number.
 func (f *fleetState) resendStaleLocked(seq uint64) {
 	for {
-		cur := f.ledger.seq.Load()
-		if cur >= seq || f.ledger.seq.CompareAndSwap(cur, seq) {
+		cur := f.ledger.fleet.seq.Load()
+		if cur >= seq || f.ledger.fleet.seq.CompareAndSwap(cur, seq) {
 			break
 		}
 	}
-	f.pending.Seq = f.ledger.seq.Add(1)
+	f.pending.Seq = f.ledger.fleet.seq.Add(1)
 	f.wantSync = true
 	f.refreshLocked()
 }
@@ -1142,7 +1142,7 @@ func (f *fleetState) storeLostLocked(expected store.Totals, st store.TenantState
 func (f *fleetState) reportAgainLocked(ts store.TenantSync, expected, lostNow store.Totals, lost bool, sent uint64) store.Totals {
 	reported := expected
 	switch {
-	case lost && f.ledger.periodStore:
+	case lost && f.ledger.fleet.periodStore:
 		before := expected.Sub(ts.Used) // acknowledged before this report
 		for _, r := range reportedResources {
 			again := min(tget(lostNow, r), max(0, tget(before, r)-tget(f.base, r)))
@@ -1187,11 +1187,11 @@ func (f *fleetState) storeResetLocked(a *Account, lostNow store.Totals, sentAt t
 	f.lost = f.lost.Add(lostNow)
 	f.wantSync = true
 	f.short = 0
-	f.graceUntil = sentAt.Add(f.ledger.interval)
-	f.ledger.resync.Store(true)
+	f.graceUntil = sentAt.Add(f.ledger.fleet.interval)
+	f.ledger.fleet.resync.Store(true)
 	f.ledger.kickSyncer()
 	f.ledger.logf(slog.LevelError, "reslimit: fleet: the store lost reports of this replica; reporting them again",
-		"tenant", a.name, "replica", f.ledger.replica,
+		"tenant", a.name, "replica", f.ledger.fleet.replica,
 		"operations", lostNow.Operations, "function_calls", lostNow.Calls,
 		"total_memory", lostNow.TotalMemory, "evaluations", lostNow.Evaluations)
 }
@@ -1200,7 +1200,7 @@ func (f *fleetState) storeResetLocked(a *Account, lostNow store.Totals, sentAt t
 var reportedResources = [...]Resource{Operations, Calls, TotalMemory, CPUTime, Evaluations}
 
 func (f *fleetState) failLocked(a *Account, err error) {
-	if !f.failing && f.ledger.policy == FailLocal {
+	if !f.failing && f.ledger.fleet.policy == FailLocal {
 		for _, r := range leasedResources {
 			if lim := a.limits[r].Load(); lim > 0 {
 				if !f.loaded {
@@ -1221,7 +1221,7 @@ func (f *fleetState) failLocked(a *Account, err error) {
 
 func (f *fleetState) statsLocked(a *Account) *FleetStats {
 	fs := FleetStats{
-		Replica: f.ledger.replica, Committed: f.committed, LastSync: f.lastSync,
+		Replica: f.ledger.fleet.replica, Committed: f.committed, LastSync: f.lastSync,
 		Syncs: f.syncs, SyncErrors: f.syncErrors, LastError: f.lastErr, Fallback: f.failing,
 		Loaded: f.loaded, StoreResets: f.resets, LastStoreReset: f.lastReset,
 	}
@@ -1241,7 +1241,7 @@ func (f *fleetState) statsLocked(a *Account) *FleetStats {
 // store that implements TenantLister (store.Memory and the Redis store do);
 // without a store it lists the ledger's own accounts and their totals.
 func (l *Ledger) StoreTenants(ctx context.Context, fn func(tenant string, committed store.Totals) error) error {
-	if l.store == nil {
+	if l.fleet.store == nil {
 		for _, name := range l.Tenants() {
 			a, ok := l.Lookup(name)
 			if !ok {
@@ -1256,9 +1256,9 @@ func (l *Ledger) StoreTenants(ctx context.Context, fn func(tenant string, commit
 		}
 		return nil
 	}
-	lister, ok := l.store.(store.TenantLister)
+	lister, ok := l.fleet.store.(store.TenantLister)
 	if !ok {
-		return fmt.Errorf("reslimit: the ledger's store (%T) cannot list its tenants: %w", l.store, errors.ErrUnsupported)
+		return fmt.Errorf("reslimit: the ledger's store (%T) cannot list its tenants: %w", l.fleet.store, errors.ErrUnsupported)
 	}
 	return lister.ListTenants(ctx, fn)
 }
@@ -1303,9 +1303,9 @@ func (l *Ledger) keepLines(lines []Period) {
 // PeriodLoader (store.Memory and the Redis store do); without a Store, or
 // with another one, it returns an error wrapping errors.ErrUnsupported.
 func (l *Ledger) StorePeriod(ctx context.Context, tenant string, n uint64) (store.Period, error) {
-	pl, ok := l.store.(store.PeriodLoader)
+	pl, ok := l.fleet.store.(store.PeriodLoader)
 	if !ok {
-		return store.Period{}, fmt.Errorf("reslimit: the ledger's store (%T) keeps no billing periods: %w", l.store, errors.ErrUnsupported)
+		return store.Period{}, fmt.Errorf("reslimit: the ledger's store (%T) keeps no billing periods: %w", l.fleet.store, errors.ErrUnsupported)
 	}
 	return pl.LoadPeriod(ctx, tenant, n)
 }

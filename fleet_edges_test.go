@@ -52,7 +52,7 @@ func TestFleetIdleRunRoomOutlivesLease(t *testing.T) {
 }
 
 // A removed tenant with nothing left to report is settled and forgotten by
-// the background syncer, not kept in l.retired for ever.
+// the background syncer, not kept in l.fleet.retired for ever.
 func TestFleetRetiredIdleAccountNeverForgotten(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		shared := store.NewMemory()
@@ -67,9 +67,9 @@ func TestFleetRetiredIdleAccountNeverForgotten(t *testing.T) {
 		time.Sleep(200 * time.Millisecond) // 40 sync intervals of the fake clock
 		synctest.Wait()
 		l.mu.RLock()
-		n := len(l.retired)
+		n := len(l.fleet.retired)
 		l.mu.RUnlock()
-		assert.Zero(t, n, "a removed, fully reported account stays in l.retired forever")
+		assert.Zero(t, n, "a removed, fully reported account stays in l.fleet.retired forever")
 	})
 }
 

@@ -216,15 +216,15 @@ func TestFleetCrashedReplicasLeaseStaysCounted(t *testing.T) {
 	require.Positive(t, lease)
 	// Its syncer dies (it can no longer report), it spends its lease, and
 	// it dies.
-	dead.stopLoop()
-	<-dead.done
+	dead.fleet.stopLoop()
+	<-dead.fleet.done
 	tr, err = dead.Account("t").Begin(Unlimited())
 	require.NoError(t, err)
 	var unreported int64
 	for tr.TrackOperation() == nil {
 		unreported++
 	}
-	dead.closed.Store(true)
+	dead.fleet.closed.Store(true)
 	assert.Equal(t, lease, unreported)
 
 	now.Add(int64(time.Hour)) // long past its lease

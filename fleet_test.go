@@ -222,7 +222,7 @@ func TestFleetRemoveStillReports(t *testing.T) {
 	c, _ := shared.Load(context.Background(), "gone")
 	assert.Equal(t, int64(42), c.Operations)
 	l.mu.RLock()
-	assert.Empty(t, l.retired, "forgotten once reported")
+	assert.Empty(t, l.fleet.retired, "forgotten once reported")
 	l.mu.RUnlock()
 }
 
@@ -317,7 +317,7 @@ func TestFleetRetiredWithCPUIsForgotten(t *testing.T) {
 	l.Remove("t")
 	require.NoError(t, l.Sync(context.Background()))
 	l.mu.RLock()
-	assert.Empty(t, l.retired)
+	assert.Empty(t, l.fleet.retired)
 	l.mu.RUnlock()
 }
 

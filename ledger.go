@@ -36,7 +36,7 @@ type Ledger struct {
 	// has neither.
 	optErr   error
 	storeOpt string
-	fleet    // the store-backed part; zero without WithStore
+	fleet    fleet // the store-backed part (fleet.go); zero without WithStore
 	periods  ledgerPeriods
 
 	mu    sync.RWMutex
@@ -57,7 +57,7 @@ func NewLedger(defaults AccountLimits, opts ...LedgerOption) (*Ledger, error) {
 			o(l)
 		}
 	}
-	if l.optErr == nil && l.storeOpt != "" && l.store == nil {
+	if l.optErr == nil && l.storeOpt != "" && l.fleet.store == nil {
 		l.optErr = fmt.Errorf("%w: %s needs WithStore", ErrInvalidArgument, l.storeOpt)
 	}
 	if l.optErr == nil {
@@ -76,7 +76,7 @@ func NewLedger(defaults AccountLimits, opts ...LedgerOption) (*Ledger, error) {
 	// The hook's delivery first: the syncer and the schedule queue closes
 	// for it as soon as they run.
 	l.startHooks()
-	if l.store != nil {
+	if l.fleet.store != nil {
 		l.startFleet()
 	}
 	l.startPeriods()
@@ -116,14 +116,14 @@ func (l *Ledger) openLocked(tenant string, limits AccountLimits) (*Account, erro
 	if l.accts == nil {
 		l.accts = make(map[string]*Account) // a zero Ledger
 	}
-	for i, r := range l.retired {
+	for i, r := range l.fleet.retired {
 		if r.name == tenant {
 			// Removed but not yet fully reported: bring it back, so that one
 			// account per tenant reports for this replica.
 			r.mu.Lock()
 			r.fleetState().retired = false
 			r.mu.Unlock()
-			l.retired = append(l.retired[:i], l.retired[i+1:]...)
+			l.fleet.retired = append(l.fleet.retired[:i], l.fleet.retired[i+1:]...)
 			l.accts[tenant] = r
 			return r, nil
 		}
@@ -132,7 +132,7 @@ func (l *Ledger) openLocked(tenant string, limits AccountLimits) (*Account, erro
 	if err != nil {
 		return nil, err
 	}
-	if l.store != nil {
+	if l.fleet.store != nil {
 		a.quota = newFleetState(l)
 	}
 	a.periodNo = l.periods.open()
@@ -195,7 +195,7 @@ func (l *Ledger) Remove(tenant string) {
 		a.mu.Unlock()
 		if f != nil {
 			// Synced until everything it used has been reported.
-			l.retired = append(l.retired, a)
+			l.fleet.retired = append(l.fleet.retired, a)
 		} else if l.periods.next != nil || l.periods.number > 0 {
 			// The ledger closes periods: bill it at the next close.
 			l.periods.removed = append(l.periods.removed, a)

@@ -271,7 +271,7 @@ func (l *Ledger) periodLoop() {
 // WithPeriodClosed hook (deliverLoop), if the ledger may make any: it has a
 // schedule or a store that keeps periods.
 func (l *Ledger) startHooks() {
-	if l.periods.hook == nil || (l.periods.next == nil && !l.periodStore) {
+	if l.periods.hook == nil || (l.periods.next == nil && !l.fleet.periodStore) {
 		return
 	}
 	l.periods.wake = make(chan struct{}, 1)
@@ -394,7 +394,7 @@ func (l *Ledger) closePeriodFor(end time.Time, hook bool) []Period {
 	lines := make([]Period, 0, len(accts))
 	for _, a := range accts {
 		var p Period
-		if l.periodStore {
+		if l.fleet.periodStore {
 			// A fleet tenant's periods are numbered by the store.
 			p = a.closePeriod(end, 0)
 		} else {
