@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/reslimit/reslimit"
@@ -80,7 +81,7 @@ func WithResetTime(fn func(tenant string) time.Time) Option {
 //     passes or the CPU time (the request's or the tenant's) is used up;
 //   - when limits.MaxFileSize is set, r.Body reads through the tracker's
 //     LimitReader, and a request whose Content-Length is already over it
-//     does not reach the handler.
+//     is refused before its run (413, not billed).
 //
 // Run locks the handler's goroutine to its OS thread while it runs, so
 // that its real CPU time can be counted: requests that block for long hold
@@ -100,6 +101,11 @@ func WithResetTime(fn func(tenant string) time.Time) Option {
 //     response. The middleware learns of a stop from the tracker (timeout,
 //     CPU time), from the body reader (file size), and from Error, which
 //     handlers call with the error a tracker method returned;
+//
+// Every error body says whether the request was billed (ErrorBody.Billed,
+// Billed): a request is billed, as one evaluation of its tenant with what
+// it used, once its run started, however it ends; a refusal before the run
+// is not.
 //
 // A nil ledger or tenant function, invalid limits or an invalid option
 // value are reported here, when the middleware is built (an error wrapping
@@ -153,26 +159,26 @@ func serve(ledger *reslimit.Ledger, tenant func(*http.Request) (string, error), 
 		st.cfg.onError(w, r, err)
 		return
 	}
+	hasBody := limits.MaxFileSize > 0 && r.Body != nil && r.Body != http.NoBody
+	if hasBody && r.ContentLength > limits.MaxFileSize {
+		// Refused before the run, like a refusal at admission: no
+		// evaluation, nothing billed.
+		st.cfg.onError(w, r, &reslimit.LimitError{Resource: reslimit.FileSize, Limit: limits.MaxFileSize, Requested: r.ContentLength})
+		return
+	}
 	rw := &responseWriter{ResponseWriter: w}
 	var inner *http.Request
-	started := false
 	_, err = reslimit.Run(r.Context(), limits, func(ctx context.Context) error {
-		started = true
+		st.started.Store(true)
 		tr := reslimit.FromContext(ctx)
 		inner = r.WithContext(ctx)
-		if limits.MaxFileSize > 0 && r.Body != nil && r.Body != http.NoBody {
-			if r.ContentLength > 0 {
-				if err := tr.CheckFileSize(r.ContentLength); err != nil {
-					st.record(err)
-					return err
-				}
-			}
+		if hasBody {
 			inner.Body = &limitedBody{r: tr.LimitReader(r.Body), c: r.Body, st: st}
 		}
 		next.ServeHTTP(rw, inner)
 		return st.err()
 	}, reslimit.WithAccount(acct))
-	if !started {
+	if !st.started.Load() {
 		// Refused before the handler ran (or invalid limits).
 		st.cfg.onError(w, r, err)
 		return
@@ -195,6 +201,9 @@ type stateKey struct{}
 type requestState struct {
 	cfg    *config
 	tenant string
+	// started is set when the request's run starts: from then on the
+	// request is an evaluation of its tenant, billed whatever happens.
+	started atomic.Bool
 
 	mu    sync.Mutex
 	first error // first error recorded by Error or the body reader
@@ -229,6 +238,21 @@ func Tenant(r *http.Request) string {
 		return s.tenant
 	}
 	return ""
+}
+
+// Billed reports whether the request r, served by Middleware, is billed
+// to its tenant: whether its run started, so that it counts as one
+// evaluation of the tenant and what it used is charged to the tenant's
+// account, however it ends. It reports false for a request refused before
+// its run (an unknown tenant, a refusal at admission by the tenant's
+// limits, a body whose Content-Length is over MaxFileSize) and for a
+// request not served by Middleware. An ErrorHandler can call it with the
+// request it gets.
+func Billed(r *http.Request) bool {
+	if s := stateOf(r); s != nil {
+		return s.started.Load()
+	}
+	return false
 }
 
 // limitedBody reads the request body through the tracker's LimitReader and

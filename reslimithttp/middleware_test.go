@@ -305,7 +305,7 @@ func TestMiddlewareErrorHelper(t *testing.T) {
 	b := decodeError(t, rec)
 	assert.Equal(t, reslimithttp.ErrorBody{
 		Error: "limit_exceeded", Scope: "request", Resource: "operations", Unit: "count",
-		Limit: 3, Used: 0, Requested: 4, Tenant: "acme", Message: b.Message,
+		Limit: 3, Used: 0, Requested: 4, Tenant: "acme", Billed: true, Message: b.Message,
 	}, b)
 
 	rec = do(t, h, http.MethodGet, "/mem", "acme", nil)
@@ -525,6 +525,7 @@ func TestMiddlewareOverRealServer(t *testing.T) {
 	assert.Equal(t, http.StatusOK, post("hello").StatusCode)
 	assert.Equal(t, http.StatusRequestEntityTooLarge, post(strings.Repeat("z", 4<<10)).StatusCode)
 	assert.Equal(t, http.StatusOK, post("again").StatusCode)
+	assert.Equal(t, http.StatusOK, post("third").StatusCode, "the oversized body was refused before its run: no evaluation")
 	resp := post("over quota")
 	assert.Equal(t, http.StatusTooManyRequests, resp.StatusCode)
 	assert.Equal(t, "application/json; charset=utf-8", resp.Header.Get("Content-Type"))
