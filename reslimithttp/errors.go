@@ -47,9 +47,12 @@ func Error(w http.ResponseWriter, r *http.Request, err error) {
 //   - 429 Too Many Requests for a limit of the tenant (a *LimitError whose
 //     Tenant is set: exhausted quota, MaxEvaluations, MaxConcurrent, a
 //     rate, ...);
-//   - 413 Request Entity Too Large for a per-request file_size limit;
+//   - 413 Content Too Large for a request body over the middleware's
+//     MaxFileSize (an error wrapping ErrRequestBodyTooLarge);
 //   - 503 Service Unavailable for another per-request limit (timeout,
-//     cpu_time, operations, memory, ...);
+//     cpu_time, operations, memory, and file_size when something else than
+//     the request body, such as a tool the handler ran, wrote too big a
+//     file);
 //   - 500 Internal Server Error otherwise.
 func StatusCode(err error) int {
 	if errors.Is(err, ErrUnknownTenant) {
@@ -60,7 +63,7 @@ func StatusCode(err error) int {
 		switch {
 		case le.Tenant != "":
 			return http.StatusTooManyRequests
-		case le.Resource == reslimit.FileSize:
+		case errors.Is(err, ErrRequestBodyTooLarge):
 			return http.StatusRequestEntityTooLarge
 		default:
 			return http.StatusServiceUnavailable
@@ -128,7 +131,8 @@ type ErrorBody struct {
 	// Error is "limit_exceeded", "unknown_tenant" or "internal_error".
 	Error string `json:"error"`
 	// Scope is "tenant" for a limit of the tenant's account (429) and
-	// "request" for a limit of the request itself (503, 413).
+	// "request" for a limit of the request itself (503, or 413 for its
+	// body).
 	Scope string `json:"scope,omitempty"`
 	// Resource is the limited resource's name (reslimit.Resource.String):
 	// "operations", "cpu_time", "file_size", "evaluations", ...

@@ -20,6 +20,19 @@ import (
 // answers it with 401 Unauthorized.
 var ErrUnknownTenant = errors.New("reslimithttp: unknown tenant")
 
+// ErrRequestBodyTooLarge is wrapped, with the FileSize *reslimit.LimitError,
+// by the error of a request whose body is over the middleware's
+// MaxFileSize: the refusal of a body whose Content-Length is over it, and
+// the error a read of r.Body returns when the body passes it. The default
+// handler answers it with 413 Content Too Large; a FileSize limit of
+// anything else the run does (a tool that writes too big a file) is one of
+// the run's own limits, answered 503.
+var ErrRequestBodyTooLarge = errors.New("reslimithttp: request body too large")
+
+// bodyTooLarge wraps le, a FileSize refusal of the request's body, with
+// ErrRequestBodyTooLarge.
+func bodyTooLarge(le error) error { return fmt.Errorf("%w: %w", ErrRequestBodyTooLarge, le) }
+
 // Option configures Middleware.
 type Option func(*config)
 
@@ -96,9 +109,11 @@ func WithResetTime(fn func(tenant string) time.Time) Option {
 //     WithResetTime knows when the quota resets), or above its
 //     EvaluationsPerSecond (429, with Retry-After from the refusal's
 //     RetryAfter);
-//   - the request was stopped by its own limits (503, or 413 for
-//     file_size) or by its tenant's (429), and the handler has not written a
-//     response. The middleware learns of a stop from the tracker (timeout,
+//   - its body is over limits.MaxFileSize (413; the error wraps
+//     ErrRequestBodyTooLarge);
+//   - the request was stopped by its own limits (503, also for a
+//     file_size limit of something else than its body) or by its tenant's
+//     (429), and the handler has not written a response. The middleware learns of a stop from the tracker (timeout,
 //     CPU time), from the body reader (file size), and from Error, which
 //     handlers call with the error a tracker method returned;
 //
@@ -163,7 +178,7 @@ func serve(ledger *reslimit.Ledger, tenant func(*http.Request) (string, error), 
 	if hasBody && r.ContentLength > limits.MaxFileSize {
 		// Refused before the run, like a refusal at admission: no
 		// evaluation, nothing billed.
-		st.cfg.onError(w, r, &reslimit.LimitError{Resource: reslimit.FileSize, Limit: limits.MaxFileSize, Requested: r.ContentLength})
+		st.cfg.onError(w, r, bodyTooLarge(&reslimit.LimitError{Resource: reslimit.FileSize, Limit: limits.MaxFileSize, Requested: r.ContentLength}))
 		return
 	}
 	rw := &responseWriter{ResponseWriter: w}
@@ -256,8 +271,8 @@ func Billed(r *http.Request) bool {
 }
 
 // limitedBody reads the request body through the tracker's LimitReader and
-// records the limit error it returns, so that the middleware answers 413
-// even when the handler only returns.
+// records the limit error it returns, so that the middleware answers
+// (413 for the body's size) even when the handler only returns.
 type limitedBody struct {
 	r  io.Reader
 	c  io.Closer
@@ -267,6 +282,10 @@ type limitedBody struct {
 func (b *limitedBody) Read(p []byte) (int, error) {
 	n, err := b.r.Read(p)
 	if err != nil && errors.Is(err, reslimit.ErrLimitExceeded) {
+		var le *reslimit.LimitError
+		if errors.As(err, &le) && le.Resource == reslimit.FileSize && le.Tenant == "" {
+			err = bodyTooLarge(err)
+		}
 		b.st.record(err)
 	}
 	return n, err

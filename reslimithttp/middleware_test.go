@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -347,7 +348,8 @@ func TestStatusCode(t *testing.T) {
 		want int
 	}{
 		{&reslimit.LimitError{Resource: reslimit.Operations, Tenant: "a"}, http.StatusTooManyRequests},
-		{&reslimit.LimitError{Resource: reslimit.FileSize}, http.StatusRequestEntityTooLarge},
+		{&reslimit.LimitError{Resource: reslimit.FileSize}, http.StatusServiceUnavailable},
+		{fmt.Errorf("%w: %w", reslimithttp.ErrRequestBodyTooLarge, &reslimit.LimitError{Resource: reslimit.FileSize}), http.StatusRequestEntityTooLarge},
 		{&reslimit.LimitError{Resource: reslimit.Timeout}, http.StatusServiceUnavailable},
 		{&reslimit.LimitError{Resource: reslimit.CPUTime}, http.StatusServiceUnavailable},
 		{errors.Join(errors.New("wrapped"), &reslimit.LimitError{Resource: reslimit.Evaluations, Tenant: "a"}), http.StatusTooManyRequests},
