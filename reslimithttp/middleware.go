@@ -67,8 +67,11 @@ func WithErrorHandler(h ErrorHandler) Option {
 // billing period). When it returns a time after now, a refusal by one of
 // the tenant's cumulative limits (evaluations, operations, CPU time, total
 // memory, function calls) carries a Retry-After header with the seconds
-// until then (at least 1). A zero time means "unknown": no header. fn must
-// be safe for concurrent use; a nil fn is invalid.
+// until then (at least 1), and the RateLimit header of every response of
+// a tenant with a cumulative limit says the seconds until then (t). A zero
+// time means "unknown": no Retry-After, no t. fn is called for every such
+// response: it must be cheap and safe for concurrent use; a nil fn is
+// invalid.
 func WithResetTime(fn func(tenant string) time.Time) Option {
 	return func(c *config) {
 		if fn == nil {
@@ -174,14 +177,18 @@ func serve(ledger *reslimit.Ledger, tenant func(*http.Request) (string, error), 
 		st.cfg.onError(w, r, err)
 		return
 	}
+	headers := func(h http.Header, refusal error) {
+		setRateLimitHeaders(h, acct, st.cfg.reset, refusal, time.Now())
+	}
 	hasBody := limits.MaxFileSize > 0 && r.Body != nil && r.Body != http.NoBody
 	if hasBody && r.ContentLength > limits.MaxFileSize {
 		// Refused before the run, like a refusal at admission: no
 		// evaluation, nothing billed.
+		headers(w.Header(), nil)
 		st.cfg.onError(w, r, bodyTooLarge(&reslimit.LimitError{Resource: reslimit.FileSize, Limit: limits.MaxFileSize, Requested: r.ContentLength}))
 		return
 	}
-	rw := &responseWriter{ResponseWriter: w}
+	rw := &responseWriter{ResponseWriter: w, before: func(h http.Header) { headers(h, nil) }}
 	var inner *http.Request
 	_, err = reslimit.Run(r.Context(), limits, func(ctx context.Context) error {
 		st.started.Store(true)
@@ -195,12 +202,14 @@ func serve(ledger *reslimit.Ledger, tenant func(*http.Request) (string, error), 
 	}, reslimit.WithAccount(acct))
 	if !st.started.Load() {
 		// Refused before the handler ran (or invalid limits).
+		headers(w.Header(), err)
 		st.cfg.onError(w, r, err)
 		return
 	}
 	if rw.started() {
 		return
 	}
+	rw.prepare() // the headers of the response the server or onError writes
 	if err == nil || !errors.Is(err, reslimit.ErrLimitExceeded) {
 		// Not a stop by a limit (the handler chose to write nothing, or
 		// reported another error with Error, which wrote the response).
@@ -293,15 +302,35 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 
 func (b *limitedBody) Close() error { return b.c.Close() }
 
-// responseWriter notes whether the handler started a response.
+// responseWriter notes whether the handler started a response, and calls
+// before (once) just before the response's header is written.
 type responseWriter struct {
 	http.ResponseWriter
-	mu    sync.Mutex
-	wrote bool
+	before   func(http.Header)
+	mu       sync.Mutex
+	wrote    bool
+	prepared bool
+}
+
+// prepare calls before, unless it was called already.
+func (w *responseWriter) prepare() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.prepareLocked()
+}
+
+func (w *responseWriter) prepareLocked() {
+	if !w.prepared && !w.wrote {
+		w.prepared = true
+		if w.before != nil {
+			w.before(w.ResponseWriter.Header())
+		}
+	}
 }
 
 func (w *responseWriter) mark() {
 	w.mu.Lock()
+	w.prepareLocked()
 	w.wrote = true
 	w.mu.Unlock()
 }
@@ -332,7 +361,9 @@ func (w *responseWriter) Flush() {
 
 // Hijack implements http.Hijacker when the underlying writer can hijack.
 func (w *responseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	w.mark()
+	w.mu.Lock()
+	w.prepared, w.wrote = true, true // no header: the connection is the handler's
+	w.mu.Unlock()
 	return http.NewResponseController(w.ResponseWriter).Hijack()
 }
 

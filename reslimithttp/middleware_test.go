@@ -163,7 +163,8 @@ func TestMiddlewareExhaustedTenantGets429WithRetryAfter(t *testing.T) {
 		Limit: 2, Used: 2, Requested: 1, Tenant: "acme", Message: b.Message,
 	}, b)
 	assert.Contains(t, b.Message, "evaluations limit 2 exceeded")
-	assert.Equal(t, []string{"acme"}, resetFor)
+	assert.Equal(t, []string{"acme", "acme", "acme", "acme"}, resetFor, "for RateLimit's t on each response, and Retry-After")
+	assert.Equal(t, `"evaluations";r=0;t=90`, rec.Header().Get("RateLimit"))
 
 	// The raw body has the fields named in the issue.
 	var raw map[string]any
