@@ -32,8 +32,9 @@
 // Statuses (DefaultErrorHandler, see StatusCode): 401 for an unknown
 // tenant, 429 when the tenant is out of quota, evaluations or concurrent
 // runs (with Retry-After when WithResetTime says when the quota resets), 503
-// when the request is stopped by its own limits, 413 when its body passes
-// MaxFileSize. The body is a JSON ErrorBody.
+// when the request is stopped by its own limits (a tool's file_size
+// included), 413 when its body passes MaxFileSize. The body is a JSON
+// ErrorBody, whose billed field says whether the request was billed.
 //
 // # Status page
 //

@@ -17,7 +17,8 @@ import (
 // ErrUnknownTenant, or another error (a setup error, or whatever a handler
 // passed to Error). An ErrorHandler must be safe for concurrent use.
 //
-// Tenant(r) and RetryAfter(r, err) give it what the middleware knows.
+// Tenant(r), Billed(r) and RetryAfter(r, err) give it what the middleware
+// knows.
 type ErrorHandler func(w http.ResponseWriter, r *http.Request, err error)
 
 // Error lets a handler served by Middleware report err, typically the error
@@ -46,9 +47,12 @@ func Error(w http.ResponseWriter, r *http.Request, err error) {
 //   - 429 Too Many Requests for a limit of the tenant (a *LimitError whose
 //     Tenant is set: exhausted quota, MaxEvaluations, MaxConcurrent, a
 //     rate, ...);
-//   - 413 Request Entity Too Large for a per-request file_size limit;
+//   - 413 Content Too Large for a request body over the middleware's
+//     MaxFileSize (an error wrapping ErrRequestBodyTooLarge);
 //   - 503 Service Unavailable for another per-request limit (timeout,
-//     cpu_time, operations, memory, ...);
+//     cpu_time, operations, memory, and file_size when something else than
+//     the request body, such as a tool the handler ran, wrote too big a
+//     file);
 //   - 500 Internal Server Error otherwise.
 func StatusCode(err error) int {
 	if errors.Is(err, ErrUnknownTenant) {
@@ -59,7 +63,7 @@ func StatusCode(err error) int {
 		switch {
 		case le.Tenant != "":
 			return http.StatusTooManyRequests
-		case le.Resource == reslimit.FileSize:
+		case errors.Is(err, ErrRequestBodyTooLarge):
 			return http.StatusRequestEntityTooLarge
 		default:
 			return http.StatusServiceUnavailable
@@ -117,15 +121,18 @@ func cumulative(r reslimit.Resource) bool {
 // For a limit:
 //
 //	{"error":"limit_exceeded","scope":"tenant","resource":"operations","unit":"count",
-//	 "limit":1000,"used":1000,"requested":1,"tenant":"acme","message":"reslimit: tenant \"acme\" operations limit 1000 exceeded: used 1000, requested 1"}
+//	 "limit":1000,"used":1000,"requested":1,"tenant":"acme","billed":false,"message":"reslimit: tenant \"acme\" operations limit 1000 exceeded: used 1000, requested 1"}
 //
-// For an unknown tenant: {"error":"unknown_tenant","message":"unknown tenant"};
-// otherwise {"error":"internal_error","message":"internal error"}.
+// For an unknown tenant:
+// {"error":"unknown_tenant","billed":false,"message":"unknown tenant"};
+// otherwise {"error":"internal_error","billed":true,"message":"internal error"}
+// (billed as Billed says).
 type ErrorBody struct {
 	// Error is "limit_exceeded", "unknown_tenant" or "internal_error".
 	Error string `json:"error"`
 	// Scope is "tenant" for a limit of the tenant's account (429) and
-	// "request" for a limit of the request itself (503, 413).
+	// "request" for a limit of the request itself (503, or 413 for its
+	// body).
 	Scope string `json:"scope,omitempty"`
 	// Resource is the limited resource's name (reslimit.Resource.String):
 	// "operations", "cpu_time", "file_size", "evaluations", ...
@@ -144,6 +151,14 @@ type ErrorBody struct {
 	RetryAfter float64 `json:"retry_after,omitempty"`
 	// Tenant is the request's tenant, when known.
 	Tenant string `json:"tenant,omitempty"`
+	// Billed is true when the request's run had started, so that the
+	// request counts as an evaluation of its tenant and what it used is
+	// billed (a run stopped by a limit, an error reported with Error);
+	// false when it was refused before its run: an unknown tenant, a
+	// refusal at admission (the tenant's evaluations, concurrent runs,
+	// rates or exhausted quotas) or a request body whose Content-Length
+	// is over MaxFileSize. See Billed.
+	Billed bool `json:"billed"`
 	// Message is a human-readable description. Internal errors are not
 	// described, so nothing leaks to the client.
 	Message string `json:"message"`
@@ -154,7 +169,7 @@ type ErrorBody struct {
 // and Cache-Control: no-store.
 func DefaultErrorHandler(w http.ResponseWriter, r *http.Request, err error) {
 	code := StatusCode(err)
-	body := ErrorBody{Tenant: Tenant(r)}
+	body := ErrorBody{Tenant: Tenant(r), Billed: Billed(r)}
 	var le *reslimit.LimitError
 	switch {
 	case code == http.StatusUnauthorized:

@@ -64,5 +64,5 @@ func ExampleMiddleware() {
 	}
 	// Output:
 	// 200 searched 60
-	// 429 {"error":"limit_exceeded","scope":"tenant","resource":"operations","unit":"count","limit":100,"used":60,"requested":60,"tenant":"acme","message":"reslimit: tenant \"acme\" operations limit 100 exceeded: used 60, requested 60"}
+	// 429 {"error":"limit_exceeded","scope":"tenant","resource":"operations","unit":"count","limit":100,"used":60,"requested":60,"tenant":"acme","billed":true,"message":"reslimit: tenant \"acme\" operations limit 100 exceeded: used 60, requested 60"}
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/reslimit/reslimit"
@@ -18,6 +19,19 @@ import (
 // tenant function fails or returns an empty tenant. The default handler
 // answers it with 401 Unauthorized.
 var ErrUnknownTenant = errors.New("reslimithttp: unknown tenant")
+
+// ErrRequestBodyTooLarge is wrapped, with the FileSize *reslimit.LimitError,
+// by the error of a request whose body is over the middleware's
+// MaxFileSize: the refusal of a body whose Content-Length is over it, and
+// the error a read of r.Body returns when the body passes it. The default
+// handler answers it with 413 Content Too Large; a FileSize limit of
+// anything else the run does (a tool that writes too big a file) is one of
+// the run's own limits, answered 503.
+var ErrRequestBodyTooLarge = errors.New("reslimithttp: request body too large")
+
+// bodyTooLarge wraps le, a FileSize refusal of the request's body, with
+// ErrRequestBodyTooLarge.
+func bodyTooLarge(le error) error { return fmt.Errorf("%w: %w", ErrRequestBodyTooLarge, le) }
 
 // Option configures Middleware.
 type Option func(*config)
@@ -53,8 +67,11 @@ func WithErrorHandler(h ErrorHandler) Option {
 // billing period). When it returns a time after now, a refusal by one of
 // the tenant's cumulative limits (evaluations, operations, CPU time, total
 // memory, function calls) carries a Retry-After header with the seconds
-// until then (at least 1). A zero time means "unknown": no header. fn must
-// be safe for concurrent use; a nil fn is invalid.
+// until then (at least 1), and the RateLimit header of every response of
+// a tenant with a cumulative limit says the seconds until then (t). A zero
+// time means "unknown": no Retry-After, no t. fn is called for every such
+// response: it must be cheap and safe for concurrent use; a nil fn is
+// invalid.
 func WithResetTime(fn func(tenant string) time.Time) Option {
 	return func(c *config) {
 		if fn == nil {
@@ -80,7 +97,7 @@ func WithResetTime(fn func(tenant string) time.Time) Option {
 //     passes or the CPU time (the request's or the tenant's) is used up;
 //   - when limits.MaxFileSize is set, r.Body reads through the tracker's
 //     LimitReader, and a request whose Content-Length is already over it
-//     does not reach the handler.
+//     is refused before its run (413, not billed).
 //
 // Run locks the handler's goroutine to its OS thread while it runs, so
 // that its real CPU time can be counted: requests that block for long hold
@@ -95,11 +112,18 @@ func WithResetTime(fn func(tenant string) time.Time) Option {
 //     WithResetTime knows when the quota resets), or above its
 //     EvaluationsPerSecond (429, with Retry-After from the refusal's
 //     RetryAfter);
-//   - the request was stopped by its own limits (503, or 413 for
-//     file_size) or by its tenant's (429), and the handler has not written a
-//     response. The middleware learns of a stop from the tracker (timeout,
+//   - its body is over limits.MaxFileSize (413; the error wraps
+//     ErrRequestBodyTooLarge);
+//   - the request was stopped by its own limits (503, also for a
+//     file_size limit of something else than its body) or by its tenant's
+//     (429), and the handler has not written a response. The middleware learns of a stop from the tracker (timeout,
 //     CPU time), from the body reader (file size), and from Error, which
 //     handlers call with the error a tracker method returned;
+//
+// Every error body says whether the request was billed (ErrorBody.Billed,
+// Billed): a request is billed, as one evaluation of its tenant with what
+// it used, once its run started, however it ends; a refusal before the run
+// is not.
 //
 // A nil ledger or tenant function, invalid limits or an invalid option
 // value are reported here, when the middleware is built (an error wrapping
@@ -153,33 +177,39 @@ func serve(ledger *reslimit.Ledger, tenant func(*http.Request) (string, error), 
 		st.cfg.onError(w, r, err)
 		return
 	}
-	rw := &responseWriter{ResponseWriter: w}
+	headers := func(h http.Header, refusal error) {
+		setRateLimitHeaders(h, acct, st.cfg.reset, refusal, time.Now())
+	}
+	hasBody := limits.MaxFileSize > 0 && r.Body != nil && r.Body != http.NoBody
+	if hasBody && r.ContentLength > limits.MaxFileSize {
+		// Refused before the run, like a refusal at admission: no
+		// evaluation, nothing billed.
+		headers(w.Header(), nil)
+		st.cfg.onError(w, r, bodyTooLarge(&reslimit.LimitError{Resource: reslimit.FileSize, Limit: limits.MaxFileSize, Requested: r.ContentLength}))
+		return
+	}
+	rw := &responseWriter{ResponseWriter: w, before: func(h http.Header) { headers(h, nil) }}
 	var inner *http.Request
-	started := false
 	_, err = reslimit.Run(r.Context(), limits, func(ctx context.Context) error {
-		started = true
+		st.started.Store(true)
 		tr := reslimit.FromContext(ctx)
 		inner = r.WithContext(ctx)
-		if limits.MaxFileSize > 0 && r.Body != nil && r.Body != http.NoBody {
-			if r.ContentLength > 0 {
-				if err := tr.CheckFileSize(r.ContentLength); err != nil {
-					st.record(err)
-					return err
-				}
-			}
+		if hasBody {
 			inner.Body = &limitedBody{r: tr.LimitReader(r.Body), c: r.Body, st: st}
 		}
 		next.ServeHTTP(rw, inner)
 		return st.err()
 	}, reslimit.WithAccount(acct))
-	if !started {
+	if !st.started.Load() {
 		// Refused before the handler ran (or invalid limits).
+		headers(w.Header(), err)
 		st.cfg.onError(w, r, err)
 		return
 	}
 	if rw.started() {
 		return
 	}
+	rw.prepare() // the headers of the response the server or onError writes
 	if err == nil || !errors.Is(err, reslimit.ErrLimitExceeded) {
 		// Not a stop by a limit (the handler chose to write nothing, or
 		// reported another error with Error, which wrote the response).
@@ -195,6 +225,9 @@ type stateKey struct{}
 type requestState struct {
 	cfg    *config
 	tenant string
+	// started is set when the request's run starts: from then on the
+	// request is an evaluation of its tenant, billed whatever happens.
+	started atomic.Bool
 
 	mu    sync.Mutex
 	first error // first error recorded by Error or the body reader
@@ -231,9 +264,24 @@ func Tenant(r *http.Request) string {
 	return ""
 }
 
+// Billed reports whether the request r, served by Middleware, is billed
+// to its tenant: whether its run started, so that it counts as one
+// evaluation of the tenant and what it used is charged to the tenant's
+// account, however it ends. It reports false for a request refused before
+// its run (an unknown tenant, a refusal at admission by the tenant's
+// limits, a body whose Content-Length is over MaxFileSize) and for a
+// request not served by Middleware. An ErrorHandler can call it with the
+// request it gets.
+func Billed(r *http.Request) bool {
+	if s := stateOf(r); s != nil {
+		return s.started.Load()
+	}
+	return false
+}
+
 // limitedBody reads the request body through the tracker's LimitReader and
-// records the limit error it returns, so that the middleware answers 413
-// even when the handler only returns.
+// records the limit error it returns, so that the middleware answers
+// (413 for the body's size) even when the handler only returns.
 type limitedBody struct {
 	r  io.Reader
 	c  io.Closer
@@ -243,6 +291,10 @@ type limitedBody struct {
 func (b *limitedBody) Read(p []byte) (int, error) {
 	n, err := b.r.Read(p)
 	if err != nil && errors.Is(err, reslimit.ErrLimitExceeded) {
+		var le *reslimit.LimitError
+		if errors.As(err, &le) && le.Resource == reslimit.FileSize && le.Tenant == "" {
+			err = bodyTooLarge(err)
+		}
 		b.st.record(err)
 	}
 	return n, err
@@ -250,15 +302,35 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 
 func (b *limitedBody) Close() error { return b.c.Close() }
 
-// responseWriter notes whether the handler started a response.
+// responseWriter notes whether the handler started a response, and calls
+// before (once) just before the response's header is written.
 type responseWriter struct {
 	http.ResponseWriter
-	mu    sync.Mutex
-	wrote bool
+	before   func(http.Header)
+	mu       sync.Mutex
+	wrote    bool
+	prepared bool
+}
+
+// prepare calls before, unless it was called already.
+func (w *responseWriter) prepare() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.prepareLocked()
+}
+
+func (w *responseWriter) prepareLocked() {
+	if !w.prepared && !w.wrote {
+		w.prepared = true
+		if w.before != nil {
+			w.before(w.ResponseWriter.Header())
+		}
+	}
 }
 
 func (w *responseWriter) mark() {
 	w.mu.Lock()
+	w.prepareLocked()
 	w.wrote = true
 	w.mu.Unlock()
 }
@@ -289,7 +361,9 @@ func (w *responseWriter) Flush() {
 
 // Hijack implements http.Hijacker when the underlying writer can hijack.
 func (w *responseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	w.mark()
+	w.mu.Lock()
+	w.prepared, w.wrote = true, true // no header: the connection is the handler's
+	w.mu.Unlock()
 	return http.NewResponseController(w.ResponseWriter).Hijack()
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -162,7 +163,8 @@ func TestMiddlewareExhaustedTenantGets429WithRetryAfter(t *testing.T) {
 		Limit: 2, Used: 2, Requested: 1, Tenant: "acme", Message: b.Message,
 	}, b)
 	assert.Contains(t, b.Message, "evaluations limit 2 exceeded")
-	assert.Equal(t, []string{"acme"}, resetFor)
+	assert.Equal(t, []string{"acme", "acme", "acme", "acme"}, resetFor, "for RateLimit's t on each response, and Retry-After")
+	assert.Equal(t, `"evaluations";r=0;t=90`, rec.Header().Get("RateLimit"))
 
 	// The raw body has the fields named in the issue.
 	var raw map[string]any
@@ -305,7 +307,7 @@ func TestMiddlewareErrorHelper(t *testing.T) {
 	b := decodeError(t, rec)
 	assert.Equal(t, reslimithttp.ErrorBody{
 		Error: "limit_exceeded", Scope: "request", Resource: "operations", Unit: "count",
-		Limit: 3, Used: 0, Requested: 4, Tenant: "acme", Message: b.Message,
+		Limit: 3, Used: 0, Requested: 4, Tenant: "acme", Billed: true, Message: b.Message,
 	}, b)
 
 	rec = do(t, h, http.MethodGet, "/mem", "acme", nil)
@@ -347,7 +349,8 @@ func TestStatusCode(t *testing.T) {
 		want int
 	}{
 		{&reslimit.LimitError{Resource: reslimit.Operations, Tenant: "a"}, http.StatusTooManyRequests},
-		{&reslimit.LimitError{Resource: reslimit.FileSize}, http.StatusRequestEntityTooLarge},
+		{&reslimit.LimitError{Resource: reslimit.FileSize}, http.StatusServiceUnavailable},
+		{fmt.Errorf("%w: %w", reslimithttp.ErrRequestBodyTooLarge, &reslimit.LimitError{Resource: reslimit.FileSize}), http.StatusRequestEntityTooLarge},
 		{&reslimit.LimitError{Resource: reslimit.Timeout}, http.StatusServiceUnavailable},
 		{&reslimit.LimitError{Resource: reslimit.CPUTime}, http.StatusServiceUnavailable},
 		{errors.Join(errors.New("wrapped"), &reslimit.LimitError{Resource: reslimit.Evaluations, Tenant: "a"}), http.StatusTooManyRequests},
@@ -525,6 +528,7 @@ func TestMiddlewareOverRealServer(t *testing.T) {
 	assert.Equal(t, http.StatusOK, post("hello").StatusCode)
 	assert.Equal(t, http.StatusRequestEntityTooLarge, post(strings.Repeat("z", 4<<10)).StatusCode)
 	assert.Equal(t, http.StatusOK, post("again").StatusCode)
+	assert.Equal(t, http.StatusOK, post("third").StatusCode, "the oversized body was refused before its run: no evaluation")
 	resp := post("over quota")
 	assert.Equal(t, http.StatusTooManyRequests, resp.StatusCode)
 	assert.Equal(t, "application/json; charset=utf-8", resp.Header.Get("Content-Type"))
