@@ -286,16 +286,7 @@ func TestInstrumentStopsSpinWithoutConfig(t *testing.T) {
 func TestInstrumentWithCountCallsAndConfig(t *testing.T) {
 	for _, terminate := range []bool{false, true} {
 		rt, compiled := compileWith(t, instrumentedGuests(t), true, terminate)
-		u, err := reslimit.Run(context.Background(), reslimit.Limits{}, func(ctx context.Context) error {
-			ctx = reslimitwazero.WithTracker(ctx)
-			mod := instantiate(t, ctx, rt, compiled)
-			defer mod.Close(ctx)
-			res, err := reslimitwazero.Call(ctx, mod.ExportedFunction("fib"), 20)
-			if err == nil && res[0] != 6765 {
-				t.Errorf("fib(20) = %d", res[0])
-			}
-			return err
-		})
+		u, err := runFib(t, rt, compiled, 20, 6765)
 		if err != nil {
 			t.Fatal(err)
 		}

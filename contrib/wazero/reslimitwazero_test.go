@@ -300,22 +300,29 @@ func TestRecursion(t *testing.T) {
 // makes 177 calls.
 func TestCallCountingIsExact(t *testing.T) {
 	rt, compiled := setup(t, true)
-	u, err := reslimit.Run(context.Background(), reslimit.Limits{}, func(ctx context.Context) error {
-		ctx = reslimitwazero.WithTracker(ctx)
-		mod := instantiate(t, ctx, rt, compiled)
-		defer mod.Close(ctx)
-		res, err := reslimitwazero.Call(ctx, mod.ExportedFunction("fib"), 10)
-		if err == nil && res[0] != 55 {
-			t.Errorf("fib(10) = %d", res[0])
-		}
-		return err
-	})
+	u, err := runFib(t, rt, compiled, 10, 55)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if u.Calls != 177 {
 		t.Errorf("%d calls counted, want 177", u.Calls)
 	}
+}
+
+// runFib calls the guest's fib(n) in a run of its own, checks that it
+// returns want, and returns what the run was charged.
+func runFib(t *testing.T, rt wazero.Runtime, compiled wazero.CompiledModule, n, want uint64) (reslimit.Usage, error) {
+	t.Helper()
+	return reslimit.Run(context.Background(), reslimit.Limits{}, func(ctx context.Context) error {
+		ctx = reslimitwazero.WithTracker(ctx)
+		mod := instantiate(t, ctx, rt, compiled)
+		defer mod.Close(ctx)
+		res, err := reslimitwazero.Call(ctx, mod.ExportedFunction("fib"), n)
+		if err == nil && res[0] != want {
+			t.Errorf("fib(%d) = %d, want %d", n, res[0], want)
+		}
+		return err
+	})
 }
 
 // A host function charges the run through the call's context; a refusal
