@@ -82,8 +82,9 @@ type AccountLimits struct {
 	// token bucket that refills at this rate and holds EvaluationBurst
 	// (0: one second's worth, at least 1). A run started too soon is
 	// refused with an EvaluationRate *LimitError whose RetryAfter says
-	// when a retry can succeed. 0 means no rate. Rates are per process:
-	// see docs/fleet.md for fleets.
+	// when a retry can succeed. 0 means no rate. In a ledger with a
+	// Store the rates hold fleet-wide (see WithPerProcessRates and
+	// docs/fleet.md).
 	EvaluationsPerSecond float64
 	EvaluationBurst      int
 	// OperationsPerSecond bounds the rate at which the tenant's runs
@@ -371,6 +372,21 @@ func (a *Account) begin(l Limits, name string, cancel func(error), parent *Track
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	var w rateWaiter
+	for {
+		a.rates.noWait = w.expired
+		t, err := a.beginLocked(l, name, cancel, parent)
+		a.rates.noWait = false
+		if err != errRateWait {
+			return t, err
+		}
+		w.wait(a) // a fleet-wide rate's lease is on its way
+	}
+}
+
+// beginLocked is begin with a.mu held, once: errRateWait says to wait for
+// a sync and begin again.
+func (a *Account) beginLocked(l Limits, name string, cancel func(error), parent *Tracker) (*Tracker, error) {
 	q := a.quotaOf()
 	if err := q.errLocked(); err != nil {
 		return nil, err
@@ -422,6 +438,21 @@ func (a *Account) begin(l Limits, name string, cancel func(error), parent *Track
 func (a *Account) grant(t *Tracker, i int, n, want, room int64) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	var w rateWaiter
+	for {
+		a.rates.noWait = w.expired
+		err := a.grantLocked(t, i, n, want, room)
+		a.rates.noWait = false
+		if err != errRateWait {
+			return err
+		}
+		w.wait(a) // a fleet-wide rate's lease is on its way
+	}
+}
+
+// grantLocked is grant with a.mu held, once: errRateWait says to wait for
+// a sync and try again.
+func (a *Account) grantLocked(t *Tracker, i int, n, want, room int64) error {
 	q := a.quotaOf()
 	if err := q.errLocked(); err != nil {
 		return err

@@ -147,6 +147,18 @@ func WithLeaseWait(d time.Duration) LedgerOption {
 	}
 }
 
+// WithPerProcessRates keeps each tenant's rates (EvaluationsPerSecond,
+// OperationsPerSecond and their bursts) per process, as a ledger without
+// a Store has them: each replica enforces the whole rate on its own, so
+// that N replicas grant up to N times it. By default a store-backed
+// ledger's rates hold fleet-wide (see docs/fleet.md).
+func WithPerProcessRates() LedgerOption {
+	return func(l *Ledger) {
+		l.needStore("WithPerProcessRates")
+		l.fleet.localRates = true
+	}
+}
+
 // WithLogger makes the ledger log what its fleet syncer meets: the store
 // starting to fail (Warn) and answering again (Info), a tenant's totals
 // that could not be loaded (Warn), and the store having lost reports this
@@ -189,6 +201,7 @@ type fleet struct {
 	policy      FailurePolicy
 	syncTimeout time.Duration
 	leaseWait   time.Duration
+	localRates  bool // WithPerProcessRates
 
 	leaseWaitSet bool
 	stopOnce     sync.Once
@@ -578,6 +591,7 @@ type fleetState struct {
 	wantSync    bool
 	inFlight    bool // a report of this tenant is on its way to the store
 	cpuAsk      bool // the CPU watchdog asked for more lease: sync now
+	rateAsk     bool // a request waits for a fleet-wide rate's lease: sync now
 	loaded      bool
 	retired     bool          // removed from the ledger, still to be reported
 	refreshed   chan struct{} // closed and replaced after every sync attempt
@@ -734,12 +748,12 @@ func (f *fleetState) dueLocked(a *Account, now time.Time) bool {
 	}
 	elapsed := now.Sub(f.lastSync) >= f.ledger.fleet.interval
 	if f.wantSync {
-		return f.short == 0 || elapsed || f.cpuAsk
+		return f.short == 0 || elapsed || f.cpuAsk || f.rateAsk
 	}
 	if !elapsed {
 		return false
 	}
-	if reportable(a.lifeLocked()) != f.reported {
+	if reportable(a.lifeLocked()) != f.reported || a.rateLeaseHeldLocked() {
 		return true
 	}
 	for _, r := range leasedResources {
@@ -936,6 +950,7 @@ func (f *fleetState) reportLocked(a *Account, now time.Time) store.TenantSync {
 		tset(&ts.Limit, r, a.limits[r].Load())
 	}
 	f.leaseRequestLocked(a, &ts, now)
+	f.rateRequestLocked(a, &ts, now)
 	f.need = store.Totals{}
 	f.cpuAsk = false
 	f.builtNo++
@@ -1086,6 +1101,7 @@ func (f *fleetState) applyLocked(a *Account, ts store.TenantSync, st store.Tenan
 	if lost {
 		f.storeResetLocked(a, lostNow, sentAt)
 	}
+	f.applyRatesLocked(a, st, time.Now())
 	f.refreshLocked()
 }
 
@@ -1212,6 +1228,7 @@ func (f *fleetState) failLocked(a *Account, err error) {
 				tset(&f.fallback, r, max(0, left/10))
 			}
 		}
+		f.failRatesLocked(a)
 	}
 	f.failing = true
 	f.syncErrors++

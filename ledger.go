@@ -133,7 +133,12 @@ func (l *Ledger) openLocked(tenant string, limits AccountLimits) (*Account, erro
 		return nil, err
 	}
 	if l.fleet.store != nil {
-		a.quota = newFleetState(l)
+		f := newFleetState(l)
+		a.quota = f
+		if !l.fleet.localRates {
+			a.rates = accountRates{fleet: f}
+			a.rates.setLocked(limits)
+		}
 	}
 	a.periodNo = l.periods.open()
 	l.accts[tenant] = a

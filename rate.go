@@ -11,12 +11,13 @@ import (
 // Rates.
 //
 // An account's rates (AccountLimits.EvaluationsPerSecond,
-// OperationsPerSecond) are token buckets of golang.org/x/time/rate, per
-// process: with N replicas sharing a Store, each enforces its own, so set
-// limit/N on each for a fleet-wide rate of about limit.
+// OperationsPerSecond) are token buckets: of golang.org/x/time/rate in a
+// ledger without a Store (or WithPerProcessRates), and with a Store one
+// bucket per tenant in the store for the whole fleet, from which each
+// replica leases tokens in batches (fleetRate, in fleet_rate.go).
 //
-// The evaluation rate takes one token per run started, in Begin (from the
-// bucket in small batches: see takeEvaluationLocked). The
+// The evaluation rate takes one token per run started, in Begin (from a
+// local bucket in small batches: see takeEvaluationLocked). The
 // operation rate is charged where the account's cumulative limits are:
 // when a run's room of operations is refilled (grant), not on the hot
 // path. A grant takes tokens for what the run asks now plus a chunk
@@ -28,13 +29,28 @@ import (
 // room together cannot cover the request, and the bucket can pass its
 // burst by at most the credit, itself at most one burst.
 
+// tokenBucket is where an account's rate takes tokens: a local
+// *rate.Limiter or a replica's lease of the fleet's bucket (*fleetRate).
+type tokenBucket interface {
+	TokensAt(now time.Time) float64
+	AllowN(now time.Time, n int) bool
+	Burst() int
+	Limit() rate.Limit
+}
+
 // accountRates are an account's token buckets; guarded by Account.mu.
 type accountRates struct {
-	evals, ops             *rate.Limiter // nil: no rate
+	evals, ops             tokenBucket // nil: no rate
 	evalsPerSec, opsPerSec float64
 	evalBurst, opBurst     int
 	opCredit               int64 // room of operations given back unused: tokens already taken
 	evalCredit             int64 // evaluation tokens taken ahead, in a batch
+	// fleet, when set, makes the rates fleet-wide: leases of buckets in
+	// its ledger's store.
+	fleet *fleetState
+	// noWait: the request being decided may not wait for a lease any
+	// longer (its wait for one ended).
+	noWait bool
 }
 
 // validRate checks a rate field and its burst.
@@ -62,21 +78,8 @@ func defaultBurst(perSec float64, burst int) int {
 // rate stays set.
 func (r *accountRates) setLocked(l AccountLimits) {
 	now := time.Now()
-	set := func(lim **rate.Limiter, perSec float64, burst int) {
-		if perSec == 0 {
-			*lim = nil
-			return
-		}
-		b := defaultBurst(perSec, burst)
-		if *lim == nil {
-			*lim = rate.NewLimiter(rate.Limit(perSec), b)
-			return
-		}
-		(*lim).SetLimitAt(now, rate.Limit(perSec))
-		(*lim).SetBurstAt(now, b)
-	}
-	set(&r.evals, l.EvaluationsPerSecond, l.EvaluationBurst)
-	set(&r.ops, l.OperationsPerSecond, l.OperationBurst)
+	r.evals = r.bucket(r.evals, l.EvaluationsPerSecond, l.EvaluationBurst, now)
+	r.ops = r.bucket(r.ops, l.OperationsPerSecond, l.OperationBurst, now)
 	r.evalsPerSec, r.evalBurst = l.EvaluationsPerSecond, l.EvaluationBurst
 	r.opsPerSec, r.opBurst = l.OperationsPerSecond, l.OperationBurst
 	if r.ops == nil {
@@ -91,15 +94,49 @@ func (r *accountRates) setLocked(l AccountLimits) {
 	}
 }
 
+// bucket returns the bucket of a rate of perSec with burst, b updated
+// (nil for no rate).
+func (r *accountRates) bucket(b tokenBucket, perSec float64, burst int, now time.Time) tokenBucket {
+	if perSec == 0 {
+		return nil
+	}
+	n := defaultBurst(perSec, burst)
+	if r.fleet != nil {
+		fr, _ := b.(*fleetRate)
+		if fr == nil {
+			fr = &fleetRate{f: r.fleet}
+		}
+		fr.perSec, fr.burst = perSec, int64(n)
+		fr.lease = min(fr.lease, fr.burst)
+		return fr
+	}
+	lim, _ := b.(*rate.Limiter)
+	if lim == nil {
+		return rate.NewLimiter(rate.Limit(perSec), n)
+	}
+	lim.SetLimitAt(now, rate.Limit(perSec))
+	lim.SetBurstAt(now, n)
+	return lim
+}
+
 // rateError is the refusal of a request of n that needs need tokens from
 // lim, which has tokens now.
-func (a *Account) rateError(res Resource, lim *rate.Limiter, tokens float64, n, need int64) *LimitError {
+func (a *Account) rateError(res Resource, lim tokenBucket, tokens float64, n, need int64) *LimitError {
 	a.refused[res].Add(1)
 	burst := int64(lim.Burst())
+	fr, fleet := lim.(*fleetRate)
+	if fleet {
+		fr.asked += need
+		tokens = fr.fleetTokens(time.Now())
+	}
 	e := &LimitError{Resource: res, Limit: burst, Used: burst - max(0, min(burst, int64(tokens))), Requested: n, Tenant: a.name}
 	if need <= burst {
-		deficit := float64(need) - tokens
-		e.RetryAfter = time.Duration(math.Ceil(deficit / float64(lim.Limit()) * 1e9))
+		if fleet {
+			e.RetryAfter = fr.retryAfter(time.Now(), need)
+		} else {
+			deficit := float64(need) - tokens
+			e.RetryAfter = time.Duration(math.Ceil(deficit / float64(lim.Limit()) * 1e9))
+		}
 		e.RetryAfter = max(e.RetryAfter, 1)
 	}
 	return e
@@ -118,6 +155,9 @@ func (a *Account) takeEvaluationLocked(now time.Time) error {
 	}
 	lim := r.evals
 	k := max(1, min(int64(lim.Burst())/16, 64))
+	if _, fleet := lim.(*fleetRate); fleet {
+		k = 1 // the lease is local already
+	}
 	if k > 1 {
 		tokens := lim.TokensAt(now)
 		if tokens < 1 {
@@ -126,6 +166,9 @@ func (a *Account) takeEvaluationLocked(now time.Time) error {
 		k = min(k, int64(tokens))
 	}
 	if !lim.AllowN(now, int(k)) {
+		if a.rateWaitLocked(lim, now, 1) {
+			return errRateWait
+		}
 		return a.rateError(EvaluationRate, lim, lim.TokensAt(now), 1, 1)
 	}
 	r.evalCredit = k - 1
@@ -136,7 +179,11 @@ func (a *Account) takeEvaluationLocked(now time.Time) error {
 // gave back unused.
 func (a *Account) refundOpsLocked(v int64) {
 	if a.rates.ops != nil && v > 0 {
-		a.rates.opCredit = min(a.rates.opCredit+v, int64(a.rates.ops.Burst()))
+		most := int64(a.rates.ops.Burst())
+		if fr, ok := a.rates.ops.(*fleetRate); ok {
+			most -= fr.lease // a replica holds at most one burst of tokens
+		}
+		a.rates.opCredit = min(a.rates.opCredit+v, max(most, 0))
 	}
 }
 
@@ -170,6 +217,9 @@ func (a *Account) takeOpsLocked(t *Tracker, n, want, g int64) (int64, error) {
 			return g, nil
 		}
 		if need := want - r.opCredit; float64(need) > tokens {
+			if a.rateWaitLocked(lim, now, need) {
+				return 0, errRateWait
+			}
 			err := a.rateError(OperationRate, lim, tokens, n, need)
 			r.opCredit = min(r.opCredit, int64(lim.Burst()))
 			return 0, err

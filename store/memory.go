@@ -27,6 +27,36 @@ type memTenant struct {
 	replicas map[string]*memReplica
 	// lostBefore: the periods before it lost reports (TenantSync.LostBefore).
 	lostBefore uint64
+	// rates: the evaluation and operation rates' buckets.
+	rates [2]memBucket
+}
+
+// memBucket is a tenant's fleet-wide token bucket (see Rate).
+type memBucket struct {
+	tokens float64
+	at     time.Time // when tokens was last brought up to date
+	seen   bool      // false: the bucket is full
+}
+
+// level returns the bucket's tokens at now for rate r, without changing it.
+func (b *memBucket) level(r Rate, now time.Time) float64 {
+	if !b.seen {
+		return float64(r.Burst)
+	}
+	return RefillTokens(b.tokens, now.Sub(b.at), r.PerSecond, r.Burst)
+}
+
+// take applies a report's request of rate r at now and returns the
+// answer (see Rate).
+func (b *memBucket) take(r Rate, now time.Time) RateState {
+	if r.PerSecond == 0 {
+		return RateState{}
+	}
+	tok := min(b.level(r, now)+float64(r.Return), float64(r.Burst))
+	g := min(r.Want, int64(tok))
+	tok -= float64(g)
+	b.tokens, b.at, b.seen = tok, now, true
+	return RateState{Granted: g, Tokens: tok}
 }
 
 // memClosed is a closed period of a tenant.
@@ -87,9 +117,14 @@ func (me *memReplica) giveBack() {
 	}
 }
 
-// validPeriods checks a report's periods: its closed periods come before
-// its period, each once.
-func validPeriods(ts TenantSync) error {
+// validReport checks a report's rates and periods: its closed periods
+// come before its period, each once.
+func validReport(ts TenantSync) error {
+	for _, r := range [...]Rate{ts.EvaluationRate, ts.OperationRate} {
+		if err := r.Validate(); err != nil {
+			return fmt.Errorf("%w: tenant %q: %v", ErrInvalidArgument, ts.Tenant, err)
+		}
+	}
 	p := max(ts.Period, 1)
 	if ts.LostBefore > p {
 		return fmt.Errorf("%w: tenant %q: lost periods before %d, after the report's period %d", ErrInvalidArgument, ts.Tenant, ts.LostBefore, p)
@@ -208,7 +243,7 @@ func (s *Memory) Sync(ctx context.Context, req SyncRequest) (SyncResponse, error
 		return SyncResponse{}, fmt.Errorf("%w: sync without a replica id", ErrInvalidArgument)
 	}
 	for _, ts := range req.Tenants {
-		if err := validPeriods(ts); err != nil {
+		if err := validReport(ts); err != nil {
 			return SyncResponse{}, err
 		}
 	}
@@ -231,8 +266,18 @@ func (s *Memory) Sync(ctx context.Context, req SyncRequest) (SyncResponse, error
 			t.replicas[req.Replica] = me
 		}
 		target := max(ts.Period, 1)
+		var rates [2]RateState
 		if ts.Seq > me.seq {
 			t.apply(req, ts, me, now)
+			for i, r := range [...]Rate{ts.EvaluationRate, ts.OperationRate} {
+				rates[i] = t.rates[i].take(r, now)
+			}
+		} else {
+			for i, r := range [...]Rate{ts.EvaluationRate, ts.OperationRate} {
+				if r.PerSecond > 0 {
+					rates[i].Tokens = t.rates[i].level(r, now)
+				}
+			}
 		}
 		for _, r := range leased {
 			if me.allowance.get(r) < me.reported.get(r) {
@@ -244,7 +289,8 @@ func (s *Memory) Sync(ctx context.Context, req SyncRequest) (SyncResponse, error
 			_, leases := t.period(min(target, t.openNo()))
 			delete(leases, req.Replica)
 		}
-		resp.Tenants[k] = TenantState{Tenant: ts.Tenant, Committed: t.committed, Reported: me.reported, Allowance: me.allowance, Seq: me.seq, Period: t.openNo()}
+		resp.Tenants[k] = TenantState{Tenant: ts.Tenant, Committed: t.committed, Reported: me.reported, Allowance: me.allowance, Seq: me.seq, Period: t.openNo(),
+			EvaluationRate: rates[0], OperationRate: rates[1]}
 	}
 	return resp, nil
 }

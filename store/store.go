@@ -11,6 +11,8 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math"
 	"time"
 )
 
@@ -141,6 +143,64 @@ type TenantSync struct {
 	// final. The replica reports again what it had reported for its open
 	// period, but never bills a closed period's usage to another period.
 	LostBefore uint64
+	// EvaluationRate and OperationRate ask for tokens of the tenant's
+	// fleet-wide rates (token buckets the store keeps; see Rate).
+	EvaluationRate, OperationRate Rate
+}
+
+// Rate is a replica's request of tokens from one of a tenant's fleet-wide
+// rates: a token bucket the store keeps per tenant, which refills at
+// PerSecond tokens a second by the store's clock up to Burst tokens (a
+// bucket the store has not seen starts full). An applied report first
+// puts Return back in the bucket (never past Burst), then takes up to
+// Want tokens out of it, as many whole tokens as it holds, for the
+// replica to hand out itself (a lease). Tokens taken are never put back
+// except by a Return: a replica that stops without giving its lease back
+// strands it, which only ever lowers what the fleet grants. PerSecond 0
+// means no fleet-wide rate: the bucket is left as it is. Rates do not
+// depend on billing periods.
+type Rate struct {
+	PerSecond float64 // tokens a second; finite, not negative
+	Burst     int64   // the bucket's size in tokens; at least 1 with a rate
+	Want      int64   // tokens asked for; not negative
+	Return    int64   // tokens of an earlier lease not used, given back; not negative
+}
+
+// Validate returns an error for a rate request with a rate that is not
+// finite and non-negative, a negative Want or Return, or a Burst below 1
+// with a rate: stores refuse such a report (wrapping ErrInvalidArgument).
+func (r Rate) Validate() error {
+	switch {
+	case r.PerSecond < 0 || math.IsNaN(r.PerSecond) || math.IsInf(r.PerSecond, 0):
+		return fmt.Errorf("rate %v a second is not finite and non-negative", r.PerSecond)
+	case r.Want < 0 || r.Return < 0:
+		return fmt.Errorf("rate want %d or return %d is negative", r.Want, r.Return)
+	case r.PerSecond > 0 && r.Burst < 1:
+		return fmt.Errorf("rate burst %d is less than 1", r.Burst)
+	}
+	return nil
+}
+
+// RefillTokens returns the tokens of a bucket that held tokens elapsed
+// ago and refills at perSec tokens a second up to burst: what a store
+// computes when a report comes, and a replica when it estimates the
+// bucket of the store's last answer.
+func RefillTokens(tokens float64, elapsed time.Duration, perSec float64, burst int64) float64 {
+	if elapsed > 0 {
+		tokens += elapsed.Seconds() * perSec
+	}
+	return min(tokens, float64(burst))
+}
+
+// RateState is the store's answer about one of a tenant's fleet-wide rates.
+type RateState struct {
+	// Granted is the tokens taken out of the bucket for the replica by this
+	// report (0 for a report not applied now: a retry, a stale one).
+	Granted int64
+	// Tokens is what the bucket holds after the grant, at the store's time
+	// of the answer (0 without a rate); the replica estimates it later by
+	// adding PerSecond tokens a second, up to Burst.
+	Tokens float64
 }
 
 // ClosedReport is a replica's last report for a closed billing period.
@@ -192,6 +252,8 @@ type TenantState struct {
 	// fleet-wide, and it should close its own (and give its lease back
 	// with a ClosedReport).
 	Period uint64
+	// EvaluationRate and OperationRate answer the report's Rate requests.
+	EvaluationRate, OperationRate RateState
 }
 
 // SyncResponse answers a SyncRequest: one TenantState per requested

@@ -298,6 +298,11 @@ func (s *Store) calls(req store.SyncRequest) ([]call, error) {
 		if err := nonNegative(ts); err != nil {
 			return nil, err
 		}
+		for _, r := range [...]store.Rate{ts.EvaluationRate, ts.OperationRate} {
+			if err := r.Validate(); err != nil {
+				return nil, fmt.Errorf("%w: redisstore: tenant %q: %v", reslimit.ErrInvalidArgument, ts.Tenant, err)
+			}
+		}
 		cpu := int64(ts.Used.CPUTime)
 		hash, leases := s.Keys(ts.Tenant)
 		calls[i] = call{keys: []string{hash, leases, hash + ":p"}, args: []any{
@@ -321,6 +326,10 @@ func (s *Store) calls(req store.SyncRequest) ([]call, error) {
 			// the nanoseconds wanted, never limit or give back more.
 			exact(usCeil(ts.Want.CPUTime)), exact(int64(ts.Limit.CPUTime/time.Microsecond)),
 			exact(int64(ts.Return.CPUTime/time.Microsecond)), exact(usCeil(ts.MinGrant.CPUTime)))
+		for _, r := range [...]store.Rate{ts.EvaluationRate, ts.OperationRate} {
+			calls[i].args = append(calls[i].args, strconv.FormatFloat(r.PerSecond, 'f', -1, 64),
+				exact(r.Burst), exact(r.Want), exact(r.Return))
+		}
 	}
 	return calls, nil
 }
@@ -461,12 +470,26 @@ func isRedisError(err error) bool {
 	return errors.As(err, &rerr) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled)
 }
 
-// parseState reads the script's 18 values: 16 counters, the last
-// sequence number applied for the replica, and the tenant's open period.
+// parseState reads the script's 22 values: 16 counters, the last
+// sequence number applied for the replica, the tenant's open period and
+// its two rates' grants and buckets.
 func parseState(v any) (store.TenantState, error) {
 	vals, ok := v.([]any)
-	if !ok || len(vals) != 18 {
+	if !ok || len(vals) != 22 {
 		return store.TenantState{}, fmt.Errorf("unexpected script reply %#v", v)
+	}
+	var rates [2]store.RateState
+	for k := range rates {
+		g, err := parseInt(vals[18+2*k])
+		if err != nil {
+			return store.TenantState{}, err
+		}
+		rates[k].Granted = g
+		if s, ok := vals[19+2*k].(string); ok {
+			if rates[k].Tokens, err = strconv.ParseFloat(s, 64); err != nil {
+				return store.TenantState{}, fmt.Errorf("bad rate bucket %q: %w", s, err)
+			}
+		}
 	}
 	period, err := parseInt(vals[17])
 	if err != nil || period < 1 {
@@ -497,6 +520,7 @@ func parseState(v any) (store.TenantState, error) {
 		CPUTime: st.Reported.CPUTime + time.Duration(n[15])*time.Microsecond, Evaluations: n[10] + n[14]}
 	st.Seq = seq
 	st.Period = uint64(period)
+	st.EvaluationRate, st.OperationRate = rates[0], rates[1]
 	return st, nil
 }
 

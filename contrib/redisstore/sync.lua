@@ -30,9 +30,14 @@
 --              tenant hash's field "lost" keeps the largest
 -- ARGV[31+7n..34+7n] want, limit, return and least grant of CPU time, whole
 --              microseconds: CPU time is leased like the others
+-- ARGV[35+7n..42+7n] the evaluation rate's, then the operation rate's,
+--              tokens per second, burst, want and return (see
+--              reslimit/store.Rate; per second 0: no rate)
 --
--- Returns 18 values (decimal strings, or nil for 0): the 16 below, then the
--- replica's last applied seq, then the tenant's open period:
+-- Returns 22 values (decimal strings, or nil for 0): the 16 below, then the
+-- replica's last applied seq, then the tenant's open period, then for the
+-- evaluation rate and the operation rate the tokens granted and the tokens
+-- left in the bucket (a decimal number, nil without a rate):
 --   committed ops calls mem cpu_us evals,
 --   reported  ops calls mem cpu_us cpu_ns evals        (this replica)
 --   unused    ops calls mem evals cpu_us               (allowance - reported)
@@ -43,8 +48,9 @@
 -- seq, ops, calls, mem, cpu_us, cpu_ns, evals (reported), u_ops, u_calls,
 -- u_mem, u_evals, u_cpu_us (unused allowance, never negative at rest), per
 -- (the period its unused allowance is for, absent for 1). "lost": the periods before it lost reports (absent: none). "period" is the tenant's open period (absent for 1): the
--- committed totals and out_* are the open period's. Zero values are not
--- stored.
+-- committed totals and out_* are the open period's. "rate_e" and "rate_o"
+-- are the tenant's fleet-wide rate buckets, "<tokens>:<server time, us>"
+-- (absent: full). Zero values are not stored.
 --
 -- Billing periods (see reslimit.TenantSync.Period): a report for a period
 -- after the open one moves the open period's committed totals to the
@@ -122,7 +128,8 @@ end
 -- The fields of the answer first (see the header), then what else is read.
 local fields = {'ops', 'calls', 'mem', 'cpu_us', 'evals',
   M.ops, M.calls, M.mem, M.cpu_us, M.cpu_ns, M.evals, MU[1], MU[2], MU[3], MU[4], MU[5],
-  'out_ops', 'out_calls', 'out_mem', 'out_evals', 'out_cpu_us', M.seq, 'period', M.per, 'lost'}
+  'out_ops', 'out_calls', 'out_mem', 'out_evals', 'out_cpu_us', M.seq, 'period', M.per, 'lost',
+  'rate_e', 'rate_o'}
 local NANS = 16 -- the answer's counters: fields[1..NANS]
 -- lease(k, i): the k-th lease argument (0 used, 1 want, 2 limit, 3 return,
 -- 4 least grant) of leased resource i.
@@ -142,6 +149,7 @@ end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local nowus = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
 -- 1. Allowance is never reclaimed when a lease expires: a replica that
 -- vanished may have used it. The lease set only tells live replicas from
@@ -271,6 +279,37 @@ if applied then
   if myper == 1 then set(M.per, nil) else set(M.per, int(myper)) end
 end
 
+-- 3b. The fleet-wide rates: refill each bucket to now, put back what the
+-- replica returns (up to the burst), then take up to want whole tokens.
+local RATE = {'rate_e', 'rate_o'}
+-- dec writes a bucket's tokens, rounded down to 1e-9 token, without an
+-- exponent.
+local function dec(x) return string.format('%.9f', math.floor(x * 1e9) / 1e9) end
+local rates = {}
+for k = 1, 2 do
+  local b = tail + 4 * k
+  local ps, burst = tonumber(ARGV[b]), tonumber(ARGV[b + 1])
+  local g, tok = 0, false
+  if ps > 0 then
+    tok = burst
+    local v = val[RATE[k]]
+    if v then
+      local sep = string.find(v, ':', 1, true)
+      local was, at = tonumber(string.sub(v, 1, sep - 1)), tonumber(string.sub(v, sep + 1))
+      tok = math.min(burst, was + ps * math.max(0, nowus - at) / 1000000)
+    end
+    if applied then
+      tok = math.min(burst, tok + tonumber(ARGV[b + 3]))
+      g = math.min(tonumber(ARGV[b + 2]), math.floor(tok))
+      tok = tok - g
+      set(RATE[k], dec(tok) .. ':' .. int(nowus))
+    end
+    tok = dec(tok)
+  end
+  rates[2 * k - 1] = int(g)
+  rates[2 * k] = tok
+end
+
 -- 4. Final gives back every unused allowance.
 local final = ARGV[4] == '1'
 if final then
@@ -369,4 +408,5 @@ local res = {}
 for i = 1, NANS do res[i] = val[fields[i]] or false end
 res[NANS + 1] = val[M.seq] or false -- the last seq applied for this replica
 res[NANS + 2] = int(open)
+for k = 1, 4 do res[NANS + 2 + k] = rates[k] end
 return res

@@ -118,6 +118,10 @@ func Run(t *testing.T, cfg Config) {
 		{"PeriodInvalid", s.testPeriodInvalid},
 		{"PeriodLost", s.testPeriodLost},
 		{"PeriodsMatchMemoryStore", s.testPeriodsMatchMemoryStore},
+		{"RateTakeAndReturn", s.testRateTakeAndReturn},
+		{"RateRefills", s.testRateRefills},
+		{"RateInvalid", s.testRateInvalid},
+		{"RateHammer", s.testRateHammer},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
