@@ -75,3 +75,57 @@ func BenchmarkFleetSync100Tenants(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/100, "ns/tenant")
 }
+
+// BenchmarkFleetRate compares an evaluation (Begin+End) of a tenant with
+// an evaluation rate in a store-backed ledger: the rate per process
+// (WithPerProcessRates, an x/time/rate bucket taken in batches) and
+// fleet-wide (a lease of the store's bucket, refilled by the syncer). The
+// rate never refuses here (1e9 a second): what is measured is what the
+// rate costs an evaluation. EvaluationToken is the rate's part alone,
+// under the account's lock as Begin takes it.
+func BenchmarkFleetRate(b *testing.B) {
+	limits := AccountLimits{EvaluationsPerSecond: 1e9}
+	for _, c := range []struct {
+		name string
+		opts []LedgerOption
+	}{
+		{"per-process", []LedgerOption{WithPerProcessRates()}},
+		{"fleet-wide", nil},
+	} {
+		newAcct := func(b *testing.B) *Account {
+			opts := append([]LedgerOption{WithStore(store.NewMemory()), WithReplica("bench"), WithSyncInterval(100 * time.Millisecond)}, c.opts...)
+			l := mustLedger(b, limits, opts...)
+			b.Cleanup(func() { _ = l.Close(context.Background()) })
+			return l.Account("t")
+		}
+		b.Run("BeginEnd-"+c.name, func(b *testing.B) {
+			acct := newAcct(b)
+			b.ReportAllocs()
+			for b.Loop() {
+				tr, err := acct.Begin(Limits{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				tr.End()
+			}
+		})
+		b.Run("EvaluationToken-"+c.name, func(b *testing.B) {
+			acct := newAcct(b)
+			acct.mu.Lock()
+			if fr, ok := acct.rates.evals.(*fleetRate); ok {
+				fr.lease = 1 << 50 // a lease that lasts the benchmark
+			}
+			acct.mu.Unlock()
+			now := time.Now()
+			b.ReportAllocs()
+			for b.Loop() {
+				now = now.Add(time.Microsecond)
+				acct.mu.Lock()
+				if err := acct.takeEvaluationLocked(now); err != nil {
+					b.Fatal(err)
+				}
+				acct.mu.Unlock()
+			}
+		})
+	}
+}

@@ -228,9 +228,9 @@ func TestEndToEnd(t *testing.T) {
 		"alpha": {MaxTotalOperations: 1e12, MaxCalls: 1e12},
 		// A tight operations quota per period.
 		"beta": {MaxTotalOperations: 2500},
-		// A calls quota and an evaluation rate (per replica).
+		// A calls quota and an evaluation rate (fleet-wide).
 		"gamma": {MaxCalls: 600, EvaluationsPerSecond: 40, EvaluationBurst: 4},
-		// An evaluations quota and an operation rate (per replica).
+		// An evaluations quota and an operation rate (fleet-wide).
 		"delta": {MaxEvaluations: 30, OperationsPerSecond: 4000, OperationBurst: 1000},
 	}
 	f := newFleet(t, fleetConfig{
