@@ -212,7 +212,7 @@ func (a *Account) fleetRates() [2]*fleetRate {
 // rates and gives back: a batch sized to this replica's recent traffic
 // (its demand over a sync interval, at least 1, at most the burst, and at
 // least what a waiting request needs) less the lease it holds, or, after
-// an interval without a request, the whole lease back.
+// an interval without a request (or at Close), the whole lease back.
 func (f *fleetState) rateRequestLocked(a *Account, ts *store.TenantSync, now time.Time) {
 	interval := f.ledger.fleet.interval
 	elapsed := interval
@@ -225,6 +225,8 @@ func (f *fleetState) rateRequestLocked(a *Account, ts *store.TenantSync, now tim
 		}
 		rq := store.Rate{PerSecond: fr.perSec, Burst: fr.burst}
 		switch {
+		case f.ledger.fleet.closed.Load():
+			rq.Return, fr.lease = fr.lease, 0 // Close: the lease goes back
 		case fr.asked > 0 || fr.need > 0:
 			perInterval := math.Ceil(float64(fr.asked) * float64(interval) / float64(elapsed))
 			fr.batch = max(1, min(int64(min(perInterval, float64(fr.burst))), fr.burst))

@@ -334,3 +334,27 @@ func TestFleetOperationRate(t *testing.T) {
 		assert.GreaterOrEqual(t, n, int64(0.9*perSec*5))
 	})
 }
+
+// Close gives a replica's lease back: another replica gets those tokens.
+func TestFleetRateCloseGivesBack(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		shared := store.NewMemory()
+		limits := AccountLimits{EvaluationsPerSecond: 1e-9, EvaluationBurst: 10} // no refill to speak of
+		a := mustLedger(t, limits, WithStore(shared), WithReplica("a"))
+		tr, err := a.Account("t").Begin(Unlimited())
+		require.NoError(t, err)
+		tr.End()
+		require.NoError(t, a.Close(context.Background()))
+		b := mustLedger(t, limits, WithStore(shared), WithReplica("b"))
+		defer func() { require.NoError(t, b.Close(context.Background())) }()
+		n := 0
+		for ; n < 20; n++ {
+			tr, err := b.Account("t").Begin(Unlimited())
+			if err != nil {
+				break
+			}
+			tr.End()
+		}
+		assert.Equal(t, 9, n, "the burst less the one run a made: a's lease came back")
+	})
+}
