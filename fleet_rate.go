@@ -48,9 +48,10 @@ type fleetRate struct {
 	asked  int64 // tokens requests asked for since the last report (taken or refused)
 	need   int64 // the most a waiting request needs, since the last report
 	batch  int64 // the lease the last report aimed at (at least 1)
-	// activeAt is when a request last asked for tokens; idle for an
-	// interval, the lease goes back to the store.
-	activeAt time.Time
+	// idleSince is when a report first found no request since the last
+	// one (zero while requests come); idle for an interval, the lease
+	// goes back to the store.
+	idleSince time.Time
 	// fallback is the bucket of a FailLocal outage (nil otherwise).
 	fallback *rate.Limiter
 }
@@ -85,7 +86,6 @@ func (fr *fleetRate) TokensAt(now time.Time) float64 {
 // AllowN hands out n tokens from the lease (or the outage's fallback).
 func (fr *fleetRate) AllowN(now time.Time, n int) bool {
 	k := int64(n)
-	fr.activeAt = now
 	if k <= fr.lease {
 		fr.lease -= k
 		fr.asked += k
@@ -158,7 +158,6 @@ func (a *Account) rateWaitLocked(lim tokenBucket, now time.Time, need int64) boo
 	if _, failing := fr.failing(); failing {
 		return false
 	}
-	fr.activeAt = now
 	if float64(fr.lease)+fr.estimate(now) < float64(fr.threshold(need)) {
 		return false
 	}
@@ -224,14 +223,21 @@ func (f *fleetState) rateRequestLocked(a *Account, ts *store.TenantSync, now tim
 			continue
 		}
 		rq := store.Rate{PerSecond: fr.perSec, Burst: fr.burst}
+		active := fr.asked > 0 || fr.need > 0
+		switch {
+		case active:
+			fr.idleSince = time.Time{}
+		case fr.idleSince.IsZero():
+			fr.idleSince = now
+		}
 		switch {
 		case f.ledger.fleet.closed.Load():
 			rq.Return, fr.lease = fr.lease, 0 // Close: the lease goes back
-		case fr.asked > 0 || fr.need > 0:
+		case active:
 			perInterval := math.Ceil(float64(fr.asked) * float64(interval) / float64(elapsed))
 			fr.batch = max(1, min(int64(min(perInterval, float64(fr.burst))), fr.burst))
 			rq.Want = max(0, max(fr.batch, fr.need)-fr.lease)
-		case fr.lease > 0 && now.Sub(fr.activeAt) >= interval:
+		case fr.lease > 0 && now.Sub(fr.idleSince) >= interval:
 			rq.Return, fr.lease = fr.lease, 0
 		}
 		fr.asked, fr.need = 0, 0

@@ -155,8 +155,13 @@ func (a *Account) takeEvaluationLocked(now time.Time) error {
 	}
 	lim := r.evals
 	k := max(1, min(int64(lim.Burst())/16, 64))
-	if _, fleet := lim.(*fleetRate); fleet {
-		k = 1 // the lease is local already
+	if fr, fleet := lim.(*fleetRate); fleet {
+		if fr.lease > 0 { // the lease is local already: no batch
+			fr.lease--
+			fr.asked++
+			return nil
+		}
+		k = 1
 	}
 	if k > 1 {
 		tokens := lim.TokensAt(now)
