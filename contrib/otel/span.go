@@ -1,0 +1,63 @@
+package reslimitotel
+
+import (
+	"context"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/reslimit/reslimit"
+)
+
+// The span attributes of RecordUsage, one per figure of a run's Usage.
+// Sizes are int64 bytes, times float64 seconds, counts int64.
+const (
+	AttrRunOperations  = attribute.Key("reslimit.run.operations")
+	AttrRunCalls       = attribute.Key("reslimit.run.function_calls")
+	AttrRunCPUTime     = attribute.Key("reslimit.run.cpu_time")
+	AttrRunWallTime    = attribute.Key("reslimit.run.wall_time")
+	AttrRunTotalMemory = attribute.Key("reslimit.run.total_memory")
+	AttrRunPeakMemory  = attribute.Key("reslimit.run.peak_memory")
+	AttrRunLargestFile = attribute.Key("reslimit.run.largest_file")
+	AttrRunRefusals    = attribute.Key("reslimit.run.refusals")
+)
+
+// usageAttrs are the attributes of a Usage, in the order RecordUsage sets
+// them.
+var usageAttrs = []struct {
+	key  attribute.Key
+	read func(*reslimit.Usage) attribute.Value
+}{
+	{AttrRunOperations, func(u *reslimit.Usage) attribute.Value { return attribute.Int64Value(u.Operations) }},
+	{AttrRunCalls, func(u *reslimit.Usage) attribute.Value { return attribute.Int64Value(u.Calls) }},
+	{AttrRunCPUTime, func(u *reslimit.Usage) attribute.Value { return seconds(u.CPUTime) }},
+	{AttrRunWallTime, func(u *reslimit.Usage) attribute.Value { return seconds(u.WallTime) }},
+	{AttrRunTotalMemory, func(u *reslimit.Usage) attribute.Value { return attribute.Int64Value(u.TotalMemoryBytes) }},
+	{AttrRunPeakMemory, func(u *reslimit.Usage) attribute.Value { return attribute.Int64Value(u.PeakMemoryBytes) }},
+	{AttrRunLargestFile, func(u *reslimit.Usage) attribute.Value { return attribute.Int64Value(u.LargestFileBytes) }},
+	{AttrRunRefusals, func(u *reslimit.Usage) attribute.Value { return attribute.Int64Value(u.Refusals) }},
+}
+
+func seconds(d time.Duration) attribute.Value { return attribute.Float64Value(d.Seconds()) }
+
+// RecordUsage sets u, the Usage of a finished run (what reslimit.Run or
+// Tracker.End returned), as attributes of the span in ctx
+// (trace.SpanFromContext): the AttrRun keys above, every one of them, 0
+// included. It does nothing when that span is not recording (no span, or
+// one not sampled), and costs no allocation then. Call it before the span
+// ends; it is as safe for concurrent use as the span's SetAttributes.
+//
+//	u, err := reslimit.Run(ctx, limits, tool, reslimit.WithAccount(acct))
+//	reslimitotel.RecordUsage(ctx, u)
+func RecordUsage(ctx context.Context, u reslimit.Usage) {
+	span := trace.SpanFromContext(ctx)
+	if !span.IsRecording() {
+		return
+	}
+	kvs := make([]attribute.KeyValue, len(usageAttrs))
+	for i, a := range usageAttrs {
+		kvs[i] = attribute.KeyValue{Key: a.key, Value: a.read(&u)}
+	}
+	span.SetAttributes(kvs...)
+}
