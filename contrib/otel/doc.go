@@ -15,7 +15,9 @@
 //
 // # Metrics
 //
-// Per tenant (attribute tenant) and resource, one gauge of each kind for
+// Every series also has the attributes of WithAttributes, if any.
+//
+// Per tenant (attribute tenant) and resource (attribute resource), one gauge of each kind for
 // each of the account's resources, named after the resource's String
 // name and in its own unit:
 //
@@ -95,6 +97,7 @@
 // Invalid values are errors at construction: Register returns an error
 // wrapping reslimit.ErrInvalidArgument (a nil ledger, a negative
 // WithMaxTenants, a nil WithMeterProvider, WithMonitor or
-// WithTenantFilter, a WithOtherTenant name that is not valid UTF-8), and
-// registers nothing. A nil Option is skipped.
+// WithTenantFilter, a WithOtherTenant name that is not valid UTF-8, a
+// WithAttributes attribute that is invalid or named tenant or resource),
+// and registers nothing. A nil Option is skipped.
 package reslimitotel

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
@@ -41,13 +42,14 @@ func register(t *testing.T, ledger *reslimit.Ledger, opts ...reslimitotel.Option
 }
 
 // collect runs one collection and returns its one scope's metrics by name.
+// It fails t with Error, not Fatal, so that goroutines may call it.
 func (h *harness) collect(t *testing.T) map[string]metricdata.Metrics {
 	t.Helper()
 	var rm metricdata.ResourceMetrics
-	require.NoError(t, h.reader.Collect(context.Background(), &rm))
+	assert.NoError(t, h.reader.Collect(context.Background(), &rm))
 	out := map[string]metricdata.Metrics{}
 	for _, sm := range rm.ScopeMetrics {
-		require.Equal(t, reslimitotel.ScopeName, sm.Scope.Name)
+		assert.Equal(t, reslimitotel.ScopeName, sm.Scope.Name)
 		for _, m := range sm.Metrics {
 			out[m.Name] = m
 		}
@@ -57,7 +59,7 @@ func (h *harness) collect(t *testing.T) map[string]metricdata.Metrics {
 
 // points runs one collection and returns every data point as
 // "name{key=value,...}" (attributes in key order) -> value, int64 values
-// as float64.
+// as float64. Like collect, goroutines may call it.
 func (h *harness) points(t *testing.T) map[string]float64 {
 	t.Helper()
 	out := map[string]float64{}
@@ -72,7 +74,7 @@ func (h *harness) points(t *testing.T) map[string]float64 {
 		case metricdata.Sum[float64]:
 			addPoints(out, name, d.DataPoints)
 		default:
-			t.Fatalf("%s: unexpected aggregation %T", name, m.Data)
+			t.Errorf("%s: unexpected aggregation %T", name, m.Data)
 		}
 	}
 	return out

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"unicode/utf8"
 
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/reslimit/reslimit"
@@ -25,6 +26,7 @@ type config struct {
 	max      int
 	allow    func(string) bool
 	other    string
+	attrs    []attribute.KeyValue
 	err      error // the first invalid option
 }
 
@@ -99,5 +101,21 @@ func WithOtherTenant(name string) Option {
 			return
 		}
 		c.other = name
+	}
+}
+
+// WithAttributes adds kvs to the attributes of every series, for example
+// the name of a ledger when several ledgers report on one MeterProvider.
+// A key AttrTenant or AttrResource, or an invalid KeyValue (an empty key,
+// no value), is invalid. Later WithAttributes add to earlier ones.
+func WithAttributes(kvs ...attribute.KeyValue) Option {
+	return func(c *config) {
+		for _, kv := range kvs {
+			if !kv.Valid() || kv.Key == AttrTenant || kv.Key == AttrResource {
+				c.setErr(fmt.Errorf("%w: reslimitotel: WithAttributes(%s=%s): an invalid or reserved attribute", reslimit.ErrInvalidArgument, kv.Key, kv.Value.Emit()))
+				return
+			}
+		}
+		c.attrs = append(c.attrs, kvs...)
 	}
 }

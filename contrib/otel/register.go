@@ -33,9 +33,15 @@ const (
 // on the returned Registration to stop reporting: the instruments stay,
 // with no data points. The callback is safe for concurrent collections.
 //
+// Register each ledger once per MeterProvider. Several ledgers on one
+// provider need WithAttributes to tell their series apart: series of two
+// callbacks with the same attributes are one series, whose gauges keep
+// one ledger's value and counters add both.
+//
 // A nil ledger or an invalid option value is an error wrapping
-// reslimit.ErrInvalidArgument, and nothing is registered; so is an
-// instrument that the Meter refuses, or a failed RegisterCallback.
+// reslimit.ErrInvalidArgument, and nothing is registered. An instrument
+// that the Meter refuses, or a failed RegisterCallback, is an error too
+// (wrapping the Meter's), and nothing is registered either.
 func Register(ledger *reslimit.Ledger, opts ...Option) (metric.Registration, error) {
 	c := config{max: DefaultMaxTenants, other: DefaultOtherTenant}
 	for _, o := range opts {
@@ -155,12 +161,22 @@ var resourceAttrs = func() map[reslimit.Resource]attribute.KeyValue {
 	return out
 }()
 
+// with returns the attributes of one series: the WithAttributes ones and
+// kvs.
+func (e *exporter) with(kvs ...attribute.KeyValue) metric.ObserveOption {
+	if len(e.cfg.attrs) == 0 {
+		return metric.WithAttributes(kvs...)
+	}
+	all := make([]attribute.KeyValue, 0, len(e.cfg.attrs)+len(kvs))
+	return metric.WithAttributes(append(append(all, e.cfg.attrs...), kvs...)...)
+}
+
 // observe is the callback: one reading of the monitor and the ledger.
 func (e *exporter) observe(_ context.Context, o metric.Observer) error {
 	if e.cfg.monitor != nil {
 		st := e.cfg.monitor.Stats()
 		for i, m := range perMonitor {
-			e.perMonitor[i].observe(o, 0, m.read(&st), metric.WithAttributeSet(attribute.Set{}))
+			e.perMonitor[i].observe(o, 0, m.read(&st), e.with())
 		}
 	}
 	snap := e.ledger.Snapshot()
@@ -174,7 +190,7 @@ func (e *exporter) observe(_ context.Context, o metric.Observer) error {
 		}
 		other.add(&st)
 	}
-	none := metric.WithAttributeSet(attribute.Set{})
+	none := e.with()
 	e.tenants.observe(o, 0, int64(len(names)), none)
 	e.overflow.observe(o, 0, other.n, none)
 	if other.n > 0 && e.cfg.other != "" {
@@ -187,7 +203,7 @@ func (e *exporter) observe(_ context.Context, o metric.Observer) error {
 func (e *exporter) observeTenant(o metric.Observer, label string, st *reslimit.AccountStats) {
 	tenant := AttrTenant.String(label)
 	for i, u := range usageResources {
-		attrs := metric.WithAttributes(tenant, resourceAttrs[u.res])
+		attrs := e.with(tenant, resourceAttrs[u.res])
 		e.usage[i].observe(o, u.res, st.Used(u.res), attrs)
 		if ls, ok := st.LimitStatus[u.res]; ok {
 			e.limit[i].observe(o, u.res, ls.Limit, attrs)
@@ -197,10 +213,10 @@ func (e *exporter) observeTenant(o metric.Observer, label string, st *reslimit.A
 	for i, m := range byResource {
 		counts := m.read(st)
 		for _, r := range countedResources {
-			e.byResource[i].observe(o, r, counts[r], metric.WithAttributes(tenant, resourceAttrs[r]))
+			e.byResource[i].observe(o, r, counts[r], e.with(tenant, resourceAttrs[r]))
 		}
 	}
-	one := metric.WithAttributes(tenant)
+	one := e.with(tenant)
 	for i, m := range perTenant {
 		e.perTenant[i].observe(o, 0, m.read(st), one)
 	}
@@ -246,14 +262,14 @@ func (a *aggregate) add(st *reslimit.AccountStats) {
 func (e *exporter) observeOther(o metric.Observer, a *aggregate) {
 	tenant := AttrTenant.String(e.cfg.other)
 	for i, u := range usageResources {
-		e.usage[i].observe(o, u.res, a.usage[i], metric.WithAttributes(tenant, resourceAttrs[u.res]))
+		e.usage[i].observe(o, u.res, a.usage[i], e.with(tenant, resourceAttrs[u.res]))
 	}
 	for i := range byResource {
 		for j, r := range countedResources {
-			e.byResource[i].observe(o, r, a.byResource[i][j], metric.WithAttributes(tenant, resourceAttrs[r]))
+			e.byResource[i].observe(o, r, a.byResource[i][j], e.with(tenant, resourceAttrs[r]))
 		}
 	}
-	one := metric.WithAttributes(tenant)
+	one := e.with(tenant)
 	for i, m := range perTenant {
 		if m.summed {
 			e.perTenant[i].observe(o, 0, a.perTenant[i], one)

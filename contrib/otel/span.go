@@ -51,10 +51,14 @@ func seconds(d time.Duration) attribute.Value { return attribute.Float64Value(d.
 //	u, err := reslimit.Run(ctx, limits, tool, reslimit.WithAccount(acct))
 //	reslimitotel.RecordUsage(ctx, u)
 func RecordUsage(ctx context.Context, u reslimit.Usage) {
-	span := trace.SpanFromContext(ctx)
-	if !span.IsRecording() {
-		return
+	if span := trace.SpanFromContext(ctx); span.IsRecording() {
+		setUsage(span, u)
 	}
+}
+
+// setUsage is RecordUsage for a recording span. (Apart, so that u, whose
+// address the table's functions take, is moved to the heap only here.)
+func setUsage(span trace.Span, u reslimit.Usage) {
 	kvs := make([]attribute.KeyValue, len(usageAttrs))
 	for i, a := range usageAttrs {
 		kvs[i] = attribute.KeyValue{Key: a.key, Value: a.read(&u)}
