@@ -20,19 +20,21 @@ const (
 // usageResources are the resources an account reports, each with three
 // gauges of its own, named after the resource (String) and in its unit:
 // reslimit.tenant.usage.NAME, reslimit.tenant.limit.NAME and
-// reslimit.tenant.remaining.NAME. The values of a resource whose Unit is
-// "seconds" are float64 seconds; the others are int64.
+// reslimit.tenant.remaining.NAME. A resource in "s" (reslimit's
+// nanoseconds) has float64 seconds; the others int64. held says that its
+// usage is what is held now rather than cumulative.
 var usageResources = []struct {
 	res  reslimit.Resource
 	unit string
+	held bool
 }{
-	{reslimit.Memory, "By"},
-	{reslimit.TotalMemory, "By"},
-	{reslimit.CPUTime, "s"},
-	{reslimit.Operations, "{operation}"},
-	{reslimit.Calls, "{call}"},
-	{reslimit.Evaluations, "{evaluation}"},
-	{reslimit.Concurrency, "{run}"},
+	{reslimit.Memory, "By", true},
+	{reslimit.TotalMemory, "By", false},
+	{reslimit.CPUTime, "s", false},
+	{reslimit.Operations, "{operation}", false},
+	{reslimit.Calls, "{call}", false},
+	{reslimit.Evaluations, "{evaluation}", false},
+	{reslimit.Concurrency, "{run}", true},
 }
 
 // countedResources are the resources of the per-resource counters below:
@@ -112,9 +114,9 @@ func boolInt(b bool) int64 {
 
 // usageDesc, limitDesc and remainingDesc describe the gauges of resource
 // r.
-func usageDesc(r reslimit.Resource) string {
+func usageDesc(r reslimit.Resource, held bool) string {
 	when := "cumulative since the account's last reset"
-	if r.Held() {
+	if held {
 		when = "held now"
 	}
 	return "What the tenant used of " + r.String() + ", " + when + "."

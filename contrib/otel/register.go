@@ -73,18 +73,18 @@ func Register(ledger *reslimit.Ledger, opts ...Option) (metric.Registration, err
 	return reg, nil
 }
 
-// instrument is one observable instrument, int64 or float64 (f set).
+// instrument is one observable instrument: int64, or float64 seconds (f
+// set).
 type instrument struct {
 	i metric.Int64Observable
 	f metric.Float64Observable
 }
 
-// observe records v, a value of resource r in reslimit's unit (any r for
-// a figure that is not of a resource), converted to seconds for a float64
-// instrument.
-func (in instrument) observe(o metric.Observer, r reslimit.Resource, v int64, attrs metric.ObserveOption) {
+// observe records v: a count or bytes as it is, nanoseconds as seconds
+// on a float64 instrument.
+func (in instrument) observe(o metric.Observer, v int64, attrs metric.ObserveOption) {
 	if in.f != nil {
-		o.ObserveFloat64(in.f, r.BaseValue(v), attrs)
+		o.ObserveFloat64(in.f, float64(v)/1e9, attrs)
 		return
 	}
 	o.ObserveInt64(in.i, v, attrs)
@@ -129,9 +129,9 @@ func (b *builder) add(name, unit, desc string, k kind, float bool) instrument {
 // newInstruments creates e's instruments from the tables of metrics.go.
 func (e *exporter) newInstruments(b *builder) {
 	for _, u := range usageResources {
-		float := u.res.Unit() == "seconds"
+		float := u.unit == "s"
 		name := u.res.String()
-		e.usage = append(e.usage, b.add("reslimit.tenant.usage."+name, u.unit, usageDesc(u.res), gauge, float))
+		e.usage = append(e.usage, b.add("reslimit.tenant.usage."+name, u.unit, usageDesc(u.res, u.held), gauge, float))
 		e.limit = append(e.limit, b.add("reslimit.tenant.limit."+name, u.unit, limitDesc(u.res), gauge, float))
 		e.remaining = append(e.remaining, b.add("reslimit.tenant.remaining."+name, u.unit, remainingDesc(u.res), gauge, float))
 	}
@@ -176,7 +176,7 @@ func (e *exporter) observe(_ context.Context, o metric.Observer) error {
 	if e.cfg.monitor != nil {
 		st := e.cfg.monitor.Stats()
 		for i, m := range perMonitor {
-			e.perMonitor[i].observe(o, 0, m.read(&st), e.with())
+			e.perMonitor[i].observe(o, m.read(&st), e.with())
 		}
 	}
 	snap := e.ledger.Snapshot()
@@ -191,8 +191,8 @@ func (e *exporter) observe(_ context.Context, o metric.Observer) error {
 		other.add(&st)
 	}
 	none := e.with()
-	e.tenants.observe(o, 0, int64(len(names)), none)
-	e.overflow.observe(o, 0, other.n, none)
+	e.tenants.observe(o, int64(len(names)), none)
+	e.overflow.observe(o, other.n, none)
 	if other.n > 0 && e.cfg.other != "" {
 		e.observeOther(o, other)
 	}
@@ -204,21 +204,21 @@ func (e *exporter) observeTenant(o metric.Observer, label string, st *reslimit.A
 	tenant := AttrTenant.String(label)
 	for i, u := range usageResources {
 		attrs := e.with(tenant, resourceAttrs[u.res])
-		e.usage[i].observe(o, u.res, st.Used(u.res), attrs)
+		e.usage[i].observe(o, st.Used(u.res), attrs)
 		if ls, ok := st.LimitStatus[u.res]; ok {
-			e.limit[i].observe(o, u.res, ls.Limit, attrs)
-			e.remaining[i].observe(o, u.res, ls.Remaining, attrs)
+			e.limit[i].observe(o, ls.Limit, attrs)
+			e.remaining[i].observe(o, ls.Remaining, attrs)
 		}
 	}
 	for i, m := range byResource {
 		counts := m.read(st)
 		for _, r := range countedResources {
-			e.byResource[i].observe(o, r, counts[r], e.with(tenant, resourceAttrs[r]))
+			e.byResource[i].observe(o, counts[r], e.with(tenant, resourceAttrs[r]))
 		}
 	}
 	one := e.with(tenant)
 	for i, m := range perTenant {
-		e.perTenant[i].observe(o, 0, m.read(st), one)
+		e.perTenant[i].observe(o, m.read(st), one)
 	}
 }
 
@@ -262,17 +262,17 @@ func (a *aggregate) add(st *reslimit.AccountStats) {
 func (e *exporter) observeOther(o metric.Observer, a *aggregate) {
 	tenant := AttrTenant.String(e.cfg.other)
 	for i, u := range usageResources {
-		e.usage[i].observe(o, u.res, a.usage[i], e.with(tenant, resourceAttrs[u.res]))
+		e.usage[i].observe(o, a.usage[i], e.with(tenant, resourceAttrs[u.res]))
 	}
 	for i := range byResource {
 		for j, r := range countedResources {
-			e.byResource[i].observe(o, r, a.byResource[i][j], e.with(tenant, resourceAttrs[r]))
+			e.byResource[i].observe(o, a.byResource[i][j], e.with(tenant, resourceAttrs[r]))
 		}
 	}
 	one := e.with(tenant)
 	for i, m := range perTenant {
 		if m.summed {
-			e.perTenant[i].observe(o, 0, a.perTenant[i], one)
+			e.perTenant[i].observe(o, a.perTenant[i], one)
 		}
 	}
 }
