@@ -11,16 +11,24 @@ import (
 )
 
 // The span attributes of RecordUsage, one per figure of a run's Usage.
-// Sizes are int64 bytes, times float64 seconds, counts int64.
 const (
-	AttrRunOperations  = attribute.Key("reslimit.run.operations")
-	AttrRunCalls       = attribute.Key("reslimit.run.function_calls")
-	AttrRunCPUTime     = attribute.Key("reslimit.run.cpu_time")
-	AttrRunWallTime    = attribute.Key("reslimit.run.wall_time")
+	// AttrRunOperations is Usage.Operations, int64.
+	AttrRunOperations = attribute.Key("reslimit.run.operations")
+	// AttrRunCalls is Usage.Calls, int64.
+	AttrRunCalls = attribute.Key("reslimit.run.function_calls")
+	// AttrRunCPUTime is Usage.CPUTime, float64 seconds.
+	AttrRunCPUTime = attribute.Key("reslimit.run.cpu_time")
+	// AttrRunWallTime is Usage.WallTime, float64 seconds.
+	AttrRunWallTime = attribute.Key("reslimit.run.wall_time")
+	// AttrRunTotalMemory is Usage.TotalMemoryBytes, int64 bytes.
 	AttrRunTotalMemory = attribute.Key("reslimit.run.total_memory")
-	AttrRunPeakMemory  = attribute.Key("reslimit.run.peak_memory")
+	// AttrRunPeakMemory is Usage.PeakMemoryBytes, int64 bytes.
+	AttrRunPeakMemory = attribute.Key("reslimit.run.peak_memory")
+	// AttrRunLargestFile is Usage.LargestFileBytes, int64 bytes.
 	AttrRunLargestFile = attribute.Key("reslimit.run.largest_file")
-	AttrRunRefusals    = attribute.Key("reslimit.run.refusals")
+	// AttrRunRefusals is Usage.Refusals (requests refused by the run's
+	// own limits), int64.
+	AttrRunRefusals = attribute.Key("reslimit.run.refusals")
 )
 
 // usageAttrs are the attributes of a Usage, in the order RecordUsage sets
