@@ -37,9 +37,9 @@ var usageResources = []struct {
 	{reslimit.Concurrency, "{run}", true},
 }
 
-// countedResources are the resources of the per-resource counters below:
-// the account's resources and its rates.
-var countedResources = func() []reslimit.Resource {
+// accountAndRates are the account's resources (usageResources) and its
+// rates: the resources its limits refuse requests for.
+var accountAndRates = func() []reslimit.Resource {
 	out := make([]reslimit.Resource, 0, len(usageResources)+2)
 	for _, u := range usageResources {
 		out = append(out, u.res)
@@ -48,16 +48,17 @@ var countedResources = func() []reslimit.Resource {
 }()
 
 // byResource are counters of an account with one series per tenant and
-// resource (attribute resource), one for each of countedResources (0 for
-// a resource the map has no entry for). They are summed into the other
-// tenant.
+// resource (attribute resource): one for each resource of the row's
+// resources, 0 for one that the map has no entry for. They are summed
+// into the other tenant.
 var byResource = []struct {
 	name, unit, desc string
+	resources        []reslimit.Resource
 	read             func(*reslimit.AccountStats) map[reslimit.Resource]int64
 }{
 	{"reslimit.tenant.refusals", "{request}",
 		"Requests refused by the tenant's account limits, by resource; an account's Reset does not clear it.",
-		func(s *reslimit.AccountStats) map[reslimit.Resource]int64 { return s.Refusals }},
+		accountAndRates, func(s *reslimit.AccountStats) map[reslimit.Resource]int64 { return s.Refusals }},
 }
 
 // perTenant are figures of an account with one series per tenant. The

@@ -151,11 +151,10 @@ func (e *exporter) newInstruments(b *builder) {
 	}
 }
 
-// resourceAttrs are the AttrResource values of countedResources, which
-// include usageResources.
+// resourceAttrs are the AttrResource values of every resource.
 var resourceAttrs = func() map[reslimit.Resource]attribute.KeyValue {
-	out := make(map[reslimit.Resource]attribute.KeyValue, len(countedResources))
-	for _, r := range countedResources {
+	out := map[reslimit.Resource]attribute.KeyValue{}
+	for _, r := range reslimit.Resources() {
 		out[r] = AttrResource.String(r.String())
 	}
 	return out
@@ -212,7 +211,7 @@ func (e *exporter) observeTenant(o metric.Observer, label string, st *reslimit.A
 	}
 	for i, m := range byResource {
 		counts := m.read(st)
-		for _, r := range countedResources {
+		for _, r := range m.resources {
 			e.byResource[i].observe(o, counts[r], e.with(tenant, resourceAttrs[r]))
 		}
 	}
@@ -227,14 +226,14 @@ func (e *exporter) observeTenant(o metric.Observer, label string, st *reslimit.A
 type aggregate struct {
 	n          int64
 	usage      []int64   // by usageResources
-	byResource [][]int64 // by byResource, then countedResources
+	byResource [][]int64 // by byResource, then its resources
 	perTenant  []int64   // by perTenant (the summed rows)
 }
 
 func newAggregate() *aggregate {
 	a := &aggregate{usage: make([]int64, len(usageResources)), perTenant: make([]int64, len(perTenant))}
-	for range byResource {
-		a.byResource = append(a.byResource, make([]int64, len(countedResources)))
+	for _, m := range byResource {
+		a.byResource = append(a.byResource, make([]int64, len(m.resources)))
 	}
 	return a
 }
@@ -246,7 +245,7 @@ func (a *aggregate) add(st *reslimit.AccountStats) {
 	}
 	for i, m := range byResource {
 		counts := m.read(st)
-		for j, r := range countedResources {
+		for j, r := range m.resources {
 			a.byResource[i][j] = saturatingAdd(a.byResource[i][j], counts[r])
 		}
 	}
@@ -264,8 +263,8 @@ func (e *exporter) observeOther(o metric.Observer, a *aggregate) {
 	for i, u := range usageResources {
 		e.usage[i].observe(o, a.usage[i], e.with(tenant, resourceAttrs[u.res]))
 	}
-	for i := range byResource {
-		for j, r := range countedResources {
+	for i, m := range byResource {
+		for j, r := range m.resources {
 			e.byResource[i].observe(o, a.byResource[i][j], e.with(tenant, resourceAttrs[r]))
 		}
 	}
