@@ -22,19 +22,20 @@ const (
 // reslimit.tenant.usage.NAME, reslimit.tenant.limit.NAME and
 // reslimit.tenant.remaining.NAME. A resource in "s" (reslimit's
 // nanoseconds) has float64 seconds; the others int64. held says that its
-// usage is what is held now rather than cumulative.
+// usage is what is held now rather than cumulative; used reads it.
 var usageResources = []struct {
 	res  reslimit.Resource
 	unit string
 	held bool
+	used func(*reslimit.AccountStats) int64
 }{
-	{reslimit.Memory, "By", true},
-	{reslimit.TotalMemory, "By", false},
-	{reslimit.CPUTime, "s", false},
-	{reslimit.Operations, "{operation}", false},
-	{reslimit.Calls, "{call}", false},
-	{reslimit.Evaluations, "{evaluation}", false},
-	{reslimit.Concurrency, "{run}", true},
+	{reslimit.Memory, "By", true, func(s *reslimit.AccountStats) int64 { return s.MemoryBytes }},
+	{reslimit.TotalMemory, "By", false, func(s *reslimit.AccountStats) int64 { return s.TotalMemoryBytes }},
+	{reslimit.CPUTime, "s", false, func(s *reslimit.AccountStats) int64 { return int64(s.CPUTime) }},
+	{reslimit.Operations, "{operation}", false, func(s *reslimit.AccountStats) int64 { return s.Operations }},
+	{reslimit.Calls, "{call}", false, func(s *reslimit.AccountStats) int64 { return s.Calls }},
+	{reslimit.Evaluations, "{evaluation}", false, func(s *reslimit.AccountStats) int64 { return s.Evaluations }},
+	{reslimit.Concurrency, "{run}", true, func(s *reslimit.AccountStats) int64 { return s.Running }},
 }
 
 // accountAndRates are the account's resources (usageResources) and its

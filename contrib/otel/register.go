@@ -203,7 +203,7 @@ func (e *exporter) observeTenant(o metric.Observer, label string, st *reslimit.A
 	tenant := AttrTenant.String(label)
 	for i, u := range usageResources {
 		attrs := e.with(tenant, resourceAttrs[u.res])
-		e.usage[i].observe(o, st.Used(u.res), attrs)
+		e.usage[i].observe(o, u.used(st), attrs)
 		if ls, ok := st.LimitStatus[u.res]; ok {
 			e.limit[i].observe(o, ls.Limit, attrs)
 			e.remaining[i].observe(o, ls.Remaining, attrs)
@@ -241,7 +241,7 @@ func newAggregate() *aggregate {
 func (a *aggregate) add(st *reslimit.AccountStats) {
 	a.n++
 	for i, u := range usageResources {
-		a.usage[i] = saturatingAdd(a.usage[i], st.Used(u.res))
+		a.usage[i] = saturatingAdd(a.usage[i], u.used(st))
 	}
 	for i, m := range byResource {
 		counts := m.read(st)
