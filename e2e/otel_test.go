@@ -110,7 +110,7 @@ func TestOTelReportsTheBill(t *testing.T) {
 		if g.granted != want[tenant] {
 			t.Errorf("tenant %s: reslimitotel on r1 reports %v, the load was granted %v", tenant, g.granted, want[tenant])
 		}
-		if w := refusedR1[tenant]; !equalCounts(g.refusals, w) {
+		if w := refusedR1[tenant]; !sameRefusals(g.refusals, w) {
 			t.Errorf("tenant %s: reslimitotel on r1 reports refusals %v, r1 answered %v", tenant, g.refusals, w)
 		}
 	}
@@ -175,7 +175,7 @@ func otelLoad(t *testing.T, f *fleet) (map[string]granted, map[string]map[string
 	return want, refused
 }
 
-func equalCounts(a, b map[string]int64) bool {
+func sameRefusals(a, b map[string]int64) bool {
 	if len(a) != len(b) {
 		return false
 	}
