@@ -4,7 +4,9 @@
 // redis-server (contrib/redisstore), with billing periods closing on a
 // schedule, tools wrapped with reslimit.Limit that nest, run a child
 // process (reslimitexec), a Starlark script (contrib/starlark) and a
-// WebAssembly guest (contrib/wazero), and tenants with quotas and rates.
+// WebAssembly guest (contrib/wazero), and tenants with quotas and rates;
+// gRPC (contrib/grpc) and OpenTelemetry metrics (contrib/otel) on the same
+// fleet.
 //
 // The tests assert that the bill is exact: per tenant and per period, the
 // sum of the replicas' invoice lines equals the store's totals, which equal
