@@ -45,8 +45,10 @@ package reslimit
 //	Account.mu → Tracker.cpuMu.
 //
 // Leaves taken alone: slots.mu (a run's concurrency slots and their
-// queue), pins.mu (the measured-thread cap), the Monitor's locks. The hot
-// paths (take, the guards' fast paths, TrackOperation) take no lock.
+// queue), pins.mu (the measured-thread cap), stopSet.mu (the stops a tree
+// of nested runs counted, taken under Tracker.mu), the Monitor's locks.
+// The hot paths (take, the guards' fast paths, TrackOperation) take no
+// lock.
 
 import (
 	"errors"
@@ -190,6 +192,9 @@ type Account struct {
 	_    [cacheLine - 8]byte
 	// refused counts tenant-level refusals per resource; Reset keeps them.
 	refused [numResources]atomic.Int64
+	// stops counts the runs stopped by their own limits, per resource
+	// (see stops.go); Reset keeps them.
+	stops [numResources]atomic.Int64
 
 	mu        sync.Mutex
 	live      map[*Tracker]struct{}
@@ -272,6 +277,17 @@ type AccountStats struct {
 	// Refusals counts the requests refused by the account's limits, per
 	// resource (only resources with refusals). Reset does not clear it.
 	Refusals map[Resource]int64
+	// RunStops counts the account's runs that were stopped by one of
+	// their own per-run Limits (memory, cpu_time, timeout, file_size,
+	// operations, a child process's processes, ...), per resource (only
+	// resources with stops): the runs that ended with a *LimitError
+	// without a Tenant, each counted once, on the account it is billed to,
+	// also when a run nested in another passes its stop on (see
+	// Tracker.EndWithError). Refusals counts the account's own limits;
+	// RunStops, the runs'. It is cumulative over the account's life in
+	// this process: neither Reset nor a period close clears it, and with
+	// a Store it counts this replica's runs only.
+	RunStops map[Resource]int64
 	// Fleet describes the account's store-backed state, or is nil when
 	// the ledger has no Store. With a Store, the cumulative totals above
 	// (and LimitStatus, Exhausted) are fleet-wide: what the store has
@@ -818,11 +834,20 @@ func (a *Account) end(t *Tracker, cpu time.Duration, runErr error) Usage {
 }
 
 // Stats returns a snapshot of the account: totals of its finished and live
-// runs, what is held now, and the status of every limit.
+// runs, what is held now, the status of every limit, its refusals and run
+// stops.
 func (a *Account) Stats() AccountStats {
 	if a == nil {
 		return AccountStats{}
 	}
+	s := a.stats()
+	s.Refusals = counts(&a.refused)
+	s.RunStops = counts(&a.stops)
+	return s
+}
+
+// stats is Stats but for the counters that need no lock.
+func (a *Account) stats() AccountStats {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	s := AccountStats{
@@ -853,14 +878,6 @@ func (a *Account) Stats() AccountStats {
 		}
 	}
 	s.Fleet = a.quotaOf().statsLocked(a)
-	for r := range a.refused {
-		if n := a.refused[r].Load(); n > 0 {
-			if s.Refusals == nil {
-				s.Refusals = make(map[Resource]int64)
-			}
-			s.Refusals[Resource(r)] = n
-		}
-	}
 	return s
 }
 

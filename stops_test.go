@@ -1,0 +1,130 @@
+package reslimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// A run that ends with a *LimitError of its own limits is a run stop of
+// its account, by resource, whichever way it ends; a run that survived a
+// refusal, a tenant's refusal and a run that failed otherwise are not.
+func TestRunStopsCountedPerResource(t *testing.T) {
+	a := newAcct(t, AccountLimits{MaxEvaluations: 6})
+	ctx := ContextWithAccount(context.Background(), a)
+
+	// Begin, a refused charge, EndWithError with it.
+	tr, err := a.Begin(Limits{MaxOperations: 5})
+	require.NoError(t, err)
+	err = tr.TrackOperations(6)
+	require.ErrorIs(t, err, ErrLimitExceeded)
+	tr.EndWithError(err)
+
+	// A run that handles its refusal and succeeds was not stopped.
+	tr, err = a.Begin(Limits{MaxMemoryBytes: 10})
+	require.NoError(t, err)
+	require.Error(t, tr.TrackMemory(11))
+	tr.End()
+
+	// Run: its timeout stops it, whatever fn returns.
+	_, err = Run(ctx, Limits{Timeout: time.Millisecond}, func(ctx context.Context) error {
+		<-ctx.Done()
+		return errors.New("gave up")
+	})
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+
+	// A file too big, returned wrapped.
+	_, err = Run(ctx, Limits{MaxFileSize: 10}, func(ctx context.Context) error {
+		if err := FromContext(ctx).CheckFileSize(11); err != nil {
+			return fmt.Errorf("writing the report: %w", err)
+		}
+		return nil
+	})
+	require.ErrorIs(t, err, ErrLimitExceeded)
+
+	// Another error is not a stop.
+	_, err = Run(ctx, Limits{}, func(ctx context.Context) error { return errors.New("bad input") })
+	require.Error(t, err)
+
+	// A refusal by the tenant is one of its Refusals, not a run stop.
+	_, err = Run(ctx, Limits{}, func(ctx context.Context) error { return nil })
+	require.NoError(t, err)
+	_, err = Run(ctx, Limits{}, func(ctx context.Context) error { return nil })
+	require.ErrorIs(t, err, ErrLimitExceeded)
+
+	st := a.Stats()
+	assert.Equal(t, map[Resource]int64{Operations: 1, Timeout: 1, FileSize: 1}, st.RunStops)
+	assert.Equal(t, map[Resource]int64{Evaluations: 1}, st.Refusals)
+	assert.Nil(t, newAcct(t, AccountLimits{}).Stats().RunStops, "nil when no run was stopped")
+}
+
+// A stop that a nested run (a tool) passes on to the run it is nested in
+// (the request that returns the tool's error) is one run stop, billed to
+// the request's account; so is a request's stop that halts its live
+// tools.
+func TestRunStopsNestedCountOnce(t *testing.T) {
+	a := newAcct(t, AccountLimits{})
+	tool := Limit(func(ctx context.Context, n int64) (int64, error) {
+		return n, FromContext(ctx).TrackOperations(n)
+	}, Limits{MaxOperations: 10})
+	request := func(fn func(ctx context.Context) error) error {
+		_, err := Run(context.Background(), Limits{}, fn, WithAccount(a))
+		return err
+	}
+
+	err := request(func(ctx context.Context) error {
+		_, err := tool(ctx, 11)
+		return fmt.Errorf("the tool failed: %w", err)
+	})
+	require.ErrorIs(t, err, ErrLimitExceeded)
+	assert.Equal(t, map[Resource]int64{Operations: 1}, a.Stats().RunStops, "the tool's stop, passed on, is one")
+
+	// Two stopped tools, the request returning the first one's error.
+	err = request(func(ctx context.Context) error {
+		_, first := tool(ctx, 11)
+		_, second := tool(ctx, 12)
+		require.Error(t, second)
+		return first
+	})
+	require.ErrorIs(t, err, ErrLimitExceeded)
+	assert.Equal(t, map[Resource]int64{Operations: 3}, a.Stats().RunStops)
+
+	// The request's timeout halts its two live tools: one stop.
+	waiter := Limit(func(ctx context.Context, _ struct{}) (struct{}, error) {
+		<-ctx.Done()
+		return struct{}{}, context.Cause(ctx)
+	}, Limits{})
+	_, err = Run(context.Background(), Limits{Timeout: 5 * time.Millisecond}, func(ctx context.Context) error {
+		tr := FromContext(ctx)
+		for range 2 {
+			tr.Go(func() { _, _ = waiter(ctx, struct{}{}) })
+		}
+		<-ctx.Done()
+		return context.Cause(ctx)
+	}, WithAccount(a))
+	var le *LimitError
+	require.ErrorAs(t, err, &le)
+	assert.Equal(t, Timeout, le.Resource)
+	assert.Equal(t, map[Resource]int64{Operations: 3, Timeout: 1}, a.Stats().RunStops)
+}
+
+// Run stops are never cleared: not by a period close, unlike the period's
+// totals.
+func TestRunStopsSurviveAPeriodClose(t *testing.T) {
+	l := mustLedger(t, AccountLimits{})
+	a := l.Account("acme")
+	tr, err := a.Begin(Limits{MaxOperations: 1})
+	require.NoError(t, err)
+	tr.EndWithError(tr.TrackOperations(2))
+	l.ClosePeriod()
+	a.Reset()
+	st := a.Stats()
+	assert.Equal(t, uint64(3), st.Period)
+	assert.Zero(t, st.Evaluations)
+	assert.Equal(t, map[Resource]int64{Operations: 1}, st.RunStops)
+}
