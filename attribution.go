@@ -1005,9 +1005,12 @@ func (a *Account) resyncLocked(i int) {
 	a.reserved[i] = sum
 }
 
-// AppendReadings implements Source with the account's usage, limits and
-// tenant-level refusals for every resource an account can limit, and the
-// refusals of its rates (with Used and Limit 0).
+// AppendReadings implements Source with the account's usage, limits,
+// tenant-level refusals and run stops (Reading.RunStops) for every
+// resource an account can limit; the refusals of its rates (with Used and
+// Limit 0); and a reading of each other resource that stopped runs of the
+// account (a per-run limit such as timeout or file_size: its run stops
+// alone, with Used and Limit 0).
 func (a *Account) AppendReadings(dst []Reading) []Reading {
 	if a == nil {
 		return dst
@@ -1015,7 +1018,7 @@ func (a *Account) AppendReadings(dst []Reading) []Reading {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, r := range accountResources {
-		rd := Reading{Resource: r, Used: a.usageLocked(r), Limit: a.limits[r].Load(), Refusals: a.refused[r].Load()}
+		rd := Reading{Resource: r, Used: a.usageLocked(r), Limit: a.limits[r].Load(), Refusals: a.refused[r].Load(), RunStops: a.stops[r].Load()}
 		if cumulative(r) {
 			rd.StoreLost = a.quotaOf().lostLocked(r)
 		}
@@ -1027,6 +1030,11 @@ func (a *Account) AppendReadings(dst []Reading) []Reading {
 		n := a.refused[r].Load()
 		if n > 0 || (r == EvaluationRate && a.rates.evals != nil) || (r == OperationRate && a.rates.ops != nil) {
 			dst = append(dst, Reading{Resource: r, Refusals: n})
+		}
+	}
+	for r := Memory; int(r) < numResources; r++ {
+		if n := a.stops[r].Load(); n > 0 && !r.Rate() && !isAccountResource(r) {
+			dst = append(dst, Reading{Resource: r, RunStops: n})
 		}
 	}
 	return dst

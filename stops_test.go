@@ -128,3 +128,46 @@ func TestRunStopsSurviveAPeriodClose(t *testing.T) {
 	assert.Zero(t, st.Evaluations)
 	assert.Equal(t, map[Resource]int64{Operations: 1}, st.RunStops)
 }
+
+// A Monitor sends RunStopped for an account's run stops, once per streak
+// of polls that find new ones, with their count; a resource only runs
+// limit (timeout) is read only once it stopped a run.
+func TestMonitorRunStopped(t *testing.T) {
+	a := newAcct(t, AccountLimits{MaxTotalOperations: 100})
+	m := newTestMonitor(t, MonitorConfig{})
+	for _, r := range a.AppendReadings(nil) {
+		assert.NotEqual(t, Timeout, r.Resource, "no reading of timeout before a stop")
+	}
+	require.NoError(t, m.Register("tenant/acme", a))
+	stop := func() { // 2 operations, then stopped
+		tr, err := a.Begin(Limits{MaxOperations: 2})
+		require.NoError(t, err)
+		require.NoError(t, tr.TrackOperations(2))
+		tr.EndWithError(tr.TrackOperation())
+	}
+	stop()
+	stop()
+	m.Poll()
+	evs := drain(t, m)
+	require.Len(t, evs, 1)
+	assert.Equal(t, Event{Time: evs[0].Time, Component: "tenant/acme", Resource: Operations, Kind: RunStopped,
+		Used: 4, Limit: 100, Ratio: 0.04, RunStops: 2}, evs[0])
+
+	stop()
+	assert.Empty(t, pollKinds(t, m), "the streak goes on: no new event")
+	assert.Empty(t, pollKinds(t, m), "a quiet poll ends it")
+
+	_, err := Run(context.Background(), Limits{Timeout: time.Millisecond}, func(ctx context.Context) error {
+		<-ctx.Done()
+		return nil
+	}, WithAccount(a))
+	require.Error(t, err)
+	stop()
+	m.Poll()
+	evs = drain(t, m)
+	require.Len(t, evs, 2)
+	assert.Equal(t, []string{"tenant/acme/operations/run_stopped", "tenant/acme/timeout/run_stopped"}, kinds(evs))
+	assert.Equal(t, int64(1), evs[0].RunStops)
+	assert.Equal(t, Event{Time: evs[1].Time, Component: "tenant/acme", Resource: Timeout, Kind: RunStopped, RunStops: 1}, evs[1])
+	assert.Equal(t, map[Resource]int64{Operations: 4, Timeout: 1}, a.Stats().RunStops)
+}
