@@ -216,6 +216,9 @@ type Account struct {
 	// The open billing period (see Reset): its number and start.
 	periodNo    uint64
 	periodStart time.Time
+	// schedule is the ledger's period schedule (WithPeriod,
+	// WithPeriodSchedule), or nil; set before the account is shared.
+	schedule func(time.Time) time.Time
 }
 
 // HistoryEntry records one finished run of an Account.
@@ -266,6 +269,11 @@ type AccountStats struct {
 	// of the open billing period, which Reset closes.
 	Period      uint64
 	PeriodStart time.Time
+	// PeriodEnd is when the open period is scheduled to close: for an
+	// account of a Ledger with WithPeriod or WithPeriodSchedule, the
+	// schedule's next close after PeriodStart; zero otherwise (periods
+	// then close only with Reset or Ledger.ClosePeriod).
+	PeriodEnd time.Time
 	// Running is the number of runs in progress now.
 	Running int64
 	// Largest is the heaviest single finished run.
@@ -835,18 +843,24 @@ func (a *Account) end(t *Tracker, cpu time.Duration, runErr error) Usage {
 
 // Stats returns a snapshot of the account: totals of its finished and live
 // runs, what is held now, the status of every limit, its refusals and run
-// stops.
+// stops, and its billing period.
 func (a *Account) Stats() AccountStats {
 	if a == nil {
 		return AccountStats{}
 	}
 	s := a.stats()
+	if a.schedule != nil {
+		// The schedule is the caller's function: called without a.mu.
+		if end := a.schedule(s.PeriodStart); end.After(s.PeriodStart) {
+			s.PeriodEnd = end
+		}
+	}
 	s.Refusals = counts(&a.refused)
 	s.RunStops = counts(&a.stops)
 	return s
 }
 
-// stats is Stats but for the counters that need no lock.
+// stats is Stats but for the counters that need no lock and PeriodEnd.
 func (a *Account) stats() AccountStats {
 	a.mu.Lock()
 	defer a.mu.Unlock()

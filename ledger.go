@@ -136,6 +136,7 @@ func (l *Ledger) openLocked(tenant string, limits AccountLimits) (*Account, erro
 		a.quota = newFleetState(l)
 	}
 	a.periodNo = l.periods.open()
+	a.schedule = l.periods.next
 	l.accts[tenant] = a
 	return a, nil
 }

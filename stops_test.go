@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
@@ -127,6 +128,41 @@ func TestRunStopsSurviveAPeriodClose(t *testing.T) {
 	assert.Equal(t, uint64(3), st.Period)
 	assert.Zero(t, st.Evaluations)
 	assert.Equal(t, map[Resource]int64{Operations: 1}, st.RunStops)
+}
+
+// With a schedule, Stats says when the open period closes: the schedule's
+// next close after its start, also after a close by hand; without one,
+// PeriodEnd is zero.
+func TestStatsPeriodEnd(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := mustLedger(t, AccountLimits{}, WithPeriod(time.Hour))
+		start := time.Now()
+		hour := start.Truncate(time.Hour).Add(time.Hour)
+		a := l.Account("acme")
+		st := a.Stats()
+		assert.Equal(t, uint64(1), st.Period)
+		assert.Equal(t, start, st.PeriodStart)
+		assert.Equal(t, hour, st.PeriodEnd)
+
+		time.Sleep(hour.Sub(start) + time.Minute) // the fake clock passes the hour
+		synctest.Wait()
+		st = a.Stats()
+		assert.Equal(t, uint64(2), st.Period)
+		assert.Equal(t, hour, st.PeriodStart)
+		assert.Equal(t, hour.Add(time.Hour), st.PeriodEnd)
+
+		time.Sleep(time.Minute)
+		l.ClosePeriod() // by hand: the schedule's next close stays
+		st = a.Stats()
+		assert.Equal(t, uint64(3), st.Period)
+		assert.Equal(t, hour.Add(2*time.Minute), st.PeriodStart)
+		assert.Equal(t, hour.Add(time.Hour), st.PeriodEnd)
+		require.NoError(t, l.Close(context.Background()))
+	})
+	plain := mustLedger(t, AccountLimits{}).Account("acme").Stats()
+	assert.Equal(t, uint64(1), plain.Period)
+	assert.True(t, plain.PeriodEnd.IsZero(), "no schedule: %v", plain.PeriodEnd)
+	assert.True(t, newAcct(t, AccountLimits{}).Stats().PeriodEnd.IsZero())
 }
 
 // A Monitor sends RunStopped for an account's run stops, once per streak
