@@ -1021,10 +1021,12 @@ func (a *Account) resyncLocked(i int) {
 
 // AppendReadings implements Source with the account's usage, limits,
 // tenant-level refusals and run stops (Reading.RunStops) for every
-// resource an account can limit; the refusals of its rates (with Used and
-// Limit 0); and a reading of each other resource that stopped runs of the
-// account (a per-run limit such as timeout or file_size: its run stops
-// alone, with Used and Limit 0).
+// resource an account can limit; a reading of each rate that is set or
+// refused something, with the burst as Limit and the tokens in use (the
+// burst less what a request could take now) as Used; and a reading of
+// each other resource that stopped runs of the account (a per-run limit
+// such as timeout or file_size: its run stops alone, with Used and Limit
+// 0).
 func (a *Account) AppendReadings(dst []Reading) []Reading {
 	if a == nil {
 		return dst
@@ -1038,13 +1040,28 @@ func (a *Account) AppendReadings(dst []Reading) []Reading {
 		}
 		dst = append(dst, rd)
 	}
-	// A rate has no usage to compare with a limit: its refusals only (a
-	// Monitor sends LimitExceeded for them).
+	var now time.Time
 	for _, r := range [...]Resource{EvaluationRate, OperationRate} {
-		n := a.refused[r].Load()
-		if n > 0 || (r == EvaluationRate && a.rates.evals != nil) || (r == OperationRate && a.rates.ops != nil) {
-			dst = append(dst, Reading{Resource: r, Refusals: n})
+		lim, credit := a.rates.evals, a.rates.evalCredit
+		if r == OperationRate {
+			lim, credit = a.rates.ops, a.rates.opCredit
 		}
+		n := a.refused[r].Load()
+		if n == 0 && lim == nil {
+			continue
+		}
+		rd := Reading{Resource: r, Refusals: n}
+		if lim != nil {
+			if now.IsZero() {
+				now = time.Now()
+			}
+			// Tokens the account took ahead (credit) can still be used:
+			// they are not in use.
+			burst := int64(lim.Burst())
+			left := max(0, min(burst, int64(lim.TokensAt(now))+credit))
+			rd.Limit, rd.Used = burst, burst-left
+		}
+		dst = append(dst, rd)
 	}
 	for r := Memory; int(r) < numResources; r++ {
 		if n := a.stops[r].Load(); n > 0 && !r.Rate() && !isAccountResource(r) {

@@ -207,3 +207,54 @@ func TestMonitorRunStopped(t *testing.T) {
 	assert.Equal(t, Event{Time: evs[1].Time, Component: "tenant/acme", Resource: Timeout, Kind: RunStopped, RunStops: 1}, evs[1])
 	assert.Equal(t, map[Resource]int64{Operations: 4, Timeout: 1}, a.Stats().RunStops)
 }
+
+// An account's rate readings carry the bucket: the burst as Limit, the
+// tokens in use as Used; so the Monitor's rate events do too.
+func TestRateReadingsCarryTheBucket(t *testing.T) {
+	a := newAcct(t, AccountLimits{EvaluationsPerSecond: 0.001, EvaluationBurst: 4})
+	rate := func() Reading {
+		for _, r := range a.AppendReadings(nil) {
+			if r.Resource == EvaluationRate {
+				return r
+			}
+		}
+		t.Fatal("no evaluation_rate reading")
+		return Reading{}
+	}
+	assert.Equal(t, Reading{Resource: EvaluationRate, Limit: 4}, rate())
+	m := newTestMonitor(t, MonitorConfig{WarningThreshold: 0.75})
+	require.NoError(t, m.Register("tenant/acme", a))
+	for range 3 {
+		tr, err := a.Begin(Limits{})
+		require.NoError(t, err)
+		tr.End()
+	}
+	assert.Equal(t, Reading{Resource: EvaluationRate, Used: 3, Limit: 4}, rate())
+	m.Poll()
+	evs := drain(t, m)
+	require.Len(t, evs, 1)
+	assert.Equal(t, Event{Time: evs[0].Time, Component: "tenant/acme", Resource: EvaluationRate, Kind: HighUsage,
+		Used: 3, Limit: 4, Ratio: 0.75}, evs[0])
+
+	tr, err := a.Begin(Limits{})
+	require.NoError(t, err)
+	tr.End()
+	_, err = a.Begin(Limits{})
+	require.ErrorIs(t, err, ErrLimitExceeded)
+	m.Poll()
+	evs = drain(t, m)
+	require.Len(t, evs, 1)
+	assert.Equal(t, Event{Time: evs[0].Time, Component: "tenant/acme", Resource: EvaluationRate, Kind: LimitExceeded,
+		Used: 4, Limit: 4, Ratio: 1, Refusals: 1}, evs[0])
+
+	ops := newAcct(t, AccountLimits{OperationsPerSecond: 0.001, OperationBurst: 100})
+	tr, err = ops.Begin(Limits{})
+	require.NoError(t, err)
+	require.NoError(t, tr.TrackOperations(30))
+	tr.End() // the room it took ahead and did not use comes back
+	for _, r := range ops.AppendReadings(nil) {
+		if r.Resource == OperationRate {
+			assert.Equal(t, Reading{Resource: OperationRate, Used: 30, Limit: 100}, r)
+		}
+	}
+}
