@@ -87,16 +87,19 @@ reslimit_tenant_period_end_seconds{tenant="good"} 1.893456e+09
 	stopRun(t, evil, 1)
 	assert.Equal(t, 3.0, value(t, c, "reslimit_run_stops_total", "evil", "operations"))
 	assert.Equal(t, 1.893456e+09, value(t, c, "reslimit_tenant_period_end_seconds", "evil"))
+}
 
-	// Without a schedule there is no end; over the cap the stops are
-	// summed, with another resource once it stopped a run.
+// Without a schedule there is no period end; over the cap the run stops
+// are summed into the other tenant, with a series for another resource
+// once it stopped a run.
+func TestRunStopsOverTheCapNoPeriodEnd(t *testing.T) {
 	plain := mustLedger(t, reslimit.AccountLimits{})
 	stopRun(t, plain.Account("a"), 1)
 	stopRun(t, plain.Account("b"), 1)
 	tr, err := plain.Account("b").Begin(reslimit.Limits{})
 	require.NoError(t, err)
 	tr.EndWithError(&reslimit.LimitError{Resource: reslimit.Calls, Limit: 10, Used: 10, Requested: 1}) // a guest's own call limit, say
-	c = mustCollector(t, plain, reslimitprom.WithMaxTenants(1))
+	c := mustCollector(t, plain, reslimitprom.WithMaxTenants(1))
 	assert.Equal(t, 0, testutil.CollectAndCount(c, "reslimit_tenant_period_end_seconds"))
 	assert.Equal(t, 1.0, value(t, c, "reslimit_run_stops_total", "a", "operations"))
 	assert.Equal(t, 1.0, value(t, c, "reslimit_run_stops_total", "_other", "operations"))
