@@ -45,8 +45,10 @@ package reslimit
 //	Account.mu → Tracker.cpuMu.
 //
 // Leaves taken alone: slots.mu (a run's concurrency slots and their
-// queue), pins.mu (the measured-thread cap), the Monitor's locks. The hot
-// paths (take, the guards' fast paths, TrackOperation) take no lock.
+// queue), pins.mu (the measured-thread cap), stopSet.mu (the stops a tree
+// of nested runs counted, taken under Tracker.mu), the Monitor's locks.
+// The hot paths (take, the guards' fast paths, TrackOperation) take no
+// lock.
 
 import (
 	"errors"
@@ -191,6 +193,9 @@ type Account struct {
 	_    [cacheLine - 8]byte
 	// refused counts tenant-level refusals per resource; Reset keeps them.
 	refused [numResources]atomic.Int64
+	// stops counts the runs stopped by their own limits, per resource
+	// (see stops.go); Reset keeps them.
+	stops [numResources]atomic.Int64
 
 	mu        sync.Mutex
 	live      map[*Tracker]struct{}
@@ -212,6 +217,9 @@ type Account struct {
 	// The open billing period (see Reset): its number and start.
 	periodNo    uint64
 	periodStart time.Time
+	// schedule is the ledger's period schedule (WithPeriod,
+	// WithPeriodSchedule), or nil; set before the account is shared.
+	schedule func(time.Time) time.Time
 }
 
 // HistoryEntry records one finished run of an Account.
@@ -262,6 +270,11 @@ type AccountStats struct {
 	// of the open billing period, which Reset closes.
 	Period      uint64
 	PeriodStart time.Time
+	// PeriodEnd is when the open period is scheduled to close: for an
+	// account of a Ledger with WithPeriod or WithPeriodSchedule, the
+	// schedule's next close after PeriodStart; zero otherwise (periods
+	// then close only with Reset or Ledger.ClosePeriod).
+	PeriodEnd time.Time
 	// Running is the number of runs in progress now.
 	Running int64
 	// Largest is the heaviest single finished run.
@@ -273,6 +286,17 @@ type AccountStats struct {
 	// Refusals counts the requests refused by the account's limits, per
 	// resource (only resources with refusals). Reset does not clear it.
 	Refusals map[Resource]int64
+	// RunStops counts the account's runs that were stopped by one of
+	// their own per-run Limits (memory, cpu_time, timeout, file_size,
+	// operations, a child process's processes, ...), per resource (only
+	// resources with stops): the runs that ended with a *LimitError
+	// without a Tenant, each counted once, on the account it is billed to,
+	// also when a run nested in another passes its stop on (see
+	// Tracker.EndWithError). Refusals counts the account's own limits;
+	// RunStops, the runs'. It is cumulative over the account's life in
+	// this process: neither Reset nor a period close clears it, and with
+	// a Store it counts this replica's runs only.
+	RunStops map[Resource]int64
 	// Fleet describes the account's store-backed state, or is nil when
 	// the ledger has no Store. With a Store, the cumulative totals above
 	// (and LimitStatus, Exhausted) are fleet-wide: what the store has
@@ -849,11 +873,26 @@ func (a *Account) end(t *Tracker, cpu time.Duration, runErr error) Usage {
 }
 
 // Stats returns a snapshot of the account: totals of its finished and live
-// runs, what is held now, and the status of every limit.
+// runs, what is held now, the status of every limit, its refusals and run
+// stops, and its billing period.
 func (a *Account) Stats() AccountStats {
 	if a == nil {
 		return AccountStats{}
 	}
+	s := a.stats()
+	if a.schedule != nil {
+		// The schedule is the caller's function: called without a.mu.
+		if end := a.schedule(s.PeriodStart); end.After(s.PeriodStart) {
+			s.PeriodEnd = end
+		}
+	}
+	s.Refusals = counts(&a.refused)
+	s.RunStops = counts(&a.stops)
+	return s
+}
+
+// stats is Stats but for the counters that need no lock and PeriodEnd.
+func (a *Account) stats() AccountStats {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	s := AccountStats{
@@ -884,14 +923,6 @@ func (a *Account) Stats() AccountStats {
 		}
 	}
 	s.Fleet = a.quotaOf().statsLocked(a)
-	for r := range a.refused {
-		if n := a.refused[r].Load(); n > 0 {
-			if s.Refusals == nil {
-				s.Refusals = make(map[Resource]int64)
-			}
-			s.Refusals[Resource(r)] = n
-		}
-	}
 	return s
 }
 
@@ -1019,9 +1050,14 @@ func (a *Account) resyncLocked(i int) {
 	a.reserved[i] = sum
 }
 
-// AppendReadings implements Source with the account's usage, limits and
-// tenant-level refusals for every resource an account can limit, and the
-// refusals of its rates (with Used and Limit 0).
+// AppendReadings implements Source with the account's usage, limits,
+// tenant-level refusals and run stops (Reading.RunStops) for every
+// resource an account can limit; a reading of each rate that is set or
+// refused something, with the burst as Limit and the tokens in use (the
+// burst less what a request could take now) as Used; and a reading of
+// each other resource that stopped runs of the account (a per-run limit
+// such as timeout or file_size: its run stops alone, with Used and Limit
+// 0).
 func (a *Account) AppendReadings(dst []Reading) []Reading {
 	if a == nil {
 		return dst
@@ -1029,18 +1065,38 @@ func (a *Account) AppendReadings(dst []Reading) []Reading {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, r := range accountResources {
-		rd := Reading{Resource: r, Used: a.usageLocked(r), Limit: a.limits[r].Load(), Refusals: a.refused[r].Load()}
+		rd := Reading{Resource: r, Used: a.usageLocked(r), Limit: a.limits[r].Load(), Refusals: a.refused[r].Load(), RunStops: a.stops[r].Load()}
 		if cumulative(r) {
 			rd.StoreLost = a.quotaOf().lostLocked(r)
 		}
 		dst = append(dst, rd)
 	}
-	// A rate has no usage to compare with a limit: its refusals only (a
-	// Monitor sends LimitExceeded for them).
+	var now time.Time
 	for _, r := range [...]Resource{EvaluationRate, OperationRate} {
+		lim, credit := a.rates.evals, a.rates.evalCredit
+		if r == OperationRate {
+			lim, credit = a.rates.ops, a.rates.opCredit
+		}
 		n := a.refused[r].Load()
-		if n > 0 || (r == EvaluationRate && a.rates.evals != nil) || (r == OperationRate && a.rates.ops != nil) {
-			dst = append(dst, Reading{Resource: r, Refusals: n})
+		if n == 0 && lim == nil {
+			continue
+		}
+		rd := Reading{Resource: r, Refusals: n}
+		if lim != nil {
+			if now.IsZero() {
+				now = time.Now()
+			}
+			// Tokens the account took ahead (credit) can still be used:
+			// they are not in use.
+			burst := int64(lim.Burst())
+			left := max(0, min(burst, int64(lim.TokensAt(now))+credit))
+			rd.Limit, rd.Used = burst, burst-left
+		}
+		dst = append(dst, rd)
+	}
+	for r := Memory; int(r) < numResources; r++ {
+		if n := a.stops[r].Load(); n > 0 && !r.Rate() && !isAccountResource(r) {
+			dst = append(dst, Reading{Resource: r, RunStops: n})
 		}
 	}
 	return dst

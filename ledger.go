@@ -141,6 +141,7 @@ func (l *Ledger) openLocked(tenant string, limits AccountLimits) (*Account, erro
 		}
 	}
 	a.periodNo = l.periods.open()
+	a.schedule = l.periods.next
 	l.accts[tenant] = a
 	return a, nil
 }

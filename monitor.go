@@ -26,6 +26,10 @@ type Reading struct {
 	// resource the store lost of this replica's reports and was reported
 	// again, cumulatively (0 otherwise). A rise sends StoreReset.
 	StoreLost int64
+	// RunStops is, for an account, how many of its runs were stopped by
+	// their own per-run limit on the resource, cumulatively
+	// (AccountStats.RunStops; 0 for a tracker). A rise sends RunStopped.
+	RunStops int64
 }
 
 // Source is something a Monitor can poll: *Tracker and *Account implement
@@ -81,8 +85,9 @@ type MonitorConfig struct {
 	// events are dropped and counted (MonitorStats.DroppedEvents). Default
 	// 256; negative is invalid.
 	EventBuffer int
-	// Logger, if not nil, logs every event as it is sent: HighUsage at
-	// Warn level, LimitExceeded at Error, Recovered at Info.
+	// Logger, if not nil, logs every event as it is sent: HighUsage and
+	// RunStopped at Warn level, LimitExceeded and StoreReset at Error,
+	// Recovered at Info.
 	Logger *slog.Logger
 	// WatchProcess registers a built-in component named "process"
 	// (ProcessComponent) that reads the Go runtime's memory from
@@ -119,6 +124,11 @@ const (
 	// reported them again; Used is how much was lost since the previous
 	// poll. The account's FleetStats and the ledger's logger say so too.
 	StoreReset
+	// RunStopped: runs of an account were stopped by their own per-run
+	// limit on the resource since the previous poll (AccountStats.RunStops),
+	// with their count in Event.RunStops. Like LimitExceeded, it fires on
+	// the first poll of a streak.
+	RunStopped
 )
 
 var eventKindNames = [...]string{
@@ -126,14 +136,15 @@ var eventKindNames = [...]string{
 	LimitExceeded: "limit_exceeded",
 	Recovered:     "recovered",
 	StoreReset:    "store_reset",
+	RunStopped:    "run_stopped",
 }
 
 // valid reports whether k is one of the defined kinds.
-func (k EventKind) valid() bool { return k >= HighUsage && k <= StoreReset }
+func (k EventKind) valid() bool { return k >= HighUsage && k <= RunStopped }
 
 // String returns the kind's stable snake_case name ("high_usage",
-// "limit_exceeded", "recovered", "store_reset"), or "event_kind(N)" for
-// an invalid value.
+// "limit_exceeded", "recovered", "store_reset", "run_stopped"), or
+// "event_kind(N)" for an invalid value.
 func (k EventKind) String() string {
 	if k.valid() {
 		return eventKindNames[k]
@@ -153,7 +164,7 @@ func (k EventKind) MarshalText() ([]byte, error) {
 // UnmarshalText implements encoding.TextUnmarshaler, accepting the names
 // that String returns.
 func (k *EventKind) UnmarshalText(b []byte) error {
-	for v := HighUsage; v <= StoreReset; v++ {
+	for v := HighUsage; v <= RunStopped; v++ {
 		if eventKindNames[v] == string(b) {
 			*k = v
 			return nil
@@ -185,6 +196,11 @@ type Event struct {
 	// the previous poll (only for LimitExceeded; 0 when the event is a
 	// usage crossing alone).
 	Refusals int64
+	// RunStops is, for RunStopped, the number of runs stopped by their
+	// own limit on the resource since the previous poll (0 otherwise).
+	// Used and Limit are then the account's reading of the resource (0
+	// for a resource only runs limit, such as timeout).
+	RunStops int64
 }
 
 // LogValue implements slog.LogValuer: the event as a group of its fields,
@@ -210,6 +226,9 @@ func (e *Event) appendValueAttrs(attrs []slog.Attr) []slog.Attr {
 	attrs = append(attrs, slog.Float64("ratio", e.Ratio))
 	if e.Refusals > 0 {
 		attrs = append(attrs, slog.Int64("refusals", e.Refusals))
+	}
+	if e.RunStops > 0 {
+		attrs = append(attrs, slog.Int64("run_stops", e.RunStops))
 	}
 	return attrs
 }
@@ -283,6 +302,7 @@ type component struct {
 	removed atomic.Bool
 	state   [numResources]resState
 	lost    [numResources]int64 // the StoreLost last read, per resource
+	stops   [numResources]stopStreak
 
 	warnings atomic.Int64
 	exceeded atomic.Int64
@@ -324,6 +344,9 @@ type registry struct {
 //     refusals, the next refusal fires again. Only a refusal sends
 //     LimitExceeded: a resource used up to its limit without a refusal
 //     (8 of 8 concurrent calls) is HighUsage.
+//   - RunStopped, with Event.RunStops set, likewise once per streak of
+//     polls that find new runs of an account stopped by their own limit on
+//     the resource (Reading.RunStops).
 //
 // Usage events are edge-triggered: each fires once per crossing, not on
 // every poll, and a hysteresis of 5% of the limit keeps a usage hovering at a threshold
@@ -484,6 +507,7 @@ func newComponent(name string, s Source) *component {
 		if r.Resource.valid() {
 			c.state[r.Resource].refusals = r.Refusals
 			c.lost[r.Resource] = r.StoreLost
+			c.stops[r.Resource].n = r.RunStops
 		}
 	}
 	return c
@@ -721,6 +745,9 @@ func (m *Monitor) check(c *component, r *Reading, now time.Time) {
 			m.emit(c, r, LimitExceeded, ratio, refused, now)
 		}
 	}
+	if ss := &c.stops[r.Resource]; r.RunStops != ss.n || ss.streak {
+		m.checkStops(c, r, ratio, now)
+	}
 	if r.StoreLost != 0 && r.StoreLost > c.lost[r.Resource] {
 		lost := *r
 		lost.Used = r.StoreLost - c.lost[r.Resource]
@@ -729,9 +756,36 @@ func (m *Monitor) check(c *component, r *Reading, now time.Time) {
 	}
 }
 
-// emit records and sends one event. Called with pollMu held.
-func (m *Monitor) emit(c *component, r *Reading, kind EventKind, ratio float64, refused int64, now time.Time) {
-	ev := Event{Time: now, Component: c.name, Resource: r.Resource, Kind: kind, Used: r.Used, Limit: r.Limit, Ratio: ratio, Refusals: refused}
+// stopStreak is the edge state of one resource's run stops of one
+// component, as resState's refusals and refusing are for refusals.
+type stopStreak struct {
+	n      int64 // the RunStops last read
+	streak bool  // the previous poll found new stops
+}
+
+// checkStops sends RunStopped, with the count, on the first poll of a
+// streak of polls that find new run stops of r's resource, as check does
+// LimitExceeded for refusals. Called with pollMu held.
+func (m *Monitor) checkStops(c *component, r *Reading, ratio float64, now time.Time) {
+	st := &c.stops[r.Resource]
+	var stopped int64
+	if r.RunStops > st.n {
+		stopped = r.RunStops - st.n
+	}
+	st.n = r.RunStops // a source that reset its count starts a new baseline
+	if stopped > 0 && !st.streak {
+		m.emit(c, r, RunStopped, ratio, stopped, now)
+	}
+	st.streak = stopped > 0
+}
+
+// emit records and sends one event; n is the count of a LimitExceeded
+// (refusals) or RunStopped (runs stopped) event. Called with pollMu held.
+func (m *Monitor) emit(c *component, r *Reading, kind EventKind, ratio float64, n int64, now time.Time) {
+	ev := Event{Time: now, Component: c.name, Resource: r.Resource, Kind: kind, Used: r.Used, Limit: r.Limit, Ratio: ratio, Refusals: n}
+	if kind == RunStopped {
+		ev.Refusals, ev.RunStops = 0, n
+	}
 	switch kind {
 	case HighUsage:
 		m.warnings.Add(1)
@@ -767,7 +821,7 @@ func (m *Monitor) emit(c *component, r *Reading, kind EventKind, ratio float64, 
 func (m *Monitor) log(ev *Event) {
 	level := slog.LevelInfo
 	switch ev.Kind {
-	case HighUsage:
+	case HighUsage, RunStopped:
 		level = slog.LevelWarn
 	case LimitExceeded, StoreReset:
 		level = slog.LevelError

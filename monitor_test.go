@@ -126,7 +126,7 @@ func TestNewMonitorInvalid(t *testing.T) {
 }
 
 func TestEventKindText(t *testing.T) {
-	for k, name := range map[EventKind]string{HighUsage: "high_usage", LimitExceeded: "limit_exceeded", Recovered: "recovered"} {
+	for k, name := range map[EventKind]string{HighUsage: "high_usage", LimitExceeded: "limit_exceeded", Recovered: "recovered", StoreReset: "store_reset", RunStopped: "run_stopped"} {
 		assert.Equal(t, name, k.String())
 		b, err := k.MarshalText()
 		require.NoError(t, err)

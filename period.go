@@ -158,7 +158,9 @@ func WithPeriod(d time.Duration) LedgerOption {
 //
 // A goroutine closes the periods (as ClosePeriod, with End the scheduled
 // time); Ledger.Close stops it. A next that returns a time not after now
-// is retried a second later.
+// is retried a second later. Account.Stats calls next too, with the open
+// period's start, for AccountStats.PeriodEnd: next must be cheap and safe
+// for concurrent use.
 func WithPeriodSchedule(next func(now time.Time) time.Time) LedgerOption {
 	return func(l *Ledger) {
 		if next == nil {

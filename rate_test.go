@@ -210,7 +210,9 @@ func TestOperationRateHammer(t *testing.T) {
 	})
 }
 
-// A Monitor reports a tenant's rate refusals as LimitExceeded.
+// A Monitor reports a tenant's rate refusals as LimitExceeded, with the
+// bucket (burst 1, the token in use) as Limit and Used; the bucket used up
+// is HighUsage first.
 func TestMonitorSeesRateRefusals(t *testing.T) {
 	a := newAcct(t, AccountLimits{EvaluationsPerSecond: 0.001})
 	m, err := NewMonitor(MonitorConfig{EventBuffer: 10})
@@ -224,8 +226,8 @@ func TestMonitorSeesRateRefusals(t *testing.T) {
 	require.ErrorIs(t, err, ErrLimitExceeded)
 	m.Poll()
 	ev := <-m.Events()
-	assert.Equal(t, EvaluationRate, ev.Resource)
-	assert.Equal(t, LimitExceeded, ev.Kind)
-	assert.Equal(t, int64(1), ev.Refusals)
+	assert.Equal(t, Event{Time: ev.Time, Component: "tenant/acme", Resource: EvaluationRate, Kind: HighUsage, Used: 1, Limit: 1, Ratio: 1}, ev)
+	ev = <-m.Events()
+	assert.Equal(t, Event{Time: ev.Time, Component: "tenant/acme", Resource: EvaluationRate, Kind: LimitExceeded, Used: 1, Limit: 1, Ratio: 1, Refusals: 1}, ev)
 	m.Stop()
 }

@@ -133,6 +133,10 @@ type Tracker struct {
 
 	endOnce sync.Once
 	final   Usage
+
+	// stops, on a run nested in no other, is the stops its tree counted
+	// (see noteStop); nil until the first.
+	stops atomic.Pointer[stopSet]
 }
 
 type cpuThread struct {
@@ -1311,7 +1315,11 @@ func (t *Tracker) End() Usage {
 
 // EndWithError is End for a run that failed: err (if not nil) is recorded with
 // the run in its account's history. A run stopped by its own limits records
-// that *LimitError even when err is nil.
+// that *LimitError even when err is nil. A run that ends with a per-run
+// limit's *LimitError (err, or the one that stopped it) counts as a run
+// stop of the account it is billed to (AccountStats.RunStops), once: a
+// run that ends with a stop a run nested in it counted does not count it
+// again.
 func (t *Tracker) EndWithError(err error) Usage {
 	if t == nil {
 		return Usage{}
@@ -1354,6 +1362,7 @@ func (t *Tracker) finish(runErr error) Usage {
 				t.releaseUp(t.giveBack())
 			}
 		}
+		t.noteStop(runErr)
 		t.orphan()
 	})
 	return t.final

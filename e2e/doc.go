@@ -10,7 +10,10 @@
 //
 // The tests assert that the bill is exact: per tenant and per period, the
 // sum of the replicas' invoice lines equals the store's totals, which equal
-// what the load generator was granted. They need a disposable redis-server:
+// what the load generator was granted; and that an operator sees the runs
+// stopped by their own limits and the billing periods, exactly, in
+// AccountStats, Monitor events, Prometheus and the status page's snapshot.
+// They need a disposable redis-server:
 //
 //	redis-server --port 6390 --bind 127.0.0.1 --save '' --daemonize yes
 //	RESLIMIT_REDIS_ADDR=127.0.0.1:6390 go test -race ./...

@@ -5,15 +5,18 @@ go 1.26.8
 replace (
 	github.com/reslimit/reslimit => ../
 	github.com/reslimit/reslimit/contrib/grpc => ../contrib/grpc
+	github.com/reslimit/reslimit/contrib/prometheus => ../contrib/prometheus
 	github.com/reslimit/reslimit/contrib/redisstore => ../contrib/redisstore
 	github.com/reslimit/reslimit/contrib/starlark => ../contrib/starlark
 	github.com/reslimit/reslimit/contrib/wazero => ../contrib/wazero
 )
 
 require (
+	github.com/prometheus/client_golang v1.25.0
 	github.com/redis/go-redis/v9 v9.23.0
 	github.com/reslimit/reslimit v0.0.0-00010101000000-000000000000
 	github.com/reslimit/reslimit/contrib/grpc v0.0.0-00010101000000-000000000000
+	github.com/reslimit/reslimit/contrib/prometheus v0.0.0-00010101000000-000000000000
 	github.com/reslimit/reslimit/contrib/redisstore v0.0.0-00010101000000-000000000000
 	github.com/reslimit/reslimit/contrib/starlark v0.0.0-00010101000000-000000000000
 	github.com/reslimit/reslimit/contrib/wazero v0.0.0-00010101000000-000000000000
@@ -37,7 +40,12 @@ require (
 )
 
 require (
+	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
+	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
+	github.com/prometheus/client_model v0.6.3 // indirect
+	github.com/prometheus/common v0.72.0 // indirect
+	github.com/prometheus/procfs v0.22.0 // indirect
 	github.com/reslimit/reslimit/contrib/otel v0.0.0-00010101000000-000000000000
 	go.uber.org/atomic v1.12.0 // indirect
 	golang.org/x/net v0.60.0 // indirect

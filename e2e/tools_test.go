@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"net/http"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -53,6 +55,12 @@ const (
 	wasmN, wasmMem = 10, 64 << 10
 	// exec: one child, one call.
 	execCalls = 1
+	// stall: a Limit'ed tool that waits until its own Timeout stops it.
+	stallTimeout = 50 * time.Millisecond
+	// bigfile: a Limit'ed tool whose child process writes bigfileWrites
+	// bytes to a file, past the tool's MaxFileSize of bigfileLimit: the
+	// kernel stops the child (SIGXFSZ), a file_size stop of the tool.
+	bigfileLimit, bigfileWrites = 4 << 10, 64 << 10
 )
 
 // wasmCalls is the number of calls fib(n) makes, itself included.
@@ -152,6 +160,8 @@ func newTools(tb testing.TB) *tools {
 		"wasmi":   tl.wasmiTool(tb),
 		"exec":    reslimit.Limit(execTool, toolLimits),
 		"spin":    reslimit.Limit(spinTool, reslimit.Limits{}),
+		"stall":   reslimit.Limit(stallTool, reslimit.Limits{Timeout: stallTimeout}),
+		"bigfile": bigfileTool(tb.TempDir()),
 	}
 	return tl
 }
@@ -316,6 +326,25 @@ func execTool(ctx context.Context, _ struct{}) (granted, error) {
 		return g, fmt.Errorf("the child's run counted %d calls, want %d", g.Calls, execCalls)
 	}
 	return g, err
+}
+
+// stallTool waits for its context: its run's Timeout stops it.
+func stallTool(ctx context.Context, _ struct{}) (granted, error) {
+	<-ctx.Done()
+	return toolUsage(ctx), context.Cause(ctx)
+}
+
+// bigfileTool runs a child (head, replacing a shell) that writes
+// bigfileWrites bytes to a file in dir, under a MaxFileSize of
+// bigfileLimit: reslimitexec returns the FileSize *LimitError.
+func bigfileTool(dir string) tool {
+	var n atomic.Int64
+	return reslimit.Limit(func(ctx context.Context, _ struct{}) (granted, error) {
+		path := filepath.Join(dir, "big"+strconv.FormatInt(n.Add(1), 10))
+		cmd := exec.Command("/bin/sh", "-c", `exec head -c "$1" /dev/zero > "$0"`, path, strconv.Itoa(bigfileWrites))
+		err := reslimitexec.Run(ctx, cmd)
+		return toolUsage(ctx), err
+	}, reslimit.Limits{MaxFileSize: bigfileLimit, Timeout: 20 * time.Second})
 }
 
 // spinTool counts operations until it is refused.

@@ -43,7 +43,12 @@ const MaxSnapshotEvents = 50
 //	    "operations": 950, "function_calls": 3, "cpu_time_seconds": 0.012,
 //	    "limits": [{"resource": "operations", "unit": "count",
 //	                "used": 950, "limit": 1000, "remaining": 50, "ratio": 0.95}],
-//	    "refusals": {"evaluations": 2}
+//	    "refusals": {"evaluations": 2}, "run_stops": {"memory": 1, "timeout": 3},
+//	    "period": 2, "period_start": "2025-01-02T00:00:00Z", "period_end": "2025-01-03T00:00:00Z",
+//	    "previous_period": {"number": 1, "start": "2025-01-01T00:00:00Z", "end": "2025-01-02T00:00:00Z",
+//	                        "evaluations": 40, "operations": 3100, "function_calls": 12,
+//	                        "total_memory_bytes": 65536, "peak_memory_bytes": 4096,
+//	                        "cpu_time_seconds": 0.25, "final": true}
 //	  }],
 //	  "monitor": {
 //	    "statistics": {"components": 3, "total_memory_bytes": 0, "total_operations": 1200,
@@ -51,7 +56,7 @@ const MaxSnapshotEvents = 50
 //	                   "recoveries": 0, "dropped_events": 0, "polls": 40},
 //	    "events": [{"time": "2025-01-02T15:04:05Z", "component": "acme",
 //	                "resource": "operations", "kind": "high_usage", "unit": "count",
-//	                "used": 950, "limit": 1000, "ratio": 0.95, "refusals": 0}]
+//	                "used": 950, "limit": 1000, "ratio": 0.95, "refusals": 0, "run_stops": 0}]
 //	  }
 //	}
 type Snapshot struct {
@@ -66,12 +71,15 @@ type Snapshot struct {
 	Monitor *MonitorSnapshot `json:"monitor"`
 }
 
-// TenantSnapshot is one tenant's account (reslimit.AccountStats).
+// TenantSnapshot is one tenant's account (reslimit.AccountStats). The
+// usage, the evaluations and the limits' Used are the open billing
+// period's: they start over at each close (PreviousPeriod keeps the last
+// one); Refusals and RunStops are never cleared.
 type TenantSnapshot struct {
 	// Name is the tenant's name, as given to the ledger (not escaped: the
 	// page renders it as text).
 	Name string `json:"name"`
-	// Evaluations counts the runs started since the account's last Reset.
+	// Evaluations counts the runs started in the open period.
 	Evaluations int64 `json:"evaluations"`
 	// Running is the number of runs in progress now.
 	Running int64 `json:"running"`
@@ -94,6 +102,39 @@ type TenantSnapshot struct {
 	// Refusals counts the requests refused by the tenant's limits, by
 	// resource name (only resources with refusals; {} when none).
 	Refusals map[string]int64 `json:"refusals"`
+	// RunStops counts the tenant's runs stopped by their own per-run
+	// limits, by resource name (reslimit.AccountStats.RunStops: only
+	// resources with stops; {} when none).
+	RunStops map[string]int64 `json:"run_stops"`
+	// Period is the open billing period's number (1 for the first),
+	// PeriodStart its start, and PeriodEnd its scheduled close (null
+	// unless the ledger closes periods on a schedule: WithPeriod,
+	// WithPeriodSchedule).
+	Period      uint64     `json:"period"`
+	PeriodStart time.Time  `json:"period_start"`
+	PeriodEnd   *time.Time `json:"period_end"`
+	// PreviousPeriod is the tenant's latest closed period that the ledger
+	// keeps (its line in Ledger.Periods), or null.
+	PreviousPeriod *PeriodSnapshot `json:"previous_period"`
+}
+
+// PeriodSnapshot is one closed billing period of a tenant: its invoice
+// line (reslimit.Period). With a fleet Store it is this replica's line.
+type PeriodSnapshot struct {
+	Number uint64    `json:"number"`
+	Start  time.Time `json:"start"`
+	End    time.Time `json:"end"`
+	// Evaluations, Operations, Calls, TotalMemoryBytes and CPUTimeSeconds
+	// are what the period was charged; PeakMemoryBytes is the most held
+	// at once in it.
+	Evaluations      int64   `json:"evaluations"`
+	Operations       int64   `json:"operations"`
+	Calls            int64   `json:"function_calls"`
+	TotalMemoryBytes int64   `json:"total_memory_bytes"`
+	PeakMemoryBytes  int64   `json:"peak_memory_bytes"`
+	CPUTimeSeconds   float64 `json:"cpu_time_seconds"`
+	// Final is false while replicas may still report usage of the period.
+	Final bool `json:"final"`
 }
 
 // LimitSnapshot is one limited resource of a tenant.
@@ -145,7 +186,8 @@ type EventSnapshot struct {
 	Component string `json:"component"`
 	// Resource is the resource's name.
 	Resource string `json:"resource"`
-	// Kind is "high_usage", "limit_exceeded", "recovered" or "store_reset".
+	// Kind is "high_usage", "limit_exceeded", "recovered", "store_reset"
+	// or "run_stopped".
 	Kind string `json:"kind"`
 	// Unit is the unit of Used and Limit: "bytes", "count" or "seconds".
 	Unit string  `json:"unit"`
@@ -157,17 +199,26 @@ type EventSnapshot struct {
 	// Refusals is the number of refusals since the previous poll, for a
 	// limit_exceeded event that reports refusals.
 	Refusals int64 `json:"refusals"`
+	// RunStops is the number of runs stopped since the previous poll, for
+	// a run_stopped event.
+	RunStops int64 `json:"run_stops"`
 }
 
 // TakeSnapshot builds the Snapshot that Handler serves. monitor may be nil.
-// It reads the ledger with Ledger.Snapshot.
+// It reads the ledger with Ledger.Snapshot and Ledger.Periods.
 func TakeSnapshot(ledger *reslimit.Ledger, monitor *reslimit.Monitor) Snapshot {
 	s := Snapshot{Version: SnapshotVersion, Time: time.Now().UTC(), Tenants: []TenantSnapshot{}}
 	if ledger != nil {
 		stats := ledger.Snapshot()
+		previous := map[string]*PeriodSnapshot{}
+		for _, p := range ledger.Periods() { // oldest first: the latest line wins
+			previous[p.Tenant] = periodSnapshot(p)
+		}
 		s.Tenants = make([]TenantSnapshot, 0, len(stats))
 		for name, st := range stats {
-			s.Tenants = append(s.Tenants, tenantSnapshot(name, st))
+			t := tenantSnapshot(name, st)
+			t.PreviousPeriod = previous[name]
+			s.Tenants = append(s.Tenants, t)
 		}
 		sort.Slice(s.Tenants, func(i, j int) bool { return s.Tenants[i].Name < s.Tenants[j].Name })
 	}
@@ -191,6 +242,13 @@ func tenantSnapshot(name string, st reslimit.AccountStats) TenantSnapshot {
 		CPUTimeSeconds:   st.CPUTime.Seconds(),
 		Limits:           []LimitSnapshot{},
 		Refusals:         make(map[string]int64, len(st.Refusals)),
+		RunStops:         make(map[string]int64, len(st.RunStops)),
+		Period:           st.Period,
+		PeriodStart:      st.PeriodStart.UTC(),
+	}
+	if !st.PeriodEnd.IsZero() {
+		end := st.PeriodEnd.UTC()
+		t.PeriodEnd = &end
 	}
 	for _, r := range reslimit.Resources() {
 		ls, ok := st.LimitStatus[r]
@@ -212,7 +270,19 @@ func tenantSnapshot(name string, st reslimit.AccountStats) TenantSnapshot {
 	for r, n := range st.Refusals {
 		t.Refusals[r.String()] = n
 	}
+	for r, n := range st.RunStops {
+		t.RunStops[r.String()] = n
+	}
 	return t
+}
+
+func periodSnapshot(p reslimit.Period) *PeriodSnapshot {
+	return &PeriodSnapshot{
+		Number: p.Number, Start: p.Start.UTC(), End: p.End.UTC(),
+		Evaluations: p.Evaluations, Operations: p.Operations, Calls: p.Calls,
+		TotalMemoryBytes: p.TotalMemory, PeakMemoryBytes: p.PeakMemoryBytes,
+		CPUTimeSeconds: p.CPUTime.Seconds(), Final: p.Final,
+	}
 }
 
 func monitorSnapshot(m *reslimit.Monitor) *MonitorSnapshot {
@@ -244,6 +314,7 @@ func monitorSnapshot(m *reslimit.Monitor) *MonitorSnapshot {
 			Limit:     e.Resource.BaseValue(e.Limit),
 			Ratio:     e.Ratio,
 			Refusals:  e.Refusals,
+			RunStops:  e.RunStops,
 		})
 	}
 	return ms
@@ -279,7 +350,9 @@ var contentSecurityPolicy = func() string {
 //   - ".../" (a path ending in "/", or empty): a self-contained HTML page
 //     (no external script, style or font) showing every tenant with a bar
 //     per limited resource, coloured by how close the usage is to the
-//     limit, the monitor's statistics and latest events. It refreshes
+//     limit, its refusals and run stops, its billing period (number,
+//     start, scheduled close) and previous period's line, the monitor's
+//     statistics and latest events. It refreshes
 //     itself every few seconds from snapshot.json, relative to its own URL.
 //     A path without a trailing slash is redirected to one.
 //   - ".../snapshot.json": the Snapshot, as JSON.

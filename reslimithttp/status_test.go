@@ -237,7 +237,8 @@ func TestSnapshotSchema(t *testing.T) {
 	tenant := raw["tenants"].([]any)[0].(map[string]any)
 	assert.Equal(t, []string{
 		"cpu_time_seconds", "evaluations", "exhausted", "function_calls", "limits", "memory_bytes",
-		"name", "operations", "peak_memory_bytes", "refusals", "running", "total_memory_bytes",
+		"name", "operations", "peak_memory_bytes", "period", "period_end", "period_start",
+		"previous_period", "refusals", "run_stops", "running", "total_memory_bytes",
 	}, keys(tenant))
 	assert.Equal(t, []string{"limit", "ratio", "remaining", "resource", "unit", "used"},
 		keys(tenant["limits"].([]any)[0].(map[string]any)))
@@ -249,8 +250,17 @@ func TestSnapshotSchema(t *testing.T) {
 	}, keys(mon2["statistics"].(map[string]any)))
 	events := mon2["events"].([]any)
 	require.NotEmpty(t, events, "acme is at 90%% of its operations")
-	assert.Equal(t, []string{"component", "kind", "limit", "ratio", "refusals", "resource", "time", "unit", "used"},
+	assert.Equal(t, []string{"component", "kind", "limit", "ratio", "refusals", "resource", "run_stops", "time", "unit", "used"},
 		keys(events[0].(map[string]any)))
+
+	ledger.ClosePeriod()
+	rec = get(t, reslimithttp.Handler(ledger, mon), "/snapshot.json")
+	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &raw))
+	tenant = raw["tenants"].([]any)[0].(map[string]any)
+	assert.Equal(t, []string{
+		"cpu_time_seconds", "end", "evaluations", "final", "function_calls", "number", "operations",
+		"peak_memory_bytes", "start", "total_memory_bytes",
+	}, keys(tenant["previous_period"].(map[string]any)))
 }
 
 func keys(m map[string]any) []string {

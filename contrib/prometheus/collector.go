@@ -13,19 +13,40 @@
 // reslimit.Resource name: memory, total_memory, cpu_time, operations,
 // function_calls, evaluations, concurrent_operations):
 //
-//	reslimit_tenant_usage{tenant,resource}           gauge   what the tenant used (since its last Reset)
+//	reslimit_tenant_usage{tenant,resource}           gauge   what the tenant used in its open billing period
 //	reslimit_tenant_limit{tenant,resource}           gauge   the account's limit, only for limited resources
 //	reslimit_tenant_remaining{tenant,resource}       gauge   max(0, limit-usage), only for limited resources
 //	reslimit_tenant_refusals_total{tenant,resource}  counter requests refused by the tenant's limits
-//	reslimit_tenant_evaluations_total{tenant}        counter runs started (since the tenant's last Reset)
+//	reslimit_run_stops_total{tenant,resource}        counter runs of the tenant stopped by their own per-run limits
+//	reslimit_tenant_evaluations_total{tenant}        counter runs started in the open billing period
 //	reslimit_tenant_running{tenant}                  gauge   runs in progress now
 //	reslimit_tenant_exhausted{tenant}                gauge   1 when a cumulative limit has no room left
+//	reslimit_tenant_period{tenant}                   gauge   the open billing period's number (1 for the first)
+//	reslimit_tenant_period_start_seconds{tenant}     gauge   its start, in Unix seconds
+//	reslimit_tenant_period_end_seconds{tenant}       gauge   its scheduled close, in Unix seconds (only with a schedule)
 //
 // Values are in base units: bytes for memory and total_memory, seconds for
 // cpu_time, plain counts otherwise. Usage of memory and
-// concurrent_operations is what is held now; the others are cumulative and
-// fall back to 0 when the account is Reset (which Prometheus reads as a
-// counter reset).
+// concurrent_operations is what is held now.
+//
+// # Period closes
+//
+// Which series restart at 0 when a billing period closes (Account.Reset,
+// Ledger.ClosePeriod, the ledger's schedule), and which do not:
+//
+//   - restart: reslimit_tenant_usage (but memory and
+//     concurrent_operations, held now), reslimit_tenant_remaining and
+//     reslimit_tenant_evaluations_total; Prometheus reads the drop of a
+//     counter as a counter reset, and reslimit_tenant_period moving on
+//     tells a close from a restart of the process;
+//   - never restart (cumulative over the account's life in this process):
+//     reslimit_tenant_refusals_total and reslimit_run_stops_total.
+//
+// reslimit_run_stops_total counts the runs stopped by one of their own
+// limits (reslimit.AccountStats.RunStops), as opposed to the tenant's
+// refusals: it has a series for memory, cpu_time, file_size, operations,
+// concurrent_operations, timeout and processes from the start (0 until a
+// stop), and one for any other resource once it stopped a run.
 //
 // Ledger-wide:
 //
@@ -75,6 +96,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 	"unicode/utf8"
 
 	prom "github.com/prometheus/client_golang/prometheus"
@@ -203,7 +225,7 @@ var (
 	tenantOne = []string{"tenant"}
 
 	descUsage = prom.NewDesc("reslimit_tenant_usage",
-		"What the tenant used, by resource, in base units (bytes, seconds for cpu_time, counts); memory and concurrent_operations are held now, the rest cumulative since the account's last reset.",
+		"What the tenant used, by resource, in base units (bytes, seconds for cpu_time, counts); memory and concurrent_operations are held now, the rest cumulative in the open billing period: they restart at 0 at each close.",
 		tenantRes, nil)
 	descLimit = prom.NewDesc("reslimit_tenant_limit",
 		"The tenant's account limit, by limited resource, in base units (bytes, seconds for cpu_time, counts).",
@@ -212,10 +234,22 @@ var (
 		"What the tenant may still use before its limit, by limited resource, in base units (bytes, seconds for cpu_time, counts).",
 		tenantRes, nil)
 	descRefusals = prom.NewDesc("reslimit_tenant_refusals_total",
-		"Requests refused by the tenant's account limits, by resource.",
+		"Requests refused by the tenant's account limits, by resource; never restarts at a period close.",
+		tenantRes, nil)
+	descRunStops = prom.NewDesc("reslimit_run_stops_total",
+		"Runs of the tenant stopped by their own per-run limits (not the tenant's), by the resource that stopped them; never restarts at a period close.",
 		tenantRes, nil)
 	descEvaluations = prom.NewDesc("reslimit_tenant_evaluations_total",
-		"Runs started on the tenant's account since its last reset.",
+		"Runs started on the tenant's account in the open billing period; restarts at 0 at each close.",
+		tenantOne, nil)
+	descPeriod = prom.NewDesc("reslimit_tenant_period",
+		"The number of the tenant's open billing period (1 for the first); it moves on at each close.",
+		tenantOne, nil)
+	descPeriodStart = prom.NewDesc("reslimit_tenant_period_start_seconds",
+		"When the tenant's open billing period started, in Unix seconds.",
+		tenantOne, nil)
+	descPeriodEnd = prom.NewDesc("reslimit_tenant_period_end_seconds",
+		"When the tenant's open billing period is scheduled to close, in Unix seconds (only when the ledger closes periods on a schedule).",
 		tenantOne, nil)
 	descRunning = prom.NewDesc("reslimit_tenant_running",
 		"Runs of the tenant in progress now.",
@@ -251,7 +285,8 @@ func (c *collector) setErr(err error) {
 
 // Describe implements prometheus.Collector.
 func (c *collector) Describe(ch chan<- *prom.Desc) {
-	for _, d := range []*prom.Desc{descUsage, descLimit, descRemaining, descRefusals, descEvaluations, descRunning, descExhausted, descTenants, descOverflow} {
+	for _, d := range []*prom.Desc{descUsage, descLimit, descRemaining, descRefusals, descRunStops, descEvaluations, descRunning, descExhausted,
+		descPeriod, descPeriodStart, descPeriodEnd, descTenants, descOverflow} {
 		ch <- d
 	}
 	if c.monitor != nil {
@@ -267,12 +302,31 @@ var accountResources = []reslimit.Resource{
 	reslimit.Calls, reslimit.Evaluations, reslimit.Concurrency,
 }
 
+// stopResources are the resources reslimit_run_stops_total has a series
+// for from the start: those of per-run limits (reslimit.Limits, and
+// reslimitexec's processes).
+var stopResources = map[reslimit.Resource]bool{
+	reslimit.Memory: true, reslimit.CPUTime: true, reslimit.FileSize: true, reslimit.Operations: true,
+	reslimit.Concurrency: true, reslimit.Timeout: true, reslimit.Processes: true,
+}
+
+// emitRunStops sends the run stops of a tenant (label name): a series for
+// each of stopResources and each other resource that stopped runs.
+func emitRunStops(ch chan<- prom.Metric, name string, stops map[reslimit.Resource]int64) {
+	for _, r := range reslimit.Resources() {
+		if n := stops[r]; n > 0 || stopResources[r] {
+			ch <- prom.MustNewConstMetric(descRunStops, prom.CounterValue, float64(n), name, r.String())
+		}
+	}
+}
+
 // aggregate sums the stats of the tenants that are not exported on their
 // own.
 type aggregate struct {
 	n           int
 	usage       map[reslimit.Resource]int64
 	refusals    map[reslimit.Resource]int64
+	stops       map[reslimit.Resource]int64
 	evaluations int64
 	running     int64
 }
@@ -306,7 +360,7 @@ func (c *collector) Collect(ch chan<- prom.Metric) {
 			taken[name] = struct{}{}
 		}
 	}
-	other := aggregate{usage: map[reslimit.Resource]int64{}, refusals: map[reslimit.Resource]int64{}}
+	other := aggregate{usage: map[reslimit.Resource]int64{}, refusals: map[reslimit.Resource]int64{}, stops: map[reslimit.Resource]int64{}}
 	for _, name := range names {
 		st := snap[name]
 		if _, ok := own[name]; ok {
@@ -324,13 +378,7 @@ func (c *collector) Collect(ch chan<- prom.Metric) {
 				continue
 			}
 		}
-		other.n++
-		for _, r := range accountResources {
-			other.usage[r] += st.Used(r)
-			other.refusals[r] += st.Refusals[r]
-		}
-		other.evaluations += st.Evaluations
-		other.running += st.Running
+		other.add(&st)
 	}
 	ch <- prom.MustNewConstMetric(descTenants, prom.GaugeValue, float64(len(names)))
 	ch <- prom.MustNewConstMetric(descOverflow, prom.GaugeValue, float64(other.n))
@@ -340,9 +388,24 @@ func (c *collector) Collect(ch chan<- prom.Metric) {
 			ch <- prom.MustNewConstMetric(descUsage, prom.GaugeValue, r.BaseValue(other.usage[r]), c.other, res)
 			ch <- prom.MustNewConstMetric(descRefusals, prom.CounterValue, float64(other.refusals[r]), c.other, res)
 		}
+		emitRunStops(ch, c.other, other.stops)
 		ch <- prom.MustNewConstMetric(descEvaluations, prom.CounterValue, float64(other.evaluations), c.other)
 		ch <- prom.MustNewConstMetric(descRunning, prom.GaugeValue, float64(other.running), c.other)
 	}
+}
+
+// add adds a tenant's stats to the sums.
+func (a *aggregate) add(st *reslimit.AccountStats) {
+	a.n++
+	for _, r := range accountResources {
+		a.usage[r] += st.Used(r)
+		a.refusals[r] += st.Refusals[r]
+	}
+	for r, n := range st.RunStops {
+		a.stops[r] += n
+	}
+	a.evaluations += st.Evaluations
+	a.running += st.Running
 }
 
 // choose returns the tenants (of the sorted names) that get series of their
@@ -392,6 +455,7 @@ func emitTenant(ch chan<- prom.Metric, name string, st *reslimit.AccountStats) {
 		}
 		ch <- prom.MustNewConstMetric(descRefusals, prom.CounterValue, float64(st.Refusals[r]), name, res)
 	}
+	emitRunStops(ch, name, st.RunStops)
 	ch <- prom.MustNewConstMetric(descEvaluations, prom.CounterValue, float64(st.Evaluations), name)
 	ch <- prom.MustNewConstMetric(descRunning, prom.GaugeValue, float64(st.Running), name)
 	exhausted := 0.0
@@ -399,7 +463,15 @@ func emitTenant(ch chan<- prom.Metric, name string, st *reslimit.AccountStats) {
 		exhausted = 1
 	}
 	ch <- prom.MustNewConstMetric(descExhausted, prom.GaugeValue, exhausted, name)
+	ch <- prom.MustNewConstMetric(descPeriod, prom.GaugeValue, float64(st.Period), name)
+	ch <- prom.MustNewConstMetric(descPeriodStart, prom.GaugeValue, unixSeconds(st.PeriodStart), name)
+	if !st.PeriodEnd.IsZero() {
+		ch <- prom.MustNewConstMetric(descPeriodEnd, prom.GaugeValue, unixSeconds(st.PeriodEnd), name)
+	}
 }
+
+// unixSeconds is t in Unix seconds, with a fraction.
+func unixSeconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
 
 func (c *collector) collectMonitor(ch chan<- prom.Metric) {
 	if c.monitor == nil {

@@ -46,7 +46,7 @@ func twoTenants(t *testing.T) *reslimit.Ledger {
 func TestCollectAndCompare(t *testing.T) {
 	c := mustCollector(t, twoTenants(t))
 	expected := `
-# HELP reslimit_tenant_usage What the tenant used, by resource, in base units (bytes, seconds for cpu_time, counts); memory and concurrent_operations are held now, the rest cumulative since the account's last reset.
+# HELP reslimit_tenant_usage What the tenant used, by resource, in base units (bytes, seconds for cpu_time, counts); memory and concurrent_operations are held now, the rest cumulative in the open billing period: they restart at 0 at each close.
 # TYPE reslimit_tenant_usage gauge
 reslimit_tenant_usage{resource="concurrent_operations",tenant="acme"} 0
 reslimit_tenant_usage{resource="cpu_time",tenant="acme"} 0.5
@@ -72,7 +72,7 @@ reslimit_tenant_limit{resource="evaluations",tenant="beta"} 1
 reslimit_tenant_remaining{resource="cpu_time",tenant="acme"} 1.5
 reslimit_tenant_remaining{resource="evaluations",tenant="acme"} 9
 reslimit_tenant_remaining{resource="evaluations",tenant="beta"} 0
-# HELP reslimit_tenant_evaluations_total Runs started on the tenant's account since its last reset.
+# HELP reslimit_tenant_evaluations_total Runs started on the tenant's account in the open billing period; restarts at 0 at each close.
 # TYPE reslimit_tenant_evaluations_total counter
 reslimit_tenant_evaluations_total{tenant="acme"} 1
 reslimit_tenant_evaluations_total{tenant="beta"} 1

@@ -57,9 +57,12 @@ func ExampleNewCollector() {
 		}
 	}
 	// Output:
+	// reslimit_run_stops_total
 	// reslimit_tenant_evaluations_total
 	// reslimit_tenant_exhausted
 	// reslimit_tenant_limit
+	// reslimit_tenant_period
+	// reslimit_tenant_period_start_seconds
 	// reslimit_tenant_refusals_total
 	// reslimit_tenant_remaining
 	// reslimit_tenant_running

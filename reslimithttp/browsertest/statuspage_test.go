@@ -64,13 +64,22 @@ func run(t *testing.T, a *reslimit.Account, ops int64, mem int64, cpu time.Durat
 	tr.End()
 }
 
+// periodEnd is when the fixture's ledger's schedule closes its period.
+var periodEnd = time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+
 func newFixture(t *testing.T) *fixture {
-	ledger := mustLedger(t, reslimit.AccountLimits{MaxEvaluations: 10, MaxTotalOperations: 1000})
+	ledger := mustLedger(t, reslimit.AccountLimits{MaxEvaluations: 10, MaxTotalOperations: 1000},
+		reslimit.WithPeriodSchedule(func(time.Time) time.Time { return periodEnd }))
+	t.Cleanup(func() { require.NoError(t, ledger.Close(context.Background())) })
 	mon, err := reslimit.NewMonitor(reslimit.MonitorConfig{})
 	require.NoError(t, err)
 	t.Cleanup(mon.Stop)
 
+	// A first period, closed: the page shows its line.
 	acme := ledger.Account("acme")
+	run(t, acme, 50, 0, 0)
+	ledger.ClosePeriod()
+
 	require.NoError(t, acme.SetLimit(reslimit.CPUTime, int64(2*time.Second)))
 	require.NoError(t, acme.SetLimit(reslimit.TotalMemory, 4<<20))
 	beta := ledger.Account("beta")
@@ -86,6 +95,9 @@ func newFixture(t *testing.T) *fixture {
 		run(t, acme, 300, 1<<20, 400*time.Millisecond) // 900/1000 ops, 3/4 MiB, 1.2/2 s
 	}
 	run(t, beta, 100, 0, 0)
+	stopped, err := beta.Begin(reslimit.Limits{MaxOperations: 5})
+	require.NoError(t, err)
+	stopped.EndWithError(stopped.TrackOperations(6)) // stopped by its own limit
 	run(t, evil, 10, 0, 0)
 	run(t, evil, 10, 0, 0)
 	_, err = evil.Begin(reslimit.Limits{})
@@ -109,6 +121,12 @@ type rowInfo struct {
 	Evaluations string    `json:"evaluations"`
 	Exhausted   bool      `json:"exhausted"`
 	Bars        []barInfo `json:"bars"`
+	Stops       string    `json:"stops"`
+	Period      string    `json:"period"`
+	PeriodEnd   string    `json:"periodEnd"`
+	PeriodText  string    `json:"periodText"`
+	Previous    string    `json:"previous"`
+	PrevNumber  string    `json:"prevNumber"`
 }
 
 type pageInfo struct {
@@ -130,6 +148,12 @@ const readPage = `(() => {
       resource: b.dataset.resource, used: b.dataset.used, limit: b.dataset.limit,
       level: b.dataset.level, text: text(b, ".value"), width: b.querySelector(".fill").style.width,
     })),
+    stops: text(tr, ".stops"),
+    period: tr.querySelector("td.period").dataset.period,
+    periodEnd: tr.querySelector("td.period").dataset.end || "",
+    periodText: text(tr, "td.period"),
+    previous: text(tr, ".previous"),
+    prevNumber: (tr.querySelector(".previous") || {dataset: {}}).dataset.number || "",
   }));
   const events = [...document.querySelectorAll("#events tr.event")].map(tr => tr.textContent);
   const stats = {};
@@ -294,6 +318,22 @@ func checkTenantRows(t *testing.T, info pageInfo) {
 	assert.Equal(t, "full", evilBars["evaluations"].Level)
 	assert.Equal(t, "100%", evilBars["evaluations"].Width)
 	assert.Equal(t, "2 / 2 (100%)", evilBars["evaluations"].Text)
+
+	// The period: its number, scheduled close, and the previous period's
+	// line (acme's only: the others had none).
+	beta := info.Rows[2]
+	for _, r := range info.Rows {
+		assert.Equal(t, "2", r.Period, r.Name)
+		assert.Equal(t, "2030-01-01T00:00:00Z", r.PeriodEnd, r.Name)
+		assert.Contains(t, r.PeriodText, "#2", r.Name)
+		assert.Contains(t, r.PeriodText, "closes ", r.Name)
+	}
+	assert.Equal(t, "1", acme.PrevNumber)
+	assert.Equal(t, "previous #1: 1 evaluations, 50 operations, 0 s cpu", acme.Previous)
+	assert.Empty(t, beta.PrevNumber)
+	// Runs stopped by their own limits.
+	assert.Equal(t, "runs stopped by their limits — operations: 1", beta.Stops)
+	assert.Empty(t, acme.Stops)
 }
 
 func barsByResource(row rowInfo) map[string]barInfo {
@@ -310,13 +350,17 @@ func checkMonitor(t *testing.T, info pageInfo) {
 	assert.NotEqual(t, "0", info.Stats["warnings"], "%v", info.Stats)
 	assert.NotEqual(t, "0", info.Stats["limits exceeded"], "%v", info.Stats)
 	require.NotEmpty(t, info.Events)
-	var sawEvil bool
+	var sawEvil, sawStop bool
 	for _, e := range info.Events {
 		if strings.Contains(e, evilTenant) && strings.Contains(e, "limit exceeded") {
 			sawEvil = true
 		}
+		if strings.Contains(e, "beta") && strings.Contains(e, "run stopped") && strings.Contains(e, "1 run stopped") {
+			sawStop = true
+		}
 	}
 	assert.True(t, sawEvil, "an event names the evil tenant, as text: %q", info.Events)
+	assert.True(t, sawStop, "beta's run stop is an event: %q", info.Events)
 }
 
 // checkRefresh: the page refreshes by itself, so new usage shows up
@@ -329,7 +373,7 @@ func checkRefresh(t *testing.T, bctx context.Context, f *fixture, before pageInf
 		chromedp.WithPollingTimeout(15*time.Second)))
 	require.NoError(t, err, "the page did not refresh")
 	assert.Equal(t, "500", used)
-	assert.Equal(t, "1", before.Rows[2].Evaluations, "before the refresh")
+	assert.Equal(t, "2", before.Rows[2].Evaluations, "before the refresh")
 }
 
 // saveScreenshot takes a screenshot of the page, into the test's temporary

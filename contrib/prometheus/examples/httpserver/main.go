@@ -15,8 +15,10 @@
 //	key-pro    pro     10,000,000 operations, 2 s of CPU, 8 at once
 //	key-trial  trial   20 requests
 //
-// The quotas reset every -period (default 1m); a refused tenant gets
-// Retry-After until then. Every request may run 500 ms, 200,000
+// The quotas reset every -period (default 1m), counted from the start: the
+// ledger closes every tenant's billing period on that schedule, the status
+// page shows the period and the previous one's line, and a refused tenant
+// gets Retry-After until the next close. Every request may run 500 ms, 200,000
 // operations, hold 8 MiB and send a 64 KiB body.
 //
 // The toy endpoint, GET or POST /api/work?n=OPS[&sleep=DURATION], counts n
@@ -114,8 +116,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	srv := &http.Server{Handler: app.mux, ReadHeaderTimeout: 5 * time.Second}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var wg sync.WaitGroup
-	wg.Go(func() { app.resetLoop(ctx) })
+	defer app.ledger.Close(context.Background()) // stops the schedule
 	if err := app.monitor.Start(ctx); err != nil {
 		return err
 	}
@@ -147,7 +148,6 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if serr := srv.Shutdown(sctx); serr != nil && err == nil {
 		err = serr
 	}
-	wg.Wait()
 	return err
 }
 
@@ -157,19 +157,18 @@ type app struct {
 	ledger  *reslimit.Ledger
 	monitor *reslimit.Monitor
 	mux     *http.ServeMux
-	period  time.Duration
-
-	mu        sync.Mutex
-	nextReset time.Time
 }
 
+// newApp returns the app; its ledger closes the tenants' periods every
+// period from now until it is closed.
 func newApp(period time.Duration) (*app, error) {
-	ledger, err := reslimit.NewLedger(reslimit.AccountLimits{})
+	start := time.Now()
+	next := func(now time.Time) time.Time { return start.Add((now.Sub(start)/period + 1) * period) }
+	ledger, err := reslimit.NewLedger(reslimit.AccountLimits{}, reslimit.WithPeriodSchedule(next))
 	if err != nil {
 		return nil, err
 	}
-	a := &app{ledger: ledger, period: period}
-	a.nextReset = time.Now().Add(period)
+	a := &app{ledger: ledger}
 	mon, err := reslimit.NewMonitor(reslimit.MonitorConfig{CheckInterval: 250 * time.Millisecond})
 	if err != nil {
 		return nil, err
@@ -195,7 +194,7 @@ func newApp(period time.Duration) (*app, error) {
 	reg.MustRegister(collector)
 
 	limited, err := reslimithttp.Middleware(a.ledger, tenantFromKey, requestLimits,
-		reslimithttp.WithResetTime(func(string) time.Time { return a.resetTime() }))
+		reslimithttp.WithResetTime(func(string) time.Time { return next(time.Now()) })) // the ledger's schedule
 	if err != nil {
 		return nil, err
 	}
@@ -226,33 +225,6 @@ func accountLimitValues(l reslimit.AccountLimits) map[reslimit.Resource]int64 {
 		}
 	}
 	return m
-}
-
-func (a *app) resetTime() time.Time {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.nextReset
-}
-
-// resetLoop starts a new quota period for every tenant every a.period.
-func (a *app) resetLoop(ctx context.Context) {
-	t := time.NewTicker(a.period)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			for _, name := range a.ledger.Tenants() {
-				if acct, ok := a.ledger.Lookup(name); ok {
-					acct.Reset()
-				}
-			}
-			a.mu.Lock()
-			a.nextReset = now.Add(a.period)
-			a.mu.Unlock()
-		}
-	}
 }
 
 func tenantFromKey(r *http.Request) (string, error) {
@@ -492,6 +464,8 @@ func printMetrics(ctx context.Context, client *http.Client, base string, out io.
 		switch {
 		case strings.HasPrefix(l, "reslimit_tenant_evaluations_total"),
 			strings.HasPrefix(l, "reslimit_tenant_refusals_total") && !strings.HasSuffix(l, " 0"),
+			strings.HasPrefix(l, "reslimit_run_stops_total") && !strings.HasSuffix(l, " 0"),
+			strings.HasPrefix(l, "reslimit_tenant_period{"),
 			strings.HasPrefix(l, "reslimit_tenant_usage{resource=\"operations\""),
 			strings.HasPrefix(l, "reslimit_monitor_") && strings.Contains(l, "_total"):
 			lines = append(lines, l)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -23,6 +24,8 @@ func TestDemo(t *testing.T) {
 		"429 tenant operations limit 50000", "401 unknown_tenant",
 		`reslimit_tenant_evaluations_total{tenant="free"} 25`,
 		`reslimit_tenant_refusals_total{resource="operations",tenant="free"}`,
+		`reslimit_run_stops_total{resource="operations",tenant="pro"}`, // n=500000: over the request's limit
+		`reslimit_tenant_period{tenant="free"} 1`,
 	} {
 		assert.Contains(t, s, want)
 	}
@@ -32,6 +35,7 @@ func TestRoutes(t *testing.T) {
 	a, err := newApp(time.Minute)
 	require.NoError(t, err)
 	defer a.monitor.Stop()
+	defer a.ledger.Close(context.Background())
 	srv := httptest.NewServer(a.mux)
 	defer srv.Close()
 	get := func(path, key string) (*http.Response, string) {
