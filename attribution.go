@@ -1089,7 +1089,7 @@ func (a *Account) AppendReadings(dst []Reading) []Reading {
 			// Tokens the account took ahead (credit) can still be used:
 			// they are not in use.
 			burst := int64(lim.Burst())
-			left := max(0, min(burst, int64(lim.TokensAt(now))+credit))
+			left := max(0, min(burst, int64(bucketTokens(lim, now))+credit))
 			rd.Limit, rd.Used = burst, burst-left
 		}
 		dst = append(dst, rd)

@@ -209,14 +209,17 @@ func (a *Account) fleetRates() [2]*fleetRate {
 
 // rateRequestLocked sets what ts asks for of the tenant's fleet-wide
 // rates and gives back: a batch sized to this replica's recent traffic
-// (its demand over a sync interval, at least 1, at most the burst, and at
+// (its demand since the last report, over at least a quarter interval,
+// scaled to an interval; at least 1, at most the burst, and at
 // least what a waiting request needs) less the lease it holds, or, after
 // an interval without a request (or at Close), the whole lease back.
 func (f *fleetState) rateRequestLocked(a *Account, ts *store.TenantSync, now time.Time) {
 	interval := f.ledger.fleet.interval
 	elapsed := interval
 	if !f.lastSync.IsZero() {
-		elapsed = max(now.Sub(f.lastSync), time.Millisecond)
+		// (Demand over at least a quarter interval: a few requests in a
+		// millisecond are not a thousand a second.)
+		elapsed = max(now.Sub(f.lastSync), interval/4)
 	}
 	for i, fr := range a.fleetRates() {
 		if fr == nil {

@@ -53,6 +53,16 @@ type accountRates struct {
 	noWait bool
 }
 
+// bucketTokens is what lim holds now for a reading: the tokens of a local
+// bucket, or for a fleet-wide rate the fleet-wide figure (the store's
+// bucket by its last answer, plus this replica's lease).
+func bucketTokens(lim tokenBucket, now time.Time) float64 {
+	if fr, ok := lim.(*fleetRate); ok {
+		return fr.fleetTokens(now)
+	}
+	return lim.TokensAt(now)
+}
+
 // validRate checks a rate field and its burst.
 func validRate(name string, perSec float64, burstName string, burst int) []error {
 	var errs []error

@@ -19,15 +19,16 @@ import (
 //	RateLimit: "evaluations";r=991;t=3600
 //
 // The rate is EvaluationsPerSecond: q is its burst and w the seconds the
-// bucket takes to refill (burst/rate, rounded up). The tokens left in the
-// bucket are not something an Account exposes, so its RateLimit item
-// ("evaluation_rate";r=0;t=2: r tokens left, t seconds until one is back)
-// is sent only with the refusal of the request by that rate, from the
-// refusal's *reslimit.LimitError. The quota is the cumulative limit
-// (evaluations, operations, calls, cpu_time, total_memory) with the least
-// remaining fraction: q its limit and r what remains, in its unit (whole
-// bytes, counts or seconds, rounded down), and t the seconds until it
-// resets when WithResetTime knows it.
+// bucket takes to refill (burst/rate, rounded up). Its RateLimit item
+// says the tokens left (r, from the account's reading of the bucket: with
+// a store, the fleet-wide figure) and t, the seconds until the bucket is
+// full again, or, with the refusal of the request by that rate, until a
+// retry can succeed (its RetryAfter, rounded up). The quota is the
+// cumulative limit (evaluations, operations, calls, cpu_time,
+// total_memory) with the least remaining fraction: q its limit and w the
+// billing period's length in seconds when the ledger has a schedule; r
+// what remains, in its unit (whole bytes, counts or seconds, rounded
+// down), and t the seconds until it resets when WithResetTime knows it.
 
 // Names of the RateLimit header fields.
 const (
@@ -54,14 +55,7 @@ func setRateLimitHeaders(h http.Header, acct *reslimit.Account, reset func(strin
 		}
 		w := int64(max(1, math.Ceil(float64(burst)/l.EvaluationsPerSecond)))
 		policy = append(policy, sfItem(reslimit.EvaluationRate.String(), "q", int64(burst), "w", w))
-		var le *reslimit.LimitError
-		if errors.As(refusal, &le) && le.Resource == reslimit.EvaluationRate {
-			item := sfItem(reslimit.EvaluationRate.String(), "r", max(0, le.Limit-le.Used))
-			if le.RetryAfter > 0 {
-				item += ";t=" + strconv.FormatInt(int64(wholeSeconds(le.RetryAfter)/time.Second), 10)
-			}
-			state = append(state, item)
-		}
+		state = append(state, rateItem(acct, l.EvaluationsPerSecond, refusal))
 	}
 	if hasQuota(l) {
 		st := acct.Stats()
@@ -80,7 +74,11 @@ func setRateLimitHeaders(h http.Header, acct *reslimit.Account, reset func(strin
 		if found {
 			ls := st.LimitStatus[best]
 			name := best.String()
-			policy = append(policy, sfItem(name, "q", baseInt(best, ls.Limit)))
+			pol := sfItem(name, "q", baseInt(best, ls.Limit))
+			if !st.PeriodEnd.IsZero() && st.PeriodEnd.After(st.PeriodStart) {
+				pol += ";w=" + strconv.FormatInt(int64(math.Ceil(st.PeriodEnd.Sub(st.PeriodStart).Seconds())), 10)
+			}
+			policy = append(policy, pol)
 			item := sfItem(name, "r", baseInt(best, ls.Remaining))
 			if reset != nil {
 				if at := reset(acct.Name()); !at.IsZero() && at.After(now) {
@@ -96,6 +94,29 @@ func setRateLimitHeaders(h http.Header, acct *reslimit.Account, reset func(strin
 	if len(state) > 0 {
 		h.Set(headerRateLimit, strings.Join(state, ", "))
 	}
+}
+
+// rateItem is the RateLimit item of the evaluation rate (perSec a
+// second): the tokens left by the account's reading and the seconds until
+// the bucket is full, or with the rate's refusal of the request until a
+// retry can succeed.
+func rateItem(acct *reslimit.Account, perSec float64, refusal error) string {
+	var buf [16]reslimit.Reading
+	var left, burst int64
+	for _, rd := range acct.AppendReadings(buf[:0]) {
+		if rd.Resource == reslimit.EvaluationRate {
+			left, burst = max(0, rd.Limit-rd.Used), rd.Limit
+		}
+	}
+	t := int64(math.Ceil(float64(burst-left) / perSec))
+	var le *reslimit.LimitError
+	if errors.As(refusal, &le) && le.Resource == reslimit.EvaluationRate {
+		left, t = max(0, le.Limit-le.Used), 0
+		if le.RetryAfter > 0 {
+			t = int64(wholeSeconds(le.RetryAfter) / time.Second)
+		}
+	}
+	return sfItem(reslimit.EvaluationRate.String(), "r", left, "t", t)
 }
 
 // hasQuota reports whether l sets one of the quotaResources.
