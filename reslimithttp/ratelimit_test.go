@@ -132,3 +132,36 @@ func TestRateLimitHeadersFleetWide(t *testing.T) {
 	assert.GreaterOrEqual(t, left, int64(0))
 	assert.LessOrEqual(t, left, int64(4), "10 tokens fleet-wide, 5 taken on a, 1 here: at most 4 left (per process it would read 9)")
 }
+
+// The status page's snapshot shows each rate as its bucket: with a store,
+// the fleet-wide figure (what another replica took is in use).
+func TestSnapshotRatesFleetWide(t *testing.T) {
+	shared := store.NewMemory()
+	limits := reslimit.AccountLimits{EvaluationsPerSecond: 1e-6, EvaluationBurst: 10}
+	var ledgers []*reslimit.Ledger
+	for _, id := range []string{"a", "b"} {
+		l := mustLedger(t, limits, reslimit.WithStore(shared), reslimit.WithReplica(id))
+		t.Cleanup(func() { _ = l.Close(context.Background()) })
+		ledgers = append(ledgers, l)
+	}
+	for range 3 {
+		tr, err := ledgers[0].Account("acme").Begin(reslimit.Limits{})
+		require.NoError(t, err)
+		tr.End()
+	}
+	tr, err := ledgers[1].Account("acme").Begin(reslimit.Limits{})
+	require.NoError(t, err)
+	tr.End()
+	snap := reslimithttp.TakeSnapshot(ledgers[1], nil)
+	require.Len(t, snap.Tenants, 1)
+	var rates []reslimithttp.LimitSnapshot
+	for _, l := range snap.Tenants[0].Limits {
+		if l.Resource == reslimit.EvaluationRate.String() {
+			rates = append(rates, l)
+		}
+	}
+	require.Len(t, rates, 1, "one row for the evaluation rate")
+	assert.Equal(t, 10.0, rates[0].Limit, "the burst")
+	assert.GreaterOrEqual(t, rates[0].Used, 4.0, "3 tokens taken on a, 1 on b: fleet-wide at least 4 in use (per process it would read 1)")
+	assert.Equal(t, rates[0].Limit-rates[0].Used, rates[0].Remaining)
+}

@@ -97,7 +97,8 @@ type TenantSnapshot struct {
 	// CPUTimeSeconds is the CPU time used, cumulatively.
 	CPUTimeSeconds float64 `json:"cpu_time_seconds"`
 	// Limits has one entry per resource with a limit, in the order of
-	// reslimit.Resources() ([] when none).
+	// reslimit.Resources() ([] when none), then one per rate: its bucket,
+	// in tokens (Limit the burst; with a store, fleet-wide).
 	Limits []LimitSnapshot `json:"limits"`
 	// Refusals counts the requests refused by the tenant's limits, by
 	// resource name (only resources with refusals; {} when none).
@@ -218,6 +219,9 @@ func TakeSnapshot(ledger *reslimit.Ledger, monitor *reslimit.Monitor) Snapshot {
 		for name, st := range stats {
 			t := tenantSnapshot(name, st)
 			t.PreviousPeriod = previous[name]
+			if acct, ok := ledger.Lookup(name); ok {
+				t.Limits = appendRates(t.Limits, acct)
+			}
 			s.Tenants = append(s.Tenants, t)
 		}
 		sort.Slice(s.Tenants, func(i, j int) bool { return s.Tenants[i].Name < s.Tenants[j].Name })
@@ -274,6 +278,25 @@ func tenantSnapshot(name string, st reslimit.AccountStats) TenantSnapshot {
 		t.RunStops[r.String()] = n
 	}
 	return t
+}
+
+// appendRates appends the account's rates to limits, each as its bucket:
+// Limit the burst, Used the tokens in use and Remaining the tokens left,
+// in tokens ("count"). With a store that is the fleet-wide figure (the
+// store's bucket by its last answer, plus this replica's lease).
+func appendRates(limits []LimitSnapshot, acct *reslimit.Account) []LimitSnapshot {
+	var buf [16]reslimit.Reading
+	for _, rd := range acct.AppendReadings(buf[:0]) {
+		if (rd.Resource != reslimit.EvaluationRate && rd.Resource != reslimit.OperationRate) || rd.Limit <= 0 {
+			continue
+		}
+		limits = append(limits, LimitSnapshot{
+			Resource: rd.Resource.String(), Unit: "count",
+			Used: float64(rd.Used), Limit: float64(rd.Limit), Remaining: float64(max(0, rd.Limit-rd.Used)),
+			Ratio: float64(rd.Used) / float64(rd.Limit),
+		})
+	}
+	return limits
 }
 
 func periodSnapshot(p reslimit.Period) *PeriodSnapshot {
