@@ -73,6 +73,7 @@ func ExampleRegister() {
 	// reslimit.tenant.limit.operations {operation} 1000
 	// reslimit.tenant.refusals {request} 1
 	// reslimit.tenant.remaining.operations {operation} 750
+	// reslimit.tenant.run_stops {run} 0
 	// reslimit.tenant.usage.operations {operation} 250
 }
 

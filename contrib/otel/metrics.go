@@ -60,6 +60,16 @@ var byResource = []struct {
 	{"reslimit.tenant.refusals", "{request}",
 		"Requests refused by the tenant's account limits, by resource; an account's Reset does not clear it.",
 		accountAndRates, func(s *reslimit.AccountStats) map[reslimit.Resource]int64 { return s.Refusals }},
+	{"reslimit.tenant.run_stops", "{run}",
+		"Runs of the tenant stopped by their own per-run limits, by resource; never cleared (neither by a Reset nor a period close).",
+		runLimits, func(s *reslimit.AccountStats) map[reslimit.Resource]int64 { return s.RunStops }},
+}
+
+// runLimits are the resources of per-run limits (reslimit.Limits, and
+// reslimitexec's processes): those that stop runs.
+var runLimits = []reslimit.Resource{
+	reslimit.Memory, reslimit.CPUTime, reslimit.FileSize, reslimit.Operations, reslimit.Calls,
+	reslimit.Concurrency, reslimit.Timeout, reslimit.Processes,
 }
 
 // perTenant are figures of an account with one series per tenant. The

@@ -56,6 +56,9 @@ func tenantPoints(tenant string, set map[string]float64) map[string]float64 {
 	for _, r := range []string{"memory", "total_memory", "cpu_time", "operations", "function_calls", "evaluations", "concurrent_operations", "evaluation_rate", "operation_rate"} {
 		out["reslimit.tenant.refusals{resource="+r+",tenant="+tenant+"}"] = 0
 	}
+	for _, r := range []string{"memory", "cpu_time", "file_size", "operations", "function_calls", "concurrent_operations", "timeout", "processes"} {
+		out["reslimit.tenant.run_stops{resource="+r+",tenant="+tenant+"}"] = 0
+	}
 	out["reslimit.tenant.evaluations{tenant="+tenant+"}"] = 0
 	out["reslimit.tenant.running{tenant="+tenant+"}"] = 0
 	out["reslimit.tenant.exhausted{tenant="+tenant+"}"] = 0
@@ -136,6 +139,7 @@ func TestInstruments(t *testing.T) {
 		"reslimit.tenant.remaining.evaluations":       {"{evaluation}", "gauge int64"},
 		"reslimit.tenant.usage.concurrent_operations": {"{run}", "gauge int64"},
 		"reslimit.tenant.refusals":                    {"{request}", "counter int64"},
+		"reslimit.tenant.run_stops":                   {"{run}", "counter int64"},
 		"reslimit.tenant.evaluations":                 {"{evaluation}", "counter int64"},
 		"reslimit.tenant.running":                     {"{run}", "gauge int64"},
 		"reslimit.tenant.exhausted":                   {"", "gauge int64"},
@@ -150,7 +154,7 @@ func TestInstruments(t *testing.T) {
 		assert.NotEmpty(t, m.Description, name)
 		assert.Equal(t, w.agg, aggregation(m), name)
 	}
-	assert.Len(t, ms, 17, "every instrument with a data point, and no other")
+	assert.Len(t, ms, 18, "every instrument with a data point, and no other")
 }
 
 func aggregation(m metricdata.Metrics) string {
@@ -237,4 +241,20 @@ func TestUnregister(t *testing.T) {
 func TestEmptyLedger(t *testing.T) {
 	h := register(t, mustLedger(t, reslimit.AccountLimits{}))
 	assert.Equal(t, map[string]float64{"reslimit.tenant.count": 0, "reslimit.tenant.overflow": 0}, h.points(t))
+}
+
+// A run stopped by its own limit is a run stop of its tenant, by resource;
+// a close of the period does not clear it.
+func TestRunStops(t *testing.T) {
+	ledger, err := reslimit.NewLedger(reslimit.AccountLimits{})
+	require.NoError(t, err)
+	h := register(t, ledger)
+	tr, err := ledger.Account("acme").Begin(reslimit.Limits{MaxOperations: 1})
+	require.NoError(t, err)
+	require.ErrorIs(t, tr.TrackOperations(2), reslimit.ErrLimitExceeded)
+	tr.End()
+	ledger.ClosePeriod()
+	p := h.points(t)
+	assert.Equal(t, 1.0, p["reslimit.tenant.run_stops{resource=operations,tenant=acme}"])
+	assert.Equal(t, 0.0, p["reslimit.tenant.run_stops{resource=timeout,tenant=acme}"])
 }
