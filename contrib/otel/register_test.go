@@ -251,8 +251,9 @@ func TestRunStops(t *testing.T) {
 	h := register(t, ledger)
 	tr, err := ledger.Account("acme").Begin(reslimit.Limits{MaxOperations: 1})
 	require.NoError(t, err)
-	require.ErrorIs(t, tr.TrackOperations(2), reslimit.ErrLimitExceeded)
-	tr.End()
+	stop := tr.TrackOperations(2)
+	require.ErrorIs(t, stop, reslimit.ErrLimitExceeded)
+	tr.EndWithError(stop) // the run ends with its own limit's error: a stop
 	ledger.ClosePeriod()
 	p := h.points(t)
 	assert.Equal(t, 1.0, p["reslimit.tenant.run_stops{resource=operations,tenant=acme}"])
