@@ -46,8 +46,9 @@ func billedHandler(started chan<- struct{}, release <-chan struct{}) http.Handle
 }
 
 // Every error body says whether the request was billed: false for a
-// refusal before the run, true for a run that started and was stopped.
-func TestErrorBodyBilled(t *testing.T) {
+// refusal before the run (here), true for a run that started and was
+// stopped (TestErrorBodyBilled).
+func TestErrorBodyNotBilled(t *testing.T) {
 	t.Run("unknown tenant", func(t *testing.T) {
 		h := mustMiddleware(t, mustLedger(t, reslimit.AccountLimits{}), byHeader, reslimit.Limits{})(billedHandler(nil, nil))
 		rec := do(t, h, http.MethodGet, "/", "", nil)
@@ -113,6 +114,10 @@ func TestErrorBodyBilled(t *testing.T) {
 		assert.False(t, b.Billed)
 		assert.Zero(t, ledger.Account("acme").Stats().Evaluations, "refused before the run")
 	})
+}
+
+// A run that started and was stopped is billed, and its error body says so.
+func TestErrorBodyBilled(t *testing.T) {
 	t.Run("streamed body over MaxFileSize", func(t *testing.T) {
 		h := mustMiddleware(t, mustLedger(t, reslimit.AccountLimits{}), byHeader, reslimit.Limits{MaxFileSize: 10})(billedHandler(nil, nil))
 		req := httptest.NewRequest(http.MethodPost, "/read", io.MultiReader(strings.NewReader(strings.Repeat("y", 25))))
