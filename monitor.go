@@ -340,6 +340,7 @@ type Monitor struct {
 
 	threshold    float64
 	recoverBelow float64
+	restBelow    float64 // threshold less a rounding margin (see atRest)
 	interval     time.Duration
 	logger       *slog.Logger
 
@@ -412,6 +413,7 @@ func (m *Monitor) setup(cfg MonitorConfig) {
 	th := cmp.Or(cfg.WarningThreshold, defaultWarningThreshold)
 	m.threshold = th
 	m.recoverBelow = th - min(monitorHysteresis, th/2)
+	m.restBelow = th * (1 - 0x1p-40)
 	m.interval = cmp.Or(cfg.CheckInterval, defaultCheckInterval)
 	m.logger = cfg.Logger
 	m.events = make(chan Event, cmp.Or(cfg.EventBuffer, defaultEventBuffer))
@@ -677,10 +679,27 @@ func (m *Monitor) Poll() {
 		}
 		m.buf = c.src.AppendReadings(m.buf[:0])
 		for i := range m.buf {
-			m.check(c, &m.buf[i], now)
+			if r := &m.buf[i]; !m.atRest(c, r) {
+				m.check(c, r, now)
+			}
 		}
 	}
 	m.polls.Add(1)
+}
+
+// atRest reports whether check would neither change c's state for r nor
+// send an event: no new refusals, no streak or high usage to end, no store
+// loss, and a usage surely below the warning threshold. It is the common
+// case of a poll, decided without check's division. (With restBelow
+// 2^-40 under the threshold, Used <= restBelow*Limit in floating point
+// implies Used/Limit < threshold after rounding.) Called with pollMu held.
+func (m *Monitor) atRest(c *component, r *Reading) bool {
+	if !r.Resource.valid() {
+		return true
+	}
+	st := &c.state[r.Resource]
+	return r.Refusals == st.refusals && !st.high && !st.refusing && r.StoreLost == 0 &&
+		(r.Limit <= 0 || float64(r.Used) <= m.restBelow*float64(r.Limit))
 }
 
 // check updates the edge state of one reading and emits the events due.

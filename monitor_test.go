@@ -242,6 +242,35 @@ func TestMonitorThresholdOne(t *testing.T) {
 	assert.Equal(t, []string{"svc/memory/recovered"}, pollKinds(t, m))
 }
 
+// At the edge of the warning threshold, where rounding decides, a poll
+// sends HighUsage exactly when Used/Limit >= WarningThreshold in float64,
+// however large the limit: the poll's shortcut for readings at rest hides
+// no crossing.
+func TestMonitorThresholdEdgeIsExact(t *testing.T) {
+	limits := []int64{3, 7, 10, 100, 1000, 999_999_937, 1 << 40, 1<<53 + 1, 1 << 62}
+	for _, th := range []float64{0.8, 0.9, 0.95, 1.0 / 3, 0.7, 0.1, 1} {
+		m := newTestMonitor(t, MonitorConfig{WarningThreshold: th})
+		src := newFake()
+		require.NoError(t, m.Register("svc", src))
+		for _, lim := range limits {
+			edge := int64(th * float64(lim))
+			for used := edge - 3; used <= edge+3; used++ {
+				want := float64(used)/float64(lim) >= th
+				src.set(Memory, used, lim, 0)
+				got := pollKinds(t, m)
+				if want {
+					assert.Equal(t, []string{"svc/memory/high_usage"}, got, "threshold %v, used %d of %d", th, used, lim)
+				} else {
+					assert.Empty(t, got, "threshold %v, used %d of %d", th, used, lim)
+				}
+				src.set(Memory, 0, lim, 0) // back below: Recovered if it was high
+				m.Poll()
+				drain(t, m)
+			}
+		}
+	}
+}
+
 // A tenant running 8 of its 8 concurrent calls, none refused, gets one
 // HighUsage and no LimitExceeded, however long it stays there; the first
 // refusal is a LimitExceeded.
