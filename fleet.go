@@ -8,7 +8,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -1234,35 +1233,6 @@ func (f *fleetState) statsLocked(a *Account) *FleetStats {
 	return &fs
 }
 
-// StoreTenants calls fn with every tenant the ledger's store holds (not
-// only those this replica opened) and its committed fleet-wide totals, for
-// invoices, without loading the tenants into the ledger or all at once
-// into memory. It stops at fn's first error and returns it. It needs a
-// store that implements TenantLister (store.Memory and the Redis store do);
-// without a store it lists the ledger's own accounts and their totals.
-func (l *Ledger) StoreTenants(ctx context.Context, fn func(tenant string, committed store.Totals) error) error {
-	if l.fleet.store == nil {
-		for _, name := range l.Tenants() {
-			a, ok := l.Lookup(name)
-			if !ok {
-				continue
-			}
-			a.mu.Lock()
-			tot := reportable(a.lifeLocked())
-			a.mu.Unlock()
-			if err := fn(name, tot); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	lister, ok := l.fleet.store.(store.TenantLister)
-	if !ok {
-		return fmt.Errorf("reslimit: the ledger's store (%T) cannot list its tenants: %w", l.fleet.store, errors.ErrUnsupported)
-	}
-	return lister.ListTenants(ctx, fn)
-}
-
 // grantLocked is Account.grant with a Store: room for meter i comes
 // out of this replica's lease of the fleet-wide quota, waiting for (or
 // fetching) a lease within WithLeaseWait when it is short. Called with
@@ -1294,20 +1264,6 @@ func (l *Ledger) keepLines(lines []Period) {
 	defer l.periods.closeMu.Unlock()
 	l.periods.keepLocked(lines)
 	l.queueHookLocked(lines)
-}
-
-// StorePeriod returns a tenant's fleet-wide totals for billing period n
-// (0: the open one) as the store keeps them, and whether they are final:
-// every replica that held a lease for the period has sent its final
-// report for it, or its lease expired. It needs a store that implements
-// PeriodLoader (store.Memory and the Redis store do); without a Store, or
-// with another one, it returns an error wrapping errors.ErrUnsupported.
-func (l *Ledger) StorePeriod(ctx context.Context, tenant string, n uint64) (store.Period, error) {
-	pl, ok := l.fleet.store.(store.PeriodLoader)
-	if !ok {
-		return store.Period{}, fmt.Errorf("reslimit: the ledger's store (%T) keeps no billing periods: %w", l.fleet.store, errors.ErrUnsupported)
-	}
-	return pl.LoadPeriod(ctx, tenant, n)
 }
 
 // tget returns t's quantity of r (CPU time in nanoseconds), or 0 for a

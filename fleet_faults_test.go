@@ -3,7 +3,6 @@ package reslimit
 import (
 	"bytes"
 	"context"
-	"errors"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -323,28 +322,6 @@ func TestFleetFailOpenFailsOpen(t *testing.T) {
 	c, _ := shared.Load(context.Background(), "t")
 	assert.Equal(t, int64(150), c.Operations, "billed in full")
 	assert.Equal(t, int64(2), c.Evaluations)
-}
-
-// StoreTenants lists every tenant the store holds, not only this replica's.
-func TestLedgerStoreTenants(t *testing.T) {
-	shared := store.NewMemory()
-	l1 := newFleetLedger(t, shared, "r1", AccountLimits{})
-	l2 := newFleetLedger(t, shared, "r2", AccountLimits{})
-	for i, name := range []string{"a", "b", "c"} {
-		l := []*Ledger{l1, l2}[i%2]
-		tr, _ := l.Account(name).Begin(Unlimited())
-		require.NoError(t, tr.TrackOperations(int64(i+1)))
-		tr.End()
-		require.NoError(t, l.Sync(context.Background()))
-	}
-	got := map[string]int64{}
-	require.NoError(t, l1.StoreTenants(context.Background(), func(tenant string, c store.Totals) error {
-		got[tenant] = c.Operations
-		return nil
-	}))
-	assert.Equal(t, map[string]int64{"a": 1, "b": 2, "c": 3}, got)
-	stop := errors.New("stop")
-	assert.ErrorIs(t, l1.StoreTenants(context.Background(), func(string, store.Totals) error { return stop }), stop)
 }
 
 // Item 3, the stall itself: 11 operations are left, two replicas hold

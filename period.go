@@ -52,8 +52,8 @@ type Period struct {
 // in the store on (the other replicas close theirs when the store tells
 // them, see Ledger.Periods), the usage charged before the close is billed
 // to the closed period whenever it is reported, and the fleet-wide totals
-// and quotas start over (Ledger.StorePeriod reads a period's fleet totals
-// and whether they are final). With another store, the store's totals and
+// and quotas start over (the store's LoadPeriod reads a period's fleet
+// totals and whether they are final). With another store, the store's totals and
 // the quotas do not start over.
 func (a *Account) Reset() Period {
 	if a == nil {
