@@ -911,7 +911,7 @@ func (a *Account) SetLimit(r Resource, v int64) error {
 	if a == nil {
 		return errNilAccount
 	}
-	if r.Rate() {
+	if r.isRate() {
 		return fmt.Errorf("%w: set the account's %s with SetLimits", ErrInvalidArgument, r)
 	}
 	if !isAccountResource(r) {

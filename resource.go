@@ -114,39 +114,8 @@ func ParseResource(s string) (Resource, error) {
 	return 0, errors.New("reslimit: unknown resource " + strconv.Quote(s))
 }
 
-// Rate reports whether r is a rate (EvaluationRate, OperationRate): a
-// token bucket that refills with time, whose refusals say when a retry
-// can succeed (LimitError.RetryAfter).
-func (r Resource) Rate() bool { return r == EvaluationRate || r == OperationRate }
+// isRate reports whether r is a rate (EvaluationRate, OperationRate).
+func (r Resource) isRate() bool { return r == EvaluationRate || r == OperationRate }
 
 // isTime reports whether the resource's values are nanoseconds.
 func (r Resource) isTime() bool { return r == CPUTime || r == Timeout }
-
-// Unit returns the unit in which exporters (reslimithttp's JSON, the
-// Prometheus collector) write r's values: "bytes", "seconds" or "count".
-// Inside reslimit, CPUTime and Timeout are nanoseconds; see BaseValue.
-func (r Resource) Unit() string {
-	switch r {
-	case Memory, TotalMemory, FileSize:
-		return "bytes"
-	case CPUTime, Timeout:
-		return "seconds"
-	}
-	return "count"
-}
-
-// BaseValue converts v, a value of r in reslimit's unit, to r's Unit:
-// nanoseconds become seconds, the rest is unchanged.
-func (r Resource) BaseValue(v int64) float64 {
-	if r.isTime() {
-		return float64(v) / 1e9
-	}
-	return float64(v)
-}
-
-// Held reports whether r counts what is held at once (Memory, the
-// Concurrency of slots or runs in progress), which goes down again when
-// released, rather than what accumulates (TotalMemory, CPUTime,
-// Operations, Calls, Evaluations), bounds one item (FileSize, the
-// Timeout of one run) or a rate (EvaluationRate, OperationRate).
-func (r Resource) Held() bool { return r == Memory || r == Concurrency }

@@ -80,6 +80,7 @@ import (
 	prom "github.com/prometheus/client_golang/prometheus"
 
 	"github.com/reslimit/reslimit"
+	"github.com/reslimit/reslimit/internal/resinfo"
 )
 
 // DefaultMaxTenants is how many tenants get series of their own by default.
@@ -337,7 +338,7 @@ func (c *collector) Collect(ch chan<- prom.Metric) {
 	if other.n > 0 && c.other != "" {
 		for _, r := range accountResources {
 			res := r.String()
-			ch <- prom.MustNewConstMetric(descUsage, prom.GaugeValue, r.BaseValue(other.usage[r]), c.other, res)
+			ch <- prom.MustNewConstMetric(descUsage, prom.GaugeValue, resinfo.BaseValue(r, other.usage[r]), c.other, res)
 			ch <- prom.MustNewConstMetric(descRefusals, prom.CounterValue, float64(other.refusals[r]), c.other, res)
 		}
 		ch <- prom.MustNewConstMetric(descEvaluations, prom.CounterValue, float64(other.evaluations), c.other)
@@ -385,10 +386,10 @@ func (c *collector) allowed(tenant string) bool {
 func emitTenant(ch chan<- prom.Metric, name string, st *reslimit.AccountStats) {
 	for _, r := range accountResources {
 		res := r.String()
-		ch <- prom.MustNewConstMetric(descUsage, prom.GaugeValue, r.BaseValue(st.Used(r)), name, res)
+		ch <- prom.MustNewConstMetric(descUsage, prom.GaugeValue, resinfo.BaseValue(r, st.Used(r)), name, res)
 		if ls, ok := st.LimitStatus[r]; ok {
-			ch <- prom.MustNewConstMetric(descLimit, prom.GaugeValue, r.BaseValue(ls.Limit), name, res)
-			ch <- prom.MustNewConstMetric(descRemaining, prom.GaugeValue, r.BaseValue(ls.Remaining), name, res)
+			ch <- prom.MustNewConstMetric(descLimit, prom.GaugeValue, resinfo.BaseValue(r, ls.Limit), name, res)
+			ch <- prom.MustNewConstMetric(descRemaining, prom.GaugeValue, resinfo.BaseValue(r, ls.Remaining), name, res)
 		}
 		ch <- prom.MustNewConstMetric(descRefusals, prom.CounterValue, float64(st.Refusals[r]), name, res)
 	}
