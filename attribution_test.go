@@ -11,6 +11,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/reslimit/reslimit/internal/threadcpu"
 )
 
 func newAcct(t *testing.T, l AccountLimits, opts ...AccountOption) *Account {
@@ -343,7 +345,7 @@ func TestHammerAccountExact(t *testing.T) {
 }
 
 func TestAccountCPUQuotaStopsRuns(t *testing.T) {
-	if CPUClock() != "thread" {
+	if !threadcpu.Supported {
 		t.Skip("needs per-thread CPU clocks")
 	}
 	a := newAcct(t, AccountLimits{MaxCPUTime: 60 * time.Millisecond})

@@ -17,8 +17,8 @@ const (
 	// TotalMemory is bytes charged with TrackMemory, cumulatively; releases
 	// do not lower it.
 	TotalMemory
-	// CPUTime is CPU time in nanoseconds (real CPU time where the platform
-	// allows; see CPUClock).
+	// CPUTime is CPU time in nanoseconds (real CPU time on Linux; see
+	// Usage.CPUTime).
 	CPUTime
 	// FileSize is the size in bytes of one file or stream.
 	FileSize

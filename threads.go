@@ -10,16 +10,11 @@ import (
 	"github.com/reslimit/reslimit/internal/threadcpu"
 )
 
-// defaultMaxMeasuredRuns is how many runs may have their CPU time measured
-// at once by default (see SetMaxMeasuredRuns).
-const defaultMaxMeasuredRuns = 1000
-
-// SetMaxMeasuredRuns sets how many goroutines of the whole process may be
+// defaultMaxMeasuredRuns is how many goroutines of the whole process may be
 // pinned to an OS thread at once for measuring CPU time (a run of Run or
 // Limit whose CPU time is measured, and each goroutine started with
-// Tracker.Go), and returns the previous setting. n below 1 is taken as 1.
-// The default, 1000, keeps a process far from Go's limit
-// of 10,000 threads however many runs sleep at once.
+// Tracker.Go): far from Go's limit of 10,000 threads however many runs
+// sleep at once.
 //
 // Where CPU time is measured a run's goroutine is pinned to its thread
 // while its function runs, since the thread's CPU clock is what is read.
@@ -41,9 +36,13 @@ const defaultMaxMeasuredRuns = 1000
 // measured run started with a context not derived from its own can wait
 // for it to get a place: bound such waits with a Timeout or a context.
 //
-// Where thread CPU clocks do not exist (CPUClock returns "wall") nothing
-// is pinned and the cap does not apply.
-func SetMaxMeasuredRuns(n int) int {
+// Where thread CPU clocks do not exist (not Linux) nothing is pinned and
+// the cap does not apply. Run's doc and docs/semantics.md say this to users.
+const defaultMaxMeasuredRuns = 1000
+
+// setMaxMeasuredRuns sets the cap of defaultMaxMeasuredRuns (n below 1 is
+// taken as 1) and returns the previous setting; tests lower it.
+func setMaxMeasuredRuns(n int) int {
 	if n < 1 {
 		n = 1
 	}

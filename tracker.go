@@ -158,9 +158,14 @@ type Usage struct {
 	Operations int64
 	// Calls counts TrackCall.
 	Calls int64
-	// CPUTime is the CPU time used (see CPUClock). A Run measures it
-	// when MaxCPUTime is set, the run is charged to an Account, or WithCPUTime
-	// is given; otherwise only AddCPUTime counts.
+	// CPUTime is the CPU time used. A Run measures it when MaxCPUTime is
+	// set, the run is charged to an Account, or WithCPUTime is given;
+	// otherwise only AddCPUTime counts. On Linux it is read from the CPU
+	// clocks of the OS threads that ran the work. On other platforms (and
+	// for a run nested in another, or a Tracker.Go goroutine, that found
+	// no place to pin its thread: see Run) the wall time of the run's
+	// goroutines stands in for it: an upper bound for work on one thread,
+	// which charges a sleeping run as if it computed.
 	CPUTime time.Duration
 	// WallTime is the time since the tracker was created (at End: its life).
 	WallTime time.Duration
@@ -1016,21 +1021,9 @@ func (t *Tracker) checkRunCPU() error {
 	return nil
 }
 
-// CPUClock says what a Tracker's CPUTime measures on this platform:
-// "thread" where the CPU clocks of the OS threads that ran the work are
-// read (Linux), or "wall" where they cannot be, and the wall time of the
-// run's attached goroutines stands in for their CPU time (an upper bound
-// for work on one thread; a sleeping run is charged as if it computed).
-func CPUClock() string {
-	if threadcpu.Supported {
-		return "thread"
-	}
-	return "wall"
-}
-
 // attach pins the calling goroutine to its OS thread and starts counting
-// that thread's CPU time for the run (or, beyond SetMaxMeasuredRuns, its
-// wall time). The caller must call detach with the returned id on the same
+// that thread's CPU time for the run (or, beyond defaultMaxMeasuredRuns,
+// its wall time). The caller must call detach with the returned id on the same
 // goroutine.
 func (t *Tracker) attach() uint64 {
 	if t.skipCPU {
