@@ -57,13 +57,13 @@ const (
 // the WarningThreshold, whichever is smaller.
 const monitorHysteresis = 0.05
 
-// ProcessComponent is the name under which a Monitor with
+// processComponent is the name under which a Monitor with
 // MonitorConfig.WatchProcess registers its process memory backstop.
-const ProcessComponent = "process"
+const processComponent = "process"
 
-// ErrMonitorStarted is returned by Monitor.Start when the monitor was
+// errMonitorStarted is returned by Monitor.Start when the monitor was
 // already started.
-var ErrMonitorStarted = errors.New("reslimit: monitor already started")
+var errMonitorStarted = errors.New("reslimit: monitor already started")
 
 // MonitorConfig configures NewMonitor. A zero field takes the default
 // named in its doc. MonitorConfig is a plain value.
@@ -84,11 +84,12 @@ type MonitorConfig struct {
 	// Logger, if not nil, logs every event as it is sent: HighUsage at
 	// Warn level, LimitExceeded at Error, Recovered at Info.
 	Logger *slog.Logger
-	// WatchProcess registers a built-in component named "process"
-	// (ProcessComponent) that reads the Go runtime's memory from
-	// runtime/metrics — the memory the runtime's memory limit governs: all
-	// memory mapped by the Go runtime (heap included) minus heap memory
-	// returned to the OS — against ProcessMemoryLimit, or, when that is 0,
+	// WatchProcess registers a built-in component named "process" (its
+	// name in MonitorStats.PerComponent and Event.Component) that reads
+	// the Go runtime's memory from runtime/metrics — the memory the
+	// runtime's memory limit governs: all memory mapped by the Go runtime
+	// (heap included) minus heap memory returned to the OS — against
+	// ProcessMemoryLimit, or, when that is 0,
 	// against the limit set with debug.SetMemoryLimit or GOMEMLIMIT. With
 	// neither it reports usage without a limit, and so sends no events.
 	// It never stops the world (no runtime.ReadMemStats).
@@ -421,7 +422,7 @@ func (m *Monitor) setup(cfg MonitorConfig) {
 	m.quit = make(chan struct{})
 	m.reg.Store(&registry{})
 	if cfg.WatchProcess {
-		c := &component{name: ProcessComponent, src: newProcessSource(cfg.ProcessMemoryLimit), builtin: true}
+		c := &component{name: processComponent, src: newProcessSource(cfg.ProcessMemoryLimit), builtin: true}
 		m.reg.Store(&registry{comps: []*component{c}})
 	}
 	m.ready.Store(true)
@@ -577,8 +578,8 @@ func (m *Monitor) Unregister(name string) {
 
 // Start starts the goroutine that polls every CheckInterval (the first
 // poll happens at once) until Stop is called or ctx ends; either way the
-// goroutine then closes the Events channel. It returns ErrMonitorStarted
-// when called a second time, ErrClosed after Stop, and an error wrapping
+// goroutine then closes the Events channel. It returns an error when
+// called a second time (a programming error), ErrClosed after Stop, and an error wrapping
 // ErrInvalidArgument for a nil ctx. Safe for concurrent use.
 func (m *Monitor) Start(ctx context.Context) error {
 	if ctx == nil {
@@ -591,7 +592,7 @@ func (m *Monitor) Start(ctx context.Context) error {
 		return ErrClosed
 	}
 	if m.started {
-		return ErrMonitorStarted
+		return errMonitorStarted
 	}
 	m.started = true
 	m.exited = make(chan struct{})

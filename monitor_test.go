@@ -553,7 +553,7 @@ func TestMonitorStartTwiceAndStop(t *testing.T) {
 		m, err := NewMonitor(MonitorConfig{})
 		require.NoError(t, err)
 		require.NoError(t, m.Start(t.Context()))
-		require.ErrorIs(t, m.Start(t.Context()), ErrMonitorStarted)
+		require.ErrorIs(t, m.Start(t.Context()), errMonitorStarted)
 
 		m.Stop()
 		_, ok := <-m.Events()
@@ -762,7 +762,7 @@ func TestMonitorProcessBackstop(t *testing.T) {
 	m.Poll()
 	evs := drain(t, m)
 	require.NotEmpty(t, evs)
-	assert.Equal(t, ProcessComponent, evs[0].Component)
+	assert.Equal(t, processComponent, evs[0].Component)
 	assert.Equal(t, Memory, evs[0].Resource)
 	assert.Equal(t, HighUsage, evs[0].Kind)
 	assert.Equal(t, int64(1<<20), evs[0].Limit)
@@ -770,11 +770,11 @@ func TestMonitorProcessBackstop(t *testing.T) {
 
 	st := m.Stats()
 	assert.Equal(t, 1, st.Components)
-	require.Contains(t, st.PerComponent, ProcessComponent)
-	assert.Positive(t, st.PerComponent[ProcessComponent].MemoryBytes)
+	require.Contains(t, st.PerComponent, processComponent)
+	assert.Positive(t, st.PerComponent[processComponent].MemoryBytes)
 	assert.Zero(t, st.TotalMemoryBytes, "the process is not summed with the components")
 
-	m.Unregister(ProcessComponent)
+	m.Unregister(processComponent)
 	assert.Zero(t, m.Stats().Components)
 }
 
