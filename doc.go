@@ -56,10 +56,10 @@
 // AccountOption, LedgerOption and those of the sub-packages): an invalid
 // value is an error at construction, wrapping [ErrInvalidArgument] or
 // [ErrInvalidLimits], never clamped or ignored; an option that configures
-// the fleet ([WithReplica], [WithSyncInterval], [WithLeaseTTL],
-// [WithLeaseWait], [WithSyncTimeout], [WithFailurePolicy], [WithLogger])
-// is an error without [WithStore]. A zero field of a config struct
-// ([MonitorConfig]) takes the default its doc names.
+// the fleet ([WithReplica], [WithSyncInterval], [WithLeaseWait],
+// [WithFailurePolicy], [WithLogger]) is an error without [WithStore]. A
+// zero field of a config struct ([MonitorConfig]) takes the default its
+// doc names.
 //
 // # Tenants
 //

@@ -58,7 +58,9 @@ func (p FailurePolicy) String() string {
 // WithStore makes the ledger keep its tenants' cumulative totals in s,
 // shared with the other replicas that use the same store: a background
 // syncer reports this replica's usage and leases allowance, while charges
-// stay local and lock-free. Close the ledger to stop the syncer.
+// stay local and lock-free. Close the ledger to stop the syncer. Each
+// round trip to s (a sync, a tenant's first load) is bounded by 2s, or
+// sooner by the store's own timeout (redisstore.WithTimeout).
 func WithStore(s store.Store) LedgerOption {
 	return func(l *Ledger) {
 		if s == nil {
@@ -83,6 +85,12 @@ func WithReplica(id string) LedgerOption {
 
 // WithSyncInterval sets how often each tenant is synced with the store at
 // least (default 1s). A tenant whose lease runs low is synced sooner.
+//
+// The replica announces to the store a lease period of 3 intervals (at
+// least 100ms), which stores use to tell live replicas from gone ones. The
+// store never reclaims a lease when it expires: the unused lease of a
+// replica that stops without Close keeps counting against the limit (it
+// may have been used).
 func WithSyncInterval(d time.Duration) LedgerOption {
 	return func(l *Ledger) {
 		l.needStore("WithSyncInterval")
@@ -90,21 +98,6 @@ func WithSyncInterval(d time.Duration) LedgerOption {
 			l.setErr(fmt.Errorf("%w: WithSyncInterval(%v): not positive", ErrInvalidArgument, d))
 		}
 		l.fleet.interval = d
-	}
-}
-
-// WithLeaseTTL sets the lease period the replica announces to the store
-// (default: 3 sync intervals, at least 100ms), which stores use to tell
-// live replicas from gone ones. The store never reclaims a lease when it
-// expires: the unused lease of a replica that stops without Close keeps
-// counting against the limit (it may have been used).
-func WithLeaseTTL(d time.Duration) LedgerOption {
-	return func(l *Ledger) {
-		l.needStore("WithLeaseTTL")
-		if d <= 0 {
-			l.setErr(fmt.Errorf("%w: WithLeaseTTL(%v): not positive", ErrInvalidArgument, d))
-		}
-		l.fleet.ttl = d
 	}
 }
 
@@ -120,21 +113,10 @@ func WithFailurePolicy(p FailurePolicy) LedgerOption {
 	}
 }
 
-// WithSyncTimeout bounds one sync round trip (default 2s).
-func WithSyncTimeout(d time.Duration) LedgerOption {
-	return func(l *Ledger) {
-		l.needStore("WithSyncTimeout")
-		if d <= 0 {
-			l.setErr(fmt.Errorf("%w: WithSyncTimeout(%v): not positive", ErrInvalidArgument, d))
-		}
-		l.fleet.syncTimeout = d
-	}
-}
-
 // WithLeaseWait bounds how long a charge that finds its replica's
 // allowance used up waits for the syncer to lease more before it is
 // refused (default 100ms); when it ends while the lease is on its way, the
-// charge waits for that answer too (at most WithSyncTimeout). The wait
+// charge waits for that answer too (at most a sync's 2s). The wait
 // happens on the slow path only.
 func WithLeaseWait(d time.Duration) LedgerOption {
 	return func(l *Ledger) {

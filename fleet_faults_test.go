@@ -205,7 +205,7 @@ func TestFleetCrashedReplicasLeaseStaysCounted(t *testing.T) {
 	now.Store(time.Now().UnixNano())
 	shared := store.NewMemoryAt(func() time.Time { return time.Unix(0, now.Load()) })
 	const limit = 10_000
-	dead := newFleetLedger(t, shared, "dead", AccountLimits{MaxTotalOperations: limit}, WithLeaseTTL(time.Second), WithSyncInterval(time.Hour))
+	dead := newFleetLedger(t, shared, "dead", AccountLimits{MaxTotalOperations: limit}, withLeaseTTL(time.Second), WithSyncInterval(time.Hour))
 	tr, err := dead.Account("t").Begin(Unlimited())
 	require.NoError(t, err)
 	require.NoError(t, tr.TrackOperations(100))
@@ -433,12 +433,12 @@ func (g *gateStore) Sync(ctx context.Context, req store.SyncRequest) (store.Sync
 // A charge waiting for a lease past WithLeaseWait, while the lease it
 // asked for is on its way, is woken by an answer that brings none (the
 // period closed meanwhile, so the answer's lease is no good): it waits on
-// for the sync that follows, within WithSyncTimeout, and is not refused
+// for the sync that follows, within the sync timeout, and is not refused
 // (it was: the extension had no deadline of its own).
 func TestFleetChargeWaitsOnPastAnAnswerWithoutLease(t *testing.T) {
 	gs := &gateStore{Memory: store.NewMemory(), entered: make(chan struct{}), gate: make(chan struct{}), delay: 50 * time.Millisecond}
 	l := newFleetLedger(t, gs, "r1", AccountLimits{MaxTotalOperations: 1_000_000},
-		WithLeaseWait(time.Millisecond), WithSyncTimeout(10*time.Second))
+		WithLeaseWait(time.Millisecond), withSyncTimeout(10*time.Second))
 	tr, err := l.Account("acme").Begin(Limits{})
 	require.NoError(t, err)
 	done := make(chan error, 1)

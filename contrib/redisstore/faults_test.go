@@ -190,8 +190,8 @@ func TestFleetOnRedisRestartWithoutData(t *testing.T) {
 		return logs.Write(b)
 	}), nil))
 	limits := reslimit.AccountLimits{MaxTotalOperations: limit}
-	l1 := replica(t, st, "r1", limits, reslimit.WithLogger(logger), reslimit.WithSyncTimeout(500*time.Millisecond))
-	l2 := replica(t, st, "r2", limits, reslimit.WithSyncTimeout(500*time.Millisecond))
+	l1 := replica(t, st, "r1", limits, reslimit.WithLogger(logger))
+	l2 := replica(t, st, "r2", limits)
 	for _, l := range []*reslimit.Ledger{l1, l2} {
 		tr, err := l.Account("acme").Begin(reslimit.Limits{})
 		require.NoError(t, err)
