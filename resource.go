@@ -94,24 +94,16 @@ func (r Resource) MarshalText() ([]byte, error) {
 }
 
 // UnmarshalText implements encoding.TextUnmarshaler, accepting the names
-// that String returns.
+// that String returns (it is how a name is parsed: r.UnmarshalText([]byte(s))).
+// An unknown name is an error and leaves r unchanged.
 func (r *Resource) UnmarshalText(b []byte) error {
-	p, err := ParseResource(string(b))
-	if err != nil {
-		return err
-	}
-	*r = p
-	return nil
-}
-
-// ParseResource returns the Resource whose String name is s.
-func ParseResource(s string) (Resource, error) {
-	for r := Memory; int(r) < numResources; r++ {
-		if resourceNames[r] == s {
-			return r, nil
+	for p := Memory; int(p) < numResources; p++ {
+		if resourceNames[p] == string(b) {
+			*r = p
+			return nil
 		}
 	}
-	return 0, errors.New("reslimit: unknown resource " + strconv.Quote(s))
+	return errors.New("reslimit: unknown resource " + strconv.Quote(string(b)))
 }
 
 // isRate reports whether r is a rate (EvaluationRate, OperationRate).
