@@ -41,7 +41,6 @@ func TestNilContextIsAnError(t *testing.T) {
 	assert.ErrorIs(t, err, ErrInvalidArgument)
 
 	assert.Nil(t, FromContext(nilCtx))
-	assert.Nil(t, AccountFromContext(nilCtx))
 
 	m, err := NewMonitor(MonitorConfig{})
 	require.NoError(t, err)

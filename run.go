@@ -94,19 +94,10 @@ func FromContext(ctx context.Context) *Tracker {
 // with it by Run or a function wrapped by Limit to acct, so the tenant can
 // be chosen per request. WithAccount takes precedence. A nil acct makes
 // those runs fail with an error wrapping ErrInvalidArgument, rather than
-// run unbilled. Like context.WithValue, it panics for a nil ctx.
+// run unbilled. Like context.WithValue, it panics for a nil ctx. Inside
+// such a run, FromContext(ctx).Account() is the account.
 func ContextWithAccount(ctx context.Context, acct *Account) context.Context {
 	return context.WithValue(ctx, accountKey{}, acct)
-}
-
-// AccountFromContext returns the account set by ContextWithAccount, or nil
-// (also for a nil ctx).
-func AccountFromContext(ctx context.Context) *Account {
-	if ctx == nil {
-		return nil
-	}
-	a, _ := ctx.Value(accountKey{}).(*Account)
-	return a
 }
 
 var errNilContextAccount = fmt.Errorf("%w: ContextWithAccount(nil): the run's tenant has no account", ErrInvalidArgument)
