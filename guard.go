@@ -128,12 +128,6 @@ func (g *Guard) release() {
 	}
 }
 
-// Held reports whether the guard still holds something: false once it, or
-// a copy of it, was released.
-func (g *Guard) Held() bool {
-	return g != nil && g.n != 0 && g.cell.Load() == g.gen
-}
-
 // memFastPath reports whether the guards of t may charge and release
 // memory on the tracker's own meter alone (one CAS each), with nothing
 // else (an account) to charge.

@@ -34,7 +34,7 @@ func TestNilContextIsAnError(t *testing.T) {
 	tr := newT(t, Limits{MaxConcurrent: 1})
 	g, err := tr.AcquireSlot(nilCtx)
 	assert.ErrorIs(t, err, ErrInvalidArgument)
-	assert.False(t, g.Held())
+	assert.False(t, g.held())
 	assert.Zero(t, tr.Usage().Concurrent)
 	var nilTr *Tracker
 	_, err = nilTr.AcquireSlot(nilCtx)
