@@ -279,30 +279,6 @@ type AccountStats struct {
 	Fleet *FleetStats
 }
 
-// Used returns the figure of s for resource r, in r's unit: MemoryBytes
-// for Memory, TotalMemoryBytes for TotalMemory, CPUTime for CPUTime,
-// Operations, Calls for Calls, Evaluations, and Running for
-// Concurrency; 0 for a resource an account does not count.
-func (s *AccountStats) Used(r Resource) int64 {
-	switch r {
-	case Memory:
-		return s.MemoryBytes
-	case TotalMemory:
-		return s.TotalMemoryBytes
-	case CPUTime:
-		return int64(s.CPUTime)
-	case Operations:
-		return s.Operations
-	case Calls:
-		return s.Calls
-	case Evaluations:
-		return s.Evaluations
-	case Concurrency:
-		return s.Running
-	}
-	return 0
-}
-
 // NewAccount returns an account named name (the tenant, non-empty) with
 // limits l. It returns an error wrapping ErrInvalidLimits for negative
 // limits and ErrInvalidArgument for an empty name or a bad option.

@@ -327,7 +327,7 @@ func (c *collector) Collect(ch chan<- prom.Metric) {
 		}
 		other.n++
 		for _, r := range accountResources {
-			other.usage[r] += st.Used(r)
+			other.usage[r] += resinfo.Used(&st, r)
 			other.refusals[r] += st.Refusals[r]
 		}
 		other.evaluations += st.Evaluations
@@ -386,7 +386,7 @@ func (c *collector) allowed(tenant string) bool {
 func emitTenant(ch chan<- prom.Metric, name string, st *reslimit.AccountStats) {
 	for _, r := range accountResources {
 		res := r.String()
-		ch <- prom.MustNewConstMetric(descUsage, prom.GaugeValue, resinfo.BaseValue(r, st.Used(r)), name, res)
+		ch <- prom.MustNewConstMetric(descUsage, prom.GaugeValue, resinfo.BaseValue(r, resinfo.Used(st, r)), name, res)
 		if ls, ok := st.LimitStatus[r]; ok {
 			ch <- prom.MustNewConstMetric(descLimit, prom.GaugeValue, resinfo.BaseValue(r, ls.Limit), name, res)
 			ch <- prom.MustNewConstMetric(descRemaining, prom.GaugeValue, resinfo.BaseValue(r, ls.Remaining), name, res)

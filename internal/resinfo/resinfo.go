@@ -1,6 +1,7 @@
 // Package resinfo says how the exporters of this repository (reslimithttp's
 // JSON, contrib/prometheus, contrib/grpc) write a reslimit.Resource: the unit
-// of its values, a value in that unit, and what kind of quantity it is.
+// of its values, a value in that unit, what kind of quantity it is, and an
+// account's figure for it.
 // It is internal so that reslimit's own API stays small; code outside the
 // repository that needs the same knows it from the resources' docs.
 package resinfo
@@ -43,4 +44,28 @@ func Rate(r reslimit.Resource) bool {
 // of one run) or a rate (EvaluationRate, OperationRate).
 func Held(r reslimit.Resource) bool {
 	return r == reslimit.Memory || r == reslimit.Concurrency
+}
+
+// Used returns the figure of s for resource r, in reslimit's unit:
+// MemoryBytes for Memory, TotalMemoryBytes for TotalMemory, CPUTime for
+// CPUTime, Operations, Calls for Calls, Evaluations, and Running for
+// Concurrency; 0 for a resource an account does not count.
+func Used(s *reslimit.AccountStats, r reslimit.Resource) int64 {
+	switch r {
+	case reslimit.Memory:
+		return s.MemoryBytes
+	case reslimit.TotalMemory:
+		return s.TotalMemoryBytes
+	case reslimit.CPUTime:
+		return int64(s.CPUTime)
+	case reslimit.Operations:
+		return s.Operations
+	case reslimit.Calls:
+		return s.Calls
+	case reslimit.Evaluations:
+		return s.Evaluations
+	case reslimit.Concurrency:
+		return s.Running
+	}
+	return 0
 }

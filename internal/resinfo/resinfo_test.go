@@ -34,3 +34,15 @@ func TestKinds(t *testing.T) {
 		assert.Equal(t, held, resinfo.Held(r), "Held(%v)", r)
 	}
 }
+
+func TestUsed(t *testing.T) {
+	s := reslimit.AccountStats{MemoryBytes: 1, TotalMemoryBytes: 2, CPUTime: 3, Operations: 4,
+		Calls: 5, Evaluations: 6, Running: 7}
+	want := map[reslimit.Resource]int64{
+		reslimit.Memory: 1, reslimit.TotalMemory: 2, reslimit.CPUTime: 3, reslimit.Operations: 4,
+		reslimit.Calls: 5, reslimit.Evaluations: 6, reslimit.Concurrency: 7,
+	}
+	for _, r := range reslimit.Resources() {
+		assert.Equal(t, want[r], resinfo.Used(&s, r), "%v", r)
+	}
+}
