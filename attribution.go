@@ -869,16 +869,6 @@ func (a *Account) History() []HistoryEntry {
 	return out
 }
 
-// Limit returns the account's limit on r (bytes, counts, or nanoseconds for
-// CPUTime) and whether one is set.
-func (a *Account) Limit(r Resource) (int64, bool) {
-	if a == nil || !isAccountResource(r) {
-		return 0, false
-	}
-	v := a.limits[r].Load()
-	return v, v > 0
-}
-
 // SetLimit changes the account's limit on r (0 removes it). It takes
 // effect at once, for the next request of any run: raising a limit clears
 // exhaustion, lowering it below usage exhausts the account. Allowance that
@@ -907,7 +897,9 @@ func (a *Account) SetLimit(r Resource, v int64) error {
 	return nil
 }
 
-// Limits returns all of the account's current limits.
+// Limits returns all of the account's current limits (what SetLimit and
+// SetLimits set; a limit of 0 is none). Stats().LimitStatus has them by
+// Resource, for the resources with a limit.
 func (a *Account) Limits() AccountLimits {
 	if a == nil {
 		return AccountLimits{}
