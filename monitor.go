@@ -265,25 +265,31 @@ type ComponentStats struct {
 	LimitsExceeded int64
 }
 
-// resState is the edge state of one resource of one component. It is
-// accessed only by the poll in progress (under Monitor.pollMu). It is 16
-// bytes, so that the states a tracker's eight readings check span two or
-// three cache lines: a poll of many sources waits mostly for memory.
-type resState struct {
-	refusals int64
-	high     bool // at or above the warning threshold (HighUsage sent)
-	refusing bool // the previous poll found new refusals
-}
+// resFlags is the edge state of one resource of one component beside its
+// refusals count. It is accessed only by the poll in progress (under
+// Monitor.pollMu).
+type resFlags uint8
+
+const (
+	resHigh     resFlags = 1 << iota // at or above the warning threshold (HighUsage sent)
+	resRefusing                      // the previous poll found new refusals
+)
 
 // component is one registered source and its edge state. It is allocated
 // at Register and dropped at Unregister (or when replaced).
 type component struct {
-	name    string
-	src     Source
-	builtin bool
-	removed atomic.Bool
-	state   [numResources]resState
-	lost    [numResources]int64 // the StoreLost last read, per resource
+	// What a poll reads comes first, within the component's first 128
+	// bytes (two or three cache lines; with 16 bytes of state a resource
+	// they were four): a poll of many sources waits mostly for memory.
+	src      Source
+	ledger   *Ledger // see below
+	removed  atomic.Bool
+	builtin  bool
+	flags    [numResources]resFlags
+	refusals [numResources]int64 // the refusals last read, per resource
+
+	name string
+	lost [numResources]int64 // the StoreLost last read, per resource
 
 	warnings atomic.Int64
 	exceeded atomic.Int64
@@ -291,7 +297,6 @@ type component struct {
 	// A ledger's component stands for every tenant of the ledger: one
 	// sub-component per account, named name+tenant, made when a poll first
 	// sees the account and dropped when the ledger no longer holds it.
-	ledger  *Ledger
 	tenMu   sync.Mutex // guards tenants (polls write, Stats reads)
 	tenants map[*Account]*component
 	accts   []*Account // reused by polls: the ledger's accounts
@@ -485,7 +490,7 @@ func newComponent(name string, s Source) *component {
 	c := &component{name: name, src: s}
 	for _, r := range s.AppendReadings(nil) {
 		if r.Resource.valid() {
-			c.state[r.Resource].refusals = r.Refusals
+			c.refusals[r.Resource] = r.Refusals
 			c.lost[r.Resource] = r.StoreLost
 		}
 	}
@@ -698,8 +703,7 @@ func (m *Monitor) atRest(c *component, r *Reading) bool {
 	if !r.Resource.valid() {
 		return true
 	}
-	st := &c.state[r.Resource]
-	return r.Refusals == st.refusals && !st.high && !st.refusing && r.StoreLost == 0 &&
+	return r.Refusals == c.refusals[r.Resource] && c.flags[r.Resource] == 0 && r.StoreLost == 0 &&
 		(r.Limit <= 0 || float64(r.Used) <= m.restBelow*float64(r.Limit))
 }
 
@@ -711,32 +715,36 @@ func (m *Monitor) check(c *component, r *Reading, now time.Time) {
 	}
 	// The state is written only when it changes: a poll of sources at
 	// rest then only reads their components.
-	st := &c.state[r.Resource]
+	last, fl := &c.refusals[r.Resource], &c.flags[r.Resource]
 	var refused int64
-	if r.Refusals != st.refusals {
-		if r.Refusals > st.refusals {
-			refused = r.Refusals - st.refusals
+	if r.Refusals != *last {
+		if r.Refusals > *last {
+			refused = r.Refusals - *last
 		}
-		st.refusals = r.Refusals // a source that reset its count starts a new baseline
+		*last = r.Refusals // a source that reset its count starts a new baseline
 	}
 
 	var ratio float64
 	if r.Limit > 0 {
 		ratio = float64(r.Used) / float64(r.Limit)
 		switch {
-		case !st.high && ratio >= m.threshold:
-			st.high = true
+		case *fl&resHigh == 0 && ratio >= m.threshold:
+			*fl |= resHigh
 			m.emit(c, r, HighUsage, ratio, 0, now)
-		case st.high && ratio < m.recoverBelow:
-			st.high = false
+		case *fl&resHigh != 0 && ratio < m.recoverBelow:
+			*fl &^= resHigh
 			m.emit(c, r, Recovered, ratio, 0, now)
 		}
-	} else if st.high {
-		st.high = false // no limit (any more): no usage events
+	} else if *fl&resHigh != 0 {
+		*fl &^= resHigh // no limit (any more): no usage events
 	}
-	if refused > 0 || st.refusing {
-		streak := refused > 0 && !st.refusing
-		st.refusing = refused > 0
+	if refusing := *fl&resRefusing != 0; refused > 0 || refusing {
+		streak := refused > 0 && !refusing
+		if refused > 0 {
+			*fl |= resRefusing
+		} else {
+			*fl &^= resRefusing
+		}
 		if streak {
 			m.emit(c, r, LimitExceeded, ratio, refused, now)
 		}
