@@ -2,6 +2,7 @@ package reslimit
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -1367,16 +1368,20 @@ func (t *Tracker) AppendReadings(dst []Reading) []Reading {
 	if l.Timeout > 0 { // read the clock only where a timeout can be near
 		elapsed = int64(time.Since(t.start))
 	}
-	return append(dst,
-		Reading{Resource: Memory, Used: held, Limit: l.MaxMemoryBytes, Refusals: r[Memory].Load()},
-		Reading{Resource: TotalMemory, Used: total, Refusals: r[TotalMemory].Load()},
-		Reading{Resource: Operations, Used: ops, Limit: l.MaxOperations, Refusals: r[Operations].Load()},
-		Reading{Resource: Calls, Used: calls, Refusals: r[Calls].Load()},
-		Reading{Resource: CPUTime, Used: t.cpuLast.Load(), Limit: int64(l.MaxCPUTime), Refusals: r[CPUTime].Load()},
-		Reading{Resource: Concurrency, Used: t.slots.count.Load(), Limit: l.MaxConcurrent, Refusals: r[Concurrency].Load()},
-		Reading{Resource: FileSize, Used: t.maxFile.Load(), Limit: l.MaxFileSize, Refusals: r[FileSize].Load()},
-		Reading{Resource: Timeout, Used: elapsed, Limit: int64(l.Timeout), Refusals: r[Timeout].Load()},
-	)
+	// Written in place (not append's temporaries copied after): a poll
+	// reads thousands of trackers.
+	n := len(dst)
+	dst = slices.Grow(dst, 8)[:n+8]
+	d := (*[8]Reading)(dst[n:])
+	d[0] = Reading{Resource: Memory, Used: held, Limit: l.MaxMemoryBytes, Refusals: r[Memory].Load()}
+	d[1] = Reading{Resource: TotalMemory, Used: total, Refusals: r[TotalMemory].Load()}
+	d[2] = Reading{Resource: Operations, Used: ops, Limit: l.MaxOperations, Refusals: r[Operations].Load()}
+	d[3] = Reading{Resource: Calls, Used: calls, Refusals: r[Calls].Load()}
+	d[4] = Reading{Resource: CPUTime, Used: t.cpuLast.Load(), Limit: int64(l.MaxCPUTime), Refusals: r[CPUTime].Load()}
+	d[5] = Reading{Resource: Concurrency, Used: t.slots.count.Load(), Limit: l.MaxConcurrent, Refusals: r[Concurrency].Load()}
+	d[6] = Reading{Resource: FileSize, Used: t.maxFile.Load(), Limit: l.MaxFileSize, Refusals: r[FileSize].Load()}
+	d[7] = Reading{Resource: Timeout, Used: elapsed, Limit: int64(l.Timeout), Refusals: r[Timeout].Load()}
+	return dst
 }
 
 // Remaining returns how much more of r the run may use now, in r's unit
