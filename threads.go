@@ -47,8 +47,8 @@ func setMaxMeasuredRuns(n int) int {
 		n = 1
 	}
 	pins.mu.Lock()
-	prev := pins.limit
-	pins.limit = n
+	prev := pins.mu.limit
+	pins.mu.limit = n
 	pins.dispatchLocked()
 	pins.mu.Unlock()
 	return prev
@@ -65,28 +65,40 @@ const (
 )
 
 // pins bounds the goroutines pinned to threads at once.
-var pins = pinPool{limit: defaultMaxMeasuredRuns, byTid: map[int]int{}}
+var pins = newPinPool(defaultMaxMeasuredRuns)
 
+// pinPool is the places under the cap of pinned goroutines, and who holds
+// and waits for them.
 type pinPool struct {
-	mu    sync.Mutex
-	limit int
-	held  int
-	queue []*pinWaiter
-	byTid map[int]int // threads pinned for a run: depth of attachments
+	mu struct {
+		sync.Mutex
+		limit int          // the cap (defaultMaxMeasuredRuns)
+		held  int          // places held
+		queue []*pinWaiter // waiting for a place, first come first served
+		byTid map[int]int  // threads pinned for a run: depth of attachments
+	}
+}
+
+func newPinPool(limit int) *pinPool {
+	p := &pinPool{}
+	p.mu.limit = limit
+	p.mu.byTid = map[int]int{}
+	return p
 }
 
 type pinWaiter struct {
 	ready   chan struct{}
-	granted bool // guarded by mu
+	granted bool // guarded by pinPool.mu
 }
 
-// dispatchLocked hands free places to waiters in arrival order.
+// dispatchLocked hands free places to waiters in arrival order. It
+// requires that p.mu is held.
 func (p *pinPool) dispatchLocked() {
-	for len(p.queue) > 0 && p.held < p.limit {
-		w := p.queue[0]
-		p.queue[0] = nil
-		p.queue = p.queue[1:]
-		p.held++
+	for len(p.mu.queue) > 0 && p.mu.held < p.mu.limit {
+		w := p.mu.queue[0]
+		p.mu.queue[0] = nil
+		p.mu.queue = p.mu.queue[1:]
+		p.mu.held++
 		w.granted = true
 		close(w.ready)
 	}
@@ -94,9 +106,9 @@ func (p *pinPool) dispatchLocked() {
 
 // pinnedHereLocked reports whether the calling goroutine's thread is pinned
 // for a run. (A pinned thread runs only the goroutine locked to it, so if
-// it is, that goroutine is the caller.)
+// it is, that goroutine is the caller.) It requires that p.mu is held.
 func (p *pinPool) pinnedHereLocked() bool {
-	return len(p.byTid) > 0 && p.byTid[threadcpu.Tid()] > 0
+	return len(p.mu.byTid) > 0 && p.mu.byTid[threadcpu.Tid()] > 0
 }
 
 // reservePin reserves how the run about to start on the calling goroutine
@@ -108,14 +120,14 @@ func reservePin(ctx context.Context, timeout time.Duration, inner bool) (pinKind
 	if !threadcpu.Supported {
 		return pinWall, nil
 	}
-	p := &pins
+	p := pins
 	p.mu.Lock()
 	if p.pinnedHereLocked() {
 		p.mu.Unlock()
 		return pinNested, nil
 	}
-	if len(p.queue) == 0 && p.held < p.limit {
-		p.held++
+	if len(p.mu.queue) == 0 && p.mu.held < p.mu.limit {
+		p.mu.held++
 		p.mu.Unlock()
 		return pinSlot, nil
 	}
@@ -128,7 +140,7 @@ func reservePin(ctx context.Context, timeout time.Duration, inner bool) (pinKind
 		return pinNone, context.Cause(ctx)
 	}
 	w := &pinWaiter{ready: make(chan struct{})}
-	p.queue = append(p.queue, w)
+	p.mu.queue = append(p.mu.queue, w)
 	p.mu.Unlock()
 
 	start := time.Now()
@@ -150,12 +162,12 @@ func reservePin(ctx context.Context, timeout time.Duration, inner bool) (pinKind
 	p.mu.Lock()
 	if w.granted {
 		// Granted meanwhile: pass the place on.
-		p.held--
+		p.mu.held--
 		p.dispatchLocked()
 	} else {
-		for i, q := range p.queue {
+		for i, q := range p.mu.queue {
 			if q == w {
-				p.queue = append(p.queue[:i], p.queue[i+1:]...)
+				p.mu.queue = append(p.mu.queue[:i], p.mu.queue[i+1:]...)
 				break
 			}
 		}
@@ -170,14 +182,14 @@ func tryPin() pinKind {
 	if !threadcpu.Supported {
 		return pinWall
 	}
-	p := &pins
+	p := pins
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.pinnedHereLocked() {
 		return pinNested
 	}
-	if len(p.queue) == 0 && p.held < p.limit {
-		p.held++
+	if len(p.mu.queue) == 0 && p.mu.held < p.mu.limit {
+		p.mu.held++
 		return pinSlot
 	}
 	return pinWall
@@ -187,7 +199,7 @@ func tryPin() pinKind {
 func unreserve(k pinKind) {
 	if k == pinSlot {
 		pins.mu.Lock()
-		pins.held--
+		pins.mu.held--
 		pins.dispatchLocked()
 		pins.mu.Unlock()
 	}
@@ -206,7 +218,7 @@ func pinThread(k pinKind) pinKind {
 	runtime.LockOSThread()
 	tid := threadcpu.Tid()
 	pins.mu.Lock()
-	pins.byTid[tid]++
+	pins.mu.byTid[tid]++
 	pins.mu.Unlock()
 	return k
 }
@@ -218,11 +230,11 @@ func unpinThread(k pinKind) {
 	}
 	tid := threadcpu.Tid()
 	pins.mu.Lock()
-	if pins.byTid[tid]--; pins.byTid[tid] <= 0 {
-		delete(pins.byTid, tid)
+	if pins.mu.byTid[tid]--; pins.mu.byTid[tid] <= 0 {
+		delete(pins.mu.byTid, tid)
 	}
 	if k == pinSlot {
-		pins.held--
+		pins.mu.held--
 		pins.dispatchLocked()
 	}
 	pins.mu.Unlock()
@@ -233,5 +245,5 @@ func unpinThread(k pinKind) {
 func measuredRuns() (held, waiting int) {
 	pins.mu.Lock()
 	defer pins.mu.Unlock()
-	return pins.held, len(pins.queue)
+	return pins.mu.held, len(pins.mu.queue)
 }
