@@ -37,16 +37,19 @@ package reslimit
 // after it):
 //
 //	Ledger.periods.hookMu (a WithPeriodClosed call; the hook may Sync)
-//	→ Ledger.finalMu (one final report) → Ledger.syncMu (one sync round)
-//	→ Ledger.periods.closeMu (a close, the kept lines, the hook's queue)
-//	→ Ledger.mu → Tracker.mu (a child run's before its parent's: a
-//	child's refill draws from its parent) → Account.mu → Tracker.childMu
-//	(a parent's before its children's) → Tracker.meterMu (a leaf), and
-//	Account.mu → Tracker.cpuMu.
+//	→ Ledger.fleet.finalMu (one final report) → Ledger.fleet.syncMu (one
+//	sync round) → Ledger.periods.closeMu (a close, the kept lines, the
+//	hook's queue) → Ledger.mu → Tracker.mu (a child run's before its
+//	parent's: a child's refill draws from its parent) → Account.mu →
+//	Tracker.childMu (a parent's before its children's) → Tracker.meterMu
+//	(a leaf), and Account.mu → Tracker.cpuMu.
 //
-// Leaves taken alone: slots.mu (a run's concurrency slots and their
-// queue), pins.mu (the measured-thread cap), the Monitor's locks. The hot
-// paths (take, the guards' fast paths, TrackOperation) take no lock.
+// Leaves taken alone: Tracker.slots.mu (a run's concurrency slots and
+// their queue), pins.mu (the measured-thread cap), the Monitor's locks.
+// The hot paths (take, the guards' fast paths, TrackOperation) take no
+// lock. Where a mutex guards a few fields, they are grouped with it as
+// mu struct{ sync.Mutex; ... } (periods.closeMu, slots.mu, pins.mu), and
+// a ...Locked method requires that it is held.
 
 import (
 	"errors"
