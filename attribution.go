@@ -37,18 +37,20 @@ package reslimit
 // after it):
 //
 //	Ledger.periods.hookMu (a WithPeriodClosed call; the hook may Sync)
-//	→ Ledger.finalMu (one final report) → Ledger.syncMu (one sync round)
-//	→ Ledger.periods.closeMu (a close, the kept lines, the hook's queue)
-//	→ Ledger.mu → Tracker.mu (a child run's before its parent's: a
-//	child's refill draws from its parent) → Account.mu → Tracker.childMu
-//	(a parent's before its children's) → Tracker.meterMu (a leaf), and
-//	Account.mu → Tracker.cpuMu.
+//	→ Ledger.fleet.finalMu (one final report) → Ledger.fleet.syncMu (one
+//	sync round) → Ledger.periods.closeMu (a close, the kept lines, the
+//	hook's queue) → Ledger.mu → Tracker.mu (a child run's before its
+//	parent's: a child's refill draws from its parent) → Account.mu →
+//	Tracker.childMu (a parent's before its children's) → Tracker.meterMu
+//	(a leaf), and Account.mu → Tracker.cpuMu.
 //
-// Leaves taken alone: slots.mu (a run's concurrency slots and their
-// queue), pins.mu (the measured-thread cap), stopSet.mu (the stops a tree
-// of nested runs counted, taken under Tracker.mu), the Monitor's locks.
-// The hot paths (take, the guards' fast paths, TrackOperation) take no
-// lock.
+// Leaves taken alone: Tracker.slots.mu (a run's concurrency slots and
+// their queue), pins.mu (the measured-thread cap), stopSet.mu (the stops
+// a tree of nested runs counted, taken under Tracker.mu), the Monitor's
+// locks. The hot paths (take, the guards' fast paths, TrackOperation)
+// take no lock. Where a mutex guards a few fields, they are grouped with
+// it as mu struct{ sync.Mutex; ... } (periods.closeMu, slots.mu,
+// pins.mu), and a ...Locked method requires that it is held.
 
 import (
 	"errors"
@@ -302,30 +304,6 @@ type AccountStats struct {
 	// (and LimitStatus, Exhausted) are fleet-wide: what the store has
 	// committed plus what this replica has not reported yet.
 	Fleet *FleetStats
-}
-
-// Used returns the figure of s for resource r, in r's unit: MemoryBytes
-// for Memory, TotalMemoryBytes for TotalMemory, CPUTime for CPUTime,
-// Operations, Calls for Calls, Evaluations, and Running for
-// Concurrency; 0 for a resource an account does not count.
-func (s *AccountStats) Used(r Resource) int64 {
-	switch r {
-	case Memory:
-		return s.MemoryBytes
-	case TotalMemory:
-		return s.TotalMemoryBytes
-	case CPUTime:
-		return int64(s.CPUTime)
-	case Operations:
-		return s.Operations
-	case Calls:
-		return s.Calls
-	case Evaluations:
-		return s.Evaluations
-	case Concurrency:
-		return s.Running
-	}
-	return 0
 }
 
 // NewAccount returns an account named name (the tenant, non-empty) with
@@ -955,16 +933,6 @@ func (a *Account) History() []HistoryEntry {
 	return out
 }
 
-// Limit returns the account's limit on r (bytes, counts, or nanoseconds for
-// CPUTime) and whether one is set.
-func (a *Account) Limit(r Resource) (int64, bool) {
-	if a == nil || !isAccountResource(r) {
-		return 0, false
-	}
-	v := a.limits[r].Load()
-	return v, v > 0
-}
-
 // SetLimit changes the account's limit on r (0 removes it). It takes
 // effect at once, for the next request of any run: raising a limit clears
 // exhaustion, lowering it below usage exhausts the account. Allowance that
@@ -973,7 +941,7 @@ func (a *Account) SetLimit(r Resource, v int64) error {
 	if a == nil {
 		return errNilAccount
 	}
-	if r.Rate() {
+	if r.isRate() {
 		return fmt.Errorf("%w: set the account's %s with SetLimits", ErrInvalidArgument, r)
 	}
 	if !isAccountResource(r) {
@@ -993,7 +961,9 @@ func (a *Account) SetLimit(r Resource, v int64) error {
 	return nil
 }
 
-// Limits returns all of the account's current limits.
+// Limits returns all of the account's current limits (what SetLimit and
+// SetLimits set; a limit of 0 is none). Stats().LimitStatus has them by
+// Resource, for the resources with a limit.
 func (a *Account) Limits() AccountLimits {
 	if a == nil {
 		return AccountLimits{}
@@ -1095,7 +1065,7 @@ func (a *Account) AppendReadings(dst []Reading) []Reading {
 		dst = append(dst, rd)
 	}
 	for r := Memory; int(r) < numResources; r++ {
-		if n := a.stops[r].Load(); n > 0 && !r.Rate() && !isAccountResource(r) {
+		if n := a.stops[r].Load(); n > 0 && !r.isRate() && !isAccountResource(r) {
 			dst = append(dst, Reading{Resource: r, RunStops: n})
 		}
 	}

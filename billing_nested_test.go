@@ -54,8 +54,8 @@ func TestFleetNestedRunsBilledExactly(t *testing.T) {
 	assert.Equal(t, int64(requests*36), got.Operations, "operations billed by the store")
 	assert.Equal(t, int64(requests*5), got.Calls, "calls billed by the store")
 	st := acct.Stats()
-	assert.Equal(t, int64(requests*36), st.Used(Operations))
-	assert.Equal(t, int64(requests*5), st.Used(Calls))
+	assert.Equal(t, int64(requests*36), st.Operations)
+	assert.Equal(t, int64(requests*5), st.Calls)
 }
 
 // Concurrent requests with nested tools on two replicas, syncing all the

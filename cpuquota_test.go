@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/reslimit/reslimit/internal/threadcpu"
 )
 
 // A tenant's CPU quota is watched as closely as a run's own limit: four
@@ -16,7 +18,7 @@ import (
 // sampled per account, each run overshot by up to 250 ms), and every run
 // is stopped with the tenant's CPUTime *LimitError.
 func TestTenantCPUQuotaOvershootIsBounded(t *testing.T) {
-	if CPUClock() != "thread" {
+	if !threadcpu.Supported {
 		t.Skip("needs thread CPU clocks")
 	}
 	const quota = 200 * time.Millisecond

@@ -42,8 +42,8 @@
 // none. It does so where something needs it: when MaxCPUTime is set, when
 // the run is charged to an Account, or with [WithCPUTime]. A watchdog samples the clock of each running
 // call and cancels its context with a CPUTime *LimitError as the cause when
-// MaxCPUTime is used up. Elsewhere [CPUClock] reports "wall" and wall time
-// stands in for CPU time.
+// MaxCPUTime is used up. On other platforms, without thread clocks, wall
+// time stands in for CPU time (see [Usage]).
 //
 // A run started with the context of another run is its child: it draws
 // from its parent's limits and is billed to its parent's tenant. A stopped
@@ -56,10 +56,10 @@
 // AccountOption, LedgerOption and those of the sub-packages): an invalid
 // value is an error at construction, wrapping [ErrInvalidArgument] or
 // [ErrInvalidLimits], never clamped or ignored; an option that configures
-// the fleet ([WithReplica], [WithSyncInterval], [WithLeaseTTL],
-// [WithLeaseWait], [WithSyncTimeout], [WithFailurePolicy], [WithLogger])
-// is an error without [WithStore]. A zero field of a config struct
-// ([MonitorConfig]) takes the default its doc names.
+// the fleet ([WithReplica], [WithSyncInterval], [WithLeaseWait],
+// [WithFailurePolicy], [WithLogger]) is an error without [WithStore]. A
+// zero field of a config struct ([MonitorConfig]) takes the default its
+// doc names.
 //
 // # Tenants
 //

@@ -25,15 +25,16 @@ func TestResourceNames(t *testing.T) {
 		b, err := r.MarshalText()
 		require.NoError(t, err)
 		assert.Equal(t, name, string(b))
-		p, err := ParseResource(name)
-		require.NoError(t, err)
+		var p Resource
+		require.NoError(t, p.UnmarshalText([]byte(name)))
 		assert.Equal(t, r, p)
 	}
 	assert.Equal(t, "resource(0)", Resource(0).String())
 	_, err := Resource(0).MarshalText()
 	assert.Error(t, err)
-	_, err = ParseResource("bogus")
-	assert.Error(t, err)
+	var bogus Resource
+	assert.Error(t, bogus.UnmarshalText([]byte("bogus")))
+	assert.Equal(t, Resource(0), bogus, "unchanged")
 
 	b, err := json.Marshal(map[Resource]int{Operations: 1})
 	require.NoError(t, err)

@@ -8,7 +8,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -59,7 +58,9 @@ func (p FailurePolicy) String() string {
 // WithStore makes the ledger keep its tenants' cumulative totals in s,
 // shared with the other replicas that use the same store: a background
 // syncer reports this replica's usage and leases allowance, while charges
-// stay local and lock-free. Close the ledger to stop the syncer.
+// stay local and lock-free. Close the ledger to stop the syncer. Each
+// round trip to s (a sync, a tenant's first load) is bounded by 2s, or
+// sooner by the store's own timeout (redisstore.WithTimeout).
 func WithStore(s store.Store) LedgerOption {
 	return func(l *Ledger) {
 		if s == nil {
@@ -84,6 +85,12 @@ func WithReplica(id string) LedgerOption {
 
 // WithSyncInterval sets how often each tenant is synced with the store at
 // least (default 1s). A tenant whose lease runs low is synced sooner.
+//
+// The replica announces to the store a lease period of 3 intervals (at
+// least 100ms), which stores use to tell live replicas from gone ones. The
+// store never reclaims a lease when it expires: the unused lease of a
+// replica that stops without Close keeps counting against the limit (it
+// may have been used).
 func WithSyncInterval(d time.Duration) LedgerOption {
 	return func(l *Ledger) {
 		l.needStore("WithSyncInterval")
@@ -91,21 +98,6 @@ func WithSyncInterval(d time.Duration) LedgerOption {
 			l.setErr(fmt.Errorf("%w: WithSyncInterval(%v): not positive", ErrInvalidArgument, d))
 		}
 		l.fleet.interval = d
-	}
-}
-
-// WithLeaseTTL sets the lease period the replica announces to the store
-// (default: 3 sync intervals, at least 100ms), which stores use to tell
-// live replicas from gone ones. The store never reclaims a lease when it
-// expires: the unused lease of a replica that stops without Close keeps
-// counting against the limit (it may have been used).
-func WithLeaseTTL(d time.Duration) LedgerOption {
-	return func(l *Ledger) {
-		l.needStore("WithLeaseTTL")
-		if d <= 0 {
-			l.setErr(fmt.Errorf("%w: WithLeaseTTL(%v): not positive", ErrInvalidArgument, d))
-		}
-		l.fleet.ttl = d
 	}
 }
 
@@ -121,21 +113,10 @@ func WithFailurePolicy(p FailurePolicy) LedgerOption {
 	}
 }
 
-// WithSyncTimeout bounds one sync round trip (default 2s).
-func WithSyncTimeout(d time.Duration) LedgerOption {
-	return func(l *Ledger) {
-		l.needStore("WithSyncTimeout")
-		if d <= 0 {
-			l.setErr(fmt.Errorf("%w: WithSyncTimeout(%v): not positive", ErrInvalidArgument, d))
-		}
-		l.fleet.syncTimeout = d
-	}
-}
-
 // WithLeaseWait bounds how long a charge that finds its replica's
 // allowance used up waits for the syncer to lease more before it is
 // refused (default 100ms); when it ends while the lease is on its way, the
-// charge waits for that answer too (at most WithSyncTimeout). The wait
+// charge waits for that answer too (at most a sync's 2s). The wait
 // happens on the slow path only.
 func WithLeaseWait(d time.Duration) LedgerOption {
 	return func(l *Ledger) {
@@ -1251,35 +1232,6 @@ func (f *fleetState) statsLocked(a *Account) *FleetStats {
 	return &fs
 }
 
-// StoreTenants calls fn with every tenant the ledger's store holds (not
-// only those this replica opened) and its committed fleet-wide totals, for
-// invoices, without loading the tenants into the ledger or all at once
-// into memory. It stops at fn's first error and returns it. It needs a
-// store that implements TenantLister (store.Memory and the Redis store do);
-// without a store it lists the ledger's own accounts and their totals.
-func (l *Ledger) StoreTenants(ctx context.Context, fn func(tenant string, committed store.Totals) error) error {
-	if l.fleet.store == nil {
-		for _, name := range l.Tenants() {
-			a, ok := l.Lookup(name)
-			if !ok {
-				continue
-			}
-			a.mu.Lock()
-			tot := reportable(a.lifeLocked())
-			a.mu.Unlock()
-			if err := fn(name, tot); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	lister, ok := l.fleet.store.(store.TenantLister)
-	if !ok {
-		return fmt.Errorf("reslimit: the ledger's store (%T) cannot list its tenants: %w", l.fleet.store, errors.ErrUnsupported)
-	}
-	return lister.ListTenants(ctx, fn)
-}
-
 // grantLocked is Account.grant with a Store: room for meter i comes
 // out of this replica's lease of the fleet-wide quota, waiting for (or
 // fetching) a lease within WithLeaseWait when it is short. Called with
@@ -1311,20 +1263,6 @@ func (l *Ledger) keepLines(lines []Period) {
 	defer l.periods.closeMu.Unlock()
 	l.periods.keepLocked(lines)
 	l.queueHookLocked(lines)
-}
-
-// StorePeriod returns a tenant's fleet-wide totals for billing period n
-// (0: the open one) as the store keeps them, and whether they are final:
-// every replica that held a lease for the period has sent its final
-// report for it, or its lease expired. It needs a store that implements
-// PeriodLoader (store.Memory and the Redis store do); without a Store, or
-// with another one, it returns an error wrapping errors.ErrUnsupported.
-func (l *Ledger) StorePeriod(ctx context.Context, tenant string, n uint64) (store.Period, error) {
-	pl, ok := l.fleet.store.(store.PeriodLoader)
-	if !ok {
-		return store.Period{}, fmt.Errorf("reslimit: the ledger's store (%T) keeps no billing periods: %w", l.fleet.store, errors.ErrUnsupported)
-	}
-	return pl.LoadPeriod(ctx, tenant, n)
 }
 
 // tget returns t's quantity of r (CPU time in nanoseconds), or 0 for a

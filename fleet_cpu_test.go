@@ -98,7 +98,7 @@ func TestFleetLeaseWaitKeepsMaxConcurrentExact(t *testing.T) {
 					// The account's own count of runs in progress, while
 					// this one is: never more than the limit.
 					st := acct.Stats()
-					n := st.Used(Concurrency)
+					n := st.Running
 					for {
 						m := most.Load()
 						if n <= m || most.CompareAndSwap(m, n) {

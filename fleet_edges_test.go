@@ -20,8 +20,8 @@ func TestFleetIdleRunRoomOutlivesLease(t *testing.T) {
 		const limit = 20_000
 		shared := store.NewMemory()
 		ttl := 40 * time.Millisecond
-		l1 := newFleetLedger(t, shared, "r1", AccountLimits{MaxTotalOperations: limit}, WithLeaseTTL(ttl))
-		l2 := newFleetLedger(t, shared, "r2", AccountLimits{MaxTotalOperations: limit}, WithLeaseTTL(ttl))
+		l1 := newFleetLedger(t, shared, "r1", AccountLimits{MaxTotalOperations: limit}, withLeaseTTL(ttl))
+		l2 := newFleetLedger(t, shared, "r2", AccountLimits{MaxTotalOperations: limit}, withLeaseTTL(ttl))
 		tr, err := l1.Account("t").Begin(Unlimited())
 		require.NoError(t, err)
 		var used int64
@@ -77,7 +77,7 @@ func TestFleetRetiredIdleAccountNeverForgotten(t *testing.T) {
 // the Final round.
 func TestFleetCloseKeepsLeaseOfRemovedTenant(t *testing.T) {
 	shared := store.NewMemory()
-	l := newFleetLedger(t, shared, "r1", AccountLimits{MaxTotalOperations: 1000}, WithLeaseTTL(time.Minute))
+	l := newFleetLedger(t, shared, "r1", AccountLimits{MaxTotalOperations: 1000}, withLeaseTTL(time.Minute))
 	tr, _ := l.Account("t").Begin(Unlimited())
 	require.NoError(t, tr.TrackOperations(10))
 	tr.End()
@@ -187,7 +187,7 @@ func TestFleetLeaseWaitZeroStillAsksForALease(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		shared := store.NewMemory()
 		l := newFleetLedger(t, shared, "r1", AccountLimits{MaxEvaluations: 100},
-			WithSyncInterval(5*time.Millisecond), WithLeaseTTL(20*time.Millisecond), WithLeaseWait(0))
+			WithSyncInterval(5*time.Millisecond), withLeaseTTL(20*time.Millisecond), WithLeaseWait(0))
 		acct := l.Account("t")
 		for acct.Stats().Fleet.Syncs == 0 {
 			time.Sleep(time.Millisecond) // the fake clock moves on to the first sync

@@ -3,7 +3,6 @@ package reslimit
 import (
 	"bytes"
 	"context"
-	"errors"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -206,7 +205,7 @@ func TestFleetCrashedReplicasLeaseStaysCounted(t *testing.T) {
 	now.Store(time.Now().UnixNano())
 	shared := store.NewMemoryAt(func() time.Time { return time.Unix(0, now.Load()) })
 	const limit = 10_000
-	dead := newFleetLedger(t, shared, "dead", AccountLimits{MaxTotalOperations: limit}, WithLeaseTTL(time.Second), WithSyncInterval(time.Hour))
+	dead := newFleetLedger(t, shared, "dead", AccountLimits{MaxTotalOperations: limit}, withLeaseTTL(time.Second), WithSyncInterval(time.Hour))
 	tr, err := dead.Account("t").Begin(Unlimited())
 	require.NoError(t, err)
 	require.NoError(t, tr.TrackOperations(100))
@@ -325,28 +324,6 @@ func TestFleetFailOpenFailsOpen(t *testing.T) {
 	assert.Equal(t, int64(2), c.Evaluations)
 }
 
-// StoreTenants lists every tenant the store holds, not only this replica's.
-func TestLedgerStoreTenants(t *testing.T) {
-	shared := store.NewMemory()
-	l1 := newFleetLedger(t, shared, "r1", AccountLimits{})
-	l2 := newFleetLedger(t, shared, "r2", AccountLimits{})
-	for i, name := range []string{"a", "b", "c"} {
-		l := []*Ledger{l1, l2}[i%2]
-		tr, _ := l.Account(name).Begin(Unlimited())
-		require.NoError(t, tr.TrackOperations(int64(i+1)))
-		tr.End()
-		require.NoError(t, l.Sync(context.Background()))
-	}
-	got := map[string]int64{}
-	require.NoError(t, l1.StoreTenants(context.Background(), func(tenant string, c store.Totals) error {
-		got[tenant] = c.Operations
-		return nil
-	}))
-	assert.Equal(t, map[string]int64{"a": 1, "b": 2, "c": 3}, got)
-	stop := errors.New("stop")
-	assert.ErrorIs(t, l1.StoreTenants(context.Background(), func(string, store.Totals) error { return stop }), stop)
-}
-
 // Item 3, the stall itself: 11 operations are left, two replicas hold
 // leases of 2, and a charge of 9 waits on one of them. It is granted
 // within about a sync interval, and waiting for it does not storm the
@@ -456,12 +433,12 @@ func (g *gateStore) Sync(ctx context.Context, req store.SyncRequest) (store.Sync
 // A charge waiting for a lease past WithLeaseWait, while the lease it
 // asked for is on its way, is woken by an answer that brings none (the
 // period closed meanwhile, so the answer's lease is no good): it waits on
-// for the sync that follows, within WithSyncTimeout, and is not refused
+// for the sync that follows, within the sync timeout, and is not refused
 // (it was: the extension had no deadline of its own).
 func TestFleetChargeWaitsOnPastAnAnswerWithoutLease(t *testing.T) {
 	gs := &gateStore{Memory: store.NewMemory(), entered: make(chan struct{}), gate: make(chan struct{}), delay: 50 * time.Millisecond}
 	l := newFleetLedger(t, gs, "r1", AccountLimits{MaxTotalOperations: 1_000_000},
-		WithLeaseWait(time.Millisecond), WithSyncTimeout(10*time.Second))
+		WithLeaseWait(time.Millisecond), withSyncTimeout(10*time.Second))
 	tr, err := l.Account("acme").Begin(Limits{})
 	require.NoError(t, err)
 	done := make(chan error, 1)

@@ -18,7 +18,10 @@ import (
 // close from the store and closes its own; every unit is billed to the
 // period it was charged in, period 1 is final once both sent their final
 // reports, and the fleet-wide quota starts over in period 2.
-func testFleetPeriods(t *testing.T, shared store.Store) {
+func testFleetPeriods(t *testing.T, shared interface {
+	store.Store
+	store.PeriodLoader
+}) {
 	ctx := context.Background()
 	lim := AccountLimits{MaxTotalOperations: 100}
 	r1 := newFleetLedger(t, shared, "r1", lim)
@@ -32,7 +35,7 @@ func testFleetPeriods(t *testing.T, shared store.Store) {
 	assert.Equal(t, uint64(1), lines[0].Number)
 	assert.Equal(t, int64(60), lines[0].Operations)
 	require.NoError(t, r1.Sync(ctx)) // the shared's period moves to 2
-	sp, err := r1.StorePeriod(ctx, "acme", 0)
+	sp, err := shared.LoadPeriod(ctx, "acme", 0)
 	require.NoError(t, err)
 	assert.Equal(t, uint64(2), sp.Open)
 
@@ -45,7 +48,7 @@ func testFleetPeriods(t *testing.T, shared store.Store) {
 	require.Len(t, kept, 1)
 	assert.Equal(t, uint64(1), kept[0].Number)
 	assert.Equal(t, int64(30), kept[0].Operations)
-	sp, err = r2.StorePeriod(ctx, "acme", 1)
+	sp, err = shared.LoadPeriod(ctx, "acme", 1)
 	require.NoError(t, err)
 	assert.Equal(t, store.Period{Tenant: "acme", Number: 1, Open: 2, Totals: store.Totals{Operations: 60 + 30, Evaluations: 2}, Final: true},
 		withoutCPU(sp))
@@ -55,7 +58,7 @@ func testFleetPeriods(t *testing.T, shared store.Store) {
 	chargeOps(t, r1.Account("acme"), 60)
 	require.NoError(t, r1.Sync(ctx))
 	require.NoError(t, r2.Sync(ctx))
-	sp, err = r1.StorePeriod(ctx, "acme", 2)
+	sp, err = shared.LoadPeriod(ctx, "acme", 2)
 	require.NoError(t, err)
 	assert.Equal(t, int64(60), sp.Operations)
 	assert.False(t, sp.Final, "the open period")

@@ -243,8 +243,8 @@ func TestFleetCloseIsFinal(t *testing.T) {
 }
 
 func TestLedgerOptionErrors(t *testing.T) {
-	for _, o := range []LedgerOption{WithStore(nil), WithReplica(""), WithSyncInterval(0), WithLeaseTTL(-1),
-		WithFailurePolicy(9), WithSyncTimeout(0), WithLeaseWait(-1)} {
+	for _, o := range []LedgerOption{WithStore(nil), WithReplica(""), WithSyncInterval(0),
+		WithFailurePolicy(9), WithLeaseWait(-1)} {
 		l, err := NewLedger(AccountLimits{}, o)
 		assert.ErrorIs(t, err, ErrInvalidArgument, "reported at construction")
 		assert.Nil(t, l)

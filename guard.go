@@ -128,12 +128,6 @@ func (g *Guard) release() {
 	}
 }
 
-// Held reports whether the guard still holds something: false once it, or
-// a copy of it, was released.
-func (g *Guard) Held() bool {
-	return g != nil && g.n != 0 && g.cell.Load() == g.gen
-}
-
 // memFastPath reports whether the guards of t may charge and release
 // memory on the tracker's own meter alone (one CAS each), with nothing
 // else (an account) to charge.
@@ -229,12 +223,14 @@ func (t *Tracker) AcquireSlot(ctx context.Context) (Guard, error) {
 // queue of waiters. limit 0 means unlimited (only counted).
 type slots struct {
 	count   atomic.Int64
-	waiting atomic.Int64
+	waiting atomic.Int64 // len(mu.queue), read without the lock
 	limit   int64
 
-	mu    sync.Mutex
-	queue []*slotWaiter
-	_     [cacheLine - 56]byte // one cache line in all
+	mu struct {
+		sync.Mutex
+		queue []*slotWaiter // first come first served
+	}
+	_ [cacheLine - 56]byte // one cache line in all
 }
 
 type slotWaiter struct {
@@ -273,7 +269,7 @@ func (s *slots) acquire(ctx context.Context) error {
 	}
 	w := &slotWaiter{ready: make(chan struct{})}
 	s.mu.Lock()
-	s.queue = append(s.queue, w)
+	s.mu.queue = append(s.mu.queue, w)
 	s.waiting.Add(1)
 	s.dispatchLocked() // a slot may have freed since tryAcquire
 	s.mu.Unlock()
@@ -283,9 +279,9 @@ func (s *slots) acquire(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	s.mu.Lock()
-	for i, q := range s.queue {
+	for i, q := range s.mu.queue {
 		if q == w {
-			s.queue = append(s.queue[:i], s.queue[i+1:]...)
+			s.mu.queue = append(s.mu.queue[:i], s.mu.queue[i+1:]...)
 			s.waiting.Add(-1)
 			s.mu.Unlock()
 			return ctx.Err()
@@ -297,9 +293,10 @@ func (s *slots) acquire(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// dispatchLocked hands free slots to waiters in arrival order.
+// dispatchLocked hands free slots to waiters in arrival order. It
+// requires that s.mu is held.
 func (s *slots) dispatchLocked() {
-	for len(s.queue) > 0 {
+	for len(s.mu.queue) > 0 {
 		c := s.count.Load()
 		if c >= s.limit {
 			return
@@ -307,9 +304,9 @@ func (s *slots) dispatchLocked() {
 		if !s.count.CompareAndSwap(c, c+1) {
 			continue
 		}
-		w := s.queue[0]
-		s.queue[0] = nil
-		s.queue = s.queue[1:]
+		w := s.mu.queue[0]
+		s.mu.queue[0] = nil
+		s.mu.queue = s.mu.queue[1:]
 		s.waiting.Add(-1)
 		close(w.ready)
 	}

@@ -19,7 +19,7 @@ func TestCopiedMemoryGuardReleasesOnce(t *testing.T) {
 	c := g // a copy, as happens when a Guard is passed by value
 	g.Release()
 	c.Release() // must not give back another 100 bytes
-	assert.False(t, c.Held(), "a copy of a released guard holds nothing")
+	assert.False(t, c.held(), "a copy of a released guard holds nothing")
 	assert.Equal(t, int64(500), tr.Usage().MemoryBytes)
 	require.NoError(t, tr.ReleaseMemory(500), "the real owner's bytes are still held")
 
@@ -28,7 +28,7 @@ func TestCopiedMemoryGuardReleasesOnce(t *testing.T) {
 	require.NoError(t, err)
 	c = g
 	c.Release()
-	assert.False(t, g.Held())
+	assert.False(t, g.held())
 	g.Release()
 	assert.Zero(t, tr.Usage().MemoryBytes)
 }
@@ -87,8 +87,8 @@ func TestStaleGuardCopyDoesNotReleaseANewGuard(t *testing.T) {
 	require.NoError(t, err)
 	sc.Release()
 	mc.Release()
-	assert.True(t, s2.Held())
-	assert.True(t, m2.Held())
+	assert.True(t, s2.held())
+	assert.True(t, m2.held())
 	assert.Equal(t, int64(1), tr.Usage().Concurrent)
 	assert.Equal(t, int64(100), tr.Usage().MemoryBytes)
 	s2.Release()
@@ -112,7 +112,7 @@ func TestManyGuardsHeldAtOnce(t *testing.T) {
 		gs[i].Release()
 	}
 	for i := range cs {
-		assert.False(t, cs[i].Held())
+		assert.False(t, cs[i].held())
 		cs[i].Release()
 	}
 	u := tr.Usage()

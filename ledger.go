@@ -39,6 +39,8 @@ type Ledger struct {
 	fleet    fleet // the store-backed part (fleet.go); zero without WithStore
 	periods  ledgerPeriods
 
+	// mu guards accts, and periods.number, periods.removed and
+	// fleet.retired, which live with the rest of their state.
 	mu    sync.RWMutex
 	accts map[string]*Account
 }

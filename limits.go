@@ -17,7 +17,7 @@ type Limits struct {
 	// MaxMemoryBytes bounds the bytes held at once (TrackMemory,
 	// AcquireMemory), in bytes.
 	MaxMemoryBytes int64
-	// MaxCPUTime bounds the CPU time the run uses. See CPUClock for
+	// MaxCPUTime bounds the CPU time the run uses. See Usage.CPUTime for
 	// what is measured.
 	MaxCPUTime time.Duration
 	// MaxFileSize bounds the size in bytes of one file (CheckFileSize) or

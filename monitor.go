@@ -61,13 +61,13 @@ const (
 // the WarningThreshold, whichever is smaller.
 const monitorHysteresis = 0.05
 
-// ProcessComponent is the name under which a Monitor with
+// processComponent is the name under which a Monitor with
 // MonitorConfig.WatchProcess registers its process memory backstop.
-const ProcessComponent = "process"
+const processComponent = "process"
 
-// ErrMonitorStarted is returned by Monitor.Start when the monitor was
+// errMonitorStarted is returned by Monitor.Start when the monitor was
 // already started.
-var ErrMonitorStarted = errors.New("reslimit: monitor already started")
+var errMonitorStarted = errors.New("reslimit: monitor already started")
 
 // MonitorConfig configures NewMonitor. A zero field takes the default
 // named in its doc. MonitorConfig is a plain value.
@@ -89,11 +89,12 @@ type MonitorConfig struct {
 	// RunStopped at Warn level, LimitExceeded and StoreReset at Error,
 	// Recovered at Info.
 	Logger *slog.Logger
-	// WatchProcess registers a built-in component named "process"
-	// (ProcessComponent) that reads the Go runtime's memory from
-	// runtime/metrics — the memory the runtime's memory limit governs: all
-	// memory mapped by the Go runtime (heap included) minus heap memory
-	// returned to the OS — against ProcessMemoryLimit, or, when that is 0,
+	// WatchProcess registers a built-in component named "process" (its
+	// name in MonitorStats.PerComponent and Event.Component) that reads
+	// the Go runtime's memory from runtime/metrics — the memory the
+	// runtime's memory limit governs: all memory mapped by the Go runtime
+	// (heap included) minus heap memory returned to the OS — against
+	// ProcessMemoryLimit, or, when that is 0,
 	// against the limit set with debug.SetMemoryLimit or GOMEMLIMIT. With
 	// neither it reports usage without a limit, and so sends no events.
 	// It never stops the world (no runtime.ReadMemStats).
@@ -283,26 +284,33 @@ type ComponentStats struct {
 	LimitsExceeded int64
 }
 
-// resState is the edge state of one resource of one component. It is
-// accessed only by the poll in progress (under Monitor.pollMu). It is 16
-// bytes, so that the states a tracker's eight readings check span two or
-// three cache lines: a poll of many sources waits mostly for memory.
-type resState struct {
-	refusals int64
-	high     bool // at or above the warning threshold (HighUsage sent)
-	refusing bool // the previous poll found new refusals
-}
+// resFlags is the edge state of one resource of one component beside its
+// refusals count. It is accessed only by the poll in progress (under
+// Monitor.pollMu).
+type resFlags uint8
+
+const (
+	resHigh     resFlags = 1 << iota // at or above the warning threshold (HighUsage sent)
+	resRefusing                      // the previous poll found new refusals
+	resStopping                      // the previous poll found new run stops
+)
 
 // component is one registered source and its edge state. It is allocated
 // at Register and dropped at Unregister (or when replaced).
 type component struct {
-	name    string
-	src     Source
-	builtin bool
-	removed atomic.Bool
-	state   [numResources]resState
-	lost    [numResources]int64 // the StoreLost last read, per resource
-	stops   [numResources]stopStreak
+	// What a poll reads comes first, within the component's first 128
+	// bytes (two or three cache lines; with 16 bytes of state a resource
+	// they were four): a poll of many sources waits mostly for memory.
+	src      Source
+	ledger   *Ledger // see below
+	removed  atomic.Bool
+	builtin  bool
+	flags    [numResources]resFlags
+	refusals [numResources]int64 // the refusals last read, per resource
+
+	name  string
+	lost  [numResources]int64 // the StoreLost last read, per resource
+	stops [numResources]int64 // the RunStops last read, per resource
 
 	warnings atomic.Int64
 	exceeded atomic.Int64
@@ -310,7 +318,6 @@ type component struct {
 	// A ledger's component stands for every tenant of the ledger: one
 	// sub-component per account, named name+tenant, made when a poll first
 	// sees the account and dropped when the ledger no longer holds it.
-	ledger  *Ledger
 	tenMu   sync.Mutex // guards tenants (polls write, Stats reads)
 	tenants map[*Account]*component
 	accts   []*Account // reused by polls: the ledger's accounts
@@ -363,6 +370,7 @@ type Monitor struct {
 
 	threshold    float64
 	recoverBelow float64
+	restBelow    float64 // threshold less a rounding margin (see atRest)
 	interval     time.Duration
 	logger       *slog.Logger
 
@@ -435,6 +443,7 @@ func (m *Monitor) setup(cfg MonitorConfig) {
 	th := cmp.Or(cfg.WarningThreshold, defaultWarningThreshold)
 	m.threshold = th
 	m.recoverBelow = th - min(monitorHysteresis, th/2)
+	m.restBelow = th * (1 - 0x1p-40)
 	m.interval = cmp.Or(cfg.CheckInterval, defaultCheckInterval)
 	m.logger = cfg.Logger
 	m.events = make(chan Event, cmp.Or(cfg.EventBuffer, defaultEventBuffer))
@@ -442,7 +451,7 @@ func (m *Monitor) setup(cfg MonitorConfig) {
 	m.quit = make(chan struct{})
 	m.reg.Store(&registry{})
 	if cfg.WatchProcess {
-		c := &component{name: ProcessComponent, src: newProcessSource(cfg.ProcessMemoryLimit), builtin: true}
+		c := &component{name: processComponent, src: newProcessSource(cfg.ProcessMemoryLimit), builtin: true}
 		m.reg.Store(&registry{comps: []*component{c}})
 	}
 	m.ready.Store(true)
@@ -505,9 +514,9 @@ func newComponent(name string, s Source) *component {
 	c := &component{name: name, src: s}
 	for _, r := range s.AppendReadings(nil) {
 		if r.Resource.valid() {
-			c.state[r.Resource].refusals = r.Refusals
+			c.refusals[r.Resource] = r.Refusals
 			c.lost[r.Resource] = r.StoreLost
-			c.stops[r.Resource].n = r.RunStops
+			c.stops[r.Resource] = r.RunStops
 		}
 	}
 	return c
@@ -599,8 +608,8 @@ func (m *Monitor) Unregister(name string) {
 
 // Start starts the goroutine that polls every CheckInterval (the first
 // poll happens at once) until Stop is called or ctx ends; either way the
-// goroutine then closes the Events channel. It returns ErrMonitorStarted
-// when called a second time, ErrClosed after Stop, and an error wrapping
+// goroutine then closes the Events channel. It returns an error when
+// called a second time (a programming error), ErrClosed after Stop, and an error wrapping
 // ErrInvalidArgument for a nil ctx. Safe for concurrent use.
 func (m *Monitor) Start(ctx context.Context) error {
 	if ctx == nil {
@@ -613,7 +622,7 @@ func (m *Monitor) Start(ctx context.Context) error {
 		return ErrClosed
 	}
 	if m.started {
-		return ErrMonitorStarted
+		return errMonitorStarted
 	}
 	m.started = true
 	m.exited = make(chan struct{})
@@ -701,10 +710,27 @@ func (m *Monitor) Poll() {
 		}
 		m.buf = c.src.AppendReadings(m.buf[:0])
 		for i := range m.buf {
-			m.check(c, &m.buf[i], now)
+			if r := &m.buf[i]; !m.atRest(c, r) {
+				m.check(c, r, now)
+			}
 		}
 	}
 	m.polls.Add(1)
+}
+
+// atRest reports whether check would neither change c's state for r nor
+// send an event: no new refusals, no streak or high usage to end, no store
+// loss, and a usage surely below the warning threshold. It is the common
+// case of a poll, decided without check's division. (With restBelow
+// 2^-40 under the threshold, Used <= restBelow*Limit in floating point
+// implies Used/Limit < threshold after rounding.) Called with pollMu held.
+func (m *Monitor) atRest(c *component, r *Reading) bool {
+	if !r.Resource.valid() {
+		return true
+	}
+	return r.Refusals == c.refusals[r.Resource] && c.flags[r.Resource] == 0 && r.StoreLost == 0 &&
+		(r.Limit <= 0 || float64(r.Used) <= m.restBelow*float64(r.Limit)) &&
+		(r.RunStops == 0 || r.RunStops == c.stops[r.Resource])
 }
 
 // check updates the edge state of one reading and emits the events due.
@@ -715,37 +741,41 @@ func (m *Monitor) check(c *component, r *Reading, now time.Time) {
 	}
 	// The state is written only when it changes: a poll of sources at
 	// rest then only reads their components.
-	st := &c.state[r.Resource]
+	last, fl := &c.refusals[r.Resource], &c.flags[r.Resource]
 	var refused int64
-	if r.Refusals != st.refusals {
-		if r.Refusals > st.refusals {
-			refused = r.Refusals - st.refusals
+	if r.Refusals != *last {
+		if r.Refusals > *last {
+			refused = r.Refusals - *last
 		}
-		st.refusals = r.Refusals // a source that reset its count starts a new baseline
+		*last = r.Refusals // a source that reset its count starts a new baseline
 	}
 
 	var ratio float64
 	if r.Limit > 0 {
 		ratio = float64(r.Used) / float64(r.Limit)
 		switch {
-		case !st.high && ratio >= m.threshold:
-			st.high = true
+		case *fl&resHigh == 0 && ratio >= m.threshold:
+			*fl |= resHigh
 			m.emit(c, r, HighUsage, ratio, 0, now)
-		case st.high && ratio < m.recoverBelow:
-			st.high = false
+		case *fl&resHigh != 0 && ratio < m.recoverBelow:
+			*fl &^= resHigh
 			m.emit(c, r, Recovered, ratio, 0, now)
 		}
-	} else if st.high {
-		st.high = false // no limit (any more): no usage events
+	} else if *fl&resHigh != 0 {
+		*fl &^= resHigh // no limit (any more): no usage events
 	}
-	if refused > 0 || st.refusing {
-		streak := refused > 0 && !st.refusing
-		st.refusing = refused > 0
+	if refusing := *fl&resRefusing != 0; refused > 0 || refusing {
+		streak := refused > 0 && !refusing
+		if refused > 0 {
+			*fl |= resRefusing
+		} else {
+			*fl &^= resRefusing
+		}
 		if streak {
 			m.emit(c, r, LimitExceeded, ratio, refused, now)
 		}
 	}
-	if ss := &c.stops[r.Resource]; r.RunStops != ss.n || ss.streak {
+	if r.RunStops != c.stops[r.Resource] || *fl&resStopping != 0 {
 		m.checkStops(c, r, ratio, now)
 	}
 	if r.StoreLost != 0 && r.StoreLost > c.lost[r.Resource] {
@@ -756,27 +786,24 @@ func (m *Monitor) check(c *component, r *Reading, now time.Time) {
 	}
 }
 
-// stopStreak is the edge state of one resource's run stops of one
-// component, as resState's refusals and refusing are for refusals.
-type stopStreak struct {
-	n      int64 // the RunStops last read
-	streak bool  // the previous poll found new stops
-}
-
 // checkStops sends RunStopped, with the count, on the first poll of a
 // streak of polls that find new run stops of r's resource, as check does
 // LimitExceeded for refusals. Called with pollMu held.
 func (m *Monitor) checkStops(c *component, r *Reading, ratio float64, now time.Time) {
-	st := &c.stops[r.Resource]
+	last, fl := &c.stops[r.Resource], &c.flags[r.Resource]
 	var stopped int64
-	if r.RunStops > st.n {
-		stopped = r.RunStops - st.n
+	if r.RunStops > *last {
+		stopped = r.RunStops - *last
 	}
-	st.n = r.RunStops // a source that reset its count starts a new baseline
-	if stopped > 0 && !st.streak {
+	*last = r.RunStops // a source that reset its count starts a new baseline
+	if stopped > 0 && *fl&resStopping == 0 {
 		m.emit(c, r, RunStopped, ratio, stopped, now)
 	}
-	st.streak = stopped > 0
+	if stopped > 0 {
+		*fl |= resStopping
+	} else {
+		*fl &^= resStopping
+	}
 }
 
 // emit records and sends one event; n is the count of a LimitExceeded

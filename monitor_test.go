@@ -242,6 +242,35 @@ func TestMonitorThresholdOne(t *testing.T) {
 	assert.Equal(t, []string{"svc/memory/recovered"}, pollKinds(t, m))
 }
 
+// At the edge of the warning threshold, where rounding decides, a poll
+// sends HighUsage exactly when Used/Limit >= WarningThreshold in float64,
+// however large the limit: the poll's shortcut for readings at rest hides
+// no crossing.
+func TestMonitorThresholdEdgeIsExact(t *testing.T) {
+	limits := []int64{3, 7, 10, 100, 1000, 999_999_937, 1 << 40, 1<<53 + 1, 1 << 62}
+	for _, th := range []float64{0.8, 0.9, 0.95, 1.0 / 3, 0.7, 0.1, 1} {
+		m := newTestMonitor(t, MonitorConfig{WarningThreshold: th})
+		src := newFake()
+		require.NoError(t, m.Register("svc", src))
+		for _, lim := range limits {
+			edge := int64(th * float64(lim))
+			for used := edge - 3; used <= edge+3; used++ {
+				want := float64(used)/float64(lim) >= th
+				src.set(Memory, used, lim, 0)
+				got := pollKinds(t, m)
+				if want {
+					assert.Equal(t, []string{"svc/memory/high_usage"}, got, "threshold %v, used %d of %d", th, used, lim)
+				} else {
+					assert.Empty(t, got, "threshold %v, used %d of %d", th, used, lim)
+				}
+				src.set(Memory, 0, lim, 0) // back below: Recovered if it was high
+				m.Poll()
+				drain(t, m)
+			}
+		}
+	}
+}
+
 // A tenant running 8 of its 8 concurrent calls, none refused, gets one
 // HighUsage and no LimitExceeded, however long it stays there; the first
 // refusal is a LimitExceeded.
@@ -524,7 +553,7 @@ func TestMonitorStartTwiceAndStop(t *testing.T) {
 		m, err := NewMonitor(MonitorConfig{})
 		require.NoError(t, err)
 		require.NoError(t, m.Start(t.Context()))
-		require.ErrorIs(t, m.Start(t.Context()), ErrMonitorStarted)
+		require.ErrorIs(t, m.Start(t.Context()), errMonitorStarted)
 
 		m.Stop()
 		_, ok := <-m.Events()
@@ -733,7 +762,7 @@ func TestMonitorProcessBackstop(t *testing.T) {
 	m.Poll()
 	evs := drain(t, m)
 	require.NotEmpty(t, evs)
-	assert.Equal(t, ProcessComponent, evs[0].Component)
+	assert.Equal(t, processComponent, evs[0].Component)
 	assert.Equal(t, Memory, evs[0].Resource)
 	assert.Equal(t, HighUsage, evs[0].Kind)
 	assert.Equal(t, int64(1<<20), evs[0].Limit)
@@ -741,11 +770,11 @@ func TestMonitorProcessBackstop(t *testing.T) {
 
 	st := m.Stats()
 	assert.Equal(t, 1, st.Components)
-	require.Contains(t, st.PerComponent, ProcessComponent)
-	assert.Positive(t, st.PerComponent[ProcessComponent].MemoryBytes)
+	require.Contains(t, st.PerComponent, processComponent)
+	assert.Positive(t, st.PerComponent[processComponent].MemoryBytes)
 	assert.Zero(t, st.TotalMemoryBytes, "the process is not summed with the components")
 
-	m.Unregister(ProcessComponent)
+	m.Unregister(processComponent)
 	assert.Zero(t, m.Stats().Components)
 }
 

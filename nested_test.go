@@ -170,7 +170,7 @@ func TestNestedRunsHoldTheParentLimitExactly(t *testing.T) {
 // CPU a child run uses on another goroutine, in its Go helpers, or adds
 // with AddCPUTime is the parent's CPU too, and so its tenant's.
 func TestNestedRunCPUIsChargedToTheParent(t *testing.T) {
-	if CPUClock() != "thread" {
+	if !threadcpu.Supported {
 		t.Skip("needs thread CPU clocks")
 	}
 	a := newAcct(t, AccountLimits{})

@@ -34,14 +34,13 @@ func TestNilContextIsAnError(t *testing.T) {
 	tr := newT(t, Limits{MaxConcurrent: 1})
 	g, err := tr.AcquireSlot(nilCtx)
 	assert.ErrorIs(t, err, ErrInvalidArgument)
-	assert.False(t, g.Held())
+	assert.False(t, g.held())
 	assert.Zero(t, tr.Usage().Concurrent)
 	var nilTr *Tracker
 	_, err = nilTr.AcquireSlot(nilCtx)
 	assert.ErrorIs(t, err, ErrInvalidArgument)
 
 	assert.Nil(t, FromContext(nilCtx))
-	assert.Nil(t, AccountFromContext(nilCtx))
 
 	m, err := NewMonitor(MonitorConfig{})
 	require.NoError(t, err)

@@ -52,8 +52,8 @@ type Period struct {
 // in the store on (the other replicas close theirs when the store tells
 // them, see Ledger.Periods), the usage charged before the close is billed
 // to the closed period whenever it is reported, and the fleet-wide totals
-// and quotas start over (Ledger.StorePeriod reads a period's fleet totals
-// and whether they are final). With another store, the store's totals and
+// and quotas start over (the store's LoadPeriod reads a period's fleet
+// totals and whether they are final). With another store, the store's totals and
 // the quotas do not start over.
 func (a *Account) Reset() Period {
 	if a == nil {
@@ -208,16 +208,20 @@ type ledgerPeriods struct {
 	done    chan struct{}
 	once    sync.Once
 
-	closeMu sync.Mutex // one close at a time
+	// closeMu makes one close at a time, and guards what closes write.
+	closeMu struct {
+		sync.Mutex
+		kept [][]Period // the latest closes
+		// queued are the closes for the hook, in the order they were
+		// made (the schedule's and the store's): deliverLoop calls the
+		// hook, so that it never runs inside a close or a sync (it may
+		// call Sync).
+		queued [][]Period
+	}
 	number  uint64     // the open period's number (0 reads as 1); guarded by Ledger.mu
-	kept    [][]Period // the latest closes; guarded by closeMu
 	removed []*Account // removed accounts (without a store.Store) still to bill; guarded by Ledger.mu
 
-	// The closes for the hook, in the order they were made (the
-	// schedule's and the store's): deliverLoop calls the hook, so that it
-	// never runs inside a close or a sync (it may call Sync).
-	hookMu   sync.Mutex // one hook call at a time
-	queued   [][]Period // guarded by closeMu
+	hookMu   sync.Mutex // one hook call at a time; it guards no field
 	wake     chan struct{}
 	hookStop chan struct{}
 	hookDone chan struct{}
@@ -296,12 +300,12 @@ func (l *Ledger) deliverLoop() {
 }
 
 // queueHookLocked queues the lines of a close for the hook. Called with
-// closeMu held, so that the queue keeps the order of the closes.
+// l.periods.closeMu held, so that the queue keeps the order of the closes.
 func (l *Ledger) queueHookLocked(lines []Period) {
 	if l.periods.wake == nil {
 		return
 	}
-	l.periods.queued = append(l.periods.queued, lines)
+	l.periods.closeMu.queued = append(l.periods.closeMu.queued, lines)
 	select {
 	case l.periods.wake <- struct{}{}:
 	default:
@@ -315,8 +319,8 @@ func (l *Ledger) deliverQueued() {
 	defer l.periods.hookMu.Unlock()
 	for {
 		l.periods.closeMu.Lock()
-		q := l.periods.queued
-		l.periods.queued = nil
+		q := l.periods.closeMu.queued
+		l.periods.closeMu.queued = nil
 		l.periods.closeMu.Unlock()
 		if len(q) == 0 {
 			return
@@ -434,18 +438,18 @@ func (l *Ledger) closePeriodFor(end time.Time, hook bool) []Period {
 }
 
 // keepLocked keeps the lines of one close, dropping the oldest close past
-// WithPeriodsKept. Called with closeMu held.
+// WithPeriodsKept. It requires that p.closeMu is held.
 func (p *ledgerPeriods) keepLocked(lines []Period) {
 	keep := p.keep
 	if !p.keepSet {
 		keep = defaultPeriodsKept
 	}
 	if keep > 0 {
-		if len(p.kept) >= keep {
-			copy(p.kept, p.kept[1:])
-			p.kept = p.kept[:len(p.kept)-1]
+		if len(p.closeMu.kept) >= keep {
+			copy(p.closeMu.kept, p.closeMu.kept[1:])
+			p.closeMu.kept = p.closeMu.kept[:len(p.closeMu.kept)-1]
 		}
-		p.kept = append(p.kept, lines)
+		p.closeMu.kept = append(p.closeMu.kept, lines)
 	}
 }
 
@@ -467,7 +471,7 @@ func (l *Ledger) Periods() []Period {
 	l.periods.closeMu.Lock()
 	defer l.periods.closeMu.Unlock()
 	var out []Period
-	for _, lines := range l.periods.kept {
+	for _, lines := range l.periods.closeMu.kept {
 		out = append(out, lines...)
 	}
 	return out

@@ -405,7 +405,7 @@ func TestFleetReplicaPeriodsSumToTheStore(t *testing.T) {
 	require.NoError(t, err)
 	assert.Greater(t, open.Open, uint64(1), "the replicas' closes moved the shared's period on")
 	for n := uint64(1); n <= maxN; n++ {
-		sp, err := ledgers[0].StorePeriod(context.Background(), "acme", n)
+		sp, err := shared.LoadPeriod(context.Background(), "acme", n)
 		require.NoError(t, err)
 		want := byPeriod[n]
 		want.CPUTime = sp.CPUTime // the shared keeps whole microseconds per report

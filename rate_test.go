@@ -27,13 +27,6 @@ func TestRateLimitsValidate(t *testing.T) {
 	require.ErrorIs(t, a.SetLimits(AccountLimits{OperationsPerSecond: -1}), ErrInvalidLimits)
 	require.NoError(t, a.SetLimits(AccountLimits{}))
 	assert.Equal(t, AccountLimits{}, a.Limits())
-	_, ok := a.Limit(EvaluationRate)
-	assert.False(t, ok)
-
-	assert.True(t, EvaluationRate.Rate())
-	assert.True(t, OperationRate.Rate())
-	assert.False(t, Operations.Rate())
-	assert.Equal(t, "count", OperationRate.Unit())
 }
 
 func requireRate(t *testing.T, err error, r Resource, limit, used, requested int64, retry time.Duration) {

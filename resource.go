@@ -17,8 +17,8 @@ const (
 	// TotalMemory is bytes charged with TrackMemory, cumulatively; releases
 	// do not lower it.
 	TotalMemory
-	// CPUTime is CPU time in nanoseconds (real CPU time where the platform
-	// allows; see CPUClock).
+	// CPUTime is CPU time in nanoseconds (real CPU time on Linux; see
+	// Usage.CPUTime).
 	CPUTime
 	// FileSize is the size in bytes of one file or stream.
 	FileSize
@@ -94,59 +94,20 @@ func (r Resource) MarshalText() ([]byte, error) {
 }
 
 // UnmarshalText implements encoding.TextUnmarshaler, accepting the names
-// that String returns.
+// that String returns (it is how a name is parsed: r.UnmarshalText([]byte(s))).
+// An unknown name is an error and leaves r unchanged.
 func (r *Resource) UnmarshalText(b []byte) error {
-	p, err := ParseResource(string(b))
-	if err != nil {
-		return err
-	}
-	*r = p
-	return nil
-}
-
-// ParseResource returns the Resource whose String name is s.
-func ParseResource(s string) (Resource, error) {
-	for r := Memory; int(r) < numResources; r++ {
-		if resourceNames[r] == s {
-			return r, nil
+	for p := Memory; int(p) < numResources; p++ {
+		if resourceNames[p] == string(b) {
+			*r = p
+			return nil
 		}
 	}
-	return 0, errors.New("reslimit: unknown resource " + strconv.Quote(s))
+	return errors.New("reslimit: unknown resource " + strconv.Quote(string(b)))
 }
 
-// Rate reports whether r is a rate (EvaluationRate, OperationRate): a
-// token bucket that refills with time, whose refusals say when a retry
-// can succeed (LimitError.RetryAfter).
-func (r Resource) Rate() bool { return r == EvaluationRate || r == OperationRate }
+// isRate reports whether r is a rate (EvaluationRate, OperationRate).
+func (r Resource) isRate() bool { return r == EvaluationRate || r == OperationRate }
 
 // isTime reports whether the resource's values are nanoseconds.
 func (r Resource) isTime() bool { return r == CPUTime || r == Timeout }
-
-// Unit returns the unit in which exporters (reslimithttp's JSON, the
-// Prometheus collector) write r's values: "bytes", "seconds" or "count".
-// Inside reslimit, CPUTime and Timeout are nanoseconds; see BaseValue.
-func (r Resource) Unit() string {
-	switch r {
-	case Memory, TotalMemory, FileSize:
-		return "bytes"
-	case CPUTime, Timeout:
-		return "seconds"
-	}
-	return "count"
-}
-
-// BaseValue converts v, a value of r in reslimit's unit, to r's Unit:
-// nanoseconds become seconds, the rest is unchanged.
-func (r Resource) BaseValue(v int64) float64 {
-	if r.isTime() {
-		return float64(v) / 1e9
-	}
-	return float64(v)
-}
-
-// Held reports whether r counts what is held at once (Memory, the
-// Concurrency of slots or runs in progress), which goes down again when
-// released, rather than what accumulates (TotalMemory, CPUTime,
-// Operations, Calls, Evaluations), bounds one item (FileSize, the
-// Timeout of one run) or a rate (EvaluationRate, OperationRate).
-func (r Resource) Held() bool { return r == Memory || r == Concurrency }

@@ -94,19 +94,10 @@ func FromContext(ctx context.Context) *Tracker {
 // with it by Run or a function wrapped by Limit to acct, so the tenant can
 // be chosen per request. WithAccount takes precedence. A nil acct makes
 // those runs fail with an error wrapping ErrInvalidArgument, rather than
-// run unbilled. Like context.WithValue, it panics for a nil ctx.
+// run unbilled. Like context.WithValue, it panics for a nil ctx. Inside
+// such a run, FromContext(ctx).Account() is the account.
 func ContextWithAccount(ctx context.Context, acct *Account) context.Context {
 	return context.WithValue(ctx, accountKey{}, acct)
-}
-
-// AccountFromContext returns the account set by ContextWithAccount, or nil
-// (also for a nil ctx).
-func AccountFromContext(ctx context.Context) *Account {
-	if ctx == nil {
-		return nil
-	}
-	a, _ := ctx.Value(accountKey{}).(*Account)
-	return a
 }
 
 var errNilContextAccount = fmt.Errorf("%w: ContextWithAccount(nil): the run's tenant has no account", ErrInvalidArgument)
@@ -134,8 +125,10 @@ func contextAccount(ctx context.Context) (*Account, error) {
 // when l.MaxCPUTime is set, the run is charged to an Account, or
 // WithCPUTime is given — the goroutine is locked to its OS thread while fn
 // runs, so that its CPU time can be read from the thread's CPU clock (at
-// most SetMaxMeasuredRuns runs at once: beyond that Run waits for a place,
-// bounded by ctx and l.Timeout, before anything is charged);
+// most 1,000 runs of the process at once: beyond that Run waits, first
+// come first served, for a place, bounded by ctx and l.Timeout, before
+// anything is charged; a run inside another run does not wait, and counts
+// its wall time as CPU time instead);
 // otherwise Usage.CPUTime stays 0 (and AddCPUTime still adds). When the run's Timeout
 // passes or its CPU time (or its account's) is used up, its context is
 // cancelled with the *LimitError as context.Cause and TrackOperation starts returning
@@ -211,7 +204,7 @@ func run(ctx context.Context, c *runConfig, fn func(ctx context.Context) error, 
 		return runLazy(ctx, c, fn, wantUsage, parent)
 	}
 	// Measuring CPU time pins the run's goroutine to its thread: wait for
-	// a place under SetMaxMeasuredRuns before anything is charged.
+	// a place under defaultMaxMeasuredRuns before anything is charged.
 	pin, err := reservePin(ctx, l.Timeout, parent != nil)
 	if err != nil {
 		return Usage{}, err

@@ -60,7 +60,7 @@ func TestRunBadInput(t *testing.T) {
 }
 
 func TestRunSpinningIsStoppedForCPU(t *testing.T) {
-	if CPUClock() != "thread" {
+	if !threadcpu.Supported {
 		t.Skip("needs per-thread CPU clocks")
 	}
 	limit := 100 * time.Millisecond
@@ -76,7 +76,7 @@ func TestRunSpinningIsStoppedForCPU(t *testing.T) {
 }
 
 func TestRunSleepingUsesAlmostNoCPU(t *testing.T) {
-	if CPUClock() != "thread" {
+	if !threadcpu.Supported {
 		t.Skip("needs per-thread CPU clocks")
 	}
 	u, err := Run(context.Background(), Limits{MaxCPUTime: 100 * time.Millisecond}, func(ctx context.Context) error {
@@ -93,7 +93,7 @@ func TestRunSleepingUsesAlmostNoCPU(t *testing.T) {
 }
 
 func TestRunCountsCPUOfGoHelpers(t *testing.T) {
-	if CPUClock() != "thread" {
+	if !threadcpu.Supported {
 		t.Skip("needs per-thread CPU clocks")
 	}
 	u, err := Run(context.Background(), Limits{MaxCPUTime: 80 * time.Millisecond, Timeout: 10 * time.Second}, func(ctx context.Context) error {
@@ -299,7 +299,7 @@ func TestFromContextWithoutRun(t *testing.T) {
 }
 
 func TestRunMeasuresCPUOnlyWhenSomethingNeedsIt(t *testing.T) {
-	if CPUClock() != "thread" {
+	if !threadcpu.Supported {
 		t.Skip("needs per-thread CPU clocks")
 	}
 	// Burn 20 ms of this thread's CPU, however busy the machine is (a

@@ -10,16 +10,11 @@ import (
 	"github.com/reslimit/reslimit/internal/threadcpu"
 )
 
-// defaultMaxMeasuredRuns is how many runs may have their CPU time measured
-// at once by default (see SetMaxMeasuredRuns).
-const defaultMaxMeasuredRuns = 1000
-
-// SetMaxMeasuredRuns sets how many goroutines of the whole process may be
+// defaultMaxMeasuredRuns is how many goroutines of the whole process may be
 // pinned to an OS thread at once for measuring CPU time (a run of Run or
 // Limit whose CPU time is measured, and each goroutine started with
-// Tracker.Go), and returns the previous setting. n below 1 is taken as 1.
-// The default, 1000, keeps a process far from Go's limit
-// of 10,000 threads however many runs sleep at once.
+// Tracker.Go): far from Go's limit of 10,000 threads however many runs
+// sleep at once.
 //
 // Where CPU time is measured a run's goroutine is pinned to its thread
 // while its function runs, since the thread's CPU clock is what is read.
@@ -41,15 +36,19 @@ const defaultMaxMeasuredRuns = 1000
 // measured run started with a context not derived from its own can wait
 // for it to get a place: bound such waits with a Timeout or a context.
 //
-// Where thread CPU clocks do not exist (CPUClock returns "wall") nothing
-// is pinned and the cap does not apply.
-func SetMaxMeasuredRuns(n int) int {
+// Where thread CPU clocks do not exist (not Linux) nothing is pinned and
+// the cap does not apply. Run's doc and docs/semantics.md say this to users.
+const defaultMaxMeasuredRuns = 1000
+
+// setMaxMeasuredRuns sets the cap of defaultMaxMeasuredRuns (n below 1 is
+// taken as 1) and returns the previous setting; tests lower it.
+func setMaxMeasuredRuns(n int) int {
 	if n < 1 {
 		n = 1
 	}
 	pins.mu.Lock()
-	prev := pins.limit
-	pins.limit = n
+	prev := pins.mu.limit
+	pins.mu.limit = n
 	pins.dispatchLocked()
 	pins.mu.Unlock()
 	return prev
@@ -66,28 +65,40 @@ const (
 )
 
 // pins bounds the goroutines pinned to threads at once.
-var pins = pinPool{limit: defaultMaxMeasuredRuns, byTid: map[int]int{}}
+var pins = newPinPool(defaultMaxMeasuredRuns)
 
+// pinPool is the places under the cap of pinned goroutines, and who holds
+// and waits for them.
 type pinPool struct {
-	mu    sync.Mutex
-	limit int
-	held  int
-	queue []*pinWaiter
-	byTid map[int]int // threads pinned for a run: depth of attachments
+	mu struct {
+		sync.Mutex
+		limit int          // the cap (defaultMaxMeasuredRuns)
+		held  int          // places held
+		queue []*pinWaiter // waiting for a place, first come first served
+		byTid map[int]int  // threads pinned for a run: depth of attachments
+	}
+}
+
+func newPinPool(limit int) *pinPool {
+	p := &pinPool{}
+	p.mu.limit = limit
+	p.mu.byTid = map[int]int{}
+	return p
 }
 
 type pinWaiter struct {
 	ready   chan struct{}
-	granted bool // guarded by mu
+	granted bool // guarded by pinPool.mu
 }
 
-// dispatchLocked hands free places to waiters in arrival order.
+// dispatchLocked hands free places to waiters in arrival order. It
+// requires that p.mu is held.
 func (p *pinPool) dispatchLocked() {
-	for len(p.queue) > 0 && p.held < p.limit {
-		w := p.queue[0]
-		p.queue[0] = nil
-		p.queue = p.queue[1:]
-		p.held++
+	for len(p.mu.queue) > 0 && p.mu.held < p.mu.limit {
+		w := p.mu.queue[0]
+		p.mu.queue[0] = nil
+		p.mu.queue = p.mu.queue[1:]
+		p.mu.held++
 		w.granted = true
 		close(w.ready)
 	}
@@ -95,9 +106,9 @@ func (p *pinPool) dispatchLocked() {
 
 // pinnedHereLocked reports whether the calling goroutine's thread is pinned
 // for a run. (A pinned thread runs only the goroutine locked to it, so if
-// it is, that goroutine is the caller.)
+// it is, that goroutine is the caller.) It requires that p.mu is held.
 func (p *pinPool) pinnedHereLocked() bool {
-	return len(p.byTid) > 0 && p.byTid[threadcpu.Tid()] > 0
+	return len(p.mu.byTid) > 0 && p.mu.byTid[threadcpu.Tid()] > 0
 }
 
 // reservePin reserves how the run about to start on the calling goroutine
@@ -109,14 +120,14 @@ func reservePin(ctx context.Context, timeout time.Duration, inner bool) (pinKind
 	if !threadcpu.Supported {
 		return pinWall, nil
 	}
-	p := &pins
+	p := pins
 	p.mu.Lock()
 	if p.pinnedHereLocked() {
 		p.mu.Unlock()
 		return pinNested, nil
 	}
-	if len(p.queue) == 0 && p.held < p.limit {
-		p.held++
+	if len(p.mu.queue) == 0 && p.mu.held < p.mu.limit {
+		p.mu.held++
 		p.mu.Unlock()
 		return pinSlot, nil
 	}
@@ -129,7 +140,7 @@ func reservePin(ctx context.Context, timeout time.Duration, inner bool) (pinKind
 		return pinNone, context.Cause(ctx)
 	}
 	w := &pinWaiter{ready: make(chan struct{})}
-	p.queue = append(p.queue, w)
+	p.mu.queue = append(p.mu.queue, w)
 	p.mu.Unlock()
 
 	start := time.Now()
@@ -151,12 +162,12 @@ func reservePin(ctx context.Context, timeout time.Duration, inner bool) (pinKind
 	p.mu.Lock()
 	if w.granted {
 		// Granted meanwhile: pass the place on.
-		p.held--
+		p.mu.held--
 		p.dispatchLocked()
 	} else {
-		for i, q := range p.queue {
+		for i, q := range p.mu.queue {
 			if q == w {
-				p.queue = append(p.queue[:i], p.queue[i+1:]...)
+				p.mu.queue = append(p.mu.queue[:i], p.mu.queue[i+1:]...)
 				break
 			}
 		}
@@ -171,14 +182,14 @@ func tryPin() pinKind {
 	if !threadcpu.Supported {
 		return pinWall
 	}
-	p := &pins
+	p := pins
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.pinnedHereLocked() {
 		return pinNested
 	}
-	if len(p.queue) == 0 && p.held < p.limit {
-		p.held++
+	if len(p.mu.queue) == 0 && p.mu.held < p.mu.limit {
+		p.mu.held++
 		return pinSlot
 	}
 	return pinWall
@@ -188,7 +199,7 @@ func tryPin() pinKind {
 func unreserve(k pinKind) {
 	if k == pinSlot {
 		pins.mu.Lock()
-		pins.held--
+		pins.mu.held--
 		pins.dispatchLocked()
 		pins.mu.Unlock()
 	}
@@ -207,7 +218,7 @@ func pinThread(k pinKind) pinKind {
 	runtime.LockOSThread()
 	tid := threadcpu.Tid()
 	pins.mu.Lock()
-	pins.byTid[tid]++
+	pins.mu.byTid[tid]++
 	pins.mu.Unlock()
 	return k
 }
@@ -219,11 +230,11 @@ func unpinThread(k pinKind) {
 	}
 	tid := threadcpu.Tid()
 	pins.mu.Lock()
-	if pins.byTid[tid]--; pins.byTid[tid] <= 0 {
-		delete(pins.byTid, tid)
+	if pins.mu.byTid[tid]--; pins.mu.byTid[tid] <= 0 {
+		delete(pins.mu.byTid, tid)
 	}
 	if k == pinSlot {
-		pins.held--
+		pins.mu.held--
 		pins.dispatchLocked()
 	}
 	pins.mu.Unlock()
@@ -234,5 +245,5 @@ func unpinThread(k pinKind) {
 func measuredRuns() (held, waiting int) {
 	pins.mu.Lock()
 	defer pins.mu.Unlock()
-	return pins.held, len(pins.queue)
+	return pins.mu.held, len(pins.mu.queue)
 }

@@ -39,8 +39,8 @@ func osThreads(t *testing.T) int {
 }
 
 func withMaxMeasuredRuns(t *testing.T, n int) {
-	prev := SetMaxMeasuredRuns(n)
-	t.Cleanup(func() { SetMaxMeasuredRuns(prev) })
+	prev := setMaxMeasuredRuns(n)
+	t.Cleanup(func() { setMaxMeasuredRuns(prev) })
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -176,10 +176,10 @@ func TestMeasuredRunsNestedDoNotDeadlock(t *testing.T) {
 	assert.Zero(t, waiting)
 }
 
-func TestSetMaxMeasuredRuns(t *testing.T) {
-	prev := SetMaxMeasuredRuns(7)
-	defer SetMaxMeasuredRuns(prev)
+func TestMaxMeasuredRunsSetting(t *testing.T) {
+	prev := setMaxMeasuredRuns(7)
+	defer setMaxMeasuredRuns(prev)
 	assert.Equal(t, defaultMaxMeasuredRuns, prev)
-	assert.Equal(t, 7, SetMaxMeasuredRuns(0))
-	assert.Equal(t, 1, SetMaxMeasuredRuns(7), "below 1 is taken as 1")
+	assert.Equal(t, 7, setMaxMeasuredRuns(0))
+	assert.Equal(t, 1, setMaxMeasuredRuns(7), "below 1 is taken as 1")
 }

@@ -2,6 +2,7 @@ package reslimit
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -162,9 +163,14 @@ type Usage struct {
 	Operations int64
 	// Calls counts TrackCall.
 	Calls int64
-	// CPUTime is the CPU time used (see CPUClock). A Run measures it
-	// when MaxCPUTime is set, the run is charged to an Account, or WithCPUTime
-	// is given; otherwise only AddCPUTime counts.
+	// CPUTime is the CPU time used. A Run measures it when MaxCPUTime is
+	// set, the run is charged to an Account, or WithCPUTime is given;
+	// otherwise only AddCPUTime counts. On Linux it is read from the CPU
+	// clocks of the OS threads that ran the work. On other platforms (and
+	// for a run nested in another, or a Tracker.Go goroutine, that found
+	// no place to pin its thread: see Run) the wall time of the run's
+	// goroutines stands in for it: an upper bound for work on one thread,
+	// which charges a sleeping run as if it computed.
 	CPUTime time.Duration
 	// WallTime is the time since the tracker was created (at End: its life).
 	WallTime time.Duration
@@ -1020,21 +1026,9 @@ func (t *Tracker) checkRunCPU() error {
 	return nil
 }
 
-// CPUClock says what a Tracker's CPUTime measures on this platform:
-// "thread" where the CPU clocks of the OS threads that ran the work are
-// read (Linux), or "wall" where they cannot be, and the wall time of the
-// run's attached goroutines stands in for their CPU time (an upper bound
-// for work on one thread; a sleeping run is charged as if it computed).
-func CPUClock() string {
-	if threadcpu.Supported {
-		return "thread"
-	}
-	return "wall"
-}
-
 // attach pins the calling goroutine to its OS thread and starts counting
-// that thread's CPU time for the run (or, beyond SetMaxMeasuredRuns, its
-// wall time). The caller must call detach with the returned id on the same
+// that thread's CPU time for the run (or, beyond defaultMaxMeasuredRuns,
+// its wall time). The caller must call detach with the returned id on the same
 // goroutine.
 func (t *Tracker) attach() uint64 {
 	if t.skipCPU {
@@ -1383,16 +1377,20 @@ func (t *Tracker) AppendReadings(dst []Reading) []Reading {
 	if l.Timeout > 0 { // read the clock only where a timeout can be near
 		elapsed = int64(time.Since(t.start))
 	}
-	return append(dst,
-		Reading{Resource: Memory, Used: held, Limit: l.MaxMemoryBytes, Refusals: r[Memory].Load()},
-		Reading{Resource: TotalMemory, Used: total, Refusals: r[TotalMemory].Load()},
-		Reading{Resource: Operations, Used: ops, Limit: l.MaxOperations, Refusals: r[Operations].Load()},
-		Reading{Resource: Calls, Used: calls, Refusals: r[Calls].Load()},
-		Reading{Resource: CPUTime, Used: t.cpuLast.Load(), Limit: int64(l.MaxCPUTime), Refusals: r[CPUTime].Load()},
-		Reading{Resource: Concurrency, Used: t.slots.count.Load(), Limit: l.MaxConcurrent, Refusals: r[Concurrency].Load()},
-		Reading{Resource: FileSize, Used: t.maxFile.Load(), Limit: l.MaxFileSize, Refusals: r[FileSize].Load()},
-		Reading{Resource: Timeout, Used: elapsed, Limit: int64(l.Timeout), Refusals: r[Timeout].Load()},
-	)
+	// Written in place (not append's temporaries copied after): a poll
+	// reads thousands of trackers.
+	n := len(dst)
+	dst = slices.Grow(dst, 8)[:n+8]
+	d := (*[8]Reading)(dst[n:])
+	d[0] = Reading{Resource: Memory, Used: held, Limit: l.MaxMemoryBytes, Refusals: r[Memory].Load()}
+	d[1] = Reading{Resource: TotalMemory, Used: total, Refusals: r[TotalMemory].Load()}
+	d[2] = Reading{Resource: Operations, Used: ops, Limit: l.MaxOperations, Refusals: r[Operations].Load()}
+	d[3] = Reading{Resource: Calls, Used: calls, Refusals: r[Calls].Load()}
+	d[4] = Reading{Resource: CPUTime, Used: t.cpuLast.Load(), Limit: int64(l.MaxCPUTime), Refusals: r[CPUTime].Load()}
+	d[5] = Reading{Resource: Concurrency, Used: t.slots.count.Load(), Limit: l.MaxConcurrent, Refusals: r[Concurrency].Load()}
+	d[6] = Reading{Resource: FileSize, Used: t.maxFile.Load(), Limit: l.MaxFileSize, Refusals: r[FileSize].Load()}
+	d[7] = Reading{Resource: Timeout, Used: elapsed, Limit: int64(l.Timeout), Refusals: r[Timeout].Load()}
+	return dst
 }
 
 // Remaining returns how much more of r the run may use now, in r's unit

@@ -154,7 +154,7 @@ func checkBill(t *testing.T, f *fleet, want map[string]granted) {
 
 	lines := f.sumLines(t)
 	var table strings.Builder
-	fmt.Fprintf(&table, "%-6s %3s | %-44s | %-44s | %s\n", "tenant", "n", "replicas' lines (sum)", "store (StorePeriod)", "final")
+	fmt.Fprintf(&table, "%-6s %3s | %-44s | %-44s | %s\n", "tenant", "n", "replicas' lines (sum)", "store (LoadPeriod)", "final")
 	for _, tenant := range sortedTenants(f.cfg.plans) {
 		plan := f.cfg.plans[tenant]
 		open := f.storePeriod(tenant, 0).Open

@@ -322,9 +322,9 @@ func (f *fleet) storePeriod(tenant string, n uint64) store.Period {
 	f.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	sp, err := f.replicas[0].ledger.StorePeriod(ctx, tenant, n)
+	sp, err := f.store.LoadPeriod(ctx, tenant, n)
 	if err != nil {
-		f.t.Fatalf("StorePeriod(%s, %d): %v", tenant, n, err)
+		f.t.Fatalf("LoadPeriod(%s, %d): %v", tenant, n, err)
 	}
 	return sp
 }

@@ -101,7 +101,7 @@ func (v *opsView) checkRunStops(t *testing.T, want, newEvents map[reslimit.Resou
 		t.Errorf("%s: AccountStats.RunStops evil %v good %v, want %v and none", id, evil.RunStops, good.RunStops, want)
 	}
 	for _, r := range reslimit.Resources() {
-		if r.Rate() || r == reslimit.Evaluations || r == reslimit.TotalMemory || r == reslimit.Calls {
+		if r == reslimit.EvaluationRate || r == reslimit.OperationRate || r == reslimit.Evaluations || r == reslimit.TotalMemory || r == reslimit.Calls {
 			continue // not a per-run limit: no series unless it stopped a run
 		}
 		got, ok := v.metric(t, "reslimit_run_stops_total", "evil", r.String())

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/reslimit/reslimit"
+	"github.com/reslimit/reslimit/internal/resinfo"
 )
 
 // ErrorHandler writes the response for a request that Middleware refused
@@ -85,7 +86,7 @@ func RetryAfter(r *http.Request, err error) (time.Duration, bool) {
 	if !errors.As(err, &le) || le.Tenant == "" {
 		return 0, false
 	}
-	if le.Resource.Rate() {
+	if resinfo.Rate(le.Resource) {
 		if le.RetryAfter <= 0 {
 			return 0, false
 		}
@@ -182,12 +183,12 @@ func DefaultErrorHandler(w http.ResponseWriter, r *http.Request, err error) {
 			body.Scope, body.Tenant = "tenant", le.Tenant
 		}
 		body.Resource = le.Resource.String()
-		body.Unit = le.Resource.Unit()
-		body.Limit = le.Resource.BaseValue(le.Limit)
-		body.Used = le.Resource.BaseValue(le.Used)
-		body.Requested = le.Resource.BaseValue(le.Requested)
+		body.Unit = resinfo.Unit(le.Resource)
+		body.Limit = resinfo.BaseValue(le.Resource, le.Limit)
+		body.Used = resinfo.BaseValue(le.Resource, le.Used)
+		body.Requested = resinfo.BaseValue(le.Resource, le.Requested)
 		body.Message = le.Error()
-		if le.Resource.Rate() && le.RetryAfter > 0 {
+		if resinfo.Rate(le.Resource) && le.RetryAfter > 0 {
 			body.RetryAfter = le.RetryAfter.Seconds()
 		}
 		if d, ok := RetryAfter(r, err); ok {

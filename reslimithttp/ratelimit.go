@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/reslimit/reslimit"
+	"github.com/reslimit/reslimit/internal/resinfo"
 )
 
 // RateLimit headers (draft-ietf-httpapi-ratelimit-headers, the structured
@@ -127,7 +128,7 @@ func hasQuota(l reslimit.AccountLimits) bool {
 // baseInt is v, in r's unit, in r's base unit rounded down (whole seconds
 // for CPU time), as a structured field integer.
 func baseInt(r reslimit.Resource, v int64) int64 {
-	return int64(math.Floor(r.BaseValue(v)))
+	return int64(math.Floor(resinfo.BaseValue(r, v)))
 }
 
 // sfItem is the structured field item "name";k1=v1;k2=v2... (name is a

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/reslimit/reslimit"
+	"github.com/reslimit/reslimit/internal/resinfo"
 )
 
 // SnapshotVersion is the Version of the Snapshot schema served by Handler.
@@ -261,10 +262,10 @@ func tenantSnapshot(name string, st reslimit.AccountStats) TenantSnapshot {
 		}
 		l := LimitSnapshot{
 			Resource:  r.String(),
-			Unit:      r.Unit(),
-			Used:      r.BaseValue(ls.Used),
-			Limit:     r.BaseValue(ls.Limit),
-			Remaining: r.BaseValue(ls.Remaining),
+			Unit:      resinfo.Unit(r),
+			Used:      resinfo.BaseValue(r, ls.Used),
+			Limit:     resinfo.BaseValue(r, ls.Limit),
+			Remaining: resinfo.BaseValue(r, ls.Remaining),
 		}
 		if ls.Limit > 0 {
 			l.Ratio = float64(ls.Used) / float64(ls.Limit)
@@ -332,9 +333,9 @@ func monitorSnapshot(m *reslimit.Monitor) *MonitorSnapshot {
 			Component: e.Component,
 			Resource:  e.Resource.String(),
 			Kind:      e.Kind.String(),
-			Unit:      e.Resource.Unit(),
-			Used:      e.Resource.BaseValue(e.Used),
-			Limit:     e.Resource.BaseValue(e.Limit),
+			Unit:      resinfo.Unit(e.Resource),
+			Used:      resinfo.BaseValue(e.Resource, e.Used),
+			Limit:     resinfo.BaseValue(e.Resource, e.Limit),
 			Ratio:     e.Ratio,
 			Refusals:  e.Refusals,
 			RunStops:  e.RunStops,

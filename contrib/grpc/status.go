@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/reslimit/reslimit"
+	"github.com/reslimit/reslimit/internal/resinfo"
 )
 
 // Domain is the ErrorInfo.Domain of the errdetails.ErrorInfo detail that
@@ -74,10 +75,10 @@ func (ic *interceptor) limitStatus(le *reslimit.LimitError, started bool) *statu
 		Metadata: map[string]string{
 			"scope":     scope,
 			"resource":  r.String(),
-			"unit":      r.Unit(),
-			"limit":     formatFloat(r.BaseValue(le.Limit)),
-			"used":      formatFloat(r.BaseValue(le.Used)),
-			"requested": formatFloat(r.BaseValue(le.Requested)),
+			"unit":      resinfo.Unit(r),
+			"limit":     formatFloat(resinfo.BaseValue(r, le.Limit)),
+			"used":      formatFloat(resinfo.BaseValue(r, le.Used)),
+			"requested": formatFloat(resinfo.BaseValue(r, le.Requested)),
 			"billed":    strconv.FormatBool(started),
 		},
 	}
@@ -110,10 +111,10 @@ func (ic *interceptor) retryAfter(le *reslimit.LimitError) (time.Duration, bool)
 	if le.Tenant == "" {
 		return 0, false
 	}
-	if le.Resource.Rate() {
+	if resinfo.Rate(le.Resource) {
 		return le.RetryAfter, le.RetryAfter > 0
 	}
-	if ic.cfg.reset == nil || le.Resource.Held() {
+	if ic.cfg.reset == nil || resinfo.Held(le.Resource) {
 		return 0, false
 	}
 	at := ic.cfg.reset(le.Tenant)

@@ -102,6 +102,7 @@ import (
 	prom "github.com/prometheus/client_golang/prometheus"
 
 	"github.com/reslimit/reslimit"
+	"github.com/reslimit/reslimit/internal/resinfo"
 )
 
 // DefaultMaxTenants is how many tenants get series of their own by default.
@@ -385,7 +386,7 @@ func (c *collector) Collect(ch chan<- prom.Metric) {
 	if other.n > 0 && c.other != "" {
 		for _, r := range accountResources {
 			res := r.String()
-			ch <- prom.MustNewConstMetric(descUsage, prom.GaugeValue, r.BaseValue(other.usage[r]), c.other, res)
+			ch <- prom.MustNewConstMetric(descUsage, prom.GaugeValue, resinfo.BaseValue(r, other.usage[r]), c.other, res)
 			ch <- prom.MustNewConstMetric(descRefusals, prom.CounterValue, float64(other.refusals[r]), c.other, res)
 		}
 		emitRunStops(ch, c.other, other.stops)
@@ -398,7 +399,7 @@ func (c *collector) Collect(ch chan<- prom.Metric) {
 func (a *aggregate) add(st *reslimit.AccountStats) {
 	a.n++
 	for _, r := range accountResources {
-		a.usage[r] += st.Used(r)
+		a.usage[r] += resinfo.Used(st, r)
 		a.refusals[r] += st.Refusals[r]
 	}
 	for r, n := range st.RunStops {
@@ -448,10 +449,10 @@ func (c *collector) allowed(tenant string) bool {
 func emitTenant(ch chan<- prom.Metric, name string, st *reslimit.AccountStats) {
 	for _, r := range accountResources {
 		res := r.String()
-		ch <- prom.MustNewConstMetric(descUsage, prom.GaugeValue, r.BaseValue(st.Used(r)), name, res)
+		ch <- prom.MustNewConstMetric(descUsage, prom.GaugeValue, resinfo.BaseValue(r, resinfo.Used(st, r)), name, res)
 		if ls, ok := st.LimitStatus[r]; ok {
-			ch <- prom.MustNewConstMetric(descLimit, prom.GaugeValue, r.BaseValue(ls.Limit), name, res)
-			ch <- prom.MustNewConstMetric(descRemaining, prom.GaugeValue, r.BaseValue(ls.Remaining), name, res)
+			ch <- prom.MustNewConstMetric(descLimit, prom.GaugeValue, resinfo.BaseValue(r, ls.Limit), name, res)
+			ch <- prom.MustNewConstMetric(descRemaining, prom.GaugeValue, resinfo.BaseValue(r, ls.Remaining), name, res)
 		}
 		ch <- prom.MustNewConstMetric(descRefusals, prom.CounterValue, float64(st.Refusals[r]), name, res)
 	}

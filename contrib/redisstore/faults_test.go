@@ -190,8 +190,8 @@ func TestFleetOnRedisRestartWithoutData(t *testing.T) {
 		return logs.Write(b)
 	}), nil))
 	limits := reslimit.AccountLimits{MaxTotalOperations: limit}
-	l1 := replica(t, st, "r1", limits, reslimit.WithLogger(logger), reslimit.WithSyncTimeout(500*time.Millisecond))
-	l2 := replica(t, st, "r2", limits, reslimit.WithSyncTimeout(500*time.Millisecond))
+	l1 := replica(t, st, "r1", limits, reslimit.WithLogger(logger))
+	l2 := replica(t, st, "r2", limits)
 	for _, l := range []*reslimit.Ledger{l1, l2} {
 		tr, err := l.Account("acme").Begin(reslimit.Limits{})
 		require.NoError(t, err)
@@ -279,7 +279,7 @@ func TestConformanceCluster(t *testing.T) {
 }
 
 // Tenants spread over the Cluster's masters: the fleet never passes any
-// tenant's limit, bills exactly, and StoreTenants lists them all.
+// tenant's limit, bills exactly, and the store lists them all.
 func TestFleetOnClusterNeverPassesTheLimit(t *testing.T) {
 	rdb := clusterClient(t)
 	st := newClusterStore(t, rdb)
@@ -318,7 +318,7 @@ func TestFleetOnClusterNeverPassesTheLimit(t *testing.T) {
 		masters[fmt.Sprint(slot*3/16384)] = true
 	}
 	listed := map[string]int64{}
-	require.NoError(t, ledgers[0].StoreTenants(context.Background(), func(tenant string, c store.Totals) error {
+	require.NoError(t, st.ListTenants(context.Background(), func(tenant string, c store.Totals) error {
 		listed[tenant] = c.Operations
 		return nil
 	}))

@@ -192,8 +192,7 @@ func TestFleetOnRedisSurvivesARedisRestart(t *testing.T) {
 	st, err := redisstore.New(rdb, redisstore.WithTimeout(300*time.Millisecond))
 	require.NoError(t, err)
 	const limit = 1_000_000
-	l := replica(t, st, "r1", reslimit.AccountLimits{MaxTotalOperations: limit},
-		reslimit.WithSyncTimeout(300*time.Millisecond), reslimit.WithLeaseWait(time.Second))
+	l := replica(t, st, "r1", reslimit.AccountLimits{MaxTotalOperations: limit}, reslimit.WithLeaseWait(time.Second))
 	acct := l.Account("acme")
 
 	var granted, runs int64

@@ -120,7 +120,7 @@ func TestFleetPeriods(t *testing.T) {
 	require.Len(t, kept, 1)
 	assert.Equal(t, uint64(1), kept[0].Number)
 	assert.Equal(t, int64(30), kept[0].Operations)
-	sp, err := r2.StorePeriod(ctx, "acme", 1)
+	sp, err := st.LoadPeriod(ctx, "acme", 1)
 	require.NoError(t, err)
 	sp.CPUTime = 0
 	assert.Equal(t, store.Period{Tenant: "acme", Number: 1, Open: 2,
@@ -131,7 +131,7 @@ func TestFleetPeriods(t *testing.T) {
 
 	chargeOps(t, r1.Account("acme"), 60) // 90 + 60 > 100: the quota started over
 	require.NoError(t, r1.Sync(ctx))
-	sp, err = r1.StorePeriod(ctx, "acme", 0)
+	sp, err = st.LoadPeriod(ctx, "acme", 0)
 	require.NoError(t, err)
 	assert.Equal(t, uint64(2), sp.Number)
 	assert.Equal(t, int64(60), sp.Operations)
@@ -178,7 +178,7 @@ func TestFleetPeriodsStoreLostAfterAClose(t *testing.T) {
 	chargeOps(t, r1.Account("beta"), 50)
 	chargeOps(t, r2.Account("beta"), 40)
 	syncAll()
-	sp, err := r1.StorePeriod(ctx, "beta", 1)
+	sp, err := st.LoadPeriod(ctx, "beta", 1)
 	require.NoError(t, err)
 	require.True(t, sp.Final)
 	require.Equal(t, int64(500), sp.Operations)
@@ -186,11 +186,11 @@ func TestFleetPeriodsStoreLostAfterAClose(t *testing.T) {
 	deleteKeys(t, rdb, prefix)
 	syncAll()
 
-	open, err := r1.StorePeriod(ctx, "beta", 0)
+	open, err := st.LoadPeriod(ctx, "beta", 0)
 	require.NoError(t, err)
 	assert.Equal(t, uint64(2), open.Number)
 	assert.Equal(t, int64(90), open.Operations, "the open period holds what was charged in it, no more")
-	closed, err := r1.StorePeriod(ctx, "beta", 1)
+	closed, err := st.LoadPeriod(ctx, "beta", 1)
 	require.NoError(t, err)
 	assert.True(t, closed.Lost, "the closed period lost its reports")
 	assert.False(t, closed.Final, "a period that lost reports is never final")
@@ -208,7 +208,7 @@ func TestFleetPeriodsStoreLostAfterAClose(t *testing.T) {
 		tr.End()
 	}
 	syncAll()
-	open, err = r1.StorePeriod(ctx, "beta", 0)
+	open, err = st.LoadPeriod(ctx, "beta", 0)
 	require.NoError(t, err)
 	assert.Equal(t, int64(1000), open.Operations)
 	assert.Equal(t, int64(910), granted)

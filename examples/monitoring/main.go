@@ -144,7 +144,7 @@ func logStats(log *slog.Logger, st reslimit.MonitorStats) {
 		"recoveries", st.Recoveries,
 		"dropped_events", st.DroppedEvents,
 		"total_operations", st.TotalOperations,
-		"process_memory_bytes", st.PerComponent[reslimit.ProcessComponent].MemoryBytes,
+		"process_memory_bytes", st.PerComponent["process"].MemoryBytes,
 	)
 }
 

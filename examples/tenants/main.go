@@ -176,7 +176,7 @@ func fleet(tool func(context.Context, int) (int, error)) {
 		}
 	}
 	b := replicas[1].Periods()
-	sp, err := replicas[0].StorePeriod(ctx, "free", a[0].Number)
+	sp, err := store.LoadPeriod(ctx, "free", a[0].Number) // the fleet-wide invoice
 	if err != nil {
 		log.Fatal(err)
 	}
