@@ -22,8 +22,9 @@ import (
 // FailurePolicy says what a store-backed ledger's accounts do while the
 // Store cannot be reached. Usage is counted locally in every case and
 // reported when the store is back: billing is delayed, never lost, never
-// doubled.
-type FailurePolicy uint8
+// doubled. Its value is its name (it prints as "fail_local", ...); the
+// zero value is FailLocal.
+type FailurePolicy string
 
 const (
 	// FailLocal keeps serving from the allowance (lease) the replica
@@ -33,27 +34,16 @@ const (
 	// managed to load from the store, min(1% of its limit, the lease floor
 	// of 1024 operations, 64 calls, 1 MiB, 8 evaluations). The fleet can
 	// pass a limit by at most those shares, one per replica.
-	FailLocal FailurePolicy = iota
+	FailLocal FailurePolicy = "fail_local"
 	// FailOpen stops enforcing cumulative limits while the store fails:
 	// neither Begin nor charges are refused for them until a sync
-	// succeeds. Usage is still counted and reported later.
-	FailOpen
+	// succeeds. Usage is still counted and reported later. The rates
+	// are not enforced either.
+	FailOpen FailurePolicy = "fail_open"
 	// FailClosed serves only from the lease the replica holds while the
 	// store fails, and refuses what it does not cover.
-	FailClosed
+	FailClosed FailurePolicy = "fail_closed"
 )
-
-func (p FailurePolicy) String() string {
-	switch p {
-	case FailLocal:
-		return "fail_local"
-	case FailOpen:
-		return "fail_open"
-	case FailClosed:
-		return "fail_closed"
-	}
-	return fmt.Sprintf("FailurePolicy(%d)", uint8(p))
-}
 
 // WithStore makes the ledger keep its tenants' cumulative totals in s,
 // shared with the other replicas that use the same store: a background
@@ -106,8 +96,12 @@ func WithSyncInterval(d time.Duration) LedgerOption {
 func WithFailurePolicy(p FailurePolicy) LedgerOption {
 	return func(l *Ledger) {
 		l.needStore("WithFailurePolicy")
-		if p > FailClosed {
-			l.setErr(fmt.Errorf("%w: unknown %v", ErrInvalidArgument, p))
+		switch p {
+		case "":
+			p = FailLocal
+		case FailLocal, FailOpen, FailClosed:
+		default:
+			l.setErr(fmt.Errorf("%w: unknown failure policy %q", ErrInvalidArgument, string(p)))
 		}
 		l.fleet.policy = p
 	}
@@ -202,6 +196,9 @@ type fleet struct {
 }
 
 func (l *Ledger) startFleet() {
+	if l.fleet.policy == "" {
+		l.fleet.policy = FailLocal
+	}
 	if l.fleet.replica == "" {
 		l.fleet.replica = defaultReplicaID()
 	}
@@ -411,7 +408,7 @@ func (l *Ledger) syncRound(ctx context.Context, all, final bool) error {
 		err = fmt.Errorf("reslimit: store answered %d tenants for %d", len(resp.Tenants), len(req.Tenants))
 	}
 	if err != nil && !l.fleet.storeFailing.Swap(true) {
-		l.logf(slog.LevelWarn, "reslimit: fleet: the store fails; the failure policy rules", "replica", l.fleet.replica, "policy", l.fleet.policy.String(), "err", err)
+		l.logf(slog.LevelWarn, "reslimit: fleet: the store fails; the failure policy rules", "replica", l.fleet.replica, "policy", string(l.fleet.policy), "err", err)
 	} else if err == nil && l.fleet.storeFailing.Swap(false) {
 		l.logf(slog.LevelInfo, "reslimit: fleet: the store answers again", "replica", l.fleet.replica)
 	}

@@ -58,11 +58,11 @@ type fleetRate struct {
 
 var _ tokenBucket = (*fleetRate)(nil)
 
-// mode is how the failure policy rules while the store fails: 0 when it
-// answers.
+// failing returns the failure policy that rules while the store fails,
+// and false while it answers.
 func (fr *fleetRate) failing() (FailurePolicy, bool) {
 	if !fr.f.failing {
-		return 0, false
+		return "", false
 	}
 	return fr.f.ledger.fleet.policy, true
 }

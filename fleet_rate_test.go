@@ -248,7 +248,7 @@ func TestFleetRateFailurePolicies(t *testing.T) {
 		{FailClosed, 0, fleetRateBurst},
 		{FailOpen, 9000, 10000},
 	} {
-		t.Run(tc.policy.String(), func(t *testing.T) {
+		t.Run(string(tc.policy), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				f := newRateFleet(t, 1, AccountLimits{EvaluationsPerSecond: fleetRatePerSec}, WithFailurePolicy(tc.policy))
 				var before, during grants

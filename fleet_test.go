@@ -193,7 +193,7 @@ func TestFleetFailClosedAndFailOpen(t *testing.T) {
 		policy FailurePolicy
 		wantOK bool
 	}{{FailClosed, false}, {FailOpen, true}} {
-		t.Run(tc.policy.String(), func(t *testing.T) {
+		t.Run(string(tc.policy), func(t *testing.T) {
 			shared := &flakyStore{Store: store.NewMemory()}
 			shared.down.Store(true)
 			l := newFleetLedger(t, shared, "r1", AccountLimits{MaxTotalOperations: 10}, WithFailurePolicy(tc.policy), WithLeaseWait(time.Millisecond))
@@ -244,7 +244,7 @@ func TestFleetCloseIsFinal(t *testing.T) {
 
 func TestLedgerOptionErrors(t *testing.T) {
 	for _, o := range []LedgerOption{WithStore(nil), WithReplica(""), WithSyncInterval(0),
-		WithFailurePolicy(9), WithLeaseWait(-1)} {
+		WithFailurePolicy("fail_sometimes"), WithLeaseWait(-1)} {
 		l, err := NewLedger(AccountLimits{}, o)
 		assert.ErrorIs(t, err, ErrInvalidArgument, "reported at construction")
 		assert.Nil(t, l)
