@@ -45,6 +45,10 @@
 //	reslimit.tenant.evaluations  counter  {evaluation}  runs started (since the tenant's last Reset)
 //	reslimit.tenant.running      gauge    {run}         runs in progress now
 //	reslimit.tenant.exhausted    gauge                  1 when a cumulative limit has no room left, else 0
+//	reslimit.tenant.run_stops    counter  {run}         runs stopped by their own per-run limits, with attribute resource; never cleared
+//	reslimit.tenant.period       gauge    {period}      the open billing period (1 for the first)
+//	reslimit.tenant.period_start gauge    s             its start, Unix seconds
+//	reslimit.tenant.period_end   gauge    s             the ledger's next scheduled close, Unix seconds (0 without a schedule)
 //
 // reslimit.tenant.refusals has a series for each account resource above
 // and for the rates (evaluation_rate, operation_rate), 0 until a refusal;

@@ -1,6 +1,8 @@
 package reslimitotel
 
 import (
+	"time"
+
 	"github.com/reslimit/reslimit"
 )
 
@@ -89,6 +91,23 @@ var perTenant = []struct {
 	{"reslimit.tenant.exhausted", "",
 		"1 when some cumulative limit of the tenant has no room left, else 0.",
 		gauge, false, func(s *reslimit.AccountStats) int64 { return boolInt(s.Exhausted) }},
+	{"reslimit.tenant.period", "{period}",
+		"The tenant's open billing period (1 for the first); usage gauges restart when it moves on.",
+		gauge, false, func(s *reslimit.AccountStats) int64 { return int64(s.Period) }},
+	{"reslimit.tenant.period_start", "s",
+		"When the tenant's open billing period began, in Unix seconds.",
+		gauge, false, func(s *reslimit.AccountStats) int64 { return s.PeriodStart.Unix() }},
+	{"reslimit.tenant.period_end", "s",
+		"The ledger's next scheduled close of the tenant's period, in Unix seconds (0 without a schedule).",
+		gauge, false, func(s *reslimit.AccountStats) int64 { return unixOrZero(s.PeriodEnd) }},
+}
+
+// unixOrZero is t in Unix seconds, or 0 for the zero time.
+func unixOrZero(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.Unix()
 }
 
 // perMonitor are the figures of a Monitor (WithMonitor).

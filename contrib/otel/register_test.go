@@ -48,8 +48,12 @@ func threeTenants(t *testing.T) (*reslimit.Ledger, *reslimit.Tracker) {
 
 // tenantPoints are the series Register reports for one tenant that has no
 // limit and used nothing, but for the figures in set.
-func tenantPoints(tenant string, set map[string]float64) map[string]float64 {
+func tenantPoints(ledger *reslimit.Ledger, tenant string, set map[string]float64) map[string]float64 {
 	out := map[string]float64{}
+	st := ledger.Account(tenant).Stats()
+	out["reslimit.tenant.period{tenant="+tenant+"}"] = float64(st.Period)
+	out["reslimit.tenant.period_start{tenant="+tenant+"}"] = float64(st.PeriodStart.Unix())
+	out["reslimit.tenant.period_end{tenant="+tenant+"}"] = 0 // no schedule
 	for _, r := range []string{"memory", "total_memory", "cpu_time", "operations", "function_calls", "evaluations", "concurrent_operations"} {
 		out["reslimit.tenant.usage."+r+"{resource="+r+",tenant="+tenant+"}"] = 0
 	}
@@ -76,7 +80,7 @@ func TestCollectExact(t *testing.T) {
 		"reslimit.tenant.count":    3,
 		"reslimit.tenant.overflow": 0,
 	}
-	for k, v := range tenantPoints("acme", map[string]float64{
+	for k, v := range tenantPoints(ledger, "acme", map[string]float64{
 		"reslimit.tenant.usage.memory{resource=memory,tenant=acme}":                               256,
 		"reslimit.tenant.usage.total_memory{resource=total_memory,tenant=acme}":                   1024 + 256,
 		"reslimit.tenant.usage.cpu_time{resource=cpu_time,tenant=acme}":                           0.5,
@@ -92,7 +96,7 @@ func TestCollectExact(t *testing.T) {
 	}) {
 		want[k] = v
 	}
-	for k, v := range tenantPoints("beta", map[string]float64{
+	for k, v := range tenantPoints(ledger, "beta", map[string]float64{
 		"reslimit.tenant.usage.operations{resource=operations,tenant=beta}":       1,
 		"reslimit.tenant.usage.evaluations{resource=evaluations,tenant=beta}":     1,
 		"reslimit.tenant.limit.evaluations{resource=evaluations,tenant=beta}":     1,
@@ -103,7 +107,7 @@ func TestCollectExact(t *testing.T) {
 	}) {
 		want[k] = v
 	}
-	for k, v := range tenantPoints("gamma", map[string]float64{
+	for k, v := range tenantPoints(ledger, "gamma", map[string]float64{
 		"reslimit.tenant.usage.operations{resource=operations,tenant=gamma}":   2,
 		"reslimit.tenant.usage.evaluations{resource=evaluations,tenant=gamma}": 1,
 		"reslimit.tenant.refusals{resource=evaluation_rate,tenant=gamma}":      1,
@@ -140,6 +144,9 @@ func TestInstruments(t *testing.T) {
 		"reslimit.tenant.usage.concurrent_operations": {"{run}", "gauge int64"},
 		"reslimit.tenant.refusals":                    {"{request}", "counter int64"},
 		"reslimit.tenant.run_stops":                   {"{run}", "counter int64"},
+		"reslimit.tenant.period":                      {"{period}", "gauge int64"},
+		"reslimit.tenant.period_start":                {"s", "gauge int64"},
+		"reslimit.tenant.period_end":                  {"s", "gauge int64"},
 		"reslimit.tenant.evaluations":                 {"{evaluation}", "counter int64"},
 		"reslimit.tenant.running":                     {"{run}", "gauge int64"},
 		"reslimit.tenant.exhausted":                   {"", "gauge int64"},
@@ -154,7 +161,7 @@ func TestInstruments(t *testing.T) {
 		assert.NotEmpty(t, m.Description, name)
 		assert.Equal(t, w.agg, aggregation(m), name)
 	}
-	assert.Len(t, ms, 18, "every instrument with a data point, and no other")
+	assert.Len(t, ms, 21, "every instrument with a data point, and no other")
 }
 
 func aggregation(m metricdata.Metrics) string {
@@ -244,7 +251,7 @@ func TestEmptyLedger(t *testing.T) {
 }
 
 // A run stopped by its own limit is a run stop of its tenant, by resource;
-// a close of the period does not clear it.
+// a close of the period does not clear it, and moves the period on.
 func TestRunStops(t *testing.T) {
 	ledger, err := reslimit.NewLedger(reslimit.AccountLimits{})
 	require.NoError(t, err)
@@ -258,4 +265,6 @@ func TestRunStops(t *testing.T) {
 	p := h.points(t)
 	assert.Equal(t, 1.0, p["reslimit.tenant.run_stops{resource=operations,tenant=acme}"])
 	assert.Equal(t, 0.0, p["reslimit.tenant.run_stops{resource=timeout,tenant=acme}"])
+	assert.Equal(t, 2.0, p["reslimit.tenant.period{tenant=acme}"], "the close moved the period on")
+	assert.Equal(t, 0.0, p["reslimit.tenant.period_end{tenant=acme}"], "no schedule")
 }
