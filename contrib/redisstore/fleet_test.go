@@ -175,7 +175,11 @@ func (p *redisProcess) stop() {
 	}
 }
 
-func TestFleetOnRedisSurvivesARedisRestart(t *testing.T) {
+// restartableRedis starts a redis-server of the test's own (no data
+// kept across a restart) and returns it and a store on it, with short
+// timeouts.
+func restartableRedis(t *testing.T) (*redisProcess, *redisstore.Store) {
+	t.Helper()
 	client(t) // skips without RESLIMIT_REDIS_ADDR
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Fatalf("%s is set but redis-server is not on PATH: %v", addrEnv, err)
@@ -186,11 +190,15 @@ func TestFleetOnRedisSurvivesARedisRestart(t *testing.T) {
 	ln.Close()
 	p.start(t)
 	t.Cleanup(p.stop)
-
 	rdb := redis.NewClient(&redis.Options{Addr: p.addr, ContextTimeoutEnabled: true, MaxRetries: -1})
 	t.Cleanup(func() { _ = rdb.Close() })
 	st, err := redisstore.New(rdb, redisstore.WithTimeout(300*time.Millisecond))
 	require.NoError(t, err)
+	return p, st
+}
+
+func TestFleetOnRedisSurvivesARedisRestart(t *testing.T) {
+	p, st := restartableRedis(t)
 	const limit = 1_000_000
 	l := replica(t, st, "r1", reslimit.AccountLimits{MaxTotalOperations: limit}, reslimit.WithLeaseWait(time.Second))
 	acct := l.Account("acme")

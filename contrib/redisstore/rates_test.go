@@ -3,19 +3,14 @@ package redisstore_test
 import (
 	"errors"
 	"fmt"
-	"net"
-	"os/exec"
 	"sort"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 
 	"github.com/reslimit/reslimit"
-	"github.com/reslimit/reslimit/contrib/redisstore"
 	"github.com/reslimit/reslimit/store"
 )
 
@@ -111,20 +106,7 @@ func TestFleetRateOnCluster(t *testing.T) {
 // by FailLocal's share (a tenth of the rate per replica), and the
 // bucket, lost, starts full again: at most one burst more.
 func TestFleetRateOnRedisRestart(t *testing.T) {
-	client(t) // skips without RESLIMIT_REDIS_ADDR
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		t.Fatalf("%s is set but redis-server is not on PATH: %v", addrEnv, err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	p := &redisProcess{addr: ln.Addr().String(), dir: t.TempDir()}
-	ln.Close()
-	p.start(t)
-	t.Cleanup(p.stop)
-	rdb := redis.NewClient(&redis.Options{Addr: p.addr, ContextTimeoutEnabled: true, MaxRetries: -1})
-	t.Cleanup(func() { _ = rdb.Close() })
-	st, err := redisstore.New(rdb, redisstore.WithTimeout(300*time.Millisecond))
-	require.NoError(t, err)
+	p, st := restartableRedis(t)
 	ls := rateReplicas(t, st, 2)
 
 	const phase = time.Second
