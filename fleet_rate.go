@@ -239,7 +239,11 @@ func (f *fleetState) rateRequestLocked(a *Account, ts *store.TenantSync, now tim
 		case active:
 			perInterval := math.Ceil(float64(fr.asked) * float64(interval) / float64(elapsed))
 			fr.batch = max(1, min(int64(min(perInterval, float64(fr.burst))), fr.burst))
-			rq.Want = max(0, max(fr.batch, fr.need)-fr.lease)
+			held := fr.lease
+			if i == 1 {
+				held += a.rates.opCredit // tokens taken already, as room given back
+			}
+			rq.Want = max(0, max(fr.batch, fr.need)-held)
 		case fr.lease > 0 && now.Sub(fr.idleSince) >= interval:
 			rq.Return, fr.lease = fr.lease, 0
 		}
