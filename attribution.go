@@ -23,9 +23,11 @@ package reslimit
 //     uses after counts in the new period.
 //   - held: memory held at once (charged minus released), as opposed to
 //     the cumulative total charged.
-//   - quota: what decides an account's cumulative limits: localQuota here,
-//     or with a Store the fleet's state (fleetState, fleet.go); the account
-//     code consults it through the quota interface only.
+//   - quota: with a Store, what decides an account's cumulative limits
+//     fleet-wide (fleetState, fleet.go); without one (nil) the account
+//     decides them here. The account and the fleet code see each other
+//     through the seam's two interfaces only (quota and fleetAccount,
+//     seam.go).
 //   - lease, allowance (fleet.go): with a Store, the part of the fleet-wide
 //     quota the store has granted this replica; reports tell the store
 //     what was used, leases cap what this replica may grant its runs.
@@ -210,7 +212,7 @@ type Account struct {
 	lifeMeters [numMeters]int64 // usage of ended runs
 	lifeCPU    time.Duration
 	lifeEvals  int64
-	quota      quota       // where the cumulative limits are decided; nil: localQuota (see quotaOf)
+	quota      quota       // where the cumulative limits are decided fleet-wide, with a Store (seam.go); nil: here
 	cpuTimer   *time.Timer // the CPU watchdog while runs are measured, with a CPU limit
 	hist       []HistoryEntry
 	histNext   int
@@ -382,18 +384,20 @@ func (a *Account) begin(l Limits, name string, cancel func(error), parent *Track
 		if err != errRateWait {
 			return t, err
 		}
-		w.wait(a) // a fleet-wide rate's lease is on its way
+		w.wait(a.fleetState()) // a fleet-wide rate's lease is on its way
 	}
 }
 
 // beginLocked is begin with a.mu held, once: errRateWait says to wait for
 // a sync and begin again.
 func (a *Account) beginLocked(l Limits, name string, cancel func(error), parent *Tracker) (*Tracker, error) {
-	q := a.quotaOf()
-	if err := q.errLocked(); err != nil {
-		return nil, err
+	q := a.quota
+	if q != nil {
+		if err := q.errLocked(); err != nil {
+			return nil, err
+		}
 	}
-	open := q.unboundLocked()
+	open := q != nil && q.unboundLocked()
 	if lim := a.limits[Evaluations].Load(); lim > 0 && !open {
 		used := a.usageLocked(Evaluations)
 		if used >= lim {
@@ -401,10 +405,10 @@ func (a *Account) beginLocked(l Limits, name string, cancel func(error), parent 
 			return nil, &LimitError{Resource: Evaluations, Limit: lim, Used: used, Requested: 1, Tenant: a.name}
 		}
 	}
-	if !open {
+	if q != nil && !open {
 		// (It may wait for a lease, releasing a.mu: before the checks
 		// that hold until the run is added.)
-		if err := q.reserveRunLocked(a); err != nil {
+		if err := q.reserveRunLocked(); err != nil {
 			return nil, err
 		}
 	}
@@ -448,87 +452,55 @@ func (a *Account) grant(t *Tracker, i int, n, want, room int64) error {
 		if err != errRateWait {
 			return err
 		}
-		w.wait(a) // a fleet-wide rate's lease is on its way
+		w.wait(a.fleetState()) // a fleet-wide rate's lease is on its way
 	}
 }
 
 // grantLocked is grant with a.mu held, once: errRateWait says to wait for
-// a sync and try again.
+// a sync and try again. The room a grant may take comes from the account's
+// limit (localRoomLocked) or, with a Store, from this replica's lease of
+// the fleet's (its quota's roomLocked).
 func (a *Account) grantLocked(t *Tracker, i int, n, want, room int64) error {
-	q := a.quotaOf()
-	if err := q.errLocked(); err != nil {
-		return err
+	q := a.quota
+	if q != nil {
+		if err := q.errLocked(); err != nil {
+			return err
+		}
 	}
-	if a.limits[meterResource[i]].Load() == 0 {
+	res := meterResource[i]
+	if a.limits[res].Load() == 0 {
 		return a.grantUnlimitedLocked(t, i, n, want, room)
 	}
-	return q.grantLocked(a, t, i, n, want, room)
-}
-
-// quota decides an account's cumulative limits: in this process
-// (localQuota, below) or fleet-wide with a Store (*fleetState, in
-// fleet.go, which holds leases of the fleet's quota and reports usage).
-// Its methods named ...Locked are called with the account's mu held.
-type quota interface {
-	// errLocked returns why the account may grant nothing more (ErrClosed
-	// after its ledger made its final report), or nil.
-	errLocked() error
-	// unboundLocked reports whether no cumulative limit binds now (a store
-	// that fails under FailOpen).
-	unboundLocked() bool
-	// reserveRunLocked makes sure one more run may begin: with a store,
-	// that this process holds a lease for one more evaluation (while
-	// Evaluations is limited) and some CPU time (while CPUTime is). It
-	// may release a.mu while it waits for a lease.
-	reserveRunLocked(a *Account) error
-	// cpuLeftLocked is how much more CPU time this process's runs may use
-	// under its lease (maxUsage: no lease binds them).
-	cpuLeftLocked(a *Account) int64
-	// grantLocked adds room for meter i, whose limit is set, to t (see
-	// Account.grant).
-	grantLocked(a *Account, t *Tracker, i int, n, want, room int64) error
-	// usageLocked returns the usage of cumulative resource r the limit is
-	// checked against, when it is not the account's own (fleet-wide).
-	usageLocked(a *Account, r Resource) (int64, bool)
-	// statsLocked returns the state of the fleet store, or nil.
-	statsLocked(a *Account) *FleetStats
-	// lostLocked is how much of r a store lost of this process's reports.
-	lostLocked(r Resource) int64
-	// periodClosedLocked is told that the account closed period n when its
-	// life totals were life.
-	periodClosedLocked(n uint64, life store.Totals)
-}
-
-// quotaOf returns the account's quota: a local one unless its ledger has
-// a Store (and for a zero Account).
-func (a *Account) quotaOf() quota {
-	if a.quota == nil {
-		return localQuota{}
+	var free int64
+	var err error
+	if q == nil {
+		free, err = a.localRoomLocked(t, i, n, want)
+	} else {
+		free, err = q.roomLocked(t, i, n, want)
+		if err == nil && a.limits[res].Load() == 0 { // removed while we waited for a lease
+			return a.grantUnlimitedLocked(t, i, n, want, room)
+		}
 	}
-	return a.quota
+	if err != nil {
+		return err
+	}
+	g, err := a.fillLocked(t, i, n, want, want+chunk(t, i, free-want, room-want, len(a.live)))
+	if err != nil {
+		return err
+	}
+	if q == nil {
+		a.reserved[i] += g
+	} else {
+		q.grantedLocked(i, free-g)
+	}
+	return nil
 }
 
-// localQuota decides an account's cumulative limits in this process
-// alone: a run's room comes out of the limit minus what is reserved,
-// reclaimed from the other live runs when short, so the limit holds
-// exactly.
-type localQuota struct{}
-
-var (
-	_ quota = localQuota{}
-	_ quota = (*fleetState)(nil)
-)
-
-func (localQuota) errLocked() error                             { return nil }
-func (localQuota) unboundLocked() bool                          { return false }
-func (localQuota) reserveRunLocked(*Account) error              { return nil }
-func (localQuota) usageLocked(*Account, Resource) (int64, bool) { return 0, false }
-func (localQuota) statsLocked(*Account) *FleetStats             { return nil }
-func (localQuota) lostLocked(Resource) int64                    { return 0 }
-func (localQuota) periodClosedLocked(uint64, store.Totals)      {}
-func (localQuota) cpuLeftLocked(*Account) int64                 { return maxUsage }
-
-func (localQuota) grantLocked(a *Account, t *Tracker, i int, n, want, room int64) error {
+// localRoomLocked is how much of meter i, whose limit is set, the account
+// may hand out now without a Store: the limit minus what is reserved,
+// reclaimed from the other live runs when short of want, so that the
+// limit holds exactly.
+func (a *Account) localRoomLocked(t *Tracker, i int, n, want int64) (int64, error) {
 	res := meterResource[i]
 	free := a.limits[res].Load() - a.reserved[i]
 	if free < want {
@@ -536,15 +508,9 @@ func (localQuota) grantLocked(a *Account, t *Tracker, i int, n, want, room int64
 		free = a.limits[res].Load() - a.reserved[i]
 	}
 	if free < want {
-		a.refused[res].Add(1)
-		return &LimitError{Resource: res, Limit: a.limits[res].Load(), Used: a.usageLocked(res), Requested: n, Tenant: a.name}
+		return 0, a.refuseLocked(res, a.limits[res].Load(), a.usageLocked(res), n)
 	}
-	g, err := a.fillLocked(t, i, n, want, want+chunk(t, i, free-want, room-want, len(a.live)))
-	if err != nil {
-		return err
-	}
-	a.reserved[i] += g
-	return nil
+	return free, nil
 }
 
 // grantUnlimitedLocked adds room to t when the account does not limit
@@ -635,9 +601,10 @@ func (a *Account) cpuLocked() time.Duration {
 	return d
 }
 
-// issuedLocked returns the allowance of meter i this process has handed
-// to runs in all: what ended runs used plus what live runs were given.
-func (a *Account) issuedLocked(i int) int64 {
+// issuedMeterLocked returns the allowance of meter i this process has
+// handed to runs in all: what ended runs used plus what live runs were
+// given.
+func (a *Account) issuedMeterLocked(i int) int64 {
 	v := a.lifeMeters[i]
 	for t := range a.live {
 		t.meterMu.Lock()
@@ -668,10 +635,8 @@ func (a *Account) lifeLocked() store.Totals {
 // usageLocked returns the account's usage of any resource; with a Store,
 // fleet-wide for the cumulative ones.
 func (a *Account) usageLocked(r Resource) int64 {
-	if cumulative(r) {
-		if u, ok := a.quotaOf().usageLocked(a, r); ok {
-			return u
-		}
+	if q := a.quota; q != nil && cumulative(r) {
+		return q.usageLocked(r)
 	}
 	switch r {
 	case Memory:
@@ -768,7 +733,7 @@ func (a *Account) cpuTick() {
 	used := a.usageLocked(CPUTime)
 	left := lim - used
 	stop := left < 0
-	if l := a.quotaOf().cpuLeftLocked(a); l < maxUsage {
+	if l := a.cpuLeftLocked(); l < maxUsage {
 		// With a store, this process's runs use the fleet's CPU time
 		// under the lease it holds: they stop when it is used up. The
 		// next sample comes when half of what is left is used, so that
@@ -791,6 +756,16 @@ func (a *Account) cpuTick() {
 	for _, r := range runs {
 		r.halt(err)
 	}
+}
+
+// cpuLeftLocked is how much more CPU time the account's runs may use
+// under this replica's lease of the fleet's (maxUsage: no lease binds
+// them, as without a Store).
+func (a *Account) cpuLeftLocked() int64 {
+	if a.quota == nil {
+		return maxUsage
+	}
+	return a.quota.cpuLeftLocked()
 }
 
 // checkCPU returns the account's CPUTime *LimitError when its live and
@@ -900,7 +875,9 @@ func (a *Account) stats() AccountStats {
 			s.Exhausted = true
 		}
 	}
-	s.Fleet = a.quotaOf().statsLocked(a)
+	if a.quota != nil {
+		s.Fleet = a.quota.statsLocked()
+	}
 	return s
 }
 
@@ -1036,8 +1013,8 @@ func (a *Account) AppendReadings(dst []Reading) []Reading {
 	defer a.mu.Unlock()
 	for _, r := range accountResources {
 		rd := Reading{Resource: r, Used: a.usageLocked(r), Limit: a.limits[r].Load(), Refusals: a.refused[r].Load(), RunStops: a.stops[r].Load()}
-		if cumulative(r) {
-			rd.StoreLost = a.quotaOf().lostLocked(r)
+		if cumulative(r) && a.quota != nil {
+			rd.StoreLost = a.quota.lostLocked(r)
 		}
 		dst = append(dst, rd)
 	}

@@ -122,9 +122,9 @@ func (l *Ledger) openLocked(tenant string, limits AccountLimits) (*Account, erro
 		if r.name == tenant {
 			// Removed but not yet fully reported: bring it back, so that one
 			// account per tenant reports for this replica.
-			r.mu.Lock()
+			r.lock()
 			r.fleetState().retired = false
-			r.mu.Unlock()
+			r.unlock()
 			l.fleet.retired = append(l.fleet.retired[:i], l.fleet.retired[i+1:]...)
 			l.accts[tenant] = r
 			return r, nil
@@ -135,7 +135,7 @@ func (l *Ledger) openLocked(tenant string, limits AccountLimits) (*Account, erro
 		return nil, err
 	}
 	if l.fleet.store != nil {
-		f := newFleetState(l)
+		f := newFleetState(l, a)
 		a.quota = f
 		if !l.fleet.localRates {
 			a.rates = accountRates{fleet: f}

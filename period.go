@@ -125,7 +125,9 @@ func (a *Account) closePeriodLocked(end time.Time, next uint64) Period {
 		tset(&lt, r, life[i])
 	}
 	lt.CPUTime, lt.Evaluations = lifeCPU, a.lifeEvals
-	a.quotaOf().periodClosedLocked(p.Number, reportable(lt))
+	if a.quota != nil {
+		a.quota.periodClosedLocked(p.Number, reportable(lt))
+	}
 	a.periodNo, a.periodStart = next, end
 	return p
 }

@@ -190,6 +190,14 @@ func (a *Account) takeEvaluationLocked(now time.Time) error {
 	return nil
 }
 
+// rateWaitLocked decides whether a request of need that lim cannot cover
+// now waits for a sync: only when lim is a fleet-wide rate that says so
+// (fleetRate.waitLocked), and not once the request's wait ended.
+func (a *Account) rateWaitLocked(lim tokenBucket, now time.Time, need int64) bool {
+	fr, ok := lim.(*fleetRate)
+	return ok && !a.rates.noWait && fr.waitLocked(now, need)
+}
+
 // refundOpsLocked gives the account credit for v operations of room a run
 // gave back unused.
 func (a *Account) refundOpsLocked(v int64) {
