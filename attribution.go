@@ -208,16 +208,12 @@ type Account struct {
 	cpu       time.Duration // CPU of ended runs
 	evals     int64
 	largest   Largest
-	// Life totals of this process, never Reset: what a fleet store is told.
-	lifeMeters [numMeters]int64 // usage of ended runs
-	lifeCPU    time.Duration
-	lifeEvals  int64
-	quota      quota       // where the cumulative limits are decided fleet-wide, with a Store (seam.go); nil: here
-	cpuTimer   *time.Timer // the CPU watchdog while runs are measured, with a CPU limit
-	hist       []HistoryEntry
-	histNext   int
-	histLen    int
-	rates      accountRates
+	quota     quota       // where the cumulative limits are decided fleet-wide, with a Store (seam.go); nil: here
+	cpuTimer  *time.Timer // the CPU watchdog while runs are measured, with a CPU limit
+	hist      []HistoryEntry
+	histNext  int
+	histLen   int
+	rates     accountRates
 	// The open billing period (see Reset): its number and start.
 	periodNo    uint64
 	periodStart time.Time
@@ -428,7 +424,9 @@ func (a *Account) beginLocked(l Limits, name string, cancel func(error), parent 
 		}
 	}
 	a.evals++
-	a.lifeEvals++
+	if q != nil {
+		q.runBegunLocked()
+	}
 	t := newTrackerAt(l, a, name, cancel, now)
 	if parent != nil {
 		t.adopt(parent)
@@ -599,37 +597,6 @@ func (a *Account) cpuLocked() time.Duration {
 		d = satAddDur(d, time.Duration(r.cpuLast.Load()-r.cpuBase))
 	}
 	return d
-}
-
-// issuedMeterLocked returns the allowance of meter i this process has
-// handed to runs in all: what ended runs used plus what live runs were
-// given.
-func (a *Account) issuedMeterLocked(i int) int64 {
-	v := a.lifeMeters[i]
-	for t := range a.live {
-		t.meterMu.Lock()
-		v = satAdd(v, t.filled[i].Load())
-		t.meterMu.Unlock()
-	}
-	return v
-}
-
-// lifeLocked returns this process's usage of the fleet quantities, never Reset.
-func (a *Account) lifeLocked() store.Totals {
-	var l store.Totals
-	l.Evaluations = a.lifeEvals
-	l.CPUTime = a.lifeCPU
-	for t := range a.live {
-		l.CPUTime = satAddDur(l.CPUTime, time.Duration(t.cpuLast.Load()))
-	}
-	for i, r := range meterResource {
-		v := a.lifeMeters[i]
-		for t := range a.live {
-			v = satAdd(v, t.consumed(i))
-		}
-		tset(&l, r, v)
-	}
-	return l
 }
 
 // usageLocked returns the account's usage of any resource; with a Store,
@@ -805,12 +772,15 @@ func (a *Account) end(t *Tracker, cpu time.Duration, runErr error) Usage {
 		t.releaseUp(h)
 	}
 	delete(a.live, t)
+	used := store.Totals{CPUTime: cpu}
 	for i := range numMeters {
 		a.committed[i] = satAdd(a.committed[i], t.filled[i].Load()-t.base[i])
-		a.lifeMeters[i] = satAdd(a.lifeMeters[i], t.filled[i].Load())
+		tset(&used, meterResource[i], t.filled[i].Load())
 	}
 	a.cpu = satAddDur(a.cpu, cpu-time.Duration(t.cpuBase))
-	a.lifeCPU = satAddDur(a.lifeCPU, cpu)
+	if a.quota != nil {
+		a.quota.runEndedLocked(used)
+	}
 	a.largest.PeakMemoryBytes = max(a.largest.PeakMemoryBytes, u.PeakMemoryBytes)
 	a.largest.Operations = max(a.largest.Operations, u.Operations)
 	if len(a.hist) > 0 {

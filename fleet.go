@@ -463,7 +463,7 @@ func (l *Ledger) applyAnswers(req store.SyncRequest, resp store.SyncResponse, ow
 			f.applyLocked(req.Tenants[k], resp.Tenants[k], now)
 			lines = append(lines, f.lines...)
 			f.lines = nil
-			if f.retired && (final || !l.fleet.closed.Load()) && a.runningLocked() == 0 && reportable(a.lifeLocked()) == f.reported {
+			if f.retired && (final || !l.fleet.closed.Load()) && a.runningLocked() == 0 && reportable(f.lifeLocked()) == f.reported {
 				f.retired = false // all reported: the ledger can forget it
 				settled = true
 			}
@@ -530,8 +530,12 @@ type FleetStats struct {
 // account only as a fleetAccount; the ledger's syncer (syncRound) builds
 // reports from it and applies the store's answers.
 type fleetState struct {
-	ledger    *Ledger
-	acct      fleetAccount // the account whose quota it is, seen through the seam (seam.go)
+	ledger *Ledger
+	acct   fleetAccount // the account whose quota it is, seen through the seam (seam.go)
+	// life is this process's life totals of the tenant, never Reset, but
+	// for what its live runs used: what its ended runs used, and the runs
+	// it began (see lifeLocked).
+	life      store.Totals
 	committed store.Totals // fleet-wide, from the store
 	reported  store.Totals // this process's usage (life totals) the store has acknowledged
 	// offset is what the store lost of this process's reports and was not
@@ -597,16 +601,50 @@ type fleetClose struct {
 // the usage up to it is reported to period n, the lease held for it is no
 // good in the next one, and the fleet-wide totals start over (the store
 // says how far the other replicas went at the next sync).
-func (f *fleetState) periodClosedLocked(n uint64, life store.Totals) {
+func (f *fleetState) periodClosedLocked(n uint64, live store.Totals) {
 	if !f.ledger.fleet.periodStore {
 		return
 	}
+	life := reportable(addTotals(f.life, live))
 	f.closes = append(f.closes, fleetClose{period: max(n, 1), life: life})
 	f.base = life
 	f.committed, f.outstanding, f.leaseAtSync, f.returning = store.Totals{}, store.Totals{}, store.Totals{}, store.Totals{}
 	f.short = 0
 	f.wantSync = true
 	f.ledger.kickSyncer()
+}
+
+// lifeLocked returns this process's usage of the fleet quantities, never
+// Reset: what its ended runs used and the runs it began, plus what its
+// live runs used.
+func (f *fleetState) lifeLocked() store.Totals {
+	return addTotals(f.life, f.acct.liveUsageLocked())
+}
+
+// addTotals returns t plus u, field by field, saturating.
+func addTotals(t, u store.Totals) store.Totals {
+	for _, r := range reportedResources {
+		tset(&t, r, satAdd(tget(t, r), tget(u, r)))
+	}
+	return t
+}
+
+func (f *fleetState) runBegunLocked() { f.life.Evaluations++ }
+
+func (f *fleetState) runEndedLocked(used store.Totals) { f.life = addTotals(f.life, used) }
+
+// issuedLocked returns how much of r this process has handed out in all:
+// of a meter, what ended runs used plus what live runs were given; of
+// Evaluations and CPU time, what was used (CPU time is counted after it
+// is spent).
+func (f *fleetState) issuedLocked(r Resource) int64 {
+	switch r {
+	case Evaluations:
+		return f.life.Evaluations
+	case CPUTime:
+		return int64(reportable(f.lifeLocked()).CPUTime)
+	}
+	return satAdd(tget(f.life, r), f.acct.liveIssuedLocked(r))
 }
 
 // floorLocked is what of r this process used before its open period, or
@@ -634,12 +672,12 @@ func (f *fleetState) reserveRunLocked() error {
 		// A run may begin once this process holds some of the fleet's CPU
 		// time (see Account.cpuTick). (First: the evaluation's lease,
 		// which the run takes, is the one not to wait for after.)
-		if err := f.reserveLocked(CPUTime, 1, 1, -1, nil, func() int64 { return a.issuedLocked(CPUTime) }); err != nil {
+		if err := f.reserveLocked(CPUTime, 1, 1, -1, nil, func() int64 { return f.issuedLocked(CPUTime) }); err != nil {
 			return err
 		}
 	}
 	if a.limit(Evaluations) > 0 {
-		return f.reserveLocked(Evaluations, 1, 1, -1, nil, func() int64 { return a.issuedLocked(Evaluations) })
+		return f.reserveLocked(Evaluations, 1, 1, -1, nil, func() int64 { return f.issuedLocked(Evaluations) })
 	}
 	return nil
 }
@@ -647,7 +685,7 @@ func (f *fleetState) reserveRunLocked() error {
 // usageLocked is the fleet-wide usage of r: what the store committed for
 // every replica, plus what this process used and has not reported.
 func (f *fleetState) usageLocked(r Resource) int64 {
-	return satAdd(tget(f.committed, r), max(0, tget(f.acct.lifeLocked(), r)-f.floorLocked(r)))
+	return satAdd(tget(f.committed, r), max(0, tget(f.lifeLocked(), r)-f.floorLocked(r)))
 }
 
 func (f *fleetState) lostLocked(r Resource) int64 { return tget(f.lost, r) }
@@ -690,7 +728,7 @@ func (l *Ledger) loadFleet(f *fleetState) {
 	if f.loaded {
 		return // a sync answer is newer
 	}
-	if open > a.periodLocked() && a.lifeLocked().IsZero() && len(f.closes) == 0 {
+	if open > a.periodLocked() && f.lifeLocked().IsZero() && len(f.closes) == 0 {
 		// A tenant new to this replica joins the store's period.
 		a.setPeriodLocked(open)
 	}
@@ -729,11 +767,11 @@ func (f *fleetState) dueLocked(now time.Time) bool {
 		return false
 	}
 	a := f.acct
-	if reportable(a.lifeLocked()) != f.reported || f.rateLeaseHeldLocked() {
+	if reportable(f.lifeLocked()) != f.reported || f.rateLeaseHeldLocked() {
 		return true
 	}
 	for _, r := range leasedResources {
-		if a.limit(r) > 0 && f.leaseLocked(r)-a.issuedLocked(r) > 0 {
+		if a.limit(r) > 0 && f.leaseLocked(r)-f.issuedLocked(r) > 0 {
 			return true
 		}
 	}
@@ -783,7 +821,7 @@ func (f *fleetState) cpuLeftLocked() int64 {
 	if f.unboundLocked() {
 		return maxUsage
 	}
-	left := f.capLocked(CPUTime) - f.acct.issuedLocked(CPUTime)
+	left := f.capLocked(CPUTime) - f.issuedLocked(CPUTime)
 	if (left*2 < tget(f.leaseAtSync, CPUTime) || left <= 0) && !f.cpuAsk {
 		// Sync now, even when the last answer was short (runs cannot
 		// wait): at most once per sample of the CPU watchdog.
@@ -898,7 +936,7 @@ func (f *fleetState) reportLocked(now time.Time) store.TenantSync {
 	}
 	a := f.acct
 	closed, prev := f.closedReportsLocked()
-	used := nonNegative(reportable(a.lifeLocked()).Sub(prev)) // usage only grows: never send a negative report
+	used := nonNegative(reportable(f.lifeLocked()).Sub(prev)) // usage only grows: never send a negative report
 	ts := store.TenantSync{Tenant: a.tenant(), Seq: f.ledger.fleet.seq.Add(1), Used: used, Closed: closed}
 	if f.ledger.fleet.periodStore {
 		ts.Period = max(a.periodLocked(), 1)
@@ -959,7 +997,7 @@ func (f *fleetState) leaseRequestLocked(ts *store.TenantSync, now time.Time) {
 		if a.limit(r) == 0 {
 			continue
 		}
-		left := f.leaseLocked(r) - a.issuedLocked(r)
+		left := f.leaseLocked(r) - f.issuedLocked(r)
 		need := tget(f.need, r)
 		target := f.leaseTargetLocked(r, tget(ts.Used, r), now)
 		switch {
@@ -1186,7 +1224,7 @@ func (f *fleetState) failLocked(err error) {
 					tset(&f.fallback, r, min(leaseFloor[r], lim/100))
 					continue
 				}
-				left := lim - a.usageLocked(r) - (f.leaseLocked(r) - a.issuedLocked(r))
+				left := lim - a.usageLocked(r) - (f.leaseLocked(r) - f.issuedLocked(r))
 				tset(&f.fallback, r, max(0, left/10))
 			}
 		}
@@ -1205,10 +1243,10 @@ func (f *fleetState) statsLocked() *FleetStats {
 		Syncs: f.syncs, SyncErrors: f.syncErrors, LastError: f.lastErr, Fallback: f.failing,
 		Loaded: f.loaded, StoreResets: f.resets, LastStoreReset: f.lastReset,
 	}
-	fs.Unreported = a.lifeLocked().Sub(f.reported)
+	fs.Unreported = f.lifeLocked().Sub(f.reported)
 	for _, r := range leasedResources {
 		if a.limit(r) > 0 {
-			tset(&fs.Lease, r, max(0, f.leaseLocked(r)-a.issuedLocked(r)))
+			tset(&fs.Lease, r, max(0, f.leaseLocked(r)-f.issuedLocked(r)))
 		}
 	}
 	return &fs
@@ -1220,7 +1258,7 @@ func (f *fleetState) statsLocked() *FleetStats {
 // with a.mu and t.mu held.
 func (f *fleetState) roomLocked(t *Tracker, i int, n, want int64) (int64, error) {
 	res := meterResource[i]
-	issued := func() int64 { return f.acct.issuedLocked(res) }
+	issued := func() int64 { return f.issuedLocked(res) }
 	if err := f.reserveLocked(res, n, want, i, t, issued); err != nil {
 		return 0, err
 	}

@@ -75,7 +75,7 @@ func (a *Account) closePeriodLocked(end time.Time, next uint64) Period {
 	if p.Start.IsZero() || p.Start.After(end) {
 		p.Start = end
 	}
-	var meters, life [numMeters]int64
+	var meters, live [numMeters]int64
 	for i := range numMeters {
 		// Freeze every live run's meter (its unused room, and its child
 		// runs', comes back), so that its usage cannot move while it is
@@ -88,22 +88,21 @@ func (a *Account) closePeriodLocked(end time.Time, next uint64) Period {
 			}
 		}
 		meters[i] = a.committed[i]
-		life[i] = a.lifeMeters[i]
 		for t := range a.live {
 			u := t.consumed(i)
 			meters[i] = satAdd(meters[i], u-t.base[i])
-			life[i] = satAdd(life[i], u)
+			live[i] = satAdd(live[i], u)
 			t.base[i] = u
 		}
 		a.committed[i] = 0
 		a.reserved[i] = 0 // no live run holds room, nothing committed
 	}
-	cpu, lifeCPU := a.cpu, a.lifeCPU
+	cpu, liveCPU := a.cpu, time.Duration(0)
 	for t := range a.live {
 		// cpuLast only grows and is sampled without a.mu: read it once.
 		c := t.cpuLast.Load()
 		cpu = satAddDur(cpu, time.Duration(c-t.cpuBase))
-		lifeCPU = satAddDur(lifeCPU, time.Duration(c))
+		liveCPU = satAddDur(liveCPU, time.Duration(c))
 		t.cpuBase = c
 	}
 	p.Operations, p.Calls, p.TotalMemory = meters[mOps], meters[mCalls], meters[mTotal]
@@ -119,14 +118,14 @@ func (a *Account) closePeriodLocked(end time.Time, next uint64) Period {
 		next = a.periodNo + 1
 	}
 	// The split point of a store's reports: what this process used until
-	// now (its life totals) belongs to the closed period.
-	var lt store.Totals
-	for i, r := range meterResource {
-		tset(&lt, r, life[i])
-	}
-	lt.CPUTime, lt.Evaluations = lifeCPU, a.lifeEvals
+	// now (its life totals: what the live runs used, as frozen here, and
+	// what the fleet's side keeps) belongs to the closed period.
 	if a.quota != nil {
-		a.quota.periodClosedLocked(p.Number, reportable(lt))
+		lt := store.Totals{CPUTime: liveCPU}
+		for i, r := range meterResource {
+			tset(&lt, r, live[i])
+		}
+		a.quota.periodClosedLocked(p.Number, lt)
 	}
 	a.periodNo, a.periodStart = next, end
 	return p

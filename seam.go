@@ -32,6 +32,12 @@ type quota interface {
 	// unboundLocked reports whether no cumulative limit binds now (a store
 	// that fails under FailOpen).
 	unboundLocked() bool
+	// runBegunLocked is told that a run began, and runEndedLocked that
+	// one ended having used used (its meters and CPU time): the life
+	// totals of this process, never Reset, are kept on the fleet's side
+	// (fleetState.lifeLocked).
+	runBegunLocked()
+	runEndedLocked(used store.Totals)
 	// reserveRunLocked makes sure one more run may begin: that this
 	// process holds a lease for one more evaluation (while Evaluations is
 	// limited) and some CPU time (while CPUTime is). It may release the
@@ -55,9 +61,10 @@ type quota interface {
 	statsLocked() *FleetStats
 	// lostLocked is how much of r the store lost of this process's reports.
 	lostLocked(r Resource) int64
-	// periodClosedLocked is told that the account closed period n when its
-	// life totals were life.
-	periodClosedLocked(n uint64, life store.Totals)
+	// periodClosedLocked is told that the account closed period n when
+	// its live runs had used live (as liveUsageLocked, read once where
+	// the close froze them).
+	periodClosedLocked(n uint64, live store.Totals)
 }
 
 var _ quota = (*fleetState)(nil)
@@ -77,12 +84,14 @@ type fleetAccount interface {
 	// the store's open period).
 	periodLocked() uint64
 	setPeriodLocked(n uint64)
-	// lifeLocked is what this process's runs of the account used, never
-	// Reset: what the store is told.
-	lifeLocked() store.Totals
-	// issuedLocked is how much of r this process has handed out in all:
-	// what a lease is spent by.
-	issuedLocked(r Resource) int64
+	// liveUsageLocked is what the account's live runs used of the
+	// quantities the store is told (their meters and CPU time; a run's
+	// evaluation counts when it begins): fleetState.lifeLocked adds it
+	// to what the ended runs used.
+	liveUsageLocked() store.Totals
+	// liveIssuedLocked is the room of r (a meter's resource) the
+	// account's live runs were given in all (0 for another resource).
+	liveIssuedLocked(r Resource) int64
 	// usageLocked is the account's usage of r (fleet-wide for the
 	// cumulative ones).
 	usageLocked(r Resource) int64
@@ -127,23 +136,34 @@ func (a *Account) drainLocked() {
 	}
 }
 
-// issuedLocked returns how much of r this process has handed out in all:
-// of a meter, what ended runs used plus what live runs were given; of
-// Evaluations and CPU time, what was used (CPU time is counted after it
-// is spent).
-func (a *Account) issuedLocked(r Resource) int64 {
-	switch r {
-	case Evaluations:
-		return a.lifeEvals
-	case CPUTime:
-		return int64(reportable(a.lifeLocked()).CPUTime)
+func (a *Account) liveUsageLocked() store.Totals {
+	var l store.Totals
+	for t := range a.live {
+		l.CPUTime = satAddDur(l.CPUTime, time.Duration(t.cpuLast.Load()))
 	}
+	for i, r := range meterResource {
+		var v int64
+		for t := range a.live {
+			v = satAdd(v, t.consumed(i))
+		}
+		tset(&l, r, v)
+	}
+	return l
+}
+
+func (a *Account) liveIssuedLocked(r Resource) int64 {
+	var v int64
 	for i, mr := range meterResource {
-		if mr == r {
-			return a.issuedMeterLocked(i)
+		if mr != r {
+			continue
+		}
+		for t := range a.live {
+			t.meterMu.Lock()
+			v = satAdd(v, t.filled[i].Load())
+			t.meterMu.Unlock()
 		}
 	}
-	return 0
+	return v
 }
 
 // fleetState returns the account's store-backed state, or nil without a
