@@ -51,8 +51,8 @@ package reslimit
 // a tree of nested runs counted, taken under Tracker.mu), the Monitor's
 // locks. The hot paths (take, the guards' fast paths, TrackOperation)
 // take no lock. Where a mutex guards a few fields, they are grouped with
-// it as mu struct{ sync.Mutex; ... } (periods.closeMu, slots.mu,
-// pins.mu), and a ...Locked method requires that it is held.
+// it as mu struct{ sync.Mutex; ... } (Account.mu, periods.closeMu,
+// slots.mu, pins.mu), and a ...Locked method requires that it is held.
 
 import (
 	"errors"
@@ -201,22 +201,27 @@ type Account struct {
 	// (see stops.go); Reset keeps them.
 	stops [numResources]atomic.Int64
 
-	mu        sync.Mutex
-	live      map[*Tracker]struct{}
-	reserved  [numMeters]int64 // committed plus room handed to live runs, while limited (unused with a Store: leases bound the room)
-	committed [numMeters]int64
-	cpu       time.Duration // CPU of ended runs
-	evals     int64
-	largest   Largest
-	quota     quota       // where the cumulative limits are decided fleet-wide, with a Store (seam.go); nil: here
-	cpuTimer  *time.Timer // the CPU watchdog while runs are measured, with a CPU limit
-	hist      []HistoryEntry
-	histNext  int
-	histLen   int
-	rates     accountRates
-	// The open billing period (see Reset): its number and start.
-	periodNo    uint64
-	periodStart time.Time
+	// mu guards the account's runs, its totals since Reset, its history,
+	// its rates and its open period (live is set once, by NewAccount: a
+	// nil live is a zero Account).
+	mu struct {
+		sync.Mutex
+		live      map[*Tracker]struct{}
+		reserved  [numMeters]int64 // committed plus room handed to live runs, while limited (unused with a Store: leases bound the room)
+		committed [numMeters]int64
+		cpu       time.Duration // CPU of ended runs
+		evals     int64
+		largest   Largest
+		cpuTimer  *time.Timer // the CPU watchdog while runs are measured, with a CPU limit
+		hist      []HistoryEntry
+		histNext  int
+		histLen   int
+		rates     accountRates
+		// The open billing period (see Reset): its number and start.
+		periodNo    uint64
+		periodStart time.Time
+	}
+	quota quota // where the cumulative limits are decided fleet-wide, with a Store (seam.go); nil: here; set before the account is shared
 	// schedule is the ledger's period schedule (WithPeriod,
 	// WithPeriodSchedule), or nil; set before the account is shared.
 	schedule func(time.Time) time.Time
@@ -323,13 +328,14 @@ func NewAccount(name string, l AccountLimits, opts ...AccountOption) (*Account, 
 	if cfg.err != nil {
 		return nil, cfg.err
 	}
-	a := &Account{name: name, live: make(map[*Tracker]struct{}), periodNo: 1, periodStart: time.Now()}
+	a := &Account{name: name}
+	a.mu.live, a.mu.periodNo, a.mu.periodStart = make(map[*Tracker]struct{}), 1, time.Now()
 	for _, r := range accountResources {
 		a.limits[r].Store(l.get(r))
 	}
-	a.rates.setLocked(l)
+	a.mu.rates.setLocked(l)
 	if cfg.history > 0 {
-		a.hist = make([]HistoryEntry, cfg.history)
+		a.mu.hist = make([]HistoryEntry, cfg.history)
 	}
 	return a, nil
 }
@@ -367,16 +373,16 @@ func (a *Account) begin(l Limits, name string, cancel func(error), parent *Track
 	if a.err != nil {
 		return nil, a.err
 	}
-	if a.live == nil {
+	if a.mu.live == nil {
 		return nil, errZeroAccount
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var w rateWaiter
 	for {
-		a.rates.noWait = w.expired
+		a.mu.rates.noWait = w.expired
 		t, err := a.beginLocked(l, name, cancel, parent)
-		a.rates.noWait = false
+		a.mu.rates.noWait = false
 		if err != errRateWait {
 			return t, err
 		}
@@ -408,22 +414,22 @@ func (a *Account) beginLocked(l Limits, name string, cancel func(error), parent 
 			return nil, err
 		}
 	}
-	if lim := a.limits[Concurrency].Load(); lim > 0 && int64(len(a.live)) >= lim {
+	if lim := a.limits[Concurrency].Load(); lim > 0 && int64(len(a.mu.live)) >= lim {
 		a.refused[Concurrency].Add(1)
-		return nil, &LimitError{Resource: Concurrency, Limit: lim, Used: int64(len(a.live)), Requested: 1, Tenant: a.name}
+		return nil, &LimitError{Resource: Concurrency, Limit: lim, Used: int64(len(a.mu.live)), Requested: 1, Tenant: a.name}
 	}
 	if r, used, lim, ok := a.exhaustedLocked(); ok && !open {
 		a.refused[r].Add(1)
 		return nil, &LimitError{Resource: r, Limit: lim, Used: used, Tenant: a.name}
 	}
 	var now time.Time // the run's start: read once for the rate too
-	if a.rates.evals != nil {
+	if a.mu.rates.evals != nil {
 		now = time.Now()
 		if err := a.takeEvaluationLocked(now); err != nil {
 			return nil, err
 		}
 	}
-	a.evals++
+	a.mu.evals++
 	if q != nil {
 		q.runBegunLocked()
 	}
@@ -431,8 +437,8 @@ func (a *Account) beginLocked(l Limits, name string, cancel func(error), parent 
 	if parent != nil {
 		t.adopt(parent)
 	}
-	t.evaluation = a.evals
-	a.live[t] = struct{}{}
+	t.evaluation = a.mu.evals
+	a.mu.live[t] = struct{}{}
 	return t, nil
 }
 
@@ -444,9 +450,9 @@ func (a *Account) grant(t *Tracker, i int, n, want, room int64) error {
 	defer a.mu.Unlock()
 	var w rateWaiter
 	for {
-		a.rates.noWait = w.expired
+		a.mu.rates.noWait = w.expired
 		err := a.grantLocked(t, i, n, want, room)
-		a.rates.noWait = false
+		a.mu.rates.noWait = false
 		if err != errRateWait {
 			return err
 		}
@@ -482,12 +488,12 @@ func (a *Account) grantLocked(t *Tracker, i int, n, want, room int64) error {
 	if err != nil {
 		return err
 	}
-	g, err := a.fillLocked(t, i, n, want, want+chunk(t, i, free-want, room-want, len(a.live)))
+	g, err := a.fillLocked(t, i, n, want, want+chunk(t, i, free-want, room-want, len(a.mu.live)))
 	if err != nil {
 		return err
 	}
 	if q == nil {
-		a.reserved[i] += g
+		a.mu.reserved[i] += g
 	} else {
 		q.grantedLocked(i, free-g)
 	}
@@ -500,10 +506,10 @@ func (a *Account) grantLocked(t *Tracker, i int, n, want, room int64) error {
 // limit holds exactly.
 func (a *Account) localRoomLocked(t *Tracker, i int, n, want int64) (int64, error) {
 	res := meterResource[i]
-	free := a.limits[res].Load() - a.reserved[i]
+	free := a.limits[res].Load() - a.mu.reserved[i]
 	if free < want {
 		a.reclaimLocked(i, t)
-		free = a.limits[res].Load() - a.reserved[i]
+		free = a.limits[res].Load() - a.mu.reserved[i]
 	}
 	if free < want {
 		return 0, a.refuseLocked(res, a.limits[res].Load(), a.usageLocked(res), n)
@@ -521,7 +527,7 @@ func (a *Account) grantUnlimitedLocked(t *Tracker, i int, n, want, room int64) e
 		return fmt.Errorf("%w: %s request %d overflows usage", ErrInvalidArgument, meterResource[i], n)
 	}
 	g := max(room, want)
-	if i == mOps && a.rates.ops != nil {
+	if i == mOps && a.mu.rates.ops != nil {
 		g = want + rateChunk(t, i, room-want)
 	}
 	if _, err := a.fillLocked(t, i, n, want, g); err != nil {
@@ -547,7 +553,7 @@ func chunk(t *Tracker, i int, free, room int64, live int) int64 {
 // operations rate, if any, allowed it (which may grant less, never less
 // than want), and returns what was added.
 func (a *Account) fillLocked(t *Tracker, i int, n, want, g int64) (int64, error) {
-	if i == mOps && a.rates.ops != nil {
+	if i == mOps && a.mu.rates.ops != nil {
 		var err error
 		if g, err = a.takeOpsLocked(t, n, want, g); err != nil {
 			return 0, err
@@ -570,11 +576,11 @@ var chunkCap = [numMeters]int64{mOps: 4096, mCalls: 256, mTotal: 4 << 20}
 // reclaimLocked takes back the unused room of meter i from every live run
 // but except.
 func (a *Account) reclaimLocked(i int, except *Tracker) {
-	for r := range a.live {
+	for r := range a.mu.live {
 		if r != except {
 			r.reclaimChildren(i)
 			v := r.revoke(i)
-			a.reserved[i] -= v
+			a.mu.reserved[i] -= v
 			if i == mOps {
 				a.refundOpsLocked(v)
 			}
@@ -584,16 +590,16 @@ func (a *Account) reclaimLocked(i int, except *Tracker) {
 
 // usedLocked returns the account's usage of meter i since Reset.
 func (a *Account) usedLocked(i int) int64 {
-	u := a.committed[i]
-	for r := range a.live {
+	u := a.mu.committed[i]
+	for r := range a.mu.live {
 		u = satAdd(u, r.consumed(i)-r.base[i])
 	}
 	return u
 }
 
 func (a *Account) cpuLocked() time.Duration {
-	d := a.cpu
-	for r := range a.live {
+	d := a.mu.cpu
+	for r := range a.mu.live {
 		d = satAddDur(d, time.Duration(r.cpuLast.Load()-r.cpuBase))
 	}
 	return d
@@ -617,9 +623,9 @@ func (a *Account) usageLocked(r Resource) int64 {
 	case CPUTime:
 		return int64(a.cpuLocked())
 	case Evaluations:
-		return a.evals
+		return a.mu.evals
 	case Concurrency:
-		return int64(len(a.live))
+		return int64(len(a.mu.live))
 	}
 	return 0
 }
@@ -672,8 +678,8 @@ func (a *Account) watchCPU() {
 		return
 	}
 	a.mu.Lock()
-	if a.cpuTimer == nil {
-		a.cpuTimer = time.AfterFunc(minCPUSample, a.cpuTick)
+	if a.mu.cpuTimer == nil {
+		a.mu.cpuTimer = time.AfterFunc(minCPUSample, a.cpuTick)
 	}
 	a.mu.Unlock()
 }
@@ -688,12 +694,12 @@ func (a *Account) cpuTick() {
 	lim := a.limits[CPUTime].Load()
 	a.mu.Lock()
 	threads := 0
-	for r := range a.live {
+	for r := range a.mu.live {
 		_, n := r.sampleCPUThreads()
 		threads += n
 	}
 	if lim == 0 || threads == 0 {
-		a.cpuTimer = nil // armed again by the next run that measures a thread
+		a.mu.cpuTimer = nil // armed again by the next run that measures a thread
 		a.mu.Unlock()
 		return
 	}
@@ -709,14 +715,14 @@ func (a *Account) cpuTick() {
 		left = min(left, l/2)
 	}
 	if !stop {
-		a.cpuTimer.Reset(sampleInterval(time.Duration(left), threads))
+		a.mu.cpuTimer.Reset(sampleInterval(time.Duration(left), threads))
 		a.mu.Unlock()
 		return
 	}
-	a.cpuTimer = nil
+	a.mu.cpuTimer = nil
 	err := &LimitError{Resource: CPUTime, Limit: lim, Used: used, Tenant: a.name}
-	runs := make([]*Tracker, 0, len(a.live))
-	for r := range a.live {
+	runs := make([]*Tracker, 0, len(a.mu.live))
+	for r := range a.mu.live {
 		runs = append(runs, r)
 	}
 	a.mu.Unlock()
@@ -760,7 +766,7 @@ func (a *Account) end(t *Tracker, cpu time.Duration, runErr error) Usage {
 		t.reclaimChildren(i)
 		r := t.revoke(i)
 		if a.limits[meterResource[i]].Load() > 0 {
-			a.reserved[i] -= r
+			a.mu.reserved[i] -= r
 		}
 		if i == mOps {
 			a.refundOpsLocked(r)
@@ -771,26 +777,26 @@ func (a *Account) end(t *Tracker, cpu time.Duration, runErr error) Usage {
 		a.held.Add(-h)
 		t.releaseUp(h)
 	}
-	delete(a.live, t)
+	delete(a.mu.live, t)
 	used := store.Totals{CPUTime: cpu}
 	for i := range numMeters {
-		a.committed[i] = satAdd(a.committed[i], t.filled[i].Load()-t.base[i])
+		a.mu.committed[i] = satAdd(a.mu.committed[i], t.filled[i].Load()-t.base[i])
 		tset(&used, meterResource[i], t.filled[i].Load())
 	}
-	a.cpu = satAddDur(a.cpu, cpu-time.Duration(t.cpuBase))
+	a.mu.cpu = satAddDur(a.mu.cpu, cpu-time.Duration(t.cpuBase))
 	if a.quota != nil {
 		a.quota.runEndedLocked(used)
 	}
-	a.largest.PeakMemoryBytes = max(a.largest.PeakMemoryBytes, u.PeakMemoryBytes)
-	a.largest.Operations = max(a.largest.Operations, u.Operations)
-	if len(a.hist) > 0 {
-		a.hist[a.histNext] = HistoryEntry{
+	a.mu.largest.PeakMemoryBytes = max(a.mu.largest.PeakMemoryBytes, u.PeakMemoryBytes)
+	a.mu.largest.Operations = max(a.mu.largest.Operations, u.Operations)
+	if len(a.mu.hist) > 0 {
+		a.mu.hist[a.mu.histNext] = HistoryEntry{
 			Time: time.Now(), Evaluation: t.evaluation, PeakMemoryBytes: u.PeakMemoryBytes,
 			Operations: u.Operations, Calls: u.Calls, CPUTime: u.CPUTime,
 			WallTime: u.WallTime, Err: runErr,
 		}
-		a.histNext = (a.histNext + 1) % len(a.hist)
-		a.histLen = min(a.histLen+1, len(a.hist))
+		a.mu.histNext = (a.mu.histNext + 1) % len(a.mu.hist)
+		a.mu.histLen = min(a.mu.histLen+1, len(a.mu.hist))
 	}
 	return u
 }
@@ -826,10 +832,10 @@ func (a *Account) stats() AccountStats {
 		Calls:            a.usageLocked(Calls),
 		CPUTime:          time.Duration(a.usageLocked(CPUTime)),
 		Evaluations:      a.usageLocked(Evaluations),
-		Running:          int64(len(a.live)),
-		Largest:          a.largest,
-		Period:           a.periodNo,
-		PeriodStart:      a.periodStart,
+		Running:          int64(len(a.mu.live)),
+		Largest:          a.mu.largest,
+		Period:           a.mu.periodNo,
+		PeriodStart:      a.mu.periodStart,
 	}
 	for _, r := range accountResources {
 		lim := a.limits[r].Load()
@@ -872,10 +878,10 @@ func (a *Account) History() []HistoryEntry {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	out := make([]HistoryEntry, 0, a.histLen)
-	start := (a.histNext - a.histLen + len(a.hist)) % max(len(a.hist), 1)
-	for k := 0; k < a.histLen; k++ {
-		out = append(out, a.hist[(start+k)%len(a.hist)])
+	out := make([]HistoryEntry, 0, a.mu.histLen)
+	start := (a.mu.histNext - a.mu.histLen + len(a.mu.hist)) % max(len(a.mu.hist), 1)
+	for k := 0; k < a.mu.histLen; k++ {
+		out = append(out, a.mu.hist[(start+k)%len(a.mu.hist)])
 	}
 	return out
 }
@@ -916,7 +922,7 @@ func (a *Account) Limits() AccountLimits {
 		return AccountLimits{}
 	}
 	a.mu.Lock()
-	r := a.rates
+	r := a.mu.rates
 	a.mu.Unlock()
 	return AccountLimits{
 		MaxMemory:            a.limits[Memory].Load(),
@@ -948,7 +954,7 @@ func (a *Account) SetLimits(l AccountLimits) error {
 		}
 	}
 	a.mu.Lock()
-	a.rates.setLocked(l)
+	a.mu.rates.setLocked(l)
 	a.mu.Unlock()
 	return nil
 }
@@ -956,15 +962,15 @@ func (a *Account) SetLimits(l AccountLimits) error {
 // resyncLocked takes back every live run's unused room of meter i and
 // recomputes what is reserved.
 func (a *Account) resyncLocked(i int) {
-	sum := a.committed[i]
-	for t := range a.live {
+	sum := a.mu.committed[i]
+	for t := range a.mu.live {
 		v := t.revoke(i)
 		if i == mOps {
 			a.refundOpsLocked(v)
 		}
 		sum += t.used(i) - t.base[i]
 	}
-	a.reserved[i] = sum
+	a.mu.reserved[i] = sum
 }
 
 // AppendReadings implements Source with the account's usage, limits,
@@ -990,9 +996,9 @@ func (a *Account) AppendReadings(dst []Reading) []Reading {
 	}
 	var now time.Time
 	for _, r := range [...]Resource{EvaluationRate, OperationRate} {
-		lim, credit := a.rates.evals, a.rates.evalCredit
+		lim, credit := a.mu.rates.evals, a.mu.rates.evalCredit
 		if r == OperationRate {
-			lim, credit = a.rates.ops, a.rates.opCredit
+			lim, credit = a.mu.rates.ops, a.mu.rates.opCredit
 		}
 		n := a.refused[r].Load()
 		if n == 0 && lim == nil {

@@ -119,9 +119,9 @@ func (a *Account) lock()                    { a.mu.Lock() }
 func (a *Account) unlock()                  { a.mu.Unlock() }
 func (a *Account) tenant() string           { return a.name }
 func (a *Account) limit(r Resource) int64   { return a.limits[r].Load() }
-func (a *Account) periodLocked() uint64     { return a.periodNo }
-func (a *Account) setPeriodLocked(n uint64) { a.periodNo = n }
-func (a *Account) runningLocked() int       { return len(a.live) }
+func (a *Account) periodLocked() uint64     { return a.mu.periodNo }
+func (a *Account) setPeriodLocked(n uint64) { a.mu.periodNo = n }
+func (a *Account) runningLocked() int       { return len(a.mu.live) }
 
 func (a *Account) refuseLocked(r Resource, lim, used, n int64) error {
 	a.refused[r].Add(1)
@@ -129,7 +129,7 @@ func (a *Account) refuseLocked(r Resource, lim, used, n int64) error {
 }
 
 func (a *Account) drainLocked() {
-	for t := range a.live {
+	for t := range a.mu.live {
 		for i := range numMeters {
 			t.revoke(i)
 		}
@@ -138,12 +138,12 @@ func (a *Account) drainLocked() {
 
 func (a *Account) liveUsageLocked() store.Totals {
 	var l store.Totals
-	for t := range a.live {
+	for t := range a.mu.live {
 		l.CPUTime = satAddDur(l.CPUTime, time.Duration(t.cpuLast.Load()))
 	}
 	for i, r := range meterResource {
 		var v int64
-		for t := range a.live {
+		for t := range a.mu.live {
 			v = satAdd(v, t.consumed(i))
 		}
 		tset(&l, r, v)
@@ -157,7 +157,7 @@ func (a *Account) liveIssuedLocked(r Resource) int64 {
 		if mr != r {
 			continue
 		}
-		for t := range a.live {
+		for t := range a.mu.live {
 			t.meterMu.Lock()
 			v = satAdd(v, t.filled[i].Load())
 			t.meterMu.Unlock()
@@ -176,7 +176,7 @@ func (a *Account) fleetState() *fleetState {
 // fleetRates returns the account's fleet-wide rates (nil for none).
 func (a *Account) fleetRates() [2]*fleetRate {
 	var out [2]*fleetRate
-	out[0], _ = a.rates.evals.(*fleetRate)
-	out[1], _ = a.rates.ops.(*fleetRate)
+	out[0], _ = a.mu.rates.evals.(*fleetRate)
+	out[1], _ = a.mu.rates.ops.(*fleetRate)
 	return out
 }
