@@ -211,7 +211,7 @@ func (f *fleetState) rateRequestLocked(ts *store.TenantSync, now time.Time) {
 		// millisecond are not a thousand a second.)
 		elapsed = max(now.Sub(f.lastSync), interval/4)
 	}
-	for i, fr := range f.acct.fleetRates() {
+	for i, fr := range f.acct.fleetRatesLocked() {
 		if fr == nil {
 			continue
 		}
@@ -246,7 +246,7 @@ func (f *fleetState) rateRequestLocked(ts *store.TenantSync, now time.Time) {
 // applyRatesLocked takes the store's answer about the tenant's rates,
 // received at now.
 func (f *fleetState) applyRatesLocked(st store.TenantState, now time.Time) {
-	for i, fr := range f.acct.fleetRates() {
+	for i, fr := range f.acct.fleetRatesLocked() {
 		if fr == nil {
 			continue
 		}
@@ -267,7 +267,7 @@ func (f *fleetState) failRatesLocked() {
 	if f.ledger.fleet.policy != FailLocal {
 		return
 	}
-	for _, fr := range f.acct.fleetRates() {
+	for _, fr := range f.acct.fleetRatesLocked() {
 		if fr != nil && fr.fallback == nil {
 			fr.fallback = rate.NewLimiter(rate.Limit(fr.perSec/10), int(max(1, fr.burst/10)))
 		}
@@ -277,7 +277,7 @@ func (f *fleetState) failRatesLocked() {
 // rateLeaseHeldLocked reports whether this replica holds tokens of a
 // fleet-wide rate (which it gives back once idle).
 func (f *fleetState) rateLeaseHeldLocked() bool {
-	for _, fr := range f.acct.fleetRates() {
+	for _, fr := range f.acct.fleetRatesLocked() {
 		if fr != nil && fr.lease > 0 {
 			return true
 		}

@@ -48,8 +48,10 @@ type quota interface {
 	cpuLeftLocked() int64
 	// roomLocked makes sure the account may hand want more of meter i,
 	// whose limit is set, to t (for a request of n), and returns how much
-	// it may hand out now (at least want; see Account.grantLocked). It
-	// may release the account's mu while it waits for a lease.
+	// it may hand out now: at least want, unless the limit was removed
+	// while it waited (see Account.grantLocked). It may release the
+	// account's mu while it waits for a lease, and may take back the
+	// other live runs' room (fleetAccount.reclaimLocked).
 	roomLocked(t *Tracker, i int, n, want int64) (int64, error)
 	// grantedLocked is told that a grant of meter i left left of the room
 	// roomLocked returned.
@@ -109,8 +111,8 @@ type fleetAccount interface {
 	// closePeriodLocked closes the open period at end and opens period
 	// next (see Account.closePeriod).
 	closePeriodLocked(end time.Time, next uint64) Period
-	// fleetRates returns the account's fleet-wide rates (nil for none).
-	fleetRates() [2]*fleetRate
+	// fleetRatesLocked returns the account's fleet-wide rates (nil for none).
+	fleetRatesLocked() [2]*fleetRate
 }
 
 var _ fleetAccount = (*Account)(nil)
@@ -173,8 +175,8 @@ func (a *Account) fleetState() *fleetState {
 	return f
 }
 
-// fleetRates returns the account's fleet-wide rates (nil for none).
-func (a *Account) fleetRates() [2]*fleetRate {
+// fleetRatesLocked returns the account's fleet-wide rates (nil for none).
+func (a *Account) fleetRatesLocked() [2]*fleetRate {
 	var out [2]*fleetRate
 	out[0], _ = a.mu.rates.evals.(*fleetRate)
 	out[1], _ = a.mu.rates.ops.(*fleetRate)
