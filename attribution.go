@@ -23,9 +23,11 @@ package reslimit
 //     uses after counts in the new period.
 //   - held: memory held at once (charged minus released), as opposed to
 //     the cumulative total charged.
-//   - quota: what decides an account's cumulative limits: localQuota here,
-//     or with a Store the fleet's state (fleetState, fleet.go); the account
-//     code consults it through the quota interface only.
+//   - quota: with a Store, what decides an account's cumulative limits
+//     fleet-wide (fleetState, fleet.go); without one (nil) the account
+//     decides them here. The account and the fleet code see each other
+//     through the seam's two interfaces only (quota and fleetAccount,
+//     seam.go).
 //   - lease, allowance (fleet.go): with a Store, the part of the fleet-wide
 //     quota the store has granted this replica; reports tell the store
 //     what was used, leases cap what this replica may grant its runs.
@@ -49,8 +51,8 @@ package reslimit
 // a tree of nested runs counted, taken under Tracker.mu), the Monitor's
 // locks. The hot paths (take, the guards' fast paths, TrackOperation)
 // take no lock. Where a mutex guards a few fields, they are grouped with
-// it as mu struct{ sync.Mutex; ... } (periods.closeMu, slots.mu,
-// pins.mu), and a ...Locked method requires that it is held.
+// it as mu struct{ sync.Mutex; ... } (Account.mu, periods.closeMu,
+// slots.mu, pins.mu), and a ...Locked method requires that it is held.
 
 import (
 	"errors"
@@ -199,26 +201,27 @@ type Account struct {
 	// (see stops.go); Reset keeps them.
 	stops [numResources]atomic.Int64
 
-	mu        sync.Mutex
-	live      map[*Tracker]struct{}
-	reserved  [numMeters]int64 // committed plus room handed to live runs, while limited (unused with a Store: leases bound the room)
-	committed [numMeters]int64
-	cpu       time.Duration // CPU of ended runs
-	evals     int64
-	largest   Largest
-	// Life totals of this process, never Reset: what a fleet store is told.
-	lifeMeters [numMeters]int64 // usage of ended runs
-	lifeCPU    time.Duration
-	lifeEvals  int64
-	quota      quota       // where the cumulative limits are decided; nil: localQuota (see quotaOf)
-	cpuTimer   *time.Timer // the CPU watchdog while runs are measured, with a CPU limit
-	hist       []HistoryEntry
-	histNext   int
-	histLen    int
-	rates      accountRates
-	// The open billing period (see Reset): its number and start.
-	periodNo    uint64
-	periodStart time.Time
+	// mu guards the account's runs, its totals since Reset, its history,
+	// its rates and its open period (live is set once, by NewAccount: a
+	// nil live is a zero Account).
+	mu struct {
+		sync.Mutex
+		live      map[*Tracker]struct{}
+		reserved  [numMeters]int64 // committed plus room handed to live runs, while limited (unused with a Store: leases bound the room)
+		committed [numMeters]int64
+		cpu       time.Duration // CPU of ended runs
+		evals     int64
+		largest   Largest
+		cpuTimer  *time.Timer // the CPU watchdog while runs are measured, with a CPU limit
+		hist      []HistoryEntry
+		histNext  int
+		histLen   int
+		rates     accountRates
+		// The open billing period (see Reset): its number and start.
+		periodNo    uint64
+		periodStart time.Time
+	}
+	quota quota // where the cumulative limits are decided fleet-wide, with a Store (seam.go); nil: here; set before the account is shared
 	// schedule is the ledger's period schedule (WithPeriod,
 	// WithPeriodSchedule), or nil; set before the account is shared.
 	schedule func(time.Time) time.Time
@@ -325,13 +328,14 @@ func NewAccount(name string, l AccountLimits, opts ...AccountOption) (*Account, 
 	if cfg.err != nil {
 		return nil, cfg.err
 	}
-	a := &Account{name: name, live: make(map[*Tracker]struct{}), periodNo: 1, periodStart: time.Now()}
+	a := &Account{name: name}
+	a.mu.live, a.mu.periodNo, a.mu.periodStart = make(map[*Tracker]struct{}), 1, time.Now()
 	for _, r := range accountResources {
 		a.limits[r].Store(l.get(r))
 	}
-	a.rates.setLocked(l)
+	a.mu.rates.setLocked(l)
 	if cfg.history > 0 {
-		a.hist = make([]HistoryEntry, cfg.history)
+		a.mu.hist = make([]HistoryEntry, cfg.history)
 	}
 	return a, nil
 }
@@ -369,31 +373,33 @@ func (a *Account) begin(l Limits, name string, cancel func(error), parent *Track
 	if a.err != nil {
 		return nil, a.err
 	}
-	if a.live == nil {
+	if a.mu.live == nil {
 		return nil, errZeroAccount
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var w rateWaiter
 	for {
-		a.rates.noWait = w.expired
+		a.mu.rates.noWait = w.expired
 		t, err := a.beginLocked(l, name, cancel, parent)
-		a.rates.noWait = false
+		a.mu.rates.noWait = false
 		if err != errRateWait {
 			return t, err
 		}
-		w.wait(a) // a fleet-wide rate's lease is on its way
+		w.wait(a.fleetState()) // a fleet-wide rate's lease is on its way
 	}
 }
 
 // beginLocked is begin with a.mu held, once: errRateWait says to wait for
 // a sync and begin again.
 func (a *Account) beginLocked(l Limits, name string, cancel func(error), parent *Tracker) (*Tracker, error) {
-	q := a.quotaOf()
-	if err := q.errLocked(); err != nil {
-		return nil, err
+	q := a.quota
+	if q != nil {
+		if err := q.errLocked(); err != nil {
+			return nil, err
+		}
 	}
-	open := q.unboundLocked()
+	open := q != nil && q.unboundLocked()
 	if lim := a.limits[Evaluations].Load(); lim > 0 && !open {
 		used := a.usageLocked(Evaluations)
 		if used >= lim {
@@ -401,36 +407,38 @@ func (a *Account) beginLocked(l Limits, name string, cancel func(error), parent 
 			return nil, &LimitError{Resource: Evaluations, Limit: lim, Used: used, Requested: 1, Tenant: a.name}
 		}
 	}
-	if !open {
+	if q != nil && !open {
 		// (It may wait for a lease, releasing a.mu: before the checks
 		// that hold until the run is added.)
-		if err := q.reserveRunLocked(a); err != nil {
+		if err := q.reserveRunLocked(); err != nil {
 			return nil, err
 		}
 	}
-	if lim := a.limits[Concurrency].Load(); lim > 0 && int64(len(a.live)) >= lim {
+	if lim := a.limits[Concurrency].Load(); lim > 0 && int64(len(a.mu.live)) >= lim {
 		a.refused[Concurrency].Add(1)
-		return nil, &LimitError{Resource: Concurrency, Limit: lim, Used: int64(len(a.live)), Requested: 1, Tenant: a.name}
+		return nil, &LimitError{Resource: Concurrency, Limit: lim, Used: int64(len(a.mu.live)), Requested: 1, Tenant: a.name}
 	}
 	if r, used, lim, ok := a.exhaustedLocked(); ok && !open {
 		a.refused[r].Add(1)
 		return nil, &LimitError{Resource: r, Limit: lim, Used: used, Tenant: a.name}
 	}
 	var now time.Time // the run's start: read once for the rate too
-	if a.rates.evals != nil {
+	if a.mu.rates.evals != nil {
 		now = time.Now()
 		if err := a.takeEvaluationLocked(now); err != nil {
 			return nil, err
 		}
 	}
-	a.evals++
-	a.lifeEvals++
+	a.mu.evals++
+	if q != nil {
+		q.runBegunLocked()
+	}
 	t := newTrackerAt(l, a, name, cancel, now)
 	if parent != nil {
 		t.adopt(parent)
 	}
-	t.evaluation = a.evals
-	a.live[t] = struct{}{}
+	t.evaluation = a.mu.evals
+	a.mu.live[t] = struct{}{}
 	return t, nil
 }
 
@@ -442,109 +450,71 @@ func (a *Account) grant(t *Tracker, i int, n, want, room int64) error {
 	defer a.mu.Unlock()
 	var w rateWaiter
 	for {
-		a.rates.noWait = w.expired
+		a.mu.rates.noWait = w.expired
 		err := a.grantLocked(t, i, n, want, room)
-		a.rates.noWait = false
+		a.mu.rates.noWait = false
 		if err != errRateWait {
 			return err
 		}
-		w.wait(a) // a fleet-wide rate's lease is on its way
+		w.wait(a.fleetState()) // a fleet-wide rate's lease is on its way
 	}
 }
 
 // grantLocked is grant with a.mu held, once: errRateWait says to wait for
-// a sync and try again.
+// a sync and try again. The room a grant may take comes from the account's
+// limit (localRoomLocked) or, with a Store, from this replica's lease of
+// the fleet's (its quota's roomLocked).
 func (a *Account) grantLocked(t *Tracker, i int, n, want, room int64) error {
-	q := a.quotaOf()
-	if err := q.errLocked(); err != nil {
-		return err
+	q := a.quota
+	if q != nil {
+		if err := q.errLocked(); err != nil {
+			return err
+		}
 	}
-	if a.limits[meterResource[i]].Load() == 0 {
+	res := meterResource[i]
+	if a.limits[res].Load() == 0 {
 		return a.grantUnlimitedLocked(t, i, n, want, room)
 	}
-	return q.grantLocked(a, t, i, n, want, room)
-}
-
-// quota decides an account's cumulative limits: in this process
-// (localQuota, below) or fleet-wide with a Store (*fleetState, in
-// fleet.go, which holds leases of the fleet's quota and reports usage).
-// Its methods named ...Locked are called with the account's mu held.
-type quota interface {
-	// errLocked returns why the account may grant nothing more (ErrClosed
-	// after its ledger made its final report), or nil.
-	errLocked() error
-	// unboundLocked reports whether no cumulative limit binds now (a store
-	// that fails under FailOpen).
-	unboundLocked() bool
-	// reserveRunLocked makes sure one more run may begin: with a store,
-	// that this process holds a lease for one more evaluation (while
-	// Evaluations is limited) and some CPU time (while CPUTime is). It
-	// may release a.mu while it waits for a lease.
-	reserveRunLocked(a *Account) error
-	// cpuLeftLocked is how much more CPU time this process's runs may use
-	// under its lease (maxUsage: no lease binds them).
-	cpuLeftLocked(a *Account) int64
-	// grantLocked adds room for meter i, whose limit is set, to t (see
-	// Account.grant).
-	grantLocked(a *Account, t *Tracker, i int, n, want, room int64) error
-	// usageLocked returns the usage of cumulative resource r the limit is
-	// checked against, when it is not the account's own (fleet-wide).
-	usageLocked(a *Account, r Resource) (int64, bool)
-	// statsLocked returns the state of the fleet store, or nil.
-	statsLocked(a *Account) *FleetStats
-	// lostLocked is how much of r a store lost of this process's reports.
-	lostLocked(r Resource) int64
-	// periodClosedLocked is told that the account closed period n when its
-	// life totals were life.
-	periodClosedLocked(n uint64, life store.Totals)
-}
-
-// quotaOf returns the account's quota: a local one unless its ledger has
-// a Store (and for a zero Account).
-func (a *Account) quotaOf() quota {
-	if a.quota == nil {
-		return localQuota{}
+	var free int64
+	var err error
+	if q == nil {
+		free, err = a.localRoomLocked(t, i, n, want)
+	} else {
+		free, err = q.roomLocked(t, i, n, want)
+		if err == nil && a.limits[res].Load() == 0 { // removed while we waited for a lease
+			return a.grantUnlimitedLocked(t, i, n, want, room)
+		}
 	}
-	return a.quota
-}
-
-// localQuota decides an account's cumulative limits in this process
-// alone: a run's room comes out of the limit minus what is reserved,
-// reclaimed from the other live runs when short, so the limit holds
-// exactly.
-type localQuota struct{}
-
-var (
-	_ quota = localQuota{}
-	_ quota = (*fleetState)(nil)
-)
-
-func (localQuota) errLocked() error                             { return nil }
-func (localQuota) unboundLocked() bool                          { return false }
-func (localQuota) reserveRunLocked(*Account) error              { return nil }
-func (localQuota) usageLocked(*Account, Resource) (int64, bool) { return 0, false }
-func (localQuota) statsLocked(*Account) *FleetStats             { return nil }
-func (localQuota) lostLocked(Resource) int64                    { return 0 }
-func (localQuota) periodClosedLocked(uint64, store.Totals)      {}
-func (localQuota) cpuLeftLocked(*Account) int64                 { return maxUsage }
-
-func (localQuota) grantLocked(a *Account, t *Tracker, i int, n, want, room int64) error {
-	res := meterResource[i]
-	free := a.limits[res].Load() - a.reserved[i]
-	if free < want {
-		a.reclaimLocked(i, t)
-		free = a.limits[res].Load() - a.reserved[i]
-	}
-	if free < want {
-		a.refused[res].Add(1)
-		return &LimitError{Resource: res, Limit: a.limits[res].Load(), Used: a.usageLocked(res), Requested: n, Tenant: a.name}
-	}
-	g, err := a.fillLocked(t, i, n, want, want+chunk(t, i, free-want, room-want, len(a.live)))
 	if err != nil {
 		return err
 	}
-	a.reserved[i] += g
+	g, err := a.fillLocked(t, i, n, want, want+chunk(t, i, free-want, room-want, len(a.mu.live)))
+	if err != nil {
+		return err
+	}
+	if q == nil {
+		a.mu.reserved[i] += g
+	} else {
+		q.grantedLocked(i, free-g)
+	}
 	return nil
+}
+
+// localRoomLocked is how much of meter i, whose limit is set, the account
+// may hand out now without a Store: the limit minus what is reserved,
+// reclaimed from the other live runs when short of want, so that the
+// limit holds exactly.
+func (a *Account) localRoomLocked(t *Tracker, i int, n, want int64) (int64, error) {
+	res := meterResource[i]
+	free := a.limits[res].Load() - a.mu.reserved[i]
+	if free < want {
+		a.reclaimLocked(i, t)
+		free = a.limits[res].Load() - a.mu.reserved[i]
+	}
+	if free < want {
+		return 0, a.refuseLocked(res, a.limits[res].Load(), a.usageLocked(res), n)
+	}
+	return free, nil
 }
 
 // grantUnlimitedLocked adds room to t when the account does not limit
@@ -557,7 +527,7 @@ func (a *Account) grantUnlimitedLocked(t *Tracker, i int, n, want, room int64) e
 		return fmt.Errorf("%w: %s request %d overflows usage", ErrInvalidArgument, meterResource[i], n)
 	}
 	g := max(room, want)
-	if i == mOps && a.rates.ops != nil {
+	if i == mOps && a.mu.rates.ops != nil {
 		g = want + rateChunk(t, i, room-want)
 	}
 	if _, err := a.fillLocked(t, i, n, want, g); err != nil {
@@ -583,7 +553,7 @@ func chunk(t *Tracker, i int, free, room int64, live int) int64 {
 // operations rate, if any, allowed it (which may grant less, never less
 // than want), and returns what was added.
 func (a *Account) fillLocked(t *Tracker, i int, n, want, g int64) (int64, error) {
-	if i == mOps && a.rates.ops != nil {
+	if i == mOps && a.mu.rates.ops != nil {
 		var err error
 		if g, err = a.takeOpsLocked(t, n, want, g); err != nil {
 			return 0, err
@@ -606,11 +576,11 @@ var chunkCap = [numMeters]int64{mOps: 4096, mCalls: 256, mTotal: 4 << 20}
 // reclaimLocked takes back the unused room of meter i from every live run
 // but except.
 func (a *Account) reclaimLocked(i int, except *Tracker) {
-	for r := range a.live {
+	for r := range a.mu.live {
 		if r != except {
 			r.reclaimChildren(i)
 			v := r.revoke(i)
-			a.reserved[i] -= v
+			a.mu.reserved[i] -= v
 			if i == mOps {
 				a.refundOpsLocked(v)
 			}
@@ -620,58 +590,26 @@ func (a *Account) reclaimLocked(i int, except *Tracker) {
 
 // usedLocked returns the account's usage of meter i since Reset.
 func (a *Account) usedLocked(i int) int64 {
-	u := a.committed[i]
-	for r := range a.live {
+	u := a.mu.committed[i]
+	for r := range a.mu.live {
 		u = satAdd(u, r.consumed(i)-r.base[i])
 	}
 	return u
 }
 
 func (a *Account) cpuLocked() time.Duration {
-	d := a.cpu
-	for r := range a.live {
+	d := a.mu.cpu
+	for r := range a.mu.live {
 		d = satAddDur(d, time.Duration(r.cpuLast.Load()-r.cpuBase))
 	}
 	return d
 }
 
-// issuedLocked returns the allowance of meter i this process has handed
-// to runs in all: what ended runs used plus what live runs were given.
-func (a *Account) issuedLocked(i int) int64 {
-	v := a.lifeMeters[i]
-	for t := range a.live {
-		t.meterMu.Lock()
-		v = satAdd(v, t.filled[i].Load())
-		t.meterMu.Unlock()
-	}
-	return v
-}
-
-// lifeLocked returns this process's usage of the fleet quantities, never Reset.
-func (a *Account) lifeLocked() store.Totals {
-	var l store.Totals
-	l.Evaluations = a.lifeEvals
-	l.CPUTime = a.lifeCPU
-	for t := range a.live {
-		l.CPUTime = satAddDur(l.CPUTime, time.Duration(t.cpuLast.Load()))
-	}
-	for i, r := range meterResource {
-		v := a.lifeMeters[i]
-		for t := range a.live {
-			v = satAdd(v, t.consumed(i))
-		}
-		tset(&l, r, v)
-	}
-	return l
-}
-
 // usageLocked returns the account's usage of any resource; with a Store,
 // fleet-wide for the cumulative ones.
 func (a *Account) usageLocked(r Resource) int64 {
-	if cumulative(r) {
-		if u, ok := a.quotaOf().usageLocked(a, r); ok {
-			return u
-		}
+	if q := a.quota; q != nil && cumulative(r) {
+		return q.usageLocked(r)
 	}
 	switch r {
 	case Memory:
@@ -685,9 +623,9 @@ func (a *Account) usageLocked(r Resource) int64 {
 	case CPUTime:
 		return int64(a.cpuLocked())
 	case Evaluations:
-		return a.evals
+		return a.mu.evals
 	case Concurrency:
-		return int64(len(a.live))
+		return int64(len(a.mu.live))
 	}
 	return 0
 }
@@ -740,8 +678,8 @@ func (a *Account) watchCPU() {
 		return
 	}
 	a.mu.Lock()
-	if a.cpuTimer == nil {
-		a.cpuTimer = time.AfterFunc(minCPUSample, a.cpuTick)
+	if a.mu.cpuTimer == nil {
+		a.mu.cpuTimer = time.AfterFunc(minCPUSample, a.cpuTick)
 	}
 	a.mu.Unlock()
 }
@@ -756,19 +694,19 @@ func (a *Account) cpuTick() {
 	lim := a.limits[CPUTime].Load()
 	a.mu.Lock()
 	threads := 0
-	for r := range a.live {
+	for r := range a.mu.live {
 		_, n := r.sampleCPUThreads()
 		threads += n
 	}
 	if lim == 0 || threads == 0 {
-		a.cpuTimer = nil // armed again by the next run that measures a thread
+		a.mu.cpuTimer = nil // armed again by the next run that measures a thread
 		a.mu.Unlock()
 		return
 	}
 	used := a.usageLocked(CPUTime)
 	left := lim - used
 	stop := left < 0
-	if l := a.quotaOf().cpuLeftLocked(a); l < maxUsage {
+	if l := a.cpuLeftLocked(); l < maxUsage {
 		// With a store, this process's runs use the fleet's CPU time
 		// under the lease it holds: they stop when it is used up. The
 		// next sample comes when half of what is left is used, so that
@@ -777,20 +715,30 @@ func (a *Account) cpuTick() {
 		left = min(left, l/2)
 	}
 	if !stop {
-		a.cpuTimer.Reset(sampleInterval(time.Duration(left), threads))
+		a.mu.cpuTimer.Reset(sampleInterval(time.Duration(left), threads))
 		a.mu.Unlock()
 		return
 	}
-	a.cpuTimer = nil
+	a.mu.cpuTimer = nil
 	err := &LimitError{Resource: CPUTime, Limit: lim, Used: used, Tenant: a.name}
-	runs := make([]*Tracker, 0, len(a.live))
-	for r := range a.live {
+	runs := make([]*Tracker, 0, len(a.mu.live))
+	for r := range a.mu.live {
 		runs = append(runs, r)
 	}
 	a.mu.Unlock()
 	for _, r := range runs {
 		r.halt(err)
 	}
+}
+
+// cpuLeftLocked is how much more CPU time the account's runs may use
+// under this replica's lease of the fleet's (maxUsage: no lease binds
+// them, as without a Store).
+func (a *Account) cpuLeftLocked() int64 {
+	if a.quota == nil {
+		return maxUsage
+	}
+	return a.quota.cpuLeftLocked()
 }
 
 // checkCPU returns the account's CPUTime *LimitError when its live and
@@ -818,7 +766,7 @@ func (a *Account) end(t *Tracker, cpu time.Duration, runErr error) Usage {
 		t.reclaimChildren(i)
 		r := t.revoke(i)
 		if a.limits[meterResource[i]].Load() > 0 {
-			a.reserved[i] -= r
+			a.mu.reserved[i] -= r
 		}
 		if i == mOps {
 			a.refundOpsLocked(r)
@@ -829,23 +777,26 @@ func (a *Account) end(t *Tracker, cpu time.Duration, runErr error) Usage {
 		a.held.Add(-h)
 		t.releaseUp(h)
 	}
-	delete(a.live, t)
+	delete(a.mu.live, t)
+	used := store.Totals{CPUTime: cpu}
 	for i := range numMeters {
-		a.committed[i] = satAdd(a.committed[i], t.filled[i].Load()-t.base[i])
-		a.lifeMeters[i] = satAdd(a.lifeMeters[i], t.filled[i].Load())
+		a.mu.committed[i] = satAdd(a.mu.committed[i], t.filled[i].Load()-t.base[i])
+		tset(&used, meterResource[i], t.filled[i].Load())
 	}
-	a.cpu = satAddDur(a.cpu, cpu-time.Duration(t.cpuBase))
-	a.lifeCPU = satAddDur(a.lifeCPU, cpu)
-	a.largest.PeakMemoryBytes = max(a.largest.PeakMemoryBytes, u.PeakMemoryBytes)
-	a.largest.Operations = max(a.largest.Operations, u.Operations)
-	if len(a.hist) > 0 {
-		a.hist[a.histNext] = HistoryEntry{
+	a.mu.cpu = satAddDur(a.mu.cpu, cpu-time.Duration(t.cpuBase))
+	if a.quota != nil {
+		a.quota.runEndedLocked(used)
+	}
+	a.mu.largest.PeakMemoryBytes = max(a.mu.largest.PeakMemoryBytes, u.PeakMemoryBytes)
+	a.mu.largest.Operations = max(a.mu.largest.Operations, u.Operations)
+	if len(a.mu.hist) > 0 {
+		a.mu.hist[a.mu.histNext] = HistoryEntry{
 			Time: time.Now(), Evaluation: t.evaluation, PeakMemoryBytes: u.PeakMemoryBytes,
 			Operations: u.Operations, Calls: u.Calls, CPUTime: u.CPUTime,
 			WallTime: u.WallTime, Err: runErr,
 		}
-		a.histNext = (a.histNext + 1) % len(a.hist)
-		a.histLen = min(a.histLen+1, len(a.hist))
+		a.mu.histNext = (a.mu.histNext + 1) % len(a.mu.hist)
+		a.mu.histLen = min(a.mu.histLen+1, len(a.mu.hist))
 	}
 	return u
 }
@@ -881,10 +832,10 @@ func (a *Account) stats() AccountStats {
 		Calls:            a.usageLocked(Calls),
 		CPUTime:          time.Duration(a.usageLocked(CPUTime)),
 		Evaluations:      a.usageLocked(Evaluations),
-		Running:          int64(len(a.live)),
-		Largest:          a.largest,
-		Period:           a.periodNo,
-		PeriodStart:      a.periodStart,
+		Running:          int64(len(a.mu.live)),
+		Largest:          a.mu.largest,
+		Period:           a.mu.periodNo,
+		PeriodStart:      a.mu.periodStart,
 	}
 	for _, r := range accountResources {
 		lim := a.limits[r].Load()
@@ -900,7 +851,9 @@ func (a *Account) stats() AccountStats {
 			s.Exhausted = true
 		}
 	}
-	s.Fleet = a.quotaOf().statsLocked(a)
+	if a.quota != nil {
+		s.Fleet = a.quota.statsLocked()
+	}
 	return s
 }
 
@@ -925,10 +878,10 @@ func (a *Account) History() []HistoryEntry {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	out := make([]HistoryEntry, 0, a.histLen)
-	start := (a.histNext - a.histLen + len(a.hist)) % max(len(a.hist), 1)
-	for k := 0; k < a.histLen; k++ {
-		out = append(out, a.hist[(start+k)%len(a.hist)])
+	out := make([]HistoryEntry, 0, a.mu.histLen)
+	start := (a.mu.histNext - a.mu.histLen + len(a.mu.hist)) % max(len(a.mu.hist), 1)
+	for k := 0; k < a.mu.histLen; k++ {
+		out = append(out, a.mu.hist[(start+k)%len(a.mu.hist)])
 	}
 	return out
 }
@@ -969,7 +922,7 @@ func (a *Account) Limits() AccountLimits {
 		return AccountLimits{}
 	}
 	a.mu.Lock()
-	r := a.rates
+	r := a.mu.rates
 	a.mu.Unlock()
 	return AccountLimits{
 		MaxMemory:            a.limits[Memory].Load(),
@@ -1001,7 +954,7 @@ func (a *Account) SetLimits(l AccountLimits) error {
 		}
 	}
 	a.mu.Lock()
-	a.rates.setLocked(l)
+	a.mu.rates.setLocked(l)
 	a.mu.Unlock()
 	return nil
 }
@@ -1009,15 +962,15 @@ func (a *Account) SetLimits(l AccountLimits) error {
 // resyncLocked takes back every live run's unused room of meter i and
 // recomputes what is reserved.
 func (a *Account) resyncLocked(i int) {
-	sum := a.committed[i]
-	for t := range a.live {
+	sum := a.mu.committed[i]
+	for t := range a.mu.live {
 		v := t.revoke(i)
 		if i == mOps {
 			a.refundOpsLocked(v)
 		}
 		sum += t.used(i) - t.base[i]
 	}
-	a.reserved[i] = sum
+	a.mu.reserved[i] = sum
 }
 
 // AppendReadings implements Source with the account's usage, limits,
@@ -1036,16 +989,16 @@ func (a *Account) AppendReadings(dst []Reading) []Reading {
 	defer a.mu.Unlock()
 	for _, r := range accountResources {
 		rd := Reading{Resource: r, Used: a.usageLocked(r), Limit: a.limits[r].Load(), Refusals: a.refused[r].Load(), RunStops: a.stops[r].Load()}
-		if cumulative(r) {
-			rd.StoreLost = a.quotaOf().lostLocked(r)
+		if cumulative(r) && a.quota != nil {
+			rd.StoreLost = a.quota.lostLocked(r)
 		}
 		dst = append(dst, rd)
 	}
 	var now time.Time
 	for _, r := range [...]Resource{EvaluationRate, OperationRate} {
-		lim, credit := a.rates.evals, a.rates.evalCredit
+		lim, credit := a.mu.rates.evals, a.mu.rates.evalCredit
 		if r == OperationRate {
-			lim, credit = a.rates.ops, a.rates.opCredit
+			lim, credit = a.mu.rates.ops, a.mu.rates.opCredit
 		}
 		n := a.refused[r].Load()
 		if n == 0 && lim == nil {

@@ -228,7 +228,7 @@ func TestHistoryRing(t *testing.T) {
 	tr, _ := none.Begin(Unlimited())
 	tr.End()
 	assert.Empty(t, none.History())
-	assert.Len(t, newAcct(t, AccountLimits{}).hist, defaultHistorySize)
+	assert.Len(t, newAcct(t, AccountLimits{}).mu.hist, defaultHistorySize)
 }
 
 func TestSetLimitTakesEffectAtOnce(t *testing.T) {
@@ -338,7 +338,7 @@ func TestHammerAccountExact(t *testing.T) {
 	assert.Equal(t, int64(limit), s.Calls)
 	assert.Equal(t, int64(0), s.Running)
 	a.mu.Lock()
-	assert.Equal(t, a.committed, a.reserved, "no reservation left behind")
+	assert.Equal(t, a.mu.committed, a.mu.reserved, "no reservation left behind")
 	a.mu.Unlock()
 }
 
@@ -388,7 +388,7 @@ func TestLedger(t *testing.T) {
 	assert.Equal(t, "alpha", got.Name())
 	assert.Equal(t, []string{"alpha", "zeta"}, l.Tenants())
 	assert.Equal(t, int64(5), a.Limits().MaxTotalOperations)
-	assert.Len(t, a.hist, 2)
+	assert.Len(t, a.mu.hist, 2)
 	l.Remove("zeta")
 	assert.Equal(t, []string{"alpha"}, l.Tenants())
 	assert.NotSame(t, a, l.Account("zeta"))

@@ -433,7 +433,7 @@ func benchEvaluationToken(b *testing.B, al AccountLimits) {
 	for b.Loop() {
 		now = now.Add(time.Microsecond)
 		acct.mu.Lock()
-		if acct.rates.evals != nil {
+		if acct.mu.rates.evals != nil {
 			if err := acct.takeEvaluationLocked(now); err != nil {
 				b.Fatal(err)
 			}

@@ -269,11 +269,11 @@ func (l *Ledger) probeStore(ctx context.Context) {
 	var seen store.Totals
 	l.mu.RLock()
 	for _, a := range l.accts { // random order
-		a.mu.Lock()
+		a.lock()
 		if f := a.fleetState(); f.loaded && f.pending == nil && !f.reported.IsZero() {
 			probe, seen = a, f.committed
 		}
-		a.mu.Unlock()
+		a.unlock()
 		if probe != nil {
 			break
 		}
@@ -283,7 +283,7 @@ func (l *Ledger) probeStore(ctx context.Context) {
 		return
 	}
 	lctx, cancel := context.WithTimeout(ctx, l.fleet.syncTimeout)
-	tot, err := l.fleet.store.Load(lctx, probe.name)
+	tot, err := l.fleet.store.Load(lctx, probe.tenant())
 	cancel()
 	if err != nil {
 		return
@@ -374,13 +374,9 @@ func (l *Ledger) finalReport(ctx context.Context) error {
 	accts = append(accts, l.fleet.retired...)
 	l.mu.RUnlock()
 	for _, a := range accts {
-		a.mu.Lock()
-		for t := range a.live { // their next charge finds no room and ErrClosed
-			for i := range numMeters {
-				t.revoke(i)
-			}
-		}
-		a.mu.Unlock()
+		a.lock()
+		a.drainLocked() // their next charge finds no room and ErrClosed
+		a.unlock()
 	}
 	if err := l.syncRound(ctx, true, false); err != nil {
 		return err
@@ -438,13 +434,13 @@ func (l *Ledger) buildRequest(all, final bool, now time.Time) (store.SyncRequest
 	req := store.SyncRequest{Replica: l.fleet.replica, LeaseTTL: l.fleet.ttl, Final: final}
 	var owners []*Account
 	for _, a := range accts {
-		a.mu.Lock()
-		if f := a.fleetState(); all || f.dueLocked(a, now) {
-			req.Tenants = append(req.Tenants, f.reportLocked(a, now))
+		a.lock()
+		if f := a.fleetState(); all || f.dueLocked(now) {
+			req.Tenants = append(req.Tenants, f.reportLocked(now))
 			f.inFlight = true
 			owners = append(owners, a)
 		}
-		a.mu.Unlock()
+		a.unlock()
 	}
 	return req, owners
 }
@@ -457,22 +453,22 @@ func (l *Ledger) applyAnswers(req store.SyncRequest, resp store.SyncResponse, ow
 	settled := false
 	var lines []Period
 	for k, a := range owners {
-		a.mu.Lock()
+		a.lock()
 		f := a.fleetState()
 		f.lastAttempt = now
 		f.inFlight = false
 		if err != nil {
-			f.failLocked(a, err)
+			f.failLocked(err)
 		} else {
-			f.applyLocked(a, req.Tenants[k], resp.Tenants[k], now)
+			f.applyLocked(req.Tenants[k], resp.Tenants[k], now)
 			lines = append(lines, f.lines...)
 			f.lines = nil
-			if f.retired && (final || !l.fleet.closed.Load()) && len(a.live) == 0 && reportable(a.lifeLocked()) == f.reported {
+			if f.retired && (final || !l.fleet.closed.Load()) && a.runningLocked() == 0 && reportable(f.lifeLocked()) == f.reported {
 				f.retired = false // all reported: the ledger can forget it
 				settled = true
 			}
 		}
-		a.mu.Unlock()
+		a.unlock()
 	}
 	return lines, settled
 }
@@ -483,11 +479,11 @@ func (l *Ledger) forgetSettled() {
 	defer l.mu.Unlock()
 	kept := l.fleet.retired[:0]
 	for _, a := range l.fleet.retired {
-		a.mu.Lock()
+		a.lock()
 		if a.fleetState().retired {
 			kept = append(kept, a)
 		}
-		a.mu.Unlock()
+		a.unlock()
 	}
 	clear(l.fleet.retired[len(kept):])
 	l.fleet.retired = kept
@@ -529,11 +525,17 @@ type FleetStats struct {
 }
 
 // fleetState is an Account's store-backed state, guarded by the account's
-// mu: the quota (account.go) of an account whose ledger has a Store. The
-// account consults it only through that interface; the ledger's syncer
-// (syncRound) builds reports from it and applies the store's answers.
+// mu: the quota (seam.go) of an account whose ledger has a Store. The
+// account consults it only through that interface, and it sees the
+// account only as a fleetAccount; the ledger's syncer (syncRound) builds
+// reports from it and applies the store's answers.
 type fleetState struct {
-	ledger    *Ledger
+	ledger *Ledger
+	acct   fleetAccount // the account whose quota it is, seen through the seam (seam.go)
+	// life is this process's life totals of the tenant, never Reset, but
+	// for what its live runs used: what its ended runs used, and the runs
+	// it began (see lifeLocked).
+	life      store.Totals
 	committed store.Totals // fleet-wide, from the store
 	reported  store.Totals // this process's usage (life totals) the store has acknowledged
 	// offset is what the store lost of this process's reports and was not
@@ -599,10 +601,11 @@ type fleetClose struct {
 // the usage up to it is reported to period n, the lease held for it is no
 // good in the next one, and the fleet-wide totals start over (the store
 // says how far the other replicas went at the next sync).
-func (f *fleetState) periodClosedLocked(n uint64, life store.Totals) {
+func (f *fleetState) periodClosedLocked(n uint64, live store.Totals) {
 	if !f.ledger.fleet.periodStore {
 		return
 	}
+	life := reportable(addTotals(f.life, live))
 	f.closes = append(f.closes, fleetClose{period: max(n, 1), life: life})
 	f.base = life
 	f.committed, f.outstanding, f.leaseAtSync, f.returning = store.Totals{}, store.Totals{}, store.Totals{}, store.Totals{}
@@ -611,24 +614,50 @@ func (f *fleetState) periodClosedLocked(n uint64, life store.Totals) {
 	f.ledger.kickSyncer()
 }
 
+// lifeLocked returns this process's usage of the fleet quantities, never
+// Reset: what its ended runs used and the runs it began, plus what its
+// live runs used.
+func (f *fleetState) lifeLocked() store.Totals {
+	return addTotals(f.life, f.acct.liveUsageLocked())
+}
+
+// addTotals returns t plus u, field by field, saturating.
+func addTotals(t, u store.Totals) store.Totals {
+	for _, r := range reportedResources {
+		tset(&t, r, satAdd(tget(t, r), tget(u, r)))
+	}
+	return t
+}
+
+func (f *fleetState) runBegunLocked() { f.life.Evaluations++ }
+
+func (f *fleetState) runEndedLocked(used store.Totals) { f.life = addTotals(f.life, used) }
+
+// issuedLocked returns how much of r this process has handed out in all:
+// of a meter, what ended runs used plus what live runs were given; of
+// Evaluations and CPU time, what was used (CPU time is counted after it
+// is spent).
+func (f *fleetState) issuedLocked(r Resource) int64 {
+	switch r {
+	case Evaluations:
+		return f.life.Evaluations
+	case CPUTime:
+		return int64(reportable(f.lifeLocked()).CPUTime)
+	}
+	return satAdd(tget(f.life, r), f.acct.liveIssuedLocked(r))
+}
+
 // floorLocked is what of r this process used before its open period, or
 // reported, whichever is more: leases and unreported usage count from it.
 func (f *fleetState) floorLocked(r Resource) int64 {
 	return max(tget(f.reported, r), tget(f.base, r))
 }
 
-func newFleetState(l *Ledger) *fleetState {
-	return &fleetState{ledger: l, refreshed: make(chan struct{}), activeAt: time.Now()}
+func newFleetState(l *Ledger, a fleetAccount) *fleetState {
+	return &fleetState{ledger: l, acct: a, refreshed: make(chan struct{}), activeAt: time.Now()}
 }
 
-// fleetState returns the account's store-backed state, or nil without a
-// Store.
-func (a *Account) fleetState() *fleetState {
-	f, _ := a.quota.(*fleetState)
-	return f
-}
-
-// The quota interface (account.go).
+// The quota interface (seam.go).
 
 func (f *fleetState) errLocked() error {
 	if f.ledger.fleet.closed.Load() {
@@ -637,25 +666,26 @@ func (f *fleetState) errLocked() error {
 	return nil
 }
 
-func (f *fleetState) reserveRunLocked(a *Account) error {
-	if a.limits[CPUTime].Load() > 0 {
+func (f *fleetState) reserveRunLocked() error {
+	a := f.acct
+	if a.limit(CPUTime) > 0 {
 		// A run may begin once this process holds some of the fleet's CPU
 		// time (see Account.cpuTick). (First: the evaluation's lease,
 		// which the run takes, is the one not to wait for after.)
-		if err := f.reserveLocked(a, CPUTime, 1, 1, -1, nil, func() int64 { return a.issuedFleetLocked(CPUTime) }); err != nil {
+		if err := f.reserveLocked(CPUTime, 1, 1, -1, nil, func() int64 { return f.issuedLocked(CPUTime) }); err != nil {
 			return err
 		}
 	}
-	if a.limits[Evaluations].Load() > 0 {
-		return f.reserveLocked(a, Evaluations, 1, 1, -1, nil, func() int64 { return a.lifeEvals })
+	if a.limit(Evaluations) > 0 {
+		return f.reserveLocked(Evaluations, 1, 1, -1, nil, func() int64 { return f.issuedLocked(Evaluations) })
 	}
 	return nil
 }
 
 // usageLocked is the fleet-wide usage of r: what the store committed for
 // every replica, plus what this process used and has not reported.
-func (f *fleetState) usageLocked(a *Account, r Resource) (int64, bool) {
-	return satAdd(tget(f.committed, r), max(0, tget(a.lifeLocked(), r)-f.floorLocked(r))), true
+func (f *fleetState) usageLocked(r Resource) int64 {
+	return satAdd(tget(f.committed, r), max(0, tget(f.lifeLocked(), r)-f.floorLocked(r)))
 }
 
 func (f *fleetState) lostLocked(r Resource) int64 { return tget(f.lost, r) }
@@ -671,36 +701,41 @@ func (l *Ledger) openFleet(a *Account) {
 	if f == nil {
 		return
 	}
-	f.loadOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), l.fleet.syncTimeout)
-		var tot store.Totals
-		var open uint64
-		var err error
-		if pl, ok := l.fleet.store.(store.PeriodLoader); ok {
-			var sp store.Period
-			sp, err = pl.LoadPeriod(ctx, a.name, 0)
-			tot, open = sp.Totals, sp.Open
-		} else {
-			tot, err = l.fleet.store.Load(ctx, a.name)
-		}
-		cancel()
-		if err != nil {
-			l.logf(slog.LevelWarn, "reslimit: fleet: loading a tenant's totals failed", "tenant", a.name, "err", err)
-			return
-		}
-		a.mu.Lock()
-		if !f.loaded { // a sync answer is newer
-			if open > a.periodNo && a.lifeLocked().IsZero() && len(f.closes) == 0 {
-				// A tenant new to this replica joins the store's period.
-				a.periodNo = open
-			}
-			if max(open, 1) == max(a.periodNo, 1) {
-				f.committed = tot
-			}
-			f.loaded = true
-		}
-		a.mu.Unlock()
-	})
+	f.loadOnce.Do(func() { l.loadFleet(f) })
+}
+
+// loadFleet is openFleet's first load of f's tenant.
+func (l *Ledger) loadFleet(f *fleetState) {
+	a := f.acct
+	ctx, cancel := context.WithTimeout(context.Background(), l.fleet.syncTimeout)
+	var tot store.Totals
+	var open uint64
+	var err error
+	if pl, ok := l.fleet.store.(store.PeriodLoader); ok {
+		var sp store.Period
+		sp, err = pl.LoadPeriod(ctx, a.tenant(), 0)
+		tot, open = sp.Totals, sp.Open
+	} else {
+		tot, err = l.fleet.store.Load(ctx, a.tenant())
+	}
+	cancel()
+	if err != nil {
+		l.logf(slog.LevelWarn, "reslimit: fleet: loading a tenant's totals failed", "tenant", a.tenant(), "err", err)
+		return
+	}
+	a.lock()
+	defer a.unlock()
+	if f.loaded {
+		return // a sync answer is newer
+	}
+	if open > a.periodLocked() && f.lifeLocked().IsZero() && len(f.closes) == 0 {
+		// A tenant new to this replica joins the store's period.
+		a.setPeriodLocked(open)
+	}
+	if max(open, 1) == max(a.periodLocked(), 1) {
+		f.committed = tot
+	}
+	f.loaded = true
 }
 
 // leaseFloor is the smallest allowance a replica asks for at a time; it
@@ -717,7 +752,7 @@ func bit(r Resource) uint32 { return 1 << uint(r) }
 // tenant has something to report or holds a lease it did not use (which
 // it gives back). A tenant idle on this replica costs the store nothing
 // after that.
-func (f *fleetState) dueLocked(a *Account, now time.Time) bool {
+func (f *fleetState) dueLocked(now time.Time) bool {
 	if f.failing && now.Sub(f.lastAttempt) < f.ledger.fleet.interval/4 {
 		return false // the store fails: retry at the syncer's pace, not per charge
 	}
@@ -731,11 +766,12 @@ func (f *fleetState) dueLocked(a *Account, now time.Time) bool {
 	if !elapsed {
 		return false
 	}
-	if reportable(a.lifeLocked()) != f.reported || a.rateLeaseHeldLocked() {
+	a := f.acct
+	if reportable(f.lifeLocked()) != f.reported || f.rateLeaseHeldLocked() {
 		return true
 	}
 	for _, r := range leasedResources {
-		if a.limits[r].Load() > 0 && f.leaseLocked(r)-a.issuedFleetLocked(r) > 0 {
+		if a.limit(r) > 0 && f.leaseLocked(r)-f.issuedLocked(r) > 0 {
 			return true
 		}
 	}
@@ -777,30 +813,15 @@ func (f *fleetState) noteLeft(r Resource, left int64) {
 	}
 }
 
-func (a *Account) issuedFleetLocked(r Resource) int64 {
-	switch r {
-	case Evaluations:
-		return a.lifeEvals
-	case CPUTime:
-		return int64(reportable(a.lifeLocked()).CPUTime)
-	}
-	for i, mr := range meterResource {
-		if mr == r {
-			return a.issuedLocked(i)
-		}
-	}
-	return 0
-}
-
 // cpuLeftLocked is how much more CPU time this process's runs of the
 // tenant may use under its lease (0 or less: none). Once half of the
 // lease is used, it asks the store for more: CPU time is counted after it
 // is spent, so it cannot wait for a lease the way a charge does.
-func (f *fleetState) cpuLeftLocked(a *Account) int64 {
+func (f *fleetState) cpuLeftLocked() int64 {
 	if f.unboundLocked() {
 		return maxUsage
 	}
-	left := f.capLocked(CPUTime) - a.issuedFleetLocked(CPUTime)
+	left := f.capLocked(CPUTime) - f.issuedLocked(CPUTime)
 	if (left*2 < tget(f.leaseAtSync, CPUTime) || left <= 0) && !f.cpuAsk {
 		// Sync now, even when the last answer was short (runs cannot
 		// wait): at most once per sample of the CPU watchdog.
@@ -817,23 +838,20 @@ func (f *fleetState) cpuLeftLocked(a *Account) int64 {
 // request made for this charge (or, within the last sync interval, any
 // request) with less than asked; or when no lease came in time. Called
 // with a.mu held; it may release and retake it while waiting.
-func (f *fleetState) reserveLocked(a *Account, r Resource, n, want int64, meter int, except *Tracker, issued func() int64) error {
+func (f *fleetState) reserveLocked(r Resource, n, want int64, meter int, except *Tracker, issued func() int64) error {
+	a := f.acct
 	var w leaseWaiter
 	for {
 		if f.ledger.fleet.closed.Load() {
 			return ErrClosed
 		}
-		lim := a.limits[r].Load()
+		lim := a.limit(r)
 		if lim == 0 || f.unboundLocked() {
 			return nil
 		}
 		used := a.usageLocked(r)
-		refuse := func() error {
-			a.refused[r].Add(1)
-			return &LimitError{Resource: r, Limit: lim, Used: used, Requested: n, Tenant: a.name}
-		}
 		if used > lim-n {
-			return refuse()
+			return a.refuseLocked(r, lim, used, n)
 		}
 		if f.capLocked(r)-issued() >= want {
 			return nil
@@ -852,17 +870,17 @@ func (f *fleetState) reserveLocked(a *Account, r Resource, n, want int64, meter 
 		f.ledger.kickSyncer()
 		wait, ok := w.next(f, r)
 		if !ok {
-			return refuse()
+			return a.refuseLocked(r, lim, used, n)
 		}
 		ch := f.refreshed
-		a.mu.Unlock()
+		a.unlock()
 		timer := time.NewTimer(wait)
 		select {
 		case <-ch:
 		case <-timer.C:
 		}
 		timer.Stop()
-		a.mu.Lock()
+		a.lock()
 	}
 }
 
@@ -912,23 +930,24 @@ func (w *leaseWaiter) next(f *fleetState, r Resource) (time.Duration, bool) {
 // reportLocked returns the tenant's report: the unacknowledged one again,
 // or a new one with what was used since the last acknowledged report, the
 // lease it asks for, and the lease it gives back.
-func (f *fleetState) reportLocked(a *Account, now time.Time) store.TenantSync {
+func (f *fleetState) reportLocked(now time.Time) store.TenantSync {
 	if f.pending != nil {
 		return *f.pending
 	}
+	a := f.acct
 	closed, prev := f.closedReportsLocked()
-	used := nonNegative(reportable(a.lifeLocked()).Sub(prev)) // usage only grows: never send a negative report
-	ts := store.TenantSync{Tenant: a.name, Seq: f.ledger.fleet.seq.Add(1), Used: used, Closed: closed}
+	used := nonNegative(reportable(f.lifeLocked()).Sub(prev)) // usage only grows: never send a negative report
+	ts := store.TenantSync{Tenant: a.tenant(), Seq: f.ledger.fleet.seq.Add(1), Used: used, Closed: closed}
 	if f.ledger.fleet.periodStore {
-		ts.Period = max(a.periodNo, 1)
+		ts.Period = max(a.periodLocked(), 1)
 		ts.LostBefore = min(f.lostBefore, ts.Period)
 	}
 	f.pendingCloses = len(f.closes)
 	for _, r := range accountResources {
-		tset(&ts.Limit, r, a.limits[r].Load())
+		tset(&ts.Limit, r, a.limit(r))
 	}
-	f.leaseRequestLocked(a, &ts, now)
-	f.rateRequestLocked(a, &ts, now)
+	f.leaseRequestLocked(&ts, now)
+	f.rateRequestLocked(&ts, now)
 	f.need = store.Totals{}
 	f.cpuAsk = false
 	f.builtNo++
@@ -964,7 +983,8 @@ func nonNegative(t store.Totals) store.Totals {
 
 // leaseRequestLocked sets what ts asks for and gives back of each leased
 // resource the tenant limits.
-func (f *fleetState) leaseRequestLocked(a *Account, ts *store.TenantSync, now time.Time) {
+func (f *fleetState) leaseRequestLocked(ts *store.TenantSync, now time.Time) {
+	a := f.acct
 	for _, r := range leasedResources {
 		if tget(ts.Used, r) != 0 || tget(f.need, r) != 0 {
 			f.activeAt = now
@@ -974,13 +994,12 @@ func (f *fleetState) leaseRequestLocked(a *Account, ts *store.TenantSync, now ti
 	idle := now.Sub(f.activeAt) >= f.ledger.fleet.interval
 	grace := now.Before(f.graceUntil)
 	for _, r := range leasedResources {
-		lim := a.limits[r].Load()
-		if lim == 0 {
+		if a.limit(r) == 0 {
 			continue
 		}
-		left := f.leaseLocked(r) - a.issuedFleetLocked(r)
+		left := f.leaseLocked(r) - f.issuedLocked(r)
 		need := tget(f.need, r)
-		target := f.leaseTargetLocked(a, r, tget(ts.Used, r), now)
+		target := f.leaseTargetLocked(r, tget(ts.Used, r), now)
 		switch {
 		case grace:
 			tset(&ts.Return, r, max(0, left))
@@ -991,7 +1010,7 @@ func (f *fleetState) leaseRequestLocked(a *Account, ts *store.TenantSync, now ti
 			tset(&ts.Return, r, max(0, left))
 			tset(&ts.MinGrant, r, need)
 			tset(&ts.Want, r, max(target, need))
-		case idle && left > 0 && (r != CPUTime || len(a.live) == 0):
+		case idle && left > 0 && (r != CPUTime || a.runningLocked() == 0):
 			// Unused for a whole interval: give the lease back, so that
 			// the other replicas can have it. (Live runs use CPU time
 			// that shows only when the watchdog samples it.)
@@ -1011,13 +1030,14 @@ func (f *fleetState) leaseRequestLocked(a *Account, ts *store.TenantSync, now ti
 // the last report's), at least the floor; near the limit a shrinking
 // share, so that the other replicas still find some and the last grants
 // are small and exact.
-func (f *fleetState) leaseTargetLocked(a *Account, r Resource, used int64, now time.Time) int64 {
+func (f *fleetState) leaseTargetLocked(r Resource, used int64, now time.Time) int64 {
 	target := max(leaseFloor[r], 2*tget(f.lastUsed, r), 2*used)
 	if elapsed := now.Sub(f.lastSync); !f.lastSync.IsZero() && elapsed < f.ledger.fleet.interval {
 		scaled := 2 * float64(used) * float64(f.ledger.fleet.interval) / float64(max(elapsed, time.Millisecond))
 		target = max(target, int64(min(scaled, maxUsage)))
 	}
-	return min(target, max(1, (a.limits[r].Load()-a.usageLocked(r))/4))
+	a := f.acct
+	return min(target, max(1, (a.limit(r)-a.usageLocked(r))/4))
 }
 
 // reportable cuts CPU time to whole microseconds, the unit stores keep.
@@ -1026,7 +1046,7 @@ func reportable(t store.Totals) store.Totals {
 	return t
 }
 
-func (f *fleetState) applyLocked(a *Account, ts store.TenantSync, st store.TenantState, sentAt time.Time) {
+func (f *fleetState) applyLocked(ts store.TenantSync, st store.TenantState, sentAt time.Time) {
 	if st.Seq > ts.Seq {
 		f.resendStaleLocked(st.Seq)
 		return
@@ -1040,11 +1060,12 @@ func (f *fleetState) applyLocked(a *Account, ts store.TenantSync, st store.Tenan
 	}
 	// The answer is about the period the report was for, still open here
 	// and in the store.
+	a := f.acct
 	sent, storePeriod := max(ts.Period, 1), max(st.Period, 1)
 	if !f.ledger.fleet.periodStore {
-		sent, storePeriod = max(a.periodNo, 1), max(a.periodNo, 1)
+		sent, storePeriod = max(a.periodLocked(), 1), max(a.periodLocked(), 1)
 	}
-	current := sent == max(a.periodNo, 1) && storePeriod == sent
+	current := sent == max(a.periodLocked(), 1) && storePeriod == sent
 	lostNow, lost := f.storeLostLocked(expected, st, current)
 	reported := f.reportAgainLocked(ts, expected, lostNow, lost, sent)
 	short := f.shortLocked(ts, st, current)
@@ -1054,13 +1075,13 @@ func (f *fleetState) applyLocked(a *Account, ts store.TenantSync, st store.Tenan
 	f.lastUsed = ts.Used
 	f.closes = append([]fleetClose(nil), f.closes[f.pendingCloses:]...)
 	f.pendingCloses = 0
-	if storePeriod > max(a.periodNo, 1) {
+	if storePeriod > max(a.periodLocked(), 1) {
 		// The store's period moved on (another replica closed it): close
 		// the tenant's here too, at the store's number.
 		f.lines = append(f.lines, a.closePeriodLocked(time.Now(), storePeriod))
 		current = false
 	}
-	if storePeriod == max(a.periodNo, 1) {
+	if storePeriod == max(a.periodLocked(), 1) {
 		f.committed = st.Committed
 	}
 	var out store.Totals
@@ -1077,9 +1098,9 @@ func (f *fleetState) applyLocked(a *Account, ts store.TenantSync, st store.Tenan
 	f.failing, f.fallback, f.lastErr, f.loaded = false, store.Totals{}, "", true
 	f.wantSync = !current
 	if lost {
-		f.storeResetLocked(a, lostNow, sentAt)
+		f.storeResetLocked(lostNow, sentAt)
 	}
-	f.applyRatesLocked(a, st, time.Now())
+	f.applyRatesLocked(st, time.Now())
 	f.refreshLocked()
 }
 
@@ -1175,7 +1196,7 @@ func (f *fleetState) shortLocked(ts store.TenantSync, st store.TenantState, curr
 // replicas granted. For an interval, while the other replicas report
 // again, no lease is asked for and what was granted against the totals
 // the store had lost is given back.
-func (f *fleetState) storeResetLocked(a *Account, lostNow store.Totals, sentAt time.Time) {
+func (f *fleetState) storeResetLocked(lostNow store.Totals, sentAt time.Time) {
 	f.resets++
 	f.lastReset = time.Now()
 	f.lost = f.lost.Add(lostNow)
@@ -1185,7 +1206,7 @@ func (f *fleetState) storeResetLocked(a *Account, lostNow store.Totals, sentAt t
 	f.ledger.fleet.resync.Store(true)
 	f.ledger.kickSyncer()
 	f.ledger.logf(slog.LevelError, "reslimit: fleet: the store lost reports of this replica; reporting them again",
-		"tenant", a.name, "replica", f.ledger.fleet.replica,
+		"tenant", f.acct.tenant(), "replica", f.ledger.fleet.replica,
 		"operations", lostNow.Operations, "function_calls", lostNow.Calls,
 		"total_memory", lostNow.TotalMemory, "evaluations", lostNow.Evaluations)
 }
@@ -1193,20 +1214,21 @@ func (f *fleetState) storeResetLocked(a *Account, lostNow store.Totals, sentAt t
 // reportedResources are the quantities a replica reports to the store.
 var reportedResources = [...]Resource{Operations, Calls, TotalMemory, CPUTime, Evaluations}
 
-func (f *fleetState) failLocked(a *Account, err error) {
+func (f *fleetState) failLocked(err error) {
+	a := f.acct
 	if !f.failing && f.ledger.fleet.policy == FailLocal {
 		for _, r := range leasedResources {
-			if lim := a.limits[r].Load(); lim > 0 {
+			if lim := a.limit(r); lim > 0 {
 				if !f.loaded {
 					// Never loaded: its usage elsewhere is unknown.
 					tset(&f.fallback, r, min(leaseFloor[r], lim/100))
 					continue
 				}
-				left := lim - a.usageLocked(r) - (f.leaseLocked(r) - a.issuedFleetLocked(r))
+				left := lim - a.usageLocked(r) - (f.leaseLocked(r) - f.issuedLocked(r))
 				tset(&f.fallback, r, max(0, left/10))
 			}
 		}
-		f.failRatesLocked(a)
+		f.failRatesLocked()
 	}
 	f.failing = true
 	f.syncErrors++
@@ -1214,42 +1236,38 @@ func (f *fleetState) failLocked(a *Account, err error) {
 	f.refreshLocked()
 }
 
-func (f *fleetState) statsLocked(a *Account) *FleetStats {
+func (f *fleetState) statsLocked() *FleetStats {
+	a := f.acct
 	fs := FleetStats{
 		Replica: f.ledger.fleet.replica, Committed: f.committed, LastSync: f.lastSync,
 		Syncs: f.syncs, SyncErrors: f.syncErrors, LastError: f.lastErr, Fallback: f.failing,
 		Loaded: f.loaded, StoreResets: f.resets, LastStoreReset: f.lastReset,
 	}
-	fs.Unreported = a.lifeLocked().Sub(f.reported)
+	fs.Unreported = f.lifeLocked().Sub(f.reported)
 	for _, r := range leasedResources {
-		if a.limits[r].Load() > 0 {
-			tset(&fs.Lease, r, max(0, f.leaseLocked(r)-a.issuedFleetLocked(r)))
+		if a.limit(r) > 0 {
+			tset(&fs.Lease, r, max(0, f.leaseLocked(r)-f.issuedLocked(r)))
 		}
 	}
 	return &fs
 }
 
-// grantLocked is Account.grant with a Store: room for meter i comes
-// out of this replica's lease of the fleet-wide quota, waiting for (or
-// fetching) a lease within WithLeaseWait when it is short. Called with
-// a.mu and t.mu held.
-func (f *fleetState) grantLocked(a *Account, t *Tracker, i int, n, want, room int64) error {
+// roomLocked is how much of meter i this replica may hand out now by its
+// lease of the fleet-wide quota (see Account.grantLocked), after waiting
+// for (or fetching) a lease within WithLeaseWait when it is short. Called
+// with a.mu and t.mu held.
+func (f *fleetState) roomLocked(t *Tracker, i int, n, want int64) (int64, error) {
 	res := meterResource[i]
-	issued := func() int64 { return a.issuedLocked(i) }
-	if err := f.reserveLocked(a, res, n, want, i, t, issued); err != nil {
-		return err
+	issued := func() int64 { return f.issuedLocked(res) }
+	if err := f.reserveLocked(res, n, want, i, t, issued); err != nil {
+		return 0, err
 	}
-	if a.limits[res].Load() == 0 { // removed while we waited for a lease
-		return a.grantUnlimitedLocked(t, i, n, want, room)
-	}
-	free := f.capLocked(res) - issued()
-	g, err := a.fillLocked(t, i, n, want, want+chunk(t, i, free-want, room-want, len(a.live)))
-	if err != nil {
-		return err
-	}
-	f.noteLeft(res, free-g)
-	return nil
+	return f.capLocked(res) - issued(), nil
 }
+
+// grantedLocked asks for an early sync when the grant left little of the
+// lease (see noteLeft).
+func (f *fleetState) grantedLocked(i int, left int64) { f.noteLeft(meterResource[i], left) }
 
 // keepLines keeps the lines of periods closed because the store said that
 // their tenant's period moved on (another replica closed it), as one close

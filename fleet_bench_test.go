@@ -112,7 +112,7 @@ func BenchmarkFleetRate(b *testing.B) {
 		b.Run("EvaluationToken-"+c.name, func(b *testing.B) {
 			acct := newAcct(b)
 			acct.mu.Lock()
-			if fr, ok := acct.rates.evals.(*fleetRate); ok {
+			if fr, ok := acct.mu.rates.evals.(*fleetRate); ok {
 				fr.lease = 1 << 50 // a lease that lasts the benchmark
 			}
 			acct.mu.Unlock()

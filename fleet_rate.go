@@ -146,13 +146,12 @@ func (fr *fleetRate) retryAfter(now time.Time, need int64) time.Duration {
 	return time.Duration(math.Ceil(deficit / fr.perSec * 1e9))
 }
 
-// rateWaitLocked decides whether a request of need that lim cannot cover
-// now waits for a sync: when lim is a fleet rate whose store bucket, by
-// the estimate, holds the threshold (the syncer is asked at once); not
-// while the store fails, nor once the request's wait ended.
-func (a *Account) rateWaitLocked(lim tokenBucket, now time.Time, need int64) bool {
-	fr, ok := lim.(*fleetRate)
-	if !ok || a.rates.noWait || need > fr.burst {
+// waitLocked decides whether a request of need that the replica cannot
+// cover now waits for a sync (see Account.rateWaitLocked): when the
+// store's bucket, by the estimate, holds the threshold (the syncer is
+// asked at once); not while the store fails.
+func (fr *fleetRate) waitLocked(now time.Time, need int64) bool {
+	if need > fr.burst {
 		return false
 	}
 	if _, failing := fr.failing(); failing {
@@ -174,11 +173,10 @@ type rateWaiter struct {
 	expired  bool
 }
 
-// wait waits, with a.mu held (released meanwhile), for the tenant's next
-// sync, up to WithLeaseWait in all; once that passed it waits no more and
-// the request decides without waiting.
-func (w *rateWaiter) wait(a *Account) {
-	f := a.fleetState()
+// wait waits, with the account's mu held (released meanwhile), for the
+// next sync of f's tenant, up to WithLeaseWait in all; once that passed
+// it waits no more and the request decides without waiting.
+func (w *rateWaiter) wait(f *fleetState) {
 	now := time.Now()
 	if w.deadline.IsZero() {
 		w.deadline = now.Add(f.ledger.fleet.leaseWait)
@@ -189,22 +187,14 @@ func (w *rateWaiter) wait(a *Account) {
 		return
 	}
 	ch := f.refreshed
-	a.mu.Unlock()
+	f.acct.unlock()
 	timer := time.NewTimer(left)
 	select {
 	case <-ch:
 	case <-timer.C:
 	}
 	timer.Stop()
-	a.mu.Lock()
-}
-
-// fleetRates returns the account's fleet-wide rates (nil for none).
-func (a *Account) fleetRates() [2]*fleetRate {
-	var out [2]*fleetRate
-	out[0], _ = a.rates.evals.(*fleetRate)
-	out[1], _ = a.rates.ops.(*fleetRate)
-	return out
+	f.acct.lock()
 }
 
 // rateRequestLocked sets what ts asks for of the tenant's fleet-wide
@@ -213,7 +203,7 @@ func (a *Account) fleetRates() [2]*fleetRate {
 // scaled to an interval; at least 1, at most the burst, and at
 // least what a waiting request needs) less the lease it holds, or, after
 // an interval without a request (or at Close), the whole lease back.
-func (f *fleetState) rateRequestLocked(a *Account, ts *store.TenantSync, now time.Time) {
+func (f *fleetState) rateRequestLocked(ts *store.TenantSync, now time.Time) {
 	interval := f.ledger.fleet.interval
 	elapsed := interval
 	if !f.lastSync.IsZero() {
@@ -221,7 +211,7 @@ func (f *fleetState) rateRequestLocked(a *Account, ts *store.TenantSync, now tim
 		// millisecond are not a thousand a second.)
 		elapsed = max(now.Sub(f.lastSync), interval/4)
 	}
-	for i, fr := range a.fleetRates() {
+	for i, fr := range f.acct.fleetRatesLocked() {
 		if fr == nil {
 			continue
 		}
@@ -259,8 +249,8 @@ func (f *fleetState) rateRequestLocked(a *Account, ts *store.TenantSync, now tim
 
 // applyRatesLocked takes the store's answer about the tenant's rates,
 // received at now.
-func (f *fleetState) applyRatesLocked(a *Account, st store.TenantState, now time.Time) {
-	for i, fr := range a.fleetRates() {
+func (f *fleetState) applyRatesLocked(st store.TenantState, now time.Time) {
+	for i, fr := range f.acct.fleetRatesLocked() {
 		if fr == nil {
 			continue
 		}
@@ -277,11 +267,11 @@ func (f *fleetState) applyRatesLocked(a *Account, st store.TenantState, now time
 // failRatesLocked starts an outage's fallback under FailLocal: a bucket
 // of a tenth of each fleet-wide rate and burst (at least 1 token), per
 // replica, beside the lease it holds.
-func (f *fleetState) failRatesLocked(a *Account) {
+func (f *fleetState) failRatesLocked() {
 	if f.ledger.fleet.policy != FailLocal {
 		return
 	}
-	for _, fr := range a.fleetRates() {
+	for _, fr := range f.acct.fleetRatesLocked() {
 		if fr != nil && fr.fallback == nil {
 			fr.fallback = rate.NewLimiter(rate.Limit(fr.perSec/10), int(max(1, fr.burst/10)))
 		}
@@ -290,8 +280,8 @@ func (f *fleetState) failRatesLocked(a *Account) {
 
 // rateLeaseHeldLocked reports whether this replica holds tokens of a
 // fleet-wide rate (which it gives back once idle).
-func (a *Account) rateLeaseHeldLocked() bool {
-	for _, fr := range a.fleetRates() {
+func (f *fleetState) rateLeaseHeldLocked() bool {
+	for _, fr := range f.acct.fleetRatesLocked() {
 		if fr != nil && fr.lease > 0 {
 			return true
 		}

@@ -269,8 +269,8 @@ func (r *fuzzRun) end() {
 	r.acct.mu.Lock()
 	defer r.acct.mu.Unlock()
 	for i, res := range meterResource {
-		if r.acct.limits[res].Load() > 0 && r.acct.reserved[i] != r.acct.committed[i] {
-			r.t.Errorf("%s: reservations left behind: reserved %d committed %d", res, r.acct.reserved[i], r.acct.committed[i])
+		if r.acct.limits[res].Load() > 0 && r.acct.mu.reserved[i] != r.acct.mu.committed[i] {
+			r.t.Errorf("%s: reservations left behind: reserved %d committed %d", res, r.acct.mu.reserved[i], r.acct.mu.committed[i])
 		}
 	}
 }

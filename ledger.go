@@ -122,9 +122,9 @@ func (l *Ledger) openLocked(tenant string, limits AccountLimits) (*Account, erro
 		if r.name == tenant {
 			// Removed but not yet fully reported: bring it back, so that one
 			// account per tenant reports for this replica.
-			r.mu.Lock()
+			r.lock()
 			r.fleetState().retired = false
-			r.mu.Unlock()
+			r.unlock()
 			l.fleet.retired = append(l.fleet.retired[:i], l.fleet.retired[i+1:]...)
 			l.accts[tenant] = r
 			return r, nil
@@ -135,14 +135,14 @@ func (l *Ledger) openLocked(tenant string, limits AccountLimits) (*Account, erro
 		return nil, err
 	}
 	if l.fleet.store != nil {
-		f := newFleetState(l)
+		f := newFleetState(l, a)
 		a.quota = f
 		if !l.fleet.localRates {
-			a.rates = accountRates{fleet: f}
-			a.rates.setLocked(limits)
+			a.mu.rates = accountRates{fleet: f}
+			a.mu.rates.setLocked(limits)
 		}
 	}
-	a.periodNo = l.periods.open()
+	a.mu.periodNo = l.periods.open()
 	a.schedule = l.periods.next
 	l.accts[tenant] = a
 	return a, nil
@@ -166,7 +166,9 @@ func (l *Ledger) Account(tenant string) *Account {
 // refusingAccount returns an account named name that refuses every run
 // with err.
 func refusingAccount(name string, err error) *Account {
-	return &Account{name: name, err: fmt.Errorf("reslimit: account %q refuses every run: %w", name, err), live: make(map[*Tracker]struct{})}
+	a := &Account{name: name, err: fmt.Errorf("reslimit: account %q refuses every run: %w", name, err)}
+	a.mu.live = make(map[*Tracker]struct{})
+	return a
 }
 
 // Err returns why the account refuses every run (see Ledger.Account), or

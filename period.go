@@ -71,62 +71,63 @@ func (a *Account) closePeriod(end time.Time, next uint64) Period {
 }
 
 func (a *Account) closePeriodLocked(end time.Time, next uint64) Period {
-	p := Period{Tenant: a.name, Number: a.periodNo, Start: a.periodStart, End: end, Final: true}
+	p := Period{Tenant: a.name, Number: a.mu.periodNo, Start: a.mu.periodStart, End: end, Final: true}
 	if p.Start.IsZero() || p.Start.After(end) {
 		p.Start = end
 	}
-	var meters, life [numMeters]int64
+	var meters, live [numMeters]int64
 	for i := range numMeters {
 		// Freeze every live run's meter (its unused room, and its child
 		// runs', comes back), so that its usage cannot move while it is
 		// split between the periods; its next charge takes the slow path,
 		// which waits for a.mu and counts in the new period.
-		for t := range a.live {
+		for t := range a.mu.live {
 			t.reclaimChildren(i)
 			if v := t.revoke(i); i == mOps {
 				a.refundOpsLocked(v)
 			}
 		}
-		meters[i] = a.committed[i]
-		life[i] = a.lifeMeters[i]
-		for t := range a.live {
+		meters[i] = a.mu.committed[i]
+		for t := range a.mu.live {
 			u := t.consumed(i)
 			meters[i] = satAdd(meters[i], u-t.base[i])
-			life[i] = satAdd(life[i], u)
+			live[i] = satAdd(live[i], u)
 			t.base[i] = u
 		}
-		a.committed[i] = 0
-		a.reserved[i] = 0 // no live run holds room, nothing committed
+		a.mu.committed[i] = 0
+		a.mu.reserved[i] = 0 // no live run holds room, nothing committed
 	}
-	cpu, lifeCPU := a.cpu, a.lifeCPU
-	for t := range a.live {
+	cpu, liveCPU := a.mu.cpu, time.Duration(0)
+	for t := range a.mu.live {
 		// cpuLast only grows and is sampled without a.mu: read it once.
 		c := t.cpuLast.Load()
 		cpu = satAddDur(cpu, time.Duration(c-t.cpuBase))
-		lifeCPU = satAddDur(lifeCPU, time.Duration(c))
+		liveCPU = satAddDur(liveCPU, time.Duration(c))
 		t.cpuBase = c
 	}
 	p.Operations, p.Calls, p.TotalMemory = meters[mOps], meters[mCalls], meters[mTotal]
 	p.CPUTime = cpu
-	p.Evaluations = a.evals
+	p.Evaluations = a.mu.evals
 	p.PeakMemoryBytes = a.peak.Swap(a.held.Load())
-	a.cpu = 0
-	a.evals = 0
-	a.largest = Largest{}
-	clear(a.hist)
-	a.histNext, a.histLen = 0, 0
+	a.mu.cpu = 0
+	a.mu.evals = 0
+	a.mu.largest = Largest{}
+	clear(a.mu.hist)
+	a.mu.histNext, a.mu.histLen = 0, 0
 	if next == 0 {
-		next = a.periodNo + 1
+		next = a.mu.periodNo + 1
 	}
 	// The split point of a store's reports: what this process used until
-	// now (its life totals) belongs to the closed period.
-	var lt store.Totals
-	for i, r := range meterResource {
-		tset(&lt, r, life[i])
+	// now (its life totals: what the live runs used, as frozen here, and
+	// what the fleet's side keeps) belongs to the closed period.
+	if a.quota != nil {
+		lt := store.Totals{CPUTime: liveCPU}
+		for i, r := range meterResource {
+			tset(&lt, r, live[i])
+		}
+		a.quota.periodClosedLocked(p.Number, lt)
 	}
-	lt.CPUTime, lt.Evaluations = lifeCPU, a.lifeEvals
-	a.quotaOf().periodClosedLocked(p.Number, reportable(lt))
-	a.periodNo, a.periodStart = next, end
+	a.mu.periodNo, a.mu.periodStart = next, end
 	return p
 }
 
@@ -421,7 +422,7 @@ func (l *Ledger) closePeriodFor(end time.Time, hook bool) []Period {
 	kept := l.periods.removed[:0]
 	for _, a := range l.periods.removed {
 		a.mu.Lock()
-		if len(a.live) > 0 {
+		if len(a.mu.live) > 0 {
 			kept = append(kept, a)
 		}
 		a.mu.Unlock()

@@ -100,7 +100,7 @@ func TestPeriodsLoseNoUnitWhileRunsGo(t *testing.T) {
 			requirePeriodsHoldAll(t, periods, open, &c)
 			a.mu.Lock()
 			defer a.mu.Unlock()
-			assert.Equal(t, a.committed, a.reserved, "no reservation left behind")
+			assert.Equal(t, a.mu.committed, a.mu.reserved, "no reservation left behind")
 		})
 	}
 }

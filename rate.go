@@ -158,7 +158,7 @@ func (a *Account) rateError(res Resource, lim tokenBucket, tokens float64, n, ne
 // bucket once per batch: a window of time may see at most one batch more
 // than the burst plus the rate times its length.
 func (a *Account) takeEvaluationLocked(now time.Time) error {
-	r := &a.rates
+	r := &a.mu.rates
 	if r.evalCredit > 0 {
 		r.evalCredit--
 		return nil
@@ -190,15 +190,23 @@ func (a *Account) takeEvaluationLocked(now time.Time) error {
 	return nil
 }
 
+// rateWaitLocked decides whether a request of need that lim cannot cover
+// now waits for a sync: only when lim is a fleet-wide rate that says so
+// (fleetRate.waitLocked), and not once the request's wait ended.
+func (a *Account) rateWaitLocked(lim tokenBucket, now time.Time, need int64) bool {
+	fr, ok := lim.(*fleetRate)
+	return ok && !a.mu.rates.noWait && fr.waitLocked(now, need)
+}
+
 // refundOpsLocked gives the account credit for v operations of room a run
 // gave back unused.
 func (a *Account) refundOpsLocked(v int64) {
-	if a.rates.ops != nil && v > 0 {
-		most := int64(a.rates.ops.Burst())
-		if fr, ok := a.rates.ops.(*fleetRate); ok {
+	if a.mu.rates.ops != nil && v > 0 {
+		most := int64(a.mu.rates.ops.Burst())
+		if fr, ok := a.mu.rates.ops.(*fleetRate); ok {
 			most -= fr.lease // a replica holds at most one burst of tokens
 		}
-		a.rates.opCredit = min(a.rates.opCredit+v, max(most, 0))
+		a.mu.rates.opCredit = min(a.mu.rates.opCredit+v, max(most, 0))
 	}
 }
 
@@ -207,7 +215,7 @@ func (a *Account) refundOpsLocked(v int64) {
 // and the bucket cover, at least want, or the OperationRate refusal (which
 // changes nothing).
 func (a *Account) takeOpsLocked(t *Tracker, n, want, g int64) (int64, error) {
-	r := &a.rates
+	r := &a.mu.rates
 	if r.opCredit >= g {
 		r.opCredit -= g
 		return g, nil
@@ -217,12 +225,12 @@ func (a *Account) takeOpsLocked(t *Tracker, n, want, g int64) (int64, error) {
 	tokens := lim.TokensAt(now)
 	if float64(want-r.opCredit) > tokens {
 		// Short: take back the room the other runs have not used.
-		for o := range a.live {
+		for o := range a.mu.live {
 			if o != t {
 				o.reclaimChildren(mOps)
 				v := o.revoke(mOps)
 				if a.limits[Operations].Load() > 0 {
-					a.reserved[mOps] -= v
+					a.mu.reserved[mOps] -= v
 				}
 				r.opCredit += v
 			}

@@ -198,7 +198,7 @@ func TestOperationRateHammer(t *testing.T) {
 		assert.Equal(t, counted, a.Stats().Operations)
 		a.mu.Lock()
 		defer a.mu.Unlock()
-		assert.Equal(t, a.committed, a.reserved, "no reservation left behind")
+		assert.Equal(t, a.mu.committed, a.mu.reserved, "no reservation left behind")
 		t.Logf("%d operations in %v at %d/s", counted, elapsed, perSec)
 	})
 }

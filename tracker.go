@@ -276,7 +276,7 @@ func (t *Tracker) drain() {
 	for i := range numMeters {
 		r := t.revoke(i)
 		if a != nil && a.limits[meterResource[i]].Load() > 0 {
-			a.reserved[i] -= r
+			a.mu.reserved[i] -= r
 		}
 	}
 }
