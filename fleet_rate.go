@@ -231,7 +231,7 @@ func (f *fleetState) rateRequestLocked(ts *store.TenantSync, now time.Time) {
 			fr.batch = max(1, min(int64(min(perInterval, float64(fr.burst))), fr.burst))
 			held := fr.lease
 			if i == 1 {
-				held += a.rates.opCredit // tokens taken already, as room given back
+				held += f.acct.opCreditLocked() // tokens taken already, as room given back
 			}
 			rq.Want = max(0, max(fr.batch, fr.need)-held)
 		case fr.lease > 0 && now.Sub(fr.idleSince) >= interval:

@@ -113,6 +113,9 @@ type fleetAccount interface {
 	closePeriodLocked(end time.Time, next uint64) Period
 	// fleetRatesLocked returns the account's fleet-wide rates (nil for none).
 	fleetRatesLocked() [2]*fleetRate
+	// opCreditLocked is the operation rate's credit: tokens taken already,
+	// as room runs gave back unused.
+	opCreditLocked() int64
 }
 
 var _ fleetAccount = (*Account)(nil)
@@ -174,6 +177,8 @@ func (a *Account) fleetState() *fleetState {
 	f, _ := a.quota.(*fleetState)
 	return f
 }
+
+func (a *Account) opCreditLocked() int64 { return a.mu.rates.opCredit }
 
 // fleetRatesLocked returns the account's fleet-wide rates (nil for none).
 func (a *Account) fleetRatesLocked() [2]*fleetRate {
