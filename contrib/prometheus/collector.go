@@ -16,7 +16,7 @@
 //	reslimit_tenant_usage{tenant,resource}           gauge   what the tenant used in its open billing period
 //	reslimit_tenant_limit{tenant,resource}           gauge   the account's limit, only for limited resources
 //	reslimit_tenant_remaining{tenant,resource}       gauge   max(0, limit-usage), only for limited resources
-//	reslimit_tenant_refusals_total{tenant,resource}  counter requests refused by the tenant's limits
+//	reslimit_tenant_refusals_total{tenant,resource}  counter requests refused by the tenant's limits (a rate's once it refused)
 //	reslimit_run_stops_total{tenant,resource}        counter runs of the tenant stopped by their own per-run limits
 //	reslimit_tenant_evaluations_total{tenant}        counter runs started in the open billing period
 //	reslimit_tenant_running{tenant}                  gauge   runs in progress now
@@ -311,6 +311,19 @@ var stopResources = map[reslimit.Resource]bool{
 	reslimit.Concurrency: true, reslimit.Timeout: true, reslimit.Processes: true,
 }
 
+// rates are the resources of an account's rates.
+var rates = [...]reslimit.Resource{reslimit.EvaluationRate, reslimit.OperationRate}
+
+// emitRateRefusals sends the refusals of a tenant's rates (label name),
+// once a rate refused.
+func emitRateRefusals(ch chan<- prom.Metric, name string, refusals map[reslimit.Resource]int64) {
+	for _, r := range rates {
+		if n := refusals[r]; n > 0 {
+			ch <- prom.MustNewConstMetric(descRefusals, prom.CounterValue, float64(n), name, r.String())
+		}
+	}
+}
+
 // emitRunStops sends the run stops of a tenant (label name): a series for
 // each of stopResources and each other resource that stopped runs.
 func emitRunStops(ch chan<- prom.Metric, name string, stops map[reslimit.Resource]int64) {
@@ -389,6 +402,7 @@ func (c *collector) Collect(ch chan<- prom.Metric) {
 			ch <- prom.MustNewConstMetric(descUsage, prom.GaugeValue, resinfo.BaseValue(r, other.usage[r]), c.other, res)
 			ch <- prom.MustNewConstMetric(descRefusals, prom.CounterValue, float64(other.refusals[r]), c.other, res)
 		}
+		emitRateRefusals(ch, c.other, other.refusals)
 		emitRunStops(ch, c.other, other.stops)
 		ch <- prom.MustNewConstMetric(descEvaluations, prom.CounterValue, float64(other.evaluations), c.other)
 		ch <- prom.MustNewConstMetric(descRunning, prom.GaugeValue, float64(other.running), c.other)
@@ -404,6 +418,9 @@ func (a *aggregate) add(st *reslimit.AccountStats) {
 	}
 	for r, n := range st.RunStops {
 		a.stops[r] += n
+	}
+	for _, r := range rates {
+		a.refusals[r] += st.Refusals[r]
 	}
 	a.evaluations += st.Evaluations
 	a.running += st.Running
@@ -456,6 +473,7 @@ func emitTenant(ch chan<- prom.Metric, name string, st *reslimit.AccountStats) {
 		}
 		ch <- prom.MustNewConstMetric(descRefusals, prom.CounterValue, float64(st.Refusals[r]), name, res)
 	}
+	emitRateRefusals(ch, name, st.Refusals)
 	emitRunStops(ch, name, st.RunStops)
 	ch <- prom.MustNewConstMetric(descEvaluations, prom.CounterValue, float64(st.Evaluations), name)
 	ch <- prom.MustNewConstMetric(descRunning, prom.GaugeValue, float64(st.Running), name)

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	prom "github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -105,4 +106,40 @@ func TestRunStopsOverTheCapNoPeriodEnd(t *testing.T) {
 	assert.Equal(t, 1.0, value(t, c, "reslimit_run_stops_total", "_other", "operations"))
 	assert.Equal(t, 1.0, value(t, c, "reslimit_run_stops_total", "_other", "function_calls"))
 	assert.Equal(t, 7, testutil.CollectAndCount(filtered{c: c, name: "reslimit_run_stops_total", labels: []string{"a"}}))
+}
+
+// A tenant's rates have refusal series once they refused, also summed
+// into the other tenant over the cap.
+func TestRateRefusals(t *testing.T) {
+	ledger := mustLedger(t, reslimit.AccountLimits{EvaluationsPerSecond: 1e-9, EvaluationBurst: 1})
+	for _, name := range []string{"a", "b"} {
+		acct := ledger.Account(name)
+		tr, err := acct.Begin(reslimit.Limits{})
+		require.NoError(t, err)
+		tr.End()
+		for range 2 {
+			_, err = acct.Begin(reslimit.Limits{})
+			require.ErrorIs(t, err, reslimit.ErrLimitExceeded)
+		}
+	}
+	reg := prom.NewPedanticRegistry()
+	reg.MustRegister(mustCollector(t, ledger, reslimitprom.WithMaxTenants(1)))
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "reslimit_tenant_refusals_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				labels[lp.GetName()] = lp.GetValue()
+			}
+			if labels["resource"] == reslimit.EvaluationRate.String() {
+				got[labels["tenant"]] = m.GetCounter().GetValue()
+			}
+		}
+	}
+	assert.Equal(t, map[string]float64{"a": 2, "_other": 2}, got)
 }
